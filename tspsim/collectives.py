@@ -183,6 +183,8 @@ def plan_collective(kind: str, group: tuple[int, ...], nbytes: int, topo: Topolo
         if len(by_node) == 1 or len(per_node) != 1:
             raise TspsimError("algorithm 'hier' needs a group spread evenly over several nodes; "
                               "use ring or direct for this group")
+        if kind == "all_to_all":
+            raise TspsimError("all_to_all has no hierarchical algorithm here; use direct")
         return CollectivePlan("hier", _hierarchical(kind, group, nbytes, topo, root))
     if alg == "tree":
         if kind not in ("all_reduce", "broadcast", "reduce"):
@@ -313,6 +315,9 @@ def _hierarchical(kind: str, group: tuple[int, ...], nbytes: int, topo: Topology
             r = root_of[members[0]] if root_of else -1
             plan = plan_collective(kind2, members, size, topo, r)
             phases.append(plan.phases)
+        phases = [ph for ph in phases if ph]
+        if not phases:  # one rank per node: nothing to do inside the nodes
+            return Phase(0.0, ())
         # All nodes run the same plan shape; merge phase by phase (one phase for ring/direct RS/AG).
         lat = max(ph[0].latency_s for ph in phases)
         return Phase(lat, tuple(f for ph in phases for f in ph[0].flows))

@@ -35,6 +35,8 @@ class Timeline:
     """Per-rank bytes sent, by op kind."""
     recv_bytes: dict[int, dict[str, float]] = field(default_factory=dict)
     """Per-rank bytes received, by op kind."""
+    op_sent_bytes: dict[int, float] = field(default_factory=dict)
+    """Bytes each communication op's rank sent for that op (keyed by op id)."""
     collective_algorithms: dict[str, int] = field(default_factory=dict)
     """How many collectives used each algorithm."""
     sim_events: int = 0

@@ -64,7 +64,7 @@ class _Gpu:
 
 
 class _Rendezvous:
-    __slots__ = ("op", "expected", "arrived", "events", "ranks")
+    __slots__ = ("op", "expected", "arrived", "events", "ranks", "op_ids")
 
     def __init__(self, op: Op, expected: int) -> None:
         self.op = op
@@ -72,6 +72,7 @@ class _Rendezvous:
         self.arrived = 0
         self.events: dict[int, simpy.Event] = {}
         self.ranks: list[int] = []
+        self.op_ids: dict[int, int] = {}
 
 
 @dataclass(frozen=True)
@@ -259,6 +260,7 @@ class Replay:
         ev = self.env.event()
         st.events[op.rank] = ev
         st.ranks.append(op.rank)
+        st.op_ids[op.rank] = op.id
         st.arrived += 1
         plan = self._plan(op)
         self._comm_change(op.rank, plan.slowdown, True)
@@ -344,6 +346,8 @@ class Replay:
             if r in self.sim_ranks:
                 per = tl.recv_bytes.setdefault(r, {})
                 per[kind] = per.get(kind, 0.0) + b
+        for r, op_id in st.op_ids.items():
+            tl.op_sent_bytes[op_id] = plan.sent.get(r, 0.0)
         tl.collective_algorithms[plan.algorithm] = tl.collective_algorithms.get(plan.algorithm, 0) + 1
         for r in st.ranks:
             self._comm_change(r, plan.slowdown, False)

@@ -1,0 +1,14 @@
+"""Schedule generators, one module each, registered by stable name (design.md §3).
+
+``tp``, ``satp-seq``, ``satp-batch``, ``sp``, ``tp+sp`` lay the standard block
+(:mod:`tspsim.schedules.block`) onto different grids; ``tsp`` is the folded TSP schedule
+(:mod:`tspsim.schedules.tsp`). Data-parallel gradient sync and the optimizer step are shared
+(:mod:`tspsim.schedules.common`).
+"""
+
+from tspsim.schedules.base import SCHEDULES, Schedule
+
+# Importing the modules registers them (order = listing order).
+from tspsim.schedules import tp, satp, sp, tp_sp  # noqa: E402,F401,I001
+
+__all__ = ["SCHEDULES", "Schedule"]

@@ -1,0 +1,237 @@
+"""Plans (schedule, degrees, placement), workloads (mode, sequence, batch) and the assumptions in force.
+
+Placement (design.md §1, issue 3): the model-parallel axis is innermost — consecutive ranks inside a
+node — and data-parallel replicas take the remaining GPUs. A replica of R GPUs is ranks
+``[k·R, (k+1)·R)``; the DP group of a rank is every rank at the same position in each replica.
+``tp+sp`` puts TP inside (rank = base + s·T + t) and SP outside, so T = 8 fills a node and Σ spans nodes.
+
+Every open question of tsp.md §8 is an :class:`Assumptions` field with a documented default; the
+report prints the ones in force (fidelity rule 7).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Literal
+
+from tspsim.errors import ConfigError
+from tspsim.model import ModelConfig
+from tspsim.topology import Topology
+
+Mode = Literal["train", "forward", "prefill", "decode", "generate"]
+MODES = ("train", "forward", "prefill", "decode", "generate")
+
+
+@dataclass(frozen=True)
+class Assumptions:
+    """Modelling choices (tsp.md §8). Defaults reproduce the paper's single-node memory table."""
+
+    recompute: Literal["none", "selective", "full"] = "full"
+    """Activation recomputation: ``none`` saves every activation; ``selective`` saves GEMM inputs and
+    recomputes norms and activation functions; ``full`` saves only each block's input and re-runs the
+    block's forward (with its communication) during backward (Korthikanti et al. 2022)."""
+    param_bytes: int = 2
+    """Bytes per stored parameter (bf16 weights)."""
+    grad_bytes: int = 4
+    """Bytes per gradient element (fp32 main gradients, as Megatron-LM)."""
+    master_bytes: int = 4
+    """Bytes per fp32 master weight kept by the optimizer."""
+    optimizer_bytes: int = 8
+    """Bytes of optimizer state per parameter (Adam m and v in fp32)."""
+    zero1: bool = False
+    """Shard optimizer state and master weights over the data-parallel group (ZeRO-1: gradients
+    reduce-scattered, parameters all-gathered after the step) instead of all-reducing gradients."""
+    dp_bucket_MB: float = 25.0
+    """Gradient bucket size for the data-parallel all-reduce, MB (PyTorch DDP's default 25 MB)."""
+    weight_buffers: int = 2
+    """TSP: weight shards in flight (2 = double buffering: shard r+1 moves while shard r computes)."""
+    kv_buckets: int = 1
+    """TSP: K/V all-gathers per head shard (head bucketing: more, smaller gathers, less memory)."""
+    pack_kv: bool = True
+    """Gather K and V in one packed collective (False: two all-gathers)."""
+    tsp_grad_return: Literal["reduce", "ring"] = "ring"
+    """TSP backward: partial gradients of MLP shards travel the ring with their shard (ring
+    reduce-scatter); attention shard gradients are reduced to the owner. ``reduce`` reduces both."""
+    satp_seq_attention: Literal["gather-kv", "gather-input"] = "gather-kv"
+    """satp-seq: ``gather-kv`` follows the reference article's table (K/V projected on the local
+    sequence shard and all-gathered; Q from the gathered input); ``gather-input`` is Megatron-LM
+    sequence parallelism (the input all-gather alone makes K/V visible)."""
+    tp_overlap: bool = False
+    """Overlap TP all-reduces with independent compute (off: TP collectives are exposed, as in
+    Megatron-LM without communication overlap)."""
+    logits_bytes: int = 4
+    """Bytes per logit element (fp32 logits for the loss)."""
+
+    def to_json(self) -> dict[str, Any]:
+        """All fields."""
+        return asdict(self)
+
+    @classmethod
+    def from_overrides(cls, pairs: dict[str, Any]) -> Assumptions:
+        """Defaults with ``key=value`` overrides (strings from the command line are converted)."""
+        known = {f.name: f for f in fields(cls)}
+        base = cls()
+        values: dict[str, Any] = {}
+        for key, raw in pairs.items():
+            if key not in known:
+                raise ConfigError(f"unknown option {key!r}; known options: {', '.join(known)}")
+            default = getattr(base, key)
+            values[key] = _convert(key, raw, default)
+        out = replace(base, **values)
+        out.validate()
+        return out
+
+    def validate(self) -> None:
+        """Range checks with one-line errors."""
+        choices = {"recompute": ("none", "selective", "full"), "tsp_grad_return": ("reduce", "ring"),
+                   "satp_seq_attention": ("gather-kv", "gather-input")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"option {key}={getattr(self, key)!r}: choose one of {', '.join(allowed)}")
+        for key in ("param_bytes", "grad_bytes", "master_bytes", "weight_buffers", "kv_buckets", "logits_bytes"):
+            if getattr(self, key) < 1 and key != "master_bytes":
+                raise ConfigError(f"option {key} must be ≥ 1")
+        if self.optimizer_bytes < 0 or self.master_bytes < 0 or self.dp_bucket_MB <= 0:
+            raise ConfigError("optimizer_bytes and master_bytes must be ≥ 0 and dp_bucket_MB > 0")
+
+
+def _convert(key: str, raw: Any, default: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    if isinstance(default, bool):
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"option {key}={raw!r}: expected true or false")
+    if isinstance(default, int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"option {key}={raw!r}: expected a whole number") from None
+    if isinstance(default, float):
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"option {key}={raw!r}: expected a number") from None
+    return raw
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What one simulated step does."""
+
+    mode: Mode = "train"
+    """``train`` (forward + backward + optimizer), ``forward`` (the paper's throughput benchmark),
+    ``prefill``, ``decode`` or ``generate``."""
+    seq_len: int = 131072
+    """Tokens per sequence S (for decode: the cached context)."""
+    batch: int = 1
+    """Sequences per replica per step (micro-batch B)."""
+    decode_tokens: int = 0
+    """New tokens generated (decode / generate)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A schedule with its degrees, laid out on a topology."""
+
+    schedule: str
+    """Registered schedule name (``tsp``, ``tp``, ``satp-seq``, ``satp-batch``, ``sp``, ``tp+sp``)."""
+    tp: int
+    """Weight-sharding degree inside a replica (T; for ``tsp`` and ``tp`` the degree D)."""
+    sp: int
+    """Token-sharding degree (Σ; for ``tsp`` and ``sp`` the degree D)."""
+    replica_size: int
+    """GPUs per model replica."""
+    world_size: int
+    """GPUs used in total."""
+    degrees: dict[str, int] = field(default_factory=dict)
+    """Degrees as reported (``D`` or ``T``/``SP``, and ``DP``)."""
+
+    @property
+    def replicas(self) -> int:
+        """Data-parallel replicas."""
+        return self.world_size // self.replica_size
+
+    def replica_ranks(self, replica: int = 0) -> tuple[int, ...]:
+        """Global ranks of one replica."""
+        base = replica * self.replica_size
+        return tuple(range(base, base + self.replica_size))
+
+    def dp_group(self, rank: int) -> tuple[int, ...]:
+        """Ranks at the same position as ``rank`` in every replica."""
+        pos = rank % self.replica_size
+        return tuple(pos + k * self.replica_size for k in range(self.replicas))
+
+
+def make_plan(schedule: str, topo: Topology, model: ModelConfig, workload: Workload, degree: int | None = None,
+              tp: int | None = None, sp: int | None = None, gpus: int | None = None) -> Plan:
+    """Resolve degrees for ``schedule`` and validate them against the model, sequence and topology.
+
+    Raises:
+        ConfigError: naming the degree, what it must divide, and a value that would work.
+    """
+    world = gpus or topo.world_size
+    if world > topo.world_size:
+        raise ConfigError(f"--gpus {world} exceeds {topo.name} ({topo.world_size} GPUs)")
+    if schedule == "tp+sp":
+        t = tp or min(topo.gpus_per_node, model.q_heads)
+        s = sp or (2 if world >= 2 * t else 1)
+        if degree and (tp is None and sp is None):
+            raise ConfigError("tp+sp takes --tp T and --sp S (not --degree)")
+    elif schedule in ("tsp", "sp"):
+        d = degree or tp or sp or min(topo.gpus_per_node, world)
+        t, s = (d, d) if schedule == "tsp" else (1, d)
+    else:
+        d = degree or tp or min(topo.gpus_per_node, world)
+        t, s = d, 1
+    replica = t * s if schedule != "tsp" else t
+    _check_divides(schedule, model, workload, t, s, replica, world, topo)
+    degrees = ({"D": t} if schedule == "tsp" else {"D": s} if schedule == "sp"
+               else {"T": t, "SP": s} if schedule == "tp+sp" else {"D": t})
+    degrees["DP"] = world // replica
+    return Plan(schedule, t, s, replica, world, degrees)
+
+
+def _check_divides(schedule: str, model: ModelConfig, workload: Workload, t: int, s: int, replica: int,
+                   world: int, topo: Topology) -> None:
+    name = {"tsp": "D", "sp": "D"}.get(schedule, "T" if schedule == "tp+sp" else "D")
+    w = t if schedule != "sp" else 1
+    if w > 1:
+        label = name if schedule != "tp+sp" else "--tp"
+        if model.q_heads % w:
+            raise ConfigError(f"degree {label}={w} does not divide the {model.q_heads} query heads of {model.name}; "
+                              f"use a divisor such as {_divisor_hint(model.q_heads, w)}")
+        if model.kv_heads % w:
+            raise ConfigError(f"degree {label}={w} does not divide the {model.kv_heads} KV heads of {model.name}; "
+                              f"use a divisor such as {_divisor_hint(model.kv_heads, w)}")
+        if model.ffn_hidden % w:
+            raise ConfigError(f"degree {label}={w} does not divide the MLP width {model.ffn_hidden} of {model.name}")
+    seq_shards = {"tsp": t, "sp": s, "tp+sp": s}.get(schedule, 1)
+    if schedule == "satp-seq":
+        seq_shards = t
+    if seq_shards > 1 and workload.mode not in ("decode",):
+        need = 2 * seq_shards if schedule in ("tsp", "sp", "tp+sp") else seq_shards
+        if workload.seq_len % need:
+            what = "2·D (zig-zag: 2D chunks)" if need == 2 * seq_shards else "the degree"
+            raise ConfigError(f"sequence length {workload.seq_len} is not divisible by {need} = {what}; "
+                              f"use a multiple of {need}, e.g. {workload.seq_len // need * need or need}")
+    if schedule == "satp-batch" and workload.batch % t:
+        raise ConfigError(f"satp-batch shards the batch: --batch {workload.batch} must be a multiple of D={t}; "
+                          f"use --batch {t}")
+    if replica > world:
+        raise ConfigError(f"{schedule} needs {replica} GPUs per replica but only {world} are available on "
+                          f"{topo.name}; use a smaller degree or a larger topology")
+    if world % replica:
+        raise ConfigError(f"{world} GPUs are not a whole number of {replica}-GPU replicas; "
+                          f"choose degrees whose product divides {world}")
+    if replica > topo.gpus_per_node and replica % topo.gpus_per_node:
+        raise ConfigError(f"a {replica}-GPU replica must fill whole {topo.gpus_per_node}-GPU nodes")
+    if replica < topo.gpus_per_node and topo.gpus_per_node % replica:
+        raise ConfigError(f"a {replica}-GPU replica must divide the {topo.gpus_per_node} GPUs of a node")
+
+
+def _divisor_hint(n: int, near: int) -> int:
+    divisors = [d for d in range(1, n + 1) if n % d == 0]
+    return min(divisors, key=lambda d: (abs(d - near), -d))
