@@ -56,6 +56,11 @@ class Assumptions:
     """satp-seq: ``gather-kv`` follows the reference article's table (K/V projected on the local
     sequence shard and all-gathered; Q from the gathered input); ``gather-input`` is Megatron-LM
     sequence parallelism (the input all-gather alone makes K/V visible)."""
+    sp_keep_gathered_kv: bool = True
+    """SP-style schedules (``sp``, ``tp+sp``, ``satp-seq``) keep each block's gathered K/V from the forward
+    pass until that block's backward instead of gathering again (as all-gather context-parallel
+    implementations do). Calibrated: with it the TP+SP rows of tsp.md §6 are reproduced. TSP never keeps
+    them (it gathers one head shard at a time by design)."""
     tp_overlap: bool = False
     """Overlap TP all-reduces with independent compute (off: TP collectives are exposed, as in
     Megatron-LM without communication overlap)."""

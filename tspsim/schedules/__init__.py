@@ -9,6 +9,6 @@
 from tspsim.schedules.base import SCHEDULES, Schedule
 
 # Importing the modules registers them (order = listing order).
-from tspsim.schedules import tp, satp, sp, tp_sp  # noqa: E402,F401,I001
+from tspsim.schedules import tsp, tp, satp, sp, tp_sp  # noqa: E402,F401,I001
 
 __all__ = ["SCHEDULES", "Schedule"]

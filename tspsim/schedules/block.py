@@ -137,12 +137,12 @@ class _Block:
                                 after=[qkv[r]])
         kv_ready = qkv
         gathered_kv = 0.0
-        if self.lay.kv_from_local_shard:
-            gathered_kv = 2.0 * self.B * self.S * m.kv_dim * s
-            kv_ready = self._kv_gather(self.tp_group, gathered_kv, L + "attn.kv_all_gather", layer, phase, qkv)
-        elif self.SP > 1:
-            gathered_kv = 2.0 * self.B * self.S * self.kv_l * s
-            kv_ready = self._kv_gather(self.seq_group, gathered_kv, L + "attn.kv_all_gather", layer, phase, qkv)
+        kv_group = self._kv_group()
+        keep_kv = self._keeps_kv()
+        recomputing = prefix.startswith("recompute")
+        if kv_group is not None and not (keep_kv and recomputing):
+            gathered_kv = self._kv_bytes()
+            kv_ready = self._kv_gather(kv_group, gathered_kv, L + "attn.kv_all_gather", layer, phase, qkv)
         kv_tokens = self.S
         batch_q = self.B if self.lay.residual != "batch" else self.B
         q_tokens = n // batch_q
@@ -151,6 +151,8 @@ class _Block:
             fl = attention_fwd_flops(batch_q, q_tokens, kv_tokens, self.heads_l, m.head_dim)
             o_bytes = n * self.q_l * s + n * self.heads_l * 4
             free_kv = [("end", "comm_buffers", -int(gathered_kv))] if gathered_kv else []
+            if gathered_kv and keep_kv:  # kept for the backward pass of this block
+                free_kv.append(("end", "activations", int(gathered_kv)))
             attn[r] = c.compute(r, "attention_fwd", L + "attn.core", flops=fl,
                                 hbm_bytes=(n * self.q_l * 2 + 2 * kv_tokens * self.B * self.kv_l) * s,
                                 shape=(batch_q, q_tokens, kv_tokens, self.heads_l, m.head_dim), layer=layer,
@@ -189,6 +191,21 @@ class _Block:
         for r in c.ranks:
             c.elementwise(r, L + "mlp.residual_add", 3 * self.n_res * H * s, layer=layer, phase=phase,
                           after=[out2.get(r), c.last[r]])
+
+    def _kv_group(self) -> Callable[[int], tuple[int, ...]] | None:
+        """Group over which K/V are all-gathered, or None when attention is local."""
+        if self.lay.kv_from_local_shard:
+            return self.tp_group
+        return self.seq_group if self.SP > 1 else None
+
+    def _kv_bytes(self) -> float:
+        """Bytes of the gathered (packed) K and V."""
+        kv = self.ctx.model.kv_dim if self.lay.kv_from_local_shard else self.kv_l
+        return 2.0 * self.B * self.S * kv * self.s
+
+    def _keeps_kv(self) -> bool:
+        """Gathered K/V stay until backward (``sp_keep_gathered_kv``, training only)."""
+        return self.ctx.training and self.ctx.opts.sp_keep_gathered_kv and self._kv_group() is not None
 
     def _kv_gather(self, group_of: Callable[[int], tuple[int, ...]], nbytes: float, name: str, layer: int,
                    phase: str, after: dict[int, int]) -> dict[int, int]:
@@ -274,10 +291,11 @@ class _Block:
             fr = [("end", "comm_buffers", -n * H * s)] if sharded else []
             c.gemm(r, L + "attn.out", n, H, self.q_l, layer=layer, phase=ph, after=[src.get(r), c.last[r]], scale=2,
                    mem=fr)
-        kv_group = self.tp_group if self.lay.kv_from_local_shard else (self.seq_group if self.SP > 1 else None)
-        kv_bytes = (2.0 * self.B * self.S * (m.kv_dim if self.lay.kv_from_local_shard else self.kv_l) * s)
+        kv_group = self._kv_group()
+        kv_bytes = self._kv_bytes()
+        keep_kv = self._keeps_kv()
         ready = {r: c.last[r] for r in c.ranks}
-        if kv_group is not None:
+        if kv_group is not None and not keep_kv:
             ready = self._kv_gather(kv_group, kv_bytes, L + "attn.kv_all_gather", layer, ph, ready)
         batch_q = self.B
         q_tokens = n // batch_q
@@ -286,7 +304,8 @@ class _Block:
             mem = free(r, "o")
             if kv_group is not None:
                 # gathered K/V are released; dK/dV for all tokens are produced for the reduce-scatter
-                mem = mem + [("end", "comm_buffers", -int(kv_bytes)), ("end", "temporary", int(kv_bytes))]
+                cat = "activations" if keep_kv else "comm_buffers"
+                mem = mem + [("end", cat, -int(kv_bytes)), ("end", "temporary", int(kv_bytes))]
             c.compute(r, "attention_bwd", L + "attn.core", flops=fl,
                       hbm_bytes=(n * self.q_l * 4 + 4 * self.S * self.B * self.kv_l) * s,
                       shape=(batch_q, q_tokens, self.S, self.heads_l, m.head_dim), layer=layer, phase=ph,

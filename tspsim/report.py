@@ -1,0 +1,202 @@
+"""Text reports built from run entries (design.md §4–§5): pure functions, no I/O.
+
+* :func:`comparison_table` — schedules side by side (one column per schedule).
+* :func:`verdict` — one line naming the winner and the reason (compute, exposed communication, memory).
+* :func:`input_gather_note` — the note on sharded-activation TP's input all-gathers (design.md §3).
+* :func:`assumptions_text` — the assumptions in force (fidelity rule 7).
+
+Entries are the dicts of :func:`tspsim.metrics.run_entry` (or :func:`~tspsim.metrics.generic_entry`,
+whose model-specific keys are null and print as ``n/a``).
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tspsim.metrics import INPUT_ALL_GATHER_KEY
+
+Entry = dict[str, Any]
+
+_DEGREE_LABEL = {"SP": "Σ"}
+
+
+def schedule_label(entry: Entry) -> str:
+    """``tsp D=8``, ``tp+sp T=4×Σ=2``, with ``×DP`` when there are several replicas."""
+    name = entry.get("schedule") or "graph"
+    degrees = dict(entry.get("degrees") or {})
+    dp = degrees.pop("DP", 1)
+    parts = "×".join(f"{_DEGREE_LABEL.get(k, k)}={v}" for k, v in degrees.items())
+    label = f"{name} {parts}".strip()
+    return f"{label} ×DP{dp}" if dp and dp > 1 else label
+
+
+def largest_memory_category(entry: Entry) -> str:
+    """Name of the largest category in the memory breakdown at the peak (``-`` if empty)."""
+    breakdown = entry.get("memory_breakdown_gb") or {}
+    if not breakdown or max(breakdown.values()) <= 0:
+        return "-"
+    return max(breakdown.items(), key=lambda kv: (kv[1], kv[0]))[0]
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _gb(nbytes: float | None) -> str:
+    return "n/a" if nbytes is None else f"{nbytes / 1e9:.2f}"
+
+
+def _sum_bytes(by_kind: dict[str, float] | None, separate: bool) -> float | None:
+    """Total bytes of the kinds other than the input all-gather (or only it when ``separate``)."""
+    if by_kind is None:
+        return None
+    return sum(v for k, v in by_kind.items() if (k == INPUT_ALL_GATHER_KEY) == separate)
+
+
+_ROWS: tuple[tuple[str, Callable[[Entry], str]], ...] = (
+    ("step time (s)", lambda e: _fmt(e.get("step_time_s"), ".4g")),
+    ("tokens/s", lambda e: _fmt(e.get("tokens_per_s"), ",.0f")),
+    ("tokens/s per GPU", lambda e: _fmt(e.get("tokens_per_s_per_gpu"), ",.0f")),
+    ("tokens/s per layer", lambda e: _fmt(e.get("layer_tokens_per_s"), ",.0f")),
+    ("MFU (%)", lambda e: _fmt(None if e.get("mfu") is None else 100 * e["mfu"], ".1f")),
+    ("peak memory (GB)", lambda e: f"{e['peak_memory_gb']:.1f} / {e['hbm_gb']:g}"),
+    ("largest memory", largest_memory_category),
+    ("compute (s)", lambda e: _fmt(e.get("compute_s"), ".4g")),
+    ("comm (s)", lambda e: _fmt(e.get("comm_s"), ".4g")),
+    ("overlap (%)", lambda e: f"{e['overlap_pct']:.1f}"),
+    ("exposed comm (s)", lambda e: f"{e['exposed_comm_s']:.4g}"),
+    ("comm GB/rank/step", lambda e: _gb(_sum_bytes(e.get("comm_bytes_per_rank"), False))),
+    ("  + input all-gather", lambda e: _gb(_sum_bytes(e.get("comm_bytes_per_rank"), True))),
+    ("layer-0 fwd comm GB", lambda e: _gb(_sum_bytes(e.get("layer_comm_bytes_per_rank"), False))),
+    ("OOM", lambda e: "OOM" if e.get("oom") else "no"),
+)
+
+
+def comparison_table(entries: Sequence[Entry]) -> str:
+    """Schedules side by side: one row per metric, one column per schedule.
+
+    Rows: step time, tokens/s (global, per GPU, per decoder layer), MFU, peak memory against HBM and
+    its largest category, compute and communication time, HTA overlap, exposed communication, bytes
+    sent per rank per step (input all-gathers of sharded-activation TP on their own row, only when
+    present), one block's forward bytes, and the OOM flag.
+    """
+    if not entries:
+        return "(no results)"
+    has_input = any(_sum_bytes(e.get("comm_bytes_per_rank"), True) for e in entries)
+    rows = [("", *[schedule_label(e) for e in entries])]
+    for label, cell in _ROWS:
+        if label.strip().startswith("+ input") and not has_input:
+            continue
+        rows.append((label, *[cell(e) for e in entries]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        first = row[0].ljust(widths[0])
+        lines.append("  ".join([first, *(c.rjust(w) for c, w in zip(row[1:], widths[1:]))]).rstrip())
+    return "\n".join(lines)
+
+
+def input_gather_note(entries: Sequence[Entry]) -> str:
+    """A note when any entry has sharded-activation TP input all-gathers ('' otherwise)."""
+    names = [schedule_label(e) for e in entries if _sum_bytes(e.get("comm_bytes_per_rank"), True)]
+    if not names:
+        return ""
+    return (f"note: {', '.join(names)}: the all-gather of the sharded input before the column-parallel "
+            "projections (absent from the reference article's table, needed by a correct schedule) is "
+            f"counted separately as '{INPUT_ALL_GATHER_KEY}' (row '+ input all-gather').")
+
+
+def assumptions_text(entry: Entry, width: int = 100) -> str:
+    """The assumptions in force as wrapped ``key=value`` lines (reference/tsp.md §8)."""
+    opts = entry.get("assumptions")
+    head = "assumptions (change with --option KEY=VALUE; see reference/tsp.md §8):"
+    if not opts:
+        return head + " n/a (graph without metadata)"
+    body = ", ".join(f"{k}={_value_text(v)}" for k, v in opts.items())
+    return head + "\n" + textwrap.fill(body, width=width, initial_indent="  ", subsequent_indent="  ")
+
+
+def _value_text(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+# ---------------------------------------------------------------------------------- verdict
+def verdict(entries: Sequence[Entry]) -> str:
+    """One line: which schedule wins and why.
+
+    The winner is the highest tokens/s among the configurations that fit in HBM. The reason compares
+    it with the runner-up: whichever of compute time or exposed communication accounts for more of
+    the difference in step time is named; schedules that run out of memory are named as such.
+    """
+    if not entries:
+        return "verdict: nothing was simulated"
+    fits = [e for e in entries if not e.get("oom")]
+    oom = [e for e in entries if e.get("oom")]
+    if not fits:
+        best = min(entries, key=lambda e: e["peak_memory_gb"])
+        return (f"verdict: no schedule fits in {best['hbm_gb']:g} GB of HBM; the smallest peak is "
+                f"{schedule_label(best)} at {best['peak_memory_gb']:.1f} GB")
+    ranked = sorted(fits, key=_speed, reverse=True)
+    win = ranked[0]
+    oom_text = _oom_text(oom, win)
+    if len(ranked) == 1:
+        if oom:
+            return f"verdict: {schedule_label(win)} wins: it is the only schedule that fits; {oom_text}"
+        return f"verdict: {schedule_label(win)}: {_profile(win)}"
+    second = ranked[1]
+    ratio = _speed(win) / _speed(second) if _speed(second) > 0 else float("inf")
+    text = (f"verdict: {schedule_label(win)} wins: {ratio:.2f}× the throughput of {schedule_label(second)}; "
+            f"{_reason(win, second)}")
+    return f"{text}; {oom_text}" if oom else text
+
+
+def _speed(e: Entry) -> float:
+    """tokens/s, or 1/step time for entries without a model."""
+    tps = e.get("tokens_per_s")
+    if tps is not None:
+        return float(tps)
+    step = e.get("step_time_s") or 0.0
+    return 1.0 / step if step > 0 else 0.0
+
+
+def _traffic(e: Entry) -> str:
+    return "its weight and K/V traffic" if e.get("schedule") == "tsp" else "its communication"
+
+
+def _where(e: Entry) -> str:
+    """`` over the NICs`` when the model-parallel group spans nodes."""
+    cfg = e.get("config") or {}
+    per_node = (cfg.get("topology") or {}).get("gpus_per_node")
+    size = (cfg.get("plan") or {}).get("replica_size")
+    return " over the NICs" if per_node and size and size > per_node else ""
+
+
+def _reason(win: Entry, other: Entry) -> str:
+    """Why ``win`` is faster than ``other``: exposed communication or compute time."""
+    d_comm = other["exposed_comm_s"] - win["exposed_comm_s"]
+    d_comp = (other.get("compute_s") or 0.0) - (win.get("compute_s") or 0.0)
+    if d_comm >= d_comp:
+        return (f"{schedule_label(other)} exposes {other['exposed_comm_s']:.3g} s of communication{_where(other)} "
+                f"while {schedule_label(win)} exposes {win['exposed_comm_s']:.3g} s and hides "
+                f"{win['overlap_pct']:.0f}% of {_traffic(win)} behind compute")
+    return (f"{schedule_label(other)} computes for {other.get('compute_s', 0.0):.3g} s per step against "
+            f"{win.get('compute_s', 0.0):.3g} s (smaller or redundant kernels)")
+
+
+def _profile(e: Entry) -> str:
+    return (f"step {e['step_time_s']:.3g} s, compute {e.get('compute_s') or 0.0:.3g} s, exposed communication "
+            f"{e['exposed_comm_s']:.3g} s ({e['overlap_pct']:.0f}% of communication hidden), peak "
+            f"{e['peak_memory_gb']:.1f} GB of {e['hbm_gb']:g} GB")
+
+
+def _oom_text(oom: Sequence[Entry], win: Entry) -> str:
+    if not oom:
+        return ""
+    faster = [e for e in oom if _speed(e) > _speed(win)]
+    parts = [f"{schedule_label(e)} needs {e['peak_memory_gb']:.1f} GB > {e['hbm_gb']:g} GB HBM (OOM"
+             f"{', would be faster' if e in faster else ''})" for e in oom]
+    return "; ".join(parts)

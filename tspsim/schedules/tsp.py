@@ -1,0 +1,427 @@
+"""``tsp`` — Zyphra's folded Tensor + Sequence Parallelism on one mesh axis of size D (tsp.md).
+
+Rank p holds tokens X_p (B·S/D, zig-zag: chunks p and 2D−1−p) and owns weight shard p of every layer
+(head shard p of attention, column/row shard p of the MLP). Per block, forward (tsp.md §2, §3)::
+
+    attention — broadcast loop, one iteration per weight owner r:
+        broadcast [W_q,r | W_k,r | W_v,r | W_o,r] from r            (stream "weights")
+        Q, K, V = X_p · W_{q,k,v},r                                  [n × (H_q + 2H_kv)/D]
+        K_r, V_r = all_gather over the D sequence shards (packed)    (stream "kv")
+        A = causal_attention(Q, K_r, V_r);  Y_p += A · W_o,r          (no all-reduce)
+    MLP — ring of weight shards, D steps, D−1 point-to-point transfers per rank:
+        Z_p += (silu(X_p W_gate,k) ⊙ X_p W_up,k) W_down,k   for the shard k held at step j
+        send shard k to p+1 while receiving the next from p−1          (streams "weights_tx"/"weights")
+
+``weight_buffers`` shards are in flight (default 2: the broadcast or ring transfer of shard r+1
+overlaps compute on shard r). ``kv_buckets`` splits each head shard's K/V gather.
+
+Backward (tsp.md §4, all assumed, documented in README): under full recompute each block's forward
+(broadcasts, ring, gathers) runs again; then the MLP ring runs again for dX, and each shard's partial
+weight gradient travels the ring as an accumulator that ends at its owner (a ring reduce-scatter:
+D−1 transfers per rank, ``tsp_grad_return=ring``); attention re-broadcasts each shard, re-gathers its
+K/V, reduce-scatters dK/dV back to the sequence owners and reduces the shard's weight gradient to its
+owner r. No gradient all-reduce inside the TSP group; the DP axis syncs the owned shards.
+
+The embedding and LM head are vocab-parallel over the axis and handled like the MLP: their shards
+ride the ring, so every rank meets every vocabulary shard with its own tokens.
+"""
+
+from __future__ import annotations
+
+from tspsim.opgraph import OpGraph
+from tspsim.schedules.base import SCHEDULES, Schedule
+from tspsim.schedules.common import ATTN_BWD_FACTOR, BuildContext, attention_fwd_flops
+
+Mem = list[tuple[str, str, int]]
+
+
+class _Tsp:
+    def __init__(self, ctx: BuildContext) -> None:
+        self.c = ctx
+        m, w = ctx.model, ctx.workload
+        self.D = ctx.plan.tp
+        self.B, self.S, self.H = w.batch, w.seq_len, m.hidden
+        self.n = self.B * self.S // self.D                     # own tokens
+        self.s = m.dtype_bytes
+        self.q_l, self.kv_l = m.q_dim // self.D, m.kv_dim // self.D
+        self.heads_l = m.q_heads // self.D
+        self.i_l = m.ffn_hidden // self.D
+        self.attn_shard = m.attn_params // self.D                # elements per attention shard
+        self.mlp_shard = m.mlp_params // self.D
+        self.vocab_shard = m.vocab * m.hidden // self.D
+        self.saved: dict[tuple[int, int], dict[str, int]] = {}
+        self.orig: dict[tuple[int, int], dict[str, int]] = {}
+        self.prev_attn_done: dict[int, int | None] = {}
+
+    # ------------------------------------------------------------------------------ helpers
+    def group(self, rank: int) -> tuple[int, ...]:
+        base = rank - rank % self.D
+        return tuple(range(base, base + self.D))
+
+    def owner(self, rank: int, r: int) -> int:
+        return rank - rank % self.D + r
+
+    def collective(self, kind: str, nbytes: float, name: str, *, stream: str, layer: int, phase: str,
+                   deps: dict[int, list[int | None]], root_index: int = -1,
+                   mem: dict[int, Mem] | None = None) -> dict[int, int]:
+        """One collective per TSP group among the simulated ranks."""
+        c = self.c
+        out: dict[int, int] = {}
+        for r0 in c.ranks:
+            if r0 in out:
+                continue
+            g = self.group(r0)
+            members = [x for x in g if x in c.last]
+            root = g[root_index] if root_index >= 0 else -1
+            out.update(c.builder.collective(kind, g, int(nbytes), name, stream=stream, layer=layer, phase=phase,
+                                            deps={x: deps.get(x, []) for x in members}, root=root,
+                                            issuers=members, mem={x: (mem or {}).get(x, []) for x in members}))
+        return out
+
+    def ring(self, step: int, nbytes: float, name: str, *, layer: int, phase: str,
+             send_deps: dict[int, list[int | None]], recv_deps: dict[int, list[int | None]],
+             recv_mem: dict[int, Mem] | None = None) -> dict[int, int]:
+        """Every rank sends to p+1 and receives from p−1; returns {rank: recv op id}."""
+        c = self.c
+        recvs: dict[int, int] = {}
+        for p in c.ranks:
+            g = self.group(p)
+            dst = g[(g.index(p) + 1) % self.D]
+            if dst not in c.last:
+                continue
+            s_op, r_op = c.builder.p2p(p, dst, int(nbytes), f"{name}[step {step}]", send_stream="weights_tx",
+                                       recv_stream="weights", layer=layer, phase=phase,
+                                       send_deps=send_deps.get(p, []), recv_deps=recv_deps.get(dst, []),
+                                       recv_mem=(recv_mem or {}).get(dst, []))
+            if r_op is not None:
+                recvs[dst] = r_op
+        return recvs
+
+    # ------------------------------------------------------------------------------ attention
+    def attention_fwd(self, layer: int, phase: str, keep: set[str], prefix: str = "") -> None:
+        c, n, s, H, D = self.c, self.n, self.s, self.H, self.D
+        m = c.model
+        L = f"L{layer}.{prefix}"
+        w = c.opts.weight_buffers
+        shard_bytes = self.attn_shard * s
+        for r in c.ranks:
+            mem = [("end", "activations", n * H * s)] if "x" in keep else []
+            if "x" in keep:
+                self._save(layer, r, "x", n * H * s)
+            c.elementwise(r, L + "attn.norm", 3 * n * H * s, layer=layer, phase=phase, after=[c.last[r]], mem=mem)
+        outs: dict[int, list[int]] = {r: [] for r in c.ranks}
+        kv_bytes = 2.0 * self.B * self.S * self.kv_l * s
+        buckets = c.opts.kv_buckets
+        for i in range(D):
+            deps = {}
+            for r in c.ranks:
+                deps[r] = [outs[r][i - w]] if i >= w else [self.prev_attn_done.get(r)]
+            mem = {r: [("start", "comm_buffers", int(shard_bytes))] for r in c.ranks if self.owner(r, i) != r}
+            bc = self.collective("broadcast", shard_bytes, L + f"attn.weights_broadcast[r={i}]", stream="weights",
+                                 layer=layer, phase=phase, deps=deps, root_index=i, mem=mem)
+            qkv = {}
+            for r in c.ranks:
+                mem2: Mem = []
+                if "qkv" in keep:
+                    b = n * (self.q_l + 2 * self.kv_l) * s
+                    mem2.append(("end", "activations", b))
+                    self._save(layer, r, "qkv", b)
+                qkv[r] = c.gemm(r, L + f"attn.qkv[r={i}]", n, self.q_l + 2 * self.kv_l, H, layer=layer, phase=phase,
+                                after=[bc.get(r), c.last[r]], mem=mem2)
+            ready = {r: [qkv[r]] for r in c.ranks}
+            for bkt in range(buckets):
+                nb = kv_bytes / buckets
+                kv = self.collective("all_gather", nb, L + f"attn.kv_all_gather[r={i}" + (f",b={bkt}]" if buckets > 1
+                                     else "]"), stream="kv", layer=layer, phase=phase, deps=ready,
+                                     mem={r: [("start", "comm_buffers", int(nb))] for r in c.ranks})
+                for r in c.ranks:
+                    mem3: Mem = [("end", "comm_buffers", -int(nb))]
+                    if "o" in keep and bkt == buckets - 1:
+                        b = n * self.q_l * s + n * self.heads_l * 4
+                        mem3.append(("end", "activations", b))
+                        self._save(layer, r, "o", b)
+                    fl = attention_fwd_flops(self.B, self.S / D, self.S, self.heads_l / buckets, m.head_dim)
+                    c.compute(r, "attention_fwd", L + f"attn.core[r={i}]", flops=fl,
+                              hbm_bytes=(n * self.q_l * 2 / buckets + nb / s) * s,
+                              shape=(self.B, self.S // D, self.S, self.heads_l // buckets or 1, m.head_dim),
+                              layer=layer, phase=phase, after=[kv.get(r), c.last[r]], mem=mem3)
+            for r in c.ranks:
+                free = [("end", "comm_buffers", -int(shard_bytes))] if self.owner(r, i) != r else []
+                outs[r].append(c.gemm(r, L + f"attn.out[r={i}]", n, H, self.q_l, layer=layer, phase=phase,
+                                      after=[c.last[r]], mem=free))
+        for r in c.ranks:
+            self.prev_attn_done[r] = outs[r][-1]
+            c.elementwise(r, L + "attn.residual_add", 3 * n * H * s, layer=layer, phase=phase, after=[c.last[r]])
+
+    # ------------------------------------------------------------------------------ MLP ring
+    def mlp_fwd(self, layer: int, phase: str, keep: set[str], prefix: str = "") -> None:
+        c, n, s, H, D = self.c, self.n, self.s, self.H, self.D
+        m = c.model
+        L = f"L{layer}.{prefix}"
+        w = c.opts.weight_buffers
+        width = (2 if m.gated_mlp else 1) * self.i_l
+        shard_bytes = self.mlp_shard * s
+        norm = {}
+        for r in c.ranks:
+            mem = [("end", "activations", n * H * s)] if "x2" in keep else []
+            if "x2" in keep:
+                self._save(layer, r, "x2", n * H * s)
+            norm[r] = c.elementwise(r, L + "mlp.norm", 3 * n * H * s, layer=layer, phase=phase, after=[c.last[r]],
+                                    mem=mem)
+        downs: dict[int, list[int]] = {r: [] for r in c.ranks}
+        recv: dict[int, int] = {}
+        for j in range(D):
+            if j < D - 1:  # move the shard for step j+1 while step j computes
+                send_deps = {r: [recv.get(r)] if j > 0 else [norm[r]] for r in c.ranks}
+                recv_deps = {r: [downs[r][j + 1 - w]] if j + 1 - w >= 0 else [norm[r]] for r in c.ranks}
+                nxt = self.ring(j, shard_bytes, L + "mlp.weights_ring", layer=layer, phase=phase,
+                                send_deps=send_deps, recv_deps=recv_deps,
+                                recv_mem={r: [("start", "comm_buffers", int(shard_bytes))] for r in c.ranks})
+            else:
+                nxt = {}
+            for r in c.ranks:
+                after = [c.last[r], recv.get(r) if j > 0 else None]
+                mem: Mem = []
+                tmp: Mem = []
+                if "h" in keep:
+                    mem.append(("end", "activations", n * width * s))
+                    self._save(layer, r, "h", n * width * s)
+                else:
+                    tmp = [("start", "temporary", n * width * s)]
+                c.gemm(r, L + f"mlp.gate_up[step {j}]", n, width, H, layer=layer, phase=phase, after=after,
+                       mem=mem + tmp)
+                amem: Mem = []
+                if "act" in keep:
+                    amem.append(("end", "activations", n * self.i_l * s))
+                    self._save(layer, r, "act", n * self.i_l * s)
+                c.elementwise(r, L + f"mlp.act[step {j}]", (width + self.i_l) * n * s, layer=layer, phase=phase,
+                              after=[c.last[r]], mem=amem)
+                free: Mem = [("end", "temporary", -n * width * s)] if "h" not in keep else []
+                if j > 0:
+                    free.append(("end", "comm_buffers", -int(shard_bytes)))
+                downs[r].append(c.gemm(r, L + f"mlp.down[step {j}]", n, H, self.i_l, layer=layer, phase=phase,
+                                       after=[c.last[r]], mem=free))
+            recv = nxt
+        for r in c.ranks:
+            c.elementwise(r, L + "mlp.residual_add", 3 * n * H * s, layer=layer, phase=phase, after=[c.last[r]])
+
+    # ------------------------------------------------------------------------------ backward
+    def mlp_bwd(self, layer: int) -> dict[int, int | None]:
+        """MLP backward: ring again for dX; partial gradients ride the ring to their owners."""
+        c, n, s, H, D = self.c, self.n, self.s, self.H, self.D
+        m = c.model
+        L = f"L{layer}.bwd."
+        w = c.opts.weight_buffers
+        width = (2 if m.gated_mlp else 1) * self.i_l
+        shard_bytes = self.mlp_shard * s
+        grad_bytes = self.mlp_shard * c.opts.grad_bytes
+        saved = {r: self.saved.setdefault((layer, r), {}) for r in c.ranks}
+        orig = {r: self.orig.setdefault((layer, r), dict(saved[r])) for r in c.ranks}
+        start = {r: c.last[r] for r in c.ranks}
+        downs: dict[int, list[int]] = {r: [] for r in c.ranks}
+        recv: dict[int, int] = {}
+        acc_recv: dict[int, int] = {}
+        grad_done: dict[int, int | None] = {r: None for r in c.ranks}
+        ring_grads = c.opts.tsp_grad_return == "ring"
+        for j in range(D):
+            nxt = {}
+            if j < D - 1:
+                send_deps = {r: [recv.get(r)] if j > 0 else [start[r]] for r in c.ranks}
+                recv_deps = {r: [downs[r][j + 1 - w]] if j + 1 - w >= 0 else [start[r]] for r in c.ranks}
+                nxt = self.ring(j, shard_bytes, L + "mlp.weights_ring", layer=layer, phase="bwd",
+                                send_deps=send_deps, recv_deps=recv_deps,
+                                recv_mem={r: [("start", "comm_buffers", int(shard_bytes))] for r in c.ranks})
+            steps = {}
+            for r in c.ranks:
+                free: Mem = [("end", "comm_buffers", -int(shard_bytes))] if j > 0 else []
+                c.gemm(r, L + f"mlp.down[step {j}]", n, H, self.i_l, layer=layer, phase="bwd",
+                       after=[c.last[r], recv.get(r) if j > 0 else None], scale=2,
+                       mem=self._release(saved[r], orig[r], "act", j, D))
+                c.elementwise(r, L + f"mlp.act[step {j}]", 3 * n * width * s, layer=layer, phase="bwd",
+                              after=[c.last[r]], mem=self._release(saved[r], orig[r], "h", j, D))
+                steps[r] = c.gemm(r, L + f"mlp.gate_up[step {j}]", n, width, H, layer=layer, phase="bwd",
+                                  after=[c.last[r]], scale=2, mem=free)
+                downs[r].append(steps[r])
+            if ring_grads and j >= 1:
+                # accumulator for the shard computed at step j started at step 1 one rank after its owner
+                send_deps = {r: [steps[r], acc_recv.get(r)] for r in c.ranks}
+                acc_recv = self.ring(j, grad_bytes, L + "mlp.grad_ring", layer=layer, phase="bwd",
+                                     send_deps=send_deps, recv_deps={r: [steps[r]] for r in c.ranks})
+                for r, op in acc_recv.items():
+                    grad_done[r] = op
+            recv = nxt
+        if not ring_grads:
+            for k in range(D):
+                red = self.collective("reduce", grad_bytes, L + f"mlp.grad_reduce[r={k}]", stream="grads",
+                                      layer=layer, phase="bwd", deps={r: [c.last[r]] for r in c.ranks}, root_index=k)
+                for r, op in red.items():
+                    grad_done[r] = op
+        for r in c.ranks:
+            c.elementwise(r, L + "mlp.norm", 4 * n * H * s, layer=layer, phase="bwd", after=[c.last[r]],
+                          mem=self._free_all(saved[r], "x2"))
+        return grad_done
+
+    def attention_bwd(self, layer: int) -> dict[int, int | None]:
+        """Re-broadcast each shard, re-gather its K/V, reduce-scatter dK/dV, reduce dW to the owner."""
+        c, n, s, H, D = self.c, self.n, self.s, self.H, self.D
+        m = c.model
+        L = f"L{layer}.bwd."
+        w = c.opts.weight_buffers
+        shard_bytes = self.attn_shard * s
+        kv_bytes = 2.0 * self.B * self.S * self.kv_l * s
+        saved = {r: self.saved.setdefault((layer, r), {}) for r in c.ranks}
+        orig = {r: self.orig.setdefault((layer, r), dict(saved[r])) for r in c.ranks}
+        start = {r: c.last[r] for r in c.ranks}
+        uses: dict[int, list[int]] = {r: [] for r in c.ranks}
+        grad_done: dict[int, int | None] = {r: None for r in c.ranks}
+        for i in range(D):
+            deps = {r: [uses[r][i - w]] if i >= w else [start[r]] for r in c.ranks}
+            mem = {r: [("start", "comm_buffers", int(shard_bytes))] for r in c.ranks if self.owner(r, i) != r}
+            bc = self.collective("broadcast", shard_bytes, L + f"attn.weights_broadcast[r={i}]", stream="weights",
+                                 layer=layer, phase="bwd", deps=deps, root_index=i, mem=mem)
+            for r in c.ranks:
+                c.gemm(r, L + f"attn.out[r={i}]", n, H, self.q_l, layer=layer, phase="bwd",
+                       after=[bc.get(r), c.last[r]], scale=2)
+            kv = self.collective("all_gather", kv_bytes, L + f"attn.kv_all_gather[r={i}]", stream="kv", layer=layer,
+                                 phase="bwd", deps={r: [bc.get(r)] for r in c.ranks},
+                                 mem={r: [("start", "comm_buffers", int(kv_bytes))] for r in c.ranks})
+            for r in c.ranks:
+                fl = ATTN_BWD_FACTOR * attention_fwd_flops(self.B, self.S / D, self.S, self.heads_l, m.head_dim)
+                c.compute(r, "attention_bwd", L + f"attn.core[r={i}]", flops=fl,
+                          hbm_bytes=(n * self.q_l * 4 + 2 * kv_bytes / s) * s,
+                          shape=(self.B, self.S // D, self.S, self.heads_l, m.head_dim), layer=layer, phase="bwd",
+                          after=[kv.get(r), c.last[r]],
+                          mem=[("end", "comm_buffers", -int(kv_bytes)), ("end", "temporary", int(kv_bytes))]
+                          + self._release(saved[r], orig[r], "o", i, D))
+            rs = self.collective("reduce_scatter", kv_bytes, L + f"attn.kv_grad_reduce_scatter[r={i}]", stream="kv",
+                                 layer=layer, phase="bwd", deps={r: [c.last[r]] for r in c.ranks})
+            qkv = {}
+            for r in c.ranks:
+                free: Mem = [("end", "temporary", -int(kv_bytes))]
+                if self.owner(r, i) != r:
+                    free.append(("end", "comm_buffers", -int(shard_bytes)))
+                qkv[r] = c.gemm(r, L + f"attn.qkv[r={i}]", n, self.q_l + 2 * self.kv_l, H, layer=layer, phase="bwd",
+                                after=[rs.get(r), c.last[r]], scale=2, mem=free + self._release(saved[r], orig[r], "qkv", i, D))
+                uses[r].append(qkv[r])
+            red = self.collective("reduce", self.attn_shard * c.opts.grad_bytes, L + f"attn.grad_reduce[r={i}]",
+                                  stream="grads", layer=layer, phase="bwd", deps={r: [qkv[r]] for r in c.ranks},
+                                  root_index=i)
+            for r in c.ranks:
+                if self.owner(r, i) == r:
+                    grad_done[r] = red.get(r)
+        for r in c.ranks:
+            c.elementwise(r, L + "attn.norm", 4 * n * H * s, layer=layer, phase="bwd", after=[c.last[r]],
+                          mem=self._free_all(saved[r], "x"))
+            left = sum(saved[r].values())
+            if left:
+                c.builder.graph.ops[c.last[r]].mem += (("end", "activations", -int(left)),)
+            self.saved.pop((layer, r), None)
+            self.orig.pop((layer, r), None)
+        return grad_done
+
+    def _save(self, layer: int, rank: int, item: str, nbytes: int) -> None:
+        store = self.saved.setdefault((layer, rank), {})
+        store[item] = store.get(item, 0) + int(nbytes)
+
+    @staticmethod
+    def _release(saved: dict[str, int], orig: dict[str, int], item: str, step: int, parts: int) -> Mem:
+        """Release the part of a saved item used by backward step ``step`` of ``parts`` (last takes the rest)."""
+        if saved.get(item, 0) <= 0:
+            return []
+        take = saved[item] if step == parts - 1 else min(saved[item], orig.get(item, 0) // parts)
+        saved[item] -= take
+        if saved[item] <= 0:
+            saved.pop(item)
+        return [("end", "activations", -int(take))] if take else []
+
+    @staticmethod
+    def _free_all(saved: dict[str, int], item: str) -> Mem:
+        b = saved.pop(item, 0)
+        return [("end", "activations", -int(b))] if b else []
+
+    # ------------------------------------------------------------------------------ vocab ring
+    def vocab_ring(self, name: str, phase: str, per_step_gemm: tuple[float, float, float], scale: float,
+                   grad_ring: bool) -> None:
+        """Embedding / LM head shards ride the ring like the MLP (D−1 transfers, + gradients if training)."""
+        c, D = self.c, self.D
+        shard_bytes = self.vocab_shard * self.s
+        recv: dict[int, int] = {}
+        start = {r: c.last[r] for r in c.ranks}
+        for j in range(D):
+            nxt = self.ring(j, shard_bytes, f"{name}.weights_ring", layer=-1, phase=phase,
+                            send_deps={r: [recv.get(r)] if j > 0 else [start[r]] for r in c.ranks},
+                            recv_deps={r: [start[r]] for r in c.ranks},
+                            recv_mem={r: [("start", "comm_buffers", int(shard_bytes))] for r in c.ranks}) \
+                if j < D - 1 else {}
+            for r in c.ranks:
+                m_, n_, k_ = per_step_gemm
+                c.gemm(r, f"{name}[step {j}]", m_, n_, k_, layer=-1, phase=phase,
+                       after=[c.last[r], recv.get(r) if j > 0 else None], scale=scale,
+                       mem=[("end", "comm_buffers", -int(shard_bytes))] if j > 0 else [])
+            if grad_ring and j >= 1:
+                self.ring(j, self.vocab_shard * c.opts.grad_bytes, f"{name}.grad_ring", layer=-1, phase=phase,
+                          send_deps={r: [c.last[r]] for r in c.ranks}, recv_deps={r: [c.last[r]] for r in c.ranks})
+            recv = nxt
+
+
+def build(ctx: BuildContext) -> OpGraph:
+    """TSP of degree D = ``ctx.plan.tp`` (= ``plan.sp``)."""
+    t = _Tsp(ctx)
+    c, m = ctx, ctx.model
+    n, s, H, D = t.n, t.s, t.H, t.D
+    per_layer = (m.attn_params + m.mlp_params) / D + m.norm_params
+    params = {r: m.layers * per_layer + (m.embedding_params - H) / D + H for r in c.ranks}
+    c.init_static(params)
+    train = c.training
+    policy = c.opts.recompute if train else "none"
+    keep_all = {"x", "qkv", "o", "x2", "h", "act"}
+    keep = {"none": keep_all, "selective": {"x", "qkv", "o", "x2", "h"}, "full": set()}[policy] if train else set()
+    v_l = m.vocab // D
+    # ---- embedding (vocab-parallel shards ride the ring; each rank looks up its own tokens)
+    t.vocab_ring("embedding.lookup", "fwd", (n, H, 1), 1.0, grad_ring=False)
+    for r in c.ranks:
+        t.prev_attn_done[r] = c.last[r]
+    for layer in range(m.layers):
+        for r in c.ranks:
+            if train and policy == "full":
+                c.last[r] = c.builder.memory(r, f"L{layer}.checkpoint", [("activations", n * H * s)], layer=layer,
+                                             deps=[c.last[r]])
+        t.attention_fwd(layer, "fwd", keep)
+        t.mlp_fwd(layer, "fwd", keep)
+    # ---- LM head + loss: logits for own tokens, vocab shard by shard
+    logits = int(n * m.vocab * c.opts.logits_bytes)
+    for r in c.ranks:
+        c.last[r] = c.builder.memory(r, "head.logits_buffer", [("temporary", logits)], deps=[c.last[r]])
+    t.vocab_ring("head.logits", "fwd", (n, v_l, H), 1.0, grad_ring=False)
+    for r in c.ranks:
+        c.elementwise(r, "loss.cross_entropy", 2 * n * m.vocab * c.opts.logits_bytes, phase="fwd",
+                      after=[c.last[r]], mem=[] if train else [("end", "temporary", -logits)])
+    if train:
+        t.vocab_ring("bwd.head.logits", "bwd", (n, v_l, H), 2.0, grad_ring=True)
+        for r in c.ranks:
+            c.last[r] = c.builder.memory(r, "bwd.head.free_logits", [("temporary", -logits)], phase="bwd",
+                                         deps=[c.last[r]])
+        c.dp_sync({r: m.vocab * H / D for r in c.ranks}, dict(c.last), layer=-1)
+        for layer in reversed(range(m.layers)):
+            if policy == "full":
+                t.attention_fwd(layer, "bwd", keep_all, prefix="recompute.")
+                t.mlp_fwd(layer, "bwd", keep_all, prefix="recompute.")
+            g_mlp = t.mlp_bwd(layer)
+            c.dp_sync({r: m.mlp_params / D for r in c.ranks}, {r: g_mlp.get(r) or c.last[r] for r in c.ranks},
+                      layer=layer)
+            g_attn = t.attention_bwd(layer)
+            c.dp_sync({r: m.attn_params / D + m.norm_params for r in c.ranks},
+                      {r: g_attn.get(r) or c.last[r] for r in c.ranks}, layer=layer)
+            if policy == "full":
+                for r in c.ranks:
+                    c.last[r] = c.builder.memory(r, f"L{layer}.checkpoint_free", [("activations", -n * H * s)],
+                                                 layer=layer, phase="bwd", deps=[c.last[r]])
+        t.vocab_ring("bwd.embedding", "bwd", (n, H, 1), 1.0, grad_ring=True)
+        c.dp_sync({r: m.vocab * H / D for r in c.ranks}, dict(c.last), layer=-1)
+        c.optimizer_step(params)
+    return c.finish("tsp", {"layout": {"D": D, "weight_buffers": c.opts.weight_buffers,
+                                       "kv_buckets": c.opts.kv_buckets}})
+
+
+SCHEDULES.register("tsp", Schedule("tsp", "folded TSP: attention weight-broadcast loop + K/V all-gather, MLP weight "
+                                   "ring", "tsp.md §2-§4", build))
