@@ -121,7 +121,7 @@ class Network:
                     residual[link] = self.capacity[link]
                     weight[link] = 0
                     on_link[link] = []
-                weight[link] = 1
+                weight[link] += 1
                 on_link[link].append(f)
         unfrozen = len(flows)
         level = 0.0

@@ -337,7 +337,7 @@ class Replay:
                 pending = [e for e in events if not e.triggered]
                 if pending:
                     yield simpy.AllOf(env, pending)
-        kind = st.op.kind
+        kind = "send" if st.op.kind in P2P_KINDS else st.op.kind
         tl = self.timeline
         for r, b in plan.sent.items():
             per = tl.sent_bytes.setdefault(r, {})
