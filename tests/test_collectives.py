@@ -66,7 +66,8 @@ def _cases():
             for alg in algs:
                 if alg == "hier" and not _even_multinode(topo, group):
                     continue
-                yield pytest.param(name, group, op, alg, id=f"{name}-{op}-{alg or 'policy'}-{len(group)}r-{group[0]}..{group[-1]}")
+                case_id = f"{name}-{op}-{alg or 'policy'}-{len(group)}r-{group[0]}..{group[-1]}"
+                yield pytest.param(name, group, op, alg, id=case_id)
 
 
 def _root(op, group):
@@ -310,8 +311,9 @@ def op_program(draw):
             items.append(("compute", draw(st.sampled_from(ranks)), draw(st.integers(1, 2000)) * 1e9))
         else:
             group = tuple(sorted(draw(st.lists(st.sampled_from(ranks), min_size=2, max_size=8, unique=True))))
-            items.append(("coll", draw(st.sampled_from(sorted(ALGS))), group, draw(st.sampled_from(["comm", "dp"])),
-                          draw(st.integers(1, 2**28)), draw(st.booleans())))
+            op = draw(st.sampled_from(sorted(ALGS)))
+            stream = draw(st.sampled_from(["comm", "dp"]))
+            items.append(("coll", op, group, stream, draw(st.integers(1, 2**28)), draw(st.booleans())))
     return items
 
 
@@ -342,9 +344,9 @@ def test_spans_on_one_stream_never_overlap(program):
         for d in op.deps:
             assert start >= span[d][1]
     for key, items in by_stream.items():
-        items.sort(key=lambda x: (x[2]))  # issue order = id order within a stream
-        for (s1, e1, _), (s2, e2, _) in zip(items, items[1:]):
-            assert s2 >= e1, f"overlap on {key}"
+        items.sort(key=lambda x: x[2])  # issue order = id order within a stream
+        for (_, end, _), (start, _, _) in zip(items, items[1:]):
+            assert start >= end, f"overlap on {key}"
     # all members of a collective finish together, after the last one arrived
     by_coll: dict[str, list[int]] = {}
     for op in graph.ops:

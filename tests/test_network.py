@@ -160,7 +160,7 @@ def test_network_properties(capacities, specs):
     delivered = Counter()
     for k, (now, rates) in enumerate(log):
         load = Counter()
-        for tag, links, rate, cap in rates:
+        for _, links, rate, cap in rates:
             assert rate >= 0.0
             assert rate <= cap * (1 + 1e-9)
             for link in links:  # multiplicity counts

@@ -30,7 +30,8 @@ def test_parse_size(text, expected):
     assert isinstance(parse_size(text), int)
 
 
-@pytest.mark.parametrize("text", ["12q", "", "k", "-1", "1e3", "1.5", "0.1k", "1kk", "M1", "1 2", "1,0", "abc"])
+@pytest.mark.parametrize("text", ["12q", "", "k", "-1", "1e3", "1.5", "0.1k", "1kk", "M1", "1 2", "1,0",
+                                  "abc"])
 def test_parse_size_rejects(text):
     with pytest.raises(TspsimError):
         parse_size(text)

@@ -46,15 +46,16 @@ def parse_size_list(text: str, what: str = "size") -> list[int]:
     return [parse_size(item, what) for item in items]
 
 
-def parse_int_list(text: str, what: str = "value") -> list[int]:
-    """Parse ``'2,4,8'`` → ``[2, 4, 8]`` (positive whole numbers, no suffixes)."""
+def parse_int_list(text: str, what: str = "value", minimum: int = 1) -> list[int]:
+    """Parse ``'2,4,8'`` → ``[2, 4, 8]`` (whole numbers ≥ ``minimum``, no suffixes)."""
     items = [item.strip() for item in str(text).split(",") if item.strip()]
     if not items:
         raise TspsimError(f"empty {what} list {text!r}: give at least one value, e.g. 2,4,8")
     out = []
     for item in items:
-        if not item.isdigit() or int(item) < 1:
-            raise TspsimError(f"invalid {what} {item!r}: expected a positive whole number")
+        if not item.isdigit() or int(item) < minimum:
+            kind = "a positive whole number" if minimum == 1 else f"a whole number ≥ {minimum}"
+            raise TspsimError(f"invalid {what} {item!r}: expected {kind}")
         out.append(int(item))
     return out
 

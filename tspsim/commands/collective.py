@@ -44,7 +44,7 @@ def simulate_collective(topology: str, op: str, ranks: tuple[int, ...], nbytes: 
 @click.option("--op", "op", type=click.Choice(OPS), default="all_reduce", show_default=True, help="Collective.")
 @click.option("--group", type=click.IntRange(min=2), default=None,
               help="Number of ranks (first N GPUs; 8 = one node, 16 = two nodes). Default: one node.")
-@click.option("--ranks", type=IntListType("rank"), default=None, help="Explicit ranks, e.g. 0,8,16,24.")
+@click.option("--ranks", type=IntListType("rank", minimum=0), default=None, help="Explicit ranks, e.g. 0,8,16,24.")
 @click.option("--sizes", type=SizeListType("size"), default="1k,64k,1M,16M,128M,1G",
               show_default=True, help="Message sizes (binary suffixes: 1k = 1024 bytes).")
 @click.option("--algorithm", type=click.Choice(["ring", "direct", "one_shot", "two_shot", "tree", "hier"]),

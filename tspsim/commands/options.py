@@ -51,15 +51,16 @@ class IntListType(click.ParamType):
 
     name = "ints"
 
-    def __init__(self, what: str = "value") -> None:
+    def __init__(self, what: str = "value", minimum: int = 1) -> None:
         self.what = what
+        self.minimum = minimum
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[int]:
         """Parse or fail with a usage error."""
         if isinstance(value, list):
             return value
         try:
-            return parse_int_list(value, self.what)
+            return parse_int_list(value, self.what, self.minimum)
         except TspsimError as exc:
             self.fail(str(exc), param, ctx)
 
