@@ -56,7 +56,7 @@ def yaml_error_types() -> tuple[type[BaseException], ...]:
 @click.group(cls=TspsimGroup, context_settings=CONTEXT)
 @click.version_option(__version__, "--version", prog_name="tspsim")
 def cli() -> None:
-    """tspsim — discrete-event simulator of TSP, TP, SP and TP+SP schedules.
+    r"""tspsim — discrete-event simulator of TSP, TP, SP and TP+SP schedules.
 
     \b
     Examples:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 from tspsim.errors import TspsimError
 from tspsim.topology import Topology
@@ -79,7 +79,7 @@ class CollectivePlan:
 
 
 # ------------------------------------------------------------------------------------ ring orders
-@lru_cache(maxsize=None)
+@cache
 def hamiltonian_channels(k: int) -> tuple[tuple[int, ...], ...]:
     """Directed Hamiltonian cycles of the complete digraph on ``k`` vertices covering every arc equally.
 
@@ -145,8 +145,11 @@ def _nodes_of(group: tuple[int, ...], topo: Topology) -> dict[int, list[int]]:
 
 
 def choose_algorithm(kind: str, group: tuple[int, ...], nbytes: int, topo: Topology) -> str:
-    """RCCL/NCCL-like policy: direct for small messages on one node, ring for large ones,
-    hierarchical across nodes when several ranks share a node, tree for small multi-node all-reduce."""
+    """RCCL/NCCL-like algorithm policy.
+
+    Direct for small messages on one node, ring for large ones, hierarchical across nodes when several
+    ranks share a node, tree for small multi-node all-reduce.
+    """
     by_node = _nodes_of(group, topo)
     if kind == "all_to_all":
         return "direct"

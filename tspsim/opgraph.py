@@ -194,7 +194,8 @@ class OpGraph:
             try:
                 ops.append(_op_from_json(o))
             except (KeyError, TypeError, ValueError) as exc:
-                raise TraceError(f"{where}: ops[{i}] is malformed ({exc}); expected the fields of tspsim.opgraph.Op") from None
+                raise TraceError(f"{where}: ops[{i}] is malformed ({exc}); "
+                                 "expected the fields of tspsim.opgraph.Op") from None
         graph = cls(ops=ops, meta=doc.get("meta") or {}, ranks=tuple(doc.get("ranks") or sorted({o.rank for o in ops})),
                     replica_nodes=int(doc.get("replica_nodes") or 0))
         validate(graph, where)
@@ -258,7 +259,8 @@ def validate(graph: OpGraph, where: str = "op graph") -> None:
         if (first.kind, first.nbytes, first.group, first.root) != (op.kind, op.nbytes, op.group, op.root):
             raise TraceError(
                 f"{where}: collective {op.coll!r}: rank {op.rank} issues {op.kind} of {op.nbytes} B on "
-                f"{list(op.group)} but rank {first.rank} issues {first.kind} of {first.nbytes} B on {list(first.group)}")
+                f"{list(op.group)} but rank {first.rank} issues {first.kind} of {first.nbytes} B on "
+                f"{list(first.group)}")
         if op.rank not in op.group:
             raise TraceError(f"{where}: rank {op.rank} issues collective {op.coll!r} but is not in its group")
         ranks = members.setdefault(op.coll, set())
@@ -331,8 +333,10 @@ class GraphBuilder:
         s = r = None
         if src in sim:
             s = self._add(Op(0, src, send_stream, "send", f"{name}", layer, phase, nbytes=int(nbytes),
-                             group=(src, dst), coll=coll, mem=tuple(send_mem), deps=[d for d in send_deps if d is not None]))
+                             group=(src, dst), coll=coll, mem=tuple(send_mem),
+                             deps=[d for d in send_deps if d is not None]))
         if dst in sim:
             r = self._add(Op(0, dst, recv_stream, "recv", f"{name}", layer, phase, nbytes=int(nbytes),
-                             group=(src, dst), coll=coll, mem=tuple(recv_mem), deps=[d for d in recv_deps if d is not None]))
+                             group=(src, dst), coll=coll, mem=tuple(recv_mem),
+                             deps=[d for d in recv_deps if d is not None]))
         return s, r

@@ -164,7 +164,8 @@ class Replay:
                 elif op.deps:
                     pending = [d for d in op.deps if not self.done[d].triggered]
                     if pending:
-                        waiting = f" waiting for {self.graph.ops[pending[0]].name} (rank {self.graph.ops[pending[0]].rank})"
+                        dep = self.graph.ops[pending[0]]
+                        waiting = f" waiting for {dep.name} (rank {dep.rank})"
                 blocked.append(f"rank {key[0]} stream {key[1]} at op {op.id} {op.name}{waiting}")
         if blocked:
             more = f" (+{len(blocked) - 4} more)" if len(blocked) > 4 else ""

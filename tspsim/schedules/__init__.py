@@ -6,9 +6,8 @@
 (:mod:`tspsim.schedules.common`).
 """
 
-from tspsim.schedules.base import SCHEDULES, Schedule
-
 # Importing the modules registers them (order = listing order).
-from tspsim.schedules import tsp, tp, satp, sp, tp_sp  # noqa: E402,F401,I001
+from tspsim.schedules import satp, sp, tp, tp_sp, tsp  # noqa: E402,F401,I001
+from tspsim.schedules.base import SCHEDULES, Schedule
 
 __all__ = ["SCHEDULES", "Schedule"]

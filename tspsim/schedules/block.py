@@ -102,7 +102,7 @@ class _Block:
     # ------------------------------------------------------------------------------ forward
     def forward(self, layer: int, phase: str, save: str, prefix: str = "") -> None:
         """Emit one block's forward on every rank. ``save``: ``all``, ``selective`` or ``none``."""
-        c, s, n, H, T = self.ctx, self.s, self.n, self.H, self.T
+        c, s, n, H = self.ctx, self.s, self.n, self.H
         m = c.model
         L = f"L{layer}.{prefix}"
         sharded = self.lay.residual != "replicated"

@@ -301,7 +301,8 @@ class _Tsp:
                 if self.owner(r, i) != r:
                     free.append(("end", "comm_buffers", -int(shard_bytes)))
                 qkv[r] = c.gemm(r, L + f"attn.qkv[r={i}]", n, self.q_l + 2 * self.kv_l, H, layer=layer, phase="bwd",
-                                after=[rs.get(r), c.last[r]], scale=2, mem=free + self._release(saved[r], orig[r], "qkv", i, D))
+                                after=[rs.get(r), c.last[r]], scale=2,
+                                mem=free + self._release(saved[r], orig[r], "qkv", i, D))
                 uses[r].append(qkv[r])
             red = self.collective("reduce", self.attn_shard * c.opts.grad_bytes, L + f"attn.grad_reduce[r={i}]",
                                   stream="grads", layer=layer, phase="bwd", deps={r: [qkv[r]] for r in c.ranks},
