@@ -45,6 +45,9 @@ class Assumptions:
     """Gradient bucket size for the data-parallel all-reduce, MB (PyTorch DDP's default 25 MB)."""
     weight_buffers: int = 2
     """TSP: weight shards in flight (2 = double buffering: shard r+1 moves while shard r computes)."""
+    tsp_kv_lookahead: bool = True
+    """TSP: project shard r+1 and start its K/V all-gather before shard r's attention, so the gather
+    overlaps attention (software pipelining of the broadcast loop; needs weight_buffers ≥ 2)."""
     kv_buckets: int = 1
     """TSP: K/V all-gathers per head shard (head bucketing: more, smaller gathers, less memory)."""
     pack_kv: bool = True

@@ -112,10 +112,10 @@ class _Tsp:
         outs: dict[int, list[int]] = {r: [] for r in c.ranks}
         kv_bytes = 2.0 * self.B * self.S * self.kv_l * s
         buckets = c.opts.kv_buckets
-        for i in range(D):
-            deps = {}
-            for r in c.ranks:
-                deps[r] = [outs[r][i - w]] if i >= w else [self.prev_attn_done.get(r)]
+
+        def project(i: int) -> list[dict[int, int]]:
+            """Broadcast shard i, project Q/K/V with it, launch its K/V all-gather(s)."""
+            deps = {r: [outs[r][i - w]] if i >= w else [self.prev_attn_done.get(r)] for r in c.ranks}
             mem = {r: [("start", "comm_buffers", int(shard_bytes))] for r in c.ranks if self.owner(r, i) != r}
             bc = self.collective("broadcast", shard_bytes, L + f"attn.weights_broadcast[r={i}]", stream="weights",
                                  layer=layer, phase=phase, deps=deps, root_index=i, mem=mem)
@@ -128,12 +128,19 @@ class _Tsp:
                     self._save(layer, r, "qkv", b)
                 qkv[r] = c.gemm(r, L + f"attn.qkv[r={i}]", n, self.q_l + 2 * self.kv_l, H, layer=layer, phase=phase,
                                 after=[bc.get(r), c.last[r]], mem=mem2)
-            ready = {r: [qkv[r]] for r in c.ranks}
+            gathers = []
             for bkt in range(buckets):
                 nb = kv_bytes / buckets
-                kv = self.collective("all_gather", nb, L + f"attn.kv_all_gather[r={i}" + (f",b={bkt}]" if buckets > 1
-                                     else "]"), stream="kv", layer=layer, phase=phase, deps=ready,
-                                     mem={r: [("start", "comm_buffers", int(nb))] for r in c.ranks})
+                label = f"attn.kv_all_gather[r={i}" + (f",b={bkt}]" if buckets > 1 else "]")
+                gathers.append(self.collective("all_gather", nb, L + label, stream="kv", layer=layer, phase=phase,
+                                               deps={r: [qkv[r]] for r in c.ranks},
+                                               mem={r: [("start", "comm_buffers", int(nb))] for r in c.ranks}))
+            return gathers
+
+        def attend(i: int, gathers: list[dict[int, int]]) -> None:
+            """Attention of the own queries against shard i's gathered K/V, then the W_o,i projection."""
+            nb = kv_bytes / buckets
+            for bkt, kv in enumerate(gathers):
                 for r in c.ranks:
                     mem3: Mem = [("end", "comm_buffers", -int(nb))]
                     if "o" in keep and bkt == buckets - 1:
@@ -149,6 +156,16 @@ class _Tsp:
                 free = [("end", "comm_buffers", -int(shard_bytes))] if self.owner(r, i) != r else []
                 outs[r].append(c.gemm(r, L + f"attn.out[r={i}]", n, H, self.q_l, layer=layer, phase=phase,
                                       after=[c.last[r]], mem=free))
+
+        # With lookahead (and ≥ 2 weight buffers) shard i+1 is projected and its K/V gathered while
+        # shard i's attention runs; otherwise each shard's attention waits for its own gather.
+        lookahead = c.opts.tsp_kv_lookahead and w >= 2
+        pending = project(0)
+        for i in range(D):
+            nxt = project(i + 1) if lookahead and i + 1 < D else None
+            attend(i, pending)
+            if i + 1 < D:
+                pending = nxt if nxt is not None else project(i + 1)
         for r in c.ranks:
             self.prev_attn_done[r] = outs[r][-1]
             c.elementwise(r, L + "attn.residual_add", 3 * n * H * s, layer=layer, phase=phase, after=[c.last[r]])
@@ -274,17 +291,25 @@ class _Tsp:
         start = {r: c.last[r] for r in c.ranks}
         uses: dict[int, list[int]] = {r: [] for r in c.ranks}
         grad_done: dict[int, int | None] = {r: None for r in c.ranks}
-        for i in range(D):
+        def fetch(i: int) -> tuple[dict[int, int], dict[int, int]]:
+            """Broadcast shard i again and re-gather its K/V (they were not kept)."""
             deps = {r: [uses[r][i - w]] if i >= w else [start[r]] for r in c.ranks}
             mem = {r: [("start", "comm_buffers", int(shard_bytes))] for r in c.ranks if self.owner(r, i) != r}
             bc = self.collective("broadcast", shard_bytes, L + f"attn.weights_broadcast[r={i}]", stream="weights",
                                  layer=layer, phase="bwd", deps=deps, root_index=i, mem=mem)
-            for r in c.ranks:
-                c.gemm(r, L + f"attn.out[r={i}]", n, H, self.q_l, layer=layer, phase="bwd",
-                       after=[bc.get(r), c.last[r]], scale=2)
             kv = self.collective("all_gather", kv_bytes, L + f"attn.kv_all_gather[r={i}]", stream="kv", layer=layer,
                                  phase="bwd", deps={r: [bc.get(r)] for r in c.ranks},
                                  mem={r: [("start", "comm_buffers", int(kv_bytes))] for r in c.ranks})
+            return bc, kv
+
+        lookahead = c.opts.tsp_kv_lookahead and w >= 2
+        pending = fetch(0)
+        for i in range(D):
+            bc, kv = pending
+            nxt = fetch(i + 1) if lookahead and i + 1 < D else None
+            for r in c.ranks:
+                c.gemm(r, L + f"attn.out[r={i}]", n, H, self.q_l, layer=layer, phase="bwd",
+                       after=[bc.get(r), c.last[r]], scale=2)
             for r in c.ranks:
                 fl = ATTN_BWD_FACTOR * attention_fwd_flops(self.B, self.S / D, self.S, self.heads_l, m.head_dim)
                 c.compute(r, "attention_bwd", L + f"attn.core[r={i}]", flops=fl,
@@ -310,6 +335,8 @@ class _Tsp:
             for r in c.ranks:
                 if self.owner(r, i) == r:
                     grad_done[r] = red.get(r)
+            if i + 1 < D:
+                pending = nxt if nxt is not None else fetch(i + 1)
         for r in c.ranks:
             c.elementwise(r, L + "attn.norm", 4 * n * H * s, layer=layer, phase="bwd", after=[c.last[r]],
                           mem=self._free_all(saved[r], "x"))
