@@ -18,6 +18,7 @@ import yaml
 
 from tspsim.errors import ConfigError
 from tspsim.registry import Registry
+from tspsim.yamlio import describe_yaml_error, load_yaml_text
 
 
 @dataclass(frozen=True)
@@ -153,15 +154,13 @@ def load_model(name_or_path: str) -> ModelConfig:
         raise ConfigError(f"unknown model {name_or_path!r}: choose one of {', '.join(MODELS.names())} "
                           "or give a YAML path")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml_text(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"model file {name_or_path!r} not found") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read model file ({exc.strerror})") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{where} malformed YAML; fix the syntax") from None
+        raise ConfigError(f"{path}: {describe_yaml_error(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a model file must be a YAML mapping of keys to values")
     allowed = {f.name: f for f in fields(ModelConfig)}

@@ -29,6 +29,7 @@ import networkx as nx
 import yaml
 
 from tspsim.errors import ConfigError
+from tspsim.yamlio import describe_yaml_error, load_yaml_text
 
 PRESET_DIR = Path(__file__).resolve().parent / "data" / "topologies"
 
@@ -387,12 +388,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read topology file ({exc.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml_text(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "syntax error"
-        raise ConfigError(f"{path}:{where} malformed YAML ({problem}); fix the syntax") from None
+        raise ConfigError(f"{path}: {describe_yaml_error(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a topology file must be a YAML mapping of keys to values")
     return data

@@ -98,11 +98,14 @@ class Replay:
             from tspsim.errors import TraceError
             raise TraceError(f"op graph uses rank {bad[0]} but topology {topo.name} has {topo.world_size} GPUs; "
                              "replay it on a larger topology")
+        checked: set[tuple[int, ...]] = set()
         for op in graph.ops:
-            if op.is_comm and any(not 0 <= r < topo.world_size for r in op.group):
-                from tspsim.errors import TraceError
-                raise TraceError(f"op {op.id} ({op.name}) names rank outside topology {topo.name} "
-                                 f"({topo.world_size} GPUs)")
+            if op.is_comm and op.group not in checked:
+                checked.add(op.group)
+                if min(op.group) < 0 or max(op.group) >= topo.world_size:
+                    from tspsim.errors import TraceError
+                    raise TraceError(f"op {op.id} ({op.name}) names a rank outside topology {topo.name} "
+                                     f"({topo.world_size} GPUs)")
         self.fold = graph.replica_nodes if graph.replica_nodes and graph.replica_nodes < topo.nodes else 0
         self.timeline = Timeline(graph=graph, topology_name=topo.name)
         self.net = Network(self.env, [link.capacity_Bps for link in topo.links],
