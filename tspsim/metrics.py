@@ -245,8 +245,11 @@ def generic_entry(tl: Timeline, topo: Topology, meta: dict[str, Any] | None = No
 
 def run_entry(tl: Timeline, topo: Topology, model: ModelConfig, plan: Plan, workload: Workload,
               opts: Assumptions) -> dict[str, Any]:
-    """The stable run entry of design.md §4 plus tspsim_version, compute_s, comm_s, hashes, config and
-    collective_algorithms (definitions in the module docstring)."""
+    """The stable run entry of design.md §4, plus extra keys.
+
+    Extra keys: tspsim_version, compute_s, comm_s, topology_sha256, model_sha256, config (fully
+    resolved inputs) and collective_algorithms. Definitions are in the module docstring.
+    """
     out = timeline_entry(tl, topo)
     step = out["step_time_s"]
     tokens = tokens_per_step(workload, plan.replicas)

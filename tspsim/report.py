@@ -23,13 +23,13 @@ _DEGREE_LABEL = {"SP": "Σ"}
 
 
 def schedule_label(entry: Entry) -> str:
-    """``tsp D=8``, ``tp+sp T=4×Σ=2``, with ``×DP`` when there are several replicas."""
+    """``tsp D=8``, ``tp+sp T=4×Σ=2``, with `` DP=128`` when there are several replicas."""
     name = entry.get("schedule") or "graph"
     degrees = dict(entry.get("degrees") or {})
     dp = degrees.pop("DP", 1)
     parts = "×".join(f"{_DEGREE_LABEL.get(k, k)}={v}" for k, v in degrees.items())
     label = f"{name} {parts}".strip()
-    return f"{label} ×DP{dp}" if dp and dp > 1 else label
+    return f"{label} DP={dp}" if dp and dp > 1 else label
 
 
 def largest_memory_category(entry: Entry) -> str:
@@ -180,17 +180,24 @@ def _reason(win: Entry, other: Entry) -> str:
     d_comm = other["exposed_comm_s"] - win["exposed_comm_s"]
     d_comp = (other.get("compute_s") or 0.0) - (win.get("compute_s") or 0.0)
     if d_comm >= d_comp:
-        return (f"{schedule_label(other)} exposes {other['exposed_comm_s']:.3g} s of communication{_where(other)} "
-                f"while {schedule_label(win)} exposes {win['exposed_comm_s']:.3g} s and hides "
-                f"{win['overlap_pct']:.0f}% of {_traffic(win)} behind compute")
+        text = (f"{schedule_label(other)} exposes {other['exposed_comm_s']:.3g} s of communication"
+                f"{_where(other)} against {win['exposed_comm_s']:.3g} s for {schedule_label(win)}")
+        if win["overlap_pct"] >= 10.0:
+            return f"{text}, which hides {win['overlap_pct']:.0f}% of {_traffic(win)} behind compute"
+        w_bytes = _sum_bytes(win.get("comm_bytes_per_rank"), False) or 0.0
+        o_bytes = _sum_bytes(other.get("comm_bytes_per_rank"), False) or 0.0
+        if w_bytes < o_bytes:
+            return (f"{text}, which sends {w_bytes / 1e9:.1f} GB per rank per step instead of "
+                    f"{o_bytes / 1e9:.1f} GB")
+        return text
     return (f"{schedule_label(other)} computes for {other.get('compute_s', 0.0):.3g} s per step against "
             f"{win.get('compute_s', 0.0):.3g} s (smaller or redundant kernels)")
 
 
 def _profile(e: Entry) -> str:
-    return (f"step {e['step_time_s']:.3g} s, compute {e.get('compute_s') or 0.0:.3g} s, exposed communication "
-            f"{e['exposed_comm_s']:.3g} s ({e['overlap_pct']:.0f}% of communication hidden), peak "
-            f"{e['peak_memory_gb']:.1f} GB of {e['hbm_gb']:g} GB")
+    return (f"step {e['step_time_s']:.3g} s, compute {e.get('compute_s') or 0.0:.3g} s, exposed "
+            f"communication {e['exposed_comm_s']:.3g} s ({e['overlap_pct']:.0f}% of communication hidden), "
+            f"peak {e['peak_memory_gb']:.1f} GB of {e['hbm_gb']:g} GB")
 
 
 def _oom_text(oom: Sequence[Entry], win: Entry) -> str:

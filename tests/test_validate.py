@@ -1,0 +1,67 @@
+"""``tspsim validate``: row arithmetic, the TP+SP assignment, n/a rows, and the CLI report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+import tspsim.validate as v
+from tspsim.cli import cli
+
+
+def test_row_error_and_tolerance():
+    row = v.Row("x", "x", "t", "GB", 100.0, 10.0, "src").settle(109.0)
+    assert row.error_pct == pytest.approx(9.0) and row.within is True
+    row = v.Row("y", "y", "t", "GB", 100.0, 10.0, "src").settle(89.0)
+    assert row.error_pct == pytest.approx(-11.0) and row.within is False
+
+
+@pytest.mark.parametrize(("sims", "expected"), [
+    ({(2, 4): 80.0, (4, 2): 150.0}, (85.0, 140.0)),
+    ({(2, 4): 150.0, (4, 2): 80.0}, (140.0, 85.0)),
+])
+def test_tp_sp_assignment_minimises_total_error(monkeypatch, sims, expected):
+    monkeypatch.setattr(v, "_peak_gb", lambda schedule, tp, sp: sims[(tp, sp)])
+    rows = v.tp_sp_memory_rows()
+    assert tuple(r.published for r in rows) == expected
+    assert all("smaller total error" in r.note for r in rows)
+
+
+def test_unavailable_schedule_is_na(monkeypatch):
+    monkeypatch.setattr(v, "_available", lambda name: name != "tsp")
+    monkeypatch.setattr(v, "_peak_gb", lambda schedule, **kw: 70.0)
+    rows = v.memory_rows()
+    tsp = rows[0]
+    assert tsp.id == "memory.tsp" and tsp.within is None and tsp.simulated is None
+    assert tsp.note == "n/a (schedule not available)"
+    assert v.summary(rows).endswith("(1 not available)")
+    assert "n/a (schedule not available)" in v.table(rows)
+
+
+def test_summary_counts():
+    rows = [v.Row("a", "a", "t", "u", 1.0, 10.0, "s").settle(1.0),
+            v.Row("b", "b", "t", "u", 1.0, 10.0, "s").settle(2.0),
+            v.Row("c", "c", "t", "u", 1.0, 10.0, "s")]
+    assert v.summary(rows) == "1 of 2 within tolerance (1 not available)"
+
+
+def test_validate_cli_json_and_text():
+    runner = CliRunner()
+    res = runner.invoke(cli, ["validate", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)["results"]
+    assert len(rows) == 7
+    ids = {r["id"] for r in rows}
+    assert {"memory.tp", "memory.tsp", "collective.mi300x.allreduce.8GiB",
+            "collective.mi300x.allreduce.4KiB", "collective.h100.allreduce.ring.16GiB"} <= ids
+    for r in rows:
+        assert set(r) == {"id", "what", "topology", "unit", "published", "simulated", "error_pct",
+                          "tolerance_pct", "within", "source", "note"}
+        if r["within"] is not None:
+            assert abs(r["error_pct"]) <= r["tolerance_pct"] or r["within"] is False
+    assert "within tolerance" in res.stderr
+    text = runner.invoke(cli, ["validate"])
+    assert text.exit_code == 0
+    assert text.stdout.strip().splitlines()[-1].endswith("within tolerance")

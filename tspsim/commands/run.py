@@ -1,0 +1,329 @@
+"""``tspsim run``: simulate one or more schedules on a topology and compare them (design.md §4).
+
+Also home of the plan options shared with ``tspsim generate`` (:func:`plan_options`,
+:func:`resolve_points`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from tspsim.commands.options import NameListType, SizeType, emit_json
+from tspsim.errors import TspsimError
+from tspsim.plan import MODES
+
+SUPPORTED_MODES = ("train", "forward")
+"""Modes ``run`` simulates today; prefill, decode and generate are rejected with a one-line error."""
+
+
+# ---------------------------------------------------------------------------------- shared options
+def plan_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Options that define a simulation point (shared by ``run`` and ``generate``)."""
+    decorators = [
+        click.option("--topology", "-t", required=True,
+                     help="Preset name (tspsim list topologies) or YAML path."),
+        click.option("--model", default="zyphra-7b", show_default=True,
+                     help="Preset name (tspsim list models) or YAML path."),
+        click.option("--degree", type=click.IntRange(min=1), default=None,
+                     help="D for tsp, tp, sp, satp-seq, satp-batch (default: GPUs per node)."),
+        click.option("--tp", type=click.IntRange(min=1), default=None,
+                     help="T of tp+sp (inner, in the node)."),
+        click.option("--sp", type=click.IntRange(min=1), default=None, help="Σ of tp+sp (outer)."),
+        click.option("--seq", type=SizeType("sequence length"), default=None,
+                     help="Tokens per sequence, binary suffixes (128k = 131072). Default: the model's "
+                          "(128k for zyphra-7b)."),
+        click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Sequences per replica per step (micro-batch)."),
+        click.option("--mode", type=click.Choice(MODES), default="train", show_default=True,
+                     help="train (fwd + bwd + optimizer) or forward (the paper's throughput benchmark); "
+                          "prefill, decode and generate are not simulated yet."),
+        click.option("--recompute", type=click.Choice(["none", "selective", "full"]), default=None,
+                     help="Activation recomputation (default: the 'recompute' assumption, full)."),
+        click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+                     help="Override an assumption (repeatable), e.g. --option zero1=true."),
+        click.option("--gpus", type=click.IntRange(min=1), default=None,
+                     help="Use only the first N GPUs of the topology."),
+        click.option("--full", is_flag=True, help="Simulate every rank (no folding of identical replicas)."),
+    ]
+    for dec in reversed(decorators):
+        f = dec(f)
+    return f
+
+
+@dataclass(frozen=True)
+class PlanArgs:
+    """The parsed plan options."""
+
+    topology: str
+    model: str
+    degree: int | None
+    tp: int | None
+    sp: int | None
+    seq: int | None
+    batch: int
+    mode: str
+    recompute: str | None
+    options: tuple[str, ...]
+    gpus: int | None
+    full: bool
+
+
+def parse_option_pairs(items: tuple[str, ...], recompute: str | None) -> tuple[tuple[str, Any], ...]:
+    """``KEY=VALUE`` strings (and ``--recompute``) → validated (key, value) pairs.
+
+    Raises:
+        TspsimError: for a malformed item, an unknown key or a bad value (one line).
+    """
+    from tspsim.plan import Assumptions
+
+    pairs: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise TspsimError(f"--option {item!r}: expected KEY=VALUE, e.g. --option zero1=true")
+        pairs[key.strip()] = value.strip()
+    if recompute is not None:
+        if "recompute" in pairs and pairs["recompute"] != recompute:
+            raise TspsimError(f"--recompute {recompute} contradicts --option recompute={pairs['recompute']}; "
+                              "give one")
+        pairs["recompute"] = recompute
+    Assumptions.from_overrides(pairs)  # validate now: one-line error before any simulation
+    return tuple(sorted(pairs.items()))
+
+
+def check_mode(mode: str) -> None:
+    """Reject modes that are not simulated yet (one line)."""
+    if mode not in SUPPORTED_MODES:
+        raise TspsimError(f"--mode {mode} is not supported yet; use --mode train or --mode forward")
+
+
+def make_point(args: PlanArgs, schedule: str, seq: int, pairs: tuple[tuple[str, Any], ...],
+               many: bool, tp: int | None = None, sp: int | None = None) -> Any:
+    """The :class:`~tspsim.simulate.Point` for ``schedule`` under ``args``.
+
+    ``--tp``/``--sp`` belong to ``tp+sp``; a single non-tp+sp schedule also accepts them (as D). When
+    several schedules run, only ``--degree`` applies to the one-axis schedules.
+    """
+    from tspsim.simulate import Point
+
+    if schedule == "tp+sp":
+        tp = args.tp if tp is None else tp
+        sp = args.sp if sp is None else sp
+        degree = args.degree if tp is None and sp is None else None
+        return Point(schedule, args.topology, args.model, args.mode, seq, args.batch, degree, tp, sp,
+                     args.gpus, options=pairs)
+    tp_, sp_ = (None, None) if many else (args.tp, args.sp)
+    return Point(schedule, args.topology, args.model, args.mode, seq, args.batch, args.degree, tp_, sp_,
+                 args.gpus, options=pairs)
+
+
+def check_point(point: Any) -> None:
+    """Resolve the plan of ``point`` (model, topology, degrees) without building its graph.
+
+    Raises:
+        TspsimError: if the degrees do not fit the model, sequence or topology.
+    """
+    from tspsim.model import load_model
+    from tspsim.plan import Workload, make_plan
+    from tspsim.schedules import SCHEDULES
+    from tspsim.topology import load_topology
+
+    SCHEDULES.get(point.schedule)
+    topo = load_topology(point.topology)
+    model = load_model(point.model)
+    workload = Workload(point.mode, point.seq_len, point.batch, point.decode_tokens)
+    make_plan(point.schedule, topo, model, workload, degree=point.degree, tp=point.tp, sp=point.sp,
+              gpus=point.gpus)
+
+
+def default_seq(args: PlanArgs) -> int:
+    """``--seq``, or the model's default sequence length."""
+    from tspsim.model import load_model
+
+    return args.seq if args.seq is not None else load_model(args.model).default_seq
+
+
+# ---------------------------------------------------------------------------------- schedule choice
+def default_comparison(args: PlanArgs, seq: int, pairs: tuple[tuple[str, Any], ...]) -> list[Any]:
+    """The default comparison: tsp (D), tp (D) and tp+sp.
+
+    tp+sp is T = GPUs per node × Σ=2 on ≥ 2 nodes and T = half a node × Σ=2 on one node. Schedules not
+    registered, or whose degrees do not fit, are skipped with a note on stderr.
+    """
+    from tspsim.schedules import SCHEDULES
+    from tspsim.topology import load_topology
+
+    topo = load_topology(args.topology)
+    world = args.gpus or topo.world_size
+    per_node = min(topo.gpus_per_node, world)
+    t = per_node if world >= 2 * per_node else max(1, per_node // 2)
+    wanted = [("tsp", None, None), ("tp", None, None), ("tp+sp", args.tp or t, args.sp or 2)]
+    points = []
+    for name, tp, sp in wanted:
+        if name not in SCHEDULES:
+            click.echo(f"note: skipping {name}: schedule not available in this build", err=True)
+            continue
+        points.append(make_point(args, name, seq, pairs, True, tp, sp))
+    return _keep_valid(points)
+
+
+def _keep_valid(points: list[Any]) -> list[Any]:
+    """Points whose plans resolve; the others are skipped with a note (error if none is left)."""
+    kept, reasons = [], []
+    for p in points:
+        try:
+            check_point(p)
+        except TspsimError as exc:
+            click.echo(f"note: skipping {p.schedule}: {exc}", err=True)
+            reasons.append(f"{p.schedule}: {exc}")
+            continue
+        kept.append(p)
+    if not kept:
+        raise TspsimError("no schedule fits these options (" + "; ".join(reasons)[:300] + ")")
+    return kept
+
+
+def choose_points(args: PlanArgs, schedules: list[str] | None, seq: int,
+                  pairs: tuple[tuple[str, Any], ...]) -> list[Any]:
+    """Points for ``--schedule`` (explicit: errors are errors), ``all`` or the default comparison."""
+    from tspsim.schedules import SCHEDULES
+
+    if schedules is None:
+        return default_comparison(args, seq, pairs)
+    if schedules == ["all"]:
+        names = SCHEDULES.names()
+        return _keep_valid([make_point(args, n, seq, pairs, len(names) > 1) for n in names])
+    for name in schedules:
+        SCHEDULES.get(name)  # unknown name: one-line error listing the known ones
+    if len(set(schedules)) != len(schedules):
+        raise TspsimError("--schedule lists a schedule twice; give each once")
+    points = [make_point(args, n, seq, pairs, len(schedules) > 1) for n in schedules]
+    for p in points:
+        check_point(p)
+    return points
+
+
+def point_label(point: Any) -> str:
+    """``tsp D=8`` / ``tp+sp T=4×Σ=2`` from the resolved plan."""
+    from tspsim.model import load_model
+    from tspsim.plan import Workload, make_plan
+    from tspsim.report import schedule_label
+    from tspsim.topology import load_topology
+
+    plan = make_plan(point.schedule, load_topology(point.topology), load_model(point.model),
+                     Workload(point.mode, point.seq_len, point.batch), degree=point.degree, tp=point.tp,
+                     sp=point.sp, gpus=point.gpus)
+    return schedule_label({"schedule": plan.schedule, "degrees": plan.degrees})
+
+
+def simulate_points(points: list[Any], fold: bool, record_links: bool) -> list[Any]:
+    """Simulate each point, printing one progress line per point on stderr."""
+    from tspsim.simulate import simulate
+
+    results = []
+    for p in points:
+        label = point_label(p)
+        click.echo(f"simulating {label} ...", err=True, nl=False)
+        t0 = time.perf_counter()
+        results.append(simulate(p, fold=fold, record_links=record_links))
+        click.echo(f" {time.perf_counter() - t0:.1f} s", err=True)
+    return results
+
+
+def _check_outputs(html: str | None, trace: str | None) -> None:
+    """Fail early (exit 2) if --html / --trace need modules this build does not have."""
+    if html:
+        try:
+            import tspsim.viewer  # noqa: F401
+        except ImportError:
+            raise TspsimError("--html needs tspsim.viewer, which is not available in this build") from None
+    if trace:
+        try:
+            import tspsim.export.perfetto  # noqa: F401
+        except ImportError:
+            raise TspsimError("--trace needs tspsim.export.perfetto, which is not available in this build") \
+                from None
+
+
+def write_outputs(results: list[Any], save: str | None, html: str | None, trace: str | None) -> None:
+    """Write the result file, HTML viewer and Perfetto trace that were asked for (notes on stderr)."""
+    runs = [(r.entry, r.timeline) for r in results]
+    if save:
+        from tspsim.result import save_results
+
+        save_results(save, runs)
+        click.echo(f"wrote {save}", err=True)
+    if html:
+        from tspsim.viewer import write_html
+
+        write_html(runs, html)
+        click.echo(f"wrote {html}", err=True)
+    if trace:
+        from tspsim.export.perfetto import write_trace
+
+        write_trace(runs, trace)
+        click.echo(f"wrote {trace}", err=True)
+
+
+def print_report(entries: list[dict[str, Any]]) -> None:
+    """Header, side-by-side table, verdict, notes and assumptions on stdout."""
+    from tspsim.report import assumptions_text, comparison_table, input_gather_note, verdict
+    from tspsim.units import format_tokens
+
+    e = entries[0]
+    click.echo(f"# {e['model']} on {e['topology']}: {e['mode']}, seq {format_tokens(e['seq_len'])}, "
+               f"batch {e['batch']} per replica")
+    click.echo(comparison_table(entries))
+    click.echo("")
+    click.echo(verdict(entries))
+    note = input_gather_note(entries)
+    if note:
+        click.echo(note)
+    click.echo(assumptions_text(e))
+
+
+# ---------------------------------------------------------------------------------- command
+@click.command("run")
+@plan_options
+@click.option("--schedule", "schedules", type=NameListType(), default=None,
+              help="Comma list of schedules (tspsim list schedules) or 'all'. Default: tsp, tp and tp+sp.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object {\"results\": [...]} on stdout.")
+@click.option("--save", type=click.Path(dir_okay=False), default=None,
+              help="Write entries and timelines to RESULT.json (for tspsim view / export).")
+@click.option("--html", type=click.Path(dir_okay=False), default=None,
+              help="Write the timeline viewer (HTML).")
+@click.option("--trace", type=click.Path(dir_okay=False), default=None,
+              help="Write a Chrome/Perfetto trace (JSON).")
+def run(topology: str, model: str, degree: int | None, tp: int | None, sp: int | None, seq: int | None,
+        batch: int, mode: str, recompute: str | None, options: tuple[str, ...], gpus: int | None, full: bool,
+        schedules: list[str] | None, as_json: bool, save: str | None, html: str | None,
+        trace: str | None) -> None:
+    """Simulate schedules on a topology and compare them side by side.
+
+    Without --schedule, compares tsp (D = GPUs per node), tp (same D) and tp+sp (T=8×Σ=2 across two
+    nodes, T=4×Σ=2 on one node), skipping any that do not fit.
+
+    \b
+    Examples:
+      tspsim run --topology mi300x-1node
+      tspsim run --topology mi300x-128node --mode forward --seq 128k
+      tspsim run -t mi300x-1node --schedule tp,tp+sp --tp 4 --sp 2 --seq 32k --json
+      tspsim run -t h100-dgx-1node --schedule satp-batch --batch 8 --seq 8k --save r.json
+    """  # noqa: D301
+    args = PlanArgs(topology, model, degree, tp, sp, seq, batch, mode, recompute, options, gpus, full)
+    check_mode(mode)
+    _check_outputs(html, trace)
+    pairs = parse_option_pairs(options, recompute)
+    points = choose_points(args, schedules, default_seq(args), pairs)
+    results = simulate_points(points, fold=not full, record_links=bool(html or trace))
+    entries = [r.entry for r in results]
+    write_outputs(results, save, html, trace)
+    if as_json:
+        emit_json({"results": entries})
+    else:
+        print_report(entries)
