@@ -1,0 +1,215 @@
+"""The HTML viewer's figure and page (design.md §6, conventions.md (d)); the browser test is test_browser.py."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from tspsim.errors import TspsimError
+from tspsim.export import SPAN_CATEGORIES, span_category
+from tspsim.opgraph import Op, OpGraph
+from tspsim.simulate import Point, simulate
+from tspsim.timeline import Timeline
+from tspsim.viewer import BAR_LIMIT, build_timeline_figure, memory_series, render_html, write_html
+
+
+@pytest.fixture(scope="module")
+def tp_run() -> tuple[dict, Timeline]:
+    r = simulate(Point("tp", "mi300x-1node", seq_len=4096), record_links=True)
+    return r.entry, r.timeline
+
+
+@pytest.fixture(scope="module")
+def tpsp_run() -> tuple[dict, Timeline]:
+    r = simulate(Point("tp+sp", "mi300x-128node", seq_len=4096, tp=8, sp=2), record_links=True)
+    return r.entry, r.timeline
+
+
+def synthetic_timeline(ranks: int, compute_per_rank: int, comm_per_rank: int, name: str = "op") -> Timeline:
+    """A Timeline built directly (no simulation): per rank, back-to-back compute spans and a comm stream."""
+    ops: list[Op] = []
+    spans: list[tuple[int, float, float]] = []
+    kinds = ("gemm", "attention_fwd", "elementwise")
+    for r in range(ranks):
+        t = 0.0
+        for i in range(compute_per_rank):
+            ops.append(Op(len(ops), r, "compute", kinds[i % 3], f"{name}{i}", layer=i % 32, flops=1e9,
+                          hbm_bytes=1e6))
+            spans.append((len(ops) - 1, t, t + 10e-6))
+            t += 10e-6
+        t = 0.0
+        for i in range(comm_per_rank):
+            ops.append(Op(len(ops), r, "comm", "all_reduce", f"ar{i}", nbytes=1 << 20, group=tuple(range(ranks)),
+                          coll=f"all_reduce#{i}"))
+            spans.append((len(ops) - 1, t + 5e-6, t + 25e-6))
+            t += 30e-6
+    memory = {r: [(0.0, "parameters", 10**9), (1e-3, "activations", 2 * 10**9), (2e-3, "activations", -2 * 10**9)]
+              for r in range(ranks)}
+    graph = OpGraph(ops=ops, meta={"schedule": "synthetic"}, ranks=tuple(range(ranks)))
+    return Timeline(graph=graph, topology_name="mi300x-1node", spans=spans, memory=memory)
+
+
+SYN_ENTRY = {"schedule": "synthetic", "model": "none", "topology": "mi300x-1node", "hbm_gb": 192.0,
+             "world_size": 8}
+
+
+# ------------------------------------------------------------------------------------------- lanes
+def test_lanes_one_per_gpu_stream_compute_first(tpsp_run):
+    entry, tl = tpsp_run
+    fig = build_timeline_figure(entry, tl)
+    ticks = list(fig.layout.yaxis.ticktext)
+    assert len(ticks) == 16 * 4  # 16 simulated ranks × (compute, comm, kv, dp)
+    assert ticks[:4] == ["node00/gpu0 · compute", "comm", "kv", "dp"]
+    assert ticks[8 * 4] == "node01/gpu0 · compute"
+    assert list(fig.layout.yaxis.range) == [len(ticks) - 0.5, -0.5]  # top-down
+
+
+def test_bars_below_limit_webgl_above(tp_run):
+    entry, tl = tp_run
+    n = sum(1 for o, _, _ in tl.spans if span_category(tl.ops[o]) is not None)
+    bars = build_timeline_figure(entry, tl, bar_limit=n)
+    gl = build_timeline_figure(entry, tl, bar_limit=n - 1)
+    span_bars = [t for t in bars.data if t.type == "bar"]
+    assert span_bars and not any(t.type == "scattergl" for t in bars.data)
+    assert sum(len(t.x) for t in span_bars) == n
+    for t in span_bars:  # exact extents: base = start, x = duration, in ms
+        assert np.all(np.asarray(t.x) >= 0) and t.orientation == "h"
+    lines = [t for t in gl.data if t.type == "scattergl" and t.mode == "lines"]
+    hover = [t for t in gl.data if t.type == "scattergl" and t.mode == "markers"]
+    assert not any(t.type == "bar" for t in gl.data)
+    assert sum(len(t.x) for t in lines) == 3 * n and sum(len(t.x) for t in hover) == n
+    assert {t.legendgroup for t in lines} == {t.legendgroup for t in hover}
+    assert all(t.showlegend is False for t in hover)
+    assert bars.layout.barmode == "overlay"
+
+
+def test_span_extents_and_hover_in_milliseconds(tp_run):
+    entry, tl = tp_run
+    fig = build_timeline_figure(entry, tl, ranks=[3], bar_limit=10**9)
+    gemm = next(t for t in fig.data if t.name == "GEMM")
+    first = min(((a, b, o) for o, a, b in tl.spans if tl.ops[o].rank == 3 and tl.ops[o].kind == "gemm"))
+    i = int(np.argmin(gemm.base))
+    assert gemm.base[i] == pytest.approx(first[0] * 1e3) and gemm.x[i] == pytest.approx((first[1] - first[0]) * 1e3)
+    op = tl.ops[first[2]]
+    row = gemm.customdata[i]
+    assert row[0] == op.name and "rank 3" in row[1] and "compute" in row[1]
+    assert f"layer {op.layer}" in row[2] or "outside" in row[2]
+    assert "duration" in row[3] and "FLOP" in row[4]
+    comm = next(t for t in fig.data if t.name == "all-reduce")
+    assert "all_reduce" in comm.customdata[0][4] and "group of 8" in comm.customdata[0][4]
+
+
+def test_legend_has_one_entry_per_category(tp_run):
+    entry, tl = tp_run
+    fig = build_timeline_figure(entry, tl)
+    names = [t.name for t in fig.data if t.legend == "legend" and t.showlegend is not False]
+    expected = [SPAN_CATEGORIES[c][0] for c in ("gemm", "attention", "elementwise", "optimizer", "all_reduce")]
+    assert names == expected
+    colours = {t.line.color for t in fig.data if t.type == "scattergl" and t.mode == "lines"}
+    assert len(colours) == len(expected)
+
+
+# ------------------------------------------------------------------------------------- other panels
+def test_memory_panel_stack_hbm_line_and_peak(tp_run):
+    entry, tl = tp_run
+    fig = build_timeline_figure(entry, tl, memory_rank=2)
+    mem = [t for t in fig.data if t.legend == "legend2"]
+    shown = [t for t in mem if t.visible is True and t.stackgroup == "mem2"]
+    assert shown and all(t.line.shape == "hv" for t in shown)
+    assert all(t.visible is False for t in mem if t.stackgroup and t.stackgroup != "mem2")
+    hbm = next(t for t in mem if t.name.startswith("HBM capacity"))
+    assert list(hbm.y) == [entry["hbm_gb"]] * 2
+    peak_trace = next(t for t in mem if t.name == "peak" and t.visible is True)
+    peak, _ = tl.peak_memory(2)
+    assert peak_trace.y[0] == pytest.approx(peak / 1e9)
+    total_at_end = sum(t.y[-1] for t in shown)
+    assert total_at_end <= peak / 1e9 + 1e-9
+    menu = fig.layout.updatemenus[0]
+    assert len(menu.buttons) == 8 and menu.active == 2
+    assert "scale" in fig.layout.updatemenus[1].buttons[1].label
+
+
+def test_memory_series_matches_timeline(tp_run):
+    _, tl = tp_run
+    times, per_cat, peak = memory_series(tl, 0)
+    total = sum(per_cat.values())
+    assert total[peak] == pytest.approx(tl.peak_memory(0)[0] / 1e9)
+    assert np.all(np.diff(times) >= 0) and times[-1] == pytest.approx(tl.end_s * 1e3)
+
+
+def test_link_panel_fabric_and_nics(tpsp_run):
+    entry, tl = tpsp_run
+    fig = build_timeline_figure(entry, tl)
+    names = [t.name for t in fig.data if t.legend == "legend3"]
+    assert "node00 xGMI (mean of 56 links)" in names and "node01 xGMI (mean of 56 links)" in names
+    assert any(n.startswith("node00 NICs tx") for n in names)
+    assert "NIC of rank 0 tx" in names and "NIC of rank 8 rx" in names
+    for t in fig.data:
+        if t.legend == "legend3":
+            assert np.all(np.asarray(t.y) >= 0) and np.all(np.asarray(t.y) <= 100 + 1e-6)
+
+
+def test_panels_share_the_time_axis(tpsp_run):
+    entry, tl = tpsp_run
+    fig = build_timeline_figure(entry, tl)
+    assert fig.layout.xaxis.matches == "x3" and fig.layout.xaxis2.matches == "x3"
+    assert fig.layout.xaxis3.rangeslider.visible is True
+    assert fig.layout.xaxis3.title.text == "time (ms)"
+
+
+# ------------------------------------------------------------------------------------ rank choice
+def test_default_ranks_capped_and_explicit_choice(tpsp_run):
+    entry, tl = tpsp_run
+    fig = build_timeline_figure(entry, tl, ranks=[0, 9])
+    assert list(fig.layout.yaxis.ticktext) == ["node00/gpu0 · compute", "comm", "kv", "dp",
+                                               "node01/gpu1 · compute", "comm", "kv", "dp"]
+    with pytest.raises(TspsimError, match="rank 100 was not simulated .*folded"):
+        build_timeline_figure(entry, tl, ranks=[100])
+    wide = synthetic_timeline(24, 3, 1)
+    assert len(build_timeline_figure(SYN_ENTRY, wide).layout.yaxis.ticktext) == 16 * 2
+
+
+# ------------------------------------------------------------------------------------ scale (e)
+def test_100k_spans_use_scattergl_not_thousands_of_bars():
+    tl = synthetic_timeline(8, 10_000, 3_000)
+    assert len(tl.spans) == 104_000
+    fig = build_timeline_figure(SYN_ENTRY, tl)
+    assert not any(t.type == "bar" for t in fig.data)
+    gl = [t for t in fig.data if t.type == "scattergl"]
+    assert len(gl) == 2 * 4  # lines + hover markers for gemm, attention, elementwise, all-reduce
+    assert len(fig.data) == 8 + 8 * (2 + 1) + 1  # spans, per-rank memory stack and peak, HBM line
+    assert sum(len(t.x) for t in gl if t.mode == "lines") == 3 * 104_000
+    assert sum(len(t.x) for t in gl if t.mode == "markers") == 104_000
+    assert len(fig.to_json()) < 40e6
+
+
+def test_bar_limit_default_is_a_few_thousand():
+    assert 2000 <= BAR_LIMIT <= 10000
+
+
+# ------------------------------------------------------------------------------------------ page
+def test_page_is_self_contained_and_escapes_names(tmp_path):
+    evil = '<img src=x onerror=alert(1)>"</script>'
+    tl = synthetic_timeline(2, 5, 2, name=evil)
+    entry = dict(SYN_ENTRY, schedule=evil, model=evil, degrees={"D": evil})
+    path = tmp_path / "page.html"
+    write_html([(entry, tl), (dict(entry, schedule="second"), tl)], path)
+    page = path.read_text()
+    assert "<img" not in page
+    # Only our own script elements: plotly.js, two JSON figures, the page script.
+    assert len(re.findall(r"<script\b", page)) == 4
+    assert page.count("</script>") == 4
+    assert "plotly.js v" in page and not re.search(r"<script[^>]*\bsrc=", page)  # embedded: works offline
+    assert '<select id="run-select">' in page and page.count("<option") == 2
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page  # escaped in the header
+
+
+def test_render_html_rejects_empty_and_reports_run_for_bad_rank(tp_run):
+    entry, tl = tp_run
+    with pytest.raises(TspsimError, match="no runs"):
+        render_html([])
+    other = synthetic_timeline(2, 2, 1)
+    with pytest.raises(TspsimError, match=r"run 1 \(synthetic\): rank 5 was not simulated"):
+        render_html([(entry, tl), (SYN_ENTRY, other)], ranks=[5])

@@ -1,0 +1,88 @@
+"""``tspsim view``: write the interactive HTML timeline of a result file (design.md §4, §6)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tspsim.errors import TspsimError
+
+
+class RankListType(click.ParamType):
+    """Comma list of ranks, ranges allowed: ``0,1,2``, ``0-7,16``."""
+
+    name = "ranks"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[int]:
+        """Parse or fail with a usage error naming the bad item."""
+        if isinstance(value, list):
+            return value
+        out: list[int] = []
+        for item in (part.strip() for part in str(value).split(",")):
+            if not item:
+                continue
+            lo, sep, hi = item.partition("-")
+            if not lo.isdigit() or (sep and not hi.isdigit()):
+                self.fail(f"invalid rank {item!r}: expected ranks like 0,1,2 or a range like 0-7", param, ctx)
+            first, last = int(lo), int(hi) if sep else int(lo)
+            if last < first:
+                self.fail(f"invalid rank range {item!r}: the end is before the start", param, ctx)
+            out.extend(range(first, last + 1))
+        if not out:
+            self.fail(f"empty rank list {value!r}: give ranks like 0,1,2", param, ctx)
+        return out
+
+
+def default_output(result: Path, suffix: str) -> Path:
+    """``RESULT.json`` / ``RESULT.json.gz`` → ``RESULT<suffix>`` beside it."""
+    name = result.name
+    for ext in (".json.gz", ".json", ".gz"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+            break
+    return result.with_name(name + suffix)
+
+
+def load_selected(result: Path, run: int | None, schedule: str | None) -> list[Any]:
+    """Read a result file and apply ``--run`` / ``--schedule`` (all runs when neither is given)."""
+    from tspsim.export import select_runs
+    from tspsim.result import load_results
+
+    return select_runs(load_results(result), run, schedule)
+
+
+@click.command("view")
+@click.argument("result", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="HTML file to write. Default: RESULT with .html instead of .json.")
+@click.option("--ranks", type=RankListType(), default=None,
+              help="Simulated ranks to show, e.g. 0,1,2 or 0-7. Default: the simulated ranks, at most 16.")
+@click.option("--run", "run_index", type=click.IntRange(min=0), default=None,
+              help="Show only run N of the result file (0-based). Default: every run, with a run selector.")
+@click.option("--schedule", default=None, help="Show only the run of this schedule.")
+def view(result: Path, output: Path | None, ranks: list[int] | None, run_index: int | None,
+         schedule: str | None) -> None:
+    """Write a self-contained interactive timeline (HTML, works offline) of a result file.
+
+    The page shows one lane per GPU stream (compute and each communication stream) on a shared time
+    axis in milliseconds, spans coloured by category with op details on hover, the stacked memory of a
+    chosen GPU with the HBM capacity line and its peak, and link utilization. Legend entries toggle
+    categories; zoom and the range slider act on all panels. A result file with several runs (several
+    schedules) gets a run selector unless --run or --schedule picks one.
+
+    \b
+    Examples:
+      tspsim run --topology mi300x-1node --schedule tp,sp --save result.json
+      tspsim view result.json -o timeline.html
+      tspsim view result.json --schedule sp --ranks 0-3 -o sp.html
+    """  # noqa: D301
+    from tspsim.viewer import write_html
+
+    runs = load_selected(result, run_index, schedule)
+    out = output or default_output(result, ".html")
+    if out.resolve() == result.resolve():
+        raise TspsimError(f"-o {out} would overwrite the result file; choose another name")
+    write_html([(r.entry, r.timeline) for r in runs], out, ranks=ranks)
+    click.echo(f"wrote {out} ({len(runs)} run{'s' if len(runs) != 1 else ''})", err=True)
