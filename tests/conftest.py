@@ -29,3 +29,33 @@ def h100() -> Topology:
 def h100_128() -> Topology:
     """128 DGX H100 nodes, rail-optimized fat tree."""
     return load_topology("h100-dgx-128node")
+
+
+# ---------------------------------------------------------------------------- schedule-validation fixtures
+@pytest.fixture(scope="session")
+def mi300x_4node_yaml(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Path of a 4-node (32-GPU) MI300X topology YAML inheriting the 128-node preset."""
+    path = tmp_path_factory.mktemp("topologies") / "mi300x-4node.yaml"
+    path.write_text("name: mi300x-4node\ninherit: mi300x-128node\nnodes: 4\n")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def model_yaml(tmp_path_factory: pytest.TempPathFactory):
+    """Factory: ``model_yaml(name, **fields)`` writes a model YAML (small SwiGLU defaults) and returns its path."""
+    root = tmp_path_factory.mktemp("models")
+    defaults = {"hidden": 1024, "layers": 2, "q_heads": 16, "kv_heads": 16, "head_dim": 64, "ffn_hidden": 4096,
+                "gated_mlp": True, "vocab": 2048}
+
+    def make(name: str, **fields: object) -> str:
+        import yaml
+
+        data = {"name": name, **defaults, **fields}
+        path = root / f"{name}.yaml"
+        text = yaml.safe_dump(data, sort_keys=False)
+        if path.exists() and path.read_text() != text:
+            raise ValueError(f"model_yaml: {name!r} already written with different fields")
+        path.write_text(text)
+        return str(path)
+
+    return make
