@@ -9,12 +9,17 @@ payload of N bytes on p ranks, per rank, sent and received:
 * one-shot all-reduce: (p−1)·N — every rank sends its whole buffer to every peer. This is NOT
   communication-optimal (it trades bandwidth for a single latency step) and is only chosen for
   small messages.
-* tree all-reduce: leaves and inner nodes move different amounts, so only the total is fixed:
-  2(p−1)·N over all ranks (= p · 2(p−1)/p·N, the same total as a ring).
+* tree all-reduce (only when forced): leaves and inner nodes move different amounts, so only the
+  total is fixed: 2(p−1)·N over all ranks (= p · 2(p−1)/p·N, the same total as a ring).
+* recursive doubling all-reduce (power-of-two p; the policy's choice for small multi-node
+  all-reduce): N·log2 p per rank — latency-optimal, not bandwidth-optimal.
+* hierarchical all-reduce with a small per-rail payload N/g: its inter-node step is recursive
+  doubling, so each rank moves 2(g−1)/g·N + (N/g)·log2 k (k nodes).
 * broadcast: every non-root rank receives exactly N (total (p−1)·N), the root receives nothing.
 * reduce: every non-root rank sends exactly N (total (p−1)·N), the root sends nothing.
 """
 
+import math
 from collections import Counter
 
 import pytest
@@ -45,7 +50,7 @@ GROUPS = (
        ("h100-dgx-128node", (0, 1, 256, 257))]
 )
 ALGS = {
-    "all_reduce": ("", "ring", "direct", "one_shot", "two_shot", "tree", "hier"),
+    "all_reduce": ("", "ring", "direct", "one_shot", "two_shot", "tree", "rd", "hier"),
     "reduce_scatter": ("", "ring", "direct", "hier"),
     "all_gather": ("", "ring", "direct", "hier"),
     "broadcast": ("", "ring", "direct", "tree", "hier"),
@@ -66,6 +71,8 @@ def _cases():
             for alg in algs:
                 if alg == "hier" and not _even_multinode(topo, group):
                     continue
+                if alg == "rd" and len(group) & (len(group) - 1):
+                    continue
                 case_id = f"{name}-{op}-{alg or 'policy'}-{len(group)}r-{group[0]}..{group[-1]}"
                 yield pytest.param(name, group, op, alg, id=case_id)
 
@@ -85,13 +92,15 @@ def _check_volumes(op, algorithm, group, nbytes, sent, recv, topo):
             per_rank = (p - 1) * nbytes
         elif algorithm in ("ring", "two_shot"):
             per_rank = 2 * (p - 1) / p * nbytes
+        elif algorithm == "rd":
+            per_rank = nbytes * math.log2(p)
         elif algorithm == "hier":
-            g = len(group) // len({topo.node_of(r) for r in group})
-            total = 2 * (p - 1) * nbytes
-            assert sum(sent.values()) == pytest.approx(total, rel=rel)
-            # the inter-node step runs a tree (not balanced per rank) when N/g is small
-            if nbytes / g > topo.intra.direct_max_bytes:
-                per_rank = 2 * (p - 1) / p * nbytes
+            k = len({topo.node_of(r) for r in group})
+            g = len(group) // k
+            if nbytes / g > topo.intra.direct_max_bytes or k & (k - 1):
+                per_rank = 2 * (p - 1) / p * nbytes  # ring inter-node step: exactly the analytical volume
+            else:  # recursive-doubling inter-node step
+                per_rank = 2 * (g - 1) / g * nbytes + nbytes / g * math.log2(k)
         else:
             assert algorithm == "tree"
             assert sum(sent.values()) == pytest.approx(2 * (p - 1) * nbytes, rel=rel)
@@ -132,7 +141,7 @@ def test_exact_byte_accounting(name, group, op, alg):
         assert plan.phases
         sent, recv = plan.bytes_per_rank()
         _check_volumes(op, plan.algorithm, group, nbytes, sent, recv, topo)
-        if alg in ("ring", "tree", "hier", "one_shot", "two_shot"):
+        if alg in ("ring", "tree", "rd", "hier", "one_shot", "two_shot"):
             assert plan.algorithm == alg
         # every hop is between two members of the group
         for phase in plan.phases:
@@ -193,7 +202,8 @@ def test_policy():
     assert choose_algorithm("all_gather", node, 1024, one) == "direct"
     assert choose_algorithm("all_to_all", node, 2**30, one) == "direct"
     assert choose_algorithm("all_reduce", tuple(range(16)), 2**30, big) == "hier"
-    assert choose_algorithm("all_reduce", (0, 8), 1024, big) == "tree"
+    assert choose_algorithm("all_reduce", (0, 8), 1024, big) == "rd"
+    assert choose_algorithm("all_reduce", (0, 8, 16), 1024, big) == "ring"  # not a power of two
     assert choose_algorithm("all_reduce", (0, 8), 2**30, big) == "ring"
     # direct all-reduce picks one-shot or two-shot by size
     assert plan_collective("all_reduce", node, 2**20, one, -1, "direct").algorithm == "one_shot"

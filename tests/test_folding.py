@@ -15,12 +15,6 @@ from tspsim.opgraph import GraphBuilder
 from tspsim.simulate import Point, build_graph, simulate
 from tspsim.topology import load_topology
 
-TREE_BUG = ("BUG: folding is not exact when a cross-replica collective runs a 'tree' phase (a DP all-reduce "
-            "<= direct_max_bytes = 1 MiB over one rank per node, or the per-rail inter-node all-reduce of a 'hier' "
-            "all-reduce when nbytes/ranks_per_node <= 1 MiB): the double binary tree loads nodes unequally and "
-            "the folded replay keeps only node 0's hops, so the collective ends when node 0's NIC is done "
-            "instead of the busiest node's (folded step shorter than the full one)")
-
 CASES = [
     ("tsp", {"degree": 8}),            # 4 replicas of one node
     ("tsp", {"degree": 4}),            # 8 replicas, two per node
@@ -31,9 +25,7 @@ CASES = [
     ("tp+sp", {"tp": 4, "sp": 4}),     # 2 replicas of 2 nodes, hierarchical K/V gathers
     ("tsp", {"degree": 8, "options": (("zero1", True),)}),  # DP reduce-scatter + all-gather
 ]
-PARAMS = [pytest.param(mode, sched, kw, id=f"{mode}-{sched}-{i}",
-                       marks=[pytest.mark.xfail(strict=True, reason=TREE_BUG)]
-                       if (mode, sched) == ("train", "satp-seq") else [])
+PARAMS = [pytest.param(mode, sched, kw, id=f"{mode}-{sched}-{i}")
           for mode in ("train", "forward") for i, (sched, kw) in enumerate(CASES)]
 
 
@@ -93,11 +85,11 @@ def test_simulate_folds_by_default(mi300x_4node_yaml, fold_model):
 
 
 @pytest.mark.parametrize(("kind", "per_node", "nbytes"), [
-    pytest.param("all_reduce", 1, 1 << 20, marks=pytest.mark.xfail(strict=True, reason=TREE_BUG)),  # tree
+    ("all_reduce", 1, 1 << 20),  # small: recursive doubling (symmetric; the tree is only used when forced)
     ("all_reduce", 1, (1 << 20) + 8),  # ring
     ("all_gather", 1, 1 << 20), ("reduce_scatter", 1, 1 << 20),
-    # hierarchical: the per-rail inter-node all-reduce of nbytes / 2 ≤ 1 MiB is a tree
-    pytest.param("all_reduce", 2, 1 << 21, marks=pytest.mark.xfail(strict=True, reason=TREE_BUG)),
+    # hierarchical: the per-rail inter-node all-reduce of nbytes / 2 ≤ 1 MiB is recursive doubling
+    ("all_reduce", 2, 1 << 21),
     ("all_reduce", 2, (1 << 21) + 16),  # hierarchical with a ring inter-node phase
     ("reduce_scatter", 2, 1 << 21), ("all_gather", 2, 1 << 21),
 ])

@@ -339,9 +339,7 @@ def _layer0_fwd_gathers(tl) -> tuple[int, float]:
     ("tsp", 8, (), 1),
     ("tsp", 4, (("kv_buckets", 2),), 2),
     ("tsp", 8, (("kv_buckets", 4),), 4),
-    pytest.param("tsp", 8, (("pack_kv", False),), 2, marks=pytest.mark.xfail(
-        strict=True, reason="BUG: tsp ignores Assumptions.pack_kv=False (always one packed K/V all-gather per "
-                            "head shard; tsp.md §2/§8.4 and the option's doc promise separate K and V gathers)")),
+    ("tsp", 8, (("pack_kv", False),), 2),
     ("sp", 8, (("pack_kv", False),), 2),
     ("sp", 4, (), 1),
 ])
@@ -358,12 +356,7 @@ def test_kv_gather_options(models, schedule, D, options, gathers_per_shard):
 
 
 @pytest.mark.parametrize("weight_buffers", [
-    pytest.param(1, marks=pytest.mark.xfail(
-        strict=True, raises=IndexError,
-        reason="BUG: tsp with weight_buffers=1 (accepted by Assumptions.validate) crashes with IndexError in "
-               "_Tsp.mlp_fwd: the ring transfer for step j+1 is emitted before step j's down GEMM exists "
-               "(downs[r][j + 1 - w] with w = 1)")),
-    2, 3,
+    1, 2, 3,
 ])
 @pytest.mark.parametrize("mode", ["forward", "train"])
 def test_tsp_weight_buffers_accepted_values_run(models, weight_buffers, mode):

@@ -16,7 +16,11 @@ direct     one step per phase, every pair talks over its own path: one-shot all-
            sends N to every peer), two-shot all-reduce (direct RS + direct AG, 2(p−1)/p·N),
            direct RS/AG ((p−1)/p·N), direct broadcast, all-to-all ((p−1)/p·N).
 tree       double binary tree over the nodes (NCCL): two trees each reduce N/2 up and broadcast
-           it down, pipelined.
+           it down, pipelined. Only when forced: its per-node load is uneven, so replica folding
+           is not exact for it.
+rd         recursive doubling all-reduce (power-of-two groups): log2 p steps, each rank exchanges
+           N with the rank whose index differs in one bit. Symmetric, so folding stays exact; the
+           policy's choice for small multi-node all-reduce.
 hier       hierarchical across nodes: intra-node reduce-scatter, per-rail inter-node ring
            all-reduce of N/g, intra-node all-gather (2(p−1)/p·N in total, exactly).
 ========== ===================================================================================
@@ -34,7 +38,7 @@ from functools import cache
 from tspsim.errors import TspsimError
 from tspsim.topology import Topology
 
-ALGORITHMS = ("ring", "direct", "one_shot", "two_shot", "tree", "hier")
+ALGORITHMS = ("ring", "direct", "one_shot", "two_shot", "tree", "rd", "hier")
 
 
 @dataclass(frozen=True)
@@ -161,9 +165,13 @@ def choose_algorithm(kind: str, group: tuple[int, ...], nbytes: int, topo: Topol
     if len(per_node) == 1 and per_node.pop() > 1 and kind in ("all_reduce", "reduce_scatter", "all_gather",
                                                                "broadcast", "reduce"):
         return "hier"
-    if kind == "all_reduce" and nbytes <= topo.intra.direct_max_bytes:
-        return "tree"
+    if kind == "all_reduce" and nbytes <= topo.intra.direct_max_bytes and _power_of_two(len(group)):
+        return "rd"
     return "ring"
+
+
+def _power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
 
 
 def plan_collective(kind: str, group: tuple[int, ...], nbytes: int, topo: Topology, root: int = -1,
@@ -189,6 +197,11 @@ def plan_collective(kind: str, group: tuple[int, ...], nbytes: int, topo: Topolo
         if kind == "all_to_all":
             raise TspsimError("all_to_all has no hierarchical algorithm here; use direct")
         return CollectivePlan("hier", _hierarchical(kind, group, nbytes, topo, root))
+    if alg == "rd":
+        if kind != "all_reduce" or not _power_of_two(p):
+            raise TspsimError("algorithm 'rd' (recursive doubling) implements all_reduce on a power-of-two "
+                              "number of ranks; use ring for this group")
+        return CollectivePlan("rd", _recursive_doubling(group, nbytes, topo))
     if alg == "tree":
         if kind not in ("all_reduce", "broadcast", "reduce"):
             raise TspsimError(f"algorithm 'tree' implements all_reduce, broadcast and reduce, not {kind}")
@@ -303,6 +316,27 @@ def _tree(kind: str, group: tuple[int, ...], nbytes: int, topo: Topology, root: 
     return (Phase((base + steps * step) * 1e-6, tuple(flows)),)
 
 
+def _recursive_doubling(group: tuple[int, ...], nbytes: float, topo: Topology) -> tuple[Phase, ...]:
+    """Recursive doubling all-reduce (Thakur, Rabenseifner & Gropp 2005): log2 p steps of pairwise exchange.
+
+    Step i pairs ranks whose positions differ in bit i; each sends its whole current N. Time
+    log2(p)·(α + N/B); bytes per rank N·log2 p (latency-optimal, not bandwidth-optimal).
+    """
+    p = len(group)
+    multi = len(_nodes_of(group, topo)) > 1 and topo.inter is not None
+    step = topo.inter.ring_step_us if multi and topo.inter is not None else topo.intra.ring_step_us
+    base = (topo.inter.base_us if multi and topo.inter is not None else 0.0) + topo.intra.direct_alpha_us
+    phases = []
+    bit = 1
+    first = True
+    while bit < p:
+        flows = tuple(FlowSpec(((group[i], group[i ^ bit]),), nbytes) for i in range(p))
+        phases.append(Phase(((base if first else 0.0) + step) * 1e-6, flows))
+        first = False
+        bit <<= 1
+    return tuple(phases)
+
+
 def _hierarchical(kind: str, group: tuple[int, ...], nbytes: int, topo: Topology,
                   root: int) -> tuple[Phase, ...]:
     """Intra-node phase(s) on each node in parallel and per-rail inter-node phase (hardware.md §8)."""
@@ -325,13 +359,13 @@ def _hierarchical(kind: str, group: tuple[int, ...], nbytes: int, topo: Topology
         lat = max(ph[0].latency_s for ph in phases)
         return Phase(lat, tuple(f for ph in phases for f in ph[0].flows))
 
-    def inter(kind2: str, size: int, roots: dict[tuple[int, ...], int] | None = None) -> Phase:
-        phases = []
-        for rail in rails:
-            r = roots[rail] if roots else -1
-            alg = "tree" if kind2 == "all_reduce" and size <= topo.intra.direct_max_bytes else "ring"
-            phases.append(plan_collective(kind2, rail, size, topo, r, alg).phases[0])
-        return Phase(max(ph.latency_s for ph in phases), tuple(f for ph in phases for f in ph.flows))
+    def inter(kind2: str, size: float) -> list[Phase]:
+        """The same inter-node collective on every rail at once, merged phase by phase."""
+        small = kind2 == "all_reduce" and size <= topo.intra.direct_max_bytes
+        alg = "rd" if small and _power_of_two(len(rails[0])) else "ring"
+        plans = [plan_collective(kind2, rail, size, topo, -1, alg) for rail in rails]
+        return [Phase(max(pl.phases[i].latency_s for pl in plans), tuple(f for pl in plans for f in pl.phases[i].flows))
+                for i in range(len(plans[0].phases))]
 
     def merged(kind2: str, size: int) -> list[Phase]:
         # Direct two-shot intra phases have two steps; expand node plans step by step.
@@ -343,12 +377,12 @@ def _hierarchical(kind: str, group: tuple[int, ...], nbytes: int, topo: Topology
         return out
 
     if kind == "all_reduce":
-        return (*merged("reduce_scatter", nbytes), inter("all_reduce", nbytes / g),
+        return (*merged("reduce_scatter", nbytes), *inter("all_reduce", nbytes / g),
                 *merged("all_gather", nbytes))
     if kind == "reduce_scatter":
-        return (*merged("reduce_scatter", nbytes), inter("reduce_scatter", nbytes / g))
+        return (*merged("reduce_scatter", nbytes), *inter("reduce_scatter", nbytes / g))
     if kind == "all_gather":
-        return (inter("all_gather", nbytes / g), *merged("all_gather", nbytes))
+        return (*inter("all_gather", nbytes / g), *merged("all_gather", nbytes))
     # broadcast / reduce: inter-node on the root's rail, intra-node from (to) that rail's rank
     rail = next(r for r in rails if root in r)
     node_root = {members[0]: next(m for m in members if m in rail) for members in locals_}

@@ -47,7 +47,7 @@ def simulate_collective(topology: str, op: str, ranks: tuple[int, ...], nbytes: 
 @click.option("--ranks", type=IntListType("rank", minimum=0), default=None, help="Explicit ranks, e.g. 0,8,16,24.")
 @click.option("--sizes", type=SizeListType("size"), default="1k,64k,1M,16M,128M,1G",
               show_default=True, help="Message sizes (binary suffixes: 1k = 1024 bytes).")
-@click.option("--algorithm", type=click.Choice(["ring", "direct", "one_shot", "two_shot", "tree", "hier"]),
+@click.option("--algorithm", type=click.Choice(["ring", "direct", "one_shot", "two_shot", "tree", "rd", "hier"]),
               default=None, help="Force an algorithm instead of the RCCL/NCCL-like policy.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object {\"results\": [...]}.")
 def collective(topology: str, op: str, group: int | None, ranks: list[int] | None, sizes: list[int],

@@ -113,7 +113,14 @@ class _Tsp:
         kv_bytes = 2.0 * self.B * self.S * self.kv_l * s
         buckets = c.opts.kv_buckets
 
-        def project(i: int) -> list[dict[int, int]]:
+        def gather(nbytes: float, label: str, deps: dict[int, list[int | None]]) -> list[dict[int, int]]:
+            """Packed K+V all-gather, or separate K and V gathers when ``pack_kv`` is off."""
+            parts = [("", nbytes)] if c.opts.pack_kv else [(".k", nbytes / 2), (".v", nbytes / 2)]
+            return [self.collective("all_gather", nb, L + label + sfx, stream="kv", layer=layer, phase=phase,
+                                    deps=deps, mem={r: [("start", "comm_buffers", int(nb))] for r in c.ranks})
+                    for sfx, nb in parts]
+
+        def project(i: int) -> list[list[dict[int, int]]]:
             """Broadcast shard i, project Q/K/V with it, launch its K/V all-gather(s)."""
             deps = {r: [outs[r][i - w]] if i >= w else [self.prev_attn_done.get(r)] for r in c.ranks}
             mem = {r: [("start", "comm_buffers", int(shard_bytes))] for r in c.ranks if self.owner(r, i) != r}
@@ -130,14 +137,11 @@ class _Tsp:
                                 after=[bc.get(r), c.last[r]], mem=mem2)
             gathers = []
             for bkt in range(buckets):
-                nb = kv_bytes / buckets
                 label = f"attn.kv_all_gather[r={i}" + (f",b={bkt}]" if buckets > 1 else "]")
-                gathers.append(self.collective("all_gather", nb, L + label, stream="kv", layer=layer, phase=phase,
-                                               deps={r: [qkv[r]] for r in c.ranks},
-                                               mem={r: [("start", "comm_buffers", int(nb))] for r in c.ranks}))
+                gathers.append(gather(kv_bytes / buckets, label, {r: [qkv[r]] for r in c.ranks}))
             return gathers
 
-        def attend(i: int, gathers: list[dict[int, int]]) -> None:
+        def attend(i: int, gathers: list[list[dict[int, int]]]) -> None:
             """Attention of the own queries against shard i's gathered K/V, then the W_o,i projection."""
             nb = kv_bytes / buckets
             for bkt, kv in enumerate(gathers):
@@ -151,7 +155,7 @@ class _Tsp:
                     c.compute(r, "attention_fwd", L + f"attn.core[r={i}]", flops=fl,
                               hbm_bytes=(n * self.q_l * 2 / buckets + nb / s) * s,
                               shape=(self.B, self.S // D, self.S, self.heads_l // buckets or 1, m.head_dim),
-                              layer=layer, phase=phase, after=[kv.get(r), c.last[r]], mem=mem3)
+                              layer=layer, phase=phase, after=[*(k.get(r) for k in kv), c.last[r]], mem=mem3)
             for r in c.ranks:
                 free = [("end", "comm_buffers", -int(shard_bytes))] if self.owner(r, i) != r else []
                 outs[r].append(c.gemm(r, L + f"attn.out[r={i}]", n, H, self.q_l, layer=layer, phase=phase,
@@ -188,14 +192,18 @@ class _Tsp:
         downs: dict[int, list[int]] = {r: [] for r in c.ranks}
         recv: dict[int, int] = {}
         for j in range(D):
-            if j < D - 1:  # move the shard for step j+1 while step j computes
+            def move(j: int = j, recv: dict[int, int] = recv) -> dict[int, int]:
+                """Ring transfer of the shard for step j+1 (into the buffer step j+1−w freed)."""
+                if j >= D - 1:
+                    return {}
                 send_deps = {r: [recv.get(r)] if j > 0 else [norm[r]] for r in c.ranks}
                 recv_deps = {r: [downs[r][j + 1 - w]] if j + 1 - w >= 0 else [norm[r]] for r in c.ranks}
-                nxt = self.ring(j, shard_bytes, L + "mlp.weights_ring", layer=layer, phase=phase,
-                                send_deps=send_deps, recv_deps=recv_deps,
-                                recv_mem={r: [("start", "comm_buffers", int(shard_bytes))] for r in c.ranks})
-            else:
-                nxt = {}
+                return self.ring(j, shard_bytes, L + "mlp.weights_ring", layer=layer, phase=phase,
+                                 send_deps=send_deps, recv_deps=recv_deps,
+                                 recv_mem={r: [("start", "comm_buffers", int(shard_bytes))] for r in c.ranks})
+
+            # With ≥ 2 buffers the next shard moves while step j computes; with one it waits for step j.
+            nxt = move() if w >= 2 else {}
             for r in c.ranks:
                 after = [c.last[r], recv.get(r) if j > 0 else None]
                 mem: Mem = []
@@ -218,6 +226,8 @@ class _Tsp:
                     free.append(("end", "comm_buffers", -int(shard_bytes)))
                 downs[r].append(c.gemm(r, L + f"mlp.down[step {j}]", n, H, self.i_l, layer=layer, phase=phase,
                                        after=[c.last[r]], mem=free))
+            if w < 2:
+                nxt = move()
             recv = nxt
         for r in c.ranks:
             c.elementwise(r, L + "mlp.residual_add", 3 * n * H * s, layer=layer, phase=phase, after=[c.last[r]])
@@ -241,13 +251,16 @@ class _Tsp:
         grad_done: dict[int, int | None] = {r: None for r in c.ranks}
         ring_grads = c.opts.tsp_grad_return == "ring"
         for j in range(D):
-            nxt = {}
-            if j < D - 1:
+            def move(j: int = j, recv: dict[int, int] = recv) -> dict[int, int]:
+                if j >= D - 1:
+                    return {}
                 send_deps = {r: [recv.get(r)] if j > 0 else [start[r]] for r in c.ranks}
                 recv_deps = {r: [downs[r][j + 1 - w]] if j + 1 - w >= 0 else [start[r]] for r in c.ranks}
-                nxt = self.ring(j, shard_bytes, L + "mlp.weights_ring", layer=layer, phase="bwd",
-                                send_deps=send_deps, recv_deps=recv_deps,
-                                recv_mem={r: [("start", "comm_buffers", int(shard_bytes))] for r in c.ranks})
+                return self.ring(j, shard_bytes, L + "mlp.weights_ring", layer=layer, phase="bwd",
+                                 send_deps=send_deps, recv_deps=recv_deps,
+                                 recv_mem={r: [("start", "comm_buffers", int(shard_bytes))] for r in c.ranks})
+
+            nxt = move() if w >= 2 else {}
             steps = {}
             for r in c.ranks:
                 free: Mem = [("end", "comm_buffers", -int(shard_bytes))] if j > 0 else []
@@ -266,6 +279,8 @@ class _Tsp:
                                      send_deps=send_deps, recv_deps={r: [steps[r]] for r in c.ranks})
                 for r, op in acc_recv.items():
                     grad_done[r] = op
+            if w < 2:
+                nxt = move()
             recv = nxt
         if not ring_grads:
             for k in range(D):
@@ -291,15 +306,17 @@ class _Tsp:
         start = {r: c.last[r] for r in c.ranks}
         uses: dict[int, list[int]] = {r: [] for r in c.ranks}
         grad_done: dict[int, int | None] = {r: None for r in c.ranks}
-        def fetch(i: int) -> tuple[dict[int, int], dict[int, int]]:
+        def fetch(i: int) -> tuple[dict[int, int], list[dict[int, int]]]:
             """Broadcast shard i again and re-gather its K/V (they were not kept)."""
             deps = {r: [uses[r][i - w]] if i >= w else [start[r]] for r in c.ranks}
             mem = {r: [("start", "comm_buffers", int(shard_bytes))] for r in c.ranks if self.owner(r, i) != r}
             bc = self.collective("broadcast", shard_bytes, L + f"attn.weights_broadcast[r={i}]", stream="weights",
                                  layer=layer, phase="bwd", deps=deps, root_index=i, mem=mem)
-            kv = self.collective("all_gather", kv_bytes, L + f"attn.kv_all_gather[r={i}]", stream="kv", layer=layer,
-                                 phase="bwd", deps={r: [bc.get(r)] for r in c.ranks},
-                                 mem={r: [("start", "comm_buffers", int(kv_bytes))] for r in c.ranks})
+            parts = [("", kv_bytes)] if c.opts.pack_kv else [(".k", kv_bytes / 2), (".v", kv_bytes / 2)]
+            kv = [self.collective("all_gather", nb, L + f"attn.kv_all_gather[r={i}]{sfx}", stream="kv",
+                                  layer=layer, phase="bwd", deps={r: [bc.get(r)] for r in c.ranks},
+                                  mem={r: [("start", "comm_buffers", int(nb))] for r in c.ranks})
+                  for sfx, nb in parts]
             return bc, kv
 
         lookahead = c.opts.tsp_kv_lookahead and w >= 2
@@ -315,7 +332,7 @@ class _Tsp:
                 c.compute(r, "attention_bwd", L + f"attn.core[r={i}]", flops=fl,
                           hbm_bytes=(n * self.q_l * 4 + 2 * kv_bytes / s) * s,
                           shape=(self.B, self.S // D, self.S, self.heads_l, m.head_dim), layer=layer, phase="bwd",
-                          after=[kv.get(r), c.last[r]],
+                          after=[*(k.get(r) for k in kv), c.last[r]],
                           mem=[("end", "comm_buffers", -int(kv_bytes)), ("end", "temporary", int(kv_bytes))]
                           + self._release(saved[r], orig[r], "o", i, D))
             rs = self.collective("reduce_scatter", kv_bytes, L + f"attn.kv_grad_reduce_scatter[r={i}]", stream="kv",
