@@ -166,10 +166,10 @@ def test_default_seq_is_128k_zyphra_training():
     ["--schedule", "tp", "--seq", "12q"],
     ["--schedule", "tp", "--option", "bogus=1"],
     ["--schedule", "tp", "--option", "novalue"],
-    ["--schedule", "tp", "--mode", "decode"],
+    ["--schedule", "tp", "--mode", "prefill", "--context", "4k"],
     ["--schedule", "satp-batch", "--seq", "4k"],
     ["--schedule", "tp+sp", "--degree", "8"],
-], ids=["unknown-schedule", "degree-3", "bad-seq", "unknown-option", "option-no-equals", "decode",
+], ids=["unknown-schedule", "degree-3", "bad-seq", "unknown-option", "option-no-equals", "context-not-decode",
         "satp-batch-batch-1", "tp+sp-degree"])
 def test_bad_input_is_one_line_exit_2(args):
     res = invoke("run", "-t", "mi300x-1node", *args)

@@ -25,6 +25,9 @@ Definitions (units in the names; GB = 1e9 bytes):
   recomputation): one block's forward traffic, comparable with reference/tsp.md §5.
 * **peak_memory_gb** — max over ranks and time of the tracked memory (Timeline.peak_memory), with the
   per-category breakdown at that peak (first rank, first time reaching it); ``oom`` when it exceeds HBM.
+* **inference modes** (``prefill``, ``decode``, ``generate``): :mod:`tspsim.serving` adds ttft_s, tpot_s,
+  decode_tokens_per_s(_per_gpu), max_batch and decode_time_breakdown_s, and redefines step_time_s,
+  tokens_per_s and mfu for those modes (prompt tokens/s for prefill, generated tokens/s for decode).
 """
 
 from __future__ import annotations

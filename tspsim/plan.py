@@ -69,6 +69,19 @@ class Assumptions:
     Megatron-LM without communication overlap)."""
     logits_bytes: int = 4
     """Bytes per logit element (fp32 logits for the loss)."""
+    tsp_decode: Literal["weights", "token"] = "weights"
+    """TSP decode (tsp.md §7): ``weights`` moves the layer's weight shards every step as the training
+    forward does (attention broadcast loop, MLP ring; the new tokens are replicated); ``token`` keeps the
+    weights with their owners and moves the tokens' activations (Q/K/V all-gather, partial attention
+    over each rank's KV chunk combined flash-decoding style, then TP-like all-reduces)."""
+    decode_launch_us: float = 1.0
+    """Per-kernel overhead of decode steps, µs: decode runs as a captured HIP/CUDA graph (as vLLM and
+    SGLang do), so the topology's eager ``kernel_launch_us`` is replaced by the graph's kernel-to-kernel
+    gap (assumed). Prefill keeps the eager launch overhead."""
+    decode_gemm_rolloff: bool = False
+    """Apply the small-GEMM efficiency roll-off (fitted to square GEMMs) to decode kernels. Off: with
+    T_q = 1 decode GEMMs are GEMV-class and bound by streaming the weights from HBM (skinny-GEMM kernels),
+    so they are costed by the plain roofline."""
 
     def to_json(self) -> dict[str, Any]:
         """All fields."""
@@ -92,7 +105,7 @@ class Assumptions:
     def validate(self) -> None:
         """Range checks with one-line errors."""
         choices = {"recompute": ("none", "selective", "full"), "tsp_grad_return": ("reduce", "ring"),
-                   "satp_seq_attention": ("gather-kv", "gather-input")}
+                   "satp_seq_attention": ("gather-kv", "gather-input"), "tsp_decode": ("weights", "token")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"option {key}={getattr(self, key)!r}: choose one of {', '.join(allowed)}")
@@ -101,6 +114,8 @@ class Assumptions:
                 raise ConfigError(f"option {key} must be ≥ 1")
         if self.optimizer_bytes < 0 or self.master_bytes < 0 or self.dp_bucket_MB <= 0:
             raise ConfigError("optimizer_bytes and master_bytes must be ≥ 0 and dp_bucket_MB > 0")
+        if self.decode_launch_us < 0:
+            raise ConfigError("option decode_launch_us must be ≥ 0")
 
 
 def _convert(key: str, raw: Any, default: Any) -> Any:
@@ -225,6 +240,9 @@ def _check_divides(schedule: str, model: ModelConfig, workload: Workload, t: int
             what = "2·D (zig-zag: 2D chunks)" if need == 2 * seq_shards else "the degree"
             raise ConfigError(f"sequence length {workload.seq_len} is not divisible by {need} = {what}; "
                               f"use a multiple of {need}, e.g. {workload.seq_len // need * need or need}")
+    if schedule == "satp-seq" and workload.mode in ("decode", "generate") and workload.batch % t:
+        raise ConfigError(f"satp-seq decode splits the step's {workload.batch} new tokens (T_q = 1) over D={t}: "
+                          f"--batch must be a multiple of {t}; use --batch {t}")
     if schedule == "satp-batch" and workload.batch % t:
         raise ConfigError(f"satp-batch shards the batch: --batch {workload.batch} must be a multiple of D={t}; "
                           f"use --batch {t}")

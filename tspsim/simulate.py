@@ -7,7 +7,7 @@ exports.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tspsim.engine.sim import ReplayOptions, replay
@@ -16,6 +16,7 @@ from tspsim.opgraph import OpGraph
 from tspsim.plan import Assumptions, Plan, Workload, make_plan
 from tspsim.schedules import SCHEDULES
 from tspsim.schedules.common import BuildContext
+from tspsim.schedules.inference import INFERENCE_MODES, build_decode_step, build_prefill
 from tspsim.timeline import Timeline
 from tspsim.topology import Topology, load_topology
 
@@ -38,6 +39,8 @@ class RunResult:
     """Workload simulated."""
     assumptions: Assumptions
     """Assumptions in force."""
+    timelines: dict[str, Timeline] = field(default_factory=dict)
+    """Inference modes: the ``prefill`` and final ``decode_step`` timelines (``timeline`` is one of them)."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,14 @@ def build_graph(point: Point, fold: bool = True) -> tuple[OpGraph, Topology, Mod
     plan = make_plan(point.schedule, topo, model, workload, degree=point.degree, tp=point.tp, sp=point.sp,
                      gpus=point.gpus)
     ctx = BuildContext(model, topo, plan, workload, opts, fold=fold)
+    if workload.mode in INFERENCE_MODES:  # the representative step: prefill, or the final decode step
+        from tspsim.serving import DEFAULT_DECODE_TOKENS
+
+        if workload.mode in ("prefill", "generate"):
+            return build_prefill(ctx), topo, model, plan, workload, opts
+        tokens = workload.decode_tokens or DEFAULT_DECODE_TOKENS
+        graph = build_decode_step(ctx, workload.seq_len + tokens - 1).graph
+        return graph, topo, model, plan, workload, opts
     graph = schedule.build(ctx)
     return graph, topo, model, plan, workload, opts
 
@@ -88,6 +99,10 @@ def simulate(point: Point, fold: bool = True, record_links: bool = False) -> Run
     """Simulate one point and compute its metrics."""
     from tspsim.metrics import run_entry
 
+    if point.mode in INFERENCE_MODES:  # prefill / decode / generate: tspsim.serving
+        from tspsim.serving import simulate_point
+
+        return simulate_point(point, fold=fold, record_links=record_links)  # type: ignore[no-any-return]
     graph, topo, model, plan, workload, opts = build_graph(point, fold=fold)
     tl = replay(graph, topo, ReplayOptions(record_links=record_links))
     entry = run_entry(tl, topo, model, plan, workload, opts)

@@ -1,0 +1,423 @@
+"""Inference (issue 6): prefill and decode with a KV cache, against reference/tensor-parallelism-analysis.md.
+
+(a) memory: residual stream per GPU (classic TP B·T·H·s, sharded B·T·H·s/p), decode activation B·H·s,
+    KV cache per GPU per block 2·B·T·H_kv·s/p and 2·L·B·T·H_kv·s over the group — read from the
+    simulated memory timeline; (b) per-layer communication of prefill and decode, exact per rank;
+    (c) decode is bound by HBM (weights + KV), prefill by FLOPs; (d) max_batch is the largest batch
+    that fits; (e) end to end; plus the exactness of the periodic assembly of decode steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+
+import pytest
+
+from tspsim.costs import efficiency
+from tspsim.engine.sim import replay
+from tspsim.errors import ConfigError
+from tspsim.metrics import peak_memory
+from tspsim.model import ModelConfig, load_model
+from tspsim.plan import Assumptions, Workload, make_plan
+from tspsim.schedules.common import BuildContext
+from tspsim.schedules.inference import (
+    build_decode_step,
+    build_prefill,
+    kv_layout,
+    seq_share,
+    verify_cuts,
+    verify_periodic_structure,
+    with_layers,
+)
+from tspsim.serving import (
+    BREAKDOWN_KEYS,
+    DecodeTimer,
+    decode_topology,
+    find_period,
+    max_batch,
+    simulate_inference,
+)
+from tspsim.simulate import Point, simulate
+
+S = 2  # bf16 bytes per element
+
+MHA = ModelConfig("inf-mha", hidden=512, layers=3, q_heads=8, kv_heads=8, head_dim=64, ffn_hidden=2048,
+                  gated_mlp=True, vocab=4096)
+GQA = ModelConfig("inf-gqa", hidden=1024, layers=2, q_heads=16, kv_heads=8, head_dim=64, ffn_hidden=4096,
+                  gated_mlp=True, vocab=4096)
+DEEP = ModelConfig("inf-deep", hidden=512, layers=11, q_heads=8, kv_heads=8, head_dim=64, ffn_hidden=1536,
+                   gated_mlp=True, vocab=4096)
+
+# schedule, plan keywords, size of the group the KV cache is spread over, residual sharding of prefill
+LAYOUTS = [
+    ("tp", {"degree": 4}, 4, 1),
+    ("tp", {"degree": 8}, 8, 1),
+    ("satp-batch", {"degree": 4}, 4, 4),
+    ("satp-seq", {"degree": 2}, 2, 2),
+    ("sp", {"degree": 8}, 8, 8),
+    ("tp+sp", {"tp": 4, "sp": 2}, 8, 2),
+    ("tsp", {"degree": 4}, 4, 4),
+]
+
+
+def _ctx(topo, model, schedule, kw, workload, **options):
+    plan = make_plan(schedule, topo, model, workload, **kw)
+    return BuildContext(model, topo, plan, workload, Assumptions.from_overrides(options))
+
+
+def _final(tl, rank: int) -> tuple[dict[str, int], dict[str, int]]:
+    """(final, maximum) bytes per memory category of ``rank``."""
+    cur: dict[str, int] = defaultdict(int)
+    top: dict[str, int] = defaultdict(int)
+    for _, cat, delta in tl.memory[rank]:
+        cur[cat] += delta
+        top[cat] = max(top[cat], cur[cat])
+    return cur, top
+
+
+# ------------------------------------------------------------------------------------------ (a) memory
+@pytest.mark.parametrize("model", [MHA, GQA], ids=["mha", "gqa"])
+@pytest.mark.parametrize("B,T", [(1, 512), (3, 1024)])
+@pytest.mark.parametrize("schedule,kw,p,shard", LAYOUTS, ids=[f"{s}-{p}" for s, _, p, _ in LAYOUTS])
+def test_prefill_memory_tables(mi300x, model, B, T, schedule, kw, p, shard):
+    if schedule == "satp-batch" and B % p:
+        B = p
+    tl = replay(build_prefill(_ctx(mi300x, model, schedule, kw, Workload("prefill", T, B))), mi300x)
+    H, H_kv, L = model.hidden, model.kv_dim, model.layers
+    group = tl.graph.ranks
+    total_kv = 0
+    for r in group:
+        final, top = _final(tl, r)
+        # residual-stream activation per GPU: classic TP B·T·H·s, sharded B·T·H·s/p
+        assert top["activations"] == B * T * H * S // shard
+        assert final["activations"] == 0
+        per_block = final["kv_cache"] / L
+        total_kv += final["kv_cache"]
+        # KV cache per GPU per block: 2·B·T·H_kv·s/p (the table's value; every schedule spreads it evenly)
+        assert per_block == 2 * B * T * H_kv * S / p
+    assert len(group) == p
+    assert total_kv == 2 * L * B * T * H_kv * S          # Mem_KV,total over the group
+
+
+@pytest.mark.parametrize("schedule,kw,p,shard", LAYOUTS, ids=[f"{s}-{p}" for s, _, p, _ in LAYOUTS])
+@pytest.mark.parametrize("B,T", [(4, 1000), (8, 4096)])
+def test_decode_memory_tables(mi300x, schedule, kw, p, shard, B, T):
+    model = GQA
+    ctx = _ctx(mi300x, model, schedule, kw, Workload("decode", T, B, 1))
+    step = build_decode_step(ctx, T)
+    tl = replay(step.graph, decode_topology(mi300x, ctx.opts))
+    lay = kv_layout(schedule, model.kv_dim, ctx.plan)
+    H, H_kv, L = model.hidden, model.kv_dim, model.layers
+    total = 0
+    for r in tl.graph.ranks:
+        final, top = _final(tl, r)
+        # decode activation B·H·s (the step's B tokens; sharded B/p for sharded-activation TP)
+        residual = B * H * S // (p if schedule.startswith("satp") else 1)
+        assert top["activations"] == residual
+        # the cache grows from T to T+1 tokens during the step, block by block
+        kv = [c for _, c, _ in tl.memory[r] if c == "kv_cache"]
+        assert len(kv) >= 1
+        assert final["kv_cache"] == L * 2 * B * lay.tokens(r, T + 1) * lay.kv_width * S
+        total += final["kv_cache"]
+        if lay.seq_shards == 1:   # head-sharded: every rank 2·B·(T+1)·H_kv·s/p per block
+            assert final["kv_cache"] == L * 2 * B * (T + 1) * H_kv * S // p
+    assert total == 2 * L * B * (T + 1) * H_kv * S
+
+
+def test_seq_share_matches_zigzag_counts():
+    for shards in (2, 4, 8):
+        for T in (2 * shards * 3, 2 * shards * 64):
+            chunk = T // (2 * shards)
+            for p in range(shards):   # zig-zag: chunks p and 2·shards−1−p
+                assert seq_share(T, shards, p) == 2 * chunk
+        assert sum(seq_share(1001, shards, p) for p in range(shards)) == 1001
+
+
+# ------------------------------------------------------------------------------------------ (b) communication
+def _layer0_bytes(tl) -> dict[str, float]:
+    """Mean per-rank bytes sent by block 0's ops, by kind; input and K/V all-gathers on their own keys."""
+    per: dict[str, float] = defaultdict(float)
+    for op_id, sent in tl.op_sent_bytes.items():
+        op = tl.ops[op_id]
+        if op.layer != 0 or op.kind == "recv":
+            continue
+        key = op.kind
+        for tag in ("input_all_gather", "kv_all_gather", "lse_all_gather", "qkv_all_gather"):
+            if tag in op.name:
+                key = tag
+        per[key] += sent
+    n = len(tl.graph.ranks)
+    return {k: v / n for k, v in per.items()}
+
+
+def _run(topo, model, schedule, kw, mode, T, B, **options):
+    ctx = _ctx(topo, model, schedule, kw, Workload(mode, T, B, 1), **options)
+    if mode == "prefill":
+        return replay(build_prefill(ctx), topo)
+    return replay(build_decode_step(ctx, T).graph, decode_topology(topo, ctx.opts))
+
+
+# M_H = B·T_q·H elements; B·T_q·H·s > 1 MiB so the all-reduce is bandwidth-optimal (not one-shot)
+@pytest.mark.parametrize("mode,T,B", [("decode", 4096, 1024), ("prefill", 2048, 2)])
+@pytest.mark.parametrize("p", [2, 4, 8])
+def test_tp_all_reduce_volume(mi300x, mode, T, B, p):
+    tl = _run(mi300x, GQA, "tp", {"degree": p}, mode, T, B)
+    M_H = B * (1 if mode == "decode" else T) * GQA.hidden
+    got = _layer0_bytes(tl)
+    assert got == {"all_reduce": pytest.approx(2 * 2 * (p - 1) / p * M_H * S, rel=1e-12)}
+
+
+@pytest.mark.parametrize("mode,T,B", [("decode", 4096, 64), ("prefill", 1024, 8)])
+@pytest.mark.parametrize("schedule,p", [("satp-batch", 4), ("satp-seq", 4), ("satp-seq", 8), ("satp-batch", 8)])
+def test_satp_volumes(mi300x, mode, T, B, schedule, p):
+    tl = _run(mi300x, GQA, schedule, {"degree": p}, mode, T, B)
+    T_q = 1 if mode == "decode" else T
+    M_H, M_KV = B * T_q * GQA.hidden, B * T_q * GQA.kv_dim
+    want = {"reduce_scatter": 2 * (p - 1) / p * M_H * S,          # after attention-out and MLP-down
+            "input_all_gather": 2 * (p - 1) / p * M_H * S}        # before QKV and gate/up (design.md §3)
+    if schedule == "satp-seq":                                    # AllGather(K, V): 2(p−1)/p·M_KV·s
+        want["kv_all_gather"] = 2 * (p - 1) / p * M_KV * S
+    assert _layer0_bytes(tl) == pytest.approx(want, rel=1e-12)
+
+
+def test_satp_seq_gather_input_decode_has_no_kv_exchange(mi300x):
+    tl = _run(mi300x, GQA, "satp-seq", {"degree": 4}, "decode", 2048, 8, satp_seq_attention="gather-input")
+    assert "kv_all_gather" not in _layer0_bytes(tl)
+
+
+def test_sequence_sharded_decode_combines_partial_attention(mi300x):
+    p, B = 8, 1024                                                # B·H_q·s > 1 MiB: not a one-shot all-reduce
+    tl = _run(mi300x, GQA, "sp", {"degree": p}, "decode", 4096, B)
+    got = _layer0_bytes(tl)
+    # log-sum-exp statistics gathered (p·B·h·4 bytes) and partial outputs all-reduced (B·H_q·s)
+    assert got["lse_all_gather"] == pytest.approx((p - 1) / p * p * B * GQA.q_heads * 4, rel=1e-12)
+    assert got["all_reduce"] == pytest.approx(2 * (p - 1) / p * B * GQA.q_dim * S, rel=1e-12)
+    assert "send" not in got and "broadcast" not in got       # no weight traffic
+
+
+@pytest.mark.parametrize("mode", ["weights", "token"])
+def test_tsp_decode_modes(mi300x, mode):
+    D, B = 4, 512
+    tl = _run(mi300x, GQA, "tsp", {"degree": D}, "decode", 2048, B, tsp_decode=mode)
+    got = _layer0_bytes(tl)
+    names = [op.name for op in tl.ops if op.layer == 0 and op.rank == tl.graph.ranks[0]]
+    if mode == "weights":     # weight shards move every step, as in the training forward pass
+        assert sum("weights_broadcast" in n for n in names) == D       # one per attention shard owner
+        recvs = [op for op in tl.ops if op.layer == 0 and op.rank == tl.graph.ranks[0] and op.kind == "recv"]
+        assert len(recvs) == D - 1                                       # the MLP ring: D−1 shards arrive
+        assert "qkv_all_gather" not in got
+    else:                     # weights stay; the tokens' Q/K/V are gathered: (D−1)/D·B·(H_q+2H_kv)·s
+        assert "broadcast" not in got and "send" not in got
+        assert got["qkv_all_gather"] == pytest.approx(
+            (D - 1) / D * B * (GQA.q_dim + 2 * GQA.kv_dim) * S, rel=1e-12)
+        assert got["reduce_scatter"] == pytest.approx((D - 1) / D * B * GQA.q_dim * S, rel=1e-12)
+
+
+# ------------------------------------------------------------------------------------------ (c) rooflines
+@pytest.mark.parametrize("B,T", [(1, 4096), (8, 8192)])
+def test_single_gpu_decode_is_hbm_bound(mi300x, B, T):
+    """tp with D = 1 on one MI300X: time per token within 10% of (weights + KV) / (HBM·efficiency)."""
+    e = simulate(Point("tp", "mi300x-1node", "llama3-8b", "decode", T, B, degree=1, gpus=1, decode_tokens=4)).entry
+    m, gpu = load_model("llama3-8b"), mi300x.gpu
+    weights = (m.layers * m.layer_params + m.vocab * m.hidden) * S        # blocks + LM head, read once per step
+    mean_ctx = T + (4 + 1) / 2                                            # steps attend over T+1 … T+4
+    kv = 2 * m.layers * B * mean_ctx * m.kv_dim * S
+    bound = (weights + kv) / (gpu.hbm_TBps * 1e12 * gpu.hbm_efficiency)
+    assert bound <= e["tpot_s"] <= 1.10 * bound
+    bd = e["decode_time_breakdown_s"]
+    assert sum(bd.values()) == pytest.approx(e["tpot_s"], rel=1e-9)
+    assert bd["weights_hbm"] + bd["kv_hbm"] >= 0.9 * e["tpot_s"]
+
+
+def test_single_gpu_prefill_is_compute_bound():
+    r = simulate(Point("tp", "mi300x-1node", "llama3-8b", "prefill", 4096, 1, degree=1, gpus=1))
+    tl, gpu = r.timeline, r.topology.gpu
+    flop_bound = 0.0
+    for op_id, a, b in tl.spans:
+        op = tl.ops[op_id]
+        if op.kind in ("gemm", "attention_fwd") and op.flops > 0:
+            t_flops = op.flops / (gpu.peak_bf16_TFLOPS * 1e12 * efficiency(op, gpu))
+            if t_flops >= op.hbm_bytes / (gpu.hbm_TBps * 1e12 * gpu.hbm_efficiency):
+                flop_bound += b - a
+    assert flop_bound >= 0.8 * tl.end_s
+    assert r.entry["ttft_s"] == tl.end_s
+
+
+# ------------------------------------------------------------------------------------------ (d) max batch
+def test_max_batch_search():
+    def linear(b: int) -> float:        # bytes: 100 static + 10 per sequence
+        return 100.0 + 10.0 * b
+
+    assert max_batch(linear, 470) == 37
+    assert max_batch(linear, 470, step=4) == 36
+    assert max_batch(linear, 120, step=4) == 0
+    assert max_batch(linear, 1e9, limit=1000) == 512
+    assert max_batch(linear, 470, start=64) == 37                # halving when the start does not fit
+    assert max_batch(lambda b: b * b, 1000) == 31                 # non-linear peaks: bisection still exact
+    assert max_batch(lambda b: 0.0 if b < 7 else 1e9, 1.0) == 6   # a step, not a line
+    probes: list[int] = []
+    assert max_batch(lambda b: probes.append(b) or linear(b), 2100) == 200
+    assert probes[:9] == [1, 2, 4, 8, 16, 32, 64, 128, 256]       # doubling, then bisection
+    assert len(probes) <= 12
+    probes.clear()
+    assert max_batch(lambda b: probes.append(b) or linear(b), 2100, start=8, known={8: linear(8)}) == 200
+    assert 8 not in probes                                        # the run's own batch is not simulated again
+
+
+def test_max_batch_is_largest_that_fits(mi300x):
+    """B = max_batch fits in HBM, B + 1 does not (each a full simulation of the final decode step)."""
+    model = load_model("llama3-8b")
+    T, N = 65536, 4
+    w = Workload("decode", T, 1, N)
+    plan = make_plan("tp", mi300x, model, w, degree=8)
+    opts = Assumptions()
+    run = simulate_inference(mi300x, model, plan, w, opts)
+    mb = run.fields["max_batch"]
+    assert mb > 1
+    hbm = mi300x.gpu.hbm_GB * 1e9
+
+    def peak(b: int) -> int:
+        ctx = BuildContext(model, mi300x, plan, Workload("decode", T, b, N), opts)
+        return peak_memory(replay(build_decode_step(ctx, T + N - 1).graph, decode_topology(mi300x, opts)))[0]
+
+    assert peak(mb) <= hbm < peak(mb + 1)
+
+
+# ------------------------------------------------------------------------------------------ periodic assembly
+EXACT = [
+    ("tp", {"degree": 8}, {}, "cut"),
+    ("tp", {"degree": 1, "gpus": 1}, {}, "cut"),
+    ("satp-batch", {"degree": 4}, {}, "cut"),
+    ("satp-seq", {"degree": 4}, {}, "cut"),
+    ("sp", {"degree": 4}, {}, "cut"),
+    ("tp+sp", {"tp": 4, "sp": 2}, {}, "cut"),
+    ("tsp", {"degree": 4}, {"tsp_decode": "token"}, "cut"),
+    ("tsp", {"degree": 4}, {}, "window"),
+    ("tp", {"degree": 8}, {"tp_overlap": True}, "cut"),
+]
+
+
+@pytest.mark.parametrize("schedule,kw,options,method", EXACT,
+                         ids=[f"{s}-{'-'.join(map(str, k.values()))}-{m}" for s, k, _, m in EXACT])
+def test_periodic_decode_equals_full_simulation(mi300x, schedule, kw, options, method):
+    """Decode steps assembled from a short graph equal full simulations of every step (rel 1e-9)."""
+    w = Workload("decode", 1000, 8, 3)
+    plan = make_plan(schedule, mi300x, DEEP, w, **kw)
+    opts = Assumptions.from_overrides(options)
+    fast = simulate_inference(mi300x, DEEP, plan, w, opts, search_max_batch=False)
+    full = simulate_inference(mi300x, DEEP, plan, w, opts, periodic=False, search_max_batch=False)
+    assert {st.method for st in fast.steps} == {method}
+    assert {st.method for st in full.steps} == {"full"}
+    for a, b in zip(fast.steps, full.steps):
+        assert a.time_s == pytest.approx(b.time_s, rel=1e-9, abs=0)
+        for k in BREAKDOWN_KEYS:
+            assert a.breakdown[k] == pytest.approx(b.breakdown[k], rel=1e-9, abs=1e-15)
+    assert fast.fields["decode_check_rel_err"] < 1e-9
+
+
+def test_tsp_weights_decode_has_no_cut(mi300x):
+    """Weight prefetch crosses block boundaries: no quiescent cut, so the timer does not use one."""
+    w = Workload("decode", 1000, 8, 1)
+    ctx = _ctx(mi300x, DEEP, "tsp", {"degree": 4}, w)
+    step = build_decode_step(ctx, 1000)
+    assert not verify_cuts(step.graph, step.cuts[:2])
+    timer = DecodeTimer(lambda layers: ctx if layers is None else with_layers(ctx, layers), DEEP.layers,
+                        decode_topology(mi300x, ctx.opts))
+    assert timer.method == "window"
+
+
+def test_find_period_rejects_states_that_do_not_repeat(mi300x):
+    """The window check is not vacuous: perturb one block's in-flight ops and the candidate is refused."""
+    w = Workload("decode", 1000, 8, 1)
+    ctx = _ctx(mi300x, DEEP, "tsp", {"degree": 4}, w)
+    probe = build_decode_step(with_layers(ctx, 8), 1000)
+    assert verify_periodic_structure(probe)
+    tl = replay(probe.graph, decode_topology(mi300x, ctx.opts))
+    found = find_period(tl, probe)
+    assert found is not None
+    tp, tpp = found
+    period = probe.layer_starts[1] - probe.layer_starts[0]
+    start = {op_id: a for op_id, a, _ in tl.spans}
+    end = {op_id: b for op_id, _, b in tl.spans}
+    t0 = min([a for o, a in start.items() if a < tp <= end[o]] + [tp])
+    in_flight = {o for o in start if start[o] < tp and end[o] > t0 and o >= probe.layer_starts[1]}
+    assert in_flight
+    moved = {o + period for o in in_flight}
+    spans = [(o, a + (1e-9 if o in moved else 0.0), b) for o, a, b in tl.spans]
+    assert find_period(dataclasses.replace(tl, spans=spans), probe) != found
+
+
+def test_one_replica_equals_whole_node():
+    """Sub-node replicas are independent in inference: simulating one equals simulating the node."""
+    for mode in ("prefill", "decode"):
+        p = Point("tp", "mi300x-1node", "llama3-8b", mode, 2048, 4, degree=2, decode_tokens=2)
+        a, b = simulate(p), simulate(p, fold=False)
+        assert len(a.timeline.graph.ranks) == 2 and len(b.timeline.graph.ranks) == 8
+        for key in ("step_time_s", "peak_memory_gb", "ttft_s", "tpot_s", "comm_bytes_per_rank"):
+            assert a.entry[key] == b.entry[key]
+
+
+# ------------------------------------------------------------------------------------------ (e) end to end
+def test_generate_entry(model_yaml):
+    path = model_yaml("inf-e2e", hidden=512, layers=4, q_heads=8, kv_heads=4, head_dim=64, ffn_hidden=1536,
+                      vocab=4096)
+    T, B, N = 2048, 4, 6
+    r = simulate(Point("tp+sp", "mi300x-1node", path, "generate", T, B, tp=4, sp=2, decode_tokens=N))
+    e = r.entry
+    pre = r.timelines["prefill"]
+    assert e["ttft_s"] == pre.end_s and e["mode"] == "generate"
+    assert e["tpot_s"] > 0 and e["decode_tokens"] == N and e["context_tokens"] == T
+    assert e["decode_tokens_per_s"] == pytest.approx(B * e["replicas"] / e["tpot_s"])
+    assert e["decode_tokens_per_s_per_gpu"] == pytest.approx(e["decode_tokens_per_s"] / e["world_size"])
+    assert e["step_time_s"] == pytest.approx(e["ttft_s"] + N * e["tpot_s"])
+    assert sum(e["decode_time_breakdown_s"].values()) == pytest.approx(e["tpot_s"], rel=1e-9)
+    assert e["max_batch"] >= B and e["assumptions"]["tsp_decode"] == "weights"
+    assert e["decode_step_last_s"] >= e["decode_step_first_s"]     # the cache grows: more KV read
+    assert e["memory_breakdown_gb"]["kv_cache"] > 0
+
+
+def test_decode_entry_and_options(model_yaml):
+    path = model_yaml("inf-e2e2", hidden=512, layers=4, q_heads=8, kv_heads=8, head_dim=64, ffn_hidden=1536,
+                      vocab=4096)
+    r = simulate(Point("tsp", "mi300x-1node", path, "decode", 4096, 2, degree=4, decode_tokens=3,
+                       options=(("tsp_decode", "token"),)))
+    e = r.entry
+    assert e["ttft_s"] == e["decode_step_first_s"] and e["step_time_s"] == e["tpot_s"]
+    assert e["tokens_per_s"] == e["decode_tokens_per_s"] and e["assumptions"]["tsp_decode"] == "token"
+    assert r.timeline is r.timelines["decode_step"]
+    with pytest.raises(ConfigError):
+        Assumptions.from_overrides({"tsp_decode": "tokens"})
+
+
+def test_satp_seq_decode_needs_batch_multiple_of_degree(mi300x):
+    with pytest.raises(ConfigError, match="multiple of 4"):
+        make_plan("satp-seq", mi300x, GQA, Workload("decode", 1000, 2, 1), degree=4)
+    make_plan("sp", mi300x, GQA, Workload("decode", 1001, 1, 1), degree=8)   # no sequence divisibility
+
+
+def test_cli_decode_json_and_table(model_yaml):
+    import json
+
+    from click.testing import CliRunner
+
+    from tspsim.cli import cli
+
+    path = model_yaml("inf-cli", hidden=512, layers=4, q_heads=8, kv_heads=8, head_dim=64, ffn_hidden=1536,
+                      vocab=4096)
+    run = CliRunner().invoke(cli, ["run", "-t", "mi300x-1node", "--model", path, "--mode", "decode", "--context",
+                                   "8k", "--tokens", "5", "--batch", "2", "--schedule", "tp,tsp", "--json"])
+    assert run.exit_code == 0, run.output
+    entries = json.loads(run.stdout)["results"]
+    for e in entries:
+        assert e["mode"] == "decode" and e["seq_len"] == 8192 and e["decode_tokens"] == 5
+        for key in ("ttft_s", "tpot_s", "decode_tokens_per_s", "decode_tokens_per_s_per_gpu", "max_batch"):
+            assert e[key] > 0
+        assert set(e["decode_time_breakdown_s"]) == set(BREAKDOWN_KEYS)
+    text = CliRunner().invoke(cli, ["run", "-t", "mi300x-1node", "--model", path, "--mode", "generate", "--seq",
+                                    "2k", "--tokens", "3", "--schedule", "tp"])
+    assert text.exit_code == 0, text.output
+    assert "TTFT (ms)" in text.stdout and "TPOT (ms)" in text.stdout and "max batch" in text.stdout
+    assert "tsp_decode=weights" in text.stdout
+    bad = CliRunner().invoke(cli, ["run", "-t", "mi300x-1node", "--mode", "train", "--tokens", "4"])
+    assert bad.exit_code == 2 and bad.output.count("\n") == 1 and bad.output.startswith("error: --tokens")
