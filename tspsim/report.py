@@ -187,8 +187,8 @@ def _reason(win: Entry, other: Entry) -> str:
         w_bytes = _sum_bytes(win.get("comm_bytes_per_rank"), False) or 0.0
         o_bytes = _sum_bytes(other.get("comm_bytes_per_rank"), False) or 0.0
         if w_bytes < o_bytes:
-            return (f"{text}, which sends {w_bytes / 1e9:.1f} GB per rank per step instead of "
-                    f"{o_bytes / 1e9:.1f} GB")
+            return (f"{text}, which sends {_bytes_text(w_bytes)} per rank per step instead of "
+                    f"{_bytes_text(o_bytes)}")
         return text
     return (f"{schedule_label(other)} computes for {other.get('compute_s', 0.0):.3g} s per step against "
             f"{win.get('compute_s', 0.0):.3g} s (smaller or redundant kernels)")
@@ -207,3 +207,11 @@ def _oom_text(oom: Sequence[Entry], win: Entry) -> str:
     parts = [f"{schedule_label(e)} needs {e['peak_memory_gb']:.1f} GB > {e['hbm_gb']:g} GB HBM (OOM"
              f"{', would be faster' if e in faster else ''})" for e in oom]
     return "; ".join(parts)
+
+
+def _bytes_text(nbytes: float) -> str:
+    """Bytes with a decimal unit that keeps three significant digits (GB = 1e9 bytes)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.3g} {unit}"
+    return f"{nbytes:.0f} B"

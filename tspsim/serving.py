@@ -510,7 +510,8 @@ _SERVING_ROWS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
     ("      compute (ms)", lambda e: _ms((e.get("decode_time_breakdown_s") or {}).get("compute"))),
     ("      exposed comm (ms)", lambda e: _ms((e.get("decode_time_breakdown_s") or {}).get("communication"))),
     ("      other (ms)", lambda e: _ms((e.get("decode_time_breakdown_s") or {}).get("other"))),
-    ("decode steps simulated", lambda e: e.get("decode_sim") or "n/a"),
+    ("decode steps", lambda e: {"cut": "2-block unit", "window": "8-block probe", "full": "every step"}.get(
+        e.get("decode_sim") or "", e.get("decode_sim") or "n/a")),
 )
 
 
