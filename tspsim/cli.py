@@ -24,10 +24,17 @@ class TspsimGroup(click.Group):
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
         """Run the CLI; usage errors print one ``error: …`` line (no usage banner) and exit 2."""
+        bad = next((a for a in (args or ()) if isinstance(a, str) and "\x00" in a), None)
+        if bad is not None:  # only possible in-process (argv cannot hold NUL); os.stat would raise ValueError
+            click.echo(f"error: argument {bad!r} contains a NUL character", err=True)
+            sys.exit(2)
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:  # plain ``tspsim``: the help, not an error
+            click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
+            sys.exit(0)
         except click.ClickException as exc:
-            click.echo(f"error: {exc.format_message()}", err=True)
+            click.echo(f"error: {one_line(exc.format_message())}", err=True)
             sys.exit(exc.exit_code)
         except click.Abort:
             click.echo("aborted", err=True)
@@ -39,11 +46,17 @@ class TspsimGroup(click.Group):
         try:
             return super().invoke(ctx)
         except TspsimError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {one_line(str(exc))}", err=True)
             ctx.exit(2)
         except (yaml_error_types()) as exc:  # pragma: no cover - loaders wrap these already
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {one_line(str(exc))}", err=True)
             ctx.exit(2)
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line: line breaks (e.g. from a file name) become spaces, nothing is dropped."""
+    parts = [part.strip() for part in message.splitlines()]
+    return " ".join(part for part in parts if part) or "unknown error"
 
 
 def yaml_error_types() -> tuple[type[BaseException], ...]:
@@ -56,7 +69,7 @@ def yaml_error_types() -> tuple[type[BaseException], ...]:
 @click.group(cls=TspsimGroup, context_settings=CONTEXT)
 @click.version_option(__version__, "--version", prog_name="tspsim")
 def cli() -> None:
-    r"""tspsim — discrete-event simulator of TSP, TP, SP and TP+SP schedules.
+    """tspsim — discrete-event simulator of TSP, TP, SP and TP+SP schedules.
 
     \b
     Examples:

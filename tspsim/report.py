@@ -22,14 +22,19 @@ Entry = dict[str, Any]
 _DEGREE_LABEL = {"SP": "Σ"}
 
 
-def schedule_label(entry: Entry) -> str:
-    """``tsp D=8``, ``tp+sp T=4×Σ=2``, with `` DP=128`` when there are several replicas."""
-    name = entry.get("schedule") or "graph"
-    degrees = dict(entry.get("degrees") or {})
+def degrees_label(schedule: str, degrees: dict[str, Any] | None) -> str:
+    """``tsp D=8``, ``tp+sp T=4×Σ=2``, with `` DP=n`` when there are several replicas."""
+    degrees = dict(degrees or {})
     dp = degrees.pop("DP", 1)
-    parts = "×".join(f"{_DEGREE_LABEL.get(k, k)}={v}" for k, v in degrees.items())
-    label = f"{name} {parts}".strip()
+    order = sorted(degrees, key=lambda k: ("D", "T", "SP").index(k) if k in ("D", "T", "SP") else 9)
+    parts = "×".join(f"{_DEGREE_LABEL.get(k, k)}={degrees[k]}" for k in order)
+    label = f"{schedule} {parts}".strip()
     return f"{label} DP={dp}" if dp and dp > 1 else label
+
+
+def schedule_label(entry: Entry) -> str:
+    """Label of a run entry (see :func:`degrees_label`)."""
+    return degrees_label(entry.get("schedule") or "graph", entry.get("degrees"))
 
 
 def largest_memory_category(entry: Entry) -> str:

@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 from tspsim import __version__
 from tspsim.errors import TspsimError
+from tspsim.report import degrees_label
 from tspsim.simulate import Point
 
 CACHE_FORMAT = 1
@@ -51,7 +52,6 @@ DEGREE_SCHEDULES = ("tsp", "tp", "sp", "satp-seq", "satp-batch")
 DEFAULT_SCHEDULES = ("tsp", "tp", "tp+sp")
 """Schedules swept when ``--schedule`` is not given (the same comparison as ``tspsim run``)."""
 
-_DEGREE_LABEL = {"SP": "Σ"}
 
 Entry = dict[str, Any]
 
@@ -176,16 +176,6 @@ def expand_grid(grid: Grid) -> list[Point]:
 
 
 # ---------------------------------------------------------------------------------- labels
-def degrees_label(schedule: str, degrees: dict[str, Any] | None) -> str:
-    """``tsp D=8``, ``tp+sp T=4×Σ=2`` (with `` DP=n`` when there are several replicas)."""
-    degrees = dict(degrees or {})
-    dp = degrees.pop("DP", 1)
-    order = sorted(degrees, key=lambda k: ("D", "T", "SP").index(k) if k in ("D", "T", "SP") else 9)
-    parts = "×".join(f"{_DEGREE_LABEL.get(k, k)}={degrees[k]}" for k in order)
-    label = f"{schedule} {parts}".strip()
-    return f"{label} DP={dp}" if dp and dp > 1 else label
-
-
 def requested_degrees(point: Point) -> dict[str, int]:
     """The degrees a point asks for (before defaults are resolved)."""
     if point.schedule == "tp+sp":

@@ -52,7 +52,7 @@ def simulate_collective(topology: str, op: str, ranks: tuple[int, ...], nbytes: 
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object {\"results\": [...]}.")
 def collective(topology: str, op: str, group: int | None, ranks: list[int] | None, sizes: list[int],
                algorithm: str | None, as_json: bool) -> None:
-    r"""Benchmark a collective in the simulator, like nccl-tests / rccl-tests.
+    """Benchmark a collective in the simulator, like nccl-tests / rccl-tests.
 
     Prints size, time, algorithm bandwidth, bus bandwidth (nccl-tests' definition) and the algorithm
     the policy chose.

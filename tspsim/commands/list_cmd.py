@@ -8,7 +8,7 @@ import click
 @click.command("list")
 @click.argument("what", type=click.Choice(["topologies", "models", "schedules"]))
 def list_cmd(what: str) -> None:
-    r"""List the built-in topologies, models or schedules.
+    """List the built-in topologies, models or schedules.
 
     \b
     Examples:
