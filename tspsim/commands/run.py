@@ -258,21 +258,6 @@ def simulate_points(points: list[Any], fold: bool, record_links: bool) -> list[A
     return results
 
 
-def _check_outputs(html: str | None, trace: str | None) -> None:
-    """Fail early (exit 2) if --html / --trace need modules this build does not have."""
-    if html:
-        try:
-            import tspsim.viewer  # noqa: F401
-        except ImportError:
-            raise TspsimError("--html needs tspsim.viewer, which is not available in this build") from None
-    if trace:
-        try:
-            import tspsim.export.perfetto  # noqa: F401
-        except ImportError:
-            raise TspsimError("--trace needs tspsim.export.perfetto, which is not available in this build") \
-                from None
-
-
 def write_outputs(results: list[Any], save: str | None, html: str | None, trace: str | None) -> None:
     """Write the result file, HTML viewer and Perfetto trace that were asked for (notes on stderr)."""
     runs = [(r.entry, r.timeline) for r in results]
@@ -361,7 +346,6 @@ def run(topology: str, model: str, degree: int | None, tp: int | None, sp: int |
     args = PlanArgs(topology, model, degree, tp, sp, seq, batch, mode, recompute, options, gpus, full, context,
                     tokens)
     check_inference_args(mode, context, tokens)
-    _check_outputs(html, trace)
     pairs = parse_option_pairs(options, recompute)
     points = choose_points(args, schedules, default_seq(args), pairs)
     results = simulate_points(points, fold=not full, record_links=bool(html or trace))
