@@ -185,3 +185,16 @@ def test_html_and_trace_outputs(tmp_path, tiny):
                  "--html", str(html), "--trace", str(trace))
     assert res.exit_code == 0, res.output
     assert html.stat().st_size > 0 and json.loads(trace.read_text())
+
+
+def test_no_timing_output_is_byte_identical(tmp_path, tiny):
+    """Reproducibility (issue 7): identical inputs give byte-identical JSON and result files."""
+    outs = []
+    for i in range(2):
+        saved = tmp_path / f"r{i}.json"
+        res = invoke("run", "-t", "mi300x-1node", "--model", tiny, "--seq", "4k", "--schedule", "tsp,tp",
+                     "--json", "--no-timing", "--save", str(saved))
+        assert res.exit_code == 0, res.output
+        outs.append((res.stdout, saved.read_bytes()))
+    assert outs[0] == outs[1]
+    assert all(e["sim_wall_s"] is None for e in json.loads(outs[0][0])["results"])

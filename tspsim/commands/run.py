@@ -322,10 +322,12 @@ def print_report(entries: list[dict[str, Any]]) -> None:
               help="--mode decode: tokens already in the KV cache (default: --seq).")
 @click.option("--tokens", type=click.IntRange(min=1), default=None,
               help="--mode decode / generate: tokens generated per sequence, one per step (default 128).")
+@click.option("--no-timing", is_flag=True,
+              help="Write the wall-clock field sim_wall_s as null, so identical inputs give byte-identical output.")
 def run(topology: str, model: str, degree: int | None, tp: int | None, sp: int | None, seq: int | None,
         batch: int, mode: str, recompute: str | None, options: tuple[str, ...], gpus: int | None, full: bool,
         schedules: list[str] | None, as_json: bool, save: str | None, html: str | None,
-        trace: str | None, context: int | None, tokens: int | None) -> None:
+        trace: str | None, context: int | None, tokens: int | None, no_timing: bool) -> None:
     """Simulate schedules on a topology and compare them side by side.
 
     Without --schedule, compares tsp (D = GPUs per node), tp (same D) and tp+sp (T=8×Σ=2 across two
@@ -349,6 +351,10 @@ def run(topology: str, model: str, degree: int | None, tp: int | None, sp: int |
     pairs = parse_option_pairs(options, recompute)
     points = choose_points(args, schedules, default_seq(args), pairs)
     results = simulate_points(points, fold=not full, record_links=bool(html or trace))
+    if no_timing:
+        for r in results:
+            r.entry["sim_wall_s"] = None
+            r.timeline.sim_wall_s = 0.0
     entries = [r.entry for r in results]
     write_outputs(results, save, html, trace)
     if as_json:
