@@ -331,3 +331,32 @@ def test_result_entry_of_invalid_point(tiny: str) -> None:
     e = result_entry(out)
     assert e["status"] == "invalid" and e["model"] == "tiny" and e["topology"] == "mi300x-1node"
     assert e["degrees"] == {"D": 3} and e["seq_len"] == 1024
+
+
+def test_sigkill_at_random_points_never_corrupts_the_cache(tmp_path: Path) -> None:
+    """Issue 7: SIGKILL a --jobs 1 sweep at (seeded) random instants, rerun after each kill; the cache is
+    never corrupted and the final results equal an uninterrupted sweep's, byte for byte."""
+    import random
+
+    model = write_model(tmp_path / "slow.yaml", layers=4)
+    seqs = ",".join(f"{k}k" for k in range(1, 9))
+    args = ["sweep", "-t", "mi300x-1node", "--model", model, "--schedule", "tsp,tp", "--degree", "8",
+            "--seq", seqs, "--jobs", "1"]
+    reference = invoke(args + ["--out", str(tmp_path / "reference")])
+    assert reference.exit_code == 0, reference.output
+    out = tmp_path / "killed"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    rng = random.Random(7)
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-m", "tspsim.cli", *args, "--out", str(out)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        time.sleep(rng.uniform(0.3, 2.5))  # anywhere: start-up, mid-point, mid-write, output writing
+        proc.kill()
+        proc.wait(timeout=30)
+        for path in (out / "cache").glob("*.json") if (out / "cache").is_dir() else ():
+            json.loads(path.read_text())  # every visible cache file is complete JSON (atomic rename)
+    rerun = invoke(args + ["--out", str(out)])
+    assert rerun.exit_code == 0, rerun.output
+    assert "Traceback" not in rerun.output
+    assert (out / "results.json").read_bytes() == (tmp_path / "reference" / "results.json").read_bytes()
+    assert (out / "results.csv").read_bytes() == (tmp_path / "reference" / "results.csv").read_bytes()
