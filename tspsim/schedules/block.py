@@ -143,6 +143,9 @@ class _Block:
         if kv_group is not None and not (keep_kv and recomputing):
             gathered_kv = self._kv_bytes()
             kv_ready = self._kv_gather(kv_group, gathered_kv, L + "attn.kv_all_gather", layer, phase, qkv)
+            if self._zigzag():
+                kv_ready = {r: c.elementwise(r, L + "attn.kv_zigzag_reorder", 2 * gathered_kv, layer=layer,
+                                             phase=phase, after=[kv_ready.get(r), c.last[r]]) for r in c.ranks}
         kv_tokens = self.S
         batch_q = self.B if self.lay.residual != "batch" else self.B
         q_tokens = n // batch_q
@@ -197,6 +200,10 @@ class _Block:
         if self.lay.kv_from_local_shard:
             return self.tp_group
         return self.seq_group if self.SP > 1 else None
+
+    def _zigzag(self) -> bool:
+        """K/V gathered over zig-zag sequence shards must be reordered into token order (tsp.md §2)."""
+        return self.SP > 1 and not self.lay.kv_from_local_shard
 
     def _kv_bytes(self) -> float:
         """Bytes of the gathered (packed) K and V."""
@@ -297,6 +304,9 @@ class _Block:
         ready = {r: c.last[r] for r in c.ranks}
         if kv_group is not None and not keep_kv:
             ready = self._kv_gather(kv_group, kv_bytes, L + "attn.kv_all_gather", layer, ph, ready)
+            if self._zigzag():
+                ready = {r: c.elementwise(r, L + "attn.kv_zigzag_reorder", 2 * kv_bytes, layer=layer, phase=ph,
+                                          after=[ready.get(r), c.last[r]]) for r in c.ranks}
         batch_q = self.B
         q_tokens = n // batch_q
         for r in c.ranks:

@@ -145,6 +145,9 @@ class _Tsp:
             """Attention of the own queries against shard i's gathered K/V, then the W_o,i projection."""
             nb = kv_bytes / buckets
             for bkt, kv in enumerate(gathers):
+                for r in c.ranks:  # zig-zag chunk order → token order (tsp.md §2), in place
+                    c.elementwise(r, L + f"attn.kv_zigzag_reorder[r={i}]", 2 * nb, layer=layer, phase=phase,
+                                  after=[*(k.get(r) for k in kv), c.last[r]])
                 for r in c.ranks:
                     mem3: Mem = [("end", "comm_buffers", -int(nb))]
                     if "o" in keep and bkt == buckets - 1:
@@ -327,6 +330,9 @@ class _Tsp:
             for r in c.ranks:
                 c.gemm(r, L + f"attn.out[r={i}]", n, H, self.q_l, layer=layer, phase="bwd",
                        after=[bc.get(r), c.last[r]], scale=2)
+            for r in c.ranks:
+                c.elementwise(r, L + f"attn.kv_zigzag_reorder[r={i}]", 2 * kv_bytes, layer=layer, phase="bwd",
+                              after=[*(k.get(r) for k in kv), c.last[r]])
             for r in c.ranks:
                 fl = ATTN_BWD_FACTOR * attention_fwd_flops(self.B, self.S / D, self.S, self.heads_l, m.head_dim)
                 c.compute(r, "attention_bwd", L + f"attn.core[r={i}]", flops=fl,
