@@ -18,7 +18,7 @@ import yaml
 
 from tspsim.errors import ConfigError
 from tspsim.registry import Registry
-from tspsim.yamlio import describe_yaml_error, load_yaml_text
+from tspsim.yamlio import describe_value, number_hint, read_yaml_file
 
 
 @dataclass(frozen=True)
@@ -140,6 +140,13 @@ for _m in (
 
 _REQUIRED = ("hidden", "layers", "q_heads", "kv_heads", "head_dim", "ffn_hidden", "gated_mlp", "vocab")
 
+LIMITS: dict[str, int] = {
+    "hidden": 1 << 20, "layers": 1024, "q_heads": 1 << 14, "kv_heads": 1 << 14, "head_dim": 1 << 16,
+    "ffn_hidden": 1 << 24, "vocab": 1 << 26, "dtype_bytes": 8, "default_seq": 1 << 30,
+}
+"""Largest value of each whole-number key of a model file (far above real models; larger values are typos
+that would make the op graph or the arithmetic explode)."""
+
 
 def load_model(name_or_path: str) -> ModelConfig:
     """A preset by name, or a YAML file with ModelConfig keys.
@@ -153,34 +160,50 @@ def load_model(name_or_path: str) -> ModelConfig:
     if path.suffix not in (".yaml", ".yml") and "/" not in name_or_path:
         raise ConfigError(f"unknown model {name_or_path!r}: choose one of {', '.join(MODELS.names())} "
                           "or give a YAML path")
-    try:
-        data = load_yaml_text(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"model file {name_or_path!r} not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read model file ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: {describe_yaml_error(exc)}") from None
+    if not path.exists():
+        raise ConfigError(f"model file {name_or_path!r} not found; give an existing path or a preset name")
+    data = read_yaml_file(path, "model")
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a model file must be a YAML mapping of keys to values")
+        got = "an empty file" if data is None else describe_value(data)
+        raise ConfigError(f"{path}: a model file must be a YAML mapping of keys to values, got {got}")
+    return model_from_mapping(data, str(path), path.stem)
+
+
+def model_from_mapping(data: dict[Any, Any], where: str, default_name: str) -> ModelConfig:
+    """Validate a mapping of ModelConfig keys (a model file, or a trace's recorded ``model_config``).
+
+    Raises:
+        ConfigError: ``WHERE: key: expected ..., got ...`` for unknown/missing keys, wrong types or bad values.
+    """
+    path = where
     allowed = {f.name: f for f in fields(ModelConfig)}
     for key in data:
         if key not in allowed:
-            raise ConfigError(f"{path}: unknown key {key!r}; allowed keys: {', '.join(allowed)}")
+            raise ConfigError(f"{path}: unknown key {describe_value(key)}; allowed keys: {', '.join(allowed)}")
     for key in _REQUIRED:
         if key not in data:
-            raise ConfigError(f"{path}: missing key {key!r}")
-    values: dict[str, Any] = {"name": str(data.get("name", path.stem))}
+            what = "true or false" if key == "gated_mlp" else "a positive whole number"
+            raise ConfigError(f"{path}: missing key {key!r} ({what})")
+    values: dict[str, Any] = {"name": default_name}
     for key, value in data.items():
         if key in ("name", "source"):
-            values[key] = str(value)
+            if not isinstance(value, str) or (key == "name" and not value.strip()):
+                raise ConfigError(f"{path}: {key}: expected text, got {describe_value(value)}; quote it, e.g. "
+                                  f"{key}: \"my-model\"")
+            values[key] = value
         elif key in ("gated_mlp", "tied_embeddings"):
             if not isinstance(value, bool):
-                raise ConfigError(f"{path}: {key}: expected true or false, got {value!r}")
+                raise ConfigError(f"{path}: {key}: expected true or false, got {describe_value(value)}")
             values[key] = value
         else:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{path}: {key}: expected a positive whole number, got {value!r}")
+                raise ConfigError(f"{path}: {key}: expected a positive whole number, got {describe_value(value)}"
+                                  f"{number_hint(value)}")
+            if value > LIMITS[key]:
+                raise ConfigError(f"{path}: {key}: {describe_value(value)} is larger than the limit "
+                                  f"{LIMITS[key]:,}; check the value")
+            if key == "dtype_bytes" and value not in (1, 2, 4, 8):
+                raise ConfigError(f"{path}: dtype_bytes: expected 1, 2, 4 or 8 (bytes per element), got {value}")
             values[key] = value
     model = ModelConfig(**values)
     if model.q_heads % model.kv_heads:

@@ -9,11 +9,17 @@ accepted (``4MiB``, ``4MB`` both mean 4·2**20).
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 
 from tspsim.errors import TspsimError
 
 _SUFFIX = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"^\s*(\d{1,30}(?:\.\d{1,30})?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE | re.ASCII)
+
+MAX_SIZE = 2**50
+"""Largest size accepted (1 PiB of bytes, ~10^15 tokens); larger values are typos."""
+MAX_LIST_VALUE = 10**9
+"""Largest value in a comma list of whole numbers (degrees, ranks)."""
 
 
 def parse_size(text: str | int, what: str = "size") -> int:
@@ -25,16 +31,21 @@ def parse_size(text: str | int, what: str = "size") -> int:
     if isinstance(text, int):
         if text < 0:
             raise TspsimError(f"{what} must not be negative, got {text}")
+        if text > MAX_SIZE:
+            raise TspsimError(f"{what} {text} is larger than the limit {MAX_SIZE} (2^50)")
         return text
     match = _SIZE_RE.match(str(text))
     if not match:
+        shown = repr(str(text)) if len(str(text)) <= 40 else repr(str(text)[:37] + "...")
         raise TspsimError(
-            f"invalid {what} {text!r}: use a whole number with an optional binary suffix "
+            f"invalid {what} {shown}: use a whole number with an optional binary suffix "
             "k, M, G or T (e.g. 8k, 128k, 1M, 4G)"
         )
-    value = float(match.group(1)) * _SUFFIX[match.group(2).lower()]
-    if value != int(value):
+    value = Fraction(match.group(1)) * _SUFFIX[match.group(2).lower()]
+    if value.denominator != 1:
         raise TspsimError(f"invalid {what} {text!r}: it is not a whole number of units")
+    if value > MAX_SIZE:
+        raise TspsimError(f"{what} {text!r} is larger than the limit {MAX_SIZE} (2^50 = 1024T)")
     return int(value)
 
 
@@ -53,9 +64,10 @@ def parse_int_list(text: str, what: str = "value", minimum: int = 1) -> list[int
         raise TspsimError(f"empty {what} list {text!r}: give at least one value, e.g. 2,4,8")
     out = []
     for item in items:
-        if not item.isdigit() or int(item) < minimum:
+        if not (item.isascii() and item.isdigit()) or len(item) > 10 or not minimum <= int(item) <= MAX_LIST_VALUE:
             kind = "a positive whole number" if minimum == 1 else f"a whole number ≥ {minimum}"
-            raise TspsimError(f"invalid {what} {item!r}: expected {kind}")
+            shown = item if len(item) <= 20 else item[:17] + "..."
+            raise TspsimError(f"invalid {what} {shown!r}: expected {kind} (at most {MAX_LIST_VALUE:,})")
         out.append(int(item))
     return out
 

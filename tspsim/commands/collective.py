@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from tspsim.commands.options import IntListType, SizeListType, emit_json
+from tspsim.commands.options import IntListType, SizeListType, WholeNumberType, emit_json
 from tspsim.errors import TspsimError
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "reduce", "all_to_all", "sendrecv")
@@ -42,7 +42,7 @@ def simulate_collective(topology: str, op: str, ranks: tuple[int, ...], nbytes: 
 @click.command("collective")
 @click.option("--topology", "-t", required=True, help="Preset name (tspsim list topologies) or YAML path.")
 @click.option("--op", "op", type=click.Choice(OPS), default="all_reduce", show_default=True, help="Collective.")
-@click.option("--group", type=click.IntRange(min=2), default=None,
+@click.option("--group", type=WholeNumberType(2), default=None,
               help="Number of ranks (first N GPUs; 8 = one node, 16 = two nodes). Default: one node.")
 @click.option("--ranks", type=IntListType("rank", minimum=0), default=None, help="Explicit ranks, e.g. 0,8,16,24.")
 @click.option("--sizes", type=SizeListType("size"), default="1k,64k,1M,16M,128M,1G",

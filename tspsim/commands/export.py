@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from tspsim.commands.options import WholeNumberType
 from tspsim.commands.view import RankListType, load_selected
 from tspsim.errors import TspsimError
 from tspsim.export import FORMATS, in_run, safe_file_part
@@ -20,7 +21,7 @@ from tspsim.export import FORMATS, in_run, safe_file_part
               help="Trace file (perfetto) or folder (hta, chakra).")
 @click.option("--ranks", type=RankListType(), default=None,
               help="Simulated ranks to export, e.g. 0-7. Default: every simulated rank.")
-@click.option("--run", "run_index", type=click.IntRange(min=0), default=None,
+@click.option("--run", "run_index", type=WholeNumberType(0), default=None,
               help="Export only run N of the result file (0-based). Default: every run.")
 @click.option("--schedule", default=None, help="Export only the run of this schedule.")
 @click.option("--no-links", is_flag=True, help="perfetto: leave out the link-bandwidth counters.")

@@ -65,6 +65,31 @@ class IntListType(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+class WholeNumberType(click.ParamType):
+    """A whole number ≥ ``minimum`` (clearer messages than click's "not a valid integer range")."""
+
+    name = "integer"
+
+    def __init__(self, minimum: int = 1) -> None:
+        self.minimum = minimum
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        """Parse or fail with a usage error naming what is expected."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        else:
+            text = str(value).strip()
+            shown = text if len(text) <= 20 else text[:17] + "..."
+            if not (text.isascii() and text.isdigit()):
+                self.fail(f"{shown!r} is not a whole number ≥ {self.minimum}", param, ctx)
+            if len(text) > 18:
+                self.fail(f"{shown!r} is too large", param, ctx)
+            number = int(text)
+        if number < self.minimum:
+            self.fail(f"{number} is too small: expected a whole number ≥ {self.minimum}", param, ctx)
+        return number
+
+
 class NameListType(click.ParamType):
     """Comma list of names: ``tsp,tp,tp+sp``."""
 

@@ -6,8 +6,12 @@ from typing import Any
 
 import click
 
-from tspsim.commands.options import emit_json
+from tspsim.commands.options import WholeNumberType, emit_json
+from tspsim.engine.sim import ReplayOptions
 from tspsim.errors import TraceError, TspsimError
+
+DEFAULT_MAX_EVENTS = ReplayOptions().max_events
+DEFAULT_MAX_WALL_S = ReplayOptions().max_wall_s
 
 
 def entry_for(graph: Any, tl: Any, topo: Any) -> dict[str, Any]:
@@ -16,7 +20,12 @@ def entry_for(graph: Any, tl: Any, topo: Any) -> dict[str, Any]:
 
     meta = graph.meta or {}
     if not all(k in meta for k in ("model_config", "degrees", "mode", "seq_len", "batch")):
-        return generic_entry(tl, topo, meta)
+        schedule = meta.get("schedule")
+        world = meta.get("world_size")
+        clean = {"schedule": schedule if isinstance(schedule, str) else None}
+        if isinstance(world, int) and not isinstance(world, bool) and world >= 1:
+            clean["world_size"] = world
+        return generic_entry(tl, topo, clean)
     model, plan, workload, opts = plan_from_meta(meta)
     return run_entry(tl, topo, model, plan, workload, opts)
 
@@ -25,22 +34,47 @@ def plan_from_meta(meta: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
     """(ModelConfig, Plan, Workload, Assumptions) recorded in a graph's meta by the generator.
 
     Raises:
-        TraceError: if the recorded values do not form a valid configuration.
+        TraceError: if the recorded values do not form a valid configuration (naming the meta key).
     """
-    from tspsim.model import ModelConfig
-    from tspsim.plan import Assumptions, Plan, Workload
+    from tspsim.model import model_from_mapping
+    from tspsim.plan import MODES, Assumptions, Plan, Workload
+
+    def whole(key: str, value: Any, default: int | None = None) -> int:
+        if value is None and default is not None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1 << 40:
+            raise TraceError(f"trace metadata: meta.{key}: expected a positive whole number, got {value!r}")
+        return value
 
     try:
-        model = ModelConfig(**meta["model_config"])
-        degrees = {str(k): int(v) for k, v in meta["degrees"].items()}
-        schedule = str(meta.get("schedule", ""))
+        config = meta["model_config"]
+        if not isinstance(config, dict):
+            raise TraceError(f"trace metadata: meta.model_config: expected a mapping, got {config!r}"[:200])
+        model = model_from_mapping(config, "trace metadata: meta.model_config", "model")
+        if not isinstance(meta["degrees"], dict) or not meta["degrees"]:
+            raise TraceError("trace metadata: meta.degrees: expected a mapping like {\"D\": 8}")
+        degrees = {str(k): whole(f"degrees.{k}", v) for k, v in meta["degrees"].items()}
+        schedule = meta.get("schedule", "")
+        if not isinstance(schedule, str):
+            raise TraceError(f"trace metadata: meta.schedule: expected text, got {schedule!r}")
         tp, sp = _axes(schedule, degrees)
-        replica = int(meta.get("replica_size") or (tp if schedule == "tsp" else tp * sp))
-        world = int(meta.get("world_size") or replica * degrees.get("DP", 1))
+        replica = whole("replica_size", meta.get("replica_size"), tp if schedule == "tsp" else tp * sp)
+        world = whole("world_size", meta.get("world_size"), replica * degrees.get("DP", 1))
+        if world % replica:
+            raise TraceError(f"trace metadata: meta.world_size {world} is not a multiple of replica_size {replica}")
         plan = Plan(schedule, tp, sp, replica, world, degrees)
-        workload = Workload(str(meta["mode"]), int(meta["seq_len"]), int(meta["batch"]),  # type: ignore[arg-type]
-                            int(meta.get("decode_tokens", 0)))
-        opts = Assumptions.from_overrides(dict(meta.get("assumptions") or {}))
+        mode = meta["mode"]
+        if mode not in MODES:
+            raise TraceError(f"trace metadata: meta.mode: expected one of {', '.join(MODES)}, got {mode!r}")
+        decode = meta.get("decode_tokens", 0)
+        workload = Workload(mode, whole("seq_len", meta["seq_len"]), whole("batch", meta["batch"]),
+                            0 if decode in (0, None) else whole("decode_tokens", decode))
+        assumptions = meta.get("assumptions") or {}
+        if not isinstance(assumptions, dict):
+            raise TraceError(f"trace metadata: meta.assumptions: expected a mapping, got {assumptions!r}"[:200])
+        opts = Assumptions.from_overrides(dict(assumptions))
+    except TraceError:
+        raise
     except TspsimError as exc:
         raise TraceError(f"trace metadata: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
@@ -62,11 +96,20 @@ def _axes(schedule: str, degrees: dict[str, int]) -> tuple[int, int]:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object {\"results\": [...]} on stdout.")
 @click.option("--save", type=click.Path(dir_okay=False), default=None,
               help="Write the entry and timeline to RESULT.json (for tspsim view / export).")
-def replay_cmd(trace: str, topology: str, as_json: bool, save: str | None) -> None:
+@click.option("--max-events", type=WholeNumberType(1), default=None,
+              help=f"Stop with an error after this many simulated events (default {DEFAULT_MAX_EVENTS:,}).")
+@click.option("--max-wall", "max_wall_s", type=click.FloatRange(min=0, min_open=True), default=None,
+              help=f"Stop with an error after this many seconds of wall time (default {DEFAULT_MAX_WALL_S:.0f}).")
+def replay_cmd(trace: str, topology: str, as_json: bool, save: str | None, max_events: int | None,
+               max_wall_s: float | None) -> None:
     """Replay a saved op graph (tspsim generate, or a graph from elsewhere) on a topology.
 
     Graphs that record their model, workload and degrees get the same report as tspsim run; others
     get the generic metrics (step time, overlap, peak memory) with model-specific keys null.
+
+    The trace is validated before it runs (fields, dependencies, cycles, collective participants); a
+    replay in which ranks wait for each other forever stops with one line naming the blocked ranks and
+    ops. --max-events and --max-wall bound a replay.
 
     \b
     Examples:
@@ -76,17 +119,22 @@ def replay_cmd(trace: str, topology: str, as_json: bool, save: str | None) -> No
     import time
 
     from tspsim.commands.run import print_report
-    from tspsim.engine.sim import replay
+    from tspsim.engine.sim import ReplayOptions, replay
     from tspsim.opgraph import OpGraph
     from tspsim.topology import load_topology
 
+    if max_wall_s is not None and max_wall_s != max_wall_s:
+        raise TspsimError("--max-wall nan: give a number of seconds (inf for no limit)")
     graph = OpGraph.load(trace)
     topo = load_topology(topology)
-    click.echo(f"replaying {trace} ({len(graph.ops):,} ops) ...", err=True, nl=False)
+    options = ReplayOptions(max_events=max_events or DEFAULT_MAX_EVENTS, max_wall_s=max_wall_s or DEFAULT_MAX_WALL_S)
     t0 = time.perf_counter()
-    tl = replay(graph, topo)
-    click.echo(f" {time.perf_counter() - t0:.1f} s", err=True)
-    entry = entry_for(graph, tl, topo)
+    try:
+        tl = replay(graph, topo, options)
+        entry = entry_for(graph, tl, topo)
+    except TspsimError as exc:
+        raise TraceError(f"{trace}: {exc}") from None
+    click.echo(f"replayed {trace} ({len(graph.ops):,} ops) in {time.perf_counter() - t0:.1f} s", err=True)
     if save:
         from tspsim.result import save_results
 

@@ -7,7 +7,9 @@ from typing import Any
 
 import click
 
+from tspsim.commands.options import WholeNumberType
 from tspsim.errors import TspsimError
+from tspsim.opgraph import MAX_RANK
 
 
 class RankListType(click.ParamType):
@@ -24,15 +26,23 @@ class RankListType(click.ParamType):
             if not item:
                 continue
             lo, sep, hi = item.partition("-")
-            if not lo.isdigit() or (sep and not hi.isdigit()):
-                self.fail(f"invalid rank {item!r}: expected ranks like 0,1,2 or a range like 0-7", param, ctx)
+            if not _is_rank(lo) or (sep and not _is_rank(hi)):
+                shown = item if len(item) <= 20 else item[:17] + "..."
+                self.fail(f"invalid rank {shown!r}: expected ranks (below {MAX_RANK:,}) like 0,1,2 or a range "
+                          "like 0-7", param, ctx)
             first, last = int(lo), int(hi) if sep else int(lo)
             if last < first:
                 self.fail(f"invalid rank range {item!r}: the end is before the start", param, ctx)
+            if len(out) + last - first >= MAX_RANK:
+                self.fail(f"rank list {value!r} is too long (more than {MAX_RANK:,} ranks)", param, ctx)
             out.extend(range(first, last + 1))
         if not out:
             self.fail(f"empty rank list {value!r}: give ranks like 0,1,2", param, ctx)
         return out
+
+
+def _is_rank(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= 7 and int(text) < MAX_RANK
 
 
 def default_output(result: Path, suffix: str) -> Path:
@@ -59,7 +69,7 @@ def load_selected(result: Path, run: int | None, schedule: str | None) -> list[A
               help="HTML file to write. Default: RESULT with .html instead of .json.")
 @click.option("--ranks", type=RankListType(), default=None,
               help="Simulated ranks to show, e.g. 0,1,2 or 0-7. Default: the simulated ranks, at most 16.")
-@click.option("--run", "run_index", type=click.IntRange(min=0), default=None,
+@click.option("--run", "run_index", type=WholeNumberType(0), default=None,
               help="Show only run N of the result file (0-based). Default: every run, with a run selector.")
 @click.option("--schedule", default=None, help="Show only the run of this schedule.")
 def view(result: Path, output: Path | None, ranks: list[int] | None, run_index: int | None,

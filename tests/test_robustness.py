@@ -1,0 +1,378 @@
+"""Issue 7: deadlocks and limits are reported in one line, names are escaped, writes are atomic.
+
+The random inputs live in tests/test_fuzz.py; this file holds the hand-written cases.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tspsim import atomic
+from tspsim.cli import cli
+from tspsim.engine.sim import ReplayOptions, replay
+from tspsim.errors import ConfigError, DeadlockError, SimulationLimitError, TraceError, TspsimError
+from tspsim.metrics import generic_entry
+from tspsim.model import load_model
+from tspsim.opgraph import GraphBuilder, Op, OpGraph
+from tspsim.result import load_results, save_results
+from tspsim.topology import load_topology
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def assert_one_error(result, *needles: str, alone: bool = True) -> str:
+    """Exit 2 and one ``error:`` line on stderr containing every needle; returns it.
+
+    ``alone``: stderr holds nothing else (otherwise earlier progress lines are allowed, the error is last).
+    """
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    lines = result.stderr.splitlines()
+    assert "Traceback" not in result.output
+    assert len(lines) == 1 if alone else lines, lines
+    assert lines[-1].startswith("error: "), lines
+    assert sum(line.startswith("error:") for line in lines) == 1, lines
+    for needle in needles:
+        assert needle in lines[-1], (needle, lines[-1])
+    return lines[-1]
+
+
+def write_graph(path: Path, ops: list[Op], ranks: tuple[int, ...]) -> Path:
+    OpGraph(ops=ops, ranks=ranks).save(path)
+    return path
+
+
+def crossed_collectives() -> list[Op]:
+    """Rank 0 issues all-reduce A then B; rank 1 issues B then A (the classic NCCL hang)."""
+    def ar(i: int, rank: int, coll: str) -> Op:
+        return Op(i, rank, "comm", "all_reduce", f"grad-{coll}", nbytes=1 << 20, group=(0, 1), coll=coll)
+
+    return [ar(0, 0, "A"), ar(1, 0, "B"), ar(2, 1, "B"), ar(3, 1, "A")]
+
+
+# ------------------------------------------------------------------------------------------ deadlocks
+def test_crossed_collectives_deadlock_in_engine(mi300x):
+    graph = OpGraph(ops=crossed_collectives(), ranks=(0, 1))
+    with pytest.raises(DeadlockError) as info:
+        replay(graph, mi300x)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert "rank 0 stream comm at op 0 grad-A waiting for ranks [1]" in msg
+    assert "rank 1 stream comm at op 2 grad-B waiting for ranks [0]" in msg
+
+
+def test_crossed_collectives_deadlock_through_cli(tmp_path):
+    trace = write_graph(tmp_path / "crossed.json", crossed_collectives(), (0, 1))
+    line = assert_one_error(invoke("replay", str(trace), "-t", "mi300x-1node"), str(trace), "deadlock",
+                            "rank 0", "rank 1", "grad-A", "grad-B")
+    assert "waiting for ranks [1]" in line and "waiting for ranks [0]" in line
+
+
+def test_send_without_recv_is_caught_when_loading(tmp_path):
+    ops = [Op(0, 0, "comm", "send", "kv-chunk", nbytes=4096, group=(0, 1), coll="p2p#1"),
+           Op(1, 1, "compute", "gemm", "mlp", flops=1e9)]
+    trace = write_graph(tmp_path / "lonely-send.json", ops, (0, 1))
+    assert_one_error(invoke("replay", str(trace), "-t", "mi300x-1node"), str(trace), "deadlock",
+                     "send 'kv-chunk' on rank 0", "no matching recv on rank 1", "rank 0 would wait forever")
+
+
+def test_send_without_recv_deadlocks_in_engine(mi300x):
+    """The engine's own detection (a graph built in code skips OpGraph validation)."""
+    ops = [Op(0, 0, "comm", "send", "kv-chunk", nbytes=4096, group=(0, 1), coll="p2p#1"),
+           Op(1, 1, "compute", "gemm", "mlp", flops=1e9)]
+    with pytest.raises(DeadlockError, match=r"rank 0 stream comm at op 0 kv-chunk waiting for ranks \[1\]"):
+        replay(OpGraph(ops=ops, ranks=(0, 1)), mi300x)
+
+
+def test_collective_a_member_never_issues_is_caught_when_loading(tmp_path):
+    ops = [Op(0, 0, "comm", "all_reduce", "ar", nbytes=1024, group=(0, 1, 2), coll="c"),
+           Op(1, 1, "comm", "all_reduce", "ar", nbytes=1024, group=(0, 1, 2), coll="c"),
+           Op(2, 2, "compute", "gemm", "g", flops=1.0)]
+    trace = write_graph(tmp_path / "missing.json", ops, (0, 1, 2))
+    assert_one_error(invoke("replay", str(trace), "-t", "mi300x-1node"), "deadlock", "never by rank(s) 2",
+                     "ranks 0-1 would wait forever")
+
+
+def test_recv_waiting_on_its_own_later_send_is_a_cycle_or_deadlock(tmp_path):
+    # Rank 0: recv from 1 then send to 1; rank 1: recv from 0 then send to 0 — both wait first.
+    ops = [Op(0, 0, "comm", "recv", "r0", nbytes=8, group=(1, 0), coll="x"),
+           Op(1, 0, "comm", "send", "s0", nbytes=8, group=(0, 1), coll="y"),
+           Op(2, 1, "comm", "recv", "r1", nbytes=8, group=(0, 1), coll="y"),
+           Op(3, 1, "comm", "send", "s1", nbytes=8, group=(1, 0), coll="x", deps=[2])]
+    ops[1].deps = [0]
+    trace = write_graph(tmp_path / "ring.json", ops, (0, 1))
+    result = invoke("replay", str(trace), "-t", "mi300x-1node")
+    assert_one_error(result, "deadlock", "rank 0", "rank 1")
+
+
+# ------------------------------------------------------------------------------------------ limits
+def _chain(n: int) -> OpGraph:
+    b = GraphBuilder((0, 1))
+    prev = {0: None, 1: None}
+    for i in range(n):
+        ids = b.collective("all_reduce", (0, 1), 1 << 16, f"ar{i}", deps={r: [prev[r]] for r in (0, 1)})
+        prev = {r: b.compute(r, "gemm", f"g{i}", flops=1e9, deps=[ids[r]]) for r in (0, 1)}
+    return b.graph
+
+
+def test_event_limit_stops_replay_with_a_clear_message(mi300x):
+    graph = _chain(50)
+    full = replay(graph, mi300x)
+    assert full.sim_events > 200
+    with pytest.raises(SimulationLimitError, match=r"replay stopped after 100 simulated events \(limit\)"):
+        replay(graph, mi300x, ReplayOptions(max_events=100))
+
+
+def test_event_limit_through_cli(tmp_path):
+    trace = tmp_path / "chain.json"
+    _chain(50).save(trace)
+    assert invoke("replay", str(trace), "-t", "mi300x-1node", "--json").exit_code == 0
+    assert_one_error(invoke("replay", str(trace), "-t", "mi300x-1node", "--max-events", "100"), str(trace),
+                     "replay stopped after 100 simulated events")
+    assert_one_error(invoke("replay", str(trace), "-t", "mi300x-1node", "--max-events", "0"), "--max-events")
+    assert_one_error(invoke("replay", str(trace), "-t", "mi300x-1node", "--max-wall", "-1"), "--max-wall")
+
+
+def test_rank_outside_topology_names_the_trace(tmp_path):
+    ops = [Op(0, 0, "compute", "gemm", "g", flops=1e9), Op(1, 9, "compute", "gemm", "g", flops=1e9)]
+    trace = write_graph(tmp_path / "wide.json", ops, (0, 9))
+    assert_one_error(invoke("replay", str(trace), "-t", "mi300x-1node"), str(trace), "rank 9", "8 GPUs")
+
+
+# ------------------------------------------------------------------------------------------ NaN / inf
+@pytest.mark.parametrize("value", [".nan", ".NaN", ".inf", "-.inf", ".Inf"])
+@pytest.mark.parametrize("key", ["gpu.hbm_GB", "intra.hop_latency_us", "intra.direct_max_bytes", "nodes",
+                                 "gpu.gemm_efficiency"])
+def test_topology_rejects_nan_and_inf(tmp_path, key, value):
+    section, _, leaf = key.rpartition(".")
+    indent = "  " if section else ""
+    text = "inherit: mi300x-1node\n" + (f"{section}:\n" if section else "") + f"{indent}{leaf}: {value}\n"
+    path = tmp_path / "nan.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_topology(str(path))
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: .{key}: ")
+    assert value.lower().lstrip("-") in msg.lower()
+    assert "NaN and infinity are not allowed" in msg or "efficiency must be in (0, 1]" in msg
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", "1.5", "0", "-4", "true", "'32'", "[32]", "null"])
+def test_model_rejects_non_whole_numbers(tmp_path, value):
+    path = tmp_path / "m.yaml"
+    path.write_text("hidden: 1024\nlayers: VALUE\nq_heads: 16\nkv_heads: 16\nhead_dim: 64\nffn_hidden: 4096\n"
+                    "gated_mlp: true\nvocab: 2048\n".replace("VALUE", value))
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: layers: expected a positive whole number, got "):
+        load_model(str(path))
+
+
+def test_model_q_heads_multiple_of_kv_heads(model_yaml):
+    path = model_yaml("gqa-bad", q_heads=12, kv_heads=8)
+    with pytest.raises(ConfigError, match=r"q_heads \(12\) must be a multiple of kv_heads \(8\)"):
+        load_model(path)
+
+
+def test_model_limits_name_the_key(model_yaml):
+    with pytest.raises(ConfigError, match="layers: 100000 is larger than the limit 1,024"):
+        load_model(model_yaml("deep", layers=100_000))
+    with pytest.raises(ConfigError, match="dtype_bytes: expected 1, 2, 4 or 8"):
+        load_model(model_yaml("odd", dtype_bytes=3))
+
+
+def test_topology_limits(tmp_path):
+    path = tmp_path / "huge.yaml"
+    path.write_text("inherit: mi300x-128node\nnodes: 10000\n")
+    with pytest.raises(ConfigError, match=r"80,000 GPUs; the limit is 65,536"):
+        load_topology(str(path))
+    path.write_text("inherit: mi300x-1node\nintra:\n  link_GBps: 50000000000\n")  # B/s written as GB/s
+    with pytest.raises(ConfigError, match=r"\.intra\.link_GBps: 50000000000 is outside the plausible range "
+                                          r"\[0\.001, 100000\]; check the units"):
+        load_topology(str(path))
+    path.write_text("inherit: mi300x-1node\ngpus_per_node: 2000\n")
+    with pytest.raises(ConfigError, match="directed links; the limit is 1,000,000"):
+        load_topology(str(path))
+    path.write_text("inherit: mi300x-1node\ngpu:\n  hbm_GB: 1.0e+300\n")
+    with pytest.raises(ConfigError, match=r"\.gpu\.hbm_GB: 1e\+300 is out of range"):
+        load_topology(str(path))
+    big = tmp_path / "big.yaml"
+    big.write_text("# padding\n" * 200_000)
+    with pytest.raises(ConfigError, match="limit is 1,048,576"):
+        load_topology(str(big))
+
+
+def test_inherit_errors_name_the_inheriting_file(tmp_path):
+    path = tmp_path / "child.yaml"
+    path.write_text("inherit: mi999x\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: inherit: unknown topology 'mi999x'"):
+        load_topology(str(path))
+    (tmp_path / "a.yaml").write_text("inherit: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("inherit: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"loops back to itself \(a.yaml -> b.yaml -> a.yaml\)"):
+        load_topology(str(tmp_path / "a.yaml"))
+
+
+# ------------------------------------------------------------------------------------------ escaping
+EVIL = '<script>alert("x")</script><img src=x onerror=alert(2)>'
+
+
+def _result_with_names(tmp_path: Path, name: str) -> Path:
+    b = GraphBuilder((0, 1), meta={"schedule": name})
+    g = {r: b.compute(r, "gemm", f"{name} gemm", flops=1e10) for r in (0, 1)}
+    b.collective("all_reduce", (0, 1), 1 << 20, f"{name} all-reduce", deps={r: [g[r]] for r in (0, 1)})
+    b.p2p(0, 1, 4096, f"{name} send")
+    topo = load_topology("mi300x-1node")
+    tl = replay(b.graph, topo, ReplayOptions(record_links=True))
+    tl.topology_name = name
+    entry = dict(generic_entry(tl, topo, b.graph.meta), model=name, topology=name, mode=name,
+                 degrees={name: 2}, assumptions={name: name})
+    path = tmp_path / "evil.json"
+    save_results(path, [(entry, tl)])
+    return path
+
+
+def test_view_escapes_names_from_the_result_file(tmp_path):
+    """Op, model, topology and schedule names come from files: `tspsim view` must not make them live HTML."""
+    plain = tmp_path / "plain.html"
+    assert invoke("view", str(_result_with_names(tmp_path, "benign")), "-o", str(plain)).exit_code == 0
+    result = tmp_path / "evil.json"
+    _result_with_names(tmp_path, EVIL)
+    out = tmp_path / "evil.html"
+    run = invoke("view", str(result), "-o", str(out))
+    assert run.exit_code == 0, run.output
+    page = out.read_text()
+    assert "<img" not in page and "alert(2)>" not in page.replace("&gt;", "")
+    assert '<script>alert("x")' not in page
+    # Exactly the script elements of a page made from benign names: none was injected.
+    count = len(re.findall(r"<script\b", plain.read_text(), re.IGNORECASE))
+    assert len(re.findall(r"<script\b", page, re.IGNORECASE)) == count
+    assert page.lower().count("</script") == plain.read_text().lower().count("</script")
+    assert "&lt;script&gt;alert(&quot;x&quot;)" in page  # shown, escaped, in the summary
+
+
+# ------------------------------------------------------------------------------------------ atomic writes
+def _writers(tmp_path: Path):
+    """(name, target path, write callable) for every writer of results, traces, pages and exports."""
+    from tspsim.export import chakra, hta, perfetto
+    from tspsim.viewer import write_html
+
+    result = _result_with_names(tmp_path, "ok")
+    run = load_results(result)[0]
+    runs = [(run.entry, run.timeline)]
+    return [
+        ("result", tmp_path / "r.json", lambda p: save_results(p, runs)),
+        ("trace", tmp_path / "t.json.gz", lambda p: run.timeline.graph.save(p)),
+        ("html", tmp_path / "v.html", lambda p: write_html(runs, p)),
+        ("perfetto", tmp_path / "p.json", lambda p: perfetto.write_trace(runs, p)),
+        ("hta", tmp_path / "hta" / "rank0.pt.trace.json",
+         lambda p: hta.write_traces(run.entry, run.timeline, p.parent)),
+        ("chakra", tmp_path / "et" / "tspsim.0.et",
+         lambda p: chakra.write_traces(run.entry, run.timeline, p.parent)),
+    ]
+
+
+class _FailingFile:
+    """Wraps a file object: writes half of the first write, then fails like a full disk."""
+
+    def __init__(self, fh, exc: BaseException) -> None:
+        self.fh, self.exc = fh, exc
+
+    def write(self, data: bytes) -> int:
+        self.fh.write(data[: len(data) // 2])
+        raise self.exc
+
+    def __getattr__(self, name: str):
+        return getattr(self.fh, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.fh.close()
+
+
+@pytest.mark.parametrize("exc", [OSError(28, "No space left on device"), KeyboardInterrupt()],
+                         ids=["disk-full", "interrupted"])
+def test_interrupted_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatch, exc):
+    real_fdopen = os.fdopen
+    for name, target, write in _writers(tmp_path):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(b"OLD CONTENT")
+        monkeypatch.setattr(atomic.os, "fdopen", lambda fd, mode: _FailingFile(real_fdopen(fd, mode), exc))
+        expected = TspsimError if isinstance(exc, OSError) else KeyboardInterrupt
+        with pytest.raises(expected) as info:
+            write(target)
+        monkeypatch.setattr(atomic.os, "fdopen", real_fdopen)
+        if expected is TspsimError:
+            assert str(info.value) == f"cannot write {target}: No space left on device", name
+        assert target.read_bytes() == b"OLD CONTENT", name
+        leftovers = [p.name for p in target.parent.iterdir() if p.name.endswith(".tmp")]
+        assert leftovers == [], (name, leftovers)
+        write(target)  # and a normal write replaces it
+        assert target.read_bytes() != b"OLD CONTENT", name
+
+
+def test_write_failure_through_cli_is_one_line(tmp_path, monkeypatch):
+    result = _result_with_names(tmp_path, "ok")
+    out = tmp_path / "page.html"
+    out.write_text("OLD")
+
+    def boom(fd, mode):
+        os.close(fd)
+        raise OSError(13, "Permission denied")
+
+    monkeypatch.setattr(atomic.os, "fdopen", boom)
+    assert_one_error(invoke("view", str(result), "-o", str(out)), f"cannot write {out}: Permission denied")
+    assert out.read_text() == "OLD"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_writing_onto_a_folder_or_under_a_file_is_one_line(tmp_path):
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(TspsimError, match="it is a folder"):
+        atomic.write_text_atomic(tmp_path / "folder", "x")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(TspsimError, match=r"cannot write .*file/out.json: .*/file is a file, not a folder"):
+        atomic.write_text_atomic(tmp_path / "file" / "out.json", "x")
+    trace = tmp_path / "t.json"
+    _chain(1).save(trace)
+    assert_one_error(invoke("replay", str(trace), "-t", "mi300x-1node", "--save", str(tmp_path / "file" / "r.json")),
+                     "cannot write", "is a file, not a folder", alone=False)
+
+
+# ------------------------------------------------------------------------------------------ reproducible
+def test_generate_and_replay_are_reproducible(tmp_path, model_yaml):
+    model = model_yaml("repro-tiny")
+    paths = [tmp_path / "a.json.gz", tmp_path / "b.json.gz"]
+    for p in paths:
+        r = invoke("generate", "-t", "mi300x-1node", "--model", model, "--seq", "4k", "--schedule", "tp",
+                   "--degree", "2", "-o", str(p))
+        assert r.exit_code == 0, r.output
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    outs = []
+    for p in paths:
+        r = invoke("replay", str(p), "-t", "mi300x-1node", "--json")
+        assert r.exit_code == 0, r.output
+        entry = json.loads(r.stdout)["results"][0]
+        entry.pop("sim_wall_s")
+        outs.append(entry)
+    assert outs[0] == outs[1]
+
+
+def test_gzip_trace_detected_by_content_not_name(tmp_path):
+    trace = tmp_path / "t.json"
+    _chain(2).save(trace)
+    disguised = tmp_path / "t-gz.json"
+    disguised.write_bytes(gzip.compress(trace.read_bytes()))
+    assert OpGraph.load(disguised).to_json() == OpGraph.load(trace).to_json()
+    bad = tmp_path / "bad.json.gz"
+    bad.write_bytes(gzip.compress(trace.read_bytes())[:40])
+    with pytest.raises(TraceError, match="corrupt or truncated gzip data"):
+        OpGraph.load(bad)
