@@ -11,6 +11,7 @@ report prints the ones in force (fidelity rule 7).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
@@ -109,13 +110,16 @@ class Assumptions:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"option {key}={getattr(self, key)!r}: choose one of {', '.join(allowed)}")
-        for key in ("param_bytes", "grad_bytes", "master_bytes", "weight_buffers", "kv_buckets", "logits_bytes"):
-            if getattr(self, key) < 1 and key != "master_bytes":
-                raise ConfigError(f"option {key} must be ≥ 1")
-        if self.optimizer_bytes < 0 or self.master_bytes < 0 or self.dp_bucket_MB <= 0:
-            raise ConfigError("optimizer_bytes and master_bytes must be ≥ 0 and dp_bucket_MB > 0")
-        if self.decode_launch_us < 0:
-            raise ConfigError("option decode_launch_us must be ≥ 0")
+        # (key, minimum, maximum): bytes per element are at most 64; counts stay small enough to simulate.
+        bounds = (("param_bytes", 1, 64), ("grad_bytes", 1, 64), ("logits_bytes", 1, 64), ("master_bytes", 0, 64),
+                  ("optimizer_bytes", 0, 256), ("weight_buffers", 1, 64), ("kv_buckets", 1, 4096),
+                  ("dp_bucket_MB", 1e-3, 1e6), ("decode_launch_us", 0.0, 1e6))
+        for key, low, high in bounds:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"option {key}={value!r}: expected a finite number between {low:g} and {high:g}")
+            if not low <= value <= high:
+                raise ConfigError(f"option {key}={value:g} is out of range: use a value between {low:g} and {high:g}")
 
 
 def _convert(key: str, raw: Any, default: Any) -> Any:

@@ -253,7 +253,11 @@ def simulate_points(points: list[Any], fold: bool, record_links: bool) -> list[A
         label = point_label(p)
         click.echo(f"simulating {label} ...", err=True, nl=False)
         t0 = time.perf_counter()
-        results.append(simulate(p, fold=fold, record_links=record_links))
+        try:
+            results.append(simulate(p, fold=fold, record_links=record_links))
+        except BaseException:
+            click.echo(" failed", err=True)  # end the progress line so the error starts its own
+            raise
         click.echo(f" {time.perf_counter() - t0:.1f} s", err=True)
     return results
 

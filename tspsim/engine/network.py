@@ -95,9 +95,16 @@ class Network:
         self._schedule_next()
 
     def _complete_finished(self) -> None:
-        done = [f for f in self.flows if f.remaining <= max(1.0, f.nbytes * _DONE_REL)]
+        # A flow is done when its remaining bytes are float residue, or when the time they need is below
+        # the resolution of the clock (at large simulated times now + dt == now would never advance).
+        tick = 4.0 * max(self.env.now, 1.0) * 2.0**-52
+
+        def finished(f: Flow) -> bool:
+            return f.remaining <= max(1.0, f.nbytes * _DONE_REL, f.rate * tick)
+
+        done = [f for f in self.flows if finished(f)]
         if done:
-            self.flows = [f for f in self.flows if f.remaining > max(1.0, f.nbytes * _DONE_REL)]
+            self.flows = [f for f in self.flows if not finished(f)]
             for f in done:
                 f.remaining = 0.0
                 f.rate = 0.0

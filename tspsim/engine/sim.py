@@ -140,8 +140,8 @@ class Replay:
                 events += 1
                 if events >= limit:
                     raise SimulationLimitError(
-                        f"replay stopped after {limit:,} simulated events (limit); raise max_events or "
-                        "simulate fewer layers/ranks")
+                        f"replay stopped after {limit:,} simulated events (the limit); raise it "
+                        "(tspsim replay --max-events N, ReplayOptions.max_events) or simulate a smaller workload")
                 if events % 100_000 == 0 and time.perf_counter() - t0 > wall_limit:
                     raise SimulationLimitError(f"replay stopped after {wall_limit:.0f} s of wall time (limit)")
         except simpy.core.EmptySchedule:
@@ -160,7 +160,7 @@ class Replay:
             if pos < len(ops):
                 op = ops[pos]
                 waiting = ""
-                if op.is_comm and op.coll in self.rdv:
+                if op.is_comm and op.coll in self.rdv and op.rank in self.rdv[op.coll].ranks:
                     st = self.rdv[op.coll]
                     missing = sorted(set(r for r in op.group if r in self.sim_ranks) - set(st.ranks))
                     waiting = f" waiting for ranks {missing[:8]}"

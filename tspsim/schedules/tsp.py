@@ -28,6 +28,7 @@ ride the ring, so every rank meets every vocabulary shard with its own tokens.
 
 from __future__ import annotations
 
+from tspsim.errors import ConfigError
 from tspsim.opgraph import OpGraph
 from tspsim.schedules.base import SCHEDULES, Schedule
 from tspsim.schedules.common import ATTN_BWD_FACTOR, BuildContext, attention_fwd_flops
@@ -49,6 +50,9 @@ class _Tsp:
         self.attn_shard = m.attn_params // self.D                # elements per attention shard
         self.mlp_shard = m.mlp_params // self.D
         self.vocab_shard = m.vocab * m.hidden // self.D
+        if self.heads_l % ctx.opts.kv_buckets:
+            raise ConfigError(f"option kv_buckets={ctx.opts.kv_buckets} does not divide the {self.heads_l} heads of a "
+                              f"TSP head shard (D={self.D}); use a divisor of {self.heads_l}")
         self.saved: dict[tuple[int, int], dict[str, int]] = {}
         self.orig: dict[tuple[int, int], dict[str, int]] = {}
         self.prev_attn_done: dict[int, int | None] = {}
