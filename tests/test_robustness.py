@@ -127,7 +127,8 @@ def test_event_limit_stops_replay_with_a_clear_message(mi300x):
     graph = _chain(50)
     full = replay(graph, mi300x)
     assert full.sim_events > 200
-    with pytest.raises(SimulationLimitError, match=r"replay stopped after 100 simulated events \(the limit\); raise it \(tspsim replay --max-events N"):
+    with pytest.raises(SimulationLimitError,
+                       match=r"replay stopped after 100 simulated events \(the limit\); raise it \(tspsim replay"):
         replay(graph, mi300x, ReplayOptions(max_events=100))
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import networkx as nx
 
 from tspsim.errors import TraceError
+from tspsim.units import format_ranks
 
 FORMAT = "tspsim-opgraph"
 FORMAT_VERSION = 1
@@ -477,18 +478,8 @@ def _validate_comm(graph: OpGraph, where: str, sim: set[int]) -> None:
 
 
 def _ranges(ranks: Iterable[int]) -> str:
-    """``0-7,16`` for a rank set."""
-    rs = sorted(ranks)
-    parts: list[str] = []
-    i = 0
-    while i < len(rs):
-        j = i
-        while j + 1 < len(rs) and rs[j + 1] == rs[j] + 1:
-            j += 1
-        parts.append(f"{rs[i]}-{rs[j]}" if j > i else str(rs[i]))
-        i = j + 1
-    text = ",".join(parts)
-    return text if len(text) <= 80 else text[:77] + "..."
+    """``0-7,16`` for a rank set (at most 80 characters)."""
+    return format_ranks(ranks, max_chars=80)
 
 
 class GraphBuilder:

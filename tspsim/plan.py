@@ -12,6 +12,7 @@ report prints the ones in force (fidelity rule 7).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
@@ -265,3 +266,25 @@ def _check_divides(schedule: str, model: ModelConfig, workload: Workload, t: int
 def _divisor_hint(n: int, near: int) -> int:
     divisors = [d for d in range(1, n + 1) if n % d == 0]
     return min(divisors, key=lambda d: (abs(d - near), -d))
+
+
+def parse_option_pairs(items: Sequence[str], recompute: str | None = None) -> tuple[tuple[str, Any], ...]:
+    """``--option KEY=VALUE`` strings (and ``--recompute``) → validated, sorted (key, value) pairs.
+
+    Raises:
+        ConfigError: for a malformed item, an unknown key, a bad value, or ``--recompute`` contradicting
+            ``--option recompute=…`` (one line).
+    """
+    pairs: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--option {item!r}: expected KEY=VALUE, e.g. --option zero1=true")
+        pairs[key.strip()] = value.strip()
+    if recompute is not None:
+        if "recompute" in pairs and pairs["recompute"] != recompute:
+            raise ConfigError(f"--recompute {recompute} contradicts --option recompute={pairs['recompute']}; "
+                              "give one")
+        pairs["recompute"] = recompute
+    Assumptions.from_overrides(pairs)  # validate now: one-line error before any simulation
+    return tuple(sorted(pairs.items()))

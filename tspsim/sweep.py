@@ -235,28 +235,6 @@ def normalize_entry(entry: Entry) -> Entry:
 
 
 # ---------------------------------------------------------------------------------- assumptions
-def parse_options(items: Sequence[str], recompute: str | None = None) -> tuple[tuple[str, Any], ...]:
-    """``KEY=VALUE`` strings (and ``--recompute``) → validated, sorted (key, value) pairs.
-
-    Raises:
-        TspsimError: malformed item, unknown key or bad value (one line).
-    """
-    from tspsim.plan import Assumptions
-
-    pairs: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise TspsimError(f"--option {item!r}: expected KEY=VALUE, e.g. --option zero1=true")
-        pairs[key.strip()] = value.strip()
-    if recompute is not None:
-        if "recompute" in pairs and pairs["recompute"] != recompute:
-            raise TspsimError(f"--recompute {recompute} contradicts --option recompute={pairs['recompute']}")
-        pairs["recompute"] = recompute
-    Assumptions.from_overrides(pairs)
-    return tuple(sorted(pairs.items()))
-
-
 # ---------------------------------------------------------------------------------- validation
 class _Loader:
     """Memoized model / topology loading and content hashes for one sweep."""

@@ -9,6 +9,7 @@ accepted (``4MiB``, ``4MB`` both mean 4·2**20).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from fractions import Fraction
 
 from tspsim.errors import TspsimError
@@ -85,3 +86,18 @@ def format_tokens(n: int) -> str:
     if n >= 1024 and n % 1024 == 0:
         return f"{n // 1024}k"
     return str(n)
+
+
+def format_ranks(ranks: Iterable[int], max_chars: int = 0) -> str:
+    """``0-7,16`` style text for a set of ranks; cut to ``max_chars`` with ``...`` when > 0."""
+    rs = sorted(set(ranks))
+    parts: list[str] = []
+    i = 0
+    while i < len(rs):
+        j = i
+        while j + 1 < len(rs) and rs[j + 1] == rs[j] + 1:
+            j += 1
+        parts.append(f"{rs[i]}-{rs[j]}" if j > i else str(rs[i]))
+        i = j + 1
+    text = ",".join(parts)
+    return text[: max_chars - 3] + "..." if 0 < max_chars < len(text) else text

@@ -53,10 +53,11 @@ def plan(ctx: click.Context, topology: str, model: str, seq: int | None, mode: s
       tspsim plan -t mi300x-128node --seq 128k --batch-max 2 --cache plan-cache
       tspsim plan -t h100-dgx-1node --model llama3-8b --seq 32k --json
     """  # noqa: D301
+    from tspsim.plan import parse_option_pairs
     from tspsim.search import candidate_points, rank_results
-    from tspsim.sweep import PointCache, execute_with_progress, make_runner, parse_options, prepare
+    from tspsim.sweep import PointCache, execute_with_progress, make_runner, prepare
 
-    pairs = parse_options(options, recompute)
+    pairs = parse_option_pairs(options, recompute)
     points = candidate_points(topology, model, seq, mode, gpus, batch_max, pairs)
     cache = PointCache(cache_dir)
     state = prepare(points, cache)

@@ -15,7 +15,7 @@ import click
 
 from tspsim.commands.options import NameListType, SizeType, emit_json
 from tspsim.errors import TspsimError
-from tspsim.plan import MODES
+from tspsim.plan import MODES, parse_option_pairs
 
 SUPPORTED_MODES = ("train", "forward")
 """Modes whose op graph ``tspsim generate`` writes. ``run`` also simulates the inference modes (prefill,
@@ -78,29 +78,6 @@ class PlanArgs:
     full: bool
     context: int | None = None
     tokens: int | None = None
-
-
-def parse_option_pairs(items: tuple[str, ...], recompute: str | None) -> tuple[tuple[str, Any], ...]:
-    """``KEY=VALUE`` strings (and ``--recompute``) → validated (key, value) pairs.
-
-    Raises:
-        TspsimError: for a malformed item, an unknown key or a bad value (one line).
-    """
-    from tspsim.plan import Assumptions
-
-    pairs: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise TspsimError(f"--option {item!r}: expected KEY=VALUE, e.g. --option zero1=true")
-        pairs[key.strip()] = value.strip()
-    if recompute is not None:
-        if "recompute" in pairs and pairs["recompute"] != recompute:
-            raise TspsimError(f"--recompute {recompute} contradicts --option recompute={pairs['recompute']}; "
-                              "give one")
-        pairs["recompute"] = recompute
-    Assumptions.from_overrides(pairs)  # validate now: one-line error before any simulation
-    return tuple(sorted(pairs.items()))
 
 
 def check_mode(mode: str) -> None:

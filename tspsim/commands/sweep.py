@@ -66,6 +66,7 @@ def sweep(ctx: click.Context, topologies: list[str], models: list[str], schedule
       tspsim sweep -t mi300x-128node --schedule tsp,tp+sp --degree 8 --tp 8 --sp 2,4 --seq 64k,128k -o sw
       tspsim sweep -t mi300x-1node --seq 32k,64k --scheduler tcp://127.0.0.1:8786 --out sw
     """  # noqa: D301
+    from tspsim.plan import parse_option_pairs
     from tspsim.schedules import SCHEDULES
     from tspsim.sweep import (
         DEFAULT_SCHEDULES,
@@ -73,7 +74,6 @@ def sweep(ctx: click.Context, topologies: list[str], models: list[str], schedule
         PointCache,
         expand_grid,
         make_runner,
-        parse_options,
         prepare,
     )
 
@@ -82,7 +82,7 @@ def sweep(ctx: click.Context, topologies: list[str], models: list[str], schedule
     grid = Grid(topologies=tuple(topologies), models=tuple(models), schedules=names,
                 degrees=tuple(degrees) if degrees else None, tps=tuple(tps) if tps else None,
                 sps=tuple(sps) if sps else None, seqs=tuple(seqs) if seqs else None, batches=tuple(batches),
-                modes=tuple(modes), gpus=gpus, options=parse_options(options, recompute))
+                modes=tuple(modes), gpus=gpus, options=parse_option_pairs(options, recompute))
     points = expand_grid(grid)
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():

@@ -22,6 +22,7 @@ from typing import Any
 from tspsim.errors import TspsimError
 from tspsim.opgraph import Op
 from tspsim.timeline import Timeline
+from tspsim.units import format_ranks
 
 FORMATS = ("perfetto", "hta", "chakra")
 """Formats of ``tspsim export --format``."""
@@ -135,16 +136,7 @@ def select_ranks(tl: Timeline, ranks: Sequence[int] | None, default_limit: int |
 
 def rank_ranges(ranks: Iterable[int]) -> str:
     """``0-7,16`` style text for a sorted rank list."""
-    rs = sorted(ranks)
-    parts: list[str] = []
-    i = 0
-    while i < len(rs):
-        j = i
-        while j + 1 < len(rs) and rs[j + 1] == rs[j] + 1:
-            j += 1
-        parts.append(f"{rs[i]}-{rs[j]}" if j > i else str(rs[i]))
-        i = j + 1
-    return ",".join(parts)
+    return format_ranks(ranks)
 
 
 def select_runs(runs: Sequence[Any], run: int | None = None, schedule: str | None = None) -> list[Any]:
