@@ -6,21 +6,16 @@ with a reason when either is missing. Playwright drives the system browser (no b
 
 from __future__ import annotations
 
-import shutil
-import struct
-import zlib
 from pathlib import Path
 
 import pytest
+from browser_util import CHROMIUM, CHROMIUM_ARGS, decode_png
 from click.testing import CliRunner
 
 from tspsim.cli import cli
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 TINY = """name: tiny
 hidden: 512
@@ -43,45 +38,12 @@ def _browser():
 
 
 def png_colours(data: bytes, limit: int = 64) -> int:
-    """Distinct RGB colours in an 8-bit non-interlaced RGB/RGBA PNG (stops counting at ``limit``)."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, idat, header = 8, b"", None
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
-        pos += 12 + length
-        if kind == b"IHDR":
-            header = struct.unpack(">IIBBBBB", body)
-        elif kind == b"IDAT":
-            idat += body
-    assert header is not None
-    width, height, depth, colour, _, _, interlace = header
-    assert depth == 8 and colour in (2, 6) and interlace == 0, header
-    bpp = 4 if colour == 6 else 3
-    raw = zlib.decompress(idat)
-    stride = width * bpp
-    prev = bytearray(stride)
+    """Distinct RGB colours in a PNG, sampling every 7th pixel (stops counting at ``limit``)."""
+    _, _, rows = decode_png(data)
     seen: set[bytes] = set()
-    for y in range(height):
-        ftype = raw[y * (stride + 1)]
-        line = bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
-        for i in range(stride):
-            a = line[i - bpp] if i >= bpp else 0
-            b = prev[i]
-            c = prev[i - bpp] if i >= bpp else 0
-            if ftype == 1:
-                line[i] = (line[i] + a) & 0xFF
-            elif ftype == 2:
-                line[i] = (line[i] + b) & 0xFF
-            elif ftype == 3:
-                line[i] = (line[i] + (a + b) // 2) & 0xFF
-            elif ftype == 4:
-                p = a + b - c
-                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 0xFF
-        prev = line
-        for x in range(0, stride, bpp * 7):  # sample every 7th pixel: enough to see a plot
-            seen.add(bytes(line[x:x + 3]))
+    for row in rows:
+        for x in range(0, len(row), 3 * 7):
+            seen.add(row[x:x + 3])
         if len(seen) >= limit:
             break
     return len(seen)
