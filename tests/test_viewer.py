@@ -213,3 +213,19 @@ def test_render_html_rejects_empty_and_reports_run_for_bad_rank(tp_run):
     other = synthetic_timeline(2, 2, 1)
     with pytest.raises(TspsimError, match=r"run 1 \(synthetic\): rank 5 was not simulated"):
         render_html([(entry, tl), (SYN_ENTRY, other)], ranks=[5])
+
+
+def test_header_shows_serving_metrics_for_inference_runs(tmp_path):
+    from tspsim.simulate import Point, simulate
+    from tspsim.viewer import write_html
+
+    model = tmp_path / "m.yaml"
+    model.write_text("hidden: 256\nlayers: 2\nq_heads: 4\nkv_heads: 4\nhead_dim: 64\nffn_hidden: 1024\n"
+                     "gated_mlp: true\nvocab: 1000\n")
+    res = simulate(Point("tp", "mi300x-1node", model=str(model), mode="decode", seq_len=1024, decode_tokens=4,
+                         degree=2, gpus=2))
+    out = tmp_path / "v.html"
+    write_html([(res.entry, res.timeline)], out)
+    html = out.read_text()
+    for label in ("time to first token", "time per output token", "decode tokens/s", "largest batch that fits"):
+        assert label in html

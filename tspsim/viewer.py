@@ -500,6 +500,11 @@ def _headline(entry: dict[str, Any]) -> list[tuple[str, str]]:
         out.append(("peak memory", peak))
     add("comm/compute overlap", "overlap_pct", lambda v: f"{v:.1f} %")
     add("exposed communication", "exposed_comm_s", lambda v: f"{v * 1e3:.2f} ms")
+    # serving metrics (inference modes only)
+    add("time to first token", "ttft_s", lambda v: f"{v * 1e3:.3f} ms")
+    add("time per output token", "tpot_s", lambda v: f"{v * 1e3:.3f} ms")
+    add("decode tokens/s", "decode_tokens_per_s", lambda v: f"{v:,.0f}")
+    add("largest batch that fits", "max_batch", lambda v: f"{v:,}")
     return out
 
 
