@@ -6,8 +6,8 @@ values, bad enums, duplicate keys, truncation, garbage bytes, random argument st
 
 The examples are derandomized so the suite is reproducible; set ``TSPSIM_FUZZ_RANDOM=1`` to explore new
 inputs and ``TSPSIM_FUZZ_SCALE=10`` for ten times as many examples. Every CLI call runs under a wall-clock
-alarm (a hang fails the test) and every replay under an event limit. Reproductions of crashes found in
-code owned elsewhere are at the end, marked xfail(strict=True).
+alarm (a hang fails the test) and every replay under an event limit. Regression tests for the crashes and
+hangs the fuzzing found (large simulated times, absurd --option values) are at the end.
 """
 
 from __future__ import annotations
