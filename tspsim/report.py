@@ -114,12 +114,17 @@ def input_gather_note(entries: Sequence[Entry]) -> str:
 
 
 def assumptions_text(entry: Entry, width: int = 100) -> str:
-    """The assumptions in force as wrapped ``key=value`` lines (reference/tsp.md §8)."""
+    """The assumptions in force as wrapped ``key=value`` lines (the open questions of tsp.md §8).
+
+    Decode-only options are left out of training and forward reports (the JSON keeps every option).
+    """
     opts = entry.get("assumptions")
-    head = "assumptions (change with --option KEY=VALUE; see reference/tsp.md §8):"
+    head = "assumptions (change with --option KEY=VALUE; README: Assumptions and defaults):"
     if not opts:
         return head + " n/a (graph without metadata)"
-    body = ", ".join(f"{k}={_value_text(v)}" for k, v in opts.items())
+    serving = entry.get("mode") in ("prefill", "decode", "generate")
+    shown = {k: v for k, v in opts.items() if serving or not (k.startswith("decode_") or k == "tsp_decode")}
+    body = ", ".join(f"{k}={_value_text(v)}" for k, v in shown.items())
     return head + "\n" + textwrap.fill(body, width=width, initial_indent="  ", subsequent_indent="  ")
 
 
