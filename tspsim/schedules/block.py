@@ -253,6 +253,20 @@ class _Block:
                 if len(done[r]) > 1 else (done[r][0] if done[r] else None) for r in c.ranks}
 
     # ------------------------------------------------------------------------------ backward
+    def _grad_reduce(self, prefix: str, layer: int) -> dict[int, int | None]:
+        """Input-gradient reduction over the TP group after a column-parallel backward.
+
+        All-reduce for a replicated residual (Megatron's f operator), reduce-scatter for a sharded one
+        (transpose of the input all-gather); nothing when T = 1. Returns {rank: op to wait for}.
+        """
+        c = self.ctx
+        red: dict[int, int | None] = {r: c.last[r] for r in c.ranks}
+        if self.T > 1:
+            kind = "reduce_scatter" if self.lay.residual != "replicated" else "all_reduce"
+            red = self.coll(kind, self.tp_group, self.n * self.H * self.s, f"{prefix}.grad_{kind}", stream="comm",
+                            layer=layer, phase="bwd", deps=red)
+        return red
+
     def backward(self, layer: int) -> None:
         """Emit one block's backward (transposed communication, 2× GEMM FLOPs, 2.5× attention)."""
         c, s, n, H, T = self.ctx, self.s, self.n, self.H, self.T
@@ -279,11 +293,7 @@ class _Block:
                           mem=free(r, "h"))
             c.gemm(r, L + ("mlp.gate_up" if m.gated_mlp else "mlp.fc1"), n, width, H, layer=layer, phase=ph,
                    after=[c.last[r]], scale=2, mem=free(r, "x2n"))
-        red = {r: c.last[r] for r in c.ranks}
-        if T > 1:
-            kind = "reduce_scatter" if sharded else "all_reduce"
-            red = self.coll(kind, self.tp_group, n * H * s, L + f"mlp.grad_{kind}", stream="comm", layer=layer,
-                            phase=ph, deps=red)
+        red = self._grad_reduce(L + "mlp", layer)
         for r in c.ranks:
             c.elementwise(r, L + "mlp.norm", 4 * self.n_res * H * s, layer=layer, phase=ph,
                           after=[red.get(r), c.last[r]], mem=free(r, "x2"))
@@ -334,11 +344,7 @@ class _Block:
                        after=[dkv.get(r), c.last[r]], scale=2)
             c.gemm(r, L + "attn.qkv", n, q_cols, H, layer=layer, phase=ph, after=[dkv.get(r), c.last[r]], scale=2,
                    mem=mem)
-        red = {r: c.last[r] for r in c.ranks}
-        if T > 1:
-            kind = "reduce_scatter" if sharded else "all_reduce"
-            red = self.coll(kind, self.tp_group, n * H * s, L + f"attn.grad_{kind}", stream="comm", layer=layer,
-                            phase=ph, deps=red)
+        red = self._grad_reduce(L + "attn", layer)
         for r in c.ranks:
             c.elementwise(r, L + "attn.norm", 4 * self.n_res * H * s, layer=layer, phase=ph,
                           after=[red.get(r), c.last[r]], mem=free(r, "x"))

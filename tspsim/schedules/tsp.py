@@ -101,6 +101,21 @@ class _Tsp:
                 recvs[dst] = r_op
         return recvs
 
+    def move_shard(self, j: int, recv: dict[int, int], downs: dict[int, list[int]], start: dict[int, int | None],
+                   shard_bytes: float, name: str, layer: int, phase: str) -> dict[int, int]:
+        """Ring transfer of the MLP shard for step j+1 into the buffer step j+1−w freed; {rank: recv op}.
+
+        The send waits for the shard to have arrived (step j's receive; ``start`` for j = 0); the receive
+        waits for the buffer to be free (the down projection of step j+1−w, or ``start``).
+        """
+        if j >= self.D - 1:
+            return {}
+        c, w = self.c, self.c.opts.weight_buffers
+        send_deps = {r: [recv.get(r)] if j > 0 else [start[r]] for r in c.ranks}
+        recv_deps = {r: [downs[r][j + 1 - w]] if j + 1 - w >= 0 else [start[r]] for r in c.ranks}
+        return self.ring(j, shard_bytes, name, layer=layer, phase=phase, send_deps=send_deps, recv_deps=recv_deps,
+                         recv_mem={r: [("start", "comm_buffers", int(shard_bytes))] for r in c.ranks})
+
     # ------------------------------------------------------------------------------ attention
     def attention_fwd(self, layer: int, phase: str, keep: set[str], prefix: str = "") -> None:
         c, n, s, H, D = self.c, self.n, self.s, self.H, self.D
@@ -200,14 +215,7 @@ class _Tsp:
         recv: dict[int, int] = {}
         for j in range(D):
             def move(j: int = j, recv: dict[int, int] = recv) -> dict[int, int]:
-                """Ring transfer of the shard for step j+1 (into the buffer step j+1−w freed)."""
-                if j >= D - 1:
-                    return {}
-                send_deps = {r: [recv.get(r)] if j > 0 else [norm[r]] for r in c.ranks}
-                recv_deps = {r: [downs[r][j + 1 - w]] if j + 1 - w >= 0 else [norm[r]] for r in c.ranks}
-                return self.ring(j, shard_bytes, L + "mlp.weights_ring", layer=layer, phase=phase,
-                                 send_deps=send_deps, recv_deps=recv_deps,
-                                 recv_mem={r: [("start", "comm_buffers", int(shard_bytes))] for r in c.ranks})
+                return self.move_shard(j, recv, downs, norm, shard_bytes, L + "mlp.weights_ring", layer, phase)
 
             # With ≥ 2 buffers the next shard moves while step j computes; with one it waits for step j.
             nxt = move() if w >= 2 else {}
@@ -259,13 +267,7 @@ class _Tsp:
         ring_grads = c.opts.tsp_grad_return == "ring"
         for j in range(D):
             def move(j: int = j, recv: dict[int, int] = recv) -> dict[int, int]:
-                if j >= D - 1:
-                    return {}
-                send_deps = {r: [recv.get(r)] if j > 0 else [start[r]] for r in c.ranks}
-                recv_deps = {r: [downs[r][j + 1 - w]] if j + 1 - w >= 0 else [start[r]] for r in c.ranks}
-                return self.ring(j, shard_bytes, L + "mlp.weights_ring", layer=layer, phase="bwd",
-                                 send_deps=send_deps, recv_deps=recv_deps,
-                                 recv_mem={r: [("start", "comm_buffers", int(shard_bytes))] for r in c.ranks})
+                return self.move_shard(j, recv, downs, start, shard_bytes, L + "mlp.weights_ring", layer, "bwd")
 
             nxt = move() if w >= 2 else {}
             steps = {}
