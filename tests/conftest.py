@@ -59,3 +59,21 @@ def model_yaml(tmp_path_factory: pytest.TempPathFactory):
         return str(path)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tp_run():
+    """TP D=8 on one MI300X node, 4k tokens, with link series (shared by viewer and export tests)."""
+    from tspsim.simulate import Point, simulate
+
+    r = simulate(Point("tp", "mi300x-1node", seq_len=4096), record_links=True)
+    return r.entry, r.timeline
+
+
+@pytest.fixture(scope="session")
+def tpsp_run():
+    """TP inside a node × SP over two nodes of the 1,024-GPU cluster (folded: one replica of 16 ranks)."""
+    from tspsim.simulate import Point, simulate
+
+    r = simulate(Point("tp+sp", "mi300x-128node", seq_len=4096, tp=8, sp=2), record_links=True)
+    return r.entry, r.timeline

@@ -9,22 +9,13 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from stable_keys import EXTRA_KEYS, STABLE_KEYS
 
 from tspsim.cli import cli
 from tspsim.metrics import overlap_stats
 from tspsim.opgraph import MEMORY_CATEGORIES, GraphBuilder
 from tspsim.result import load_results
 from tspsim.schedules import SCHEDULES
-
-# design.md §4 (stable) and the extra keys tspsim adds; kept in sync with tests/test_metrics.py.
-STABLE_KEYS = {
-    "schedule", "model", "topology", "mode", "seq_len", "batch", "degrees", "world_size", "replicas",
-    "step_time_s", "tokens_per_s", "tokens_per_s_per_gpu", "layer_tokens_per_s", "mfu", "peak_memory_gb",
-    "hbm_gb", "oom", "memory_breakdown_gb", "overlap_pct", "exposed_comm_s", "comm_bytes_per_rank",
-    "layer_comm_bytes_per_rank", "assumptions", "sim_events", "sim_wall_s",
-}
-EXTRA_KEYS = {"tspsim_version", "compute_s", "comm_s", "topology_sha256", "model_sha256", "config",
-              "collective_algorithms"}
 
 TINY = """\
 name: tiny

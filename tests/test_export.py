@@ -17,25 +17,11 @@ from tspsim.engine.sim import ReplayOptions, replay
 from tspsim.export import chakra, hta, perfetto, span_category
 from tspsim.opgraph import COMPUTE_KINDS, MEMORY_CATEGORIES, GraphBuilder
 from tspsim.result import load_results, save_results
-from tspsim.simulate import Point, simulate
 from tspsim.timeline import Timeline
 from tspsim.topology import load_topology
 
 
 # ------------------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def tp_run() -> tuple[dict, Timeline]:
-    r = simulate(Point("tp", "mi300x-1node", seq_len=4096), record_links=True)
-    return r.entry, r.timeline
-
-
-@pytest.fixture(scope="module")
-def tpsp_run() -> tuple[dict, Timeline]:
-    """TP inside a node × SP over two nodes of the 1,024-GPU cluster (folded: one replica of 16 ranks)."""
-    r = simulate(Point("tp+sp", "mi300x-128node", seq_len=4096, tp=8, sp=2), record_links=True)
-    return r.entry, r.timeline
-
-
 @pytest.fixture(scope="module")
 def p2p_run() -> tuple[dict, Timeline]:
     """A small hand-made graph with send/recv pairs, a collective and memory, replayed on one MI300X node."""

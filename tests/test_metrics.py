@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from stable_keys import EXTRA_KEYS, STABLE_KEYS
 
 from tspsim.metrics import (
     comm_bytes,
@@ -22,15 +23,6 @@ from tspsim.model import load_model
 from tspsim.opgraph import MEMORY_CATEGORIES, GraphBuilder
 from tspsim.plan import Assumptions, Workload, make_plan
 from tspsim.timeline import Timeline
-
-STABLE_KEYS = {
-    "schedule", "model", "topology", "mode", "seq_len", "batch", "degrees", "world_size", "replicas",
-    "step_time_s", "tokens_per_s", "tokens_per_s_per_gpu", "layer_tokens_per_s", "mfu", "peak_memory_gb",
-    "hbm_gb", "oom", "memory_breakdown_gb", "overlap_pct", "exposed_comm_s", "comm_bytes_per_rank",
-    "layer_comm_bytes_per_rank", "assumptions", "sim_events", "sim_wall_s",
-}
-EXTRA_KEYS = {"tspsim_version", "compute_s", "comm_s", "topology_sha256", "model_sha256", "config",
-              "collective_algorithms"}
 
 
 # ---------------------------------------------------------------------------------- interval unions

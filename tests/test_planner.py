@@ -7,22 +7,14 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from tiny_models import TINY_32_HEADS
 
 from tspsim.cli import cli
 from tspsim.search import batch_sizes, best_reason, candidate_points, limiter, rank_results
 from tspsim.simulate import Point, simulate
 from tspsim.sweep import Outcome
 
-TINY = """name: tiny
-hidden: 512
-layers: 2
-q_heads: 32
-kv_heads: 32
-head_dim: 16
-ffn_hidden: 2048
-gated_mlp: true
-vocab: 1000
-"""
+TINY = TINY_32_HEADS
 
 
 @pytest.fixture

@@ -11,22 +11,14 @@ from pathlib import Path
 import pytest
 from browser_util import CHROMIUM, CHROMIUM_ARGS, decode_png
 from click.testing import CliRunner
+from tiny_models import TINY_32_HEADS
 
 from tspsim.cli import cli
 
 pytestmark = pytest.mark.browser
 
 
-TINY = """name: tiny
-hidden: 512
-layers: 2
-q_heads: 32
-kv_heads: 32
-head_dim: 16
-ffn_hidden: 2048
-gated_mlp: true
-vocab: 1000
-"""
+TINY = TINY_32_HEADS
 
 
 def _browser():

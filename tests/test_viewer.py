@@ -15,18 +15,6 @@ from tspsim.timeline import Timeline
 from tspsim.viewer import BAR_LIMIT, build_timeline_figure, memory_series, render_html, write_html
 
 
-@pytest.fixture(scope="module")
-def tp_run() -> tuple[dict, Timeline]:
-    r = simulate(Point("tp", "mi300x-1node", seq_len=4096), record_links=True)
-    return r.entry, r.timeline
-
-
-@pytest.fixture(scope="module")
-def tpsp_run() -> tuple[dict, Timeline]:
-    r = simulate(Point("tp+sp", "mi300x-128node", seq_len=4096, tp=8, sp=2), record_links=True)
-    return r.entry, r.timeline
-
-
 def synthetic_timeline(ranks: int, compute_per_rank: int, comm_per_rank: int, name: str = "op") -> Timeline:
     """A Timeline built directly (no simulation): per rank, back-to-back compute spans and a comm stream."""
     ops: list[Op] = []
@@ -216,7 +204,6 @@ def test_render_html_rejects_empty_and_reports_run_for_bad_rank(tp_run):
 
 
 def test_header_shows_serving_metrics_for_inference_runs(tmp_path):
-    from tspsim.simulate import Point, simulate
     from tspsim.viewer import write_html
 
     model = tmp_path / "m.yaml"
