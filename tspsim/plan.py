@@ -80,10 +80,11 @@ class Assumptions:
     """Per-kernel overhead of decode steps, µs: decode runs as a captured HIP/CUDA graph (as vLLM and
     SGLang do), so the topology's eager ``kernel_launch_us`` is replaced by the graph's kernel-to-kernel
     gap (assumed). Prefill keeps the eager launch overhead."""
-    decode_gemm_rolloff: bool = False
-    """Apply the small-GEMM efficiency roll-off (fitted to square GEMMs) to decode kernels. Off: with
-    T_q = 1 decode GEMMs are GEMV-class and bound by streaming the weights from HBM (skinny-GEMM kernels),
-    so they are costed by the plain roofline."""
+    decode_gemm_rolloff: bool = True
+    """Apply the small-GEMM efficiency roll-off to decode kernels. It is shape-aware
+    (:func:`tspsim.costs.tail_fraction`): a T_q = 1 GEMM is GEMV-class, far below the roofline ridge, and
+    pays only I/I_ridge of the tail, so decode stays bound by streaming weights from HBM. Off: the plain
+    roofline (no tail at all)."""
 
     def to_json(self) -> dict[str, Any]:
         """All fields."""
