@@ -107,7 +107,7 @@ def test_decode_memory_tables(mi300x, schedule, kw, p, shard, B, T):
     ctx = _ctx(mi300x, model, schedule, kw, Workload("decode", T, B, 1))
     step = build_decode_step(ctx, T)
     tl = replay(step.graph, decode_topology(mi300x, ctx.opts))
-    lay = kv_layout(schedule, model.kv_dim, ctx.plan)
+    lay = kv_layout(schedule, model.kv_dim, ctx.plan, ctx.opts.satp_batch_kv)
     H, H_kv, L = model.hidden, model.kv_dim, model.layers
     total = 0
     for r in tl.graph.ranks:
@@ -118,7 +118,7 @@ def test_decode_memory_tables(mi300x, schedule, kw, p, shard, B, T):
         # the cache grows from T to T+1 tokens during the step, block by block
         kv = [c for _, c, _ in tl.memory[r] if c == "kv_cache"]
         assert len(kv) >= 1
-        assert final["kv_cache"] == L * 2 * B * lay.tokens(r, T + 1) * lay.kv_width * S
+        assert final["kv_cache"] == L * 2 * (B // lay.batch_shards) * lay.tokens(r, T + 1) * lay.kv_width * S
         total += final["kv_cache"]
         if lay.seq_shards == 1:   # head-sharded: every rank 2·B·(T+1)·H_kv·s/p per block
             assert final["kv_cache"] == L * 2 * B * (T + 1) * H_kv * S // p
@@ -143,7 +143,8 @@ def _layer0_bytes(tl) -> dict[str, float]:
         if op.layer != 0 or op.kind == "recv":
             continue
         key = op.kind
-        for tag in ("input_all_gather", "kv_all_gather", "lse_all_gather", "qkv_all_gather"):
+        for tag in ("input_all_gather", "kv_all_gather", "lse_all_gather", "qkv_all_gather", "qkv_all_to_all",
+                    "out_all_to_all", "kv_cache_all_to_all"):
             if tag in op.name:
                 key = tag
         per[key] += sent
@@ -169,16 +170,47 @@ def test_tp_all_reduce_volume(mi300x, mode, T, B, p):
 
 
 @pytest.mark.parametrize("mode,T,B", [("decode", 4096, 64), ("prefill", 1024, 8)])
-@pytest.mark.parametrize("schedule,p", [("satp-batch", 4), ("satp-seq", 4), ("satp-seq", 8), ("satp-batch", 8)])
-def test_satp_volumes(mi300x, mode, T, B, schedule, p):
-    tl = _run(mi300x, GQA, schedule, {"degree": p}, mode, T, B)
+@pytest.mark.parametrize("schedule,p,kv", [("satp-batch", 4, "heads"), ("satp-seq", 4, None), ("satp-seq", 8, None),
+                                          ("satp-batch", 8, "heads"), ("satp-batch", 4, "batch"),
+                                          ("satp-batch", 8, "batch")])
+def test_satp_volumes(mi300x, mode, T, B, schedule, p, kv):
+    opts = {"satp_batch_kv": kv} if kv else {}
+    tl = _run(mi300x, GQA, schedule, {"degree": p}, mode, T, B, **opts)
     T_q = 1 if mode == "decode" else T
-    M_H, M_KV = B * T_q * GQA.hidden, B * T_q * GQA.kv_dim
+    M_H, M_KV, M_Q = B * T_q * GQA.hidden, B * T_q * GQA.kv_dim, B * T_q * GQA.q_dim
     want = {"reduce_scatter": 2 * (p - 1) / p * M_H * S,          # after attention-out and MLP-down
             "input_all_gather": 2 * (p - 1) / p * M_H * S}        # before QKV and gate/up (design.md §3)
     if schedule == "satp-seq":                                    # AllGather(K, V): 2(p−1)/p·M_KV·s
         want["kv_all_gather"] = 2 * (p - 1) / p * M_KV * S
+    if kv == "batch" and mode == "decode":
+        # the step's Q/K/V head shards to the sequences' owners, the outputs back to head shards: each
+        # rank holds 1/p of the tensor and keeps 1/p of that, so it sends (p−1)/p · M·s / p
+        want["qkv_all_to_all"] = (p - 1) / p * (M_Q + 2 * M_KV) * S / p
+        want["out_all_to_all"] = (p - 1) / p * M_Q * S / p
+    if kv == "batch" and mode == "prefill":                       # attention as in training; K/V re-laid once
+        want["kv_cache_all_to_all"] = (p - 1) / p * 2 * M_KV * S / p
     assert _layer0_bytes(tl) == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["prefill", "decode"])
+def test_satp_batch_cache_holds_whole_sequences(mi300x, mode):
+    """satp_batch_kv=batch: each rank caches all KV heads of its B/p sequences; heads: H_kv/p of all B."""
+    p, B, T = 4, 8, 1024
+    for kv, width, seqs in (("batch", GQA.kv_dim, B // p), ("heads", GQA.kv_dim // p, B)):
+        ctx = _ctx(mi300x, GQA, "satp-batch", {"degree": p}, Workload(mode, T, B, 1), satp_batch_kv=kv)
+        lay = kv_layout("satp-batch", GQA.kv_dim, ctx.plan, kv)
+        assert (lay.kv_width, B // lay.batch_shards) == (width, seqs)
+        graph = build_prefill(ctx) if mode == "prefill" else build_decode_step(ctx, T).graph
+        assert graph.meta["inference"]["kv_batch_shards"] == B // seqs
+        if mode == "decode":      # attention runs over the rank's own sequences, for all heads
+            attn = [op for op in graph.ops if op.name == "L0.attn.core"]
+            assert {op.shape[0] for op in attn} == {seqs}
+            assert {op.shape[3] for op in attn} == {GQA.q_heads if kv == "batch" else GQA.q_heads // p}
+        tl = _run(mi300x, GQA, "satp-batch", {"degree": p}, mode, T, B, satp_batch_kv=kv)
+        cached = T + (1 if mode == "decode" else 0)
+        for r in tl.graph.ranks:
+            final, _ = _final(tl, r)
+            assert final["kv_cache"] == GQA.layers * 2 * seqs * cached * width * S
 
 
 def test_satp_seq_gather_input_decode_has_no_kv_exchange(mi300x):

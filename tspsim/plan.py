@@ -76,6 +76,13 @@ class Assumptions:
     forward does (attention broadcast loop, MLP ring; the new tokens are replicated); ``token`` keeps the
     weights with their owners and moves the tokens' activations (Q/K/V all-gather, partial attention
     over each rank's KV chunk combined flash-decoding style, then TP-like all-reduces)."""
+    satp_batch_kv: Literal["batch", "heads"] = "batch"
+    """KV cache of ``satp-batch`` in inference: ``batch`` keeps each rank's B/p sequences whole (all
+    heads, 2·(B/p)·T·H_kv·s per block), so the column-parallel Q/K/V head shards are exchanged to the
+    sequences' owners by an all-to-all before attention and the outputs exchanged back after it
+    (prefill re-lays each block's K/V by one all-to-all); ``heads`` keeps the cache head-sharded like
+    classic TP (every sequence, the rank's heads) and attention needs no exchange — the article's
+    "no collective" row. Same bytes per GPU either way."""
     decode_launch_us: float = 1.0
     """Per-kernel overhead of decode steps, µs: decode runs as a captured HIP/CUDA graph (as vLLM and
     SGLang do), so the topology's eager ``kernel_launch_us`` is replaced by the graph's kernel-to-kernel
@@ -108,7 +115,8 @@ class Assumptions:
     def validate(self) -> None:
         """Range checks with one-line errors."""
         choices = {"recompute": ("none", "selective", "full"), "tsp_grad_return": ("reduce", "ring"),
-                   "satp_seq_attention": ("gather-kv", "gather-input"), "tsp_decode": ("weights", "token")}
+                   "satp_seq_attention": ("gather-kv", "gather-input"), "tsp_decode": ("weights", "token"),
+                   "satp_batch_kv": ("batch", "heads")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"option {key}={getattr(self, key)!r}: choose one of {', '.join(allowed)}")

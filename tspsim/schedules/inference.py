@@ -20,12 +20,17 @@ the whole cached context, reading it from HBM. Per schedule (per block, forward 
 ``tp``         column/row-parallel on the replicated B·H tokens; head-sharded cache 2·B·T·H_kv·s/p;
                attention local; all-reduce 2(p−1)/p·M_H·s after attention-out and after MLP-down.
 ``satp-batch`` residual sharded B/p sequences per rank: input all-gather (p−1)/p·M_H·s before each
-               column-parallel GEMM, reduce-scatter (p−1)/p·M_H·s after each row-parallel one. The cache
-               is head-sharded, 2·B·T·H_kv·s/p per rank as the article's table says: after the input
-               all-gather the rank's column shard of W_K, W_V produces K/V of *every* sequence for its
-               heads, and attention for its heads needs exactly those, so a batch-sharded cache would
-               have to be exchanged every step (a batch-sharded cache needs replicated attention
-               weights — "DP attention" — which is not modelled).
+               column-parallel GEMM, reduce-scatter (p−1)/p·M_H·s after each row-parallel one. After
+               the input all-gather the rank's column shard of W_Q, W_K, W_V produces Q/K/V of *every*
+               sequence for its heads. ``satp_batch_kv=batch`` (default): the cache is batch-sharded,
+               all heads of the rank's B/p sequences, 2·(B/p)·T·H_kv·s per rank (the article's
+               "complete sequences remain local"), so the step's Q/K/V head shards go to the sequences'
+               owners by an all-to-all, (p−1)/p·(M_Q + 2·M_KV)·s/p per rank, attention runs over all
+               heads of B/p sequences, and the outputs return to head shards for the row-parallel W_O
+               by a second all-to-all, (p−1)/p·M_Q·s/p; prefill attends head-sharded exactly as the
+               training forward and re-lays each block's K/V into the cache by one all-to-all,
+               (p−1)/p·2·M_KV·s/p. ``satp_batch_kv=heads``: the cache is head-sharded like ``tp``,
+               attention needs no exchange (the article's "no collective" row). Same bytes per GPU.
 ``satp-seq``   the step's B tokens split p ways (T_q = 1 cannot be split along the sequence, so it needs
                B divisible by p); with ``satp_seq_attention=gather-kv`` the new K/V are projected on the
                local shard with whole W_K, W_V and all-gathered, 2(p−1)/p·M_KV·s (the article's K/V
@@ -109,6 +114,8 @@ class KvLayout:
     """Consecutive ranks sharing one sequence shard (the TP group of ``tp+sp``; 1 for ``tsp``, ``sp``)."""
     replica_size: int
     """GPUs per replica."""
+    batch_shards: int = 1
+    """Ranks the B sequences are split over (``satp-batch`` with ``satp_batch_kv=batch``: p; else 1)."""
 
     def seq_index(self, rank: int) -> int:
         """Sequence shard of ``rank``."""
@@ -119,21 +126,25 @@ class KvLayout:
         return seq_share(context, self.seq_shards, self.seq_index(rank))
 
     def block_bytes(self, rank: int, batch: int, context: int, s: int) -> int:
-        """K and V bytes of one block on ``rank``: 2·B·tokens·kv_width·s."""
-        return 2 * batch * self.tokens(rank, context) * self.kv_width * s
+        """K and V bytes of one block on ``rank``: 2·(B/batch_shards)·tokens·kv_width·s."""
+        return 2 * (batch // self.batch_shards) * self.tokens(rank, context) * self.kv_width * s
 
     def owner(self, position: int) -> int:
         """Sequence shard that stores position ``position``."""
         return position % self.seq_shards
 
 
-def kv_layout(schedule: str, kv_dim: int, plan: Plan) -> KvLayout:
+def kv_layout(schedule: str, kv_dim: int, plan: Plan, satp_batch_kv: str = "heads") -> KvLayout:
     """The KV-cache layout of ``schedule``.
 
-    * ``tp``, ``satp-batch``, ``satp-seq``: head-sharded, 2·B·T·H_kv·s/p per rank per block.
+    * ``tp``, ``satp-seq``: head-sharded, 2·B·T·H_kv·s/p per rank per block.
+    * ``satp-batch``: batch-sharded (``satp_batch_kv=batch``), all heads of B/p sequences:
+      2·(B/p)·T·H_kv·s; or head-sharded as ``tp`` (``satp_batch_kv=heads``).
     * ``sp``, ``tsp``: sequence-sharded over D, all heads: 2·B·(T/D)·H_kv·s.
     * ``tp+sp``: 2·B·(T/Σ)·(H_kv/T)·s.
     """
+    if schedule == "satp-batch" and satp_batch_kv == "batch":
+        return KvLayout(kv_dim, 1, plan.tp, plan.replica_size, batch_shards=plan.tp)
     if schedule == "tsp":
         return KvLayout(kv_dim, plan.tp, 1, plan.replica_size)
     if schedule == "sp":
@@ -211,7 +222,7 @@ def _prefill_standard(ctx: BuildContext, lay: BlockLayout) -> OpGraph:
     """Forward of the standard block (unchanged) + KV cache + last-token LM head."""
     c, m = one_replica(ctx), ctx.model
     blk = _Block(c, lay)
-    kvl = kv_layout(lay.name, m.kv_dim, c.plan)
+    kvl = kv_layout(lay.name, m.kv_dim, c.plan, c.opts.satp_batch_kv)
     B, T, s, H, n, n_res = blk.B, blk.S, blk.s, blk.H, blk.n, blk.n_res
     c.init_static({r: local_params(c, lay) for r in c.ranks})
     res = {r: n_res * H * s for r in c.ranks}
@@ -225,10 +236,17 @@ def _prefill_standard(ctx: BuildContext, lay: BlockLayout) -> OpGraph:
     for layer in range(m.layers):
         start = len(c.builder.graph.ops)
         blk.forward(layer, "fwd", "none")
+        qkv: dict[int, int | None] = {}
         for op_id in list(_ops_since(c, start)):
             op = c.builder.graph.ops[op_id]
-            if op.name == f"L{layer}.attn.core":  # K/V of the block written to the cache
+            if op.name == f"L{layer}.attn.qkv":
+                qkv[op.rank] = op_id
+            if op.name == f"L{layer}.attn.core" and kvl.batch_shards == 1:  # K/V of the block → the cache
                 _add_mem(c, op_id, [("start", "kv_cache", kvl.block_bytes(op.rank, B, T, s))])
+        if kvl.batch_shards > 1:  # head shards of every sequence → all heads of the rank's B/p sequences
+            blk.coll("all_to_all", blk.tp_group, 2 * n * blk.kv_l * s, f"L{layer}.attn.kv_cache_all_to_all",
+                     stream="kv", layer=layer, phase="fwd", deps=qkv, mem_start=kvl.block_bytes(c.ranks[0], B, T, s),
+                     mem_cat="kv_cache")
     # ---- LM head on the last token of each sequence (it yields the first generated token)
     v_l = m.vocab // lay.tp
     src = {r: c.last[r] for r in c.ranks}
@@ -250,7 +268,8 @@ def _prefill_standard(ctx: BuildContext, lay: BlockLayout) -> OpGraph:
     return c.finish(lay.name, {"layout": {"tp": lay.tp, "sp": lay.sp, "residual": lay.residual,
                                           "kv_from_local_shard": lay.kv_from_local_shard},
                                "inference": {"step": "prefill", "kv_width": kvl.kv_width,
-                                             "kv_seq_shards": kvl.seq_shards}})
+                                             "kv_seq_shards": kvl.seq_shards,
+                                             "kv_batch_shards": kvl.batch_shards}})
 
 
 def _broadcast(c: BuildContext, group_of: Callable[[int], tuple[int, ...]], nbytes: float, name: str,
@@ -338,6 +357,8 @@ class AttentionRecipe:
     """Query heads it computes."""
     kv_width: int
     """K (or V) elements per cached token it reads."""
+    batch: int
+    """Sequences it attends for (B, or B/p for a batch-sharded cache)."""
 
 
 @dataclass
@@ -368,13 +389,14 @@ class DecodeStep:
     def recost(self, cached: int) -> None:
         """Set every attention op's FLOPs and bytes for a step with ``cached`` tokens already cached.
 
-        Per op: T_a = positions of ``cached + 1`` the rank holds; FLOPs 4·B·T_a·heads·d (QKᵀ and P·V, no
-        causal halving since T_q = 1); bytes 2·B·T_a·kv_width·s (K and V) + 2·B·heads·d·s (q in, o out)
-        + B·heads·4 (statistics).
+        Per op: T_a = positions of ``cached + 1`` the rank holds, B_a its sequences; FLOPs 4·B_a·T_a·heads·d
+        (QKᵀ and P·V, no causal halving since T_q = 1); bytes 2·B_a·T_a·kv_width·s (K and V) +
+        2·B_a·heads·d·s (q in, o out) + B_a·heads·4 (statistics).
         """
-        B, d, s = self.batch, self.head_dim, self.dtype_bytes
+        d, s = self.head_dim, self.dtype_bytes
         ops = self.graph.ops
         for a in self.attention:
+            B = a.batch
             ctx_tokens = seq_share(cached + 1, self.seq_shards, a.seq_index)
             op = ops[a.op]
             op.flops = 4.0 * B * ctx_tokens * a.heads * d
@@ -414,23 +436,24 @@ class _DecodeBase:
             c.last[r] = c.builder.memory(r, "kv_cache.cached", [("kv_cache", nbytes)], deps=[c.last[r]])
 
     def append(self, rank: int, width: int) -> Mem:
-        """The new token's K/V (``width`` elements each) if ``rank`` stores position ``cached``."""
+        """The new token's K/V (``width`` elements, B/batch_shards sequences) if ``rank`` stores ``cached``."""
         if self.kvl.seq_index(rank) != self.kvl.owner(self.cached):
             return []
-        return [("start", "kv_cache", 2 * self.B * width * self.s)]
+        return [("start", "kv_cache", 2 * (self.B // self.kvl.batch_shards) * width * self.s)]
 
     def attention(self, rank: int, name: str, heads: int, kv_width: int, layer: int, after: list[int | None],
                   mem: Mem) -> int:
         """A decode attention op over the rank's share of the ``cached + 1`` positions."""
         c = self.c
         op = c.compute(rank, "attention_fwd", name, layer=layer, phase="fwd", after=after, mem=mem)
-        self.step.attention.append(AttentionRecipe(op, self.kvl.seq_index(rank), heads, kv_width))
+        self.step.attention.append(AttentionRecipe(op, self.kvl.seq_index(rank), heads, kv_width,
+                                                   self.B // self.kvl.batch_shards))
         return op
 
     def finish(self, name: str, extra: dict) -> DecodeStep:  # noqa: D102
         self.step.recost(self.cached)
         meta = {"inference": {"step": "decode", "cached": self.cached, "kv_width": self.kvl.kv_width,
-                              "kv_seq_shards": self.kvl.seq_shards}}
+                              "kv_seq_shards": self.kvl.seq_shards, "kv_batch_shards": self.kvl.batch_shards}}
         meta.update(extra)
         self.step.graph = self.c.finish(name, meta)
         return self.step
@@ -440,7 +463,7 @@ class _StdDecode(_DecodeBase):
     """Decode step of the standard block under a (T, Σ, residual) layout."""
 
     def __init__(self, ctx: BuildContext, lay: BlockLayout, cached: int) -> None:
-        super().__init__(ctx, cached, kv_layout(lay.name, ctx.model.kv_dim, ctx.plan))
+        super().__init__(ctx, cached, kv_layout(lay.name, ctx.model.kv_dim, ctx.plan, ctx.opts.satp_batch_kv))
         self.lay = lay
         self.blk = blk = _Block(self.c, lay)
         blk.n = self.B                                   # tokens of the step (T_q = 1)
@@ -509,12 +532,25 @@ class _StdDecode(_DecodeBase):
         if literal:  # the article's K/V exchange: 2(p−1)/p·M_KV·s with M_KV = B·1·H_kv
             gathered = 2 * n * m.kv_dim * s
             ready = blk._kv_gather(blk.tp_group, gathered, L + "attn.kv_all_gather", layer, ph, qkv)
+        by_batch = self.kvl.batch_shards > 1
+        if by_batch:  # head shards of every sequence → all heads of the rank's B/p sequences
+            gathered = n * (q_l + 2 * kv_l) * s
+            ready = blk.coll("all_to_all", blk.tp_group, gathered, L + "attn.qkv_all_to_all", stream="comm",
+                             layer=layer, phase=ph, deps=qkv, mem_start=gathered)
         attn: dict[int, int | None] = {}
         for r in c.ranks:
-            mem = self.append(r, kv_l)
+            mem = self.append(r, m.kv_dim if by_batch else kv_l)
             if gathered:
                 mem.append(("end", "comm_buffers", -gathered))
-            attn[r] = self.attention(r, L + "attn.core", heads_l, kv_l, layer, [ready.get(r), c.last[r]], mem)
+            attn[r] = self.attention(r, L + "attn.core", m.q_heads if by_batch else heads_l,
+                                     m.kv_dim if by_batch else kv_l, layer, [ready.get(r), c.last[r]], mem)
+        out_mem: dict[int, Mem] | None = None
+        if by_batch:  # outputs back to head shards for the row-parallel W_O
+            o_bytes = n * q_l * s
+            back = blk.coll("all_to_all", blk.tp_group, o_bytes, L + "attn.out_all_to_all", stream="comm",
+                            layer=layer, phase=ph, deps=attn, mem_start=o_bytes)
+            _join(c, back, L + "attn.heads_ready", layer)
+            out_mem = {r: [("end", "comm_buffers", -o_bytes)] for r in c.ranks}
         cut: dict[int, int] = {}
         if lay.sp > 1:  # combine partial attention over the sequence shards (flash-decoding)
             lse = blk.coll("all_gather", blk.seq_group, lay.sp * B * heads_l * STATS_BYTES, L + "attn.lse_all_gather",
@@ -525,7 +561,7 @@ class _StdDecode(_DecodeBase):
                             layer=layer, phase=ph, deps=resc)
             _join(c, comb, L + "attn.combined", layer)
             cut = comb
-        out = blk._row_parallel(L + "attn.out", n, H, q_l, layer, ph)
+        out = blk._row_parallel(L + "attn.out", n, H, q_l, layer, ph, mem=out_mem)
         add = {r: c.elementwise(r, L + "attn.residual_add", 3 * n_res * H * s, layer=layer, phase=ph,
                                 after=[out.get(r), c.last[r]]) for r in c.ranks}
         # ---- MLP
