@@ -276,7 +276,11 @@ def test_invalid_degree_is_reported_and_skipped(tiny: str, tmp_path: Path) -> No
     (["--schedule", "nope"], "unknown schedule"),
     (["--schedule", "tsp", "--tp", "4"], "--tp and --sp"),
     (["--schedule", "tp+sp", "--degree", "4"], "--tp T and --sp S"),
-    (["--schedule", "tsp", "--mode", "decode"], "not simulated yet"),
+    (["--schedule", "tsp", "--mode", "bogus"], "unknown mode 'bogus'"),
+    (["--schedule", "tsp", "--context", "4k"], "--context sets the cached tokens of decode points"),
+    (["--schedule", "tsp", "--mode", "prefill", "--tokens", "4"], "--tokens sets the tokens generated"),
+    (["--schedule", "tsp", "--max-batch"], "--max-batch searches the largest batch of inference points"),
+    (["--schedule", "tsp", "--mode", "decode", "--tokens", "4,4"], "--tokens lists 4 twice"),
     (["--schedule", "tsp,tsp"], "twice"),
     (["--schedule", "tp", "--topology", "mi300x-1node,nowhere"], "unknown topology"),
 ])

@@ -21,6 +21,9 @@ Entry = dict[str, Any]
 
 _DEGREE_LABEL = {"SP": "Σ"}
 
+SERVING_MODES = ("prefill", "decode", "generate")
+"""Inference modes (their reports add serving metrics and drop training-only rows)."""
+
 
 def degrees_label(schedule: str, degrees: dict[str, Any] | None) -> str:
     """``tsp D=8``, ``tp+sp T=4×Σ=2``, with `` DP=n`` when there are several replicas."""
@@ -85,14 +88,18 @@ def comparison_table(entries: Sequence[Entry]) -> str:
     Rows: step time, tokens/s (global, per GPU, per decoder layer), MFU, peak memory against HBM and
     its largest category, compute and communication time, HTA overlap, exposed communication, bytes
     sent per rank per step (input all-gathers of sharded-activation TP on their own row, only when
-    present), one block's forward bytes, and the OOM flag.
+    present), one block's forward bytes, and the OOM flag. Inference entries (prefill, decode,
+    generate) leave out tokens/s per layer, the forward benchmark's unit (reference/tsp.md §7).
     """
     if not entries:
         return "(no results)"
     has_input = any(_sum_bytes(e.get("comm_bytes_per_rank"), True) for e in entries)
+    serving = all(e.get("mode") in SERVING_MODES for e in entries)
     rows = [("", *[schedule_label(e) for e in entries])]
     for label, cell in _ROWS:
         if label.strip().startswith("+ input") and not has_input:
+            continue
+        if serving and label == "tokens/s per layer":
             continue
         rows.append((label, *[cell(e) for e in entries]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -116,14 +123,15 @@ def input_gather_note(entries: Sequence[Entry]) -> str:
 def assumptions_text(entry: Entry, width: int = 100) -> str:
     """The assumptions in force as wrapped ``key=value`` lines (the open questions of tsp.md §8).
 
-    Decode-only options are left out of training and forward reports (the JSON keeps every option).
+    Inference-only options are left out of training and forward reports (the JSON keeps every option).
     """
     opts = entry.get("assumptions")
     head = "assumptions (change with --option KEY=VALUE; README: Assumptions and defaults):"
     if not opts:
         return head + " n/a (graph without metadata)"
-    serving = entry.get("mode") in ("prefill", "decode", "generate")
-    shown = {k: v for k, v in opts.items() if serving or not (k.startswith("decode_") or k == "tsp_decode")}
+    serving = entry.get("mode") in SERVING_MODES
+    shown = {k: v for k, v in opts.items()
+             if serving or not (k.startswith("decode_") or k in ("tsp_decode", "satp_batch_kv"))}
     body = ", ".join(f"{k}={_value_text(v)}" for k, v in shown.items())
     return head + "\n" + textwrap.fill(body, width=width, initial_indent="  ", subsequent_indent="  ")
 

@@ -10,14 +10,23 @@
 
 They run through the sweep machinery (:mod:`tspsim.sweep`: same validation, cache and runners);
 :func:`rank_results` drops invalid points and those that do not fit in HBM (``oom``), ranks the rest
-by tokens/s, and :func:`limiter` / :func:`best_reason` explain in one line what limits a
-configuration: memory, exposed communication or compute.
+by an :class:`Objective` (tokens/s by default), and :func:`limiter` / :func:`best_reason` explain in one
+line what limits a configuration: memory, exposed communication or compute — and, for decode steps,
+HBM bandwidth (streaming weights and KV cache) or per-kernel overheads.
+
+**Inference modes** (issue 6). ``prefill``, ``decode`` and ``generate`` candidates are the same
+shapes and batches (``decode``: ``seq`` is the cached context), with ``decode_tokens`` generated and no
+max-batch search (the planner tries the batches itself). The default objective per mode
+(:data:`DEFAULT_OBJECTIVES`): ``prefill`` — lowest ``ttft_s`` (latency of the prompt); ``decode`` —
+highest ``decode_tokens_per_s``; ``generate`` — highest ``tokens_per_s``, generated tokens per second
+of the whole request, prefill included (``decode_tokens_per_s`` would ignore the prefill).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from tspsim.simulate import Point
@@ -29,6 +38,92 @@ COMM_LIMIT = 0.20
 """A configuration is limited by exposed communication when it is at least this fraction of the step."""
 MEMORY_LIMIT = 0.90
 """A configuration is limited by memory when its peak is at least this fraction of HBM."""
+HBM_LIMIT = 0.50
+"""A decode step is limited by HBM bandwidth when streaming weights and KV cache is at least this fraction."""
+OVERHEAD_LIMIT = 0.50
+"""A decode step is limited by overheads when launch overhead, elementwise kernels and idle time are at
+least this fraction."""
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What the planner ranks configurations by: one numeric key of the run entry."""
+
+    key: str
+    """Run-entry key (``tokens_per_s``, ``decode_tokens_per_s``, ``ttft_s``, ``tpot_s``)."""
+    maximize: bool
+    """True: higher is better (throughputs); False: lower is better (latencies)."""
+    label: str
+    """Short name for tables and messages (``decode tokens/s``, ``TTFT``)."""
+    description: str
+    """One line saying what the value measures."""
+
+    @property
+    def goal(self) -> str:
+        """``maximize`` or ``minimize``."""
+        return "maximize" if self.maximize else "minimize"
+
+    def value(self, entry: Entry) -> float | None:
+        """The entry's value (``tokens_per_s`` derived from the step time when absent), None if missing."""
+        if self.key == "tokens_per_s":
+            return throughput(entry)
+        v = entry.get(self.key)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    def format(self, value: float | None) -> str:
+        """``12,345 decode tokens/s`` / ``TTFT 6.52 ms``."""
+        if value is None:
+            return f"{self.label} n/a"
+        if self.maximize:
+            return f"{value:,.0f} {self.label}"
+        return f"{self.label} {value * 1e3:.4g} ms"
+
+    def text(self) -> str:
+        """``highest decode tokens/s (…)`` / ``lowest TTFT (…)``."""
+        return f"{'highest' if self.maximize else 'lowest'} {self.label} ({self.description})"
+
+
+OBJECTIVES: Mapping[str, Objective] = MappingProxyType({
+    "tokens_per_s": Objective("tokens_per_s", True, "tokens/s",
+                              "tokens per second over all GPUs: train and forward the tokens processed, prefill "
+                              "the prompt tokens, decode the generated tokens, generate the generated tokens "
+                              "over the whole request, prefill included"),
+    "decode_tokens_per_s": Objective("decode_tokens_per_s", True, "decode tokens/s",
+                                     "tokens generated per second by the decode steps over all replicas, "
+                                     "batch · replicas / TPOT"),
+    "ttft_s": Objective("ttft_s", False, "TTFT", "time to first token: the prefill step"),
+    "tpot_s": Objective("tpot_s", False, "TPOT", "time per output token: the mean decode step"),
+})
+"""Objectives by name (``tspsim plan --objective``)."""
+
+MODE_OBJECTIVES: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    "train": ("tokens_per_s",), "forward": ("tokens_per_s",), "prefill": ("ttft_s", "tokens_per_s"),
+    "decode": ("decode_tokens_per_s", "tpot_s", "tokens_per_s"),
+    "generate": ("tokens_per_s", "decode_tokens_per_s", "ttft_s", "tpot_s"),
+})
+"""Objectives that make sense per mode, the default first."""
+
+DEFAULT_OBJECTIVES: Mapping[str, str] = MappingProxyType({mode: names[0] for mode, names in MODE_OBJECTIVES.items()})
+"""The default objective of each mode."""
+
+
+def objective_for(mode: str, name: str | None = None) -> Objective:
+    """The objective ``name`` (default: the mode's) after checking that it makes sense for ``mode``.
+
+    Raises:
+        TspsimError: for an unknown name or one the mode has no value for (one line, naming the choices).
+    """
+    from tspsim.errors import TspsimError
+
+    allowed = MODE_OBJECTIVES.get(mode, ("tokens_per_s",))
+    name = name or allowed[0]
+    if name not in OBJECTIVES:
+        raise TspsimError(f"unknown objective {name!r}: choose one of {', '.join(OBJECTIVES)}")
+    if name not in allowed:
+        why = {"ttft_s": "has no prefill step", "tpot_s": "has no decode steps",
+               "decode_tokens_per_s": "has no decode steps"}.get(name, "does not report it")
+        raise TspsimError(f"--objective {name}: --mode {mode} {why}; choose one of {', '.join(allowed)}")
+    return OBJECTIVES[name]
 
 
 def divisors(n: int) -> list[int]:
@@ -47,8 +142,11 @@ def batch_sizes(batch_max: int) -> list[int]:
 
 def candidate_points(topology: str, model: str = "zyphra-7b", seq: int | None = None, mode: str = "train",
                      gpus: int | None = None, batch_max: int = 8,
-                     options: tuple[tuple[str, Any], ...] = ()) -> list[Point]:
+                     options: tuple[tuple[str, Any], ...] = (), decode_tokens: int | None = None) -> list[Point]:
     """Every configuration the planner considers (see the module docstring), not yet validated.
+
+    ``seq`` is the prompt (the cached context for ``decode``); ``decode`` and ``generate`` points generate
+    ``decode_tokens`` (default :data:`~tspsim.serving.DEFAULT_DECODE_TOKENS`) and skip the max-batch search.
 
     Raises:
         TspsimError: unknown topology or model, or ``gpus`` larger than the topology.
@@ -77,7 +175,13 @@ def candidate_points(topology: str, model: str = "zyphra-7b", seq: int | None = 
                         shapes.append((name, None, t, r // t))
         else:
             shapes += [(name, d, None, None) for d in divisors(g) if d > 1 or name == dp_only]
-    return [Point(name, topology, model, mode, seq_len, batch, d, t, s, gpus, options=options)
+    tokens = 0
+    if mode in ("decode", "generate"):
+        from tspsim.serving import DEFAULT_DECODE_TOKENS
+
+        tokens = decode_tokens or DEFAULT_DECODE_TOKENS
+    return [Point(name, topology, model, mode, seq_len, batch, d, t, s, gpus, decode_tokens=tokens, options=options,
+                  search_max_batch=False)
             for name, d, t, s in shapes for batch in batch_sizes(batch_max)]
 
 
@@ -88,19 +192,56 @@ def _frac(num: float | None, den: float | None) -> float | None:
     return num / den
 
 
-def limiter(entry: Entry) -> tuple[str, str]:
+def limiter(entry: Entry, objective: Objective | None = None) -> tuple[str, str]:
     """(kind, one-line explanation ``"<kind>: <facts>"``) of what limits a configuration.
 
     ``exposed communication`` when communication not hidden behind compute is ≥ 20 % of the step,
     else ``memory`` when the peak is ≥ 90 % of HBM, else ``compute``. Uses exposed_comm_s,
     step_time_s, peak_memory_gb and hbm_gb (kind ``unknown`` when they are missing).
+
+    Entries with decode steps (``decode_time_breakdown_s``; not when ranked by TTFT) are judged on the
+    mean decode step instead: exposed communication ≥ 20 % of TPOT, then memory, then ``HBM bandwidth``
+    (weights and KV cache streamed from HBM ≥ 50 % of TPOT), then ``overheads`` (launch overhead,
+    elementwise kernels and idle time ≥ 50 %), else ``compute``. Prefill entries (and TTFT rankings)
+    use the prefill step (``ttft_s``).
     """
-    kind, facts = _limit(entry)
+    if (entry.get("decode_time_breakdown_s") and entry.get("tpot_s")
+            and (objective is None or objective.key != "ttft_s")):
+        kind, facts = _decode_limit(entry)
+    else:
+        kind, facts = _limit(entry)
     return kind, f"{kind}: {facts}"
+
+
+def _decode_limit(entry: Entry) -> tuple[str, str]:
+    parts = entry["decode_time_breakdown_s"]
+    tpot = entry["tpot_s"]
+    ms = tpot * 1e3
+    peak, hbm = entry.get("peak_memory_gb"), entry.get("hbm_gb")
+    mem = _frac(peak, hbm)
+    comm = parts.get("communication", 0.0) / tpot
+    weights, kv = parts.get("weights_hbm", 0.0) / tpot, parts.get("kv_hbm", 0.0) / tpot
+    other = parts.get("other", 0.0) / tpot
+    if comm >= COMM_LIMIT:
+        return "exposed communication", (f"{comm:.0%} of the {ms:.3g} ms decode step is communication not "
+                                         "hidden behind compute")
+    if mem is not None and mem >= MEMORY_LIMIT:
+        return "memory", (f"peak {peak:.1f} GB of {hbm:g} GB HBM ({mem:.0%}) leaves no room for a larger "
+                          "batch or a longer context")
+    if weights + kv >= HBM_LIMIT:
+        return "HBM bandwidth", (f"streaming weights ({weights:.0%}) and KV cache ({kv:.0%}) from HBM takes "
+                                 f"{weights + kv:.0%} of the {ms:.3g} ms decode step")
+    if other >= OVERHEAD_LIMIT:
+        return "overheads", (f"kernel launches, elementwise kernels and idle time take {other:.0%} of the "
+                             f"{ms:.3g} ms decode step")
+    return "compute", (f"compute is {parts.get('compute', 0.0) / tpot:.0%} of the {ms:.3g} ms decode step, "
+                       f"exposed communication {comm:.0%}")
 
 
 def _limit(entry: Entry) -> tuple[str, str]:
     step, exposed = entry.get("step_time_s"), entry.get("exposed_comm_s")
+    if entry.get("mode") in ("prefill", "decode", "generate") and entry.get("ttft_s"):
+        step = entry["ttft_s"]  # the per-step keys describe the prefill step (generate: not the whole request)
     peak, hbm = entry.get("peak_memory_gb"), entry.get("hbm_gb")
     comm = _frac(exposed, step)
     mem = _frac(peak, hbm)
@@ -120,22 +261,35 @@ def _limit(entry: Entry) -> tuple[str, str]:
     return "compute", ", ".join(parts)
 
 
-def best_reason(best: Entry, oom: Sequence[Entry]) -> str:
+def best_reason(best: Entry, oom: Sequence[Entry], objective: Objective | None = None) -> str:
     """Why ``best`` wins and what limits it, in one line.
 
-    When a faster configuration exists but does not fit in HBM, memory is what limits the choice;
-    otherwise the best configuration's own :func:`limiter`.
+    When a better configuration (by ``objective``, default tokens/s) exists but does not fit in HBM,
+    memory is what limits the choice; otherwise the best configuration's own :func:`limiter`.
     """
-    tps = throughput(best) or 0.0
-    faster = [e for e in oom if (throughput(e) or 0.0) > tps]
-    kind, facts = _limit(best)
-    if faster:
-        f = max(faster, key=lambda e: (throughput(e) or 0.0, -(e.get("peak_memory_gb") or 0.0)))
-        gain = (throughput(f) or 0.0) / tps - 1 if tps > 0 else 0.0
-        return (f"limited by memory: the faster {entry_label(f)} at batch {f.get('batch')} (+{gain:.0%} tokens/s) "
-                f"needs {f.get('peak_memory_gb', 0):.1f} GB of {f.get('hbm_gb', 0):g} GB HBM; this choice "
-                f"is {kind}-bound ({facts})")
+    obj = objective or OBJECTIVES["tokens_per_s"]
+    mine = obj.value(best)
+    kind, facts = limiter(best, objective)[1].split(": ", 1)
+    better = [e for e in oom if _score(obj, e) < _score(obj, best)]
+    if better and mine:
+        f = min(better, key=lambda e: (_score(obj, e), e.get("peak_memory_gb") or 0.0))
+        theirs = obj.value(f) or 0.0
+        if obj.maximize:
+            gain = f"+{theirs / mine - 1:.0%} {obj.label}"
+        else:
+            gain = f"{obj.label} −{1 - theirs / mine:.0%}"
+        return (f"limited by memory: the {'faster' if obj.maximize else 'quicker'} {entry_label(f)} at batch "
+                f"{f.get('batch')} ({gain}) needs {f.get('peak_memory_gb', 0):.1f} GB of {f.get('hbm_gb', 0):g} GB "
+                f"HBM; this choice is {kind}-bound ({facts})")
     return f"limited by {kind}: {facts}"
+
+
+def _score(obj: Objective, e: Entry) -> float:
+    """Sort key: lower is better (missing values last)."""
+    v = obj.value(e)
+    if v is None:
+        return float("inf")
+    return -v if obj.maximize else v
 
 
 # ---------------------------------------------------------------------------------- ranking
@@ -153,6 +307,8 @@ class PlanResult:
     """Points that failed unexpectedly."""
     reason: str = ""
     """One line: why the best configuration wins and what limits it."""
+    objective: Objective = field(default_factory=lambda: OBJECTIVES["tokens_per_s"])
+    """What the configurations are ranked by."""
 
     @property
     def best(self) -> Entry | None:
@@ -160,13 +316,14 @@ class PlanResult:
         return self.ranked[0] if self.ranked else None
 
 
-def _order(e: Entry) -> tuple[Any, ...]:
-    return (-(throughput(e) or 0.0), e.get("peak_memory_gb") or 0.0, entry_label(e), e.get("batch") or 0)
+def rank_results(outcomes: Sequence[Outcome], objective: Objective | None = None) -> PlanResult:
+    """Drop invalid and OOM points, rank the rest by ``objective`` (default tokens/s; ties: less memory first)."""
+    obj = objective or OBJECTIVES["tokens_per_s"]
 
+    def _order(e: Entry) -> tuple[Any, ...]:
+        return (_score(obj, e), e.get("peak_memory_gb") or 0.0, entry_label(e), e.get("batch") or 0)
 
-def rank_results(outcomes: Sequence[Outcome]) -> PlanResult:
-    """Drop invalid and OOM points, rank the rest by tokens/s (ties: less memory first)."""
-    res = PlanResult()
+    res = PlanResult(objective=obj)
     fits: list[Entry] = []
     for o in outcomes:
         if o.status == "invalid":
@@ -179,8 +336,8 @@ def rank_results(outcomes: Sequence[Outcome]) -> PlanResult:
     res.oom.sort(key=_order)
     for rank, e in enumerate(fits, 1):
         e["rank"] = rank
-        e["reason"] = limiter(e)[1]
+        e["reason"] = limiter(e, objective)[1]
     res.ranked = fits
     if fits:
-        res.reason = best_reason(fits[0], res.oom)
+        res.reason = best_reason(fits[0], res.oom, objective)
     return res

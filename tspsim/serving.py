@@ -75,7 +75,7 @@ MAX_BATCH_LIMIT = 1 << 20
 """The max-batch search stops doubling here."""
 
 __all__ = ["BREAKDOWN_KEYS", "DEFAULT_DECODE_TOKENS", "INFERENCE_MODES", "DecodeTimer", "InferenceRun",
-           "decode_topology", "max_batch", "simulate_inference", "time_breakdown"]
+           "decode_topology", "max_batch", "simulate_inference", "step_fields", "step_kind", "time_breakdown"]
 
 
 # ---------------------------------------------------------------------------------- decode GPU
@@ -492,6 +492,51 @@ def simulate_point(point: Any, fold: bool = True, record_links: bool = False, **
     return RunResult(dict(sorted(entry.items())), run.timeline, topo, model, plan, workload, opts, run.timelines)
 
 
+# ---------------------------------------------------------------------------------- one saved step
+def step_kind(meta: dict[str, Any], mode: str) -> str:
+    """``prefill`` or ``decode``: which inference step a graph holds (its ``meta.inference.step``, else the mode)."""
+    info = meta.get("inference")
+    step = info.get("step") if isinstance(info, dict) else None
+    if step in ("prefill", "decode"):
+        return str(step)
+    return "decode" if mode == "decode" else "prefill"
+
+
+def step_fields(kind: str, tl: Timeline, gpu: GpuSpec, model: ModelConfig, plan: Plan, workload: Workload,
+                cached: int) -> dict[str, Any]:
+    """Serving keys of ONE replayed inference step (``tspsim replay`` of a ``tspsim generate`` graph).
+
+    ``kind`` is ``prefill`` (B prompts of ``workload.seq_len`` tokens) or ``decode`` (one token per
+    sequence with ``cached`` tokens in the cache, replayed on :func:`decode_topology`, whose GPU is
+    ``gpu``). A prefill step gives ``ttft_s`` and prompt tokens/s; a decode step gives ``tpot_s`` (this
+    step's time), decode tokens/s and ``decode_time_breakdown_s``, with ``ttft_s`` null (one step of a
+    request has no time to first token). ``max_batch`` and the keys about a run's N decode steps
+    (``decode_step_first_s``, ``decode_step_last_s``, ``decode_sim``, ``decode_check_rel_err``) are null.
+    ``inference_step`` says which step it was.
+    """
+    step = tl.end_s
+    world, replicas, B = plan.world_size, plan.replicas, workload.batch
+    decode = kind == "decode"
+    tokens = B * replicas if decode else B * workload.seq_len * replicas
+    flops = model_flops_decode(model, B, cached + 1) if decode else model_flops_prefill(model, B, workload.seq_len)
+    tps = tokens / step if step > 0 else 0.0
+    peak_flops = step * world * gpu.mfu_peak_TFLOPS * 1e12
+    dtps = tps if decode else None
+    info: dict[str, Any] = ({"kind": "decode", "context_tokens": workload.seq_len, "cached_tokens": cached,
+                             "token_index": cached - workload.seq_len + 1} if decode
+                            else {"kind": "prefill", "prompt_tokens": workload.seq_len})
+    return {
+        "ttft_s": None if decode else step, "tpot_s": step if decode else None, "decode_tokens_per_s": dtps,
+        "decode_tokens_per_s_per_gpu": dtps / world if dtps is not None else None, "max_batch": None,
+        "decode_time_breakdown_s": time_breakdown(tl, gpu) if decode else None,
+        "decode_tokens": workload.decode_tokens if decode else 0, "context_tokens": workload.seq_len,
+        "decode_step_first_s": None, "decode_step_last_s": None, "decode_sim": None,
+        "decode_check_rel_err": None, "step_time_s": step, "tokens_per_s": tps, "tokens_per_s_per_gpu": tps / world,
+        "layer_tokens_per_s": tps * model.layers, "mfu": flops * replicas / peak_flops if peak_flops > 0 else 0.0,
+        "inference_step": info,
+    }
+
+
 # ---------------------------------------------------------------------------------- report
 def _ms(value: Any) -> str:
     return "n/a" if value is None else f"{value * 1e3:.4g}"
@@ -504,7 +549,7 @@ _SERVING_ROWS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
      else f"{e['decode_tokens_per_s']:,.0f}"),
     ("decode tokens/s per GPU", lambda e: "n/a" if e.get("decode_tokens_per_s_per_gpu") is None
      else f"{e['decode_tokens_per_s_per_gpu']:,.1f}"),
-    ("max batch (fits HBM)", lambda e: "n/a" if e.get("max_batch") is None else str(e["max_batch"])),
+    ("max batch (fits HBM)", lambda e: "not searched" if e.get("max_batch") is None else str(e["max_batch"])),
     ("TPOT: weights from HBM (ms)", lambda e: _ms((e.get("decode_time_breakdown_s") or {}).get("weights_hbm"))),
     ("      KV cache from HBM (ms)", lambda e: _ms((e.get("decode_time_breakdown_s") or {}).get("kv_hbm"))),
     ("      compute (ms)", lambda e: _ms((e.get("decode_time_breakdown_s") or {}).get("compute"))),
@@ -518,13 +563,25 @@ _SERVING_ROWS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
 def serving_table(entries: list[dict[str, Any]]) -> str:
     """Serving metrics side by side (one column per schedule), like :func:`tspsim.report.comparison_table`.
 
-    Rows: TTFT, TPOT, decode tokens/s (global and per GPU), max batch, the TPOT breakdown and how the
-    decode steps were simulated (``cut``/``window``: assembled exactly from a shorter graph; ``full``).
+    Rows: TTFT, TPOT, decode tokens/s (global and per GPU), max batch (``not searched`` when null:
+    ``--no-max-batch``, sweeps without ``--max-batch``, replays), the TPOT breakdown and how the decode
+    steps were simulated (``cut``/``window``: assembled exactly from a shorter graph; ``full``). Rows no
+    entry has a value for are left out (decode rows of a prefill, TTFT of a single decode step).
     """
     from tspsim.report import schedule_label
 
+    def present(key: str) -> bool:
+        return any(e.get(key) is not None for e in entries)
+
+    skip: set[str] = set()
+    if not present("ttft_s"):        # decode-step replay: no request, no time to first token
+        skip.add("TTFT (ms)")
+    if not present("tpot_s"):        # prefill only: no decode rows
+        skip.update(label for label, _ in _SERVING_ROWS if label != "TTFT (ms)" and not label.startswith("max"))
+    if not present("decode_sim"):
+        skip.add("decode steps")
     rows = [("", *[schedule_label(e) for e in entries])]
-    rows += [(label, *[cell(e) for e in entries]) for label, cell in _SERVING_ROWS]
+    rows += [(label, *[cell(e) for e in entries]) for label, cell in _SERVING_ROWS if label not in skip]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join([r[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(r[1:], widths[1:]))]).rstrip()
                      for r in rows)

@@ -71,10 +71,19 @@ class Point:
     """Tokens to generate (decode / generate)."""
     options: tuple[tuple[str, Any], ...] = ()
     """Assumption overrides as (key, value) pairs."""
+    search_max_batch: bool = True
+    """Inference modes: search the largest batch that fits in HBM (``max_batch``; every probe is a full
+    simulation of the step). False writes ``max_batch`` as null. Ignored by ``train`` and ``forward``."""
 
 
 def build_graph(point: Point, fold: bool = True) -> tuple[OpGraph, Topology, ModelConfig, Plan, Workload, Assumptions]:
-    """Generate the op graph of ``point`` (no replay)."""
+    """Generate the op graph of ``point`` (no replay).
+
+    Inference modes give one step: ``prefill`` (and ``generate``) the prefill step; ``decode`` the step
+    that generates token N = ``decode_tokens`` (default :data:`~tspsim.serving.DEFAULT_DECODE_TOKENS`)
+    of each sequence, with ``seq_len + N − 1`` tokens cached — the final step of ``run --mode decode``.
+    Its meta records ``decode_tokens`` and ``inference.{context_tokens, token_index, cached_tokens}``.
+    """
     topo = load_topology(point.topology)
     model = load_model(point.model)
     workload = Workload(point.mode, point.seq_len, point.batch, point.decode_tokens)  # type: ignore[arg-type]
@@ -90,6 +99,10 @@ def build_graph(point: Point, fold: bool = True) -> tuple[OpGraph, Topology, Mod
             return build_prefill(ctx), topo, model, plan, workload, opts
         tokens = workload.decode_tokens or DEFAULT_DECODE_TOKENS
         graph = build_decode_step(ctx, workload.seq_len + tokens - 1).graph
+        graph.meta["decode_tokens"] = tokens
+        graph.meta.setdefault("inference", {}).update(
+            {"context_tokens": workload.seq_len, "token_index": tokens,
+             "cached_tokens": workload.seq_len + tokens - 1})
         return graph, topo, model, plan, workload, opts
     graph = schedule.build(ctx)
     return graph, topo, model, plan, workload, opts
@@ -102,7 +115,8 @@ def simulate(point: Point, fold: bool = True, record_links: bool = False) -> Run
     if point.mode in INFERENCE_MODES:  # prefill / decode / generate: tspsim.serving
         from tspsim.serving import simulate_point
 
-        return simulate_point(point, fold=fold, record_links=record_links)  # type: ignore[no-any-return]
+        return simulate_point(point, fold=fold, record_links=record_links,  # type: ignore[no-any-return]
+                              search_max_batch=point.search_max_batch)
     graph, topo, model, plan, workload, opts = build_graph(point, fold=fold)
     tl = replay(graph, topo, ReplayOptions(record_links=record_links))
     entry = run_entry(tl, topo, model, plan, workload, opts)

@@ -4,8 +4,10 @@
 * :func:`memory_figure` — peak memory vs sequence length, the HBM capacity as a dashed line, OOM
   points marked with a red ✕.
 * :func:`speed_ratio_figures` — TSP ÷ TP+SP throughput on a D × S heatmap (D = T·Σ for TP+SP), one
-  per (topology, model, mode, batch) where both schedules ran; :func:`speed_ratio_note` says why there
+  per (topology, model, mode, batch, tokens generated) where both schedules ran; :func:`speed_ratio_note` says why there
   is none otherwise.
+* :func:`metric_figure` — any scalar key of the entries vs sequence length; the page uses it for the
+  serving metrics of inference points (TTFT, TPOT, decode tokens/s, max batch: :data:`SERVING_FIGURES`).
 * :func:`sweep_page` — the self-contained HTML page (plotly.js embedded once, deterministic div ids).
 
 Nothing here reads or writes files. Entries whose ``status`` is not ``ok`` are ignored by the plots.
@@ -27,7 +29,17 @@ Entry = dict[str, Any]
 
 _PALETTE = qualitative.Plotly + qualitative.D3
 _OOM_COLOR = "#d62728"
-_GROUP_KEYS = ("topology", "model", "mode", "batch")
+_GROUP_KEYS = ("topology", "model", "mode", "batch", "decode_tokens")
+_INFERENCE_MODES = ("prefill", "decode", "generate")
+
+SERVING_FIGURES: tuple[tuple[str, str, str, str, float], ...] = (
+    ("ttft", "ttft_s", "Time to first token vs sequence length", "TTFT (ms)", 1e3),
+    ("tpot", "tpot_s", "Time per output token vs context", "TPOT (ms)", 1e3),
+    ("decode-throughput", "decode_tokens_per_s", "Decode throughput vs context", "decode tokens/s (all GPUs)", 1.0),
+    ("max-batch", "max_batch", "Largest batch that fits in HBM vs sequence length", "max batch (sequences per replica)",
+     1.0),
+)
+"""(div id, entry key, title, y-axis title, scale) of the serving plots; each is drawn when some entry has the key."""
 
 
 def ok_entries(entries: Sequence[Entry]) -> list[Entry]:
@@ -36,7 +48,7 @@ def ok_entries(entries: Sequence[Entry]) -> list[Entry]:
 
 
 def _varying(entries: Sequence[Entry]) -> list[str]:
-    """Group keys (topology, model, mode, batch) that take more than one value."""
+    """Group keys (topology, model, mode, batch, decode tokens) that take more than one value."""
     return [k for k in _GROUP_KEYS if len({e.get(k) for e in entries}) > 1]
 
 
@@ -45,7 +57,13 @@ def series_label(entry: Entry, varying: Sequence[str]) -> str:
     parts = [entry_label(entry)]
     for key in varying:
         value = entry.get(key)
-        parts.append(f"batch {value}" if key == "batch" else str(value))
+        if key == "batch":
+            parts.append(f"batch {value}")
+        elif key == "decode_tokens":
+            if value:
+                parts.append(f"{value} tokens")
+        else:
+            parts.append(str(value))
     return " · ".join(parts)
 
 
@@ -61,8 +79,13 @@ def series(entries: Sequence[Entry]) -> list[tuple[str, list[Entry]]]:
 
 def _seq_axis(entries: Sequence[Entry]) -> dict[str, Any]:
     seqs = sorted({e["seq_len"] for e in entries if e.get("seq_len")})
-    return {"title": "sequence length (tokens)", "type": "log", "tickvals": seqs,
-            "ticktext": [format_tokens(s) for s in seqs]}
+    modes = {e.get("mode") for e in entries}
+    title = "sequence length (tokens)"
+    if modes == {"decode"}:
+        title = "context (tokens cached when decoding starts)"
+    elif "decode" in modes:
+        title = "sequence length (tokens; decode: context cached)"
+    return {"title": title, "type": "log", "tickvals": seqs, "ticktext": [format_tokens(s) for s in seqs]}
 
 
 def _layout(fig: go.Figure, title: str, ytitle: str, entries: Sequence[Entry]) -> go.Figure:
@@ -101,7 +124,32 @@ def throughput_figure(entries: Sequence[Entry]) -> go.Figure:
         oom += [(e["seq_len"], y) for e, y in zip(es, ys) if is_oom(e) and y is not None]
     if oom:
         fig.add_trace(_oom_trace(oom))
-    return _layout(fig, "Throughput vs sequence length", "tokens/s (all GPUs)", ok_entries(entries))
+    ok = ok_entries(entries)
+    ytitle = "tokens/s (all GPUs)"
+    if any(e.get("mode") in _INFERENCE_MODES for e in ok):
+        ytitle += " — prefill: prompt tokens; decode, generate: generated tokens"
+    return _layout(fig, "Throughput vs sequence length", ytitle, ok)
+
+
+def metric_figure(entries: Sequence[Entry], key: str, title: str, ytitle: str, scale: float = 1.0) -> go.Figure:
+    """``key`` × ``scale`` vs sequence length, one line per schedule and degrees; OOM points with a red ✕.
+
+    Entries without a value for ``key`` (e.g. ``tpot_s`` of a prefill point) are left out.
+    """
+    fig = go.Figure()
+    have = [e for e in ok_entries(entries) if e.get(key) is not None]
+    oom: list[tuple[float, float]] = []
+    for n, (label, es) in enumerate(series(have)):
+        ys = [e[key] * scale for e in es]
+        fig.add_trace(go.Scatter(
+            x=[e["seq_len"] for e in es], y=ys, mode="lines+markers", name=label,
+            line={"color": _PALETTE[n % len(_PALETTE)]},
+            marker={"symbol": ["x" if is_oom(e) else "circle" for e in es], "size": 9},
+            customdata=_customdata(es), hovertemplate=_hover(f"%{{y:,.4g}} {html.escape(ytitle)}")))
+        oom += [(e["seq_len"], y) for e, y in zip(es, ys) if is_oom(e)]
+    if oom:
+        fig.add_trace(_oom_trace(oom))
+    return _layout(fig, title, ytitle, have)
 
 
 def memory_figure(entries: Sequence[Entry]) -> go.Figure:
@@ -155,7 +203,7 @@ def _better(a: Entry | None, b: Entry) -> Entry:
 
 
 def speed_ratio_cells(entries: Sequence[Entry]) -> dict[tuple[Any, ...], dict[tuple[int, int], tuple[Entry, Entry]]]:
-    """Per group (topology, model, mode, batch): {(D, S): (tsp entry, best tp+sp entry with T·Σ = D)}."""
+    """Per group (topology, model, mode, batch, decode tokens): {(D, S): (tsp entry, best tp+sp entry with T·Σ = D)}."""
     tsp: dict[tuple[Any, ...], dict[tuple[int, int], Entry]] = {}
     tpsp: dict[tuple[Any, ...], dict[tuple[int, int], Entry]] = {}
     for e in ok_entries(entries):
@@ -202,7 +250,8 @@ def speed_ratio_figures(entries: Sequence[Entry]) -> list[go.Figure]:
             z.append(zr)
             text.append(tr)
             custom.append(cr)
-        topo, model, mode, batch = group
+        topo, model, mode, batch, n_tokens = group
+        tokens = f", {n_tokens} tokens" if n_tokens else ""
         fig = go.Figure(go.Heatmap(
             z=z, x=[format_tokens(s) for s in ss], y=[f"D={d}" for d in ds], text=text, texttemplate="%{text}",
             customdata=custom, colorscale="RdBu", zmid=1.0, colorbar={"title": "TSP ÷ TP+SP"},
@@ -210,7 +259,7 @@ def speed_ratio_figures(entries: Sequence[Entry]) -> list[go.Figure]:
                            "%{customdata[2]} tokens/s<br>ratio %{z:.3f}<extra></extra>")))
         fig.update_layout(
             title=(f"TSP ÷ TP+SP throughput (>1: TSP faster; TP+SP: fastest T×Σ with T·Σ = D) — {model} on "
-                   f"{topo}, {mode}, batch {batch}"),
+                   f"{topo}, {mode}, batch {batch}{tokens}"),
             xaxis={"title": "sequence length", "type": "category"},
             yaxis={"title": "D = T·Σ", "type": "category"},
             template="plotly_white", height=max(320, 160 + 70 * len(ds)))
@@ -229,7 +278,7 @@ def speed_ratio_note(entries: Sequence[Entry]) -> str | None:
         return (f"No TSP ÷ TP+SP heatmap: {missing} has no result in this sweep. Sweep both (e.g. "
                 "--schedule tsp,tp+sp --degree 8 --tp 4 --sp 2) to compare them.")
     return ("No TSP ÷ TP+SP heatmap: no TSP point has a TP+SP point with the same replica size "
-            "(D = T·Σ), sequence length, topology, model, mode and batch.")
+            "(D = T·Σ), sequence length, topology, model, mode, batch and tokens generated.")
 
 
 # ---------------------------------------------------------------------------------- page
@@ -250,8 +299,9 @@ def _summary_html(entries: Sequence[Entry]) -> str:
 
 
 def _row_text(e: Entry) -> str:
+    tokens = f" · {e['decode_tokens']} tokens" if e.get("decode_tokens") else ""
     return (f"{entry_label(e)} · {e.get('topology')} · {e.get('model')} · {e.get('mode')} · "
-            f"seq {format_tokens(e.get('seq_len') or 0)} · batch {e.get('batch')}")
+            f"seq {format_tokens(e.get('seq_len') or 0)} · batch {e.get('batch')}{tokens}")
 
 
 def sweep_figures(entries: Sequence[Entry]) -> list[tuple[str, go.Figure]]:
@@ -260,6 +310,9 @@ def sweep_figures(entries: Sequence[Entry]) -> list[tuple[str, go.Figure]]:
     if not ok:
         return []
     figs = [("throughput", throughput_figure(entries)), ("memory", memory_figure(entries))]
+    for div_id, key, title, ytitle, scale in SERVING_FIGURES:
+        if any(e.get(key) is not None for e in ok):
+            figs.append((div_id, metric_figure(entries, key, title, ytitle, scale)))
     figs += [(f"speed-ratio-{i}", f) for i, f in enumerate(speed_ratio_figures(entries))]
     return figs
 

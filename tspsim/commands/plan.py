@@ -2,26 +2,45 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from tspsim.commands.options import SizeType, emit_json
 from tspsim.errors import TspsimError
+from tspsim.plan import MODES
 
 if TYPE_CHECKING:
     from tspsim.search import PlanResult
     from tspsim.sweep import Outcome
 
-SIMULATED_MODES = ("train", "forward")
+SIMULATED_MODES = MODES
+"""Modes the planner searches (every workload mode)."""
+
+INFERENCE_MODES = ("prefill", "decode", "generate")
+"""Modes ranked by a serving objective."""
+
+OBJECTIVE_NAMES = ("tokens_per_s", "decode_tokens_per_s", "ttft_s", "tpot_s")
+"""``--objective`` choices (:data:`tspsim.search.OBJECTIVES`)."""
 
 
 @click.command("plan")
 @click.option("--topology", "-t", required=True, help="Preset name (tspsim list topologies) or YAML path.")
 @click.option("--model", default="zyphra-7b", show_default=True, help="Preset name or YAML path.")
 @click.option("--seq", type=SizeType("sequence length"), default=None,
-              help="Tokens per sequence (128k = 131072). Default: the model's.")
-@click.option("--mode", type=click.Choice(SIMULATED_MODES), default="train", show_default=True, help="Workload.")
+              help="Tokens per sequence (128k = 131072): the prompt of prefill and generate. Default: the model's.")
+@click.option("--mode", type=click.Choice(SIMULATED_MODES), default="train", show_default=True,
+              help="Workload: train, forward, prefill (--seq prompt tokens), decode (--tokens new tokens on a "
+                   "--context cache) or generate (prefill, then --tokens decode steps).")
+@click.option("--context", type=SizeType("context length"), default=None,
+              help="--mode decode: tokens in the KV cache when decoding starts (default: --seq).")
+@click.option("--tokens", type=click.IntRange(min=1), default=None,
+              help="--mode decode / generate: tokens generated per sequence (default 128).")
+@click.option("--objective", type=click.Choice(OBJECTIVE_NAMES), default=None,
+              help="What to rank by (a key of the run entry). Default per mode: tokens_per_s for train and "
+                   "forward, ttft_s (lowest) for prefill, decode_tokens_per_s for decode, tokens_per_s "
+                   "(generated tokens/s of the whole request, prefill included) for generate.")
 @click.option("--gpus", type=click.IntRange(min=1), default=None, help="Use only the first N GPUs of the topology.")
 @click.option("--batch-max", type=click.IntRange(min=1), default=8, show_default=True,
               help="Largest micro-batch per replica tried (1, 2, 4, … up to this).")
@@ -37,28 +56,40 @@ SIMULATED_MODES = ("train", "forward")
 @click.option("--json", "as_json", is_flag=True,
               help='Print one JSON object {"results": [ranked entries with "rank" and "reason"], "best": {...}}.')
 @click.pass_context
-def plan(ctx: click.Context, topology: str, model: str, seq: int | None, mode: str, gpus: int | None,
-         batch_max: int, recompute: str | None, options: tuple[str, ...], jobs: int | None, scheduler: str | None,
-         cache_dir: str | None, as_json: bool) -> None:
-    """Search schedules, degrees and micro-batch sizes; rank what fits in HBM by tokens/s.
+def plan(ctx: click.Context, topology: str, model: str, seq: int | None, mode: str, context: int | None,
+         tokens: int | None, objective: str | None, gpus: int | None, batch_max: int, recompute: str | None,
+         options: tuple[str, ...], jobs: int | None, scheduler: str | None, cache_dir: str | None,
+         as_json: bool) -> None:
+    """Search schedules, degrees and micro-batch sizes; rank what fits in HBM by an objective.
 
     Tries every registered schedule with D dividing the GPUs per node, tp+sp T×Σ splits that fill
     whole nodes, and micro-batches 1, 2, 4, … up to --batch-max. Configurations that do not fit in
-    HBM are dropped. Prints the ranked list, the best choice and one line saying what limits it
-    (memory, exposed communication or compute).
+    HBM are dropped. Prints the ranked list, the objective, the best choice and one line saying what
+    limits it (memory, exposed communication or compute; decode steps also HBM bandwidth or overheads).
+
+    Training ranks by tokens/s. Inference modes rank by a serving objective (--objective): prefill by
+    the lowest TTFT, decode by the highest decode tokens/s, generate by the highest tokens/s of the whole
+    request (prefill included). Larger batches raise decode throughput until memory runs out, so raise
+    --batch-max for decode. The planner does not run the max-batch search of tspsim run.
 
     \b
     Examples:
       tspsim plan --topology mi300x-1node --model zyphra-7b --seq 128k
       tspsim plan -t mi300x-128node --seq 128k --batch-max 2 --cache plan-cache
       tspsim plan -t h100-dgx-1node --model llama3-8b --seq 32k --json
+      tspsim plan -t mi300x-1node --model llama3-70b --mode decode --context 8k --tokens 128 --batch-max 64
+      tspsim plan -t mi300x-1node --model llama3-8b --mode prefill --seq 32k --objective tokens_per_s
     """  # noqa: D301
+    from tspsim.commands.run import check_inference_args
     from tspsim.plan import parse_option_pairs
-    from tspsim.search import candidate_points, rank_results
+    from tspsim.search import candidate_points, objective_for, rank_results
     from tspsim.sweep import PointCache, execute_with_progress, make_runner, prepare
 
+    check_inference_args(mode, context, tokens)
+    goal = objective_for(mode, objective)
     pairs = parse_option_pairs(options, recompute)
-    points = candidate_points(topology, model, seq, mode, gpus, batch_max, pairs)
+    points = candidate_points(topology, model, context if context is not None else seq, mode, gpus, batch_max, pairs,
+                              decode_tokens=tokens)
     cache = PointCache(cache_dir)
     state = prepare(points, cache)
     for path, why in cache.ignored:
@@ -68,16 +99,17 @@ def plan(ctx: click.Context, topology: str, model: str, seq: int | None, mode: s
         with runner:
             click.echo(f"plan: {len(points)} configurations: {len(state.invalid)} do not fit the model or "
                        f"topology, {state.cached} cached, {len(state.todo)} to simulate"
-                       + (f" {runner.description}" if state.todo else ""), err=True)
+                       + (f" {runner.description}" if state.todo else "") + f"; objective: {goal.key} ({goal.goal})",
+                       err=True)
             execute_with_progress(state, runner, cache, label="planning")
     except KeyboardInterrupt:
         click.echo("\ninterrupted" + (f"; finished points are cached in {cache_dir}" if cache_dir else ""), err=True)
         ctx.exit(130)
-    result = rank_results(state.outcomes)
+    result = rank_results(state.outcomes, goal)
     for out in result.errors:
         click.echo(f"error: {out.label}: {out.reason}", err=True)
     if result.best is None:
-        raise TspsimError(_nothing_fits(result))
+        raise TspsimError(_nothing_fits(result, mode))
     if as_json:
         emit_json(_json(result, topology, model, mode, gpus, batch_max, points))
     else:
@@ -86,14 +118,16 @@ def plan(ctx: click.Context, topology: str, model: str, seq: int | None, mode: s
         ctx.exit(1)
 
 
-def _nothing_fits(result: PlanResult) -> str:
+def _nothing_fits(result: PlanResult, mode: str = "train") -> str:
     from tspsim.sweep import entry_label
 
     if result.oom:
         small = min(result.oom, key=lambda e: e.get("peak_memory_gb") or 0.0)
+        shorter = {"decode": "a shorter --context or fewer --tokens",
+                   "generate": "a shorter --seq or fewer --tokens"}.get(mode, "a shorter --seq")
         return (f"no configuration fits in HBM: the smallest peak is {small.get('peak_memory_gb', 0):.1f} GB "
                 f"({entry_label(small)}, batch {small.get('batch')}) of {small.get('hbm_gb', 0):g} GB; "
-                "try a shorter --seq, more --gpus or a larger topology")
+                f"try {shorter}, more --gpus or a larger topology")
     if result.invalid:
         return "no configuration is valid: " + result.invalid[0].reason
     return "no configuration could be simulated"
@@ -101,21 +135,39 @@ def _nothing_fits(result: PlanResult) -> str:
 
 def _json(result: PlanResult, topology: str, model: str, mode: str, gpus: int | None, batch_max: int,
           points: list[Any]) -> dict[str, Any]:
+    obj = result.objective
+    query = {"topology": topology, "model": model, "mode": mode, "gpus": gpus, "batch_max": batch_max,
+             "seq_len": points[0].seq_len if points else None, "configurations": len(points),
+             "objective": obj.key}
+    if mode in ("decode", "generate"):
+        query["decode_tokens"] = points[0].decode_tokens if points else None
     return {"results": result.ranked, "best": dict(result.best or {}, reason=result.reason),
             "dropped": {"oom": len(result.oom), "invalid": len(result.invalid), "failed": len(result.errors)},
-            "query": {"topology": topology, "model": model, "mode": mode, "gpus": gpus, "batch_max": batch_max,
-                      "seq_len": points[0].seq_len if points else None, "configurations": len(points)}}
+            "objective": {"key": obj.key, "goal": obj.goal, "description": obj.description},
+            "query": query}
 
 
 def _print(result: PlanResult) -> None:
+    best = result.best
+    assert best is not None
+    if best.get("mode") in INFERENCE_MODES:
+        _print_serving(result)
+        return
+    _print_training(result)
+
+
+def _header(best: dict[str, Any], what: str) -> str:
+    return (f"# plan: {best.get('model')} on {best.get('topology')}, {best.get('mode')}, {what}, "
+            f"{best.get('world_size')} GPUs, {best.get('hbm_gb', 0):g} GB HBM per GPU")
+
+
+def _print_training(result: PlanResult) -> None:
     from tspsim.sweep import entry_label, throughput
     from tspsim.units import format_tokens
 
     best = result.best
     assert best is not None
-    click.echo(f"# plan: {best.get('model')} on {best.get('topology')}, {best.get('mode')}, "
-               f"seq {format_tokens(best.get('seq_len') or 0)}, {best.get('world_size')} GPUs, "
-               f"{best.get('hbm_gb', 0):g} GB HBM per GPU")
+    click.echo(_header(best, f"seq {format_tokens(best.get('seq_len') or 0)}"))
     header = (f"{'rank':>4}  {'configuration':<24} {'batch':>5} {'tokens/s':>12} {'step (s)':>9} "
               f"{'peak GB':>8} {'MFU':>6} {'exp. comm':>9}  limited by")
     click.echo(header)
@@ -125,6 +177,63 @@ def _print(result: PlanResult) -> None:
         click.echo(f"{e['rank']:>4}  {entry_label(e):<24} {e.get('batch'):>5} {throughput(e) or 0:>12,.0f} "
                    f"{step or 0:>9.3f} {e.get('peak_memory_gb') or 0:>8.1f} "
                    f"{(f'{mfu:.1%}' if mfu is not None else 'n/a'):>6} {comm:>9}  {e['reason'].split(':')[0]}")
+    _print_dropped(result)
+    click.echo(f"best: {entry_label(best)}, batch {best.get('batch')}: {throughput(best) or 0:,.0f} tokens/s, "
+               f"{best.get('peak_memory_gb', 0):.1f} GB peak")
+    click.echo(f"why: {result.reason}")
+
+
+def _ms(value: Any) -> str:
+    return "n/a" if value is None else f"{value * 1e3:.4g}"
+
+
+def _print_serving(result: PlanResult) -> None:
+    """Ranked inference configurations: TTFT, TPOT, throughputs, memory; the objective is named."""
+    from tspsim.sweep import entry_label
+    from tspsim.units import format_tokens
+
+    best = result.best
+    assert best is not None
+    mode, obj = best.get("mode"), result.objective
+    seq = format_tokens(best.get("seq_len") or 0)
+    what = {"prefill": f"prompt {seq}", "decode": f"context {seq}, {best.get('decode_tokens')} new tokens",
+            "generate": f"prompt {seq}, {best.get('decode_tokens')} new tokens"}[str(mode)]
+    click.echo(_header(best, what))
+    click.echo(f"objective: {obj.text()}")
+    # decode mode has no prefill (its TTFT is the first decode step) and tokens/s = decode tokens/s
+    cols: list[tuple[str, int, Callable[[dict[str, Any]], str]]] = []
+    if mode != "decode":
+        cols.append(("TTFT (ms)", 10, lambda e: _ms(e.get("ttft_s"))))
+    if mode != "prefill":
+        cols.append(("TPOT (ms)", 10, lambda e: _ms(e.get("tpot_s"))))
+    if mode != "decode":
+        cols.append(("tokens/s", 12, lambda e: f"{e.get('tokens_per_s') or 0:,.0f}"))
+    if mode != "prefill":
+        cols.append(("decode tok/s", 13, lambda e: f"{e.get('decode_tokens_per_s') or 0:,.0f}"))
+    cols.append(("peak GB", 8, lambda e: f"{e.get('peak_memory_gb') or 0:.1f}"))
+    marked = {"ttft_s": "TTFT (ms)", "tpot_s": "TPOT (ms)", "decode_tokens_per_s": "decode tok/s",
+              "tokens_per_s": "decode tok/s" if mode == "decode" else "tokens/s"}[obj.key]
+    titles = [(f"*{t}" if t == marked else t, w) for t, w, _ in cols]
+    click.echo(f"{'rank':>4}  {'configuration':<24} {'batch':>5} " + " ".join(f"{t:>{w}}" for t, w in titles)
+               + "  limited by")
+    for e in result.ranked:
+        cells = " ".join(f"{cell(e):>{w}}" for _, w, cell in cols)
+        click.echo(f"{e['rank']:>4}  {entry_label(e):<24} {e.get('batch'):>5} {cells}  {e['reason'].split(':')[0]}")
+    _print_dropped(result)
+    parts = [obj.format(obj.value(best))]
+    for key, label in (("ttft_s", "TTFT"), ("tpot_s", "TPOT")):
+        if key != obj.key and best.get(key) is not None and not (mode == "decode" and key == "ttft_s"):
+            parts.append(f"{label} {best[key] * 1e3:.4g} ms")
+    if obj.key != "decode_tokens_per_s" and best.get("decode_tokens_per_s") is not None and mode != "decode":
+        parts.append(f"{best['decode_tokens_per_s']:,.0f} decode tokens/s")
+    click.echo(f"best: {entry_label(best)}, batch {best.get('batch')}: {', '.join(parts)}, "
+               f"{best.get('peak_memory_gb', 0):.1f} GB peak")
+    click.echo(f"why: {result.reason}")
+
+
+def _print_dropped(result: PlanResult) -> None:
+    from tspsim.sweep import entry_label
+
     dropped = []
     if result.oom:
         worst = ", ".join(f"{entry_label(e)} ×{e.get('batch')}: {e.get('peak_memory_gb', 0):.0f} GB"
@@ -134,9 +243,6 @@ def _print(result: PlanResult) -> None:
         dropped.append(f"{len(result.invalid)} do not fit the model or topology ({_first_reasons(result.invalid)})")
     if dropped:
         click.echo("dropped: " + "; ".join(dropped))
-    click.echo(f"best: {entry_label(best)}, batch {best.get('batch')}: {throughput(best) or 0:,.0f} tokens/s, "
-               f"{best.get('peak_memory_gb', 0):.1f} GB peak")
-    click.echo(f"why: {result.reason}")
 
 
 def _first_reasons(invalid: list[Outcome]) -> str:

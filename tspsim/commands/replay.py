@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from tspsim.commands.options import WholeNumberType, emit_json
+from tspsim.commands.run import INFERENCE_MODES
 from tspsim.engine.sim import ReplayOptions
 from tspsim.errors import TraceError, TspsimError
 
@@ -14,12 +15,46 @@ DEFAULT_MAX_EVENTS = ReplayOptions().max_events
 DEFAULT_MAX_WALL_S = ReplayOptions().max_wall_s
 
 
-def entry_for(graph: Any, tl: Any, topo: Any) -> dict[str, Any]:
-    """The run entry of a replayed graph: full when its meta has model/workload/degrees, else generic."""
+META_KEYS = ("model_config", "degrees", "mode", "seq_len", "batch")
+"""Meta keys a graph needs for a full run entry (else the generic entry, model-specific keys null)."""
+
+
+def has_plan_meta(graph: Any) -> bool:
+    """True when the graph's meta records its model, workload and degrees (``tspsim generate`` graphs)."""
+    meta = graph.meta or {}
+    return all(k in meta for k in META_KEYS)
+
+
+def replay_topology(graph: Any, topo: Any) -> Any:
+    """The topology to replay ``graph`` on: a decode step runs under the decode-kernel assumptions.
+
+    Decode steps replay on :func:`tspsim.serving.decode_topology` (graph-captured launch overhead
+    ``decode_launch_us``, ``decode_gemm_rolloff``), as ``tspsim run --mode decode`` does; every other
+    graph on ``topo`` itself.
+
+    Raises:
+        TraceError: if the graph's metadata is malformed.
+    """
+    from tspsim.serving import decode_topology, step_kind
+
+    if not has_plan_meta(graph) or graph.meta["mode"] not in INFERENCE_MODES:
+        return topo
+    if step_kind(graph.meta, graph.meta["mode"]) != "decode":
+        return topo
+    opts = plan_from_meta(graph.meta)[3]
+    return decode_topology(topo, opts)
+
+
+def entry_for(graph: Any, tl: Any, topo: Any, sim_topo: Any = None) -> dict[str, Any]:
+    """The run entry of a replayed graph: full when its meta has model/workload/degrees, else generic.
+
+    Inference steps (meta mode prefill / decode / generate) get the serving keys of one step
+    (:func:`tspsim.serving.step_fields`; ``sim_topo`` is the topology the step was replayed on).
+    """
     from tspsim.metrics import generic_entry, run_entry
 
     meta = graph.meta or {}
-    if not all(k in meta for k in ("model_config", "degrees", "mode", "seq_len", "batch")):
+    if not has_plan_meta(graph):
         schedule = meta.get("schedule")
         world = meta.get("world_size")
         clean = {"schedule": schedule if isinstance(schedule, str) else None}
@@ -27,7 +62,27 @@ def entry_for(graph: Any, tl: Any, topo: Any) -> dict[str, Any]:
             clean["world_size"] = world
         return generic_entry(tl, topo, clean)
     model, plan, workload, opts = plan_from_meta(meta)
-    return run_entry(tl, topo, model, plan, workload, opts)
+    entry = run_entry(tl, topo, model, plan, workload, opts)
+    if workload.mode in INFERENCE_MODES:
+        from tspsim.serving import step_fields, step_kind
+
+        kind = step_kind(meta, workload.mode)
+        cached = _cached_tokens(meta, workload) if kind == "decode" else 0
+        entry.update(step_fields(kind, tl, (sim_topo or topo).gpu, model, plan, workload, cached))
+        entry = dict(sorted(entry.items()))
+    return entry
+
+
+def _cached_tokens(meta: dict[str, Any], workload: Any) -> int:
+    """Tokens cached before a decode step: ``meta.inference.cached``, else seq_len + decode_tokens − 1."""
+    info = meta.get("inference")
+    cached = info.get("cached") if isinstance(info, dict) else None
+    if cached is None:
+        return workload.seq_len + max(workload.decode_tokens, 1) - 1
+    if isinstance(cached, bool) or not isinstance(cached, int) or not 0 <= cached <= 1 << 40:
+        raise TraceError(f"trace metadata: meta.inference.cached: expected a whole number of tokens, got {cached!r}"
+                         [:200])
+    return cached
 
 
 def plan_from_meta(meta: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
@@ -107,6 +162,10 @@ def replay_cmd(trace: str, topology: str, as_json: bool, save: str | None, max_e
     Graphs that record their model, workload and degrees get the same report as tspsim run; others
     get the generic metrics (step time, overlap, peak memory) with model-specific keys null.
 
+    An inference step from tspsim generate reports that one step: a prefill step its TTFT and prompt
+    tokens/s; a decode step (replayed under the decode-kernel assumptions, as run does) its time as
+    TPOT, decode tokens/s and the TPOT breakdown, with TTFT and max_batch null.
+
     The trace is validated before it runs (fields, dependencies, cycles, collective participants); a
     replay in which ranks wait for each other forever stops with one line naming the blocked ranks and
     ops. --max-events and --max-wall bound a replay.
@@ -115,6 +174,8 @@ def replay_cmd(trace: str, topology: str, as_json: bool, save: str | None, max_e
     Examples:
       tspsim generate -t mi300x-1node --schedule tp --seq 32k -o traces/tp-32k.json
       tspsim replay traces/tp-32k.json --topology mi300x-1node --json
+      tspsim generate -t mi300x-1node --model llama3-8b --schedule tp --mode decode --context 8k -o dec.json
+      tspsim replay dec.json --topology h100-dgx-1node
     """  # noqa: D301
     import time
 
@@ -130,8 +191,9 @@ def replay_cmd(trace: str, topology: str, as_json: bool, save: str | None, max_e
     options = ReplayOptions(max_events=max_events or DEFAULT_MAX_EVENTS, max_wall_s=max_wall_s or DEFAULT_MAX_WALL_S)
     t0 = time.perf_counter()
     try:
-        tl = replay(graph, topo, options)
-        entry = entry_for(graph, tl, topo)
+        sim_topo = replay_topology(graph, topo)
+        tl = replay(graph, sim_topo, options)
+        entry = entry_for(graph, tl, topo, sim_topo)
     except TspsimError as exc:
         raise TraceError(f"{trace}: {exc}") from None
     click.echo(f"replayed {trace} ({len(graph.ops):,} ops) in {time.perf_counter() - t0:.1f} s", err=True)
@@ -143,7 +205,8 @@ def replay_cmd(trace: str, topology: str, as_json: bool, save: str | None, max_e
     if as_json:
         emit_json({"results": [entry]})
     elif entry.get("model") is not None:
-        print_report([entry])
+        print_report([entry], "max batch: not searched (a replay simulates the graph's own batch; "
+                              "tspsim run searches it)")
     else:
         _print_generic(entry)
 

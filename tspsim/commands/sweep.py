@@ -35,7 +35,15 @@ MAX_INVALID_LINES = 20
 @click.option("--batch", "batches", type=IntListType("batch"), default="1", show_default=True,
               help="Micro-batch sizes per replica.")
 @click.option("--mode", "modes", type=NameListType(), default="train", show_default=True,
-              help="Comma list of modes: train, forward.")
+              help="Comma list of modes: train, forward, prefill, decode, generate.")
+@click.option("--context", "contexts", type=SizeListType("context length"), default=None,
+              help="decode points: tokens in the KV cache when decoding starts, e.g. 4k,32k,128k "
+                   "(default: the --seq values).")
+@click.option("--tokens", "tokens", type=IntListType("tokens"), default=None,
+              help="decode and generate points: tokens generated per sequence, e.g. 128,1024 (default 128).")
+@click.option("--max-batch", "max_batch", is_flag=True,
+              help="Inference points: also search the largest batch that fits in HBM (max_batch). Off by "
+                   "default: every probe is a full simulation, which multiplies the cost of a point.")
 @click.option("--recompute", type=click.Choice(["none", "selective", "full"]), default=None,
               help="Activation recomputation (default: the 'recompute' assumption, full).")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
@@ -51,8 +59,9 @@ MAX_INVALID_LINES = 20
 @click.pass_context
 def sweep(ctx: click.Context, topologies: list[str], models: list[str], schedules: list[str] | None,
           degrees: list[int] | None, tps: list[int] | None, sps: list[int] | None, seqs: list[int] | None,
-          batches: list[int], modes: list[str], recompute: str | None, options: tuple[str, ...],
-          gpus: int | None, jobs: int | None, scheduler: str | None, out: str, fresh: bool) -> None:
+          batches: list[int], modes: list[str], contexts: list[int] | None, tokens: list[int] | None,
+          max_batch: bool, recompute: str | None, options: tuple[str, ...], gpus: int | None, jobs: int | None,
+          scheduler: str | None, out: str, fresh: bool) -> None:
     """Simulate every combination of the given values and plot the results.
 
     Points run in parallel (local processes, or a Dask cluster with --scheduler). Each finished point
@@ -60,11 +69,19 @@ def sweep(ctx: click.Context, topologies: list[str], models: list[str], schedule
     Points whose degrees do not fit the model or topology are reported as invalid and skipped.
     Writes OUT/results.csv, OUT/results.json ({"results": [...]}, grid order) and OUT/sweep.html.
 
+    Inference modes (prefill, decode, generate) add the serving metrics (ttft_s, tpot_s,
+    decode_tokens_per_s, max_batch, decode_time_breakdown_s, ...) to every output and TTFT / TPOT /
+    decode tokens/s plots to the page. decode points sweep --context (default: the --seq values) and,
+    like generate points, --tokens. The max-batch search is skipped (max_batch null) unless --max-batch.
+
     \b
     Examples:
       tspsim sweep -t mi300x-1node --schedule tsp,tp --degree 2,4,8 --seq 16k,32k,64k,128k --out sw
       tspsim sweep -t mi300x-128node --schedule tsp,tp+sp --degree 8 --tp 8 --sp 2,4 --seq 64k,128k -o sw
       tspsim sweep -t mi300x-1node --seq 32k,64k --scheduler tcp://127.0.0.1:8786 --out sw
+      tspsim sweep -t mi300x-1node --model llama3-70b --schedule tp,tsp --mode decode --context 4k,32k \\
+                   --batch 1,8,32 --tokens 128 --out sw-decode
+      tspsim sweep -t mi300x-1node --model llama3-8b --mode prefill --seq 8k,32k --max-batch --out sw-prefill
     """  # noqa: D301
     from tspsim.plan import parse_option_pairs
     from tspsim.schedules import SCHEDULES
@@ -82,7 +99,9 @@ def sweep(ctx: click.Context, topologies: list[str], models: list[str], schedule
     grid = Grid(topologies=tuple(topologies), models=tuple(models), schedules=names,
                 degrees=tuple(degrees) if degrees else None, tps=tuple(tps) if tps else None,
                 sps=tuple(sps) if sps else None, seqs=tuple(seqs) if seqs else None, batches=tuple(batches),
-                modes=tuple(modes), gpus=gpus, options=parse_option_pairs(options, recompute))
+                modes=tuple(modes), gpus=gpus, options=parse_option_pairs(options, recompute),
+                contexts=tuple(contexts) if contexts else None, tokens=tuple(tokens) if tokens else None,
+                max_batch=max_batch)
     points = expand_grid(grid)
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
