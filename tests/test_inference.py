@@ -453,3 +453,29 @@ def test_cli_decode_json_and_table(model_yaml):
     assert "tsp_decode=weights" in text.stdout
     bad = CliRunner().invoke(cli, ["run", "-t", "mi300x-1node", "--mode", "train", "--tokens", "4"])
     assert bad.exit_code == 2 and bad.output.count("\n") == 1 and bad.output.startswith("error: --tokens")
+
+
+@pytest.mark.parametrize("B", [1, 64])
+def test_breakdown_hbm_parts_are_the_streaming_time(mi300x, B):
+    """weights_hbm (kv_hbm) is exactly bytes / (HBM·eff) summed over the GEMMs (attention kernels) whose
+    shape is HBM-bound, whatever small-kernel tail they pay on top; the tail goes to ``compute``."""
+    from tspsim.costs import large_efficiency
+    from tspsim.serving import time_breakdown
+
+    ctx = _ctx(mi300x, GQA, "tp", {"degree": 4}, Workload("decode", 4096, B, 1))
+    topo = decode_topology(mi300x, ctx.opts)
+    gpu = topo.gpu
+    tl = replay(build_decode_step(ctx, 4096).graph, topo)
+    bd = time_breakdown(tl, gpu)
+    hbm, peak = gpu.hbm_TBps * 1e12 * gpu.hbm_efficiency, gpu.peak_bf16_TFLOPS * 1e12
+    want = {"weights_hbm": 0.0, "kv_hbm": 0.0}
+    tail_paid = False
+    for op in tl.ops:
+        if op.kind in ("gemm", "attention_fwd") and op.hbm_bytes / hbm >= op.flops / (peak * large_efficiency(op, gpu)):
+            want["weights_hbm" if op.kind == "gemm" else "kv_hbm"] += op.hbm_bytes / hbm
+            tail_paid |= op.flops / (peak * efficiency(op, gpu)) > op.hbm_bytes / hbm
+    n = len(tl.graph.ranks)
+    assert bd["weights_hbm"] == pytest.approx(want["weights_hbm"] / n, rel=1e-9)
+    assert bd["kv_hbm"] == pytest.approx(want["kv_hbm"] / n, rel=1e-9)
+    assert sum(bd.values()) == pytest.approx(tl.end_s, rel=1e-9)
+    assert tail_paid == (bd["compute"] > 0)

@@ -17,7 +17,9 @@ Definitions (units in the names; every number comes from replays of op graphs, n
   the N steps; the parts sum to tpot_s. Each compute span minus its launch overhead is
   ``weights_hbm`` (a GEMM bound by HBM: streaming weights), ``kv_hbm`` (an attention kernel bound by
   HBM: reading the KV cache) or ``compute`` (a FLOP-bound GEMM or attention kernel), decided by the
-  op's roofline; ``communication`` is exposed communication (communicating while not computing);
+  op's roofline; a kernel whose shape is HBM-bound but which takes longer because of the small-kernel
+  tail (:func:`tspsim.costs.tail_fraction`) counts its streaming time as HBM and the excess as
+  ``compute``; ``communication`` is exposed communication (communicating while not computing);
   ``other`` is launch overhead, elementwise kernels (norms, residual adds, activations, sampling) and
   idle time.
 
@@ -46,7 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tspsim.costs import efficiency
+from tspsim.costs import efficiency, large_efficiency
 from tspsim.engine.sim import ReplayOptions, replay
 from tspsim.errors import ConfigError
 from tspsim.metrics import memory_metrics, peak_memory
@@ -79,22 +81,16 @@ __all__ = ["BREAKDOWN_KEYS", "DEFAULT_DECODE_TOKENS", "INFERENCE_MODES", "Decode
 
 
 # ---------------------------------------------------------------------------------- decode GPU
-_DECODE_TOPOS: dict[tuple[int, float, bool], Topology] = {}
-
-
 def decode_topology(topo: Topology, opts: Assumptions) -> Topology:
     """``topo`` with the decode-step kernel assumptions applied to its GPU.
 
     ``decode_launch_us`` replaces the eager ``kernel_launch_us`` (graph-captured decode);
-    ``decode_gemm_rolloff=false`` drops the small-GEMM roll-off (GEMV-class kernels stream weights).
+    ``decode_gemm_rolloff=false`` drops the small-GEMM tail (the plain roofline). A new frozen value per
+    call (cheap; nothing is cached at module level).
     """
-    key = (id(topo), opts.decode_launch_us, opts.decode_gemm_rolloff)
-    hit = _DECODE_TOPOS.get(key)
-    if hit is None or hit.name != topo.name:
-        gpu = replace(topo.gpu, kernel_launch_us=opts.decode_launch_us,
-                      gemm_half_GFLOP=topo.gpu.gemm_half_GFLOP if opts.decode_gemm_rolloff else 0.0)
-        hit = _DECODE_TOPOS[key] = replace(topo, gpu=gpu)
-    return hit
+    gpu = replace(topo.gpu, kernel_launch_us=opts.decode_launch_us,
+                  gemm_half_GFLOP=topo.gpu.gemm_half_GFLOP if opts.decode_gemm_rolloff else 0.0)
+    return replace(topo, gpu=gpu)
 
 
 # ---------------------------------------------------------------------------------- breakdown
@@ -103,7 +99,9 @@ def time_breakdown(tl: Timeline, gpu: GpuSpec, start: float = 0.0, end: float | 
 
     Compute spans are sequential on a rank's compute stream; each one minus the launch overhead is
     classified by its roofline (HBM-bound GEMM → ``weights_hbm``, HBM-bound attention → ``kv_hbm``,
-    FLOP-bound → ``compute``, elementwise → ``other``). Communication not overlapped by compute is
+    FLOP-bound → ``compute``, elementwise → ``other``); an HBM-bound shape (bytes/HBM ≥ FLOPs/(peak ·
+    eff_large)) that the small-kernel tail makes longer splits: the share bytes/HBM of its kernel time
+    to the HBM category, the rest to ``compute``. Communication not overlapped by compute is
     ``communication``; the rest of the window (launch overheads, idle) is ``other``. Parts sum to the
     window length, and are additive over adjacent windows (a span cut by a window edge contributes its
     launch overhead pro rata).
@@ -131,15 +129,23 @@ def time_breakdown(tl: Timeline, gpu: GpuSpec, start: float = 0.0, end: float | 
         comp.append((a, b))
         dur = b - a
         over = min(launch, b0 - a0) * dur / (b0 - a0)
-        cat = "other"
-        if op.kind in ("gemm", "attention_fwd", "attention_bwd"):
-            t_flops = op.flops / (peak * efficiency(op, gpu)) if op.flops > 0 else 0.0
-            if op.hbm_bytes / hbm >= t_flops:
-                cat = "weights_hbm" if op.kind == "gemm" else "kv_hbm"
-            else:
-                cat = "compute"
-        sums[cat] += dur - over
         sums["other"] += over
+        if op.kind not in ("gemm", "attention_fwd", "attention_bwd"):
+            sums["other"] += dur - over
+            continue
+        mem_cat = "weights_hbm" if op.kind == "gemm" else "kv_hbm"
+        t_mem = op.hbm_bytes / hbm
+        t_flops = op.flops / (peak * efficiency(op, gpu)) if op.flops > 0 else 0.0
+        t_large = op.flops / (peak * large_efficiency(op, gpu))
+        if t_mem >= t_flops:
+            sums[mem_cat] += dur - over
+        elif t_mem >= t_large:    # streaming-bound shape paying the small-kernel tail
+            body = (b0 - a0) - min(launch, b0 - a0)
+            share = min(1.0, t_mem / body) if body > 0 else 1.0
+            sums[mem_cat] += (dur - over) * share
+            sums["compute"] += (dur - over) * (1.0 - share)
+        else:
+            sums["compute"] += dur - over
     for comp, comm in per.values():
         cu, mu = interval_union(comp), interval_union(comm)
         exposed = total_length(mu) - intersection_length(cu, mu)
