@@ -479,3 +479,22 @@ def test_breakdown_hbm_parts_are_the_streaming_time(mi300x, B):
     assert bd["kv_hbm"] == pytest.approx(want["kv_hbm"] / n, rel=1e-9)
     assert sum(bd.values()) == pytest.approx(tl.end_s, rel=1e-9)
     assert tail_paid == (bd["compute"] > 0)
+
+
+def test_report_footer_shows_only_options_that_apply():
+    """Training reports omit inference-only options; serving reports omit training-only ones."""
+    from dataclasses import fields
+
+    from tspsim.plan import INFERENCE_ONLY_OPTIONS, TRAINING_ONLY_OPTIONS
+    from tspsim.report import assumptions_text
+
+    names = {f.name for f in fields(Assumptions)}
+    assert set(TRAINING_ONLY_OPTIONS) <= names and set(INFERENCE_ONLY_OPTIONS) <= names
+    assert not set(TRAINING_ONLY_OPTIONS) & set(INFERENCE_ONLY_OPTIONS)
+    opts = Assumptions().to_json()
+    for mode, hidden in (("train", INFERENCE_ONLY_OPTIONS), ("forward", INFERENCE_ONLY_OPTIONS),
+                         ("prefill", TRAINING_ONLY_OPTIONS), ("decode", TRAINING_ONLY_OPTIONS),
+                         ("generate", TRAINING_ONLY_OPTIONS)):
+        text = assumptions_text({"mode": mode, "assumptions": opts}, width=10_000)
+        shown = {kv.split("=")[0] for kv in text.splitlines()[1].strip().split(", ")}
+        assert shown == names - set(hidden), mode

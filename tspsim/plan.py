@@ -24,6 +24,14 @@ Mode = Literal["train", "forward", "prefill", "decode", "generate"]
 MODES = ("train", "forward", "prefill", "decode", "generate")
 
 
+TRAINING_ONLY_OPTIONS = ("recompute", "grad_bytes", "master_bytes", "optimizer_bytes", "zero1", "dp_bucket_MB",
+                         "tsp_grad_return", "sp_keep_gathered_kv")
+"""Assumptions that only change backward, gradients or the optimizer (no effect on prefill or decode)."""
+
+INFERENCE_ONLY_OPTIONS = ("tsp_decode", "satp_batch_kv", "decode_launch_us", "decode_gemm_rolloff")
+"""Assumptions that only change prefill or decode (no effect on train or forward)."""
+
+
 @dataclass(frozen=True)
 class Assumptions:
     """Modelling choices (tsp.md §8). Defaults reproduce the paper's single-node memory table."""

@@ -123,15 +123,17 @@ def input_gather_note(entries: Sequence[Entry]) -> str:
 def assumptions_text(entry: Entry, width: int = 100) -> str:
     """The assumptions in force as wrapped ``key=value`` lines (the open questions of tsp.md §8).
 
-    Inference-only options are left out of training and forward reports (the JSON keeps every option).
+    Options that cannot change the run are left out: inference-only ones from training and forward
+    reports, training-only ones from prefill/decode/generate reports (the JSON keeps every option).
     """
+    from tspsim.plan import INFERENCE_ONLY_OPTIONS, TRAINING_ONLY_OPTIONS
+
     opts = entry.get("assumptions")
     head = "assumptions (change with --option KEY=VALUE; README: Assumptions and defaults):"
     if not opts:
         return head + " n/a (graph without metadata)"
-    serving = entry.get("mode") in SERVING_MODES
-    shown = {k: v for k, v in opts.items()
-             if serving or not (k.startswith("decode_") or k in ("tsp_decode", "satp_batch_kv"))}
+    hidden = TRAINING_ONLY_OPTIONS if entry.get("mode") in SERVING_MODES else INFERENCE_ONLY_OPTIONS
+    shown = {k: v for k, v in opts.items() if k not in hidden}
     body = ", ".join(f"{k}={_value_text(v)}" for k, v in shown.items())
     return head + "\n" + textwrap.fill(body, width=width, initial_indent="  ", subsequent_indent="  ")
 
