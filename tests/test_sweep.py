@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from tiny_models import tiny_32_heads
 
 from tspsim.cli import cli
 from tspsim.simulate import Point
@@ -31,21 +32,9 @@ from tspsim.sweep import (
 )
 from tspsim.sweep_plots import memory_figure, speed_ratio_figures, speed_ratio_note, throughput_figure
 
-TINY = """name: tiny
-hidden: 512
-layers: {layers}
-q_heads: 32
-kv_heads: 32
-head_dim: 16
-ffn_hidden: 2048
-gated_mlp: true
-vocab: 1000
-default_seq: 4096
-"""
-
 
 def write_model(path: Path, layers: int = 2) -> str:
-    path.write_text(TINY.format(layers=layers))
+    path.write_text(tiny_32_heads(layers, default_seq=4096))
     return str(path)
 
 
