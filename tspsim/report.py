@@ -53,7 +53,11 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def _gb(nbytes: float | None) -> str:
-    return "n/a" if nbytes is None else f"{nbytes / 1e9:.2f}"
+    """GB with two decimals; three significant digits below 0.1 GB (decode steps move KB, not GB)."""
+    if nbytes is None:
+        return "n/a"
+    gb = nbytes / 1e9
+    return f"{gb:.3g}" if 0 < gb < 0.1 else f"{gb:.2f}"
 
 
 def _sum_bytes(by_kind: dict[str, float] | None, separate: bool) -> float | None:
