@@ -498,3 +498,11 @@ def test_report_footer_shows_only_options_that_apply():
         text = assumptions_text({"mode": mode, "assumptions": opts}, width=10_000)
         shown = {kv.split("=")[0] for kv in text.splitlines()[1].strip().split(", ")}
         assert shown == names - set(hidden), mode
+
+
+def test_small_communication_volumes_are_not_printed_as_zero():
+    from tspsim.report import _gb
+
+    assert _gb(None) == "n/a" and _gb(0) == "0.00"
+    assert _gb(4.3e6) == "0.0043" and _gb(1.33e5) == "0.000133"   # decode steps move KB to MB
+    assert _gb(2.35e9) == "2.35" and _gb(0.1e9) == "0.10"
