@@ -15,7 +15,7 @@ import time
 
 from tspsim.engine.sim import replay
 from tspsim.opgraph import GraphBuilder
-from tspsim.topology import load_topology
+from tspsim.spec.topology_file import load_topology
 
 GiB = 2**30
 MiB = 2**20

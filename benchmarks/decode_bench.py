@@ -16,10 +16,14 @@ import argparse
 import sys
 import time
 
-from tspsim.model import load_model
-from tspsim.plan import Assumptions, Workload, make_plan
-from tspsim.serving import simulate_inference
-from tspsim.topology import load_topology
+from tspsim.explore.max_batch import search_max_batch
+from tspsim.simulate import RunResult
+from tspsim.simulate.inference import simulate_inference
+from tspsim.spec.assumptions import Assumptions
+from tspsim.spec.layout import make_layout
+from tspsim.spec.model import load_model
+from tspsim.spec.topology_file import load_topology
+from tspsim.spec.workload import Workload
 
 # (label, schedule, plan keywords, options, tokens, target seconds or None)
 POINTS = [
@@ -38,10 +42,13 @@ def run(schedule: str, kw: dict, options: dict, tokens: int, *, periodic: bool =
     topo = load_topology("mi300x-1node")
     m = load_model(model)
     w = Workload("decode", context, 1, tokens)
-    plan = make_plan(schedule, topo, m, w, **kw)
+    plan = make_layout(schedule, topo, m, w, **kw)
     t0 = time.perf_counter()
-    r = simulate_inference(topo, m, plan, w, Assumptions.from_overrides(options), periodic=periodic,
-                           search_max_batch=max_batch)
+    opts = Assumptions.from_overrides(options)
+    r = simulate_inference(topo, m, plan, w, opts, periodic=periodic)
+    if max_batch:
+        r.fields["max_batch"], _ = search_max_batch(RunResult(r.fields, r.timeline, topo, m, plan, w, opts,
+                                                              r.timelines))
     return time.perf_counter() - t0, r
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tspsim.topology import Topology, load_topology
+from tspsim.spec.topology import Topology
+from tspsim.spec.topology_file import load_topology
 
 
 @pytest.fixture(scope="session")

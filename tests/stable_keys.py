@@ -1,6 +1,6 @@
 """The run-entry keys the tests hold tspsim to: design.md §4 (stable) and the extra keys tspsim adds.
 
-Written out here, independently of tspsim.metrics, so a key dropped from the code fails the tests.
+Written out here, independently of tspsim.analysis.metrics, so a key dropped from the code fails the tests.
 """
 
 STABLE_KEYS = {

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from browser_util import CHROMIUM, CHROMIUM_ARGS, decode_png
 
+from tspsim.outputs.viewer import write_html
 from tspsim.simulate import Point, simulate
-from tspsim.viewer import write_html
 
 pytestmark = pytest.mark.browser
 

@@ -5,7 +5,7 @@ Tolerances are declared here, once, next to the measurement they check.
 
 import pytest
 
-from tspsim.commands.collective import simulate_collective
+from tspsim.simulate.collective import simulate_collective
 
 # hardware.md §6 (MI300X xGMI): rccl-tests all_reduce busbw on 8 GPUs is 312.9 GB/s at 4 GiB [S3b]
 # and 316.8 GB/s at 8 GB (Azure ND MI300X v5) [S7]: "measured 313-317". 10% tolerance.

@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 from stable_keys import EXTRA_KEYS, STABLE_KEYS
 
+from tspsim.analysis.metrics import overlap_stats
 from tspsim.cli import cli
-from tspsim.metrics import overlap_stats
 from tspsim.opgraph import MEMORY_CATEGORIES, GraphBuilder
-from tspsim.result import load_results
+from tspsim.outputs.results_file import load_results
 from tspsim.schedules import SCHEDULES
 
 TINY = """\

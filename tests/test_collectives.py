@@ -26,11 +26,11 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from tspsim.collectives import choose_algorithm, hamiltonian_channels, plan_collective
+from tspsim.core.errors import TspsimError
+from tspsim.engine.collectives import choose_algorithm, hamiltonian_channels, plan_collective
 from tspsim.engine.sim import ReplayOptions, replay
-from tspsim.errors import TspsimError
 from tspsim.opgraph import GraphBuilder
-from tspsim.topology import load_topology
+from tspsim.spec.topology_file import load_topology
 
 TOPOS = {name: load_topology(name) for name in ("mi300x-1node", "h100-dgx-1node", "mi300x-128node",
                                                  "h100-dgx-128node")}

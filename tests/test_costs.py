@@ -12,12 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tspsim.costs import compute_seconds, efficiency, large_efficiency, tail_fraction
-from tspsim.model import load_model
+from tspsim.engine.costs import compute_seconds, efficiency, large_efficiency, tail_fraction
 from tspsim.opgraph import Op
-from tspsim.plan import Assumptions, Workload, make_plan
 from tspsim.schedules import SCHEDULES
-from tspsim.schedules.common import BuildContext, gemm_bytes, gemm_flops
+from tspsim.schedules.context import BuildContext, gemm_bytes, gemm_flops
+from tspsim.spec.assumptions import Assumptions
+from tspsim.spec.layout import make_layout
+from tspsim.spec.model import load_model
+from tspsim.spec.workload import Workload
 
 S = 2
 
@@ -113,7 +115,7 @@ def test_training_gemms_are_all_compute_bound(mi300x, schedule):
     them exactly as the FLOP roll-off had them."""
     model = load_model("llama3-8b")
     work = Workload("train", 8192, 1)
-    plan = make_plan(schedule, mi300x, model, work, degree=8)
+    plan = make_layout(schedule, mi300x, model, work, degree=8)
     graph = SCHEDULES.get(schedule).build(BuildContext(model, mi300x, plan, work, Assumptions()))
     # (TSP's vocabulary-ring embedding lookup is a K = 1 gather costed as a GEMM; it is not one)
     gemms = [op for op in graph.ops if op.kind == "gemm" and op.shape[2] > 1]

@@ -14,11 +14,11 @@ from click.testing import CliRunner
 
 from tspsim.cli import cli
 from tspsim.engine.sim import ReplayOptions, replay
-from tspsim.export import chakra, hta, perfetto, span_category
+from tspsim.engine.timeline import Timeline
 from tspsim.opgraph import COMPUTE_KINDS, MEMORY_CATEGORIES, GraphBuilder
-from tspsim.result import load_results, save_results
-from tspsim.timeline import Timeline
-from tspsim.topology import load_topology
+from tspsim.outputs.export import chakra, hta, perfetto, span_category
+from tspsim.outputs.results_file import load_results, save_results
+from tspsim.spec.topology_file import load_topology
 
 
 # ------------------------------------------------------------------------------------------- fixtures
@@ -271,7 +271,7 @@ def test_hta_overlap_matches_tspsim(tmp_path, request, which):
     theirs = dict(zip(df["rank"].astype(int), df["comp_comm_overlap_pctg"].astype(float)))
     ours = hta_overlap_pct(tl)
     try:
-        from tspsim.metrics import overlap_stats
+        from tspsim.analysis.metrics import overlap_stats
     except ImportError:  # the metrics module may not have it yet: our own HTA-definition figure stands
         overlap_stats = None
     if overlap_stats is not None:

@@ -13,7 +13,7 @@ import pytest
 from tspsim.engine.sim import replay
 from tspsim.opgraph import GraphBuilder
 from tspsim.simulate import Point, build_graph, simulate
-from tspsim.topology import load_topology
+from tspsim.spec.topology_file import load_topology
 
 CASES = [
     ("tsp", {"degree": 8}),            # 4 replicas of one node
@@ -47,13 +47,13 @@ def _sent(tl, rank: int) -> float:
 def test_folded_equals_full(mi300x_4node_yaml, fold_model, mode, schedule, kw):
     # train-satp-seq: its last DP gradient bucket is exactly 1 MiB, so it is all-reduced with "tree"
     point = Point(schedule, mi300x_4node_yaml, model=fold_model, mode=mode, seq_len=16384, **kw)
-    g_fold, topo, _m, plan, _w, _o = build_graph(point, fold=True)
+    g_fold, topo, _m, layout, _w, _o = build_graph(point, fold=True)
     g_full, *_ = build_graph(point, fold=False)
-    assert plan.replicas > 1
+    assert layout.replicas > 1
     assert g_full.ranks == tuple(range(topo.world_size))
-    if plan.replica_size >= topo.gpus_per_node:
-        assert g_fold.ranks == plan.replica_ranks(0)
-        assert g_fold.replica_nodes == plan.replica_size // topo.gpus_per_node
+    if layout.replica_size >= topo.gpus_per_node:
+        assert g_fold.ranks == layout.replica_ranks(0)
+        assert g_fold.replica_nodes == layout.replica_size // topo.gpus_per_node
     else:
         assert g_fold.ranks == tuple(range(topo.gpus_per_node))
         assert g_fold.replica_nodes == 1
@@ -71,7 +71,7 @@ def test_folded_equals_full(mi300x_4node_yaml, fold_model, mode, schedule, kw):
         assert tl_fold.peak_memory(r)[0] == tl_full.peak_memory(r)[0]
         assert _sent(tl_fold, r) == pytest.approx(_sent(tl_full, r), rel=1e-12)
     # and the full run really is symmetric across replicas
-    rs = plan.replica_size
+    rs = layout.replica_size
     assert tl_full.peak_memory(rs)[0] == tl_full.peak_memory(0)[0]
 
 

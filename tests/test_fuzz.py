@@ -33,11 +33,11 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 from tspsim.cli import cli
-from tspsim.errors import ConfigError, TraceError
-from tspsim.model import load_model
+from tspsim.core.errors import ConfigError, TraceError
 from tspsim.opgraph import GraphBuilder, OpGraph
-from tspsim.result import load_results
-from tspsim.topology import MAX_GPUS, load_topology
+from tspsim.outputs.results_file import load_results
+from tspsim.spec.model import load_model
+from tspsim.spec.topology_file import MAX_GPUS, load_topology
 
 SCALE = float(os.environ.get("TSPSIM_FUZZ_SCALE", "1"))
 CALL_LIMIT_S = 30.0

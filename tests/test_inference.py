@@ -14,31 +14,24 @@ from collections import defaultdict
 
 import pytest
 
-from tspsim.costs import efficiency
+from tspsim.analysis.metrics import peak_memory
+from tspsim.analysis.serving import BREAKDOWN_KEYS
+from tspsim.core.errors import ConfigError
+from tspsim.engine.costs import efficiency
 from tspsim.engine.sim import replay
-from tspsim.errors import ConfigError
-from tspsim.metrics import peak_memory
-from tspsim.model import ModelConfig, load_model
-from tspsim.plan import Assumptions, Workload, make_plan
-from tspsim.schedules.common import BuildContext
-from tspsim.schedules.inference import (
-    build_decode_step,
-    build_prefill,
-    kv_layout,
-    seq_share,
-    verify_cuts,
-    verify_periodic_structure,
-    with_layers,
-)
-from tspsim.serving import (
-    BREAKDOWN_KEYS,
-    DecodeTimer,
-    decode_topology,
-    find_period,
-    max_batch,
-    simulate_inference,
-)
-from tspsim.simulate import Point, simulate
+from tspsim.explore.max_batch import max_batch, search_max_batch, simulate_with_max_batch
+from tspsim.schedules.context import BuildContext
+from tspsim.schedules.decode import build_decode_step
+from tspsim.schedules.inference import kv_layout, seq_share
+from tspsim.schedules.periodic import verify_cuts, verify_periodic_structure, with_layers
+from tspsim.schedules.prefill import build_prefill
+from tspsim.simulate import Point, RunResult, simulate
+from tspsim.simulate.decode_timer import DecodeTimer, decode_topology, find_period
+from tspsim.simulate.inference import simulate_inference
+from tspsim.spec.assumptions import Assumptions
+from tspsim.spec.layout import make_layout
+from tspsim.spec.model import ModelConfig, load_model
+from tspsim.spec.workload import Workload
 
 S = 2  # bf16 bytes per element
 
@@ -62,7 +55,7 @@ LAYOUTS = [
 
 
 def _ctx(topo, model, schedule, kw, workload, **options):
-    plan = make_plan(schedule, topo, model, workload, **kw)
+    plan = make_layout(schedule, topo, model, workload, **kw)
     return BuildContext(model, topo, plan, workload, Assumptions.from_overrides(options))
 
 
@@ -107,7 +100,7 @@ def test_decode_memory_tables(mi300x, schedule, kw, p, shard, B, T):
     ctx = _ctx(mi300x, model, schedule, kw, Workload("decode", T, B, 1))
     step = build_decode_step(ctx, T)
     tl = replay(step.graph, decode_topology(mi300x, ctx.opts))
-    lay = kv_layout(schedule, model.kv_dim, ctx.plan, ctx.opts.satp_batch_kv)
+    lay = kv_layout(schedule, model.kv_dim, ctx.layout, ctx.opts.satp_batch_kv)
     H, H_kv, L = model.hidden, model.kv_dim, model.layers
     total = 0
     for r in tl.graph.ranks:
@@ -198,7 +191,7 @@ def test_satp_batch_cache_holds_whole_sequences(mi300x, mode):
     p, B, T = 4, 8, 1024
     for kv, width, seqs in (("batch", GQA.kv_dim, B // p), ("heads", GQA.kv_dim // p, B)):
         ctx = _ctx(mi300x, GQA, "satp-batch", {"degree": p}, Workload(mode, T, B, 1), satp_batch_kv=kv)
-        lay = kv_layout("satp-batch", GQA.kv_dim, ctx.plan, kv)
+        lay = kv_layout("satp-batch", GQA.kv_dim, ctx.layout, kv)
         assert (lay.kv_width, B // lay.batch_shards) == (width, seqs)
         graph = build_prefill(ctx) if mode == "prefill" else build_decode_step(ctx, T).graph
         assert graph.meta["inference"]["kv_batch_shards"] == B // seqs
@@ -302,10 +295,10 @@ def test_max_batch_is_largest_that_fits(mi300x):
     model = load_model("llama3-8b")
     T, N = 65536, 4
     w = Workload("decode", T, 1, N)
-    plan = make_plan("tp", mi300x, model, w, degree=8)
+    plan = make_layout("tp", mi300x, model, w, degree=8)
     opts = Assumptions()
     run = simulate_inference(mi300x, model, plan, w, opts)
-    mb = run.fields["max_batch"]
+    mb, _ = search_max_batch(RunResult(run.fields, run.timeline, mi300x, model, plan, w, opts, run.timelines))
     assert mb > 1
     hbm = mi300x.gpu.hbm_GB * 1e9
 
@@ -335,10 +328,10 @@ EXACT = [
 def test_periodic_decode_equals_full_simulation(mi300x, schedule, kw, options, method):
     """Decode steps assembled from a short graph equal full simulations of every step (rel 1e-9)."""
     w = Workload("decode", 1000, 8, 3)
-    plan = make_plan(schedule, mi300x, DEEP, w, **kw)
+    plan = make_layout(schedule, mi300x, DEEP, w, **kw)
     opts = Assumptions.from_overrides(options)
-    fast = simulate_inference(mi300x, DEEP, plan, w, opts, search_max_batch=False)
-    full = simulate_inference(mi300x, DEEP, plan, w, opts, periodic=False, search_max_batch=False)
+    fast = simulate_inference(mi300x, DEEP, plan, w, opts)
+    full = simulate_inference(mi300x, DEEP, plan, w, opts, periodic=False)
     assert {st.method for st in fast.steps} == {method}
     assert {st.method for st in full.steps} == {"full"}
     for a, b in zip(fast.steps, full.steps):
@@ -395,7 +388,7 @@ def test_generate_entry(model_yaml):
     path = model_yaml("inf-e2e", hidden=512, layers=4, q_heads=8, kv_heads=4, head_dim=64, ffn_hidden=1536,
                       vocab=4096)
     T, B, N = 2048, 4, 6
-    r = simulate(Point("tp+sp", "mi300x-1node", path, "generate", T, B, tp=4, sp=2, decode_tokens=N))
+    r = simulate_with_max_batch(Point("tp+sp", "mi300x-1node", path, "generate", T, B, tp=4, sp=2, decode_tokens=N))
     e = r.entry
     pre = r.timelines["prefill"]
     assert e["ttft_s"] == pre.end_s and e["mode"] == "generate"
@@ -424,8 +417,8 @@ def test_decode_entry_and_options(model_yaml):
 
 def test_satp_seq_decode_needs_batch_multiple_of_degree(mi300x):
     with pytest.raises(ConfigError, match="multiple of 4"):
-        make_plan("satp-seq", mi300x, GQA, Workload("decode", 1000, 2, 1), degree=4)
-    make_plan("sp", mi300x, GQA, Workload("decode", 1001, 1, 1), degree=8)   # no sequence divisibility
+        make_layout("satp-seq", mi300x, GQA, Workload("decode", 1000, 2, 1), degree=4)
+    make_layout("sp", mi300x, GQA, Workload("decode", 1001, 1, 1), degree=8)   # no sequence divisibility
 
 
 def test_cli_decode_json_and_table(model_yaml):
@@ -459,8 +452,8 @@ def test_cli_decode_json_and_table(model_yaml):
 def test_breakdown_hbm_parts_are_the_streaming_time(mi300x, B):
     """weights_hbm (kv_hbm) is exactly bytes / (HBM·eff) summed over the GEMMs (attention kernels) whose
     shape is HBM-bound, whatever small-kernel tail they pay on top; the tail goes to ``compute``."""
-    from tspsim.costs import large_efficiency
-    from tspsim.serving import time_breakdown
+    from tspsim.analysis.serving import time_breakdown
+    from tspsim.engine.costs import large_efficiency
 
     ctx = _ctx(mi300x, GQA, "tp", {"degree": 4}, Workload("decode", 4096, B, 1))
     topo = decode_topology(mi300x, ctx.opts)
@@ -485,8 +478,8 @@ def test_report_footer_shows_only_options_that_apply():
     """Training reports omit inference-only options; serving reports omit training-only ones."""
     from dataclasses import fields
 
-    from tspsim.plan import INFERENCE_ONLY_OPTIONS, TRAINING_ONLY_OPTIONS
-    from tspsim.report import assumptions_text
+    from tspsim.analysis.report import assumptions_text
+    from tspsim.spec.assumptions import INFERENCE_ONLY_OPTIONS, TRAINING_ONLY_OPTIONS
 
     names = {f.name for f in fields(Assumptions)}
     assert set(TRAINING_ONLY_OPTIONS) <= names and set(INFERENCE_ONLY_OPTIONS) <= names
@@ -501,7 +494,7 @@ def test_report_footer_shows_only_options_that_apply():
 
 
 def test_small_communication_volumes_are_not_printed_as_zero():
-    from tspsim.report import _gb
+    from tspsim.analysis.report import _gb
 
     assert _gb(None) == "n/a" and _gb(0) == "0.00"
     assert _gb(4.3e6) == "0.0043" and _gb(1.33e5) == "0.000133"   # decode steps move KB to MB

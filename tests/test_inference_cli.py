@@ -13,28 +13,20 @@ import pytest
 from click.testing import CliRunner
 from tiny_models import TINY_32_HEADS
 
+from tspsim.analysis.serving import BREAKDOWN_KEYS
 from tspsim.cli import cli
-from tspsim.search import OBJECTIVES, best_reason, limiter, objective_for, rank_results
-from tspsim.serving import BREAKDOWN_KEYS
+from tspsim.explore.cache import PointCache, point_key, point_record
+from tspsim.explore.grid import Grid, expand_grid
+from tspsim.explore.planner import OBJECTIVES, best_reason, limiter, objective_for, rank_results
+from tspsim.explore.plots import SERVING_FIGURES, metric_figure, sweep_figures
+from tspsim.explore.sweep import Outcome, prepare
+from tspsim.explore.sweep_files import CSV_COLUMNS, INFERENCE_CSV_COLUMNS, result_entry
 from tspsim.simulate import Point, simulate
-from tspsim.sweep import (
-    CSV_COLUMNS,
-    INFERENCE_CSV_COLUMNS,
-    Grid,
-    Outcome,
-    PointCache,
-    expand_grid,
-    point_key,
-    point_record,
-    prepare,
-    result_entry,
-)
-from tspsim.sweep_plots import SERVING_FIGURES, metric_figure, sweep_figures
 
 SERVING_KEYS = {"ttft_s", "tpot_s", "decode_tokens_per_s", "decode_tokens_per_s_per_gpu", "max_batch",
                 "decode_time_breakdown_s", "decode_tokens", "context_tokens", "decode_step_first_s",
                 "decode_step_last_s", "decode_sim", "decode_check_rel_err"}
-"""Keys ``run`` adds to an inference entry (tspsim.serving); sweeps and plans must carry all of them."""
+"""Keys ``run`` adds to an inference entry (tspsim.simulate.inference); sweeps and plans must carry all of them."""
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ PUBLISHED_GB = {"tsp": 38.8, "tp": 70.0, "tp+sp": (85.0, 140.0)}
 
 # Tolerance on the published numbers: ±15 % (relative). The paper does not state the recompute policy,
 # optimizer precision or runtime overheads behind its table (tsp.md §6), so tspsim's defaults stand in:
-# Assumptions() in tspsim/plan.py — recompute="full" (only each block's input is kept), bf16 parameters
+# Assumptions() in tspsim/spec/assumptions.py — recompute="full" (only each block's input is kept), bf16 parameters
 # (param_bytes=2), fp32 gradients (grad_bytes=4), fp32 master weights + Adam m, v (master_bytes=4,
 # optimizer_bytes=8: 18 B/parameter of parameter-class state), no ZeRO-1 (one replica anyway),
 # sp_keep_gathered_kv=True (gathered K/V kept for backward in SP-style schedules), vocabulary 32000

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from stable_keys import EXTRA_KEYS, STABLE_KEYS
 
-from tspsim.metrics import (
+from tspsim.analysis.metrics import (
     comm_bytes,
     generic_entry,
     intersection_length,
@@ -19,10 +19,12 @@ from tspsim.metrics import (
     run_entry,
     time_metrics,
 )
-from tspsim.model import load_model
+from tspsim.engine.timeline import Timeline
 from tspsim.opgraph import MEMORY_CATEGORIES, GraphBuilder
-from tspsim.plan import Assumptions, Workload, make_plan
-from tspsim.timeline import Timeline
+from tspsim.spec.assumptions import Assumptions
+from tspsim.spec.layout import make_layout
+from tspsim.spec.model import load_model
+from tspsim.spec.workload import Workload
 
 
 # ---------------------------------------------------------------------------------- interval unions
@@ -136,7 +138,7 @@ def test_generic_entry_has_every_key_with_nulls(mi300x):
 def test_run_entry_keys_and_formulas(mi300x):
     model = load_model("zyphra-7b")
     workload = Workload("train", 8192, 1)
-    plan = make_plan("tp", mi300x, model, workload, degree=8)
+    plan = make_layout("tp", mi300x, model, workload, degree=8)
     tl = _timeline()
     e = run_entry(tl, mi300x, model, plan, workload, Assumptions())
     assert set(e) == STABLE_KEYS | EXTRA_KEYS

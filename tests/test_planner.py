@@ -10,9 +10,9 @@ from click.testing import CliRunner
 from tiny_models import TINY_32_HEADS
 
 from tspsim.cli import cli
-from tspsim.search import batch_sizes, best_reason, candidate_points, limiter, rank_results
+from tspsim.explore.planner import batch_sizes, best_reason, candidate_points, limiter, rank_results
+from tspsim.explore.sweep import Outcome
 from tspsim.simulate import Point, simulate
-from tspsim.sweep import Outcome
 
 TINY = TINY_32_HEADS
 

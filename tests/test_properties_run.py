@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tspsim.costs import compute_seconds
+from tspsim.engine.costs import compute_seconds
 from tspsim.opgraph import MEMORY_CATEGORIES
 from tspsim.simulate import Point, simulate
 

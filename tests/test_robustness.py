@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tspsim import atomic
+from tspsim.analysis.metrics import generic_entry
 from tspsim.cli import cli
+from tspsim.core import files as atomic
+from tspsim.core.errors import ConfigError, DeadlockError, SimulationLimitError, TraceError, TspsimError
 from tspsim.engine.sim import ReplayOptions, replay
-from tspsim.errors import ConfigError, DeadlockError, SimulationLimitError, TraceError, TspsimError
-from tspsim.metrics import generic_entry
-from tspsim.model import load_model
 from tspsim.opgraph import GraphBuilder, Op, OpGraph
-from tspsim.result import load_results, save_results
-from tspsim.topology import load_topology
+from tspsim.outputs.results_file import load_results, save_results
+from tspsim.spec.model import load_model
+from tspsim.spec.topology_file import load_topology
 
 
 def invoke(*args: str):
@@ -261,8 +261,8 @@ def test_view_escapes_names_from_the_result_file(tmp_path):
 # ------------------------------------------------------------------------------------------ atomic writes
 def _writers(tmp_path: Path):
     """(name, target path, write callable) for every writer of results, traces, pages and exports."""
-    from tspsim.export import chakra, hta, perfetto
-    from tspsim.viewer import write_html
+    from tspsim.outputs.export import chakra, hta, perfetto
+    from tspsim.outputs.viewer import write_html
 
     result = _result_with_names(tmp_path, "ok")
     run = load_results(result)[0]

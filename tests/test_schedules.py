@@ -14,11 +14,12 @@ from collections import defaultdict
 
 import pytest
 
-from tspsim.errors import ConfigError
-from tspsim.model import load_model
-from tspsim.plan import Workload, make_plan
+from tspsim.core.errors import ConfigError
 from tspsim.simulate import Point, build_graph, simulate
-from tspsim.topology import load_topology
+from tspsim.spec.layout import make_layout
+from tspsim.spec.model import load_model
+from tspsim.spec.topology_file import load_topology
+from tspsim.spec.workload import Workload
 
 S_BYTES = 2  # bf16
 
@@ -213,8 +214,8 @@ def _case_point(models, schedule: str, kw: dict, model: str, mode: str, S: int =
 @pytest.mark.parametrize("model", ["mha", "gqa4"])
 def test_layer_forward_flops_conserved(models, schedule, kw, model):
     point = _case_point(models, schedule, kw, model, "forward")
-    graph, _topo, mcfg, plan, wl, _ = build_graph(point)
-    replica = set(plan.replica_ranks(0))
+    graph, _topo, mcfg, layout, wl, _ = build_graph(point)
+    replica = set(layout.replica_ranks(0))
     assert replica <= set(graph.ranks)
     B, S = wl.batch, wl.seq_len
     gemm_ref = 2.0 * B * S * (mcfg.attn_params + mcfg.mlp_params)
@@ -238,8 +239,8 @@ def test_layer_forward_flops_conserved(models, schedule, kw, model):
 def test_training_step_flops(models, schedule, kw, recompute):
     """Whole step: backward GEMMs 2× forward, attention backward 2.5×; full recompute adds one forward."""
     point = _case_point(models, schedule, kw, "gqa4", "train", options=(("recompute", recompute),))
-    graph, _topo, mcfg, plan, wl, _ = build_graph(point)
-    replica = set(plan.replica_ranks(0))
+    graph, _topo, mcfg, layout, wl, _ = build_graph(point)
+    replica = set(layout.replica_ranks(0))
     B, S = wl.batch, wl.seq_len
     gemm_fwd = 2.0 * B * S * (mcfg.attn_params + mcfg.mlp_params)
     attn_fwd = mcfg.layer_fwd_flops(B, S) - gemm_fwd
@@ -277,14 +278,14 @@ def zyphra():
 @pytest.mark.parametrize("schedule", ["tp", "tsp", "satp-seq", "satp-batch"])
 def test_degree_must_divide_heads(mi300x, zyphra, schedule):
     with pytest.raises(ConfigError) as err:
-        make_plan(schedule, mi300x, zyphra, Workload("train", 131072, 3), degree=3)
+        make_layout(schedule, mi300x, zyphra, Workload("train", 131072, 3), degree=3)
     msg = _one_line_with_fix(err.value)
     assert "3" in msg and "32" in msg and "heads" in msg
 
 
 def test_tp_sp_degree_must_divide_heads(mi300x, zyphra):
     with pytest.raises(ConfigError) as err:
-        make_plan("tp+sp", mi300x, zyphra, Workload("train", 131072, 1), tp=3, sp=2)
+        make_layout("tp+sp", mi300x, zyphra, Workload("train", 131072, 1), tp=3, sp=2)
     _one_line_with_fix(err.value)
 
 
@@ -293,36 +294,36 @@ def test_sequence_must_divide_into_2D_chunks(mi300x, zyphra, schedule, D):
     seq = 2 * D * 1000 + D  # divisible by D but not by 2D
     assert seq % D == 0 and seq % (2 * D)
     with pytest.raises(ConfigError) as err:
-        make_plan(schedule, mi300x, zyphra, Workload("train", seq, 1), degree=D)
+        make_layout(schedule, mi300x, zyphra, Workload("train", seq, 1), degree=D)
     msg = _one_line_with_fix(err.value)
     assert str(2 * D) in msg
-    make_plan(schedule, mi300x, zyphra, Workload("train", seq - D, 1), degree=D)  # the multiple of 2D is fine
+    make_layout(schedule, mi300x, zyphra, Workload("train", seq - D, 1), degree=D)  # the multiple of 2D is fine
 
 
 def test_satp_batch_needs_batch_multiple_of_D(mi300x, zyphra):
     with pytest.raises(ConfigError) as err:
-        make_plan("satp-batch", mi300x, zyphra, Workload("train", 8192, 3), degree=4)
+        make_layout("satp-batch", mi300x, zyphra, Workload("train", 8192, 3), degree=4)
     msg = _one_line_with_fix(err.value)
     assert "--batch 4" in msg
-    make_plan("satp-batch", mi300x, zyphra, Workload("train", 8192, 8), degree=4)
+    make_layout("satp-batch", mi300x, zyphra, Workload("train", 8192, 8), degree=4)
 
 
 @pytest.mark.parametrize(("schedule", "kw"), [("tsp", {"degree": 16}), ("tp", {"degree": 16}),
                                               ("sp", {"degree": 16}), ("tp+sp", {"tp": 8, "sp": 2})])
 def test_replica_larger_than_topology(mi300x, zyphra, schedule, kw):
     with pytest.raises(ConfigError) as err:
-        make_plan(schedule, mi300x, zyphra, Workload("train", 131072, 1), **kw)
+        make_layout(schedule, mi300x, zyphra, Workload("train", 131072, 1), **kw)
     msg = _one_line_with_fix(err.value)
     assert "16" in msg
 
 
 def test_valid_plans_resolve(mi300x, mi300x_128, zyphra):
     wl = Workload("train", 131072, 1)
-    p = make_plan("tsp", mi300x, zyphra, wl)
+    p = make_layout("tsp", mi300x, zyphra, wl)
     assert (p.tp, p.sp, p.replica_size, p.replicas) == (8, 8, 8, 1)
-    p = make_plan("tp+sp", mi300x_128, zyphra, wl, tp=8, sp=2)
+    p = make_layout("tp+sp", mi300x_128, zyphra, wl, tp=8, sp=2)
     assert (p.replica_size, p.replicas, p.degrees) == (16, 64, {"T": 8, "SP": 2, "DP": 64})
-    p = make_plan("tp", mi300x, zyphra, wl, degree=4)
+    p = make_layout("tp", mi300x, zyphra, wl, degree=4)
     assert p.replicas == 2 and p.dp_group(1) == (1, 5)
 
 

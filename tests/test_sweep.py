@@ -18,19 +18,13 @@ from click.testing import CliRunner
 from tiny_models import tiny_32_heads
 
 from tspsim.cli import cli
+from tspsim.explore.cache import PointCache, normalize_entry, point_key
+from tspsim.explore.grid import Grid, expand_grid
+from tspsim.explore.plots import memory_figure, speed_ratio_figures, speed_ratio_note, throughput_figure
+from tspsim.explore.runners import run_point
+from tspsim.explore.sweep import prepare
+from tspsim.explore.sweep_files import result_entry, results_csv
 from tspsim.simulate import Point
-from tspsim.sweep import (
-    Grid,
-    PointCache,
-    expand_grid,
-    normalize_entry,
-    point_key,
-    prepare,
-    result_entry,
-    results_csv,
-    run_point,
-)
-from tspsim.sweep_plots import memory_figure, speed_ratio_figures, speed_ratio_note, throughput_figure
 
 
 def write_model(path: Path, layers: int = 2) -> str:

@@ -5,8 +5,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tspsim.errors import ConfigError
-from tspsim.topology import load_topology, preset_names
+from tspsim.core.errors import ConfigError
+from tspsim.spec.topology_file import load_topology, preset_names
 
 PRESETS = sorted([
     "mi300x-1node", "mi300x-128node", "mi355x-1node", "mi355x-128node", "h100-dgx-1node",

@@ -1,7 +1,7 @@
 import pytest
 
-from tspsim.errors import TspsimError
-from tspsim.units import format_bytes, format_tokens, parse_int_list, parse_size, parse_size_list
+from tspsim.core.errors import TspsimError
+from tspsim.core.units import format_bytes, format_tokens, parse_int_list, parse_size, parse_size_list
 
 
 @pytest.mark.parametrize(("text", "expected"), [

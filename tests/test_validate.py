@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-import tspsim.validate as v
+import tspsim.explore.validation as v
 from tspsim.cli import cli
 
 

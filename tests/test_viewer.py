@@ -7,12 +7,13 @@ import re
 import numpy as np
 import pytest
 
-from tspsim.errors import TspsimError
-from tspsim.export import SPAN_CATEGORIES, span_category
+from tspsim.core.errors import TspsimError
+from tspsim.engine.timeline import Timeline
+from tspsim.explore.max_batch import simulate_with_max_batch
 from tspsim.opgraph import Op, OpGraph
-from tspsim.simulate import Point, simulate
-from tspsim.timeline import Timeline
-from tspsim.viewer import BAR_LIMIT, build_timeline_figure, memory_series, render_html, write_html
+from tspsim.outputs.export import SPAN_CATEGORIES, span_category
+from tspsim.outputs.viewer import BAR_LIMIT, build_timeline_figure, memory_series, render_html, write_html
+from tspsim.simulate import Point
 
 
 def synthetic_timeline(ranks: int, compute_per_rank: int, comm_per_rank: int, name: str = "op") -> Timeline:
@@ -204,13 +205,13 @@ def test_render_html_rejects_empty_and_reports_run_for_bad_rank(tp_run):
 
 
 def test_header_shows_serving_metrics_for_inference_runs(tmp_path):
-    from tspsim.viewer import write_html
+    from tspsim.outputs.viewer import write_html
 
     model = tmp_path / "m.yaml"
     model.write_text("hidden: 256\nlayers: 2\nq_heads: 4\nkv_heads: 4\nhead_dim: 64\nffn_hidden: 1024\n"
                      "gated_mlp: true\nvocab: 1000\n")
-    res = simulate(Point("tp", "mi300x-1node", model=str(model), mode="decode", seq_len=1024, decode_tokens=4,
-                         degree=2, gpus=2))
+    res = simulate_with_max_batch(Point("tp", "mi300x-1node", model=str(model), mode="decode", seq_len=1024,
+                                        decode_tokens=4, degree=2, gpus=2))
     out = tmp_path / "v.html"
     write_html([(res.entry, res.timeline)], out)
     html = out.read_text()

@@ -1,7 +1,7 @@
 """Command line (click), design.md §4 — the command names and options here are **stable**.
 
 Each command is a thin wrapper: parse options, call the library, print. Errors a user can cause
-(:class:`~tspsim.errors.TspsimError`, click usage errors) become one line on stderr and exit code 2,
+(:class:`~tspsim.core.errors.TspsimError`, click usage errors) become one line on stderr and exit code 2,
 never a traceback. Progress goes to stderr; stdout stays clean for ``--json``.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from tspsim import __version__
-from tspsim.errors import TspsimError
+from tspsim.core.errors import TspsimError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 

@@ -5,38 +5,8 @@ from __future__ import annotations
 import click
 
 from tspsim.commands.options import IntListType, SizeListType, WholeNumberType, emit_json
-from tspsim.errors import TspsimError
-
-OPS = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "reduce", "all_to_all", "sendrecv")
-
-# nccl-tests' bus-bandwidth factors (doc/PERFORMANCE.md): busbw = algbw × factor.
-def busbw_factor(op: str, n: int) -> float:
-    """nccl-tests busbw factor for ``op`` on ``n`` ranks."""
-    if op == "all_reduce":
-        return 2 * (n - 1) / n
-    if op in ("all_gather", "reduce_scatter", "all_to_all"):
-        return (n - 1) / n
-    return 1.0
-
-
-def simulate_collective(topology: str, op: str, ranks: tuple[int, ...], nbytes: int, algorithm: str = "") -> dict:
-    """Simulate one collective and return the stable JSON entry of design.md §4."""
-    from tspsim.engine.sim import replay
-    from tspsim.opgraph import GraphBuilder
-    from tspsim.topology import load_topology
-
-    topo = load_topology(topology)
-    b = GraphBuilder(ranks)
-    if op == "sendrecv":
-        b.p2p(ranks[0], ranks[1], nbytes, "sendrecv")
-    else:
-        b.collective(op, ranks, nbytes, op, algorithm=algorithm, root=ranks[0] if op in ("broadcast", "reduce") else -1)
-    tl = replay(b.graph, topo)
-    t = tl.end_s
-    algbw = nbytes / t / 1e9 if t > 0 else 0.0
-    algs = sorted(tl.collective_algorithms)
-    return {"op": op, "group_size": len(ranks), "bytes": nbytes, "algorithm": algs[0] if algs else "none",
-            "time_s": t, "algbw_GBps": algbw, "busbw_GBps": algbw * busbw_factor(op, len(ranks))}
+from tspsim.core.errors import TspsimError
+from tspsim.simulate.collective import OPS, busbw_factor, simulate_collective  # noqa: F401 (re-exported)
 
 
 @click.command("collective")
@@ -63,7 +33,7 @@ def collective(topology: str, op: str, group: int | None, ranks: list[int] | Non
       tspsim collective --topology mi300x-128node --op all_gather --group 16 --sizes 1G --json
       tspsim collective --topology mi300x-1node --op all_reduce --ranks 0,1 --sizes 1G
     """
-    from tspsim.topology import load_topology
+    from tspsim.spec.topology_file import load_topology
 
     topo = load_topology(topology)
     if ranks is not None:

@@ -8,8 +8,8 @@ import click
 
 from tspsim.commands.options import WholeNumberType
 from tspsim.commands.view import RankListType, load_selected
-from tspsim.errors import TspsimError
-from tspsim.export import FORMATS, in_run, safe_file_part
+from tspsim.core.errors import TspsimError
+from tspsim.outputs.export import FORMATS, in_run, safe_file_part
 
 
 @click.command("export")
@@ -49,7 +49,7 @@ def export(result: Path, fmt: str, output: Path, ranks: list[int] | None, run_in
     """  # noqa: D301
     runs = load_selected(result, run_index, schedule)
     if fmt == "perfetto":
-        from tspsim.export.perfetto import write_trace
+        from tspsim.outputs.export.perfetto import write_trace
 
         if output.is_dir():
             raise click.BadParameter(f"{output} is a folder; perfetto writes one file, e.g. "
@@ -59,7 +59,7 @@ def export(result: Path, fmt: str, output: Path, ranks: list[int] | None, run_in
         return
     if output.exists() and not output.is_dir():
         raise click.BadParameter(f"{output} is a file; --format {fmt} writes a folder", param_hint="-o")
-    from tspsim.export import chakra, hta
+    from tspsim.outputs.export import chakra, hta
 
     for i, r in enumerate(runs):
         folder = output

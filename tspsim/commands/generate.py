@@ -24,7 +24,7 @@ from tspsim.commands.run import (
     parse_option_pairs,
     plan_options,
 )
-from tspsim.errors import TspsimError
+from tspsim.core.errors import TspsimError
 
 DEFAULT_TOKEN_INDEX = 1
 """``generate --mode decode`` without ``--tokens``: the first decode step (``--context`` tokens cached)."""
@@ -36,7 +36,7 @@ def default_path(schedule: str, model: str, seq: int, mode: str = "train", token
     Inference steps name the mode: ``tp-llama3-8b-prefill-8k.json``, ``tp-llama3-8b-decode-4k.json``
     (the first decode step at context 4k) and ``…-decode-4k-t128.json`` (the step generating token 128).
     """
-    from tspsim.units import format_tokens
+    from tspsim.core.units import format_tokens
 
     stem = Path(model).stem if model.endswith((".yaml", ".yml")) else model
     if mode == "prefill":

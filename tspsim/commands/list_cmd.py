@@ -16,14 +16,14 @@ def list_cmd(what: str) -> None:
       tspsim list models
     """
     if what == "topologies":
-        from tspsim.topology import load_topology, preset_names
+        from tspsim.spec.topology_file import load_topology, preset_names
 
         rows = [("name", "GPUs", "GPU", "fabric", "HBM GB")]
         for name in preset_names():
             t = load_topology(name)
             rows.append((name, str(t.world_size), t.gpu.name, t.fabric_summary, f"{t.gpu.hbm_GB:g}"))
     elif what == "models":
-        from tspsim.model import MODELS
+        from tspsim.spec.model import MODELS
 
         rows = [("name", "params", "layers", "hidden", "heads q/kv", "MLP", "vocab")]
         for name in MODELS.names():

@@ -6,8 +6,8 @@ from typing import Any
 
 import click
 
-from tspsim.errors import TspsimError
-from tspsim.units import parse_int_list, parse_size, parse_size_list
+from tspsim.core.errors import TspsimError
+from tspsim.core.units import parse_int_list, parse_size, parse_size_list
 
 
 class SizeType(click.ParamType):

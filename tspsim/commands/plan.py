@@ -8,21 +8,19 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from tspsim.commands.options import SizeType, emit_json
-from tspsim.errors import TspsimError
-from tspsim.plan import MODES
+from tspsim.core.errors import TspsimError
+from tspsim.spec.workload import INFERENCE_MODES, MODES
 
 if TYPE_CHECKING:
-    from tspsim.search import PlanResult
-    from tspsim.sweep import Outcome
+    from tspsim.explore.planner import PlanResult
+    from tspsim.explore.sweep import Outcome
 
 SIMULATED_MODES = MODES
 """Modes the planner searches (every workload mode)."""
 
-INFERENCE_MODES = ("prefill", "decode", "generate")
-"""Modes ranked by a serving objective."""
 
 OBJECTIVE_NAMES = ("tokens_per_s", "decode_tokens_per_s", "ttft_s", "tpot_s")
-"""``--objective`` choices (:data:`tspsim.search.OBJECTIVES`)."""
+"""``--objective`` choices (:data:`tspsim.explore.planner.OBJECTIVES`)."""
 
 
 @click.command("plan")
@@ -81,9 +79,11 @@ def plan(ctx: click.Context, topology: str, model: str, seq: int | None, mode: s
       tspsim plan -t mi300x-1node --model llama3-8b --mode prefill --seq 32k --objective tokens_per_s
     """  # noqa: D301
     from tspsim.commands.run import check_inference_args
-    from tspsim.plan import parse_option_pairs
-    from tspsim.search import candidate_points, objective_for, rank_results
-    from tspsim.sweep import PointCache, execute_with_progress, make_runner, prepare
+    from tspsim.explore.cache import PointCache
+    from tspsim.explore.planner import candidate_points, objective_for, rank_results
+    from tspsim.explore.runners import make_runner
+    from tspsim.explore.sweep import execute_with_progress, prepare
+    from tspsim.spec.assumptions import parse_option_pairs
 
     check_inference_args(mode, context, tokens)
     goal = objective_for(mode, objective)
@@ -119,7 +119,7 @@ def plan(ctx: click.Context, topology: str, model: str, seq: int | None, mode: s
 
 
 def _nothing_fits(result: PlanResult, mode: str = "train") -> str:
-    from tspsim.sweep import entry_label
+    from tspsim.analysis.entries import entry_label
 
     if result.oom:
         small = min(result.oom, key=lambda e: e.get("peak_memory_gb") or 0.0)
@@ -162,8 +162,8 @@ def _header(best: dict[str, Any], what: str) -> str:
 
 
 def _print_training(result: PlanResult) -> None:
-    from tspsim.sweep import entry_label, throughput
-    from tspsim.units import format_tokens
+    from tspsim.analysis.entries import entry_label, throughput
+    from tspsim.core.units import format_tokens
 
     best = result.best
     assert best is not None
@@ -189,8 +189,8 @@ def _ms(value: Any) -> str:
 
 def _print_serving(result: PlanResult) -> None:
     """Ranked inference configurations: TTFT, TPOT, throughputs, memory; the objective is named."""
-    from tspsim.sweep import entry_label
-    from tspsim.units import format_tokens
+    from tspsim.analysis.entries import entry_label
+    from tspsim.core.units import format_tokens
 
     best = result.best
     assert best is not None
@@ -232,7 +232,7 @@ def _print_serving(result: PlanResult) -> None:
 
 
 def _print_dropped(result: PlanResult) -> None:
-    from tspsim.sweep import entry_label
+    from tspsim.analysis.entries import entry_label
 
     dropped = []
     if result.oom:

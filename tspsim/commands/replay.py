@@ -8,8 +8,8 @@ import click
 
 from tspsim.commands.options import WholeNumberType, emit_json
 from tspsim.commands.run import INFERENCE_MODES
+from tspsim.core.errors import TraceError, TspsimError
 from tspsim.engine.sim import ReplayOptions
-from tspsim.errors import TraceError, TspsimError
 
 DEFAULT_MAX_EVENTS = ReplayOptions().max_events
 DEFAULT_MAX_WALL_S = ReplayOptions().max_wall_s
@@ -28,14 +28,15 @@ def has_plan_meta(graph: Any) -> bool:
 def replay_topology(graph: Any, topo: Any) -> Any:
     """The topology to replay ``graph`` on: a decode step runs under the decode-kernel assumptions.
 
-    Decode steps replay on :func:`tspsim.serving.decode_topology` (graph-captured launch overhead
+    Decode steps replay on :func:`tspsim.simulate.decode_timer.decode_topology` (graph-captured launch overhead
     ``decode_launch_us``, ``decode_gemm_rolloff``), as ``tspsim run --mode decode`` does; every other
     graph on ``topo`` itself.
 
     Raises:
         TraceError: if the graph's metadata is malformed.
     """
-    from tspsim.serving import decode_topology, step_kind
+    from tspsim.analysis.serving import step_kind
+    from tspsim.simulate.decode_timer import decode_topology
 
     if not has_plan_meta(graph) or graph.meta["mode"] not in INFERENCE_MODES:
         return topo
@@ -49,9 +50,9 @@ def entry_for(graph: Any, tl: Any, topo: Any, sim_topo: Any = None) -> dict[str,
     """The run entry of a replayed graph: full when its meta has model/workload/degrees, else generic.
 
     Inference steps (meta mode prefill / decode / generate) get the serving keys of one step
-    (:func:`tspsim.serving.step_fields`; ``sim_topo`` is the topology the step was replayed on).
+    (:func:`tspsim.analysis.serving.step_fields`; ``sim_topo`` is the topology the step was replayed on).
     """
-    from tspsim.metrics import generic_entry, run_entry
+    from tspsim.analysis.metrics import generic_entry, run_entry
 
     meta = graph.meta or {}
     if not has_plan_meta(graph):
@@ -61,14 +62,14 @@ def entry_for(graph: Any, tl: Any, topo: Any, sim_topo: Any = None) -> dict[str,
         if isinstance(world, int) and not isinstance(world, bool) and world >= 1:
             clean["world_size"] = world
         return generic_entry(tl, topo, clean)
-    model, plan, workload, opts = plan_from_meta(meta)
-    entry = run_entry(tl, topo, model, plan, workload, opts)
+    model, layout, workload, opts = plan_from_meta(meta)
+    entry = run_entry(tl, topo, model, layout, workload, opts)
     if workload.mode in INFERENCE_MODES:
-        from tspsim.serving import step_fields, step_kind
+        from tspsim.analysis.serving import step_fields, step_kind
 
         kind = step_kind(meta, workload.mode)
         cached = _cached_tokens(meta, workload) if kind == "decode" else 0
-        entry.update(step_fields(kind, tl, (sim_topo or topo).gpu, model, plan, workload, cached))
+        entry.update(step_fields(kind, tl, (sim_topo or topo).gpu, model, layout, workload, cached))
         entry = dict(sorted(entry.items()))
     return entry
 
@@ -86,13 +87,15 @@ def _cached_tokens(meta: dict[str, Any], workload: Any) -> int:
 
 
 def plan_from_meta(meta: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
-    """(ModelConfig, Plan, Workload, Assumptions) recorded in a graph's meta by the generator.
+    """(ModelConfig, Layout, Workload, Assumptions) recorded in a graph's meta by the generator.
 
     Raises:
         TraceError: if the recorded values do not form a valid configuration (naming the meta key).
     """
-    from tspsim.model import model_from_mapping
-    from tspsim.plan import MODES, Assumptions, Plan, Workload
+    from tspsim.spec.assumptions import Assumptions
+    from tspsim.spec.layout import Layout
+    from tspsim.spec.model import model_from_mapping
+    from tspsim.spec.workload import MODES, Workload
 
     def whole(key: str, value: Any, default: int | None = None) -> int:
         if value is None and default is not None:
@@ -117,7 +120,7 @@ def plan_from_meta(meta: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
         world = whole("world_size", meta.get("world_size"), replica * degrees.get("DP", 1))
         if world % replica:
             raise TraceError(f"trace metadata: meta.world_size {world} is not a multiple of replica_size {replica}")
-        plan = Plan(schedule, tp, sp, replica, world, degrees)
+        layout = Layout(schedule, tp, sp, replica, world, degrees)
         mode = meta["mode"]
         if mode not in MODES:
             raise TraceError(f"trace metadata: meta.mode: expected one of {', '.join(MODES)}, got {mode!r}")
@@ -134,11 +137,11 @@ def plan_from_meta(meta: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
         raise TraceError(f"trace metadata: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise TraceError(f"trace metadata is malformed ({exc}); regenerate it with tspsim generate") from None
-    return model, plan, workload, opts
+    return model, layout, workload, opts
 
 
 def _axes(schedule: str, degrees: dict[str, int]) -> tuple[int, int]:
-    """(T, Σ) of a plan from its reported degrees."""
+    """(T, Σ) of a layout from its reported degrees."""
     if schedule == "tp+sp":
         return degrees.get("T", 1), degrees.get("SP", 1)
     d = degrees.get("D", 1)
@@ -182,7 +185,7 @@ def replay_cmd(trace: str, topology: str, as_json: bool, save: str | None, max_e
     from tspsim.commands.run import print_report
     from tspsim.engine.sim import ReplayOptions, replay
     from tspsim.opgraph import OpGraph
-    from tspsim.topology import load_topology
+    from tspsim.spec.topology_file import load_topology
 
     if max_wall_s is not None and max_wall_s != max_wall_s:
         raise TspsimError("--max-wall nan: give a number of seconds (inf for no limit)")
@@ -198,7 +201,7 @@ def replay_cmd(trace: str, topology: str, as_json: bool, save: str | None, max_e
         raise TraceError(f"{trace}: {exc}") from None
     click.echo(f"replayed {trace} ({len(graph.ops):,} ops) in {time.perf_counter() - t0:.1f} s", err=True)
     if save:
-        from tspsim.result import save_results
+        from tspsim.outputs.results_file import save_results
 
         save_results(save, [(entry, tl)])
         click.echo(f"wrote {save}", err=True)
@@ -213,7 +216,7 @@ def replay_cmd(trace: str, topology: str, as_json: bool, save: str | None, max_e
 
 def _print_generic(entry: dict[str, Any]) -> None:
     """Report of a graph without model metadata."""
-    from tspsim.report import comparison_table
+    from tspsim.analysis.report import comparison_table
 
     click.echo(f"# op graph on {entry['topology']} (no model metadata: throughput and MFU are n/a)")
     click.echo(comparison_table([entry]))

@@ -1,6 +1,6 @@
 """``tspsim run``: simulate one or more schedules on a topology and compare them (design.md §4).
 
-Also home of the plan options shared with ``tspsim generate`` (:func:`plan_options`,
+Also home of the layout options shared with ``tspsim generate`` (:func:`plan_options`,
 :func:`resolve_points`).
 """
 
@@ -14,16 +14,15 @@ from typing import Any
 import click
 
 from tspsim.commands.options import NameListType, SizeType, emit_json
-from tspsim.errors import TspsimError
-from tspsim.plan import MODES, parse_option_pairs
+from tspsim.core.errors import TspsimError
+from tspsim.spec.assumptions import parse_option_pairs
+from tspsim.spec.workload import INFERENCE_MODES, MODES
 
 SUPPORTED_MODES = ("train", "forward", "prefill", "decode")
 """Modes whose op graph ``tspsim generate`` writes (one step each: a prefill step, or one decode step).
 ``generate`` is a prefill followed by N decode steps — not one graph — so ``tspsim generate`` rejects it;
-``run``, ``sweep`` and ``plan`` simulate it (:mod:`tspsim.serving`)."""
+``run``, ``sweep`` and ``plan`` simulate it (:mod:`tspsim.simulate.inference`)."""
 
-INFERENCE_MODES = ("prefill", "decode", "generate")
-"""Modes with serving metrics (ttft, tpot, decode tokens/s, max batch)."""
 
 
 # ---------------------------------------------------------------------------------- shared options
@@ -63,7 +62,7 @@ def plan_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 @dataclass(frozen=True)
 class PlanArgs:
-    """The parsed plan options."""
+    """The parsed layout options."""
 
     topology: str
     model: str
@@ -121,7 +120,7 @@ def make_point(args: PlanArgs, schedule: str, seq: int, pairs: tuple[tuple[str, 
 
     tokens = 0
     if args.mode in ("decode", "generate"):
-        from tspsim.serving import DEFAULT_DECODE_TOKENS
+        from tspsim.spec.workload import DEFAULT_DECODE_TOKENS
 
         tokens = args.tokens or DEFAULT_DECODE_TOKENS
     if schedule == "tp+sp":
@@ -136,27 +135,28 @@ def make_point(args: PlanArgs, schedule: str, seq: int, pairs: tuple[tuple[str, 
 
 
 def check_point(point: Any) -> None:
-    """Resolve the plan of ``point`` (model, topology, degrees) without building its graph.
+    """Resolve the layout of ``point`` (model, topology, degrees) without building its graph.
 
     Raises:
         TspsimError: if the degrees do not fit the model, sequence or topology.
     """
-    from tspsim.model import load_model
-    from tspsim.plan import Workload, make_plan
     from tspsim.schedules import SCHEDULES
-    from tspsim.topology import load_topology
+    from tspsim.spec.layout import make_layout
+    from tspsim.spec.model import load_model
+    from tspsim.spec.topology_file import load_topology
+    from tspsim.spec.workload import Workload
 
     SCHEDULES.get(point.schedule)
     topo = load_topology(point.topology)
     model = load_model(point.model)
     workload = Workload(point.mode, point.seq_len, point.batch, point.decode_tokens)
-    make_plan(point.schedule, topo, model, workload, degree=point.degree, tp=point.tp, sp=point.sp,
+    make_layout(point.schedule, topo, model, workload, degree=point.degree, tp=point.tp, sp=point.sp,
               gpus=point.gpus)
 
 
 def default_seq(args: PlanArgs) -> int:
     """``--context`` (decode), else ``--seq``, else the model's default sequence length."""
-    from tspsim.model import load_model
+    from tspsim.spec.model import load_model
 
     if args.mode == "decode" and args.context is not None:
         return args.context
@@ -171,7 +171,7 @@ def default_comparison(args: PlanArgs, seq: int, pairs: tuple[tuple[str, Any], .
     registered, or whose degrees do not fit, are skipped with a note on stderr.
     """
     from tspsim.schedules import SCHEDULES
-    from tspsim.topology import load_topology
+    from tspsim.spec.topology_file import load_topology
 
     topo = load_topology(args.topology)
     world = args.gpus or topo.world_size
@@ -224,21 +224,22 @@ def choose_points(args: PlanArgs, schedules: list[str] | None, seq: int,
 
 
 def point_label(point: Any) -> str:
-    """``tsp D=8`` / ``tp+sp T=4×Σ=2`` from the resolved plan."""
-    from tspsim.model import load_model
-    from tspsim.plan import Workload, make_plan
-    from tspsim.report import schedule_label
-    from tspsim.topology import load_topology
+    """``tsp D=8`` / ``tp+sp T=4×Σ=2`` from the resolved layout."""
+    from tspsim.analysis.entries import schedule_label
+    from tspsim.spec.layout import make_layout
+    from tspsim.spec.model import load_model
+    from tspsim.spec.topology_file import load_topology
+    from tspsim.spec.workload import Workload
 
-    plan = make_plan(point.schedule, load_topology(point.topology), load_model(point.model),
+    layout = make_layout(point.schedule, load_topology(point.topology), load_model(point.model),
                      Workload(point.mode, point.seq_len, point.batch), degree=point.degree, tp=point.tp,
                      sp=point.sp, gpus=point.gpus)
-    return schedule_label({"schedule": plan.schedule, "degrees": plan.degrees})
+    return schedule_label({"schedule": layout.schedule, "degrees": layout.degrees})
 
 
 def simulate_points(points: list[Any], fold: bool, record_links: bool) -> list[Any]:
     """Simulate each point, printing one progress line per point on stderr."""
-    from tspsim.simulate import simulate
+    from tspsim.explore.max_batch import simulate_with_max_batch
 
     results = []
     for p in points:
@@ -246,7 +247,7 @@ def simulate_points(points: list[Any], fold: bool, record_links: bool) -> list[A
         click.echo(f"simulating {label} ...", err=True, nl=False)
         t0 = time.perf_counter()
         try:
-            results.append(simulate(p, fold=fold, record_links=record_links))
+            results.append(simulate_with_max_batch(p, fold=fold, record_links=record_links))
         except BaseException:
             click.echo(" failed", err=True)  # end the progress line so the error starts its own
             raise
@@ -258,17 +259,17 @@ def write_outputs(results: list[Any], save: str | None, html: str | None, trace:
     """Write the result file, HTML viewer and Perfetto trace that were asked for (notes on stderr)."""
     runs = [(r.entry, r.timeline) for r in results]
     if save:
-        from tspsim.result import save_results
+        from tspsim.outputs.results_file import save_results
 
         save_results(save, runs)
         click.echo(f"wrote {save}", err=True)
     if html:
-        from tspsim.viewer import write_html
+        from tspsim.outputs.viewer import write_html
 
         write_html(runs, html)
         click.echo(f"wrote {html}", err=True)
     if trace:
-        from tspsim.export.perfetto import write_trace
+        from tspsim.outputs.export.perfetto import write_trace
 
         write_trace(runs, trace)
         click.echo(f"wrote {trace}", err=True)
@@ -276,7 +277,7 @@ def write_outputs(results: list[Any], save: str | None, html: str | None, trace:
 
 def inference_header(e: dict[str, Any]) -> str:
     """First report line of an inference entry: what was simulated (a whole run, or one replayed step)."""
-    from tspsim.units import format_tokens
+    from tspsim.core.units import format_tokens
 
     step = e.get("inference_step")
     where = f"# {e['model']} on {e['topology']}:"
@@ -298,12 +299,12 @@ def print_report(entries: list[dict[str, Any]], max_batch_note: str | None = Non
 
     ``max_batch_note`` explains a null ``max_batch`` of inference entries (printed under the serving table).
     """
-    from tspsim.report import assumptions_text, comparison_table, input_gather_note, verdict
-    from tspsim.units import format_tokens
+    from tspsim.analysis.report import assumptions_text, comparison_table, input_gather_note, verdict
+    from tspsim.core.units import format_tokens
 
     e = entries[0]
     if e["mode"] in INFERENCE_MODES:
-        from tspsim.serving import serving_table
+        from tspsim.analysis.report import serving_table
 
         click.echo(inference_header(e))
         click.echo(serving_table(entries))

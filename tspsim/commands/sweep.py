@@ -9,10 +9,13 @@ from typing import TYPE_CHECKING
 import click
 
 from tspsim.commands.options import IntListType, NameListType, SizeListType
-from tspsim.errors import TspsimError
+from tspsim.core.errors import TspsimError
 
 if TYPE_CHECKING:
-    from tspsim.sweep import Grid, Outcome, PointCache, Runner, SweepState
+    from tspsim.explore.cache import PointCache
+    from tspsim.explore.grid import Grid
+    from tspsim.explore.runners import Runner
+    from tspsim.explore.sweep import Outcome, SweepState
 
 MAX_INVALID_LINES = 20
 """Invalid points listed one per line on stderr before the rest are summarised."""
@@ -83,16 +86,12 @@ def sweep(ctx: click.Context, topologies: list[str], models: list[str], schedule
                    --batch 1,8,32 --tokens 128 --out sw-decode
       tspsim sweep -t mi300x-1node --model llama3-8b --mode prefill --seq 8k,32k --max-batch --out sw-prefill
     """  # noqa: D301
-    from tspsim.plan import parse_option_pairs
+    from tspsim.explore.cache import PointCache
+    from tspsim.explore.grid import DEFAULT_SCHEDULES, Grid, expand_grid
+    from tspsim.explore.runners import make_runner
+    from tspsim.explore.sweep import prepare
     from tspsim.schedules import SCHEDULES
-    from tspsim.sweep import (
-        DEFAULT_SCHEDULES,
-        Grid,
-        PointCache,
-        expand_grid,
-        make_runner,
-        prepare,
-    )
+    from tspsim.spec.assumptions import parse_option_pairs
 
     t0 = time.perf_counter()
     names = tuple(SCHEDULES.names()) if schedules == ["all"] else tuple(schedules or DEFAULT_SCHEDULES)
@@ -126,7 +125,7 @@ def sweep(ctx: click.Context, topologies: list[str], models: list[str], schedule
         click.echo(f"\ninterrupted: {_n(done, 'point')} finished in this run; {_n(cache.count(), 'point')} cached in "
                    f"{cache.directory} — rerun the same command to resume", err=True)
         ctx.exit(130)
-    from tspsim.sweep import write_results
+    from tspsim.explore.sweep_files import write_results
 
     paths = write_results(out_dir, state, title=_title(state, grid))
     click.echo(_summary(state, time.perf_counter() - t0, paths), err=True)
@@ -136,7 +135,7 @@ def sweep(ctx: click.Context, topologies: list[str], models: list[str], schedule
 
 def _run(state: SweepState, runner: Runner, cache: PointCache, status: str) -> None:
     """Start the runner (connect to Dask), print ``status``, execute with progress, echo runtime failures."""
-    from tspsim.sweep import execute_with_progress, stderr_is_tty
+    from tspsim.explore.sweep import execute_with_progress, stderr_is_tty
 
     lead = "\n" if stderr_is_tty() else ""  # step off the progress bar's line
 
@@ -157,7 +156,7 @@ def _report_invalid(invalid: list[Outcome]) -> None:
 
 
 def _skipped(invalid: list[Outcome]) -> str:
-    from tspsim.sweep import skipped_summary
+    from tspsim.explore.sweep import skipped_summary
 
     return skipped_summary(invalid)
 
@@ -171,7 +170,7 @@ def _title(state: SweepState, grid: Grid) -> str:
 
 def _summary(state: SweepState, elapsed: float, paths: list[Path]) -> str:
     """One line: computed / cached / OOM / invalid (with why) / failed, files, time."""
-    from tspsim.sweep import is_oom
+    from tspsim.analysis.entries import is_oom
 
     outcomes = state.outcomes
     ok = [o for o in outcomes if o.status == "ok"]

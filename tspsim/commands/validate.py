@@ -10,7 +10,7 @@ from tspsim.commands.options import emit_json
 @click.command("validate")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object {\"results\": [...]} on stdout.")
 def validate(as_json: bool) -> None:
-    """Compare simulated numbers with published ones (tspsim.validate lists the rows and sources).
+    """Compare simulated numbers with published ones (tspsim.explore.validation lists the rows and sources).
 
     Prints one row per check — published value, simulated value, error, declared tolerance, pass or
     MISS — and a summary line "N of M within tolerance". Exits 0 even when a row misses (it is a
@@ -21,7 +21,7 @@ def validate(as_json: bool) -> None:
       tspsim validate
       tspsim validate --json
     """  # noqa: D301
-    from tspsim.validate import summary, table, validation_rows
+    from tspsim.explore.validation import summary, table, validation_rows
 
     click.echo("validating (4 memory points at 128K, 3 collectives, 2 MFU points) ...", err=True)
     rows = validation_rows()

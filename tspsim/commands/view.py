@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from tspsim.commands.options import WholeNumberType
-from tspsim.errors import TspsimError
+from tspsim.core.errors import TspsimError
 from tspsim.opgraph import MAX_RANK
 
 
@@ -57,8 +57,8 @@ def default_output(result: Path, suffix: str) -> Path:
 
 def load_selected(result: Path, run: int | None, schedule: str | None) -> list[Any]:
     """Read a result file and apply ``--run`` / ``--schedule`` (all runs when neither is given)."""
-    from tspsim.export import select_runs
-    from tspsim.result import load_results
+    from tspsim.outputs.export import select_runs
+    from tspsim.outputs.results_file import load_results
 
     return select_runs(load_results(result), run, schedule)
 
@@ -88,7 +88,7 @@ def view(result: Path, output: Path | None, ranks: list[int] | None, run_index: 
       tspsim view result.json -o timeline.html
       tspsim view result.json --schedule sp --ranks 0-3 -o sp.html
     """  # noqa: D301
-    from tspsim.viewer import write_html
+    from tspsim.outputs.viewer import write_html
 
     runs = load_selected(result, run_index, schedule)
     out = output or default_output(result, ".html")

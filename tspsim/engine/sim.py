@@ -6,7 +6,7 @@
   communication kernel is active on that GPU (s = the fabric's ``compute_slowdown``; rule 5).
 * A collective starts when every simulated participant has reached it (a late rank delays the
   others); its communication kernel counts as active on each rank from that rank's arrival. Its
-  phases (:mod:`tspsim.collectives`) run as flows on the shared :class:`~tspsim.engine.network.Network`.
+  phases (:mod:`tspsim.engine.collectives`) run as flows on the shared :class:`~tspsim.engine.network.Network`.
 * Memory events of an op are applied when it starts and ends.
 * **Folding**: when the graph holds one replica (``graph.replica_nodes > 0``), collective members
   outside it are mirrors. Hops sent by simulated ranks are routed over the real topology and each link
@@ -26,13 +26,13 @@ from typing import Any
 
 import simpy
 
-from tspsim.collectives import CollectivePlan, plan_collective
-from tspsim.costs import compute_seconds
+from tspsim.core.errors import DeadlockError, SimulationLimitError
+from tspsim.engine.collectives import CollectivePlan, plan_collective
+from tspsim.engine.costs import compute_seconds
 from tspsim.engine.network import Flow, Network
-from tspsim.errors import DeadlockError, SimulationLimitError
+from tspsim.engine.timeline import Timeline
 from tspsim.opgraph import P2P_KINDS, Op, OpGraph
-from tspsim.timeline import Timeline
-from tspsim.topology import Topology
+from tspsim.spec.topology import Topology
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class Replay:
         self.sim_ranks = set(graph.ranks) or {op.rank for op in graph.ops}
         bad = [r for r in self.sim_ranks if not 0 <= r < topo.world_size]
         if bad:
-            from tspsim.errors import TraceError
+            from tspsim.core.errors import TraceError
             raise TraceError(f"op graph uses rank {bad[0]} but topology {topo.name} has {topo.world_size} GPUs; "
                              "replay it on a larger topology")
         checked: set[tuple[int, ...]] = set()
@@ -103,7 +103,7 @@ class Replay:
             if op.is_comm and op.group not in checked:
                 checked.add(op.group)
                 if min(op.group) < 0 or max(op.group) >= topo.world_size:
-                    from tspsim.errors import TraceError
+                    from tspsim.core.errors import TraceError
                     raise TraceError(f"op {op.id} ({op.name}) names a rank outside topology {topo.name} "
                                      f"({topo.world_size} GPUs)")
         self.fold = graph.replica_nodes if graph.replica_nodes and graph.replica_nodes < topo.nodes else 0
@@ -284,7 +284,7 @@ class Replay:
         if op.kind in P2P_KINDS:
             src, dst = op.group
             raw = CollectivePlan("p2p", ())
-            from tspsim.collectives import FlowSpec, Phase
+            from tspsim.engine.collectives import FlowSpec, Phase
             lat = topo.intra.direct_alpha_us * 1e-6 + sum(topo.links[i].latency_s for i in topo.route(src, dst))
             raw = CollectivePlan("p2p", (Phase(lat, (FlowSpec(((src, dst),), op.nbytes),)),))
             eff = 1.0
@@ -392,5 +392,5 @@ class Replay:
 
 
 def replay(graph: OpGraph, topo: Topology, options: ReplayOptions | None = None) -> Timeline:
-    """Replay ``graph`` on ``topo`` and return its :class:`~tspsim.timeline.Timeline`."""
+    """Replay ``graph`` on ``topo`` and return its :class:`~tspsim.engine.timeline.Timeline`."""
     return Replay(graph, topo, options).run()

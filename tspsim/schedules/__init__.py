@@ -3,11 +3,11 @@
 ``tp``, ``satp-seq``, ``satp-batch``, ``sp``, ``tp+sp`` lay the standard block
 (:mod:`tspsim.schedules.block`) onto different grids; ``tsp`` is the folded TSP schedule
 (:mod:`tspsim.schedules.tsp`). Data-parallel gradient sync and the optimizer step are shared
-(:mod:`tspsim.schedules.common`).
+(:mod:`tspsim.schedules.context`).
 """
 
 # Importing the modules registers them (order = listing order).
 from tspsim.schedules import satp, sp, tp, tp_sp, tsp  # noqa: E402,F401,I001
-from tspsim.schedules.base import SCHEDULES, Schedule
+from tspsim.schedules.registry import SCHEDULES, Schedule
 
 __all__ = ["SCHEDULES", "Schedule"]

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from tspsim.opgraph import OpGraph
-from tspsim.schedules.common import ATTN_BWD_FACTOR, BuildContext, attention_fwd_flops
+from tspsim.schedules.context import ATTN_BWD_FACTOR, BuildContext, attention_fwd_flops
 
 Residual = Literal["replicated", "seq", "batch"]
 
@@ -51,7 +51,9 @@ class BlockLayout:
     whole) and all-gathered over the TP group; Q from the gathered input."""
 
 
-class _Block:
+class Block:
+    """Emits the standard block's forward and backward ops for one :class:`BlockLayout` on every simulated rank."""
+
     def __init__(self, ctx: BuildContext, lay: BlockLayout) -> None:
         self.ctx = ctx
         self.lay = lay
@@ -69,13 +71,15 @@ class _Block:
 
     # ------------------------------------------------------------------------------ groups
     def tp_group(self, rank: int) -> tuple[int, ...]:
-        rs = self.ctx.plan.replica_size
+        """The T ranks sharing ``rank``'s sequence shard (its tensor-parallel group)."""
+        rs = self.ctx.layout.replica_size
         base, pos = rank - rank % rs, rank % rs
         srow = pos // self.T
         return tuple(base + srow * self.T + t for t in range(self.T))
 
     def seq_group(self, rank: int) -> tuple[int, ...]:
-        rs = self.ctx.plan.replica_size
+        """The Σ ranks holding ``rank``'s head shard for every sequence shard (its K/V all-gather group)."""
+        rs = self.ctx.layout.replica_size
         base, pos = rank - rank % rs, rank % rs
         t = pos % self.T
         return tuple(base + s * self.T + t for s in range(self.SP))
@@ -370,7 +374,7 @@ def build_standard(ctx: BuildContext, lay: BlockLayout) -> OpGraph:
     """Full step for a standard layout: embeddings, blocks, LM head and loss, backward, DP, optimizer."""
     c = ctx
     m = c.model
-    blk = _Block(c, lay)
+    blk = Block(c, lay)
     params = {r: local_params(c, lay) for r in c.ranks}
     c.init_static(params)
     s, H = blk.s, blk.H

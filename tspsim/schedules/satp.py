@@ -16,20 +16,20 @@ parallelism, where the input all-gather alone gives every rank the whole context
 from __future__ import annotations
 
 from tspsim.opgraph import OpGraph
-from tspsim.schedules.base import SCHEDULES, Schedule
 from tspsim.schedules.block import BlockLayout, build_standard
-from tspsim.schedules.common import BuildContext
+from tspsim.schedules.context import BuildContext
+from tspsim.schedules.registry import SCHEDULES, Schedule
 
 
 def build_seq(ctx: BuildContext) -> OpGraph:
     """Sequence-sharded activations."""
     literal = ctx.opts.satp_seq_attention == "gather-kv"
-    return build_standard(ctx, BlockLayout("satp-seq", ctx.plan.tp, 1, "seq", kv_from_local_shard=literal))
+    return build_standard(ctx, BlockLayout("satp-seq", ctx.layout.tp, 1, "seq", kv_from_local_shard=literal))
 
 
 def build_batch(ctx: BuildContext) -> OpGraph:
     """Batch-sharded activations (needs batch divisible by D)."""
-    return build_standard(ctx, BlockLayout("satp-batch", ctx.plan.tp, 1, "batch"))
+    return build_standard(ctx, BlockLayout("satp-batch", ctx.layout.tp, 1, "batch"))
 
 
 SCHEDULES.register("satp-seq", Schedule(

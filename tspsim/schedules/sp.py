@@ -9,14 +9,14 @@ under ``all_reduce`` on the ``dp`` stream together with the DP replicas).
 from __future__ import annotations
 
 from tspsim.opgraph import OpGraph
-from tspsim.schedules.base import SCHEDULES, Schedule
 from tspsim.schedules.block import BlockLayout, build_standard
-from tspsim.schedules.common import BuildContext
+from tspsim.schedules.context import BuildContext
+from tspsim.schedules.registry import SCHEDULES, Schedule
 
 
 def build(ctx: BuildContext) -> OpGraph:
-    """SP of degree D = ``ctx.plan.sp``."""
-    return build_standard(ctx, BlockLayout("sp", 1, ctx.plan.sp, "replicated"))
+    """SP of degree D = ``ctx.layout.sp``."""
+    return build_standard(ctx, BlockLayout("sp", 1, ctx.layout.sp, "replicated"))
 
 
 SCHEDULES.register("sp", Schedule("sp", "sequence parallelism: replicated weights, zig-zag tokens, K/V all-gather",

@@ -8,14 +8,14 @@ on every rank; an all-reduce of B·T·H·s after the attention output and after 
 from __future__ import annotations
 
 from tspsim.opgraph import OpGraph
-from tspsim.schedules.base import SCHEDULES, Schedule
 from tspsim.schedules.block import BlockLayout, build_standard
-from tspsim.schedules.common import BuildContext
+from tspsim.schedules.context import BuildContext
+from tspsim.schedules.registry import SCHEDULES, Schedule
 
 
 def build(ctx: BuildContext) -> OpGraph:
-    """Classic TP of degree D = ``ctx.plan.tp``."""
-    return build_standard(ctx, BlockLayout("tp", ctx.plan.tp, 1, "replicated"))
+    """Classic TP of degree D = ``ctx.layout.tp``."""
+    return build_standard(ctx, BlockLayout("tp", ctx.layout.tp, 1, "replicated"))
 
 
 SCHEDULES.register("tp", Schedule("tp", "classic Megatron TP: column/row parallel, all-reduce, replicated residual",

@@ -8,14 +8,14 @@ One replica needs T·Σ GPUs, so T = 8, Σ = 2 spans two nodes and its K/V gathe
 from __future__ import annotations
 
 from tspsim.opgraph import OpGraph
-from tspsim.schedules.base import SCHEDULES, Schedule
 from tspsim.schedules.block import BlockLayout, build_standard
-from tspsim.schedules.common import BuildContext
+from tspsim.schedules.context import BuildContext
+from tspsim.schedules.registry import SCHEDULES, Schedule
 
 
 def build(ctx: BuildContext) -> OpGraph:
     """TP (T = ``plan.tp``, inner) × SP (Σ = ``plan.sp``, outer)."""
-    return build_standard(ctx, BlockLayout("tp+sp", ctx.plan.tp, ctx.plan.sp, "replicated"))
+    return build_standard(ctx, BlockLayout("tp+sp", ctx.layout.tp, ctx.layout.sp, "replicated"))
 
 
 SCHEDULES.register("tp+sp", Schedule("tp+sp", "2-D grid: TP degree T inside the node x SP degree S outside",

@@ -28,19 +28,21 @@ ride the ring, so every rank meets every vocabulary shard with its own tokens.
 
 from __future__ import annotations
 
-from tspsim.errors import ConfigError
+from tspsim.core.errors import ConfigError
 from tspsim.opgraph import OpGraph
-from tspsim.schedules.base import SCHEDULES, Schedule
-from tspsim.schedules.common import ATTN_BWD_FACTOR, BuildContext, attention_fwd_flops
+from tspsim.schedules.context import ATTN_BWD_FACTOR, BuildContext, attention_fwd_flops
+from tspsim.schedules.registry import SCHEDULES, Schedule
 
 Mem = list[tuple[str, str, int]]
 
 
-class _Tsp:
+class TspBuilder:
+    """Emits TSP's attention broadcast loop, MLP weight ring and their backward on every simulated rank."""
+
     def __init__(self, ctx: BuildContext) -> None:
         self.c = ctx
         m, w = ctx.model, ctx.workload
-        self.D = ctx.plan.tp
+        self.D = ctx.layout.tp
         self.B, self.S, self.H = w.batch, w.seq_len, m.hidden
         self.n = self.B * self.S // self.D                     # own tokens
         self.s = m.dtype_bytes
@@ -59,10 +61,12 @@ class _Tsp:
 
     # ------------------------------------------------------------------------------ helpers
     def group(self, rank: int) -> tuple[int, ...]:
+        """The D ranks of ``rank``'s TSP group."""
         base = rank - rank % self.D
         return tuple(range(base, base + self.D))
 
     def owner(self, rank: int, r: int) -> int:
+        """Global rank of weight owner ``r`` in ``rank``'s group."""
         return rank - rank % self.D + r
 
     def collective(self, kind: str, nbytes: float, name: str, *, stream: str, layer: int, phase: str,
@@ -118,6 +122,7 @@ class _Tsp:
 
     # ------------------------------------------------------------------------------ attention
     def attention_fwd(self, layer: int, phase: str, keep: set[str], prefix: str = "") -> None:
+        """One block's attention: the broadcast loop over weight owners with K/V all-gathers (tsp.md §2)."""
         c, n, s, H, D = self.c, self.n, self.s, self.H, self.D
         m = c.model
         L = f"L{layer}.{prefix}"
@@ -198,6 +203,7 @@ class _Tsp:
 
     # ------------------------------------------------------------------------------ MLP ring
     def mlp_fwd(self, layer: int, phase: str, keep: set[str], prefix: str = "") -> None:
+        """One block's gated MLP: D steps over the weight shards circulating the ring (tsp.md §3)."""
         c, n, s, H, D = self.c, self.n, self.s, self.H, self.D
         m = c.model
         L = f"L{layer}.{prefix}"
@@ -422,8 +428,8 @@ class _Tsp:
 
 
 def build(ctx: BuildContext) -> OpGraph:
-    """TSP of degree D = ``ctx.plan.tp`` (= ``plan.sp``)."""
-    t = _Tsp(ctx)
+    """TSP of degree D = ``ctx.layout.tp`` (= ``plan.sp``)."""
+    t = TspBuilder(ctx)
     c, m = ctx, ctx.model
     n, s, H, D = t.n, t.s, t.H, t.D
     per_layer = (m.attn_params + m.mlp_params) / D + m.norm_params

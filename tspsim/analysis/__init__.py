@@ -1,0 +1,1 @@
+"""Timeline → numbers and words: metrics, serving metrics, entry labels and the text report."""

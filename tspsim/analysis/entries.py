@@ -1,0 +1,53 @@
+"""Reading a run entry: its label and the throughput and OOM verdict, also for entries that lack the keys.
+
+Shared by the text report, the sweep files and plots and the planner, so every place labels and ranks a
+configuration the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Entry = dict[str, Any]
+
+_DEGREE_LABEL = {"SP": "Σ"}
+
+
+
+def degrees_label(schedule: str, degrees: dict[str, Any] | None) -> str:
+    """``tsp D=8``, ``tp+sp T=4×Σ=2``, with `` DP=n`` when there are several replicas."""
+    degrees = dict(degrees or {})
+    dp = degrees.pop("DP", 1)
+    order = sorted(degrees, key=lambda k: ("D", "T", "SP").index(k) if k in ("D", "T", "SP") else 9)
+    parts = "×".join(f"{_DEGREE_LABEL.get(k, k)}={degrees[k]}" for k in order)
+    label = f"{schedule} {parts}".strip()
+    return f"{label} DP={dp}" if dp and dp > 1 else label
+
+
+def schedule_label(entry: Entry) -> str:
+    """Label of a run entry (see :func:`degrees_label`)."""
+    return degrees_label(entry.get("schedule") or "graph", entry.get("degrees"))
+
+
+def entry_label(entry: Entry) -> str:
+    """Schedule and degrees of a run entry: ``tsp D=8``."""
+    return degrees_label(entry.get("schedule") or "?", entry.get("degrees"))
+
+
+def throughput(entry: Entry) -> float | None:
+    """tokens_per_s of an entry, derived from step_time_s when the key is absent."""
+    tps = entry.get("tokens_per_s")
+    if tps is not None:
+        return float(tps)
+    step = entry.get("step_time_s")
+    if not step:
+        return None
+    return entry.get("batch", 1) * entry.get("seq_len", 0) * (entry.get("replicas") or 1) / step
+
+
+def is_oom(entry: Entry) -> bool:
+    """``oom`` of an entry, derived from peak_memory_gb > hbm_gb when the key is absent."""
+    if entry.get("oom") is not None:
+        return bool(entry["oom"])
+    peak, hbm = entry.get("peak_memory_gb"), entry.get("hbm_gb")
+    return peak is not None and hbm is not None and peak > hbm

@@ -1,0 +1,110 @@
+"""Atomic file writes and bounded reads (issue 7: nothing is lost, every bad input gets a clear answer).
+
+Writes go to a temporary file in the same folder, are fsynced, then renamed over the target: a reader
+never sees a half-written file — either the old content or the new one — and an interrupted write
+leaves no temporary file behind. A write that the operating system refuses (a folder in the way, no
+permission, disk full) becomes one :class:`~tspsim.core.errors.TspsimError` line naming the path.
+
+:func:`read_document` reads a trace or result file (plain or gzip, recognised by its magic bytes) with a
+size limit, so a truncated, corrupt or enormous file gives one clear line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import tempfile
+import zlib
+from pathlib import Path
+
+from tspsim.core.errors import TraceError, TspsimError
+
+MAX_DOCUMENT_BYTES = 1 << 30
+"""Largest trace or result file read, after decompression (1 GiB)."""
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically.
+
+    Raises:
+        TspsimError: the file cannot be written (the message names the path and the reason).
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((a for a in reversed(path.parents) if a.exists() and not a.is_dir()), path.parent)
+        raise TspsimError(f"cannot write {path}: {blocker} is a file, not a folder") from None
+    except OSError as exc:
+        raise TspsimError(f"cannot write {path}: {_reason(exc)}") from None
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        if isinstance(exc, OSError):
+            raise TspsimError(f"cannot write {path}: {_reason(exc)}") from None
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text atomically; gzip-compressed (deterministically, mtime 0) when the name ends in ``.gz``."""
+    data = text.encode()
+    if str(path).endswith(".gz"):
+        data = gzip.compress(data, mtime=0)
+    write_bytes_atomic(Path(path), data)
+
+
+def _reason(exc: OSError) -> str:
+    if isinstance(exc, IsADirectoryError):
+        return "it is a folder; give a file name"
+    return exc.strerror or str(exc)
+
+
+def read_document(path: str | Path, what: str, limit: int = MAX_DOCUMENT_BYTES) -> str:
+    """Text of a trace or result file, gunzipped when it starts with the gzip magic bytes.
+
+    Args:
+        path: the file.
+        what: ``"trace"`` or ``"result file"``, for messages.
+        limit: largest (decompressed) size accepted, in bytes.
+
+    Raises:
+        TraceError: one line naming the file: missing, unreadable, corrupt gzip, too large, not UTF-8.
+    """
+    p = Path(path)
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(2)
+            fh.seek(0)
+            if head == _GZIP_MAGIC:
+                with gzip.GzipFile(fileobj=fh) as gz:
+                    data = gz.read(limit + 1)
+            else:
+                data = fh.read(limit + 1)
+    except FileNotFoundError:
+        raise TraceError(f"{p}: {what} not found") from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise TraceError(f"{p}: corrupt or truncated gzip data ({exc or type(exc).__name__}); "
+                         f"the {what} may be cut short") from None
+    except OSError as exc:
+        raise TraceError(f"{p}: cannot read {what} ({_reason(exc)})") from None
+    if len(data) > limit:
+        raise TraceError(f"{p}: {what} is larger than {limit:,} bytes (the limit); is this the right file?")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TraceError(f"{p}: byte {exc.start} is not UTF-8 text; a {what} is JSON text "
+                         "(optionally gzip-compressed)") from None

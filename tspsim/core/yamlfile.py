@@ -1,0 +1,148 @@
+"""Strict YAML reading for user files: ``yaml.SafeLoader`` only, duplicate keys rejected.
+
+PyYAML's ``safe_load`` keeps the last of two identical keys silently; a topology with two ``link_GBps``
+lines would then run with whichever came last. :func:`load_yaml_text` refuses such files instead.
+:func:`read_yaml_file` adds the file-level checks (size limit, UTF-8) and turns every problem into one
+:class:`~tspsim.core.errors.ConfigError` line that names the file.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tspsim.core.errors import ConfigError
+
+MAX_YAML_BYTES = 1 << 20
+"""Largest topology or model file read (1 MiB; real ones are a few KB)."""
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping lists the same key twice."""
+
+    def __init__(self, key: object, line: int) -> None:
+        super().__init__(f"duplicate key {key!r} at line {line}")
+        self.key = key
+        self.line = line
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate mapping keys (no Python objects are ever constructed)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[object] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            duplicate = key in seen
+        except TypeError:  # unhashable key: let the base constructor report it
+            break
+        if duplicate:
+            raise DuplicateKeyError(key, key_node.start_mark.line + 1)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+class NestingError(yaml.YAMLError):
+    """The document nests deeper than the parser can follow, or holds a number it cannot convert."""
+
+
+def load_yaml_text(text: str) -> Any:
+    """Parse YAML with the safe loader, rejecting duplicate keys.
+
+    Raises:
+        yaml.YAMLError: malformed YAML, a duplicate key, or nesting too deep to parse.
+    """
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - _StrictLoader derives from SafeLoader
+    except RecursionError:
+        raise NestingError("lists or mappings nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer with thousands of digits (int_max_str_digits)
+        raise NestingError(str(exc).split(";")[0]) from None
+
+
+def describe_yaml_error(exc: yaml.YAMLError) -> str:
+    """One-line description of a YAML error with its line number when known."""
+    if isinstance(exc, DuplicateKeyError):
+        return f"line {exc.line}: duplicate key {exc.key!r}; keep one"
+    if isinstance(exc, NestingError):
+        return f"malformed YAML ({exc}); a topology or model file is a small mapping of numbers and text"
+    if isinstance(exc, yaml.reader.ReaderError):
+        return (f"character {exc.position}: malformed YAML (control character {chr(exc.character)!r} "
+                "is not allowed); remove it")
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"line {mark.line + 1}: " if mark is not None else ""
+    problem = getattr(exc, "problem", None) or "syntax error"
+    context = getattr(exc, "context", None)
+    detail = f"{context}, {problem}" if context and problem != "syntax error" else problem
+    return f"{where}malformed YAML ({detail}); fix the syntax"
+
+
+def read_yaml_file(path: Path, what: str) -> Any:
+    """Read and parse a user's YAML file (``what``: "topology", "model").
+
+    Raises:
+        ConfigError: one line naming the file: unreadable, too large, not UTF-8 text, or malformed YAML.
+    """
+    try:
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise ConfigError(f"{path}: {what} file is {size:,} bytes; the limit is {MAX_YAML_BYTES:,} "
+                              f"(a {what} file is a few KB of YAML) — is this the right file?")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what} file ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: byte {exc.start} is not UTF-8 text; a {what} file must be a YAML text "
+                          "file") from None
+    try:
+        return load_yaml_text(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: {describe_yaml_error(exc)}") from None
+
+
+def describe_value(value: Any) -> str:
+    """A value as its YAML spelling for error messages (``.nan``, ``true``, ``null``, short lists)."""
+    if value is None:
+        return "null (an empty value)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ".nan"
+        if math.isinf(value):
+            return ".inf" if value > 0 else "-.inf"
+        return repr(value)
+    if isinstance(value, int):
+        return str(value) if abs(value) < 10**30 else f"a number of about {int(value.bit_length() * 0.30103)} digits"
+    if isinstance(value, str):
+        text = repr(value)
+    elif isinstance(value, (list, tuple)):
+        text = f"a list {value!r}"
+    elif isinstance(value, dict):
+        text = f"a mapping {value!r}"
+    else:
+        text = f"{value} ({type(value).__name__})"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def number_hint(value: Any) -> str:
+    """Why a number came out as text, when it did: ``'1e9'`` (YAML 1.1 needs ``1.0e+9``) or a quoted number."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        float(value)
+    except ValueError:
+        return ""
+    if "e" in value.lower() and "." not in value:
+        return f" (YAML reads {value} as text: write exponents with a dot and a sign, e.g. 1.0e+9)"
+    return " (remove the quotes to make it a number)"

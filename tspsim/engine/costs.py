@@ -1,0 +1,70 @@
+"""Compute cost model: a roofline with measured, shape-dependent efficiency (design.md §2 rule 4).
+
+    time = max(FLOPs / (peak_bf16 · eff), HBM bytes / (HBM_bw · eff_hbm)) + launch overhead
+
+``eff`` depends on the kernel kind and shape: GEMMs reach ``gemm_efficiency`` (MAMF / peak,
+hardware.md §4.1) only when large, rolling off as F / (F + φ·F½) with F the kernel's GFLOP and F½ the
+topology's ``gemm_half_GFLOP`` (fitted to the Azure hipBLASLt / cuBLASLt size sweeps of square GEMMs:
+small GEMMs are much less efficient, especially on MI300X); attention kernels use the measured
+flash-attention forward and backward efficiencies with the same roll-off; elementwise, optimizer and
+norm kernels are bound by HBM bandwidth. Causal attention FLOPs are counted by the schedules (half the
+score FLOPs).
+
+The roll-off is equivalent to a fixed tail t½ = F½ / (peak · eff_large) added to a compute-bound
+kernel (F / (peak · eff_large · F/(F+F½)) = (F + F½) / (peak · eff_large)): the wave-quantisation and
+pipeline-fill cost of a tiled GEMM. A *skinny* kernel (decode: M = B tokens, a GEMV-class streaming
+kernel) has no such tail to pay on top of its streaming time, so the tail is scaled by the shape's
+arithmetic intensity relative to the roofline ridge (:func:`tail_fraction`):
+
+    φ = min(1, I / I_ridge),   I = F / HBM bytes,   I_ridge = peak · eff_large / (HBM_bw · eff_hbm)
+
+Every compute-bound kernel (I ≥ I_ridge: all training and prefill GEMMs of realistic size, and the
+square GEMMs the fit was made on) keeps the full roll-off; a decode GEMM with B = 1 (I ≈ 1) pays
+about 1/I_ridge of it. [assumption: no public skinny-GEMM sweep in reference/hardware.md to fit φ]
+"""
+
+from __future__ import annotations
+
+from tspsim.opgraph import Op
+from tspsim.spec.topology import GpuSpec
+
+
+def large_efficiency(op: Op, gpu: GpuSpec) -> float:
+    """Fraction of BF16 peak a large kernel of ``op``'s kind reaches (the roll-off's ceiling)."""
+    if op.kind == "attention_fwd":
+        return gpu.attn_fwd_efficiency
+    if op.kind == "attention_bwd":
+        return gpu.attn_bwd_efficiency
+    return gpu.gemm_efficiency
+
+
+def tail_fraction(op: Op, gpu: GpuSpec) -> float:
+    """φ = min(1, I / I_ridge): the share of the small-kernel tail a kernel of this shape pays.
+
+    I = FLOPs / HBM bytes is the kernel's arithmetic intensity, I_ridge = peak · eff_large / (HBM_bw ·
+    eff_hbm) the roofline ridge point. A kernel with no HBM traffic recorded counts as compute-bound.
+    """
+    if op.hbm_bytes <= 0:
+        return 1.0
+    ridge = gpu.peak_bf16_TFLOPS * large_efficiency(op, gpu) / (gpu.hbm_TBps * gpu.hbm_efficiency)
+    return min(1.0, op.flops / op.hbm_bytes / ridge)
+
+
+def efficiency(op: Op, gpu: GpuSpec) -> float:
+    """Fraction of BF16 peak the kernel reaches: eff_large · F / (F + φ·F½) for GEMM and attention."""
+    base = large_efficiency(op, gpu)
+    if op.kind not in ("gemm", "attention_fwd", "attention_bwd"):
+        return base
+    gflop = op.flops / 1e9
+    if gflop <= 0:
+        return base
+    return base * gflop / (gflop + tail_fraction(op, gpu) * gpu.gemm_half_GFLOP)
+
+
+def compute_seconds(op: Op, gpu: GpuSpec) -> float:
+    """Duration of a compute op on an otherwise idle GPU, in seconds."""
+    if op.kind == "memory" or (op.flops <= 0 and op.hbm_bytes <= 0):
+        return 0.0
+    t_flops = op.flops / (gpu.peak_bf16_TFLOPS * 1e12 * efficiency(op, gpu)) if op.flops > 0 else 0.0
+    t_mem = op.hbm_bytes / (gpu.hbm_TBps * 1e12 * gpu.hbm_efficiency)
+    return max(t_flops, t_mem) + gpu.kernel_launch_us * 1e-6

@@ -1,0 +1,197 @@
+"""Sweep grids: the comma lists of ``tspsim sweep`` expanded into points in grid order, with labels.
+
+Every combination of topologies, models, schedules, degrees (``--degree`` or ``--tp`` × ``--sp``),
+sequence lengths, batches and modes is one :class:`~tspsim.simulate.Point`; inference points add their
+contexts and token counts. :func:`check_grid` rejects bad lists with one line before anything runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tspsim.analysis.entries import degrees_label
+from tspsim.core.errors import TspsimError
+from tspsim.simulate import Point
+from tspsim.spec.workload import INFERENCE_MODES, MODES
+
+SIMULATED_MODES = MODES
+"""Workload modes a sweep simulates (every mode of :data:`tspsim.spec.workload.MODES`)."""
+
+DECODE_MODES = ("decode", "generate")
+"""Modes that generate tokens (``--tokens``)."""
+
+DEGREE_SCHEDULES = ("tsp", "tp", "sp", "satp-seq", "satp-batch")
+"""Schedules that take ``--degree`` (every registered schedule except ``tp+sp``)."""
+
+DEFAULT_SCHEDULES = ("tsp", "tp", "tp+sp")
+"""Schedules swept when ``--schedule`` is not given (the same comparison as ``tspsim run``)."""
+
+
+
+# ---------------------------------------------------------------------------------- grid
+@dataclass(frozen=True)
+class Grid:
+    """The axes of a sweep; every combination is one point (see :func:`expand_grid`)."""
+
+    topologies: tuple[str, ...]
+    """Topology preset names or YAML paths."""
+    models: tuple[str, ...] = ("zyphra-7b",)
+    """Model preset names or YAML paths."""
+    schedules: tuple[str, ...] = DEFAULT_SCHEDULES
+    """Registered schedule names."""
+    degrees: tuple[int, ...] | None = None
+    """D of the one-axis schedules (None: the schedule's default, GPUs per node)."""
+    tps: tuple[int, ...] | None = None
+    """T of tp+sp (None: GPUs per node, or half a node on a single-node topology)."""
+    sps: tuple[int, ...] | None = None
+    """Σ of tp+sp (None: 2)."""
+    seqs: tuple[int, ...] | None = None
+    """Sequence lengths (None: each model's default)."""
+    batches: tuple[int, ...] = (1,)
+    """Micro-batch sizes per replica."""
+    modes: tuple[str, ...] = ("train",)
+    """Workload modes."""
+    gpus: int | None = None
+    """Use only this many GPUs of each topology."""
+    options: tuple[tuple[str, Any], ...] = ()
+    """Assumption overrides, sorted (key, value) pairs."""
+    contexts: tuple[int, ...] | None = None
+    """``decode`` points: tokens in the KV cache when decoding starts (None: the ``seqs`` values). Other
+    modes use ``seqs``."""
+    tokens: tuple[int, ...] | None = None
+    """``decode`` / ``generate`` points: tokens generated per sequence (None: 128, the ``run`` default)."""
+    max_batch: bool = False
+    """Inference points: search the largest batch that fits in HBM (off by default in sweeps: every probe
+    is a full simulation of the step, which multiplies the cost of each point)."""
+
+
+def _check_unique(values: Sequence[Any] | None, flag: str) -> None:
+    if values is None:
+        return
+    seen: set[Any] = set()
+    for v in values:
+        if v in seen:
+            raise TspsimError(f"{flag} lists {v} twice; give each value once")
+        seen.add(v)
+
+
+def check_grid(grid: Grid) -> None:
+    """Whole-grid problems that are errors rather than invalid points (one line each).
+
+    Raises:
+        TspsimError: unknown schedule, model, topology or mode; a duplicated value; --tp/--sp without
+            tp+sp, or --degree with tp+sp as the only schedule.
+    """
+    from tspsim.schedules import SCHEDULES
+    from tspsim.spec.model import load_model
+    from tspsim.spec.topology_file import load_topology
+    from tspsim.spec.workload import MODES
+
+    for flag, values in (("--topology", grid.topologies), ("--model", grid.models), ("--schedule", grid.schedules),
+                         ("--degree", grid.degrees), ("--tp", grid.tps), ("--sp", grid.sps), ("--seq", grid.seqs),
+                         ("--batch", grid.batches), ("--mode", grid.modes), ("--context", grid.contexts),
+                         ("--tokens", grid.tokens)):
+        if values is not None and not values:
+            raise TspsimError(f"empty {flag} list: give at least one value")
+        _check_unique(values, flag)
+    for name in grid.schedules:
+        SCHEDULES.get(name)
+    for mode in grid.modes:
+        if mode not in MODES:
+            raise TspsimError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
+    if grid.contexts is not None and "decode" not in grid.modes:
+        raise TspsimError("--context sets the cached tokens of decode points, and --mode has no decode; "
+                          "add --mode decode, or use --seq for the prompt length of prefill and generate")
+    if grid.tokens is not None and not any(m in DECODE_MODES for m in grid.modes):
+        raise TspsimError("--tokens sets the tokens generated by decode and generate points, and --mode has "
+                          "neither; add --mode decode or --mode generate")
+    if grid.max_batch and not any(m in INFERENCE_MODES for m in grid.modes):
+        raise TspsimError("--max-batch searches the largest batch of inference points, and --mode has none; "
+                          "add --mode prefill, decode or generate, or drop --max-batch")
+    if (grid.tps or grid.sps) and "tp+sp" not in grid.schedules:
+        raise TspsimError("--tp and --sp set the degrees of tp+sp, which is not in --schedule; "
+                          "use --degree for the other schedules")
+    if grid.degrees and not any(s != "tp+sp" for s in grid.schedules):
+        raise TspsimError("tp+sp takes --tp T and --sp S (not --degree)")
+    for name in grid.topologies:
+        load_topology(name)
+    for name in grid.models:
+        load_model(name)
+    if grid.gpus is not None and grid.gpus < 1:
+        raise TspsimError("--gpus must be ≥ 1")
+
+
+def default_tp_sp(gpus_per_node: int, world: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Default (T values, Σ values) of tp+sp: T = GPUs per node and Σ = 2, as ``tspsim run`` does.
+
+    On a single node (fewer than two nodes' worth of GPUs) T is half a node so that T×Σ fits.
+    """
+    per_node = min(gpus_per_node, world)
+    t = per_node if world >= 2 * per_node else max(1, per_node // 2)
+    return (t,), (2,)
+
+
+def expand_grid(grid: Grid) -> list[Point]:
+    """All points of ``grid`` in grid order.
+
+    Order: topology, model, mode, schedule (as given), degree (or T, then Σ, for tp+sp), batch, tokens
+    generated, and sequence length innermost. Schedules that take a degree use ``grid.degrees``; tp+sp
+    uses ``grid.tps`` × ``grid.sps`` (defaults from :func:`default_tp_sp`). ``decode`` points take their
+    context from ``grid.contexts`` (else the sequence lengths); ``decode`` and ``generate`` points take
+    every ``grid.tokens`` value (default :data:`~tspsim.spec.workload.DEFAULT_DECODE_TOKENS`); other modes
+    generate none. Points are not validated here.
+    """
+    from tspsim.spec.model import load_model
+    from tspsim.spec.topology_file import load_topology
+    from tspsim.spec.workload import DEFAULT_DECODE_TOKENS
+
+    check_grid(grid)
+    points: list[Point] = []
+    for topo_name in grid.topologies:
+        topo = load_topology(topo_name)
+        world = grid.gpus or topo.world_size
+        d_tps, d_sps = default_tp_sp(topo.gpus_per_node, world)
+        for model_name in grid.models:
+            model_seqs = grid.seqs or (load_model(model_name).default_seq,)
+            for mode in grid.modes:
+                seqs = grid.contexts if mode == "decode" and grid.contexts else model_seqs
+                tokens = (grid.tokens or (DEFAULT_DECODE_TOKENS,)) if mode in DECODE_MODES else (0,)
+                search = grid.max_batch and mode in INFERENCE_MODES
+                for schedule in grid.schedules:
+                    if schedule == "tp+sp":
+                        shapes = [(None, t, s) for t in (grid.tps or d_tps) for s in (grid.sps or d_sps)]
+                    else:
+                        shapes = [(d, None, None) for d in (grid.degrees or (None,))]
+                    for degree, tp, sp in shapes:
+                        for batch in grid.batches:
+                            for n_tokens in tokens:
+                                for seq in seqs:
+                                    points.append(Point(schedule, topo_name, model_name, mode, seq, batch, degree,
+                                                        tp, sp, grid.gpus, decode_tokens=n_tokens,
+                                                        options=grid.options, search_max_batch=search))
+    return points
+
+
+# ---------------------------------------------------------------------------------- labels
+def requested_degrees(point: Point) -> dict[str, int]:
+    """The degrees a point asks for (before defaults are resolved)."""
+    if point.schedule == "tp+sp":
+        return {k: v for k, v in (("T", point.tp), ("SP", point.sp)) if v is not None}
+    return {"D": point.degree} if point.degree is not None else {}
+
+
+def point_label(point: Point, degrees: dict[str, Any] | None = None) -> str:
+    """``tsp D=8 · seq 16k · batch 1`` (resolved degrees when given, else the requested ones).
+
+    Inference points name their mode and tokens: ``tp D=8 · decode · context 4k · batch 1 · 128 tokens``.
+    """
+    from tspsim.core.units import format_tokens
+
+    label = degrees_label(point.schedule, degrees if degrees is not None else requested_degrees(point))
+    if point.mode not in INFERENCE_MODES:
+        return f"{label} · seq {format_tokens(point.seq_len)} · batch {point.batch}"
+    what = "context" if point.mode == "decode" else "seq"
+    tokens = f" · {point.decode_tokens} tokens" if point.mode in DECODE_MODES else ""
+    return f"{label} · {point.mode} · {what} {format_tokens(point.seq_len)} · batch {point.batch}{tokens}"

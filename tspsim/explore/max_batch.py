@@ -1,0 +1,113 @@
+"""The max-batch search: the largest batch whose simulated peak memory fits in HBM (inference modes).
+
+Every probe is a full simulation of the step at that batch size
+(:func:`tspsim.simulate.inference.step_peak_bytes`): the prefill step, the final decode step, or the
+larger of the two for ``generate``. The search (:func:`max_batch`) doubles from the run's own batch and
+then bisects, so it needs few probes; ``satp-*`` probe multiples of D.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from tspsim.analysis.metrics import peak_memory
+from tspsim.simulate import Point, RunResult, simulate
+from tspsim.simulate.inference import step_peak_bytes
+from tspsim.spec.workload import INFERENCE_MODES
+
+MAX_BATCH_LIMIT = 1 << 20
+"""The max-batch search stops doubling here."""
+
+
+def max_batch(peak: Callable[[int], float], capacity: float, step: int = 1, start: int | None = None,
+              known: dict[int, float] | None = None, limit: int = MAX_BATCH_LIMIT) -> int:
+    """Largest multiple of ``step`` whose ``peak(b)`` (bytes) fits in ``capacity`` (0 if none fits).
+
+    Doubling from ``start`` (default ``step``) until a batch does not fit — halving instead if ``start``
+    does not — then bisection of the bracket [fits, does not fit]. The bisection splits the bracket
+    where a straight line through the two bracketing peaks meets ``capacity`` (memory grows about
+    linearly with B, so this usually closes the bracket in two probes) and at the midpoint when that
+    did not halve the bracket. ``known`` holds peaks already simulated (e.g. the run's own batch).
+    Assumes ``peak`` is non-decreasing in B.
+    """
+    seen: dict[int, float] = dict(known or {})
+
+    def fits(b: int) -> bool:
+        if b not in seen:
+            seen[b] = peak(b)
+        return seen[b] <= capacity
+
+    b = max(step, (start or step) // step * step)
+    if fits(b):
+        lo, hi = b, 0
+        while not hi:
+            if 2 * lo > limit:
+                return lo
+            if fits(2 * lo):
+                lo *= 2
+            else:
+                hi = 2 * lo
+    else:
+        hi = b
+        while True:
+            lo = hi // 2 // step * step
+            if lo < step:
+                return 0
+            if fits(lo):
+                break
+            hi = lo
+    interpolate = True
+    while hi - lo > step:
+        mid = (lo + hi) // 2 // step * step
+        if interpolate and seen[hi] > seen[lo]:
+            guess = lo + (capacity - seen[lo]) * (hi - lo) / (seen[hi] - seen[lo])
+            mid = min(max(int(guess) // step * step, lo + step), hi - step)
+        width = hi - lo
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+        interpolate = (hi - lo) <= width / 2 or not interpolate
+    return lo
+
+
+def batch_step(schedule: str, mode: str, degree: int) -> int:
+    """Batch sizes the layout can take: multiples of D for ``satp-batch`` (and ``satp-seq`` decoding)."""
+    return degree if schedule == "satp-batch" or (schedule == "satp-seq" and mode != "prefill") else 1
+
+
+def search_max_batch(result: RunResult, fold: bool = True) -> tuple[int, int]:
+    """(max batch, simpy events spent) for a simulated inference point; its own batch is not simulated again."""
+    layout, workload = result.layout, result.workload
+    events = 0
+
+    def peak(b: int) -> float:
+        nonlocal events
+        top, ev = step_peak_bytes(result.topology, result.model, layout, workload, result.assumptions, b, fold)
+        events += ev
+        return top
+
+    own = max(peak_memory(tl)[0] for tl in result.timelines.values())
+    step = batch_step(layout.schedule, workload.mode, layout.tp)
+    found = max_batch(peak, result.topology.gpu.hbm_GB * 1e9, step, start=workload.batch,
+                      known={workload.batch: own})
+    return found, events
+
+
+def simulate_with_max_batch(point: Point, fold: bool = True, record_links: bool = False) -> RunResult:
+    """:func:`tspsim.simulate.simulate`, then the max-batch search when ``point.search_max_batch`` asks for it.
+
+    The entry's ``max_batch`` is filled in, and its ``sim_events`` and ``sim_wall_s`` include the probes.
+    """
+    result = simulate(point, fold=fold, record_links=record_links)
+    if point.mode in INFERENCE_MODES and point.search_max_batch:
+        t0 = time.perf_counter()
+        found, events = search_max_batch(result, fold)
+        result.entry["max_batch"] = found
+        result.entry["sim_events"] += events
+        result.entry["sim_wall_s"] += time.perf_counter() - t0
+    return result
+
+
+__all__ = ["MAX_BATCH_LIMIT", "batch_step", "max_batch", "search_max_batch", "simulate_with_max_batch"]

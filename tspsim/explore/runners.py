@@ -1,0 +1,202 @@
+"""Where sweep points run: in this process, on a local process pool, or on a Dask ``distributed`` cluster.
+
+Every runner executes the same pure function, :func:`run_point`, so results do not depend on where a
+point ran.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+from tspsim.core.errors import TspsimError
+from tspsim.explore.cache import normalize_entry
+from tspsim.simulate import Point
+
+
+def run_point(point: Point) -> dict[str, Any]:
+    """Simulate one point (the function every runner executes; picklable, never raises ``Exception``).
+
+    Returns ``{"status": "ok", "entry": <normalized entry>, "wall_s": s}``, or ``{"status":
+    "invalid" | "error", "reason": one line, "wall_s": s}`` for a point the simulator rejects
+    (:class:`~tspsim.core.errors.TspsimError`) or that fails unexpectedly.
+    """
+    from tspsim.explore.max_batch import simulate_with_max_batch
+
+    t0 = time.perf_counter()
+    try:
+        entry = simulate_with_max_batch(point).entry
+    except TspsimError as exc:
+        return {"status": "invalid", "reason": str(exc), "wall_s": time.perf_counter() - t0}
+    except Exception as exc:  # noqa: BLE001 - one failed point must not lose the others
+        return {"status": "error", "reason": f"{type(exc).__name__}: {exc}".splitlines()[0],
+                "wall_s": time.perf_counter() - t0}
+    return {"status": "ok", "entry": normalize_entry(entry), "wall_s": time.perf_counter() - t0}
+
+
+class Runner(Protocol):
+    """Runs :func:`run_point` over points, yielding (position, result) as each finishes."""
+
+    description: str
+
+    def __enter__(self) -> Runner: ...
+
+    def __exit__(self, *exc: Any) -> None: ...
+
+    def run(self, points: Sequence[Point]) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Yield (index in ``points``, :func:`run_point` result) in completion order."""
+        ...
+
+
+class SerialRunner:
+    """Points one after the other in this process (``--jobs 1``)."""
+
+    description = "in this process"
+
+    def __enter__(self) -> SerialRunner:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def run(self, points: Sequence[Point]) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Simulate in order."""
+        for i, point in enumerate(points):
+            yield i, run_point(point)
+
+
+def _pool_context() -> Any:
+    """``forkserver`` where available (safe with threads, modules preloaded once), else ``spawn``."""
+    import multiprocessing as mp
+
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["tspsim.explore.runners", "tspsim.simulate", "tspsim.analysis.metrics"])
+        return ctx
+    return mp.get_context("spawn")
+
+
+def _result_of(fut: Any) -> dict[str, Any]:
+    """A future's :func:`run_point` result; a lost worker (killed, out of memory) is an ``error`` result."""
+    try:
+        return fut.result()  # type: ignore[no-any-return]
+    except Exception as exc:  # noqa: BLE001 - the point failed, the sweep goes on
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        return {"status": "error", "reason": f"worker failed: {type(exc).__name__}: {text}".rstrip(": "),
+                "wall_s": None}
+
+
+def _ignore_sigint() -> None:
+    """Pool workers leave Ctrl-C to the parent, which stops them (no traceback per worker)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class PoolRunner:
+    """A local process pool of ``jobs`` workers (the default)."""
+
+    def __init__(self, jobs: int) -> None:
+        self.jobs = jobs
+        self.description = f"on {jobs} local processes"
+        self._executor: Any = None
+
+    def __enter__(self) -> PoolRunner:
+        from concurrent.futures import ProcessPoolExecutor
+
+        self._executor = ProcessPoolExecutor(max_workers=self.jobs, mp_context=_pool_context(),
+                                             initializer=_ignore_sigint)
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        ex, self._executor = self._executor, None
+        if ex is None:
+            return
+        if exc_type is None:
+            ex.shutdown(wait=True)
+            return
+        # Interrupted or failed: drop queued points and stop the workers now (finished points are cached).
+        procs = list((getattr(ex, "_processes", None) or {}).values())
+        ex.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in procs:
+            proc.join(timeout=5)
+
+    def run(self, points: Sequence[Point]) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Submit every point, yield results as they complete."""
+        from concurrent.futures import as_completed
+
+        futures = {self._executor.submit(run_point, p): i for i, p in enumerate(points)}
+        for fut in as_completed(futures):
+            yield futures[fut], _result_of(fut)
+
+
+class DaskRunner:
+    """An existing Dask ``distributed`` cluster (``--scheduler tcp://HOST:PORT``).
+
+    Workers need the same tspsim installed; model and topology YAML paths must be readable by them
+    (presets always are). Finished points come back to this process, which writes the cache.
+    """
+
+    def __init__(self, address: str, timeout_s: float = 10.0) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        self.description = f"on the Dask cluster at {address}"
+        self._client: Any = None
+        self._futures: list[Any] = []
+
+    def __enter__(self) -> DaskRunner:
+        import re
+
+        if not re.match(r"^((tcp|tls|ucx|ws|wss)://)?(\[[0-9A-Fa-f:.]+\]|[^:/\s\[\]]+):\d+$", self.address):
+            raise TspsimError(f"--scheduler {self.address!r}: expected a scheduler address like tcp://HOST:PORT "
+                              "(e.g. tcp://127.0.0.1:8786)")
+        try:
+            import distributed
+        except ImportError:
+            raise TspsimError("--scheduler needs the Dask 'distributed' package: pip install distributed "
+                              "(or pip install 'tspsim[dask]')") from None
+        try:
+            self._client = distributed.Client(self.address, timeout=self.timeout_s, set_as_default=False)
+        except Exception as exc:  # noqa: BLE001 - any failure to connect is one user-facing line
+            raise TspsimError(f"cannot connect to the Dask scheduler at {self.address}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
+        if exc_type is not None and self._futures:
+            try:
+                client.cancel(self._futures)
+            except Exception:  # noqa: BLE001 - best effort while shutting down
+                pass
+        client.close()
+
+    def run(self, points: Sequence[Point]) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Submit every point to the cluster, yield results as they complete."""
+        import distributed
+
+        self._futures = [self._client.submit(run_point, p, pure=False) for p in points]
+        index = {f.key: i for i, f in enumerate(self._futures)}
+        with self._client.as_current():
+            for fut in distributed.as_completed(self._futures):
+                yield index[fut.key], _result_of(fut)
+
+
+def make_runner(jobs: int | None, scheduler: str | None, n_points: int) -> Runner:
+    """The runner for a sweep of ``n_points`` points still to run.
+
+    Dask when ``scheduler`` names one; else a pool of ``jobs`` (default: CPU count) processes, or
+    this process when one job (or one point) is enough.
+    """
+    if scheduler and n_points > 0:
+        return DaskRunner(scheduler)
+    jobs = jobs or os.cpu_count() or 1
+    jobs = min(jobs, max(n_points, 1))
+    return SerialRunner() if jobs <= 1 else PoolRunner(jobs)

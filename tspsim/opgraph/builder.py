@@ -1,0 +1,83 @@
+"""The :class:`GraphBuilder` schedules append ops to, in issue order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from tspsim.opgraph.graph import OpGraph
+from tspsim.opgraph.op import Op
+
+
+class GraphBuilder:
+    """Appends ops in issue order; schedules use it to build an :class:`OpGraph`.
+
+    Each call returns op ids so later ops can depend on them. Collectives and p2p transfers get
+    fresh ids shared by all participants.
+    """
+
+    def __init__(self, ranks: Sequence[int], meta: dict[str, Any] | None = None, replica_nodes: int = 0) -> None:
+        self.graph = OpGraph(meta=dict(meta or {}), ranks=tuple(ranks), replica_nodes=replica_nodes)
+        self._next_coll = 0
+
+    def _add(self, op: Op) -> int:
+        op.id = len(self.graph.ops)
+        self.graph.ops.append(op)
+        return op.id
+
+    def compute(self, rank: int, kind: str, name: str, *, flops: float = 0.0, hbm_bytes: float = 0.0,
+                shape: Iterable[int] = (), layer: int = -1, phase: str = "fwd", deps: Iterable[int] = (),
+                mem: Iterable[tuple[str, str, int]] = (), stream: str = "compute") -> int:
+        """Add a compute op on ``rank``'s compute stream; returns its id."""
+        return self._add(Op(0, rank, stream, kind, name, layer, phase, float(flops), float(hbm_bytes),
+                            tuple(int(s) for s in shape), mem=tuple(mem), deps=[d for d in deps if d is not None]))
+
+    def memory(self, rank: int, name: str, mem: Iterable[tuple[str, int]], *, layer: int = -1,
+               phase: str = "fwd", deps: Iterable[int] = (), stream: str = "compute") -> int:
+        """Add a zero-cost op that only allocates (+bytes) or frees (−bytes) memory."""
+        return self.compute(rank, "memory", name, layer=layer, phase=phase, deps=deps, stream=stream,
+                            mem=[("start", cat, int(b)) for cat, b in mem])
+
+    def new_coll_id(self, prefix: str) -> str:
+        """A fresh collective id."""
+        self._next_coll += 1
+        return f"{prefix}#{self._next_coll}"
+
+    def collective(self, kind: str, group: Sequence[int], nbytes: int, name: str, *, stream: str = "comm",
+                   layer: int = -1, phase: str = "fwd", deps: dict[int, Iterable[int]] | None = None,
+                   root: int = -1, algorithm: str = "", mem: dict[int, Iterable[tuple[str, str, int]]] | None = None,
+                   issuers: Iterable[int] | None = None) -> dict[int, int]:
+        """Add one op per issuing rank for a collective on ``group``; returns {rank: op id}.
+
+        ``issuers`` defaults to the members of ``group`` that this graph simulates (a folded graph holds
+        one replica; the other members are mirrors the engine treats as symmetric copies).
+        """
+        coll = self.new_coll_id(kind)
+        group_t = tuple(group)
+        sim = set(self.graph.ranks)
+        who = [r for r in (issuers if issuers is not None else group_t) if r in sim]
+        out = {}
+        for r in who:
+            out[r] = self._add(Op(0, r, stream, kind, f"{name}", layer, phase, nbytes=int(nbytes), group=group_t,
+                                  coll=coll, root=root, algorithm=algorithm, mem=tuple((mem or {}).get(r, ())),
+                                  deps=[d for d in (deps or {}).get(r, ()) if d is not None]))
+        return out
+
+    def p2p(self, src: int, dst: int, nbytes: int, name: str, *, send_stream: str = "comm",
+            recv_stream: str = "comm", layer: int = -1, phase: str = "fwd", send_deps: Iterable[int] = (),
+            recv_deps: Iterable[int] = (), recv_mem: Iterable[tuple[str, str, int]] = (),
+            send_mem: Iterable[tuple[str, str, int]] = ()) -> tuple[int | None, int | None]:
+        """Add a send on ``src`` and a recv on ``dst`` (each only if simulated); returns their ids."""
+        coll = self.new_coll_id("p2p")
+        sim = set(self.graph.ranks)
+        s = r = None
+        if src in sim:
+            s = self._add(Op(0, src, send_stream, "send", f"{name}", layer, phase, nbytes=int(nbytes),
+                             group=(src, dst), coll=coll, mem=tuple(send_mem),
+                             deps=[d for d in send_deps if d is not None]))
+        if dst in sim:
+            r = self._add(Op(0, dst, recv_stream, "recv", f"{name}", layer, phase, nbytes=int(nbytes),
+                             group=(src, dst), coll=coll, mem=tuple(recv_mem),
+                             deps=[d for d in recv_deps if d is not None]))
+        return s, r
+

@@ -1,0 +1,213 @@
+"""Pieces every schedule shares: the build context, static memory, DP gradient sync, optimizer step.
+
+Conventions all schedules follow (so metrics and tests can rely on them):
+
+* streams: ``compute``; ``comm`` for tensor-parallel collectives; ``kv`` for K/V all-gathers and their
+  backward reduce-scatters; ``weights`` for TSP weight broadcasts and ring transfers; ``dp`` for
+  data-parallel gradient collectives.
+* memory categories as in :data:`tspsim.opgraph.MEMORY_CATEGORIES`; static memory (parameters,
+  gradients, optimizer state, runtime reserve) is allocated by the first op of each rank.
+* FLOPs: a GEMM of (m × k)·(k × n) is 2·m·n·k; backward GEMMs are twice the forward (data and weight
+  gradients); flash-attention backward is 2.5× its forward (5 matmuls vs 2).
+* every op's name starts with ``L<layer>.`` inside blocks, so traces read naturally.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tspsim.opgraph import GraphBuilder, OpGraph
+from tspsim.spec.assumptions import Assumptions
+from tspsim.spec.layout import Layout
+from tspsim.spec.model import ModelConfig
+from tspsim.spec.topology import Topology
+from tspsim.spec.workload import Workload
+
+ATTN_BWD_FACTOR = 2.5
+"""FlashAttention backward FLOPs / forward FLOPs (Dao 2023: 5 matmuls vs 2)."""
+
+
+def gemm_flops(m: float, n: float, k: float) -> float:
+    """2·m·n·k."""
+    return 2.0 * m * n * k
+
+
+def gemm_bytes(m: float, n: float, k: float, s: int) -> float:
+    """HBM traffic of a GEMM reading A (m×k), B (k×n) and writing C (m×n), s bytes per element."""
+    return (m * k + k * n + m * n) * s
+
+
+def attention_fwd_flops(batch: float, q_tokens: float, kv_tokens: float, heads: float, head_dim: int,
+                        causal_fraction: float = 0.5) -> float:
+    """QKᵀ and P·V: 2·2·B·q·kv·d per head, times the fraction of the score matrix the mask keeps.
+
+    For a full causal sequence the fraction is 1/2 (design.md rule 4); with the zig-zag partition
+    every sequence shard keeps the same 1/2 of its rows' scores (tsp.md §2).
+    """
+    return 4.0 * batch * q_tokens * kv_tokens * head_dim * heads * causal_fraction
+
+
+@dataclass
+class BuildContext:
+    """Everything a schedule generator needs, plus the builder it appends to."""
+
+    model: ModelConfig
+    """The model."""
+    topo: Topology
+    """The topology (used for placement and folding only; costs come at replay)."""
+    layout: Layout
+    """Schedule, degrees, replica size."""
+    workload: Workload
+    """Mode, sequence, batch."""
+    opts: Assumptions
+    """Assumptions in force."""
+    fold: bool = True
+    """Simulate one replica and mirror the others (exact under symmetry)."""
+    builder: GraphBuilder = field(init=False)
+    """The graph being built."""
+    last: dict[int, int | None] = field(default_factory=dict)
+    """Per rank: id of the last compute op issued (for chaining)."""
+
+    def __post_init__(self) -> None:
+        layout = self.layout
+        if self.fold and layout.replicas > 1:
+            ranks = layout.replica_ranks(0)
+            replica_nodes = max(1, layout.replica_size // self.topo.gpus_per_node)
+            if layout.replica_size < self.topo.gpus_per_node:
+                # Several replicas share a node: fold only whole nodes (the node's replicas are simulated).
+                ranks = tuple(range(self.topo.gpus_per_node))
+                replica_nodes = 1
+        else:
+            ranks = tuple(range(layout.world_size))
+            replica_nodes = 0
+        self.builder = GraphBuilder(ranks, meta={}, replica_nodes=replica_nodes)
+        self.last = dict.fromkeys(ranks)
+
+    # ------------------------------------------------------------------------------ helpers
+    @property
+    def ranks(self) -> tuple[int, ...]:
+        """Simulated ranks."""
+        return self.builder.graph.ranks
+
+    @property
+    def s(self) -> int:
+        """Bytes per element."""
+        return self.model.dtype_bytes
+
+    @property
+    def training(self) -> bool:
+        """True when the step has a backward pass and an optimizer step."""
+        return self.workload.mode == "train"
+
+    def compute(self, rank: int, kind: str, name: str, *, after: Iterable[int | None] = (), **kw: Any) -> int:
+        """Append a compute op that also follows the rank's previous compute op; returns its id."""
+        op = self.builder.compute(rank, kind, name, deps=[d for d in after if d is not None], **kw)
+        self.last[rank] = op
+        return op
+
+    def gemm(self, rank: int, name: str, m: float, n: float, k: float, *, layer: int, phase: str,
+             after: Iterable[int | None] = (), mem: Iterable[tuple[str, str, int]] = (), scale: float = 1.0) -> int:
+        """A GEMM (m×k)·(k×n); ``scale`` = 2 for a backward (dgrad + wgrad) pair."""
+        return self.compute(rank, "gemm", name, flops=scale * gemm_flops(m, n, k),
+                            hbm_bytes=scale * gemm_bytes(m, n, k, self.s), shape=(int(m), int(n), int(k)),
+                            layer=layer, phase=phase, after=after, mem=mem)
+
+    def elementwise(self, rank: int, name: str, nbytes: float, *, layer: int = -1, phase: str,
+                    after: Iterable[int | None] = (), mem: Iterable[tuple[str, str, int]] = ()) -> int:
+        """A memory-bound kernel moving ``nbytes`` through HBM."""
+        return self.compute(rank, "elementwise", name, hbm_bytes=nbytes, layer=layer, phase=phase, after=after,
+                            mem=mem)
+
+    # ------------------------------------------------------------------------------ static memory
+    def init_static(self, local_params: dict[int, float]) -> None:
+        """Allocate parameters, gradients, optimizer state and the runtime reserve on every rank."""
+        o = self.opts
+        dp = self.layout.replicas if o.zero1 else 1
+        for r in self.ranks:
+            p = local_params[r]
+            mem = [("parameters", int(p * o.param_bytes)),
+                   ("reserved", int(self.topo.gpu.runtime_reserve_GB * 1e9))]
+            if self.training:
+                mem += [("gradients", int(p * o.grad_bytes)),
+                        ("optimizer_state", int(p * (o.master_bytes + o.optimizer_bytes) / dp))]
+            self.last[r] = self.builder.memory(r, "static memory", mem, phase="fwd")
+
+    # ------------------------------------------------------------------------------ DP + optimizer
+    def dp_sync(self, grads: dict[int, float], after: dict[int, int | None], *, layer: int,
+                final: bool = False) -> None:
+        """Add gradient elements (per rank) to the DP buckets; launch a DP collective when one fills.
+
+        Buckets are all-reduced (or reduce-scattered with ZeRO-1) on the ``dp`` stream as soon as they
+        fill, overlapping the rest of the backward pass (PyTorch DDP / Megatron-LM behaviour). All
+        simulated members of a DP group issue the same collective (replicas are identical, so their
+        buckets fill at the same points).
+        """
+        if self.layout.replicas < 2 or not self.training:
+            return
+        buckets = self.__dict__.setdefault("_bucket_state", {})
+        handled: set[int] = set()
+        for rank in self.ranks:
+            if rank in handled:
+                continue
+            group = self.layout.dp_group(rank)
+            members = [r for r in group if r in self.last]
+            handled.update(members)
+            state = buckets.setdefault(group, [0.0, {}])
+            state[0] += grads.get(rank, 0.0) * self.opts.grad_bytes
+            for r in members:
+                if after.get(r) is not None:
+                    state[1][r] = after[r]
+            if state[0] >= self.opts.dp_bucket_MB * 1e6 or (final and state[0] > 0):
+                kind = "reduce_scatter" if self.opts.zero1 else "all_reduce"
+                deps = {r: [state[1][r]] for r in members if r in state[1]}
+                ids = self.builder.collective(kind, group, int(state[0]), f"dp.grad_{kind}", stream="dp",
+                                              layer=layer, phase="bwd", deps=deps, issuers=members)
+                for r, op in ids.items():
+                    self._dp_ops.setdefault(r, []).append(op)
+                buckets[group] = [0.0, {}]
+
+    @property
+    def _dp_ops(self) -> dict[int, list[int]]:
+        return self.__dict__.setdefault("_dp_op_ids", {})
+
+    def optimizer_step(self, local_params: dict[int, float]) -> None:
+        """Flush DP buckets, then one memory-bound Adam step over each rank's parameters."""
+        if not self.training:
+            return
+        o = self.opts
+        self.dp_sync({}, dict(self.last), layer=-1, final=True)
+        dp = self.layout.replicas if o.zero1 else 1
+        steps = {}
+        for r in self.ranks:
+            p = local_params[r] / dp
+            # read param, grad, master, m, v; write param, master, m, v
+            traffic = p * (2 * o.param_bytes + o.grad_bytes + 2 * (o.master_bytes + o.optimizer_bytes))
+            steps[r] = self.compute(r, "optimizer", "optimizer.adam", hbm_bytes=traffic, layer=-1, phase="opt",
+                                    after=[self.last[r], *self._dp_ops.get(r, [])[-1:]])
+        if o.zero1 and self.layout.replicas > 1:
+            done: set[int] = set()
+            for r in self.ranks:
+                if r in done:
+                    continue
+                group = self.layout.dp_group(r)
+                members = [m for m in group if m in self.last]
+                done.update(members)
+                self.builder.collective("all_gather", group, int(local_params[r] * o.param_bytes),
+                                        "dp.param_all_gather", stream="dp", layer=-1, phase="opt",
+                                        deps={m: [steps[m]] for m in members}, issuers=members)
+
+    def finish(self, schedule: str, extra_meta: dict[str, Any] | None = None) -> OpGraph:
+        """Record metadata and return the graph."""
+        g = self.builder.graph
+        g.meta.update({
+            "schedule": schedule, "model": self.model.name, "model_config": self.model.to_json(),
+            "topology": self.topo.name, "mode": self.workload.mode, "seq_len": self.workload.seq_len,
+            "batch": self.workload.batch, "degrees": dict(self.layout.degrees), "world_size": self.layout.world_size,
+            "replica_size": self.layout.replica_size, "replicas": self.layout.replicas,
+            "assumptions": self.opts.to_json(), "folded": bool(g.replica_nodes),
+        })
+        if extra_meta:
+            g.meta.update(extra_meta)
+        return g

@@ -1,0 +1,167 @@
+"""Decode steps timed exactly and fast: one graph re-costed per context, periodic assembly where it is exact.
+
+Speed (design.md §7): a decode step differs from the next only in its attention costs, so one graph is
+built and re-costed per context length. When every block ends at a quiescent cut
+(:func:`tspsim.schedules.periodic.verify_cuts`, e.g. TP's all-reduce after MLP-down), a step of L
+blocks is assembled exactly from a two-block graph: t(L) = t_C0 + (L − 1)·(t_C1 − t_C0) + (t_end − t_C1),
+where t_Ck is the instant block k's cut ends. Otherwise (TSP with ``tsp_decode=weights``: weight
+prefetch crosses block boundaries) every step is a full simulation. The last step is always also
+simulated in full (it is the representative timeline) and the two times are compared
+(``decode_check_rel_err``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from tspsim.analysis.serving import BREAKDOWN_KEYS, time_breakdown
+from tspsim.engine.sim import replay
+from tspsim.engine.timeline import Timeline
+from tspsim.schedules.context import BuildContext
+from tspsim.schedules.decode import DecodeStep, build_decode_step
+from tspsim.schedules.periodic import verify_cuts, verify_periodic_structure
+from tspsim.spec.assumptions import Assumptions
+from tspsim.spec.topology import Topology
+
+
+def decode_topology(topo: Topology, opts: Assumptions) -> Topology:
+    """``topo`` with the decode-step kernel assumptions applied to its GPU.
+
+    ``decode_launch_us`` replaces the eager ``kernel_launch_us`` (graph-captured decode);
+    ``decode_gemm_rolloff=false`` drops the small-GEMM tail (the plain roofline). A new frozen value per
+    call (cheap; nothing is cached at module level).
+    """
+    gpu = replace(topo.gpu, kernel_launch_us=opts.decode_launch_us,
+                  gemm_half_GFLOP=topo.gpu.gemm_half_GFLOP if opts.decode_gemm_rolloff else 0.0)
+    return replace(topo, gpu=gpu)
+
+
+def find_period(tl: Timeline, step: DecodeStep, rel_tol: float = 1e-12) -> tuple[float, float] | None:
+    """Two instants t′ < t″ at which the replay of ``step`` is in the same state up to "block ℓ → ℓ+1".
+
+    ``step`` must pass :func:`~tspsim.schedules.periodic.verify_periodic_structure`. For a candidate
+    block j ≥ 1, t′ and t″ are the starts of the first op of blocks j and j+1, Δ = t″ − t′, and t0 the
+    earliest start among ops running at t′. The states match when: the prologue and block 0 finished by
+    t0; every op that started before t′ and was still running after t0 has its block-successor start
+    (and, if it ended by t′, end) exactly Δ later, and is still running at t″ if it was at t′; every op
+    finished by t0 has its successor finished by t0 + Δ; every op not started at t′ has its successor
+    not started at t″; and nothing of the last block or the epilogue has started by t″. Everything the
+    engine holds at t′ (remaining work of kernels and flows, their rates, waiting rendezvous) is a
+    function of the spans in [t0, t′], so the replay after t″ is the replay after t′ shifted by Δ with
+    every block index one higher; with the graph's periodicity this gives, exactly, one more block =
+    Δ more time. Returns (t′, t″) or None.
+    """
+    a, k = step.layer_starts, len(step.layer_starts)
+    period = a[1] - a[0]
+    n = len(tl.ops)
+    start = [0.0] * n
+    end = [0.0] * n
+    for op_id, s0, e0 in tl.spans:
+        start[op_id], end[op_id] = s0, e0
+    for j in range(1, k - 3):
+        tp, tpp = start[a[j]], start[a[j + 1]]
+        delta = tpp - tp
+        if delta <= 0:
+            continue
+        eps = rel_tol * max(tpp, 1e-9)
+        t0 = min([start[o] for o in range(n) if start[o] < tp <= end[o]] + [tp])
+        if any(end[o] > t0 for o in range(a[1])):
+            continue
+        if any(start[o] < tpp - eps for o in range(a[k - 1], n)):
+            continue
+        ok = True
+        for o in range(a[0], a[k - 1]):
+            q = o + period
+            if end[o] <= t0:                                   # finished before the window
+                ok = end[q] <= t0 + delta + eps
+            elif start[o] >= tp:                               # not started
+                ok = start[q] >= tpp - eps
+            else:                                              # in the window
+                ok = abs(start[q] - start[o] - delta) <= eps and (
+                    abs(end[q] - end[o] - delta) <= eps if end[o] <= tp else end[q] > tpp - eps)
+            if not ok:
+                break
+        if ok:
+            return tp, tpp
+    return None
+
+
+@dataclass
+class StepTiming:
+    """The simulated time of one decode step."""
+
+    cached: int
+    """Tokens cached before the step."""
+    time_s: float
+    """Step time."""
+    breakdown: dict[str, float]
+    """Where the time went (:func:`time_breakdown`)."""
+    method: str
+    """``cut`` or ``window`` (assembled exactly from a shorter graph, see :class:`DecodeTimer`) or ``full``."""
+    events: int
+    """simpy events of the replay(s)."""
+
+
+class DecodeTimer:
+    """Times decode steps of one configuration at any context length, reusing one graph per method.
+
+    ``make_ctx(layers)`` returns a fresh :class:`BuildContext` (``layers=None``: the real model).
+    Methods, tried in order: ``cut`` (two-block graph, every block ends at a proven quiescent cut),
+    ``window`` (a ``probe_layers``-block graph whose replay reaches a state that repeats one block
+    later, :func:`find_period`), ``full`` (the whole step).
+    """
+
+    def __init__(self, make_ctx: Callable[[int | None], BuildContext], layers: int, topo: Topology,
+                 periodic: bool = True, probe_layers: int = 8) -> None:
+        self.make_ctx = make_ctx
+        self.layers = layers
+        self.topo = topo
+        self.method = "full"
+        self._unit: DecodeStep | None = None
+        self._full: DecodeStep | None = None
+        if periodic and layers > 2:
+            unit = build_decode_step(make_ctx(2), 0)
+            if verify_cuts(unit.graph, unit.cuts):
+                self.method, self._unit = "cut", unit
+        if self.method == "full" and periodic and layers > probe_layers:
+            probe = build_decode_step(make_ctx(probe_layers), 0)
+            if verify_periodic_structure(probe):
+                self.method, self._unit = "window", probe
+
+    def full_step(self, cached: int) -> DecodeStep:
+        """The full L-block step graph, re-costed for ``cached``."""
+        if self._full is None:
+            self._full = build_decode_step(self.make_ctx(None), cached)
+        self._full.recost(cached)
+        return self._full
+
+    def time(self, cached: int) -> StepTiming:
+        """Simulated time of the step that starts with ``cached`` tokens in the cache."""
+        gpu = self.topo.gpu
+        unit = self._unit
+        if unit is not None:
+            unit.recost(cached)
+            tl = replay(unit.graph, self.topo)
+            if self.method == "cut":
+                ends = {op_id: end for op_id, _, end in tl.spans}
+                c0 = [ends[i] for i in unit.cuts[0]]
+                c1 = [ends[i] for i in unit.cuts[1]]
+                if min(c0) == max(c0) and min(c1) == max(c1):  # each cut is a single instant
+                    t0, t1, t_end = c0[0], c1[0], tl.end_s
+                    k = self.layers - 1
+                    b0, b1, b2 = (time_breakdown(tl, gpu, 0.0, t0), time_breakdown(tl, gpu, t0, t1),
+                                  time_breakdown(tl, gpu, t1, t_end))
+                    bd = {key: b0[key] + k * b1[key] + b2[key] for key in BREAKDOWN_KEYS}
+                    return StepTiming(cached, t0 + k * (t1 - t0) + (t_end - t1), bd, "cut", tl.sim_events)
+            else:
+                found = find_period(tl, unit)
+                if found is not None:
+                    tp, tpp = found
+                    k = self.layers - len(unit.layer_starts)
+                    whole, rep = time_breakdown(tl, gpu), time_breakdown(tl, gpu, tp, tpp)
+                    bd = {key: whole[key] + k * rep[key] for key in BREAKDOWN_KEYS}
+                    return StepTiming(cached, tl.end_s + k * (tpp - tp), bd, "window", tl.sim_events)
+        step = self.full_step(cached)
+        tl = replay(step.graph, self.topo)
+        return StepTiming(cached, tl.end_s, time_breakdown(tl, gpu), "full", tl.sim_events)

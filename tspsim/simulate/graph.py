@@ -1,0 +1,42 @@
+"""The op graph of a point, without replaying it (``tspsim generate``; the training path of :func:`simulate`)."""
+
+from __future__ import annotations
+
+from tspsim.opgraph import OpGraph
+from tspsim.schedules import SCHEDULES
+from tspsim.schedules.context import BuildContext
+from tspsim.schedules.decode import build_decode_step
+from tspsim.schedules.prefill import build_prefill
+from tspsim.simulate.point import Point, resolve
+from tspsim.spec.assumptions import Assumptions
+from tspsim.spec.layout import Layout
+from tspsim.spec.model import ModelConfig
+from tspsim.spec.topology import Topology
+from tspsim.spec.workload import DEFAULT_DECODE_TOKENS, INFERENCE_MODES, Workload
+
+Built = tuple[OpGraph, Topology, ModelConfig, Layout, Workload, Assumptions]
+"""A graph and everything it was built from."""
+
+
+def build_graph(point: Point, fold: bool = True) -> Built:
+    """Generate the op graph of ``point`` (no replay).
+
+    Inference modes give one step: ``prefill`` (and ``generate``) the prefill step; ``decode`` the step
+    that generates token N = ``decode_tokens`` (default :data:`~tspsim.spec.workload.DEFAULT_DECODE_TOKENS`)
+    of each sequence, with ``seq_len + N − 1`` tokens cached — the final step of ``run --mode decode``.
+    Its meta records ``decode_tokens`` and ``inference.{context_tokens, token_index, cached_tokens}``.
+    """
+    topo, model, layout, workload, opts = resolve(point)
+    ctx = BuildContext(model, topo, layout, workload, opts, fold=fold)
+    if workload.mode in INFERENCE_MODES:  # the representative step: prefill, or the final decode step
+        if workload.mode in ("prefill", "generate"):
+            return build_prefill(ctx), topo, model, layout, workload, opts
+        tokens = workload.decode_tokens or DEFAULT_DECODE_TOKENS
+        graph = build_decode_step(ctx, workload.seq_len + tokens - 1).graph
+        graph.meta["decode_tokens"] = tokens
+        graph.meta.setdefault("inference", {}).update(
+            {"context_tokens": workload.seq_len, "token_index": tokens,
+             "cached_tokens": workload.seq_len + tokens - 1})
+        return graph, topo, model, layout, workload, opts
+    graph = SCHEDULES.get(point.schedule).build(ctx)
+    return graph, topo, model, layout, workload, opts

@@ -1,0 +1,173 @@
+"""Inference points end to end: the prefill step, every decode step, and the serving keys of the entry.
+
+A ``prefill``, ``decode`` or ``generate`` point is simulated step by step: the prefill graph replayed
+once, each of the N decode steps timed by :class:`~tspsim.simulate.decode_timer.DecodeTimer` (exact
+periodic assembly where it holds, a full replay otherwise), the final decode step replayed in full as
+the representative timeline. The metrics are defined in :mod:`tspsim.analysis.serving`.
+:func:`step_peak_bytes` simulates the step(s) at another batch size for the max-batch search
+(:mod:`tspsim.explore.max_batch`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from tspsim.analysis.metrics import memory_metrics, peak_memory, run_entry
+from tspsim.analysis.serving import BREAKDOWN_KEYS, model_flops_decode, model_flops_prefill
+from tspsim.core.errors import ConfigError
+from tspsim.engine.sim import ReplayOptions, replay
+from tspsim.engine.timeline import Timeline
+from tspsim.schedules.context import BuildContext
+from tspsim.schedules.decode import build_decode_step
+from tspsim.schedules.periodic import with_layers
+from tspsim.schedules.prefill import build_prefill
+from tspsim.simulate.decode_timer import DecodeTimer, StepTiming, decode_topology
+from tspsim.simulate.point import Point, RunResult, resolve
+from tspsim.spec.assumptions import Assumptions
+from tspsim.spec.layout import Layout
+from tspsim.spec.model import ModelConfig
+from tspsim.spec.topology import Topology
+from tspsim.spec.workload import DEFAULT_DECODE_TOKENS, INFERENCE_MODES, Workload
+
+
+@dataclass
+class InferenceRun:
+    """Everything :func:`simulate_inference` produced."""
+
+    fields: dict[str, Any]
+    """Serving keys and the redefined mode-dependent keys of the run entry."""
+    timeline: Timeline
+    """The representative timeline (prefill step, or the final decode step in ``decode`` mode)."""
+    timelines: dict[str, Timeline] = field(default_factory=dict)
+    """``prefill`` and/or ``decode_step`` (the final decode step)."""
+    steps: list[StepTiming] = field(default_factory=list)
+    """Every decode step's timing."""
+
+
+def simulate_inference(topo: Topology, model: ModelConfig, layout: Layout, workload: Workload, opts: Assumptions,
+                       fold: bool = True, record_links: bool = False, *, periodic: bool = True) -> InferenceRun:
+    """Simulate a ``prefill``, ``decode`` or ``generate`` workload and compute the serving metrics.
+
+    ``periodic=False`` simulates every decode step in full (the reference for the periodic assembly).
+    ``max_batch`` is left null: the search that fills it (:mod:`tspsim.explore.max_batch`) probes other
+    batch sizes with :func:`step_peak_bytes`.
+    """
+    if workload.mode not in INFERENCE_MODES:
+        raise ConfigError(f"mode {workload.mode!r} is not an inference mode ({', '.join(INFERENCE_MODES)})")
+    t_wall = time.perf_counter()
+    mode = workload.mode
+    if mode != "prefill" and workload.decode_tokens < 1:
+        workload = replace(workload, decode_tokens=DEFAULT_DECODE_TOKENS)
+    T, B, N = workload.seq_len, workload.batch, workload.decode_tokens
+    dtopo = decode_topology(topo, opts)
+    events = 0
+
+    def ctx_for(batch: int, layers: int | None = None) -> BuildContext:
+        ctx = BuildContext(model, topo, layout, replace(workload, batch=batch), opts, fold=fold)
+        return with_layers(ctx, layers) if layers is not None else ctx
+
+    timelines: dict[str, Timeline] = {}
+    steps: list[StepTiming] = []
+    rep_opts = ReplayOptions(record_links=record_links)
+    ttft = None
+    if mode in ("prefill", "generate"):
+        tl_pre = replay(build_prefill(ctx_for(B)), topo, rep_opts)
+        timelines["prefill"] = tl_pre
+        ttft = tl_pre.end_s
+        events += tl_pre.sim_events
+    check = None
+    if mode in ("decode", "generate"):
+        timer = DecodeTimer(lambda layers: ctx_for(B, layers), model.layers, dtopo, periodic=periodic)
+        steps = [timer.time(T + i) for i in range(N)]
+        events += sum(st.events for st in steps)
+        last = build_decode_step(ctx_for(B), T + N - 1)
+        tl_dec = replay(last.graph, dtopo, rep_opts)
+        events += tl_dec.sim_events
+        timelines["decode_step"] = tl_dec
+        check = abs(tl_dec.end_s - steps[-1].time_s) / tl_dec.end_s if tl_dec.end_s > 0 else 0.0
+        if ttft is None:
+            ttft = steps[0].time_s
+    tpot = sum(st.time_s for st in steps) / len(steps) if steps else None
+    breakdown = ({k: sum(st.breakdown[k] for st in steps) / len(steps) for k in BREAKDOWN_KEYS}
+                 if steps else None)
+    # ---- entry fields
+    rep = timelines["decode_step"] if mode == "decode" else timelines["prefill"]
+    world, replicas = layout.world_size, layout.replicas
+    decode_tps = B * replicas / tpot if tpot else None
+    if mode == "prefill":
+        assert ttft is not None
+        step_time = ttft
+        tokens = B * T * replicas
+        flops = model_flops_prefill(model, B, T)
+    elif mode == "decode":
+        assert tpot is not None
+        step_time = tpot
+        tokens = B * replicas
+        flops = sum(model_flops_decode(model, B, st.cached + 1) for st in steps) / len(steps)
+    else:
+        assert ttft is not None
+        step_time = ttft + sum(st.time_s for st in steps)
+        tokens = B * N * replicas
+        flops = model_flops_prefill(model, B, T) + sum(model_flops_decode(model, B, st.cached + 1) for st in steps)
+    tps = tokens / step_time if step_time > 0 else 0.0
+    peak_flops = step_time * world * topo.gpu.mfu_peak_TFLOPS * 1e12
+    methods = sorted({st.method for st in steps})
+    fields_: dict[str, Any] = {
+        "ttft_s": ttft, "tpot_s": tpot, "decode_tokens_per_s": decode_tps,
+        "decode_tokens_per_s_per_gpu": decode_tps / world if decode_tps is not None else None,
+        "max_batch": None, "decode_time_breakdown_s": breakdown,
+        "decode_tokens": N if mode != "prefill" else 0, "context_tokens": T,
+        "decode_step_first_s": steps[0].time_s if steps else None,
+        "decode_step_last_s": steps[-1].time_s if steps else None,
+        "decode_sim": ("mixed" if len(methods) > 1 else methods[0]) if methods else None,
+        "decode_check_rel_err": check,
+        "step_time_s": step_time, "tokens_per_s": tps, "tokens_per_s_per_gpu": tps / world,
+        "layer_tokens_per_s": tps * model.layers,
+        "mfu": flops * replicas / peak_flops if peak_flops > 0 else 0.0,
+        "sim_events": events, "sim_wall_s": time.perf_counter() - t_wall,
+    }
+    if mode == "generate":
+        tl_dec = timelines["decode_step"]
+        if peak_memory(tl_dec)[0] > peak_memory(rep)[0]:
+            fields_.update(memory_metrics(tl_dec, topo.gpu.hbm_GB))
+    return InferenceRun(fields_, rep, timelines, steps)
+
+
+def simulate_inference_point(point: Point, fold: bool = True, record_links: bool = False,
+                             **kw: Any) -> RunResult:
+    """:func:`tspsim.simulate.simulate` for an inference :class:`~tspsim.simulate.Point` (``max_batch`` null).
+
+    ``kw`` goes to :func:`simulate_inference` (``periodic``).
+    """
+    topo, model, layout, workload, opts = resolve(point)
+    tokens = point.decode_tokens or (DEFAULT_DECODE_TOKENS if point.mode != "prefill" else 0)
+    workload = replace(workload, decode_tokens=tokens)
+    run = simulate_inference(topo, model, layout, workload, opts, fold=fold, record_links=record_links, **kw)
+    entry = run_entry(run.timeline, topo, model, layout, workload, opts)
+    entry.update(run.fields)
+    return RunResult(dict(sorted(entry.items())), run.timeline, topo, model, layout, workload, opts, run.timelines)
+
+
+def step_peak_bytes(topo: Topology, model: ModelConfig, layout: Layout, workload: Workload, opts: Assumptions,
+                    batch: int, fold: bool = True) -> tuple[float, int]:
+    """(peak bytes, simpy events) of the workload's step(s) at another ``batch``.
+
+    ``prefill``: the prefill step; ``decode``: the final decode step (``seq_len + decode_tokens − 1``
+    cached); ``generate``: the larger of the two. Each a full replay of the step graph.
+    """
+    mode = workload.mode
+    at = replace(workload, batch=batch)
+    top, events = 0.0, 0
+    if mode in ("prefill", "generate"):
+        tl = replay(build_prefill(BuildContext(model, topo, layout, at, opts, fold=fold)), topo)
+        events += tl.sim_events
+        top = peak_memory(tl)[0]
+    if mode in ("decode", "generate"):
+        tokens = workload.decode_tokens or DEFAULT_DECODE_TOKENS
+        ctx = BuildContext(model, topo, layout, replace(at, decode_tokens=tokens), opts, fold=fold)
+        tl = replay(build_decode_step(ctx, workload.seq_len + tokens - 1).graph, decode_topology(topo, opts))
+        events += tl.sim_events
+        top = max(top, peak_memory(tl)[0])
+    return top, events

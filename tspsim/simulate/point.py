@@ -1,0 +1,88 @@
+"""The inputs of one simulation point and what simulating it gives (design.md §1 pipeline).
+
+A :class:`Point` names everything a simulation needs by value (preset names or YAML paths, degrees,
+options), so sweeps can enumerate, cache and ship it to other processes; :func:`resolve` turns it into
+the topology, model, layout, workload and assumptions the lower layers take. :class:`RunResult` holds
+the stable JSON entry (design.md §4) and the Timeline for the viewer and exports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tspsim.engine.timeline import Timeline
+from tspsim.schedules import SCHEDULES
+from tspsim.spec.assumptions import Assumptions
+from tspsim.spec.layout import Layout, make_layout
+from tspsim.spec.model import ModelConfig, load_model
+from tspsim.spec.topology import Topology
+from tspsim.spec.topology_file import load_topology
+from tspsim.spec.workload import Workload
+
+
+@dataclass
+class RunResult:
+    """A finished simulation point."""
+
+    entry: dict[str, Any]
+    """The stable ``run`` JSON entry of design.md §4."""
+    timeline: Timeline
+    """Spans, memory and link series (for the viewer and exports)."""
+    topology: Topology
+    """Topology simulated on."""
+    model: ModelConfig
+    """Model simulated."""
+    layout: Layout
+    """Resolved layout."""
+    workload: Workload
+    """Workload simulated."""
+    assumptions: Assumptions
+    """Assumptions in force."""
+    timelines: dict[str, Timeline] = field(default_factory=dict)
+    """Inference modes: the ``prefill`` and final ``decode_step`` timelines (``timeline`` is one of them)."""
+
+
+@dataclass(frozen=True)
+class Point:
+    """The inputs of one simulation point (what a sweep enumerates)."""
+
+    schedule: str
+    """Registered schedule name."""
+    topology: str
+    """Topology preset name or YAML path."""
+    model: str = "zyphra-7b"
+    """Model preset name or YAML path."""
+    mode: str = "train"
+    """Workload mode."""
+    seq_len: int = 131072
+    """Sequence length (tokens)."""
+    batch: int = 1
+    """Micro-batch per replica."""
+    degree: int | None = None
+    """D for tsp/tp/sp/satp-*."""
+    tp: int | None = None
+    """T for tp+sp."""
+    sp: int | None = None
+    """Σ for tp+sp."""
+    gpus: int | None = None
+    """Use only this many GPUs of the topology."""
+    decode_tokens: int = 0
+    """Tokens to generate (decode / generate)."""
+    options: tuple[tuple[str, Any], ...] = ()
+    """Assumption overrides as (key, value) pairs."""
+    search_max_batch: bool = True
+    """Inference modes: search the largest batch that fits in HBM (``max_batch``; every probe is a full
+    simulation of the step). False writes ``max_batch`` as null. Ignored by ``train`` and ``forward``."""
+
+
+def resolve(point: Point) -> tuple[Topology, ModelConfig, Layout, Workload, Assumptions]:
+    """Load and validate everything ``point`` names (one-line errors for bad names, degrees or options)."""
+    topo = load_topology(point.topology)
+    model = load_model(point.model)
+    workload = Workload(point.mode, point.seq_len, point.batch, point.decode_tokens)  # type: ignore[arg-type]
+    opts = Assumptions.from_overrides(dict(point.options))
+    SCHEDULES.get(point.schedule)
+    layout = make_layout(point.schedule, topo, model, workload, degree=point.degree, tp=point.tp, sp=point.sp,
+                         gpus=point.gpus)
+    return topo, model, layout, workload, opts

@@ -1,0 +1,1 @@
+"""What is simulated: model, topology, workload, parallel layout and the assumptions in force."""

@@ -1,0 +1,173 @@
+"""The assumptions in force: every open modelling question as a documented option (tsp.md §8, fidelity rule 7).
+
+Every open question of tsp.md §8 is an :class:`Assumptions` field with a documented default, set with
+``--option KEY=VALUE``; the report prints the ones in force.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Literal
+
+from tspsim.core.errors import ConfigError
+
+TRAINING_ONLY_OPTIONS = ("recompute", "grad_bytes", "master_bytes", "optimizer_bytes", "zero1", "dp_bucket_MB",
+                         "tsp_grad_return", "sp_keep_gathered_kv")
+"""Assumptions that only change backward, gradients or the optimizer (no effect on prefill or decode)."""
+
+INFERENCE_ONLY_OPTIONS = ("tsp_decode", "satp_batch_kv", "decode_launch_us", "decode_gemm_rolloff")
+"""Assumptions that only change prefill or decode (no effect on train or forward)."""
+
+
+@dataclass(frozen=True)
+class Assumptions:
+    """Modelling choices (tsp.md §8). Defaults reproduce the paper's single-node memory table."""
+
+    recompute: Literal["none", "selective", "full"] = "full"
+    """Activation recomputation: ``none`` saves every activation; ``selective`` saves GEMM inputs and
+    recomputes norms and activation functions; ``full`` saves only each block's input and re-runs the
+    block's forward (with its communication) during backward (Korthikanti et al. 2022)."""
+    param_bytes: int = 2
+    """Bytes per stored parameter (bf16 weights)."""
+    grad_bytes: int = 4
+    """Bytes per gradient element (fp32 main gradients, as Megatron-LM)."""
+    master_bytes: int = 4
+    """Bytes per fp32 master weight kept by the optimizer."""
+    optimizer_bytes: int = 8
+    """Bytes of optimizer state per parameter (Adam m and v in fp32)."""
+    zero1: bool = False
+    """Shard optimizer state and master weights over the data-parallel group (ZeRO-1: gradients
+    reduce-scattered, parameters all-gathered after the step) instead of all-reducing gradients."""
+    dp_bucket_MB: float = 25.0
+    """Gradient bucket size for the data-parallel all-reduce, MB (PyTorch DDP's default 25 MB)."""
+    weight_buffers: int = 2
+    """TSP: weight shards in flight (2 = double buffering: shard r+1 moves while shard r computes)."""
+    tsp_kv_lookahead: bool = True
+    """TSP: project shard r+1 and start its K/V all-gather before shard r's attention, so the gather
+    overlaps attention (software pipelining of the broadcast loop; needs weight_buffers ≥ 2)."""
+    kv_buckets: int = 1
+    """TSP: K/V all-gathers per head shard (head bucketing: more, smaller gathers, less memory)."""
+    pack_kv: bool = True
+    """Gather K and V in one packed collective (False: two all-gathers)."""
+    tsp_grad_return: Literal["reduce", "ring"] = "ring"
+    """TSP backward: partial gradients of MLP shards travel the ring with their shard (ring
+    reduce-scatter); attention shard gradients are reduced to the owner. ``reduce`` reduces both."""
+    satp_seq_attention: Literal["gather-kv", "gather-input"] = "gather-kv"
+    """satp-seq: ``gather-kv`` follows the reference article's table (K/V projected on the local
+    sequence shard and all-gathered; Q from the gathered input); ``gather-input`` is Megatron-LM
+    sequence parallelism (the input all-gather alone makes K/V visible)."""
+    sp_keep_gathered_kv: bool = True
+    """SP-style schedules (``sp``, ``tp+sp``, ``satp-seq``) keep each block's gathered K/V from the forward
+    pass until that block's backward instead of gathering again (as all-gather context-parallel
+    implementations do). Calibrated: with it the TP+SP rows of tsp.md §6 are reproduced. TSP never keeps
+    them (it gathers one head shard at a time by design)."""
+    tp_overlap: bool = False
+    """Overlap TP all-reduces with independent compute (off: TP collectives are exposed, as in
+    Megatron-LM without communication overlap)."""
+    logits_bytes: int = 4
+    """Bytes per logit element (fp32 logits for the loss)."""
+    tsp_decode: Literal["weights", "token"] = "weights"
+    """TSP decode (tsp.md §7): ``weights`` moves the layer's weight shards every step as the training
+    forward does (attention broadcast loop, MLP ring; the new tokens are replicated); ``token`` keeps the
+    weights with their owners and moves the tokens' activations (Q/K/V all-gather, partial attention
+    over each rank's KV chunk combined flash-decoding style, then TP-like all-reduces)."""
+    satp_batch_kv: Literal["batch", "heads"] = "batch"
+    """KV cache of ``satp-batch`` in inference: ``batch`` keeps each rank's B/p sequences whole (all
+    heads, 2·(B/p)·T·H_kv·s per block), so the column-parallel Q/K/V head shards are exchanged to the
+    sequences' owners by an all-to-all before attention and the outputs exchanged back after it
+    (prefill re-lays each block's K/V by one all-to-all); ``heads`` keeps the cache head-sharded like
+    classic TP (every sequence, the rank's heads) and attention needs no exchange — the article's
+    "no collective" row. Same bytes per GPU either way."""
+    decode_launch_us: float = 1.0
+    """Per-kernel overhead of decode steps, µs: decode runs as a captured HIP/CUDA graph (as vLLM and
+    SGLang do), so the topology's eager ``kernel_launch_us`` is replaced by the graph's kernel-to-kernel
+    gap (assumed). Prefill keeps the eager launch overhead."""
+    decode_gemm_rolloff: bool = True
+    """Apply the small-GEMM efficiency roll-off to decode kernels. It is shape-aware
+    (:func:`tspsim.engine.costs.tail_fraction`): a T_q = 1 GEMM is GEMV-class, far below the roofline ridge, and
+    pays only I/I_ridge of the tail, so decode stays bound by streaming weights from HBM. Off: the plain
+    roofline (no tail at all)."""
+
+    def to_json(self) -> dict[str, Any]:
+        """All fields."""
+        return asdict(self)
+
+    @classmethod
+    def from_overrides(cls, pairs: dict[str, Any]) -> Assumptions:
+        """Defaults with ``key=value`` overrides (strings from the command line are converted)."""
+        known = {f.name: f for f in fields(cls)}
+        base = cls()
+        values: dict[str, Any] = {}
+        for key, raw in pairs.items():
+            if key not in known:
+                raise ConfigError(f"unknown option {key!r}; known options: {', '.join(known)}")
+            default = getattr(base, key)
+            values[key] = _convert(key, raw, default)
+        out = replace(base, **values)
+        out.validate()
+        return out
+
+    def validate(self) -> None:
+        """Range checks with one-line errors."""
+        choices = {"recompute": ("none", "selective", "full"), "tsp_grad_return": ("reduce", "ring"),
+                   "satp_seq_attention": ("gather-kv", "gather-input"), "tsp_decode": ("weights", "token"),
+                   "satp_batch_kv": ("batch", "heads")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"option {key}={getattr(self, key)!r}: choose one of {', '.join(allowed)}")
+        # (key, minimum, maximum): bytes per element are at most 64; counts stay small enough to simulate.
+        bounds = (("param_bytes", 1, 64), ("grad_bytes", 1, 64), ("logits_bytes", 1, 64), ("master_bytes", 0, 64),
+                  ("optimizer_bytes", 0, 256), ("weight_buffers", 1, 64), ("kv_buckets", 1, 4096),
+                  ("dp_bucket_MB", 1e-3, 1e6), ("decode_launch_us", 0.0, 1e6))
+        for key, low, high in bounds:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"option {key}={value!r}: expected a finite number between {low:g} and {high:g}")
+            if not low <= value <= high:
+                raise ConfigError(f"option {key}={value:g} is out of range: use a value between {low:g} and {high:g}")
+
+
+def _convert(key: str, raw: Any, default: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    if isinstance(default, bool):
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"option {key}={raw!r}: expected true or false")
+    if isinstance(default, int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"option {key}={raw!r}: expected a whole number") from None
+    if isinstance(default, float):
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"option {key}={raw!r}: expected a number") from None
+    return raw
+
+
+def parse_option_pairs(items: Sequence[str], recompute: str | None = None) -> tuple[tuple[str, Any], ...]:
+    """``--option KEY=VALUE`` strings (and ``--recompute``) → validated, sorted (key, value) pairs.
+
+    Raises:
+        ConfigError: for a malformed item, an unknown key, a bad value, or ``--recompute`` contradicting
+            ``--option recompute=…`` (one line).
+    """
+    pairs: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--option {item!r}: expected KEY=VALUE, e.g. --option zero1=true")
+        pairs[key.strip()] = value.strip()
+    if recompute is not None:
+        if "recompute" in pairs and pairs["recompute"] != recompute:
+            raise ConfigError(f"--recompute {recompute} contradicts --option recompute={pairs['recompute']}; "
+                              "give one")
+        pairs["recompute"] = recompute
+    Assumptions.from_overrides(pairs)  # validate now: one-line error before any simulation
+    return tuple(sorted(pairs.items()))

@@ -1,0 +1,124 @@
+"""The parallel layout: a schedule with its degrees, placed on the GPUs of a topology.
+
+Placement (design.md §1, issue 3): the model-parallel axis is innermost — consecutive ranks inside a
+node — and data-parallel replicas take the remaining GPUs. A replica of R GPUs is ranks
+``[k·R, (k+1)·R)``; the DP group of a rank is every rank at the same position in each replica.
+``tp+sp`` puts TP inside (rank = base + s·T + t) and SP outside, so T = 8 fills a node and Σ spans nodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tspsim.core.errors import ConfigError
+from tspsim.spec.model import ModelConfig
+from tspsim.spec.topology import Topology
+from tspsim.spec.workload import Workload
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A schedule with its degrees, laid out on a topology."""
+
+    schedule: str
+    """Registered schedule name (``tsp``, ``tp``, ``satp-seq``, ``satp-batch``, ``sp``, ``tp+sp``)."""
+    tp: int
+    """Weight-sharding degree inside a replica (T; for ``tsp`` and ``tp`` the degree D)."""
+    sp: int
+    """Token-sharding degree (Σ; for ``tsp`` and ``sp`` the degree D)."""
+    replica_size: int
+    """GPUs per model replica."""
+    world_size: int
+    """GPUs used in total."""
+    degrees: dict[str, int] = field(default_factory=dict)
+    """Degrees as reported (``D`` or ``T``/``SP``, and ``DP``)."""
+
+    @property
+    def replicas(self) -> int:
+        """Data-parallel replicas."""
+        return self.world_size // self.replica_size
+
+    def replica_ranks(self, replica: int = 0) -> tuple[int, ...]:
+        """Global ranks of one replica."""
+        base = replica * self.replica_size
+        return tuple(range(base, base + self.replica_size))
+
+    def dp_group(self, rank: int) -> tuple[int, ...]:
+        """Ranks at the same position as ``rank`` in every replica."""
+        pos = rank % self.replica_size
+        return tuple(pos + k * self.replica_size for k in range(self.replicas))
+
+
+def make_layout(schedule: str, topo: Topology, model: ModelConfig, workload: Workload, degree: int | None = None,
+              tp: int | None = None, sp: int | None = None, gpus: int | None = None) -> Layout:
+    """Resolve degrees for ``schedule`` and validate them against the model, sequence and topology.
+
+    Raises:
+        ConfigError: naming the degree, what it must divide, and a value that would work.
+    """
+    world = gpus or topo.world_size
+    if world > topo.world_size:
+        raise ConfigError(f"--gpus {world} exceeds {topo.name} ({topo.world_size} GPUs)")
+    if schedule == "tp+sp":
+        t = tp or min(topo.gpus_per_node, model.q_heads)
+        s = sp or (2 if world >= 2 * t else 1)
+        if degree and (tp is None and sp is None):
+            raise ConfigError("tp+sp takes --tp T and --sp S (not --degree)")
+    elif schedule in ("tsp", "sp"):
+        d = degree or tp or sp or min(topo.gpus_per_node, world)
+        t, s = (d, d) if schedule == "tsp" else (1, d)
+    else:
+        d = degree or tp or min(topo.gpus_per_node, world)
+        t, s = d, 1
+    replica = t * s if schedule != "tsp" else t
+    _check_divides(schedule, model, workload, t, s, replica, world, topo)
+    degrees = ({"D": t} if schedule == "tsp" else {"D": s} if schedule == "sp"
+               else {"T": t, "SP": s} if schedule == "tp+sp" else {"D": t})
+    degrees["DP"] = world // replica
+    return Layout(schedule, t, s, replica, world, degrees)
+
+
+def _check_divides(schedule: str, model: ModelConfig, workload: Workload, t: int, s: int, replica: int,
+                   world: int, topo: Topology) -> None:
+    name = {"tsp": "D", "sp": "D"}.get(schedule, "T" if schedule == "tp+sp" else "D")
+    w = t if schedule != "sp" else 1
+    if w > 1:
+        label = name if schedule != "tp+sp" else "--tp"
+        if model.q_heads % w:
+            raise ConfigError(f"degree {label}={w} does not divide the {model.q_heads} query heads of {model.name}; "
+                              f"use a divisor such as {_divisor_hint(model.q_heads, w)}")
+        if model.kv_heads % w:
+            raise ConfigError(f"degree {label}={w} does not divide the {model.kv_heads} KV heads of {model.name}; "
+                              f"use a divisor such as {_divisor_hint(model.kv_heads, w)}")
+        if model.ffn_hidden % w:
+            raise ConfigError(f"degree {label}={w} does not divide the MLP width {model.ffn_hidden} of {model.name}")
+    seq_shards = {"tsp": t, "sp": s, "tp+sp": s}.get(schedule, 1)
+    if schedule == "satp-seq":
+        seq_shards = t
+    if seq_shards > 1 and workload.mode not in ("decode",):
+        need = 2 * seq_shards if schedule in ("tsp", "sp", "tp+sp") else seq_shards
+        if workload.seq_len % need:
+            what = "2·D (zig-zag: 2D chunks)" if need == 2 * seq_shards else "the degree"
+            raise ConfigError(f"sequence length {workload.seq_len} is not divisible by {need} = {what}; "
+                              f"use a multiple of {need}, e.g. {workload.seq_len // need * need or need}")
+    if schedule == "satp-seq" and workload.mode in ("decode", "generate") and workload.batch % t:
+        raise ConfigError(f"satp-seq decode splits the step's {workload.batch} new tokens (T_q = 1) over D={t}: "
+                          f"--batch must be a multiple of {t}; use --batch {t}")
+    if schedule == "satp-batch" and workload.batch % t:
+        raise ConfigError(f"satp-batch shards the batch: --batch {workload.batch} must be a multiple of D={t}; "
+                          f"use --batch {t}")
+    if replica > world:
+        raise ConfigError(f"{schedule} needs {replica} GPUs per replica but only {world} are available on "
+                          f"{topo.name}; use a smaller degree or a larger topology")
+    if world % replica:
+        raise ConfigError(f"{world} GPUs are not a whole number of {replica}-GPU replicas; "
+                          f"choose degrees whose product divides {world}")
+    if replica > topo.gpus_per_node and replica % topo.gpus_per_node:
+        raise ConfigError(f"a {replica}-GPU replica must fill whole {topo.gpus_per_node}-GPU nodes")
+    if replica < topo.gpus_per_node and topo.gpus_per_node % replica:
+        raise ConfigError(f"a {replica}-GPU replica must divide the {topo.gpus_per_node} GPUs of a node")
+
+
+def _divisor_hint(n: int, near: int) -> int:
+    divisors = [d for d in range(1, n + 1) if n % d == 0]
+    return min(divisors, key=lambda d: (abs(d - near), -d))

@@ -1,0 +1,263 @@
+"""Topology files: presets by name or a user's YAML (with ``inherit``), validated key by key.
+
+Every number is checked against its unit's plausible range; messages read
+``FILE: .key.path: problem`` (jq-style paths). A valid mapping becomes a :class:`~tspsim.spec.topology.Topology`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tspsim.core.errors import ConfigError
+from tspsim.core.yamlfile import describe_value, number_hint, read_yaml_file
+from tspsim.spec.topology import GpuSpec, InterFabric, IntraFabric, Topology
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "data" / "topologies"
+
+MAX_GPUS = 65536
+"""Largest cluster (nodes × gpus_per_node) a topology may describe."""
+MAX_LINKS = 1_000_000
+"""Largest number of directed links (one Python object each) a topology may build."""
+MAX_NUMBER = 1e15
+"""Largest magnitude of any number in a topology file (larger values are unit mistakes)."""
+MAX_INHERIT_DEPTH = 16
+"""Longest 'inherit' chain."""
+
+# Plausible ranges by unit suffix (inclusive). Far wider than any real hardware; a value outside is almost
+# always a unit mistake (B/s written as GB/s) and would drive the simulation into float-resolution trouble.
+RANGES: dict[str, tuple[float, float]] = {
+    "_TFLOPS": (1e-3, 1e6), "_GBps": (1e-3, 1e5), "_TBps": (1e-3, 1e3), "_GB": (0.0, 1e6), "_us": (0.0, 1e6),
+    "_GFLOP": (1e-6, 1e6), "_bytes": (0, 2**50), "oversubscription": (1e-3, 1e3), "compute_slowdown": (0.0, 100.0),
+    "nodes_per_leaf": (1, MAX_GPUS), "nodes": (1, MAX_GPUS), "gpus_per_node": (1, 4096),
+}
+"""(min, max) of numeric keys by name suffix; efficiencies are in (0, 1] by their own rule."""
+
+
+_SCHEMA: dict[str, Any] = {
+    "name": str,
+    "description": str,
+    "inherit": str,
+    "nodes": int,
+    "gpus_per_node": int,
+    "gpu": {
+        "name": str, "peak_bf16_TFLOPS": float, "peak_fp8_TFLOPS": float, "mfu_peak_TFLOPS": float,
+        "hbm_GB": float, "hbm_TBps": float, "runtime_reserve_GB": float, "kernel_launch_us": float,
+        "gemm_efficiency": "eff", "gemm_half_GFLOP": float, "attn_fwd_efficiency": "eff",
+        "attn_bwd_efficiency": "eff", "hbm_efficiency": "eff",
+    },
+    "intra": {
+        "kind": ("full_mesh", "switch"), "link_GBps": float, "link_efficiency": "eff",
+        "collective_efficiency": "eff", "hop_latency_us": "nonneg", "direct_alpha_us": "nonneg",
+        "ring_base_us": "nonneg", "ring_step_us": "nonneg", "direct_max_bytes": "nonneg_int",
+        "compute_slowdown": "nonneg",
+    },
+    "inter": {
+        "topology": ("rails_only", "rail_optimized_fat_tree"), "nic_GBps": float, "nic_efficiency": "eff",
+        "pcie_GBps": float, "nodes_per_leaf": int, "oversubscription": float,
+        "hop_latency_us": "nonneg", "ring_step_us": "nonneg", "base_us": "nonneg",
+        "compute_slowdown": "nonneg",
+    },
+}
+_OPTIONAL = {"description", "inherit", "inter"}
+
+
+def preset_names() -> list[str]:
+    """Names of the built-in topology presets."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_topology(name_or_path: str) -> Topology:
+    """Load a preset by name or a user's YAML file by path, validating every key.
+
+    Raises:
+        ConfigError: one line naming the file, the key path and what was expected.
+    """
+    raw, source = _read_with_inheritance(name_or_path, seen=())
+    return _build(raw, source)
+
+
+class _InheritChainError(ConfigError):
+    """An 'inherit' loop or an over-long chain (its message already names the whole chain)."""
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    data = read_yaml_file(path, "topology")
+    if not isinstance(data, dict):
+        got = "an empty file" if data is None else describe_value(data)
+        raise ConfigError(f"{path}: a topology file must be a YAML mapping of keys to values, got {got}")
+    return data
+
+
+def _resolve(name_or_path: str, relative_to: Path | None) -> Path:
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or "/" in name_or_path:
+        if relative_to is not None and not candidate.is_absolute():
+            sibling = relative_to.parent / candidate
+            if sibling.exists():
+                return sibling
+        if candidate.exists():
+            return candidate
+        raise ConfigError(f"topology file {name_or_path!r} not found; give an existing path or a preset name")
+    preset = PRESET_DIR / f"{name_or_path}.yaml"
+    if name_or_path and preset.exists():
+        return preset
+    raise ConfigError(
+        f"unknown topology {name_or_path!r}: choose one of {', '.join(preset_names())} or give a YAML path"
+    )
+
+
+def _read_with_inheritance(name_or_path: str, seen: tuple[str, ...],
+                           relative_to: Path | None = None) -> tuple[dict[str, Any], Path]:
+    path = _resolve(name_or_path, relative_to)
+    key = str(path.resolve())
+    if key in seen:
+        chain = " -> ".join(Path(k).name for k in seen + (key,))
+        raise _InheritChainError(f"{path}: 'inherit' chain loops back to itself ({chain}); remove one 'inherit'")
+    if len(seen) >= MAX_INHERIT_DEPTH:
+        raise _InheritChainError(f"{path}: 'inherit' chain is deeper than {MAX_INHERIT_DEPTH} files; flatten it")
+    data = _read_yaml(path)
+    if "inherit" not in data:
+        return data, path
+    parent_name = data["inherit"]
+    if not isinstance(parent_name, str) or not parent_name.strip():
+        raise ConfigError(f"{path}: inherit: expected a preset name or a YAML path, got {describe_value(parent_name)}")
+    try:
+        parent, _ = _read_with_inheritance(parent_name, seen + (key,), relative_to=path)
+    except _InheritChainError:
+        raise
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: inherit: {exc}") from None
+    merged = _deep_merge(parent, data)
+    merged.pop("inherit", None)
+    return merged, path
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _expected(rule: Any) -> str:
+    """What a schema rule accepts, for messages."""
+    if isinstance(rule, dict):
+        return "a mapping of keys to values"
+    if isinstance(rule, tuple):
+        return "one of " + ", ".join(rule)
+    return {str: "text", int: "a whole number ≥ 1", "nonneg_int": "a whole number ≥ 0",
+            float: "a positive number", "nonneg": "a number ≥ 0", "eff": "an efficiency in (0, 1]"}[rule]
+
+
+def _check(value: Any, rule: Any, where: str) -> Any:
+    if isinstance(rule, tuple):
+        if not isinstance(value, str) or value not in rule:
+            raise ConfigError(f"{where}: expected one of {', '.join(rule)}, got {describe_value(value)}")
+        return value
+    if rule is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected text, got {describe_value(value)}; quote it if it is a name")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}: expected {_expected(rule)}, got {describe_value(value)}{number_hint(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: expected {_expected(rule)}, got {describe_value(value)} "
+                          "(NaN and infinity are not allowed)")
+    if abs(value) > MAX_NUMBER:
+        raise ConfigError(f"{where}: {describe_value(value)} is out of range (the limit is {MAX_NUMBER:.0e}); "
+                          "check the units")
+    original = value
+    value = _check_kind(value, rule, where)
+    key = where.rsplit(".", 1)[-1]
+    for suffix, (lo, hi) in RANGES.items():
+        if key.endswith(suffix):
+            if not lo <= value <= hi:
+                raise ConfigError(f"{where}: {describe_value(original)} is outside the plausible range "
+                                  f"[{lo:g}, {hi:g}]; check the units")
+            break
+    return value
+
+
+def _check_kind(value: int | float, rule: Any, where: str) -> int | float:
+    if rule is int or rule == "nonneg_int":
+        if value != int(value):
+            raise ConfigError(f"{where}: expected a whole number, got {describe_value(value)}")
+        value = int(value)
+        if value < (0 if rule == "nonneg_int" else 1):
+            raise ConfigError(f"{where}: must be {'≥ 0' if rule == 'nonneg_int' else '≥ 1'}, got {value}")
+        return value
+    value = float(value)
+    if rule == "eff" and not 0.0 < value <= 1.0:
+        raise ConfigError(f"{where}: an efficiency must be in (0, 1], got {describe_value(value)}")
+    if rule == "nonneg" and value < 0:
+        raise ConfigError(f"{where}: must be ≥ 0, got {describe_value(value)}")
+    if rule is float and value <= 0:
+        raise ConfigError(f"{where}: must be positive, got {describe_value(value)}")
+    return value
+
+
+def _validate_section(data: Any, schema: dict[str, Any], source: str, keypath: str,
+                      optional: set[str]) -> dict[str, Any]:
+    """Check ``data`` against ``schema``; messages read ``FILE: .key.path: problem`` (jq-style paths)."""
+    where = f"{source}: {keypath}" if keypath else source
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys to values, got {describe_value(data)}")
+    unknown = sorted((k for k in data if k not in schema), key=str)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {describe_value(unknown[0])}; allowed keys: {', '.join(schema)}")
+    missing = [k for k in schema if k not in data and k not in optional]
+    if missing:
+        raise ConfigError(f"{where}: missing key {missing[0]!r} ({_expected(schema[missing[0]])})")
+    out = {}
+    for key, value in data.items():
+        rule = schema[key]
+        sub = f"{keypath}.{key}"
+        out[key] = (_validate_section(value, rule, source, sub, set()) if isinstance(rule, dict)
+                    else _check(value, rule, f"{source}: {sub}"))
+    return out
+
+
+def _link_count(data: dict[str, Any]) -> int:
+    """Directed links :func:`_build_links` will create for validated ``data``."""
+    nodes, g = data["nodes"], data["gpus_per_node"]
+    count = nodes * (g * (g - 1) if data["intra"]["kind"] == "full_mesh" else 2 * g)
+    if "inter" in data:
+        count += 4 * nodes * g + 2 * g * -(-nodes // data["inter"]["nodes_per_leaf"])
+    return count
+
+
+def _build(raw: dict[str, Any], source: Path) -> Topology:
+    where = str(source)
+    data = _validate_section(raw, _SCHEMA, where, "", _OPTIONAL)
+    if data["nodes"] > 1 and "inter" not in data:
+        raise ConfigError(f"{where}: {data['nodes']} nodes need an 'inter' section (the scale-out network)")
+    world = data["nodes"] * data["gpus_per_node"]
+    if world > MAX_GPUS:
+        raise ConfigError(f"{where}: nodes × gpus_per_node = {world:,} GPUs; the limit is {MAX_GPUS:,}")
+    links = _link_count(data)
+    if links > MAX_LINKS:
+        raise ConfigError(f"{where}: this cluster has {links:,} directed links; the limit is {MAX_LINKS:,} "
+                          "(a full mesh grows as gpus_per_node²: use intra.kind: switch for large nodes)")
+    inter = InterFabric(**data["inter"]) if "inter" in data else None
+    digest = hashlib.sha256(yaml.safe_dump(raw, sort_keys=True).encode()).hexdigest()
+    return Topology(
+        name=data["name"],
+        description=data.get("description", ""),
+        gpu=GpuSpec(**data["gpu"]),
+        nodes=data["nodes"],
+        gpus_per_node=data["gpus_per_node"],
+        intra=IntraFabric(**data["intra"]),
+        inter=inter,
+        source_sha256=digest,
+        resolved=raw,
+    )
+
