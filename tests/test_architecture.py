@@ -8,6 +8,7 @@ including imports inside functions and under ``if TYPE_CHECKING``.
 from __future__ import annotations
 
 import ast
+import os
 import shutil
 import subprocess
 import sys
@@ -64,8 +65,9 @@ def test_layers_contract_holds() -> None:
     exe = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
     if not Path(exe).exists():
         pytest.fail("lint-imports is missing: pip install -e '.[test]' installs import-linter")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # analyse this checkout, not whatever is installed
     result = subprocess.run([exe, "--config", str(ROOT / "setup.cfg")], cwd=ROOT, capture_output=True, text=True,
-                            timeout=300)
+                            timeout=300, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "1 kept, 0 broken" in result.stdout
 
@@ -79,7 +81,7 @@ def test_a_climbing_import_is_caught(tmp_path: Path) -> None:
     sim.write_text(sim.read_text() + "\n\ndef _bad() -> None:\n    from tspsim.commands import run  # noqa: F401\n")
     (tmp_path / "setup.cfg").write_text((ROOT / "setup.cfg").read_text())
     result = subprocess.run([exe, "--config", str(tmp_path / "setup.cfg")], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=300, env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+                            text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert result.returncode != 0
     assert "tspsim.engine is not allowed to import tspsim.commands" in result.stdout
 
