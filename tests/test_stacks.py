@@ -369,3 +369,50 @@ def test_validate_stack_rows():
     assert len(exact) == 6 and all(r.within and r.error_pct == 0.0 for r in exact)
     tt = rows["mfu.h100-dgx-1node.torchtitan"]
     assert tt.simulated is not None and tt.published == 39.0 and "torchtitan" in tt.note
+
+
+def test_sweep_and_plan_take_a_stack(tmp_path):
+    import json
+
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text("name: tiny\nhidden: 256\nlayers: 2\nq_heads: 4\nkv_heads: 4\nhead_dim: 64\nffn_hidden: 1024\n"
+                    "gated_mlp: true\nvocab: 512\n")
+    res = CliRunner().invoke(cli, ["sweep", "-t", "mi300x-1node", "--model", str(tiny), "--schedule", "tp",
+                                   "--degree", "2", "--seq", "1k", "--jobs", "1", "--stack", "megatron-lm-2022",
+                                   "--out", str(tmp_path / "sw")])
+    assert res.exit_code == 0, res.output
+    entry = json.loads((tmp_path / "sw" / "results.json").read_text())["results"][0]
+    assert entry["stack"] == "megatron-lm-2022"
+    res = CliRunner().invoke(cli, ["plan", "-t", "mi300x-1node", "--model", str(tiny), "--seq", "1k",
+                                   "--batch-max", "1", "--jobs", "1", "--stack", "torchtitan", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["best"]["stack"] == "torchtitan"
+
+
+def test_cache_key_covers_the_resolved_stack(tmp_path):
+    from tspsim.explore.cache import point_key
+
+    stack = tmp_path / "mine.yaml"
+    stack.write_text("inherit: megatron-core\n")
+    point = Point("tp", "mi300x-1node", degree=8, options=(("stack", str(stack)),))
+    before = point_key(point)
+    stack.write_text("inherit: megatron-core\noptimizer:\n  zero_grad: false\n")
+    assert point_key(point) != before
+
+
+def test_model_files_take_biases_and_position_embeddings(tmp_path):
+    from tspsim.spec.model import load_model
+
+    path = tmp_path / "m.yaml"
+    path.write_text(GPT.format(h=512, a=8, d=64, f=2048, s=1024))
+    m = load_model(str(path))
+    assert m.biases and m.position_embeddings == 1024 and m.tied_embeddings
+    assert m.layer_params == 12 * 512 * 512 + (3 * 512 + 2048) + 2 * 512 + 4 * 512
+    assert m.embedding_params == 1024 * 512 + 1024 * 512 + 2 * 512
+    assert "biases" not in MODELS.get("llama3-8b").to_json()       # unset fields keep old model hashes
+    path.write_text(GPT.format(h=512, a=8, d=64, f=2048, s=1024).replace("biases: true", "biases: 1"))
+    with pytest.raises(ConfigError, match="biases: expected true or false"):
+        load_model(str(path))
+    path.write_text(GPT.format(h=512, a=8, d=64, f=2048, s=-1))
+    with pytest.raises(ConfigError, match="position_embeddings: expected a whole number ≥ 0"):
+        load_model(str(path))

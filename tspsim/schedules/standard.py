@@ -82,7 +82,8 @@ def build_standard(ctx: BuildContext, lay: BlockLayout) -> OpGraph:
                            phase="bwd", deps={r: c.last[r] for r in c.ranks})
             for r in c.ranks:
                 c.last[r] = c.builder.memory(r, "bwd.head.done", [], phase="bwd", deps=[red[r], c.last[r]])
-        c.dp_sync({r: m.vocab * H / lay.tp for r in c.ranks}, dict(c.last), layer=-1)
+        head_grads = 0 if m.tied_embeddings else m.vocab * H / lay.tp   # tied: one gradient, reduced at the end
+        c.dp_sync({r: head_grads for r in c.ranks}, dict(c.last), layer=-1)
         for layer in reversed(range(m.layers)):
             if full(layer):
                 blk.forward(layer, "bwd", "all", prefix="recompute.")
@@ -95,7 +96,8 @@ def build_standard(ctx: BuildContext, lay: BlockLayout) -> OpGraph:
         for r in c.ranks:
             c.elementwise(r, "bwd.embedding", 2 * n_res * H * s, layer=-1, phase="bwd", after=[c.last[r]],
                           mem=[("end", "activations", -int(n_res * H * s))] if lay.tp > 1 else [])
-        c.dp_sync({r: (m.vocab * H) / lay.tp for r in c.ranks}, dict(c.last), layer=-1)
+        c.dp_sync({r: (m.vocab * H) / lay.tp + m.replicated_embedding_params for r in c.ranks}, dict(c.last),
+                  layer=-1)
         c.optimizer_step(params)
     return c.finish(lay.name, {"layout": {"tp": lay.tp, "sp": lay.sp, "residual": lay.residual,
                                           "kv_from_local_shard": lay.kv_from_local_shard}})

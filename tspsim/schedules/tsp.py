@@ -379,7 +379,8 @@ def build(ctx: BuildContext) -> OpGraph:
         for r in c.ranks:
             c.last[r] = c.builder.memory(r, "bwd.head.free_logits", [("temporary", -logits)], phase="bwd",
                                          deps=[c.last[r]])
-        c.dp_sync({r: m.vocab * H / D for r in c.ranks}, dict(c.last), layer=-1)
+        head_grads = 0 if m.tied_embeddings else m.vocab * H / D     # tied: one gradient, reduced at the end
+        c.dp_sync({r: head_grads for r in c.ranks}, dict(c.last), layer=-1)
         for layer in reversed(range(m.layers)):
             if policy == "full" and layer < first_k:
                 t.attention_fwd(layer, "bwd", KEEP_ALL, prefix="recompute.")
@@ -396,7 +397,7 @@ def build(ctx: BuildContext) -> OpGraph:
                     c.last[r] = c.builder.memory(r, f"L{layer}.checkpoint_free", [("activations", -n * H * s)],
                                                  layer=layer, phase="bwd", deps=[c.last[r]])
         t.vocab_ring("bwd.embedding", "bwd", (n, H, 1), 1.0, grad_ring=True)
-        c.dp_sync({r: m.vocab * H / D for r in c.ranks}, dict(c.last), layer=-1)
+        c.dp_sync({r: m.vocab * H / D + m.replicated_embedding_params for r in c.ranks}, dict(c.last), layer=-1)
         c.optimizer_step(params)
     return c.finish("tsp", {"layout": {"D": D, "weight_buffers": c.opts.weight_buffers,
                                        "kv_buckets": c.opts.kv_buckets}})
