@@ -31,16 +31,9 @@ from __future__ import annotations
 from collections.abc import Set as AbstractSet
 
 from tspsim.opgraph import OpGraph
+from tspsim.schedules import kernels
 from tspsim.schedules.attention import CoreShape, core_backward, core_forward
 from tspsim.schedules.context import BuildContext
-from tspsim.schedules.kernels import (
-    bias_before_activation,
-    bias_grad,
-    dropout_mask_bytes,
-    norm_backward,
-    residual_backward,
-    residual_forward,
-)
 from tspsim.schedules.registry import SCHEDULES, Schedule
 from tspsim.schedules.tsp_base import Mem, TspBase
 
@@ -54,11 +47,11 @@ class TspBuilder(TspBase):
 
     def _residual(self, r: int, L: str, layer: int, phase: str, keep: AbstractSet[str], sub: str) -> None:
         """Bias-dropout-add of a sublayer on the rank's own tokens; the dropout mask is saved when kept."""
-        mask = dropout_mask_bytes(self.c, self.n)
+        mask = kernels.dropout_mask_bytes(self.c, self.n)
         if f"dmask_{sub}" in keep and mask:
             self._save(layer, r, f"dmask_{sub}", mask)
-        residual_forward(self.c, r, L + sub, self.n, layer=layer, phase=phase, after=[self.c.last[r]],
-                         keep_mask=f"dmask_{sub}" in keep)
+        kernels.residual_forward(self.c, r, L + sub, self.n, layer=layer, phase=phase, after=[self.c.last[r]],
+                                 keep_mask=f"dmask_{sub}" in keep)
 
     # ------------------------------------------------------------------------------ attention
     def attention_fwd(self, layer: int, phase: str, keep: AbstractSet[str], prefix: str = "") -> None:
@@ -178,8 +171,8 @@ class TspBuilder(TspBase):
                     tmp = [("start", "temporary", n * width * s)]
                 c.gemm(r, L + f"mlp.gate_up[step {j}]", n, width, H, layer=layer, phase=phase, after=after,
                        mem=mem + tmp)
-                bias_before_activation(c, r, L + f"mlp.bias_add[step {j}]", n * width, layer=layer, phase=phase,
-                                       after=[c.last[r]])
+                kernels.bias_before_activation(c, r, L + f"mlp.bias_add[step {j}]", n * width, layer=layer, phase=phase,
+                                               after=[c.last[r]])
                 amem: Mem = []
                 if "act" in keep:
                     amem.append(("end", "activations", n * self.i_l * s))
@@ -210,8 +203,8 @@ class TspBuilder(TspBase):
         saved = {r: self.saved.setdefault((layer, r), {}) for r in c.ranks}
         orig = {r: self.orig.setdefault((layer, r), dict(saved[r])) for r in c.ranks}
         for r in c.ranks:
-            residual_backward(c, r, L + "mlp", n, layer=layer, after=[c.last[r]],
-                              mask_saved=saved[r].pop("dmask_mlp", 0))
+            kernels.residual_backward(c, r, L + "mlp", n, layer=layer, after=[c.last[r]],
+                                      mask_saved=saved[r].pop("dmask_mlp", 0))
         start = {r: c.last[r] for r in c.ranks}
         downs: dict[int, list[int]] = {r: [] for r in c.ranks}
         recv: dict[int, int] = {}
@@ -231,7 +224,7 @@ class TspBuilder(TspBase):
                        mem=self._release(saved[r], orig[r], "act", j, D))
                 c.elementwise(r, L + f"mlp.act[step {j}]", 3 * n * width * s, layer=layer, phase="bwd",
                               after=[c.last[r]], mem=self._release(saved[r], orig[r], "h", j, D))
-                bias_grad(c, r, L + f"mlp.bias_grad[step {j}]", n * width, layer=layer, after=[c.last[r]])
+                kernels.bias_grad(c, r, L + f"mlp.bias_grad[step {j}]", n * width, layer=layer, after=[c.last[r]])
                 steps[r] = c.gemm(r, L + f"mlp.gate_up[step {j}]", n, width, H, layer=layer, phase="bwd",
                                   after=[c.last[r]], scale=2, mem=free)
                 downs[r].append(steps[r])
@@ -252,7 +245,8 @@ class TspBuilder(TspBase):
                 for r, op in red.items():
                     grad_done[r] = op
         for r in c.ranks:
-            norm_backward(c, r, L + "mlp", n, layer=layer, after=[c.last[r]], mem=self._free_all(saved[r], "x2"))
+            kernels.norm_backward(c, r, L + "mlp", n, layer=layer, after=[c.last[r]],
+                                  mem=self._free_all(saved[r], "x2"))
         return grad_done
 
     def attention_bwd(self, layer: int) -> dict[int, int | None]:
@@ -266,8 +260,8 @@ class TspBuilder(TspBase):
         saved = {r: self.saved.setdefault((layer, r), {}) for r in c.ranks}
         orig = {r: self.orig.setdefault((layer, r), dict(saved[r])) for r in c.ranks}
         for r in c.ranks:
-            residual_backward(c, r, L + "attn", n, layer=layer, after=[c.last[r]],
-                              mask_saved=saved[r].pop("dmask_attn", 0))
+            kernels.residual_backward(c, r, L + "attn", n, layer=layer, after=[c.last[r]],
+                                      mask_saved=saved[r].pop("dmask_attn", 0))
         start = {r: c.last[r] for r in c.ranks}
         uses: dict[int, list[int]] = {r: [] for r in c.ranks}
         shape = CoreShape(self.B, self.S / D, self.S, self.heads_l, m.head_dim)
@@ -310,8 +304,8 @@ class TspBuilder(TspBase):
                 free: Mem = [("end", "temporary", -int(kv_bytes))]
                 if self.owner(r, i) != r:
                     free.append(("end", "comm_buffers", -int(shard_bytes)))
-                bias_grad(c, r, L + f"attn.qkv.bias_grad[r={i}]", n * (self.q_l + 2 * self.kv_l), layer=layer,
-                          after=[rs.get(r), c.last[r]])
+                kernels.bias_grad(c, r, L + f"attn.qkv.bias_grad[r={i}]", n * (self.q_l + 2 * self.kv_l), layer=layer,
+                                  after=[rs.get(r), c.last[r]])
                 qkv[r] = c.gemm(r, L + f"attn.qkv[r={i}]", n, self.q_l + 2 * self.kv_l, H, layer=layer, phase="bwd",
                                 after=[rs.get(r), c.last[r]], scale=2,
                                 mem=free + self._release(saved[r], orig[r], "qkv", i, D))
@@ -325,7 +319,8 @@ class TspBuilder(TspBase):
             if i + 1 < D:
                 pending = nxt if nxt is not None else fetch(i + 1)
         for r in c.ranks:
-            norm_backward(c, r, L + "attn", n, layer=layer, after=[c.last[r]], mem=self._free_all(saved[r], "x"))
+            kernels.norm_backward(c, r, L + "attn", n, layer=layer, after=[c.last[r]],
+                                  mem=self._free_all(saved[r], "x"))
             left = sum(saved[r].values())
             if left:
                 c.builder.graph.ops[c.last[r]].mem += (("end", "activations", -int(left)),)
