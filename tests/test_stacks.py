@@ -7,6 +7,8 @@ from fractions import Fraction
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tspsim.cli import cli
 from tspsim.core.errors import ConfigError
@@ -416,3 +418,19 @@ def test_model_files_take_biases_and_position_embeddings(tmp_path):
     path.write_text(GPT.format(h=512, a=8, d=64, f=2048, s=-1))
     with pytest.raises(ConfigError, match="position_embeddings: expected a whole number ≥ 0"):
         load_model(str(path))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(heads=st.sampled_from([4, 8, 16]), head_dim=st.sampled_from([32, 64]), seq=st.sampled_from([128, 256, 384]),
+       batch=st.integers(1, 3), t=st.sampled_from([1, 2, 4]), sp=st.booleans(), selective=st.booleans())
+def test_korthikanti_table_2_holds_for_any_shape(tmp_path, heads, head_dim, seq, batch, t, sp, selective):
+    """Property: per-layer activations of the unfused stack are Table 2's formula for every shape and layout."""
+    h, a, s, b = heads * head_dim, heads, seq, batch
+    model = _gpt(tmp_path, h, a, s)
+    schedule = "satp-seq" if sp and t > 1 else "tp"
+    got = _layer0_activations(_point(schedule, model, seq_len=s, batch=b, degree=t, gpus=t,
+                                     options=(("recompute", "selective" if selective else "none"),)))
+    sbh = Fraction(s * b * h)
+    replicated = Fraction(10, t) if schedule == "satp-seq" else 10
+    scores = 0 if selective else Fraction(5 * a * s, h * t)
+    assert got == sbh * (replicated + Fraction(24, t) + scores)
