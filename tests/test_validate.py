@@ -52,11 +52,12 @@ def test_validate_cli_json_and_text():
     res = runner.invoke(cli, ["validate", "--json"])
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)["results"]
-    assert len(rows) == 9
+    assert len(rows) == 16                       # 9 + the 7 software-stack rows (tests/test_stacks.py)
     ids = {r["id"] for r in rows}
     assert {"memory.tp", "memory.tsp", "collective.mi300x.allreduce.8GiB",
             "collective.mi300x.allreduce.4KiB", "collective.h100.allreduce.ring.16GiB",
-            "mfu.mi300x-1node", "mfu.h100-dgx-1node"} <= ids
+            "mfu.mi300x-1node", "mfu.h100-dgx-1node", "mfu.h100-dgx-1node.torchtitan",
+            "memory.megatron-22b.tp8.parameter_state", "activations.megatron-22b.tp8-sp-selective"} <= ids
     for r in rows:
         assert set(r) == {"id", "what", "topology", "unit", "published", "simulated", "error_pct",
                           "tolerance_pct", "within", "source", "note"}

@@ -12,7 +12,7 @@ Definitions (units in the names; GB = 1e9 bytes):
   replica, times the replicas. Recomputation is NOT counted (the MFU convention: useful work only).
 * **overlap_pct** — HTA's communication–computation overlap (reference/conventions.md (b)): per rank,
   (time computing while communicating) ÷ (time communicating) × 100, where compute time is the union of
-  the spans of compute kernels (``op.is_compute``, kind ≠ ``memory``, positive duration) and
+  the spans of compute kernels (``op.is_compute``, kind not ``memory`` or ``host``, positive duration) and
   communication time the union of the spans of collectives and send/recv. Averaged over the simulated
   ranks that communicate; 0 when no rank communicates.
 * **exposed_comm_s** — mean over simulated ranks of |comm union − compute union|: communication time
@@ -46,6 +46,9 @@ from tspsim.spec.workload import Workload
 
 GB = 1e9
 """Bytes per GB in every ``*_gb`` key."""
+
+NOT_KERNELS = ("memory", "host")
+"""Compute-stream op kinds that are not GPU kernels: memory bookkeeping and the CPU lane's host ops."""
 
 INPUT_ALL_GATHER_KEY = "all_gather_input"
 """comm_bytes_per_rank key of the sharded-activation TP input all-gathers (design.md §3)."""
@@ -93,7 +96,7 @@ def intersection_length(a: list[Interval], b: list[Interval]) -> float:
 def rank_intervals(tl: Timeline) -> dict[int, tuple[list[Interval], list[Interval]]]:
     """Per simulated rank: (compute union, communication union) of its spans.
 
-    Compute spans are ops with ``is_compute`` and kind ≠ ``memory``; communication spans are
+    Compute spans are ops with ``is_compute`` and kind not ``memory`` or ``host``; communication spans are
     collectives and send/recv. Zero-length spans count for neither.
     """
     ops = tl.ops
@@ -105,7 +108,7 @@ def rank_intervals(tl: Timeline) -> dict[int, tuple[list[Interval], list[Interva
         comp, comm = raw.setdefault(op.rank, ([], []))
         if op.is_comm:
             comm.append((start, end))
-        elif op.kind != "memory":
+        elif op.kind not in NOT_KERNELS:
             comp.append((start, end))
     return {r: (interval_union(c), interval_union(m)) for r, (c, m) in sorted(raw.items())}
 
@@ -127,7 +130,7 @@ def rank_intervals_of(tl: Timeline, rank: int) -> tuple[list[Interval], list[Int
             continue
         if op.is_comm:
             comm.append((start, end))
-        elif op.kind != "memory":
+        elif op.kind not in NOT_KERNELS:
             comp.append((start, end))
     return interval_union(comp), interval_union(comm)
 
@@ -230,7 +233,7 @@ def timeline_entry(tl: Timeline, topo: Topology) -> dict[str, Any]:
 
 MODEL_KEYS = ("schedule", "model", "mode", "seq_len", "batch", "degrees", "world_size", "replicas",
               "tokens_per_s", "tokens_per_s_per_gpu", "layer_tokens_per_s", "mfu", "assumptions",
-              "model_sha256", "config")
+              "model_sha256", "config", "stack")
 """Keys of a run entry that need the model, layout and workload (null in a generic replay entry)."""
 
 
@@ -253,7 +256,8 @@ def run_entry(tl: Timeline, topo: Topology, model: ModelConfig, layout: Layout, 
     """The stable run entry of design.md §4, plus extra keys.
 
     Extra keys: tspsim_version, compute_s, comm_s, topology_sha256, model_sha256, config (fully
-    resolved inputs) and collective_algorithms. Definitions are in the module docstring.
+    resolved inputs), collective_algorithms and stack (the software stack's name; its resolved choices are
+    ``assumptions.stack``). Definitions are in the module docstring.
     """
     out = timeline_entry(tl, topo)
     step = out["step_time_s"]
@@ -266,7 +270,7 @@ def run_entry(tl: Timeline, topo: Topology, model: ModelConfig, layout: Layout, 
         "replicas": layout.replicas, "tokens_per_s": tps, "tokens_per_s_per_gpu": tps / layout.world_size,
         "layer_tokens_per_s": tps * model.layers,
         "mfu": model_flops_per_step(model, workload, layout.replicas) / peak_flops if peak_flops > 0 else 0.0,
-        "assumptions": opts.to_json(), "model_sha256": model.sha256,
+        "assumptions": opts.to_json(), "model_sha256": model.sha256, "stack": opts.stack.name,
         "config": resolved_config(topo, model, layout, workload, opts),
     })
     return dict(sorted(out.items()))

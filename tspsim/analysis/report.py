@@ -17,6 +17,8 @@ from typing import Any
 
 from tspsim.analysis.entries import schedule_label
 from tspsim.analysis.metrics import INPUT_ALL_GATHER_KEY
+from tspsim.core.errors import ConfigError
+from tspsim.spec.stack import stack_from_mapping
 from tspsim.spec.workload import INFERENCE_MODES
 
 Entry = dict[str, Any]
@@ -119,9 +121,22 @@ def assumptions_text(entry: Entry, width: int = 100) -> str:
     if not opts:
         return head + " n/a (graph without metadata)"
     hidden = TRAINING_ONLY_OPTIONS if entry.get("mode") in INFERENCE_MODES else INFERENCE_ONLY_OPTIONS
-    shown = {k: v for k, v in opts.items() if k not in hidden}
+    shown = {k: v for k, v in opts.items() if k not in hidden and k != "stack"}
     body = ", ".join(f"{k}={_value_text(v)}" for k, v in shown.items())
-    return head + "\n" + textwrap.fill(body, width=width, initial_indent="  ", subsequent_indent="  ")
+    out = head + "\n" + textwrap.fill(body, width=width, initial_indent="  ", subsequent_indent="  ")
+    return out + stack_text(opts.get("stack"), width)
+
+
+def stack_text(recorded: Any, width: int = 100) -> str:
+    """``stack NAME: choices`` wrapped (after a newline), or '' when no stack is recorded."""
+    if not isinstance(recorded, dict):
+        return ""
+    try:
+        stack = stack_from_mapping(recorded, "recorded stack", "stack")
+    except ConfigError:
+        return ""
+    line = f"stack {stack.name} (--stack NAME; README: Software stacks): {stack.summary()}"
+    return "\n" + textwrap.fill(line, width=width, subsequent_indent="  ")
 
 
 def _value_text(v: Any) -> str:

@@ -76,7 +76,7 @@ def time_breakdown(tl: Timeline, gpu: GpuSpec, start: float = 0.0, end: float | 
         if op.is_comm:
             comm.append((a, b))
             continue
-        if op.kind == "memory":
+        if op.kind in ("memory", "host"):   # bookkeeping and the CPU lane: not GPU time
             continue
         comp.append((a, b))
         dur = b - a

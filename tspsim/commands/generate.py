@@ -59,13 +59,14 @@ def default_path(schedule: str, model: str, seq: int, mode: str = "train", token
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Trace path (.json or .json.gz). Default: traces/<schedule>-<model>[-<mode>]-<seq>.json.")
 def generate(topology: str, model: str, degree: int | None, tp: int | None, sp: int | None,
-             seq: int | None, batch: int, mode: str, recompute: str | None, options: tuple[str, ...],
-             gpus: int | None, full: bool, schedule: str, context: int | None, tokens: int | None,
-             output: str | None) -> None:
+             seq: int | None, batch: int, mode: str, recompute: str | None, stack: str | None,
+             options: tuple[str, ...], gpus: int | None, full: bool, schedule: str, context: int | None,
+             tokens: int | None, output: str | None) -> None:
     """Generate the op graph of one schedule and save it (replay it with tspsim replay).
 
-    The graph records its schedule, model, workload, degrees and assumptions, so ``tspsim replay``
-    reports the same entry as ``tspsim run``.
+    The graph records its schedule, model, workload, degrees and assumptions (the software stack with
+    them: its kernels are in the graph, its costs in the metadata), so ``tspsim replay`` reports the same
+    entry as ``tspsim run``.
 
     Inference modes write one step: --mode prefill the prefill of --batch prompts of --seq tokens
     (replay reports TTFT and prompt tokens/s); --mode decode one decode step with --context tokens
@@ -90,7 +91,7 @@ def generate(topology: str, model: str, degree: int | None, tp: int | None, sp: 
     token = tokens or DEFAULT_TOKEN_INDEX
     args = PlanArgs(topology, model, degree, tp, sp, seq, batch, mode, recompute, options, gpus, full, context,
                     token if mode == "decode" else None)
-    pairs = parse_option_pairs(options, recompute)
+    pairs = parse_option_pairs(options, recompute, stack)
     n_seq = default_seq(args)
     point = make_point(args, schedule, n_seq, pairs, many=False)
     check_point(point)

@@ -1,4 +1,4 @@
-"""``tspsim list topologies|models|schedules``."""
+"""``tspsim list topologies|models|schedules|stacks``."""
 
 from __future__ import annotations
 
@@ -6,14 +6,15 @@ import click
 
 
 @click.command("list")
-@click.argument("what", type=click.Choice(["topologies", "models", "schedules"]))
+@click.argument("what", type=click.Choice(["topologies", "models", "schedules", "stacks"]))
 def list_cmd(what: str) -> None:
-    """List the built-in topologies, models or schedules.
+    """List the built-in topologies, models, schedules or software stacks.
 
     \b
     Examples:
       tspsim list topologies
       tspsim list models
+      tspsim list stacks
     """
     if what == "topologies":
         from tspsim.spec.topology_file import load_topology, preset_names
@@ -30,6 +31,14 @@ def list_cmd(what: str) -> None:
             m = MODELS.get(name)
             rows.append((name, f"{m.total_params / 1e9:.2f}B", str(m.layers), str(m.hidden),
                          f"{m.q_heads}/{m.kv_heads}", "gated" if m.gated_mlp else "plain", str(m.vocab)))
+    elif what == "stacks":
+        from tspsim.spec.stack import DEFAULT_STACK, load_stack, preset_names
+
+        rows = [("name", "attention", "launch", "captured", "description")]
+        for name in preset_names():
+            st = load_stack(name)
+            rows.append((name + (" (default)" if name == DEFAULT_STACK else ""), st.attention.kernel,
+                         st.host.launch, ",".join(st.host.capture) or "-", st.description))
     else:
         from tspsim.schedules import SCHEDULES
 

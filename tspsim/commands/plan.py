@@ -44,6 +44,8 @@ OBJECTIVE_NAMES = ("tokens_per_s", "decode_tokens_per_s", "ttft_s", "tpot_s")
               help="Largest micro-batch per replica tried (1, 2, 4, … up to this).")
 @click.option("--recompute", type=click.Choice(["none", "selective", "full"]), default=None,
               help="Activation recomputation (default: the 'recompute' assumption, full).")
+@click.option("--stack", default=None, metavar="NAME|PATH",
+              help="Software stack: a preset (tspsim list stacks) or a YAML file (default: megatron-core).")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Override an assumption (repeatable), e.g. --option zero1=true.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
@@ -56,7 +58,7 @@ OBJECTIVE_NAMES = ("tokens_per_s", "decode_tokens_per_s", "ttft_s", "tpot_s")
 @click.pass_context
 def plan(ctx: click.Context, topology: str, model: str, seq: int | None, mode: str, context: int | None,
          tokens: int | None, objective: str | None, gpus: int | None, batch_max: int, recompute: str | None,
-         options: tuple[str, ...], jobs: int | None, scheduler: str | None, cache_dir: str | None,
+         stack: str | None, options: tuple[str, ...], jobs: int | None, scheduler: str | None, cache_dir: str | None,
          as_json: bool) -> None:
     """Search schedules, degrees and micro-batch sizes; rank what fits in HBM by an objective.
 
@@ -87,7 +89,7 @@ def plan(ctx: click.Context, topology: str, model: str, seq: int | None, mode: s
 
     check_inference_args(mode, context, tokens)
     goal = objective_for(mode, objective)
-    pairs = parse_option_pairs(options, recompute)
+    pairs = parse_option_pairs(options, recompute, stack)
     points = candidate_points(topology, model, context if context is not None else seq, mode, gpus, batch_max, pairs,
                               decode_tokens=tokens)
     cache = PointCache(cache_dir)

@@ -169,6 +169,10 @@ def replay_cmd(trace: str, topology: str, as_json: bool, save: str | None, max_e
     tokens/s; a decode step (replayed under the decode-kernel assumptions, as run does) its time as
     TPOT, decode tokens/s and the TPOT breakdown, with TTFT and max_batch null.
 
+    A graph from tspsim generate carries its software stack: its kernels (and CPU lane) are ops in the
+    graph and its kernel costs are in the metadata, so it replays as generated; to replay under another
+    stack, generate it again with --stack.
+
     The trace is validated before it runs (fields, dependencies, cycles, collective participants); a
     replay in which ranks wait for each other forever stops with one line naming the blocked ranks and
     ops. --max-events and --max-wall bound a replay.

@@ -49,6 +49,9 @@ def plan_options(f: Callable[..., Any]) -> Callable[..., Any]:
                           "or generate (prefill, then --tokens decode steps)."),
         click.option("--recompute", type=click.Choice(["none", "selective", "full"]), default=None,
                      help="Activation recomputation (default: the 'recompute' assumption, full)."),
+        click.option("--stack", default=None, metavar="NAME|PATH",
+                     help="Software stack: a preset (tspsim list stacks) or a YAML file (default: megatron-core). "
+                          "Same as --option stack=NAME."),
         click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
                      help="Override an assumption (repeatable), e.g. --option zero1=true."),
         click.option("--gpus", type=click.IntRange(min=1), default=None,
@@ -352,8 +355,8 @@ def print_report(entries: list[dict[str, Any]], max_batch_note: str | None = Non
 @click.option("--no-timing", is_flag=True,
               help="Write the wall-clock field sim_wall_s as null, so identical inputs give byte-identical output.")
 def run(topology: str, model: str, degree: int | None, tp: int | None, sp: int | None, seq: int | None,
-        batch: int, mode: str, recompute: str | None, options: tuple[str, ...], gpus: int | None, full: bool,
-        schedules: list[str] | None, as_json: bool, save: str | None, html: str | None,
+        batch: int, mode: str, recompute: str | None, stack: str | None, options: tuple[str, ...], gpus: int | None,
+        full: bool, schedules: list[str] | None, as_json: bool, save: str | None, html: str | None,
         trace: str | None, context: int | None, tokens: int | None, max_batch: bool | None, no_timing: bool) -> None:
     """Simulate schedules on a topology and compare them side by side.
 
@@ -369,6 +372,8 @@ def run(topology: str, model: str, degree: int | None, tp: int | None, sp: int |
       tspsim run -t mi300x-1node --model llama3-70b --mode decode --context 4k --tokens 1000 --schedule tp
       tspsim run -t mi300x-1node --model llama3-8b --mode generate --seq 8k --tokens 256 --batch 8
       tspsim run -t mi300x-1node --model llama3-8b --mode prefill --seq 32k --no-max-batch
+      tspsim run -t dgx-a100-1node --model megatron-22b --schedule satp-seq --seq 2k --batch 4 \\
+                 --stack megatron-lm-2022 --recompute selective
 
     Inference modes report TTFT, TPOT, decode tokens/s, the largest batch that fits (skip that search
     with --no-max-batch) and where a decode step's time goes (weights from HBM, KV cache from HBM,
@@ -377,7 +382,7 @@ def run(topology: str, model: str, degree: int | None, tp: int | None, sp: int |
     args = PlanArgs(topology, model, degree, tp, sp, seq, batch, mode, recompute, options, gpus, full, context,
                     tokens, max_batch is not False)
     check_inference_args(mode, context, tokens, max_batch)
-    pairs = parse_option_pairs(options, recompute)
+    pairs = parse_option_pairs(options, recompute, stack)
     points = choose_points(args, schedules, default_seq(args), pairs)
     results = simulate_points(points, fold=not full, record_links=bool(html or trace))
     if no_timing:

@@ -49,6 +49,8 @@ MAX_INVALID_LINES = 20
                    "default: every probe is a full simulation, which multiplies the cost of a point.")
 @click.option("--recompute", type=click.Choice(["none", "selective", "full"]), default=None,
               help="Activation recomputation (default: the 'recompute' assumption, full).")
+@click.option("--stack", default=None, metavar="NAME|PATH",
+              help="Software stack: a preset (tspsim list stacks) or a YAML file (default: megatron-core).")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Override an assumption for every point (repeatable), e.g. --option zero1=true.")
 @click.option("--gpus", type=click.IntRange(min=1), default=None, help="Use only the first N GPUs of each topology.")
@@ -63,8 +65,8 @@ MAX_INVALID_LINES = 20
 def sweep(ctx: click.Context, topologies: list[str], models: list[str], schedules: list[str] | None,
           degrees: list[int] | None, tps: list[int] | None, sps: list[int] | None, seqs: list[int] | None,
           batches: list[int], modes: list[str], contexts: list[int] | None, tokens: list[int] | None,
-          max_batch: bool, recompute: str | None, options: tuple[str, ...], gpus: int | None, jobs: int | None,
-          scheduler: str | None, out: str, fresh: bool) -> None:
+          max_batch: bool, recompute: str | None, stack: str | None, options: tuple[str, ...], gpus: int | None,
+          jobs: int | None, scheduler: str | None, out: str, fresh: bool) -> None:
     """Simulate every combination of the given values and plot the results.
 
     Points run in parallel (local processes, or a Dask cluster with --scheduler). Each finished point
@@ -98,7 +100,7 @@ def sweep(ctx: click.Context, topologies: list[str], models: list[str], schedule
     grid = Grid(topologies=tuple(topologies), models=tuple(models), schedules=names,
                 degrees=tuple(degrees) if degrees else None, tps=tuple(tps) if tps else None,
                 sps=tuple(sps) if sps else None, seqs=tuple(seqs) if seqs else None, batches=tuple(batches),
-                modes=tuple(modes), gpus=gpus, options=parse_option_pairs(options, recompute),
+                modes=tuple(modes), gpus=gpus, options=parse_option_pairs(options, recompute, stack),
                 contexts=tuple(contexts) if contexts else None, tokens=tuple(tokens) if tokens else None,
                 max_batch=max_batch)
     points = expand_grid(grid)

@@ -23,7 +23,8 @@ def validate(as_json: bool) -> None:
     """  # noqa: D301
     from tspsim.explore.validation import summary, table, validation_rows
 
-    click.echo("validating (4 memory points at 128K, 3 collectives, 2 MFU points) ...", err=True)
+    click.echo("validating (4 memory points at 128K, 3 collectives, 2 MFU points, 7 software-stack rows) ...",
+               err=True)
     rows = validation_rows()
     if as_json:
         emit_json({"results": [r.to_json() for r in rows]})

@@ -25,8 +25,53 @@ about 1/I_ridge of it. [assumption: no public skinny-GEMM sweep in reference/har
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+from typing import Any
+
+from tspsim.core.errors import TraceError
 from tspsim.opgraph import Op
 from tspsim.spec.topology import GpuSpec
+
+KERNEL_COSTS_KEY = "kernel_costs"
+"""Op-graph meta key of the stack's kernel costs (written by :meth:`tspsim.schedules.context.BuildContext.finish`)."""
+
+
+def kernel_gpu(gpu: GpuSpec, meta: dict[str, Any]) -> GpuSpec:
+    """``gpu`` as the graph's software stack runs on it (``meta["kernel_costs"]``, absent: ``gpu`` itself).
+
+    ``kernel_gap_us`` replaces the per-kernel ``kernel_launch_us`` for graphs whose kernels are queued ahead
+    of the GPU (a captured graph, or an eager CPU lane: the CPU then pays the launch cost, see
+    :mod:`tspsim.spec.stack`); ``attention_efficiency`` maps GPU names to the stack's (forward, backward)
+    flash-attention efficiencies, applied when ``gpu.name`` is listed.
+
+    Raises:
+        TraceError: if the recorded costs are malformed (a graph read from a file).
+    """
+    costs = meta.get(KERNEL_COSTS_KEY)
+    if costs is None:
+        return gpu
+    where = f"trace metadata: meta.{KERNEL_COSTS_KEY}"
+    if not isinstance(costs, dict) or not set(costs) <= {"kernel_gap_us", "attention_efficiency"}:
+        raise TraceError(f"{where}: expected a mapping with kernel_gap_us and attention_efficiency, got "
+                         f"{costs!r}"[:200])
+    gap = costs.get("kernel_gap_us")
+    if gap is not None:
+        if isinstance(gap, bool) or not isinstance(gap, (int, float)) or not math.isfinite(gap) or not 0 <= gap <= 1e6:
+            raise TraceError(f"{where}.kernel_gap_us: expected µs in [0, 1e6] or null, got {gap!r}"[:200])
+        gpu = replace(gpu, kernel_launch_us=float(gap))
+    table = costs.get("attention_efficiency") or {}
+    if not isinstance(table, dict):
+        raise TraceError(f"{where}.attention_efficiency: expected a mapping GPU name → [fwd, bwd]"[:200])
+    pair = table.get(gpu.name)
+    if pair is not None:
+        ok = isinstance(pair, list) and len(pair) == 2 and all(
+            not isinstance(e, bool) and isinstance(e, (int, float)) and 0 < e <= 1 for e in pair)
+        if not ok:
+            raise TraceError(f"{where}.attention_efficiency.{gpu.name}: expected [fwd, bwd] in (0, 1], got {pair!r}"
+                             [:200])
+        gpu = replace(gpu, attn_fwd_efficiency=float(pair[0]), attn_bwd_efficiency=float(pair[1]))
+    return gpu
 
 
 def large_efficiency(op: Op, gpu: GpuSpec) -> float:
@@ -62,8 +107,8 @@ def efficiency(op: Op, gpu: GpuSpec) -> float:
 
 
 def compute_seconds(op: Op, gpu: GpuSpec) -> float:
-    """Duration of a compute op on an otherwise idle GPU, in seconds."""
-    if op.kind == "memory" or (op.flops <= 0 and op.hbm_bytes <= 0):
+    """Duration of a compute op on an otherwise idle GPU, in seconds (0 for memory and host ops)."""
+    if op.kind in ("memory", "host") or (op.flops <= 0 and op.hbm_bytes <= 0):
         return 0.0
     t_flops = op.flops / (gpu.peak_bf16_TFLOPS * 1e12 * efficiency(op, gpu)) if op.flops > 0 else 0.0
     t_mem = op.hbm_bytes / (gpu.hbm_TBps * 1e12 * gpu.hbm_efficiency)

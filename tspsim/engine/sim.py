@@ -7,6 +7,10 @@
 * A collective starts when every simulated participant has reached it (a late rank delays the
   others); its communication kernel counts as active on each rank from that rank's arrival. Its
   phases (:mod:`tspsim.engine.collectives`) run as flows on the shared :class:`~tspsim.engine.network.Network`.
+* A ``host`` op (stream ``host``) is CPU time: the rank's CPU lane runs its ops in order, each for its
+  ``host_us``, without touching the GPU; the kernels it launches depend on it, so a GPU whose CPU falls
+  behind waits (:mod:`tspsim.spec.stack`). Compute ops are costed on the GPU as the graph's stack runs it
+  (:func:`tspsim.engine.costs.kernel_gpu`).
 * Memory events of an op are applied when it starts and ends.
 * **Folding**: when the graph holds one replica (``graph.replica_nodes > 0``), collective members
   outside it are mirrors. Hops sent by simulated ranks are routed over the real topology and each link
@@ -28,7 +32,7 @@ import simpy
 
 from tspsim.core.errors import DeadlockError, SimulationLimitError
 from tspsim.engine.collectives import CollectivePlan, plan_collective
-from tspsim.engine.costs import compute_seconds
+from tspsim.engine.costs import compute_seconds, kernel_gpu
 from tspsim.engine.network import Flow, Network
 from tspsim.engine.timeline import Timeline
 from tspsim.opgraph import P2P_KINDS, Op, OpGraph
@@ -107,6 +111,7 @@ class Replay:
                     raise TraceError(f"op {op.id} ({op.name}) names a rank outside topology {topo.name} "
                                      f"({topo.world_size} GPUs)")
         self.fold = graph.replica_nodes if graph.replica_nodes and graph.replica_nodes < topo.nodes else 0
+        self.gpu = kernel_gpu(topo.gpu, graph.meta or {})
         self.timeline = Timeline(graph=graph, topology_name=topo.name)
         self.net = Network(self.env, [link.capacity_Bps for link in topo.links],
                            on_rates=self._record_rates if self.options.record_links else None)
@@ -178,7 +183,7 @@ class Replay:
         done = self.done
         env = self.env
         spans = self.timeline.spans
-        gpu = self.topo.gpu
+        gpu = self.gpu
         for i, op in enumerate(ops):
             self.position[key] = i
             for d in op.deps:
@@ -188,7 +193,10 @@ class Replay:
             start = env.now
             if op.mem:
                 self._apply_mem(op, "start")
-            if op.is_compute:
+            if op.kind == "host":
+                if op.host_us > 0:
+                    yield env.timeout(op.host_us * 1e-6)
+            elif op.is_compute:
                 seconds = compute_seconds(op, gpu)
                 if seconds > 0:
                     yield self._compute(op.rank, seconds)

@@ -110,11 +110,18 @@ def point_record(point: Point) -> dict[str, Any]:
 
 
 def point_key(point: Point, loader: Loader | None = None) -> str:
-    """Stable SHA-256 of the point (:func:`point_record`), its model and topology definitions, tspsim's version."""
+    """Stable SHA-256 of the point (:func:`point_record`), its definitions and tspsim's version.
+
+    The definitions are the model, the topology and the resolved software stack (editing a stack file
+    invalidates its points).
+    """
+    from tspsim.spec.assumptions import Assumptions
+
     loader = loader or Loader()
     payload = {"cache_format": CACHE_FORMAT, "tspsim_version": __version__, "point": point_record(point),
                "model_sha256": loader.model(point.model).sha256,
-               "topology_sha256": loader.topology(point.topology).source_sha256}
+               "topology_sha256": loader.topology(point.topology).source_sha256,
+               "stack_sha256": Assumptions.from_overrides(dict(point.options)).stack.sha256}
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 

@@ -204,7 +204,9 @@ def mfu_rows() -> list[Row]:
 
 def validation_rows() -> list[Row]:
     """Every validation row, memory first."""
-    return memory_rows() + collective_rows() + mfu_rows()
+    from tspsim.explore.validation_stacks import stack_rows
+
+    return memory_rows() + collective_rows() + mfu_rows() + stack_rows(Row, _try, MFU_BANDS)
 
 
 def summary(rows: list[Row]) -> str:

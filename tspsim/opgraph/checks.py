@@ -100,7 +100,7 @@ def parse_graph_document(doc: Any, where: str) -> tuple[list[Op], dict[str, Any]
 
 _DOC_KEYS = {"format", "version", "meta", "ranks", "replica_nodes", "ops"}
 _OP_KEYS = {"id", "rank", "stream", "kind", "name", "layer", "phase", "flops", "hbm_bytes", "shape", "nbytes",
-            "group", "coll", "root", "algorithm", "mem", "deps"}
+            "group", "coll", "root", "algorithm", "mem", "deps", "host_us"}
 
 
 def parse_json(text: str, path: Path, what: str, fix: str) -> Any:
@@ -228,7 +228,7 @@ def _parse_op(o: Any) -> Op:
               shape=tuple(_ints(o.get("shape", []), "shape", 0)), nbytes=_int(o.get("nbytes", 0), "nbytes", 0),
               group=tuple(_ints(o.get("group", []), "group", 0, MAX_RANK - 1)), coll=_text(o.get("coll", ""), "coll"),
               root=_int(o.get("root", -1), "root", -1), algorithm=algorithm, mem=mem,
-              deps=list(_ints(o.get("deps", []), "deps", -MAX_INT)))
+              deps=list(_ints(o.get("deps", []), "deps", -MAX_INT)), host_us=_number(o.get("host_us", 0.0), "host_us"))
 
 
 def _label(op: Op) -> str:

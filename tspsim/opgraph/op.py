@@ -12,6 +12,9 @@ Vocabulary (design.md §1):
 * **memory events**: each op carries ``mem`` entries ``(when, category, delta_bytes)`` applied when it
   starts (``"start"``) or ends (``"end"``); a zero-duration compute op of kind ``memory`` carries pure
   allocations and frees.
+* **host ops** (kind ``host``, stream ``host``): CPU time (``host_us``) spent launching the next kernel or
+  on per-step work, for stacks whose CPU is simulated (:mod:`tspsim.spec.stack`); they occupy the rank's
+  CPU lane, not its GPU.
 
 Every op has a rank, a stream, a layer (−1 outside the decoder blocks), a phase (``fwd``, ``bwd``,
 ``opt``) and a readable name. Ops on one (rank, stream) run in **issue order** (the order they were
@@ -26,7 +29,7 @@ from typing import Any
 FORMAT = "tspsim-opgraph"
 FORMAT_VERSION = 1
 
-COMPUTE_KINDS = ("gemm", "attention_fwd", "attention_bwd", "elementwise", "optimizer", "memory")
+COMPUTE_KINDS = ("gemm", "attention_fwd", "attention_bwd", "elementwise", "optimizer", "memory", "host")
 COLLECTIVE_KINDS = ("all_reduce", "reduce_scatter", "all_gather", "broadcast", "reduce", "all_to_all")
 P2P_KINDS = ("send", "recv")
 MAX_INT = 10**18
@@ -79,6 +82,8 @@ class Op:
     """Memory events (``start``/``end``, category, signed bytes)."""
     deps: list[int] = field(default_factory=list)
     """Ops (any rank, any stream) that must finish before this op starts."""
+    host_us: float = 0.0
+    """CPU time of a ``host`` op, µs (0 for every other kind)."""
 
     @property
     def is_compute(self) -> bool:
@@ -110,6 +115,8 @@ class Op:
             out["mem"] = [list(m) for m in self.mem]
         if self.deps:
             out["deps"] = list(self.deps)
+        if self.host_us:
+            out["host_us"] = self.host_us
         return out
 
 

@@ -19,7 +19,13 @@ Forward per block and rank (B = micro-batch, S = sequence, n = B·S/Σ tokens of
 
 Backward is the transpose: AR ↔ AR, AG ↔ RS, and the K/V all-gather is repeated (gathered K/V are
 not kept) followed by a reduce-scatter of dK/dV. With full recompute each block's forward, with its
-communication, runs again before its backward.
+communication, runs again before its backward (``recompute_num_layers``: only the first k blocks).
+
+The stack (:mod:`tspsim.spec.stack`) decides the kernels: the core attention (flash or Megatron's unfused
+chain, :mod:`tspsim.schedules.attention`; selective recomputation re-runs the unfused chain in backward),
+the small kernels around the GEMMs (:mod:`tspsim.schedules.kernels`: bias-dropout-add, bias gradients,
+norm backward passes), and, for ``satp-seq`` with ``gather-input`` (Megatron sequence parallelism), the
+backward all-gather redo of the projections' sharded input, overlapped with their input-gradient GEMMs.
 """
 
 from __future__ import annotations
@@ -28,10 +34,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from tspsim.opgraph import OpGraph
-from tspsim.schedules.context import ATTN_BWD_FACTOR, BuildContext, attention_fwd_flops
+from tspsim.schedules.attention import CoreShape, core_backward, core_forward
+from tspsim.schedules.context import BuildContext
+from tspsim.schedules.kernels import (
+    bias_before_activation,
+    bias_grad,
+    dropout_mask_bytes,
+    norm_backward,
+    residual_backward,
+    residual_forward,
+)
 
 Residual = Literal["replicated", "seq", "batch"]
+
+SAVED_ITEMS = frozenset({"x", "xn", "qkv", "scores", "o", "dmask_attn", "x2", "x2n", "h", "act", "dmask_mlp"})
+"""What a block can save for backward: norm inputs (x, x2), projection inputs (xn, x2n), Q/K/V, the unfused
+core attention's tensors (scores), its output (o), the dropout masks, the MLP's pre- and post-activation."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +86,7 @@ class Block:
         self.i_l = m.ffn_hidden // self.T
         self.s = m.dtype_bytes
         self.saved: dict[tuple[int, int], list[tuple[str, int]]] = {}
+        self.scores_saved: dict[tuple[int, int], bool] = {}
 
     # ------------------------------------------------------------------------------ groups
     def tp_group(self, rank: int) -> tuple[int, ...]:
@@ -104,16 +123,32 @@ class Block:
         return out
 
     # ------------------------------------------------------------------------------ forward
+    @property
+    def regathers(self) -> bool:
+        """True when Megatron sequence parallelism's backward all-gather redo applies.
+
+        That is satp-seq with gather-input, training, T > 1 and a stack with ``sp_input_regather``: the
+        projections' input is then saved sharded.
+        """
+        c, lay = self.ctx, self.lay
+        return (c.training and lay.residual == "seq" and not lay.kv_from_local_shard and self.T > 1
+                and c.stack.kernels.sp_input_regather)
+
     def forward(self, layer: int, phase: str, save: str, prefix: str = "") -> None:
-        """Emit one block's forward on every rank. ``save``: ``all``, ``selective`` or ``none``."""
+        """Emit one block's forward on every rank. ``save``: ``all``, ``selective`` or ``none``.
+
+        ``selective`` is Megatron's: everything but the unfused core attention's tensors (with a flash kernel
+        there are none, so it saves what ``all`` does).
+        """
         c, s, n, H = self.ctx, self.s, self.n, self.H
         m = c.model
         L = f"L{layer}.{prefix}"
         sharded = self.lay.residual != "replicated"
-        keep = {"all": {"x", "xn", "qkv", "o", "x2", "x2n", "h", "act"},
-                "selective": {"x", "qkv", "o", "x2", "h"}, "none": set()}[save]
+        keep = {"all": SAVED_ITEMS, "selective": SAVED_ITEMS - {"scores"}, "none": frozenset()}[save]
+        in_rows = self.n_res if self.regathers else n   # rows of the saved GEMM inputs (shard under the redo)
         for r in c.ranks:
             self.saved[(layer, r)] = []
+            self.scores_saved[(layer, r)] = "scores" in keep
 
         def act(r: int, item: str, nbytes: float) -> list[tuple[str, str, int]]:
             """Memory events for an activation: saved for backward, or freed right after use."""
@@ -121,6 +156,13 @@ class Block:
                 self.saved[(layer, r)].append((item, int(nbytes)))
                 return [("end", "activations", int(nbytes))]
             return []
+
+        def residual(r: int, item: str, sub: str, after: list[int | None]) -> int:
+            """Bias-dropout-add of a sublayer; its dropout mask is saved (events by the kernel) when kept."""
+            if item in keep and dropout_mask_bytes(c, self.n_res):
+                self.saved[(layer, r)].append((item, dropout_mask_bytes(c, self.n_res)))
+            return residual_forward(c, r, L + sub, self.n_res, layer=layer, phase=phase, after=after,
+                                    keep_mask=item in keep)
 
         # ---- attention sublayer
         norm = {r: c.elementwise(r, L + "attn.norm", 3 * self.n_res * H * s, layer=layer, phase=phase,
@@ -135,7 +177,7 @@ class Block:
         for r in c.ranks:
             free_in = [("end", "comm_buffers", -n * H * s)] if sharded else []
             qkv[r] = c.gemm(r, L + "attn.qkv", n, q_cols, H, layer=layer, phase=phase, after=[src.get(r), c.last[r]],
-                            mem=act(r, "xn", n * H * s) + act(r, "qkv", qkv_save) + free_in)
+                            mem=act(r, "xn", in_rows * H * s) + act(r, "qkv", qkv_save) + free_in)
             if self.lay.kv_from_local_shard:
                 qkv[r] = c.gemm(r, L + "attn.kv_local", self.n_res, 2 * m.kv_dim, H, layer=layer, phase=phase,
                                 after=[qkv[r]])
@@ -150,24 +192,18 @@ class Block:
             if self._zigzag():
                 kv_ready = {r: c.elementwise(r, L + "attn.kv_zigzag_reorder", 2 * gathered_kv, layer=layer,
                                              phase=phase, after=[kv_ready.get(r), c.last[r]]) for r in c.ranks}
-        kv_tokens = self.S
-        batch_q = self.B if self.lay.residual != "batch" else self.B
-        q_tokens = n // batch_q
-        attn = {}
+        shape = self._core_shape()
+        flash = c.stack.attention.kernel == "flash"
         for r in c.ranks:
-            fl = attention_fwd_flops(batch_q, q_tokens, kv_tokens, self.heads_l, m.head_dim)
-            o_bytes = n * self.q_l * s + n * self.heads_l * 4
+            o_bytes = n * self.q_l * s + (n * self.heads_l * 4 if flash else 0)   # output (+ fp32 log-sum-exp)
             free_kv = [("end", "comm_buffers", -int(gathered_kv))] if gathered_kv else []
             if gathered_kv and keep_kv:  # kept for the backward pass of this block
                 free_kv.append(("end", "activations", int(gathered_kv)))
-            attn[r] = c.compute(r, "attention_fwd", L + "attn.core", flops=fl,
-                                hbm_bytes=(n * self.q_l * 2 + 2 * kv_tokens * self.B * self.kv_l) * s,
-                                shape=(batch_q, q_tokens, kv_tokens, self.heads_l, m.head_dim), layer=layer,
-                                phase=phase, after=[kv_ready.get(r), c.last[r]],
-                                mem=act(r, "o", o_bytes) + free_kv)
+            core_forward(c, r, L + "attn.core", shape, layer=layer, phase=phase, after=[kv_ready.get(r), c.last[r]],
+                         flash_bytes=(n * self.q_l * 2 + 2 * self.S * self.B * self.kv_l) * s,
+                         save_scores="scores" in keep, mem=act(r, "o", o_bytes) + free_kv)
         out = self._row_parallel(L + "attn.out", n, H, self.q_l, layer, phase)
-        add = {r: c.elementwise(r, L + "attn.residual_add", 3 * self.n_res * H * s, layer=layer, phase=phase,
-                                after=[out.get(r), c.last[r]]) for r in c.ranks}
+        add = {r: residual(r, "dmask_attn", "attn", [out.get(r), c.last[r]]) for r in c.ranks}
         # ---- MLP sublayer
         norm2 = {r: c.elementwise(r, L + "mlp.norm", 3 * self.n_res * H * s, layer=layer, phase=phase,
                                   after=[add[r]], mem=act(r, "x2", self.n_res * H * s)) for r in c.ranks}
@@ -180,8 +216,9 @@ class Block:
             free_in = [("end", "comm_buffers", -n * H * s)] if sharded else []
             tmp = [("start", "temporary", int(n * width * s))] if "h" not in keep else []
             c.gemm(r, L + ("mlp.gate_up" if m.gated_mlp else "mlp.fc1"), n, width, H, layer=layer, phase=phase,
-                   after=[src2.get(r), c.last[r]], mem=act(r, "x2n", n * H * s) + act(r, "h", n * width * s)
+                   after=[src2.get(r), c.last[r]], mem=act(r, "x2n", in_rows * H * s) + act(r, "h", n * width * s)
                    + free_in + tmp)
+            bias_before_activation(c, r, L + "mlp.bias_add", n * width, layer=layer, phase=phase, after=[c.last[r]])
             tmp2 = [("start", "temporary", int(n * self.i_l * s))] if "act" not in keep else []
             c.elementwise(r, L + ("mlp.swiglu" if m.gated_mlp else "mlp.gelu"), (width + self.i_l) * n * s,
                           layer=layer, phase=phase, after=[c.last[r]], mem=act(r, "act", n * self.i_l * s) + tmp2)
@@ -196,8 +233,11 @@ class Block:
         out2 = self._row_parallel(L + ("mlp.down" if m.gated_mlp else "mlp.fc2"), n, H, self.i_l, layer, phase,
                                   mem=frees)
         for r in c.ranks:
-            c.elementwise(r, L + "mlp.residual_add", 3 * self.n_res * H * s, layer=layer, phase=phase,
-                          after=[out2.get(r), c.last[r]])
+            residual(r, "dmask_mlp", "mlp", [out2.get(r), c.last[r]])
+
+    def _core_shape(self) -> CoreShape:
+        """The core attention of one rank: B sequences, its heads, n/B queries against all S keys."""
+        return CoreShape(self.B, self.n // self.B, self.S, self.heads_l, self.ctx.model.head_dim)
 
     def _kv_group(self) -> Callable[[int], tuple[int, ...]] | None:
         """Group over which K/V are all-gathered, or None when attention is local."""
@@ -271,9 +311,40 @@ class Block:
                             layer=layer, phase="bwd", deps=red)
         return red
 
+    def _column_backward(self, name: str, cols: int, layer: int, mem: dict[int, list[tuple[str, str, int]]],
+                         input_item: str, saved: dict[int, dict[str, int]],
+                         after: dict[int, int | None]) -> dict[int, int | None]:
+        """Backward of a column-parallel projection (QKV or fc1) and its input-gradient reduction.
+
+        Without the redo: one GEMM pair (dgrad + wgrad) then the reduction. With Megatron sequence
+        parallelism's redo: the saved input shard is all-gathered again on the ``comm`` stream while the
+        input-gradient GEMM runs, the reduce-scatter of that gradient follows it and overlaps the
+        weight-gradient GEMM, which reads the gathered input (LinearWithGradAccumulationAndAsyncCommunication).
+        ``after``: per rank, an op the input gradient also waits for (the K/V gradient reduce-scatter).
+        """
+        c, n, H, s = self.ctx, self.n, self.H, self.s
+        sub = name.rsplit(".", 1)[0]
+        frees = {r: [("end", "activations", -saved[r].pop(input_item))] if input_item in saved[r] else []
+                 for r in c.ranks}
+        if not self.regathers:
+            for r in c.ranks:
+                c.gemm(r, name, n, cols, H, layer=layer, phase="bwd", after=[after.get(r), c.last[r]], scale=2,
+                       mem=mem[r] + frees[r])
+            return self._grad_reduce(sub, layer)
+        gathered = self.coll("all_gather", self.tp_group, n * H * s, sub + ".input_all_gather_redo", stream="comm",
+                             layer=layer, phase="bwd", deps={r: c.last[r] for r in c.ranks}, mem_start=n * H * s)
+        for r in c.ranks:
+            c.gemm(r, name + ".dgrad", n, H, cols, layer=layer, phase="bwd", after=[after.get(r), c.last[r]],
+                   mem=mem[r])
+        red = self._grad_reduce(sub, layer)
+        for r in c.ranks:
+            c.gemm(r, name + ".wgrad", cols, H, n, layer=layer, phase="bwd", after=[gathered.get(r), c.last[r]],
+                   mem=frees[r] + [("end", "comm_buffers", -n * H * s)])
+        return red
+
     def backward(self, layer: int) -> None:
-        """Emit one block's backward (transposed communication, 2× GEMM FLOPs, 2.5× attention)."""
-        c, s, n, H, T = self.ctx, self.s, self.n, self.H, self.T
+        """Emit one block's backward (transposed communication, 2× GEMM FLOPs, the core attention's backward)."""
+        c, s, n, H = self.ctx, self.s, self.n, self.H
         m = c.model
         L = f"L{layer}.bwd."
         ph = "bwd"
@@ -283,33 +354,38 @@ class Block:
         def free(r: int, *items: str) -> list[tuple[str, str, int]]:
             return [("end", "activations", -saved[r].pop(i)) for i in items if i in saved[r]]
 
+        def branch_grad(sub: str, mask: str) -> dict[int, int | None]:
+            """Dropout backward (and row-parallel bias gradient) on the rank's residual rows.
+
+            Then the gather of the sharded output gradient (transpose of the reduce-scatter).
+            """
+            for r in c.ranks:
+                residual_backward(c, r, L + sub, self.n_res, layer=layer, after=[c.last[r]],
+                                  mask_saved=saved[r].pop(mask, 0))
+            src: dict[int, int | None] = {r: c.last[r] for r in c.ranks}
+            if sharded:
+                src = self.coll("all_gather", self.tp_group, n * H * s, L + sub + ".grad_all_gather", stream="comm",
+                                layer=layer, phase=ph, deps=src, mem_start=n * H * s)
+            return src
+
         width = (2 if m.gated_mlp else 1) * self.i_l
+        fr = [("end", "comm_buffers", -n * H * s)] if sharded else []
         # ---- MLP backward
-        src = {r: c.last[r] for r in c.ranks}
-        if sharded:  # transpose of the reduce-scatter: gather dZ
-            src = self.coll("all_gather", self.tp_group, n * H * s, L + "mlp.grad_all_gather", stream="comm",
-                            layer=layer, phase=ph, deps=src, mem_start=n * H * s)
+        src = branch_grad("mlp", "dmask_mlp")
+        fc1 = L + ("mlp.gate_up" if m.gated_mlp else "mlp.fc1")
         for r in c.ranks:
-            fr = [("end", "comm_buffers", -n * H * s)] if sharded else []
             c.gemm(r, L + ("mlp.down" if m.gated_mlp else "mlp.fc2"), n, H, self.i_l, layer=layer, phase=ph,
                    after=[src.get(r), c.last[r]], scale=2, mem=free(r, "act") + fr)
             c.elementwise(r, L + "mlp.act", 3 * n * width * s, layer=layer, phase=ph, after=[c.last[r]],
                           mem=free(r, "h"))
-            c.gemm(r, L + ("mlp.gate_up" if m.gated_mlp else "mlp.fc1"), n, width, H, layer=layer, phase=ph,
-                   after=[c.last[r]], scale=2, mem=free(r, "x2n"))
-        red = self._grad_reduce(L + "mlp", layer)
+            bias_grad(c, r, fc1 + ".bias_grad", n * width, layer=layer, after=[c.last[r]])
+        red = self._column_backward(fc1, width, layer, {r: [] for r in c.ranks}, "x2n", saved, after={})
         for r in c.ranks:
-            c.elementwise(r, L + "mlp.norm", 4 * self.n_res * H * s, layer=layer, phase=ph,
-                          after=[red.get(r), c.last[r]], mem=free(r, "x2"))
-        mlp_grads = {r: m.mlp_params / T + H for r in c.ranks}
-        c.dp_sync(mlp_grads, dict(c.last), layer=layer)
+            norm_backward(c, r, L + "mlp", self.n_res, layer=layer, after=[red.get(r), c.last[r]], mem=free(r, "x2"))
+        c.dp_sync({r: self._mlp_grad_elements() for r in c.ranks}, dict(c.last), layer=layer)
         # ---- attention backward
-        src = {r: c.last[r] for r in c.ranks}
-        if sharded:
-            src = self.coll("all_gather", self.tp_group, n * H * s, L + "attn.grad_all_gather", stream="comm",
-                            layer=layer, phase=ph, deps=src, mem_start=n * H * s)
+        src = branch_grad("attn", "dmask_attn")
         for r in c.ranks:
-            fr = [("end", "comm_buffers", -n * H * s)] if sharded else []
             c.gemm(r, L + "attn.out", n, H, self.q_l, layer=layer, phase=ph, after=[src.get(r), c.last[r]], scale=2,
                    mem=fr)
         kv_group = self._kv_group()
@@ -321,128 +397,63 @@ class Block:
             if self._zigzag():
                 ready = {r: c.elementwise(r, L + "attn.kv_zigzag_reorder", 2 * kv_bytes, layer=layer, phase=ph,
                                           after=[ready.get(r), c.last[r]]) for r in c.ranks}
-        batch_q = self.B
-        q_tokens = n // batch_q
+        shape = self._core_shape()
         for r in c.ranks:
-            fl = ATTN_BWD_FACTOR * attention_fwd_flops(batch_q, q_tokens, self.S, self.heads_l, m.head_dim)
             mem = free(r, "o")
             if kv_group is not None:
                 # gathered K/V are released; dK/dV for all tokens are produced for the reduce-scatter
                 cat = "activations" if keep_kv else "comm_buffers"
                 mem = mem + [("end", cat, -int(kv_bytes)), ("end", "temporary", int(kv_bytes))]
-            c.compute(r, "attention_bwd", L + "attn.core", flops=fl,
-                      hbm_bytes=(n * self.q_l * 4 + 4 * self.S * self.B * self.kv_l) * s,
-                      shape=(batch_q, q_tokens, self.S, self.heads_l, m.head_dim), layer=layer, phase=ph,
-                      after=[ready.get(r), c.last[r]], mem=mem)
+            core_backward(c, r, L + "attn.core", shape, layer=layer, after=[ready.get(r), c.last[r]],
+                          flash_bytes=(n * self.q_l * 4 + 4 * self.S * self.B * self.kv_l) * s,
+                          scores_saved=self.scores_saved.get((layer, r), False), mem=mem)
         dkv = {r: c.last[r] for r in c.ranks}
         if kv_group is not None:
             dkv = self.coll("reduce_scatter", kv_group, kv_bytes, L + "attn.kv_grad_reduce_scatter", stream="kv",
                             layer=layer, phase=ph, deps=dkv)
         q_cols = self.q_l if self.lay.kv_from_local_shard else self.q_l + 2 * self.kv_l
+        qkv_mem = {}
         for r in c.ranks:
-            mem = free(r, "qkv", "xn")
+            mem = free(r, "qkv")
             if kv_group is not None:
                 mem.append(("end", "temporary", -int(kv_bytes)))
             if self.lay.kv_from_local_shard:
                 c.gemm(r, L + "attn.kv_local", self.n_res, 2 * m.kv_dim, H, layer=layer, phase=ph,
                        after=[dkv.get(r), c.last[r]], scale=2)
-            c.gemm(r, L + "attn.qkv", n, q_cols, H, layer=layer, phase=ph, after=[dkv.get(r), c.last[r]], scale=2,
-                   mem=mem)
-        red = self._grad_reduce(L + "attn", layer)
+            bias_grad(c, r, L + "attn.qkv.bias_grad", n * q_cols, layer=layer, after=[dkv.get(r), c.last[r]])
+            qkv_mem[r] = mem
+        red = self._column_backward(L + "attn.qkv", q_cols, layer, qkv_mem, "xn", saved, after=dkv)
         for r in c.ranks:
-            c.elementwise(r, L + "attn.norm", 4 * self.n_res * H * s, layer=layer, phase=ph,
-                          after=[red.get(r), c.last[r]], mem=free(r, "x"))
+            norm_backward(c, r, L + "attn", self.n_res, layer=layer, after=[red.get(r), c.last[r]], mem=free(r, "x"))
             leftover = sum(saved[r].values())
             if leftover:  # anything saved but not consumed above is released with the block
                 self.ctx.builder.graph.ops[c.last[r]].mem += (("end", "activations", -leftover),)
-        attn_w = m.attn_params / T + H
+        c.dp_sync({r: self._attn_grad_elements() for r in c.ranks}, dict(c.last), layer=layer)
+
+    def _mlp_grad_elements(self) -> float:
+        """Gradient elements of the MLP sublayer on one rank: its weight and bias shards, the norm (and row bias)."""
+        m, T = self.ctx.model, self.T
+        col_bias = (2 if m.gated_mlp else 1) * m.ffn_hidden if m.biases else 0
+        return (m.mlp_params + col_bias) / T + m.norm_params / 2 + m.row_bias_params / 2
+
+    def _attn_grad_elements(self) -> float:
+        """Gradient elements of the attention sublayer on one rank (plus the K/V weights kept whole by gather-kv)."""
+        m, T = self.ctx.model, self.T
+        col_bias = m.q_dim + 2 * m.kv_dim if m.biases else 0
+        out = (m.attn_params + col_bias) / T + m.norm_params / 2 + m.row_bias_params / 2
         if self.lay.kv_from_local_shard:
-            attn_w += 2 * H * m.kv_dim * (1 - 1 / T)
-        c.dp_sync({r: attn_w for r in c.ranks}, dict(c.last), layer=layer)
+            out += 2 * m.hidden * m.kv_dim * (1 - 1 / T)
+        return out
 
 
 def local_params(ctx: BuildContext, lay: BlockLayout) -> float:
-    """Parameters held by one rank: blocks sharded T ways (norms replicated), embeddings vocab-parallel."""
+    """Parameters held by one rank.
+
+    Blocks are sharded T ways (norms and row biases replicated), embeddings vocab-parallel (position
+    embeddings and the final norm replicated).
+    """
     m = ctx.model
-    per_layer = (m.attn_params + m.mlp_params) / lay.tp + m.norm_params
+    per_layer = m.layer_shard_params(lay.tp)
     if lay.kv_from_local_shard:
         per_layer += 2 * m.hidden * m.kv_dim * (1 - 1 / lay.tp)
-    return m.layers * per_layer + (m.embedding_params - m.hidden) / lay.tp + m.hidden
-
-
-def build_standard(ctx: BuildContext, lay: BlockLayout) -> OpGraph:
-    """Full step for a standard layout: embeddings, blocks, LM head and loss, backward, DP, optimizer."""
-    c = ctx
-    m = c.model
-    blk = Block(c, lay)
-    params = {r: local_params(c, lay) for r in c.ranks}
-    c.init_static(params)
-    s, H = blk.s, blk.H
-    n, n_res = blk.n, blk.n_res
-    train = c.training
-    policy = c.opts.recompute if train else "none-saved"
-    # ---- embedding: vocab-parallel lookup, then all-reduce (classic) / reduce-scatter (sharded)
-    emb = {r: c.elementwise(r, "embedding.lookup", 2 * n * H * s, phase="fwd", after=[c.last[r]]) for r in c.ranks}
-    if lay.tp > 1:
-        kind = "all_reduce" if lay.residual == "replicated" else "reduce_scatter"
-        red = blk.coll(kind, blk.tp_group, n * H * s, f"embedding.{kind}", stream="comm", layer=-1, phase="fwd",
-                       deps=emb)
-        for r in c.ranks:
-            c.builder.graph.ops[red[r]].mem = (("end", "activations", int(n_res * H * s)),) if train else ()
-            c.last[r] = c.builder.memory(r, "embedding.done", [], phase="fwd", deps=[red[r], c.last[r]])
-    # ---- blocks
-    for layer in range(m.layers):
-        if not train:
-            blk.forward(layer, "fwd", "none")
-        elif policy == "full":
-            for r in c.ranks:  # the block input is the only activation kept
-                c.last[r] = c.builder.memory(r, f"L{layer}.checkpoint", [("activations", n_res * H * s)],
-                                             layer=layer, deps=[c.last[r]])
-            blk.forward(layer, "fwd", "none")
-        else:
-            blk.forward(layer, "fwd", "all" if policy == "none" else "selective")
-    # ---- LM head and loss (vocab-parallel)
-    head_src = {r: c.last[r] for r in c.ranks}
-    if lay.residual != "replicated":
-        head_src = blk.coll("all_gather", blk.tp_group, n * H * s, "head.input_all_gather", stream="comm", layer=-1,
-                            phase="fwd", deps=head_src, mem_start=n * H * s)
-    v_l = m.vocab // lay.tp
-    logits = int(n * v_l * c.opts.logits_bytes)
-    for r in c.ranks:
-        fr = [("end", "comm_buffers", -n * H * s)] if lay.residual != "replicated" else []
-        c.gemm(r, "head.logits", n, v_l, H, layer=-1, phase="fwd", after=[head_src.get(r), c.last[r]],
-               mem=[("start", "temporary", logits)] + fr)
-        c.elementwise(r, "loss.cross_entropy", 2 * n * v_l * c.opts.logits_bytes, layer=-1, phase="fwd",
-                      after=[c.last[r]], mem=[] if train else [("end", "temporary", -logits)])
-    if lay.tp > 1:
-        stats = blk.coll("all_reduce", blk.tp_group, n * 4 * 2, "loss.softmax_stats_all_reduce", stream="comm",
-                         layer=-1, phase="fwd", deps={r: c.last[r] for r in c.ranks})
-        for r in c.ranks:
-            c.last[r] = c.builder.memory(r, "loss.done", [], phase="fwd", deps=[stats[r], c.last[r]])
-    if train:
-        for r in c.ranks:
-            c.gemm(r, "bwd.head.logits", n, v_l, H, layer=-1, phase="bwd", after=[c.last[r]], scale=2,
-                   mem=[("end", "temporary", -logits)])
-        if lay.tp > 1:
-            kind = "reduce_scatter" if lay.residual != "replicated" else "all_reduce"
-            red = blk.coll(kind, blk.tp_group, n * H * s, f"bwd.head.grad_{kind}", stream="comm", layer=-1,
-                           phase="bwd", deps={r: c.last[r] for r in c.ranks})
-            for r in c.ranks:
-                c.last[r] = c.builder.memory(r, "bwd.head.done", [], phase="bwd", deps=[red[r], c.last[r]])
-        c.dp_sync({r: m.vocab * H / lay.tp for r in c.ranks}, dict(c.last), layer=-1)
-        for layer in reversed(range(m.layers)):
-            if policy == "full":
-                blk.forward(layer, "bwd", "all", prefix="recompute.")
-            blk.backward(layer)
-            if policy == "full":
-                for r in c.ranks:
-                    c.last[r] = c.builder.memory(r, f"L{layer}.checkpoint_free",
-                                                 [("activations", -n_res * H * s)], layer=layer, phase="bwd",
-                                                 deps=[c.last[r]])
-        for r in c.ranks:
-            c.elementwise(r, "bwd.embedding", 2 * n_res * H * s, layer=-1, phase="bwd", after=[c.last[r]],
-                          mem=[("end", "activations", -int(n_res * H * s))] if lay.tp > 1 else [])
-        c.dp_sync({r: (m.vocab * H) / lay.tp for r in c.ranks}, dict(c.last), layer=-1)
-        c.optimizer_step(params)
-    return c.finish(lay.name, {"layout": {"tp": lay.tp, "sp": lay.sp, "residual": lay.residual,
-                                          "kv_from_local_shard": lay.kv_from_local_shard}})
+    return m.layers * per_layer + m.word_embedding_params / lay.tp + m.replicated_embedding_params

@@ -4,7 +4,8 @@ Conventions all schedules follow (so metrics and tests can rely on them):
 
 * streams: ``compute``; ``comm`` for tensor-parallel collectives; ``kv`` for K/V all-gathers and their
   backward reduce-scatters; ``weights`` for TSP weight broadcasts and ring transfers; ``dp`` for
-  data-parallel gradient collectives.
+  data-parallel gradient collectives; ``host`` for the CPU lane of stacks whose CPU is simulated
+  (:mod:`tspsim.schedules.host`).
 * memory categories as in :data:`tspsim.opgraph.MEMORY_CATEGORIES`; static memory (parameters,
   gradients, optimizer state, runtime reserve) is allocated by the first op of each rank.
 * FLOPs: a GEMM of (m × k)·(k × n) is 2·m·n·k; backward GEMMs are twice the forward (data and weight
@@ -19,9 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tspsim.opgraph import GraphBuilder, OpGraph
+from tspsim.schedules.host import HostedBuilder
 from tspsim.spec.assumptions import Assumptions
 from tspsim.spec.layout import Layout
 from tspsim.spec.model import ModelConfig
+from tspsim.spec.stack import Stack
 from tspsim.spec.topology import Topology
 from tspsim.spec.workload import Workload
 
@@ -69,8 +72,12 @@ class BuildContext:
     """The graph being built."""
     last: dict[int, int | None] = field(default_factory=dict)
     """Per rank: id of the last compute op issued (for chaining)."""
+    step: str = field(init=False)
+    """Kind of step being built: ``train``, ``forward``, ``prefill`` or ``decode`` (:meth:`set_step`)."""
 
     def __post_init__(self) -> None:
+        mode = self.workload.mode
+        self.step = {"generate": "prefill"}.get(mode, mode)
         layout = self.layout
         if self.fold and layout.replicas > 1:
             ranks = layout.replica_ranks(0)
@@ -82,8 +89,41 @@ class BuildContext:
         else:
             ranks = tuple(range(layout.world_size))
             replica_nodes = 0
-        self.builder = GraphBuilder(ranks, meta={}, replica_nodes=replica_nodes)
+        self.builder = self.make_builder(ranks, replica_nodes)
         self.last = dict.fromkeys(ranks)
+
+    # ------------------------------------------------------------------------------ stack
+    @property
+    def stack(self) -> Stack:
+        """The software stack in force (``opts.stack``)."""
+        return self.opts.stack
+
+    def make_builder(self, ranks: tuple[int, ...], replica_nodes: int) -> GraphBuilder:
+        """A graph builder for ``ranks``: with a CPU lane when the stack's CPU is simulated."""
+        host = self.stack.host
+        if host.launch != "host":
+            return GraphBuilder(ranks, meta={}, replica_nodes=replica_nodes)
+        launch = self.topo.gpu.kernel_launch_us if host.launch_us is None else host.launch_us
+        return HostedBuilder(ranks, meta={}, replica_nodes=replica_nodes, launch_us=launch,
+                             captured=self.stack.captures(self.step))
+
+    def set_step(self, step: str) -> None:
+        """Say which kind of step the graph holds (``prefill`` or ``decode`` of a ``generate`` workload).
+
+        Call it before adding ops: it decides eager launches or one graph launch.
+        """
+        self.step = step
+        if isinstance(self.builder, HostedBuilder):
+            self.builder.captured = self.stack.captures(step)
+
+    @property
+    def queued_kernels(self) -> bool:
+        """True when kernels reach the GPU ahead of time (a captured graph, or an eager CPU lane).
+
+        Each kernel then pays the device-side gap ``decode_launch_us`` instead of the topology's
+        ``kernel_launch_us``.
+        """
+        return self.stack.host.launch == "host" or self.stack.captures(self.step)
 
     # ------------------------------------------------------------------------------ helpers
     @property
@@ -132,6 +172,8 @@ class BuildContext:
             if self.training:
                 mem += [("gradients", int(p * o.grad_bytes)),
                         ("optimizer_state", int(p * (o.master_bytes + o.optimizer_bytes) / dp))]
+            if isinstance(self.builder, HostedBuilder):
+                self.builder.start_step(r, self.stack.host.step_overhead_us)
             self.last[r] = self.builder.memory(r, "static memory", mem, phase="fwd")
 
     # ------------------------------------------------------------------------------ DP + optimizer
@@ -173,19 +215,36 @@ class BuildContext:
         return self.__dict__.setdefault("_dp_op_ids", {})
 
     def optimizer_step(self, local_params: dict[int, float]) -> None:
-        """Flush DP buckets, then one memory-bound Adam step over each rank's parameters."""
+        """Flush DP buckets, then the stack's optimizer passes over each rank's parameters (HBM-bound).
+
+        Per parameter of the rank's optimizer shard (1/DP with ZeRO-1), with p, g, M, O the bytes of a
+        parameter, gradient, master weight and Adam state (assumptions): ``grad_unscale`` (fp16 loss
+        scaling) reads and writes g; ``grad_norm`` reads g; ``adam`` reads g, M, O and writes M, O, plus
+        reads and writes p when the 16-bit weights are updated in the same kernel (``param_copy: fused``, or
+        no master weights); ``param_copy: separate`` then reads M and writes p; ``zero_grad`` writes every
+        local gradient (the whole buffer, not the shard).
+        """
         if not self.training:
             return
         o = self.opts
+        st = self.stack.optimizer
         self.dp_sync({}, dict(self.last), layer=-1, final=True)
         dp = self.layout.replicas if o.zero1 else 1
+        separate = st.param_copy == "separate" and o.master_bytes > 0
         steps = {}
         for r in self.ranks:
             p = local_params[r] / dp
-            # read param, grad, master, m, v; write param, master, m, v
-            traffic = p * (2 * o.param_bytes + o.grad_bytes + 2 * (o.master_bytes + o.optimizer_bytes))
-            steps[r] = self.compute(r, "optimizer", "optimizer.adam", hbm_bytes=traffic, layer=-1, phase="opt",
-                                    after=[self.last[r], *self._dp_ops.get(r, [])[-1:]])
+            passes = [("optimizer.grad_unscale", 2 * p * o.grad_bytes, st.unscale),
+                      ("optimizer.grad_norm", p * o.grad_bytes, st.grad_norm),
+                      ("optimizer.adam", p * (o.grad_bytes + 2 * (o.master_bytes + o.optimizer_bytes)
+                                              + (0 if separate else 2 * o.param_bytes)), True),
+                      ("optimizer.param_copy", p * (o.master_bytes + o.param_bytes), separate)]
+            after = [self.last[r], *self._dp_ops.get(r, [])[-1:]]
+            for name, traffic, on in passes:
+                if on:
+                    steps[r] = self.compute(r, "optimizer", name, hbm_bytes=traffic, layer=-1, phase="opt",
+                                            after=after)
+                    after = [steps[r]]
         if o.zero1 and self.layout.replicas > 1:
             done: set[int] = set()
             for r in self.ranks:
@@ -197,6 +256,10 @@ class BuildContext:
                 self.builder.collective("all_gather", group, int(local_params[r] * o.param_bytes),
                                         "dp.param_all_gather", stream="dp", layer=-1, phase="opt",
                                         deps={m: [steps[m]] for m in members}, issuers=members)
+        if st.zero_grad:
+            for r in self.ranks:
+                self.compute(r, "optimizer", "optimizer.zero_grad", hbm_bytes=local_params[r] * o.grad_bytes,
+                             layer=-1, phase="opt", after=[self.last[r]])
 
     def finish(self, schedule: str, extra_meta: dict[str, Any] | None = None) -> OpGraph:
         """Record metadata and return the graph."""
@@ -208,6 +271,10 @@ class BuildContext:
             "replica_size": self.layout.replica_size, "replicas": self.layout.replicas,
             "assumptions": self.opts.to_json(), "folded": bool(g.replica_nodes),
         })
+        table = {gpu: [fwd, bwd] for gpu, fwd, bwd in self.stack.attention.flash_efficiency}
+        if self.queued_kernels or table:
+            g.meta["kernel_costs"] = {"kernel_gap_us": self.opts.decode_launch_us if self.queued_kernels else None,
+                                      "attention_efficiency": table}
         if extra_meta:
             g.meta.update(extra_meta)
         return g

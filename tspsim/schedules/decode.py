@@ -97,6 +97,7 @@ def build_decode_step(ctx: BuildContext, cached: int) -> DecodeStep:
     The cache holding ``cached`` tokens is allocated when the step starts; each block appends the new
     token's K/V on the ranks that store it.
     """
+    ctx.set_step("decode")
     if ctx.layout.schedule == "tsp":
         return _TspDecode(ctx, cached).build()
     return _StdDecode(ctx, standard_layout(ctx), cached).build()
@@ -288,8 +289,7 @@ class _TspDecode(_DecodeBase):
     def build(self) -> DecodeStep:
         c, m, t = self.c, self.c.model, self.t
         B, H, s, D = self.B, self.H, self.s, t.D
-        per_layer = (m.attn_params + m.mlp_params) / D + m.norm_params
-        c.init_static({r: m.layers * per_layer + (m.embedding_params - H) / D + H for r in c.ranks})
+        c.init_static({r: m.params_per_rank(D) for r in c.ranks})
         self.kv_start()
         res = {r: B * H * s for r in c.ranks}
         residual_memory(c, res, "residual_stream", +1)

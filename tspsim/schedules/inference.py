@@ -177,10 +177,8 @@ def one_replica(ctx: BuildContext) -> BuildContext:
     layout = ctx.layout
     if not ctx.fold or layout.replicas < 2 or layout.replica_size >= ctx.topo.gpus_per_node:
         return ctx
-    from tspsim.opgraph import GraphBuilder
-
     ranks = layout.replica_ranks(0)
-    ctx.builder = GraphBuilder(ranks, meta={}, replica_nodes=0)
+    ctx.builder = ctx.make_builder(ranks, 0)
     ctx.last = dict.fromkeys(ranks)
     return ctx
 

@@ -25,6 +25,7 @@ from tspsim.schedules.tsp import TspBuilder
 # ---------------------------------------------------------------------------------- prefill
 def build_prefill(ctx: BuildContext) -> OpGraph:
     """One prefill step of ``ctx.workload`` (B prompts of T = ``seq_len`` tokens) for any schedule."""
+    ctx.set_step("prefill")
     if ctx.layout.schedule == "tsp":
         return _prefill_tsp(ctx)
     return _prefill_standard(ctx, standard_layout(ctx))
@@ -53,7 +54,8 @@ def _prefill_standard(ctx: BuildContext, lay: BlockLayout) -> OpGraph:
             op = c.builder.graph.ops[op_id]
             if op.name == f"L{layer}.attn.qkv":
                 qkv[op.rank] = op_id
-            if op.name == f"L{layer}.attn.core" and kvl.batch_shards == 1:  # K/V of the block → the cache
+            first_core = op.name in (f"L{layer}.attn.core", f"L{layer}.attn.core.qk")  # flash, or unfused QKᵀ
+            if first_core and kvl.batch_shards == 1:  # K/V of the block → the cache
                 add_mem(c, op_id, [("start", "kv_cache", kvl.block_bytes(op.rank, B, T, s))])
         if kvl.batch_shards > 1:  # head shards of every sequence → all heads of the rank's B/p sequences
             blk.coll("all_to_all", blk.tp_group, 2 * n * blk.kv_l * s, f"L{layer}.attn.kv_cache_all_to_all",
@@ -90,8 +92,7 @@ def _prefill_tsp(ctx: BuildContext) -> OpGraph:
     t = TspBuilder(c)
     n, s, H, D = t.n, t.s, t.H, t.D
     kvl = kv_layout("tsp", m.kv_dim, c.layout)
-    per_layer = (m.attn_params + m.mlp_params) / D + m.norm_params
-    c.init_static({r: m.layers * per_layer + (m.embedding_params - H) / D + H for r in c.ranks})
+    c.init_static({r: m.params_per_rank(D) for r in c.ranks})
     res = {r: n * H * s for r in c.ranks}
     residual_memory(c, res, "residual_stream", +1)
     t.vocab_ring("embedding.lookup", "fwd", (n, H, 1), 1.0, grad_ring=False)

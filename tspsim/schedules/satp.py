@@ -16,9 +16,10 @@ parallelism, where the input all-gather alone gives every rank the whole context
 from __future__ import annotations
 
 from tspsim.opgraph import OpGraph
-from tspsim.schedules.block import BlockLayout, build_standard
+from tspsim.schedules.block import BlockLayout
 from tspsim.schedules.context import BuildContext
 from tspsim.schedules.registry import SCHEDULES, Schedule
+from tspsim.schedules.standard import build_standard
 
 
 def build_seq(ctx: BuildContext) -> OpGraph:

@@ -9,9 +9,10 @@ under ``all_reduce`` on the ``dp`` stream together with the DP replicas).
 from __future__ import annotations
 
 from tspsim.opgraph import OpGraph
-from tspsim.schedules.block import BlockLayout, build_standard
+from tspsim.schedules.block import BlockLayout
 from tspsim.schedules.context import BuildContext
 from tspsim.schedules.registry import SCHEDULES, Schedule
+from tspsim.schedules.standard import build_standard
 
 
 def build(ctx: BuildContext) -> OpGraph:

@@ -8,9 +8,10 @@ on every rank; an all-reduce of B·T·H·s after the attention output and after 
 from __future__ import annotations
 
 from tspsim.opgraph import OpGraph
-from tspsim.schedules.block import BlockLayout, build_standard
+from tspsim.schedules.block import BlockLayout
 from tspsim.schedules.context import BuildContext
 from tspsim.schedules.registry import SCHEDULES, Schedule
+from tspsim.schedules.standard import build_standard
 
 
 def build(ctx: BuildContext) -> OpGraph:

@@ -8,9 +8,10 @@ One replica needs T·Σ GPUs, so T = 8, Σ = 2 spans two nodes and its K/V gathe
 from __future__ import annotations
 
 from tspsim.opgraph import OpGraph
-from tspsim.schedules.block import BlockLayout, build_standard
+from tspsim.schedules.block import BlockLayout
 from tspsim.schedules.context import BuildContext
 from tspsim.schedules.registry import SCHEDULES, Schedule
+from tspsim.schedules.standard import build_standard
 
 
 def build(ctx: BuildContext) -> OpGraph:

@@ -28,100 +28,33 @@ ride the ring, so every rank meets every vocabulary shard with its own tokens.
 
 from __future__ import annotations
 
-from tspsim.core.errors import ConfigError
+from collections.abc import Set as AbstractSet
+
 from tspsim.opgraph import OpGraph
-from tspsim.schedules.context import ATTN_BWD_FACTOR, BuildContext, attention_fwd_flops
+from tspsim.schedules import kernels
+from tspsim.schedules.attention import CoreShape, core_backward, core_forward
+from tspsim.schedules.context import BuildContext
 from tspsim.schedules.registry import SCHEDULES, Schedule
+from tspsim.schedules.tsp_base import Mem, TspBase
 
-Mem = list[tuple[str, str, int]]
+KEEP_ALL = frozenset({"x", "qkv", "scores", "o", "dmask_attn", "x2", "h", "act", "dmask_mlp"})
+"""What a TSP block can save for backward (as the standard block; the projection inputs are the norm outputs
+of the rank's own tokens and are not kept separately)."""
 
 
-class TspBuilder:
+class TspBuilder(TspBase):
     """Emits TSP's attention broadcast loop, MLP weight ring and their backward on every simulated rank."""
 
-    def __init__(self, ctx: BuildContext) -> None:
-        self.c = ctx
-        m, w = ctx.model, ctx.workload
-        self.D = ctx.layout.tp
-        self.B, self.S, self.H = w.batch, w.seq_len, m.hidden
-        self.n = self.B * self.S // self.D                     # own tokens
-        self.s = m.dtype_bytes
-        self.q_l, self.kv_l = m.q_dim // self.D, m.kv_dim // self.D
-        self.heads_l = m.q_heads // self.D
-        self.i_l = m.ffn_hidden // self.D
-        self.attn_shard = m.attn_params // self.D                # elements per attention shard
-        self.mlp_shard = m.mlp_params // self.D
-        self.vocab_shard = m.vocab * m.hidden // self.D
-        if self.heads_l % ctx.opts.kv_buckets:
-            raise ConfigError(f"option kv_buckets={ctx.opts.kv_buckets} does not divide the {self.heads_l} heads of a "
-                              f"TSP head shard (D={self.D}); use a divisor of {self.heads_l}")
-        self.saved: dict[tuple[int, int], dict[str, int]] = {}
-        self.orig: dict[tuple[int, int], dict[str, int]] = {}
-        self.prev_attn_done: dict[int, int | None] = {}
-
-    # ------------------------------------------------------------------------------ helpers
-    def group(self, rank: int) -> tuple[int, ...]:
-        """The D ranks of ``rank``'s TSP group."""
-        base = rank - rank % self.D
-        return tuple(range(base, base + self.D))
-
-    def owner(self, rank: int, r: int) -> int:
-        """Global rank of weight owner ``r`` in ``rank``'s group."""
-        return rank - rank % self.D + r
-
-    def collective(self, kind: str, nbytes: float, name: str, *, stream: str, layer: int, phase: str,
-                   deps: dict[int, list[int | None]], root_index: int = -1,
-                   mem: dict[int, Mem] | None = None) -> dict[int, int]:
-        """One collective per TSP group among the simulated ranks."""
-        c = self.c
-        out: dict[int, int] = {}
-        for r0 in c.ranks:
-            if r0 in out:
-                continue
-            g = self.group(r0)
-            members = [x for x in g if x in c.last]
-            root = g[root_index] if root_index >= 0 else -1
-            out.update(c.builder.collective(kind, g, int(nbytes), name, stream=stream, layer=layer, phase=phase,
-                                            deps={x: deps.get(x, []) for x in members}, root=root,
-                                            issuers=members, mem={x: (mem or {}).get(x, []) for x in members}))
-        return out
-
-    def ring(self, step: int, nbytes: float, name: str, *, layer: int, phase: str,
-             send_deps: dict[int, list[int | None]], recv_deps: dict[int, list[int | None]],
-             recv_mem: dict[int, Mem] | None = None) -> dict[int, int]:
-        """Every rank sends to p+1 and receives from p−1; returns {rank: recv op id}."""
-        c = self.c
-        recvs: dict[int, int] = {}
-        for p in c.ranks:
-            g = self.group(p)
-            dst = g[(g.index(p) + 1) % self.D]
-            if dst not in c.last:
-                continue
-            s_op, r_op = c.builder.p2p(p, dst, int(nbytes), f"{name}[step {step}]", send_stream="weights_tx",
-                                       recv_stream="weights", layer=layer, phase=phase,
-                                       send_deps=send_deps.get(p, []), recv_deps=recv_deps.get(dst, []),
-                                       recv_mem=(recv_mem or {}).get(dst, []))
-            if r_op is not None:
-                recvs[dst] = r_op
-        return recvs
-
-    def move_shard(self, j: int, recv: dict[int, int], downs: dict[int, list[int]], start: dict[int, int | None],
-                   shard_bytes: float, name: str, layer: int, phase: str) -> dict[int, int]:
-        """Ring transfer of the MLP shard for step j+1 into the buffer step j+1−w freed; {rank: recv op}.
-
-        The send waits for the shard to have arrived (step j's receive; ``start`` for j = 0); the receive
-        waits for the buffer to be free (the down projection of step j+1−w, or ``start``).
-        """
-        if j >= self.D - 1:
-            return {}
-        c, w = self.c, self.c.opts.weight_buffers
-        send_deps = {r: [recv.get(r)] if j > 0 else [start[r]] for r in c.ranks}
-        recv_deps = {r: [downs[r][j + 1 - w]] if j + 1 - w >= 0 else [start[r]] for r in c.ranks}
-        return self.ring(j, shard_bytes, name, layer=layer, phase=phase, send_deps=send_deps, recv_deps=recv_deps,
-                         recv_mem={r: [("start", "comm_buffers", int(shard_bytes))] for r in c.ranks})
+    def _residual(self, r: int, L: str, layer: int, phase: str, keep: AbstractSet[str], sub: str) -> None:
+        """Bias-dropout-add of a sublayer on the rank's own tokens; the dropout mask is saved when kept."""
+        mask = kernels.dropout_mask_bytes(self.c, self.n)
+        if f"dmask_{sub}" in keep and mask:
+            self._save(layer, r, f"dmask_{sub}", mask)
+        kernels.residual_forward(self.c, r, L + sub, self.n, layer=layer, phase=phase, after=[self.c.last[r]],
+                                 keep_mask=f"dmask_{sub}" in keep)
 
     # ------------------------------------------------------------------------------ attention
-    def attention_fwd(self, layer: int, phase: str, keep: set[str], prefix: str = "") -> None:
+    def attention_fwd(self, layer: int, phase: str, keep: AbstractSet[str], prefix: str = "") -> None:
         """One block's attention: the broadcast loop over weight owners with K/V all-gathers (tsp.md §2)."""
         c, n, s, H, D = self.c, self.n, self.s, self.H, self.D
         m = c.model
@@ -168,6 +101,8 @@ class TspBuilder:
         def attend(i: int, gathers: list[list[dict[int, int]]]) -> None:
             """Attention of the own queries against shard i's gathered K/V, then the W_o,i projection."""
             nb = kv_bytes / buckets
+            shape = CoreShape(self.B, self.S / D, self.S, self.heads_l / buckets, m.head_dim)
+            flash = c.stack.attention.kernel == "flash"
             for bkt, kv in enumerate(gathers):
                 for r in c.ranks:  # zig-zag chunk order → token order (tsp.md §2), in place
                     c.elementwise(r, L + f"attn.kv_zigzag_reorder[r={i}]", 2 * nb, layer=layer, phase=phase,
@@ -175,14 +110,13 @@ class TspBuilder:
                 for r in c.ranks:
                     mem3: Mem = [("end", "comm_buffers", -int(nb))]
                     if "o" in keep and bkt == buckets - 1:
-                        b = n * self.q_l * s + n * self.heads_l * 4
+                        b = n * self.q_l * s + (n * self.heads_l * 4 if flash else 0)
                         mem3.append(("end", "activations", b))
                         self._save(layer, r, "o", b)
-                    fl = attention_fwd_flops(self.B, self.S / D, self.S, self.heads_l / buckets, m.head_dim)
-                    c.compute(r, "attention_fwd", L + f"attn.core[r={i}]", flops=fl,
-                              hbm_bytes=(n * self.q_l * 2 / buckets + nb / s) * s,
-                              shape=(self.B, self.S // D, self.S, self.heads_l // buckets or 1, m.head_dim),
-                              layer=layer, phase=phase, after=[*(k.get(r) for k in kv), c.last[r]], mem=mem3)
+                    core_forward(c, r, L + f"attn.core[r={i}]", shape, layer=layer, phase=phase,
+                                 after=[*(k.get(r) for k in kv), c.last[r]],
+                                 flash_bytes=(n * self.q_l * 2 / buckets + nb / s) * s,
+                                 save_scores="scores" in keep, mem=mem3)
             for r in c.ranks:
                 free = [("end", "comm_buffers", -int(shard_bytes))] if self.owner(r, i) != r else []
                 outs[r].append(c.gemm(r, L + f"attn.out[r={i}]", n, H, self.q_l, layer=layer, phase=phase,
@@ -197,12 +131,13 @@ class TspBuilder:
             attend(i, pending)
             if i + 1 < D:
                 pending = nxt if nxt is not None else project(i + 1)
+        self.scores_saved[layer] = "scores" in keep
         for r in c.ranks:
             self.prev_attn_done[r] = outs[r][-1]
-            c.elementwise(r, L + "attn.residual_add", 3 * n * H * s, layer=layer, phase=phase, after=[c.last[r]])
+            self._residual(r, L, layer, phase, keep, "attn")
 
     # ------------------------------------------------------------------------------ MLP ring
-    def mlp_fwd(self, layer: int, phase: str, keep: set[str], prefix: str = "") -> None:
+    def mlp_fwd(self, layer: int, phase: str, keep: AbstractSet[str], prefix: str = "") -> None:
         """One block's gated MLP: D steps over the weight shards circulating the ring (tsp.md §3)."""
         c, n, s, H, D = self.c, self.n, self.s, self.H, self.D
         m = c.model
@@ -236,6 +171,8 @@ class TspBuilder:
                     tmp = [("start", "temporary", n * width * s)]
                 c.gemm(r, L + f"mlp.gate_up[step {j}]", n, width, H, layer=layer, phase=phase, after=after,
                        mem=mem + tmp)
+                kernels.bias_before_activation(c, r, L + f"mlp.bias_add[step {j}]", n * width, layer=layer, phase=phase,
+                                               after=[c.last[r]])
                 amem: Mem = []
                 if "act" in keep:
                     amem.append(("end", "activations", n * self.i_l * s))
@@ -251,7 +188,7 @@ class TspBuilder:
                 nxt = move()
             recv = nxt
         for r in c.ranks:
-            c.elementwise(r, L + "mlp.residual_add", 3 * n * H * s, layer=layer, phase=phase, after=[c.last[r]])
+            self._residual(r, L, layer, phase, keep, "mlp")
 
     # ------------------------------------------------------------------------------ backward
     def mlp_bwd(self, layer: int) -> dict[int, int | None]:
@@ -265,6 +202,9 @@ class TspBuilder:
         grad_bytes = self.mlp_shard * c.opts.grad_bytes
         saved = {r: self.saved.setdefault((layer, r), {}) for r in c.ranks}
         orig = {r: self.orig.setdefault((layer, r), dict(saved[r])) for r in c.ranks}
+        for r in c.ranks:
+            kernels.residual_backward(c, r, L + "mlp", n, layer=layer, after=[c.last[r]],
+                                      mask_saved=saved[r].pop("dmask_mlp", 0))
         start = {r: c.last[r] for r in c.ranks}
         downs: dict[int, list[int]] = {r: [] for r in c.ranks}
         recv: dict[int, int] = {}
@@ -284,6 +224,7 @@ class TspBuilder:
                        mem=self._release(saved[r], orig[r], "act", j, D))
                 c.elementwise(r, L + f"mlp.act[step {j}]", 3 * n * width * s, layer=layer, phase="bwd",
                               after=[c.last[r]], mem=self._release(saved[r], orig[r], "h", j, D))
+                kernels.bias_grad(c, r, L + f"mlp.bias_grad[step {j}]", n * width, layer=layer, after=[c.last[r]])
                 steps[r] = c.gemm(r, L + f"mlp.gate_up[step {j}]", n, width, H, layer=layer, phase="bwd",
                                   after=[c.last[r]], scale=2, mem=free)
                 downs[r].append(steps[r])
@@ -304,8 +245,8 @@ class TspBuilder:
                 for r, op in red.items():
                     grad_done[r] = op
         for r in c.ranks:
-            c.elementwise(r, L + "mlp.norm", 4 * n * H * s, layer=layer, phase="bwd", after=[c.last[r]],
-                          mem=self._free_all(saved[r], "x2"))
+            kernels.norm_backward(c, r, L + "mlp", n, layer=layer, after=[c.last[r]],
+                                  mem=self._free_all(saved[r], "x2"))
         return grad_done
 
     def attention_bwd(self, layer: int) -> dict[int, int | None]:
@@ -318,8 +259,12 @@ class TspBuilder:
         kv_bytes = 2.0 * self.B * self.S * self.kv_l * s
         saved = {r: self.saved.setdefault((layer, r), {}) for r in c.ranks}
         orig = {r: self.orig.setdefault((layer, r), dict(saved[r])) for r in c.ranks}
+        for r in c.ranks:
+            kernels.residual_backward(c, r, L + "attn", n, layer=layer, after=[c.last[r]],
+                                      mask_saved=saved[r].pop("dmask_attn", 0))
         start = {r: c.last[r] for r in c.ranks}
         uses: dict[int, list[int]] = {r: [] for r in c.ranks}
+        shape = CoreShape(self.B, self.S / D, self.S, self.heads_l, m.head_dim)
         grad_done: dict[int, int | None] = {r: None for r in c.ranks}
         def fetch(i: int) -> tuple[dict[int, int], list[dict[int, int]]]:
             """Broadcast shard i again and re-gather its K/V (they were not kept)."""
@@ -346,13 +291,12 @@ class TspBuilder:
                 c.elementwise(r, L + f"attn.kv_zigzag_reorder[r={i}]", 2 * kv_bytes, layer=layer, phase="bwd",
                               after=[*(k.get(r) for k in kv), c.last[r]])
             for r in c.ranks:
-                fl = ATTN_BWD_FACTOR * attention_fwd_flops(self.B, self.S / D, self.S, self.heads_l, m.head_dim)
-                c.compute(r, "attention_bwd", L + f"attn.core[r={i}]", flops=fl,
-                          hbm_bytes=(n * self.q_l * 4 + 2 * kv_bytes / s) * s,
-                          shape=(self.B, self.S // D, self.S, self.heads_l, m.head_dim), layer=layer, phase="bwd",
-                          after=[*(k.get(r) for k in kv), c.last[r]],
-                          mem=[("end", "comm_buffers", -int(kv_bytes)), ("end", "temporary", int(kv_bytes))]
-                          + self._release(saved[r], orig[r], "o", i, D))
+                core_backward(c, r, L + f"attn.core[r={i}]", shape, layer=layer,
+                              after=[*(k.get(r) for k in kv), c.last[r]],
+                              flash_bytes=(n * self.q_l * 4 + 2 * kv_bytes / s) * s,
+                              scores_saved=self.scores_saved.get(layer, False),
+                              mem=[("end", "comm_buffers", -int(kv_bytes)), ("end", "temporary", int(kv_bytes))]
+                              + self._release(saved[r], orig[r], "o", i, D))
             rs = self.collective("reduce_scatter", kv_bytes, L + f"attn.kv_grad_reduce_scatter[r={i}]", stream="kv",
                                  layer=layer, phase="bwd", deps={r: [c.last[r]] for r in c.ranks})
             qkv = {}
@@ -360,6 +304,8 @@ class TspBuilder:
                 free: Mem = [("end", "temporary", -int(kv_bytes))]
                 if self.owner(r, i) != r:
                     free.append(("end", "comm_buffers", -int(shard_bytes)))
+                kernels.bias_grad(c, r, L + f"attn.qkv.bias_grad[r={i}]", n * (self.q_l + 2 * self.kv_l), layer=layer,
+                                  after=[rs.get(r), c.last[r]])
                 qkv[r] = c.gemm(r, L + f"attn.qkv[r={i}]", n, self.q_l + 2 * self.kv_l, H, layer=layer, phase="bwd",
                                 after=[rs.get(r), c.last[r]], scale=2,
                                 mem=free + self._release(saved[r], orig[r], "qkv", i, D))
@@ -373,8 +319,8 @@ class TspBuilder:
             if i + 1 < D:
                 pending = nxt if nxt is not None else fetch(i + 1)
         for r in c.ranks:
-            c.elementwise(r, L + "attn.norm", 4 * n * H * s, layer=layer, phase="bwd", after=[c.last[r]],
-                          mem=self._free_all(saved[r], "x"))
+            kernels.norm_backward(c, r, L + "attn", n, layer=layer, after=[c.last[r]],
+                                  mem=self._free_all(saved[r], "x"))
             left = sum(saved[r].values())
             if left:
                 c.builder.graph.ops[c.last[r]].mem += (("end", "activations", -int(left)),)
@@ -382,63 +328,27 @@ class TspBuilder:
             self.orig.pop((layer, r), None)
         return grad_done
 
-    def _save(self, layer: int, rank: int, item: str, nbytes: int) -> None:
-        store = self.saved.setdefault((layer, rank), {})
-        store[item] = store.get(item, 0) + int(nbytes)
-
-    @staticmethod
-    def _release(saved: dict[str, int], orig: dict[str, int], item: str, step: int, parts: int) -> Mem:
-        """Release the part of a saved item used by backward step ``step`` of ``parts`` (last takes the rest)."""
-        if saved.get(item, 0) <= 0:
-            return []
-        take = saved[item] if step == parts - 1 else min(saved[item], orig.get(item, 0) // parts)
-        saved[item] -= take
-        if saved[item] <= 0:
-            saved.pop(item)
-        return [("end", "activations", -int(take))] if take else []
-
-    @staticmethod
-    def _free_all(saved: dict[str, int], item: str) -> Mem:
-        b = saved.pop(item, 0)
-        return [("end", "activations", -int(b))] if b else []
-
-    # ------------------------------------------------------------------------------ vocab ring
-    def vocab_ring(self, name: str, phase: str, per_step_gemm: tuple[float, float, float], scale: float,
-                   grad_ring: bool) -> None:
-        """Embedding / LM head shards ride the ring like the MLP (D−1 transfers, + gradients if training)."""
-        c, D = self.c, self.D
-        shard_bytes = self.vocab_shard * self.s
-        recv: dict[int, int] = {}
-        start = {r: c.last[r] for r in c.ranks}
-        for j in range(D):
-            nxt = self.ring(j, shard_bytes, f"{name}.weights_ring", layer=-1, phase=phase,
-                            send_deps={r: [recv.get(r)] if j > 0 else [start[r]] for r in c.ranks},
-                            recv_deps={r: [start[r]] for r in c.ranks},
-                            recv_mem={r: [("start", "comm_buffers", int(shard_bytes))] for r in c.ranks}) \
-                if j < D - 1 else {}
-            for r in c.ranks:
-                m_, n_, k_ = per_step_gemm
-                c.gemm(r, f"{name}[step {j}]", m_, n_, k_, layer=-1, phase=phase,
-                       after=[c.last[r], recv.get(r) if j > 0 else None], scale=scale,
-                       mem=[("end", "comm_buffers", -int(shard_bytes))] if j > 0 else [])
-            if grad_ring and j >= 1:
-                self.ring(j, self.vocab_shard * c.opts.grad_bytes, f"{name}.grad_ring", layer=-1, phase=phase,
-                          send_deps={r: [c.last[r]] for r in c.ranks}, recv_deps={r: [c.last[r]] for r in c.ranks})
-            recv = nxt
-
 
 def build(ctx: BuildContext) -> OpGraph:
     """TSP of degree D = ``ctx.layout.tp`` (= ``plan.sp``)."""
     t = TspBuilder(ctx)
     c, m = ctx, ctx.model
     n, s, H, D = t.n, t.s, t.H, t.D
-    per_layer = (m.attn_params + m.mlp_params) / D + m.norm_params
-    params = {r: m.layers * per_layer + (m.embedding_params - H) / D + H for r in c.ranks}
+    params = {r: m.params_per_rank(D) for r in c.ranks}
     c.init_static(params)
     train = c.training
     policy = c.opts.recompute if train else "none"
-    keep_all = {"x", "qkv", "o", "x2", "h", "act"}
-    keep = {"none": keep_all, "selective": {"x", "qkv", "o", "x2", "h"}, "full": set()}[policy] if train else set()
+    first_k = c.opts.recompute_num_layers or m.layers
+
+    def keep(layer: int) -> frozenset[str]:
+        """What block ``layer`` saves.
+
+        Nothing when fully recomputed, else as the policy says (Megatron's selective: all but the unfused
+        core attention's tensors).
+        """
+        if not train or (policy == "full" and layer < first_k):
+            return frozenset()
+        return KEEP_ALL - {"scores"} if policy == "selective" else KEEP_ALL
     v_l = m.vocab // D
     # ---- embedding (vocab-parallel shards ride the ring; each rank looks up its own tokens)
     t.vocab_ring("embedding.lookup", "fwd", (n, H, 1), 1.0, grad_ring=False)
@@ -446,11 +356,11 @@ def build(ctx: BuildContext) -> OpGraph:
         t.prev_attn_done[r] = c.last[r]
     for layer in range(m.layers):
         for r in c.ranks:
-            if train and policy == "full":
+            if train and policy == "full" and layer < first_k:
                 c.last[r] = c.builder.memory(r, f"L{layer}.checkpoint", [("activations", n * H * s)], layer=layer,
                                              deps=[c.last[r]])
-        t.attention_fwd(layer, "fwd", keep)
-        t.mlp_fwd(layer, "fwd", keep)
+        t.attention_fwd(layer, "fwd", keep(layer))
+        t.mlp_fwd(layer, "fwd", keep(layer))
     # ---- LM head + loss: logits for own tokens, vocab shard by shard
     logits = int(n * m.vocab * c.opts.logits_bytes)
     for r in c.ranks:
@@ -464,23 +374,25 @@ def build(ctx: BuildContext) -> OpGraph:
         for r in c.ranks:
             c.last[r] = c.builder.memory(r, "bwd.head.free_logits", [("temporary", -logits)], phase="bwd",
                                          deps=[c.last[r]])
-        c.dp_sync({r: m.vocab * H / D for r in c.ranks}, dict(c.last), layer=-1)
+        head_grads = 0 if m.tied_embeddings else m.vocab * H / D     # tied: one gradient, reduced at the end
+        c.dp_sync({r: head_grads for r in c.ranks}, dict(c.last), layer=-1)
         for layer in reversed(range(m.layers)):
-            if policy == "full":
-                t.attention_fwd(layer, "bwd", keep_all, prefix="recompute.")
-                t.mlp_fwd(layer, "bwd", keep_all, prefix="recompute.")
+            if policy == "full" and layer < first_k:
+                t.attention_fwd(layer, "bwd", KEEP_ALL, prefix="recompute.")
+                t.mlp_fwd(layer, "bwd", KEEP_ALL, prefix="recompute.")
             g_mlp = t.mlp_bwd(layer)
-            c.dp_sync({r: m.mlp_params / D for r in c.ranks}, {r: g_mlp.get(r) or c.last[r] for r in c.ranks},
-                      layer=layer)
+            mlp_bias = (2 if m.gated_mlp else 1) * m.ffn_hidden if m.biases else 0
+            c.dp_sync({r: (m.mlp_params + mlp_bias) / D for r in c.ranks},
+                      {r: g_mlp.get(r) or c.last[r] for r in c.ranks}, layer=layer)
             g_attn = t.attention_bwd(layer)
-            c.dp_sync({r: m.attn_params / D + m.norm_params for r in c.ranks},
+            c.dp_sync({r: m.layer_shard_params(D) - (m.mlp_params + mlp_bias) / D for r in c.ranks},
                       {r: g_attn.get(r) or c.last[r] for r in c.ranks}, layer=layer)
-            if policy == "full":
+            if policy == "full" and layer < first_k:
                 for r in c.ranks:
                     c.last[r] = c.builder.memory(r, f"L{layer}.checkpoint_free", [("activations", -n * H * s)],
                                                  layer=layer, phase="bwd", deps=[c.last[r]])
         t.vocab_ring("bwd.embedding", "bwd", (n, H, 1), 1.0, grad_ring=True)
-        c.dp_sync({r: m.vocab * H / D for r in c.ranks}, dict(c.last), layer=-1)
+        c.dp_sync({r: m.vocab * H / D + m.replicated_embedding_params for r in c.ranks}, dict(c.last), layer=-1)
         c.optimizer_step(params)
     return c.finish("tsp", {"layout": {"D": D, "weight_buffers": c.opts.weight_buffers,
                                        "kv_buckets": c.opts.kv_buckets}})

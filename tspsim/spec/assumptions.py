@@ -8,27 +8,42 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 from tspsim.core.errors import ConfigError
+from tspsim.spec.stack import DEFAULT_STACK, Stack, load_stack, stack_from_mapping
 
-TRAINING_ONLY_OPTIONS = ("recompute", "grad_bytes", "master_bytes", "optimizer_bytes", "zero1", "dp_bucket_MB",
-                         "tsp_grad_return", "sp_keep_gathered_kv")
+TRAINING_ONLY_OPTIONS = ("recompute", "recompute_num_layers", "grad_bytes", "master_bytes", "optimizer_bytes", "zero1",
+                         "dp_bucket_MB", "tsp_grad_return", "sp_keep_gathered_kv")
 """Assumptions that only change backward, gradients or the optimizer (no effect on prefill or decode)."""
 
 INFERENCE_ONLY_OPTIONS = ("tsp_decode", "satp_batch_kv", "decode_launch_us", "decode_gemm_rolloff")
 """Assumptions that only change prefill or decode (no effect on train or forward)."""
 
 
+def default_stack() -> Stack:
+    """The default software stack (:data:`tspsim.spec.stack.DEFAULT_STACK`), read from its preset file."""
+    return load_stack(DEFAULT_STACK)
+
+
 @dataclass(frozen=True)
 class Assumptions:
     """Modelling choices (tsp.md §8). Defaults reproduce the paper's single-node memory table."""
 
+    stack: Stack = field(default_factory=default_stack)
+    """The software stack (:mod:`tspsim.spec.stack`): attention kernel, fusions, optimizer passes, host
+    costs. Set by name or YAML path (``--stack``, ``--option stack=…``); its ``defaults`` become the defaults
+    of the other options."""
     recompute: Literal["none", "selective", "full"] = "full"
-    """Activation recomputation: ``none`` saves every activation; ``selective`` saves GEMM inputs and
-    recomputes norms and activation functions; ``full`` saves only each block's input and re-runs the
-    block's forward (with its communication) during backward (Korthikanti et al. 2022)."""
+    """Activation recomputation (Korthikanti et al. 2022, as Megatron-LM implements it): ``none`` saves every
+    activation; ``selective`` recomputes the core attention (QKᵀ, softmax, dropout, A·V) in backward from the
+    saved Q, K, V — with a flash kernel that is what its backward does anyway, so selective equals none;
+    ``full`` saves only each block's input and re-runs the block's forward (with its communication)
+    during backward."""
+    recompute_num_layers: int = 0
+    """With ``recompute=full``: recompute only the first k blocks (Megatron's ``--recompute-method block
+    --recompute-num-layers k``); the others keep every activation. 0: every block."""
     param_bytes: int = 2
     """Bytes per stored parameter (bf16 weights)."""
     grad_bytes: int = 4
@@ -81,9 +96,10 @@ class Assumptions:
     classic TP (every sequence, the rank's heads) and attention needs no exchange — the article's
     "no collective" row. Same bytes per GPU either way."""
     decode_launch_us: float = 1.0
-    """Per-kernel overhead of decode steps, µs: decode runs as a captured HIP/CUDA graph (as vLLM and
-    SGLang do), so the topology's eager ``kernel_launch_us`` is replaced by the graph's kernel-to-kernel
-    gap (assumed). Prefill keeps the eager launch overhead."""
+    """Device-side gap between kernels already queued on the GPU, µs (assumed): the per-kernel overhead of
+    steps run as captured HIP/CUDA graphs (decode, as vLLM and SGLang run it) and of kernels an eager CPU
+    issued ahead of the GPU (stacks with ``host.launch: host``), in place of the topology's
+    ``kernel_launch_us``."""
     decode_gemm_rolloff: bool = True
     """Apply the small-GEMM efficiency roll-off to decode kernels. It is shape-aware
     (:func:`tspsim.engine.costs.tail_fraction`): a T_q = 1 GEMM is GEMV-class, far below the roofline ridge, and
@@ -91,20 +107,32 @@ class Assumptions:
     roofline (no tail at all)."""
 
     def to_json(self) -> dict[str, Any]:
-        """All fields."""
-        return asdict(self)
+        """All fields; ``stack`` as its resolved choices (:meth:`tspsim.spec.stack.Stack.to_json`)."""
+        out = asdict(self)
+        out["stack"] = self.stack.to_json()
+        return out
 
     @classmethod
     def from_overrides(cls, pairs: dict[str, Any]) -> Assumptions:
-        """Defaults with ``key=value`` overrides (strings from the command line are converted)."""
+        """Defaults, then the stack's ``defaults``, then ``key=value`` overrides (command-line strings converted).
+
+        ``stack`` takes a preset name or YAML path, a :class:`~tspsim.spec.stack.Stack`, or a recorded mapping
+        (a result's or trace's ``assumptions.stack``).
+        """
         known = {f.name: f for f in fields(cls)}
-        base = cls()
-        values: dict[str, Any] = {}
-        for key, raw in pairs.items():
+        for key in pairs:
             if key not in known:
                 raise ConfigError(f"unknown option {key!r}; known options: {', '.join(known)}")
-            default = getattr(base, key)
-            values[key] = _convert(key, raw, default)
+        base = cls() if "stack" not in pairs else cls(stack=_stack(pairs["stack"]))
+        values: dict[str, Any] = {}
+        for key, raw in base.stack.defaults:
+            if key not in known or key == "stack":
+                raise ConfigError(f"stack {base.stack.name}: defaults.{key}: unknown option; known options: "
+                                  f"{', '.join(k for k in known if k != 'stack')}")
+            values[key] = _convert(key, raw, getattr(base, key))
+        for key, raw in pairs.items():
+            if key != "stack":
+                values[key] = _convert(key, raw, getattr(base, key))
         out = replace(base, **values)
         out.validate()
         return out
@@ -120,13 +148,29 @@ class Assumptions:
         # (key, minimum, maximum): bytes per element are at most 64; counts stay small enough to simulate.
         bounds = (("param_bytes", 1, 64), ("grad_bytes", 1, 64), ("logits_bytes", 1, 64), ("master_bytes", 0, 64),
                   ("optimizer_bytes", 0, 256), ("weight_buffers", 1, 64), ("kv_buckets", 1, 4096),
-                  ("dp_bucket_MB", 1e-3, 1e6), ("decode_launch_us", 0.0, 1e6))
+                  ("dp_bucket_MB", 1e-3, 1e6), ("decode_launch_us", 0.0, 1e6), ("recompute_num_layers", 0, 1024))
         for key, low, high in bounds:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"option {key}={value!r}: expected a finite number between {low:g} and {high:g}")
             if not low <= value <= high:
                 raise ConfigError(f"option {key}={value:g} is out of range: use a value between {low:g} and {high:g}")
+        if not isinstance(self.recompute_num_layers, int):
+            raise ConfigError(f"option recompute_num_layers={self.recompute_num_layers!r}: expected a whole number")
+        if self.recompute_num_layers and self.recompute != "full":
+            raise ConfigError(f"option recompute_num_layers={self.recompute_num_layers} applies to recompute=full "
+                              f"(the first k blocks fully recomputed); with recompute={self.recompute} drop it")
+
+
+def _stack(value: Any) -> Stack:
+    """A stack from a preset name or path, a Stack, or a recorded mapping."""
+    if isinstance(value, Stack):
+        return value
+    if isinstance(value, dict):
+        return stack_from_mapping(value, "recorded stack", "stack")
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"option stack={value!r}: give a stack preset name (tspsim list stacks) or a YAML path")
+    return load_stack(value.strip())
 
 
 def _convert(key: str, raw: Any, default: Any) -> Any:
@@ -151,12 +195,13 @@ def _convert(key: str, raw: Any, default: Any) -> Any:
     return raw
 
 
-def parse_option_pairs(items: Sequence[str], recompute: str | None = None) -> tuple[tuple[str, Any], ...]:
-    """``--option KEY=VALUE`` strings (and ``--recompute``) → validated, sorted (key, value) pairs.
+def parse_option_pairs(items: Sequence[str], recompute: str | None = None,
+                       stack: str | None = None) -> tuple[tuple[str, Any], ...]:
+    """``--option KEY=VALUE`` strings (and ``--recompute``, ``--stack``) → validated, sorted (key, value) pairs.
 
     Raises:
-        ConfigError: for a malformed item, an unknown key, a bad value, or ``--recompute`` contradicting
-            ``--option recompute=…`` (one line).
+        ConfigError: for a malformed item, an unknown key, a bad value, or ``--recompute`` / ``--stack``
+            contradicting ``--option recompute=…`` / ``--option stack=…`` (one line).
     """
     pairs: dict[str, Any] = {}
     for item in items:
@@ -169,5 +214,9 @@ def parse_option_pairs(items: Sequence[str], recompute: str | None = None) -> tu
             raise ConfigError(f"--recompute {recompute} contradicts --option recompute={pairs['recompute']}; "
                               "give one")
         pairs["recompute"] = recompute
+    if stack is not None:
+        if "stack" in pairs and pairs["stack"] != stack:
+            raise ConfigError(f"--stack {stack} contradicts --option stack={pairs['stack']}; give one")
+        pairs["stack"] = stack
     Assumptions.from_overrides(pairs)  # validate now: one-line error before any simulation
     return tuple(sorted(pairs.items()))

@@ -4,7 +4,8 @@ Presets by name (``tspsim list models``) or a YAML file with the same keys as :c
 Parameter and FLOP counts follow the pre-norm decoder block of
 reference/tensor-parallelism-analysis.md: attention with W_Q (H×H_q), W_K, W_V (H×H_kv), W_O
 (H_q×H); a gated MLP with W_g, W_u (H×I) and W_d (I×H) or a plain MLP with W_1 (H×I), W_2 (I×H);
-two RMSNorm weight vectors per block.
+two norm weight vectors per block. Models with ``biases`` (Megatron GPT) add a bias to every linear
+layer and to both LayerNorms; a learned absolute position-embedding table adds ``position_embeddings``·H.
 """
 
 from __future__ import annotations
@@ -51,6 +52,12 @@ class ModelConfig:
     """Sequence length used when ``--seq`` is not given."""
     source: str = ""
     """Where the numbers come from."""
+    biases: bool = False
+    """True: every linear layer has a bias and the norms are LayerNorms with a bias (Megatron GPT); False:
+    no biases, RMSNorm weights only (Llama)."""
+    position_embeddings: int = 0
+    """Rows of a learned absolute position-embedding table (Megatron GPT: the maximum sequence length);
+    0 for rotary position embeddings (no parameters)."""
 
     # ---------------------------------------------------------------------------- derived sizes
     @property
@@ -80,18 +87,57 @@ class ModelConfig:
 
     @property
     def norm_params(self) -> int:
-        """Two RMSNorm weight vectors per block."""
-        return 2 * self.hidden
+        """Two norm weight vectors per block (and their biases with ``biases``)."""
+        return 2 * self.hidden * (2 if self.biases else 1)
+
+    @property
+    def column_bias_params(self) -> int:
+        """Biases of the column-parallel layers (QKV: H_q + 2H_kv; W_1, or W_g and W_u: I or 2I), sharded with them."""
+        if not self.biases:
+            return 0
+        return self.q_dim + 2 * self.kv_dim + (2 if self.gated_mlp else 1) * self.ffn_hidden
+
+    @property
+    def row_bias_params(self) -> int:
+        """Biases of the row-parallel layers (W_O and W_2 / W_d: H each), replicated across tensor parallelism."""
+        return 2 * self.hidden if self.biases else 0
 
     @property
     def layer_params(self) -> int:
-        """All parameters of one decoder block (W_layer of tsp.md §5 plus norms)."""
-        return self.attn_params + self.mlp_params + self.norm_params
+        """All parameters of one decoder block (W_layer of tsp.md §5 plus norms and biases)."""
+        return self.attn_params + self.mlp_params + self.norm_params + self.column_bias_params + self.row_bias_params
+
+    def layer_shard_params(self, shards: int) -> float:
+        """Parameters of one block held by a rank when weights and column biases are split ``shards`` ways.
+
+        Norms and row-parallel biases are replicated.
+        """
+        return ((self.attn_params + self.mlp_params + self.column_bias_params) / shards
+                + self.norm_params + self.row_bias_params)
+
+    @property
+    def word_embedding_params(self) -> int:
+        """Word embedding plus LM head (once if tied): the vocabulary-parallel parameters."""
+        return self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
+
+    @property
+    def replicated_embedding_params(self) -> int:
+        """Position embeddings and the final norm (weight, and bias with ``biases``): replicated on every rank."""
+        return self.position_embeddings * self.hidden + self.hidden * (2 if self.biases else 1)
 
     @property
     def embedding_params(self) -> int:
-        """Embedding plus LM head (once if tied) plus the final norm."""
-        return self.vocab * self.hidden * (1 if self.tied_embeddings else 2) + self.hidden
+        """Embedding plus LM head (once if tied), position embeddings and the final norm."""
+        return self.word_embedding_params + self.replicated_embedding_params
+
+    def params_per_rank(self, shards: int) -> float:
+        """Parameters a rank holds when every block and the vocabulary are split ``shards`` ways (TP, TSP).
+
+        Blocks as :meth:`layer_shard_params`; the word embedding and LM head vocabulary-parallel; position
+        embeddings and the final norm replicated.
+        """
+        return (self.layers * self.layer_shard_params(shards) + self.word_embedding_params / shards
+                + self.replicated_embedding_params)
 
     @property
     def total_params(self) -> int:
@@ -110,8 +156,16 @@ class ModelConfig:
         return gemm + attn
 
     def to_json(self) -> dict[str, Any]:
-        """All fields, for results."""
-        return asdict(self)
+        """All fields, for results.
+
+        ``biases`` and ``position_embeddings`` appear only when set, so the hashes of models without them are
+        unchanged.
+        """
+        out = asdict(self)
+        for key, default in (("biases", False), ("position_embeddings", 0)):
+            if out[key] == default:
+                del out[key]
+        return out
 
     @property
     def sha256(self) -> str:
@@ -123,17 +177,30 @@ MODELS: Registry[ModelConfig] = Registry("model")
 for _m in (
     ModelConfig("zyphra-7b", hidden=4096, layers=32, q_heads=32, kv_heads=32, head_dim=128, ffn_hidden=16384,
                 gated_mlp=True, vocab=32000, default_seq=131072,
-                source="TSP paper setup (tsp.md §7): h=4096, L=32, MHA 32 heads, SwiGLU F=4; vocab not stated, "
-                       "32000 assumed"),
+                source="TSP paper setup (tsp.md §7): h=4096, L=32, MHA 32 heads, head_dim 128, SwiGLU F=4, bf16; "
+                       "vocabulary not stated, 32000 assumed; no biases, RMSNorm, rotary positions (Llama-style, "
+                       "assumed)"),
     ModelConfig("llama3-8b", hidden=4096, layers=32, q_heads=32, kv_heads=8, head_dim=128, ffn_hidden=14336,
-                gated_mlp=True, vocab=128256, default_seq=8192, source="Llama 3 8B (GQA 32/8)"),
+                gated_mlp=True, vocab=128256, default_seq=8192,
+                source="Llama 3 8B (Meta's published configuration): GQA 32/8, SwiGLU 14336, vocabulary 128256, "
+                       "untied embeddings, no biases, RMSNorm, rotary positions"),
     ModelConfig("llama3-70b", hidden=8192, layers=80, q_heads=64, kv_heads=8, head_dim=128, ffn_hidden=28672,
-                gated_mlp=True, vocab=128256, default_seq=8192, source="Llama 3 70B (GQA 64/8)"),
+                gated_mlp=True, vocab=128256, default_seq=8192,
+                source="Llama 3 70B (Meta's published configuration): GQA 64/8, SwiGLU 28672, vocabulary 128256, "
+                       "untied embeddings, no biases, RMSNorm, rotary positions"),
     ModelConfig("megatron-22b", hidden=6144, layers=48, q_heads=64, kv_heads=64, head_dim=96, ffn_hidden=24576,
-                gated_mlp=False, vocab=51200, default_seq=2048,
-                source="Korthikanti et al. 2022 (arXiv 2205.05198) 22B GPT"),
+                gated_mlp=False, vocab=51200, default_seq=2048, tied_embeddings=True, biases=True,
+                position_embeddings=2048,
+                source="Korthikanti et al. 2022 (arXiv 2205.05198) 22B GPT as design.md §1 gives it: h=6144, L=48, "
+                       "64 heads, GeLU MLP 4h, vocabulary 51200, sequence 2048; Megatron GPT architecture: tied "
+                       "word embedding and LM head, learned absolute positions (2048 rows), LayerNorm and linear "
+                       "biases"),
     ModelConfig("gpt3-175b", hidden=12288, layers=96, q_heads=96, kv_heads=96, head_dim=128, ffn_hidden=49152,
-                gated_mlp=False, vocab=51200, default_seq=2048, source="GPT-3 175B (Brown et al. 2020)"),
+                gated_mlp=False, vocab=51200, default_seq=2048, tied_embeddings=True, biases=True,
+                position_embeddings=2048,
+                source="GPT-3 175B (Brown et al. 2020): h=12288, L=96, 96 heads of 128, context 2048, GeLU MLP 4h; "
+                       "as Megatron GPT runs it: vocabulary padded to 51200, tied embeddings, learned positions, "
+                       "LayerNorm and linear biases"),
 ):
     MODELS.register(_m.name, _m)
 
@@ -143,6 +210,7 @@ _REQUIRED = ("hidden", "layers", "q_heads", "kv_heads", "head_dim", "ffn_hidden"
 LIMITS: dict[str, int] = {
     "hidden": 1 << 20, "layers": 1024, "q_heads": 1 << 14, "kv_heads": 1 << 14, "head_dim": 1 << 16,
     "ffn_hidden": 1 << 24, "vocab": 1 << 26, "dtype_bytes": 8, "default_seq": 1 << 30,
+    "position_embeddings": 1 << 30,
 }
 """Largest value of each whole-number key of a model file (far above real models; larger values are typos
 that would make the op graph or the arithmetic explode)."""
@@ -191,13 +259,15 @@ def model_from_mapping(data: dict[Any, Any], where: str, default_name: str) -> M
                 raise ConfigError(f"{path}: {key}: expected text, got {describe_value(value)}; quote it, e.g. "
                                   f"{key}: \"my-model\"")
             values[key] = value
-        elif key in ("gated_mlp", "tied_embeddings"):
+        elif key in ("gated_mlp", "tied_embeddings", "biases"):
             if not isinstance(value, bool):
                 raise ConfigError(f"{path}: {key}: expected true or false, got {describe_value(value)}")
             values[key] = value
         else:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{path}: {key}: expected a positive whole number, got {describe_value(value)}"
+            low = 0 if key == "position_embeddings" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                what = "a whole number ≥ 0" if low == 0 else "a positive whole number"
+                raise ConfigError(f"{path}: {key}: expected {what}, got {describe_value(value)}"
                                   f"{number_hint(value)}")
             if value > LIMITS[key]:
                 raise ConfigError(f"{path}: {key}: {describe_value(value)} is larger than the limit "
