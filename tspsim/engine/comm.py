@@ -158,6 +158,7 @@ def _accumulate(out: dict[int, float], ranks: np.ndarray, frac: np.ndarray) -> N
     ok = ranks >= 0
     if not ok.any():
         return
-    uniq, inv = np.unique(ranks[ok], return_inverse=True)
-    for r, b in zip(uniq.tolist(), np.bincount(inv, weights=frac[ok]).tolist()):
+    sums = np.bincount(ranks[ok], weights=frac[ok])
+    present = np.flatnonzero(np.bincount(ranks[ok]))
+    for r, b in zip(present.tolist(), sums[present].tolist()):
         out[r] = out.get(r, 0.0) + b

@@ -59,6 +59,15 @@ def max_min_rates(flows: Sequence[tuple[Sequence[int], Sequence[float], float]],
         RuntimeError: for a flow with no link and no cap (its rate would be unbounded).
     """
     n = len(flows)
+    if n == 1:  # alone: min(cap, min over links of capacity / weight), repeated links adding up
+        links, weights, cap = flows[0]
+        load: dict[int, float] = {}
+        for link, w in zip(links, weights):
+            load[link] = load.get(link, 0.0) + w
+        share = min((capacity[link] / w for link, w in load.items() if w > 0.0), default=INF)
+        if min(share, cap) == INF:
+            raise RuntimeError("flow with no link and no cap")
+        return [min(share, cap)]
     rates = [-1.0] * n  # -1: unfrozen
     residual: dict[int, float] = {}
     weight: dict[int, float] = {}

@@ -43,10 +43,11 @@ from tspsim.engine.collectives.policy import (
     shape,
 )
 from tspsim.engine.collectives.resolve import phase_links, solo_rate
+from tspsim.engine.collectives.ring import ring_orders_for
 from tspsim.opgraph.op import ALGORITHMS
 
 __all__ = [
     "ALGORITHMS", "PROTOCOLS", "Candidate", "CollectivePlan", "FlowSpec", "GroupInfo", "Phase", "Pipeline", "Shape",
     "candidates", "choose", "choose_algorithm", "group_info", "hamiltonian_channels", "phase_links", "phase_rates",
-    "plan_collective", "predict_s", "shape", "solo_rate", "walecki_cycles", "walecki_paths",
+    "plan_collective", "predict_s", "ring_orders_for", "shape", "solo_rate", "walecki_cycles", "walecki_paths",
 ]

@@ -119,6 +119,8 @@ class Shape:
     """Parallel channels (rings, tree pairs, rails or concurrent peers)."""
     phases: tuple[Phase, ...]
     """Phases run one after another."""
+    hops_key: tuple = ()
+    """Identifies the hops (kind, group, root, algorithm): shapes that differ only by protocol share it."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -24,6 +24,7 @@ algorithm still gets the fastest protocol it supports.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -32,7 +33,7 @@ from tspsim.engine.collectives.direct import all_to_all_shape, direct_shape, nvl
 from tspsim.engine.collectives.hierarchical import check_hier, hier_shape
 from tspsim.engine.collectives.latency import available_protocols
 from tspsim.engine.collectives.plan import PROTOCOLS, CollectivePlan, GroupInfo, Shape, group_info
-from tspsim.engine.collectives.resolve import phase_links, solo_rate
+from tspsim.engine.collectives.resolve import base_loads, protocol_weights, solo_rate
 from tspsim.engine.collectives.ring import ring_shape
 from tspsim.engine.collectives.tree import tree_shape
 from tspsim.opgraph.op import ALGORITHMS
@@ -123,6 +124,7 @@ def shape(kind: str, group: Sequence[int], topo: Topology, root: int, alg: str, 
             found = all_to_all_shape(info, topo, protocol)
         else:
             found = direct_shape(kind, info, topo, root, alg)
+        found = dataclasses.replace(found, hops_key=key[1:5])
         cache[key] = found
     return found
 
@@ -133,8 +135,17 @@ def phase_rates(topo: Topology, shp: Shape) -> tuple[float, ...]:
     key = ("rates", id(shp))
     found = cache.get(key)
     if found is None or found[0] is not shp:
-        rates = tuple(solo_rate(topo, *phase_links(topo, ph.flow, shp.protocol)) for ph in shp.phases)
-        found = cache[key] = (shp, rates)
+        rates = []
+        for i, ph in enumerate(shp.phases):
+            base_key = ("loads", shp.hops_key, i)
+            loads = cache.get(base_key) if shp.hops_key else None
+            if loads is None:
+                loads = base_loads(topo, ph.flow)
+                if shp.hops_key:
+                    cache[base_key] = loads
+            links, base = loads
+            rates.append(solo_rate(topo, links, protocol_weights(topo, links, base, shp.protocol)))
+        found = cache[key] = (shp, tuple(rates))
     return found[1]
 
 

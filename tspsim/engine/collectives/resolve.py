@@ -21,6 +21,33 @@ from tspsim.spec import routes
 from tspsim.spec.topology import Topology
 
 
+def base_loads(topo: Topology, flow: FlowSpec, keep: np.ndarray | None = None,
+               fold_to: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(link indices, payload bytes on each per payload byte) of one phase's hops, before the protocol.
+
+    Args:
+        topo: the topology (routes).
+        flow: the phase's hops.
+        keep: boolean mask of the hops to include (folding: hops sent by simulated ranks).
+        fold_to: link → twin link table (:func:`tspsim.spec.routes.fold_array`), or None.
+    """
+    src, dst, frac = flow.src, flow.dst, flow.frac
+    if keep is not None:
+        src, dst, frac = src[keep], dst[keep], frac[keep]
+    hop, link = routes.route_arrays(topo, src, dst)
+    if fold_to is not None and len(link):
+        link = fold_to[link]
+    load = np.bincount(link, weights=frac[hop], minlength=len(topo.links))
+    links = np.flatnonzero(load)
+    return links, load[links]
+
+
+def protocol_weights(topo: Topology, links: np.ndarray, base: np.ndarray, protocol: str) -> np.ndarray:
+    """Wire bytes per payload byte on each link: the base loads times the link class's wire factor."""
+    factors = np.asarray(wire_factors(topo, protocol), dtype=np.float64)
+    return base * factors[routes.link_classes(topo)[links]]
+
+
 def phase_links(topo: Topology, flow: FlowSpec, protocol: str, keep: np.ndarray | None = None,
                 fold_to: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(link indices, weights) of one phase's flow: wire bytes on each link per payload byte.
@@ -32,16 +59,8 @@ def phase_links(topo: Topology, flow: FlowSpec, protocol: str, keep: np.ndarray 
         keep: boolean mask of the hops to include (folding: hops sent by simulated ranks).
         fold_to: link → twin link table (:func:`tspsim.spec.routes.fold_array`), or None.
     """
-    src, dst, frac = flow.src, flow.dst, flow.frac
-    if keep is not None:
-        src, dst, frac = src[keep], dst[keep], frac[keep]
-    hop, link = routes.route_arrays(topo, src, dst)
-    if fold_to is not None and len(link):
-        link = fold_to[link]
-    factors = np.asarray(wire_factors(topo, protocol), dtype=np.float64)
-    w = frac[hop] * factors[routes.link_classes(topo)[link]]
-    links, inv = np.unique(link, return_inverse=True)
-    return links, np.bincount(inv, weights=w, minlength=len(links))
+    links, base = base_loads(topo, flow, keep, fold_to)
+    return links, protocol_weights(topo, links, base, protocol)
 
 
 def solo_rate(topo: Topology, links: np.ndarray, weights: np.ndarray) -> float:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from tspsim.engine.collectives.hamiltonian import hamiltonian_channels, walecki_paths
 from tspsim.engine.collectives.latency import ring_latency_s
-from tspsim.engine.collectives.plan import FlowSpec, GroupInfo, Phase, Shape
+from tspsim.engine.collectives.plan import FlowSpec, GroupInfo, Phase, Shape, group_info
 from tspsim.spec.topology import Topology
 
 
@@ -106,3 +106,8 @@ def ring_shape(kind: str, info: GroupInfo, topo: Topology, root: int, protocol: 
             hops.extend(pairs if kind == "broadcast" else [(d, s) for s, d in pairs])
     flow = FlowSpec.of(hops, frac)
     return Shape("ring", protocol, c, (Phase(ring_latency_s(kind, info, topo, protocol), flow),))
+
+
+def ring_orders_for(group: tuple[int, ...], topo: Topology) -> list[list[int]]:
+    """The ring channels of ``group`` on ``topo`` (:func:`ring_orders`)."""
+    return ring_orders(group_info(group, topo), topo)
