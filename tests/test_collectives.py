@@ -29,9 +29,9 @@ from hypothesis import strategies as st
 
 from tspsim.core.errors import TspsimError
 from tspsim.engine.collectives import choose_algorithm, hamiltonian_channels, plan_collective
-from tspsim.spec.routes import route_arrays
 from tspsim.engine.sim import ReplayOptions, replay
 from tspsim.opgraph import GraphBuilder
+from tspsim.spec.routes import route_arrays
 from tspsim.spec.topology_file import load_topology
 
 TOPOS = {name: load_topology(name) for name in ("mi300x-1node", "h100-dgx-1node", "mi300x-128node",

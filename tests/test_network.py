@@ -263,7 +263,7 @@ def test_weighted_allocation_is_feasible_and_max_min_fair(capacities, specs):
             load[link] += w * r
     for link, total in load.items():
         assert total <= capacities[link] * (1 + 1e-9)
-    for (links, weights, cap), r in zip(flows, rates):
+    for (links, _weights, cap), r in zip(flows, rates):
         assert 0 < r <= cap * (1 + 1e-9)
         if r >= cap * (1 - 1e-9):
             continue
