@@ -69,8 +69,9 @@ def test_link_classes_and_capacities(mi300x_128, h100):
     assert engine.capacity_Bps == pytest.approx(478.9e9 * 8 / 14, rel=1e-12)
 
 
-@pytest.mark.parametrize("replica_nodes", [1, 2, 32])
-def test_fold_array_equals_fold_link(h100_128, replica_nodes):
-    table = routes.fold_array(h100_128, replica_nodes)
-    for i in range(0, len(h100_128.links), 7):
-        assert table[i] == h100_128.fold_link(i, replica_nodes)
+@pytest.mark.parametrize("replica_nodes", [1, 2, 4, 32])
+@pytest.mark.parametrize("name", ["h100_128", "mi300x_128", "fat_tree_small"])
+def test_fold_array_equals_fold_link(request, name, replica_nodes):
+    topo = request.getfixturevalue(name)
+    table = routes.fold_array(topo, replica_nodes)
+    assert table.tolist() == [topo.fold_link(i, replica_nodes) for i in range(len(topo.links))]

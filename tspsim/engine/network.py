@@ -74,12 +74,14 @@ def max_min_rates(flows: Sequence[tuple[Sequence[int], Sequence[float], float]],
     on_link: dict[int, list[int]] = {}
     for i, (links, weights, _cap) in enumerate(flows):
         for link, w in zip(links, weights):
-            if link not in residual:
+            if link in residual:
+                weight[link] += w
+                on_link[link].append(i)
+            else:
                 residual[link] = capacity[link]
-                weight[link] = 0.0
-                on_link[link] = []
-            weight[link] += w
-            on_link[link].append(i)
+                weight[link] = w
+                on_link[link] = [i]
+    capped = [i for i in range(n) if flows[i][2] != INF]
     unfrozen = n
     level = 0.0
     while unfrozen:
@@ -89,25 +91,29 @@ def max_min_rates(flows: Sequence[tuple[Sequence[int], Sequence[float], float]],
                 share = residual[link] / w
                 if share < best:
                     best = share
-        cap_step = min((flows[i][2] - level for i in range(n) if rates[i] < 0), default=INF)
+        cap_step = min((flows[i][2] - level for i in capped if rates[i] < 0), default=INF)
         step = min(best, cap_step)
         if step == INF:
             raise RuntimeError("flow with no link and no cap")
         level += step
-        tol = 1e-12 * max(level, 1.0)
         frozen_now: list[int] = []
+        saturated = []
         for link, w in weight.items():
             if w > 0.0:
                 residual[link] -= step * w
                 if residual[link] <= 1e-9 * capacity[link]:
-                    for i in on_link[link]:
-                        if rates[i] < 0:
-                            rates[i] = level
-                            frozen_now.append(i)
-        for i in range(n):
-            if rates[i] < 0 and flows[i][2] - level <= tol:
-                rates[i] = level
-                frozen_now.append(i)
+                    saturated.append(link)
+        for link in saturated:
+            for i in on_link[link]:
+                if rates[i] < 0:
+                    rates[i] = level
+                    frozen_now.append(i)
+        if capped:
+            tol = 1e-12 * max(level, 1.0)
+            for i in capped:
+                if rates[i] < 0 and flows[i][2] - level <= tol:
+                    rates[i] = level
+                    frozen_now.append(i)
         if not frozen_now:  # numerical corner: freeze the tightest link's flows
             link = min((lk for lk, w in weight.items() if w > 0.0), key=lambda lk: residual[lk] / weight[lk])
             for i in on_link[link]:
@@ -167,7 +173,7 @@ class Network:
             event.succeed()
             return event
         self._advance()
-        w = tuple(float(x) for x in weights) if weights is not None else (1.0,) * len(links)
+        w = tuple(weights) if weights is not None else (1.0,) * len(links)
         self.flows.append(Flow(tuple(links), w, float(nbytes), cap_Bps, event, tag))
         self._request_recompute()
         return event

@@ -91,11 +91,37 @@ def capacities(topo: Topology) -> np.ndarray:
 
 
 def fold_array(topo: Topology, replica_nodes: int) -> np.ndarray:
-    """``fold_array[i]`` = :meth:`Topology.fold_link` (i, replica_nodes) for every link i."""
+    """``fold_array[i]`` = :meth:`Topology.fold_link` (i, replica_nodes) for every link i.
+
+    By index arithmetic: a link of node n moves to the same link of node n − (n − n mod R); a spine
+    link of leaf group q to group q − shift / nodes_per_leaf, where shift is the node shift of the
+    group's first node (as :meth:`Topology.fold_link` renames devices).
+    """
     cache = topo.__dict__.setdefault("_route_cache", {})
     key = ("fold", replica_nodes)
     if key not in cache:
-        cache[key] = np.array([topo.fold_link(i, replica_nodes) for i in range(len(topo.links))], dtype=np.int64)
+        lay = layout(topo)
+        g, r = lay.gpus_per_node, replica_nodes
+        idx = np.arange(len(topo.links), dtype=np.int64)
+        out = idx.copy()
+        intra = idx < lay.network_base
+        node = idx[intra] // lay.intra_per_node
+        out[intra] -= (node - node % r) * lay.intra_per_node
+        end = lay.network_base + (4 * topo.world_size if topo.inter is not None else 0)
+        net = (idx >= lay.network_base) & (idx < end)
+        node = (idx[net] - lay.network_base) // 4 // g
+        out[net] -= (node - node % r) * 4 * g
+        if lay.spine_base >= 0:
+            sp = (idx >= lay.spine_base) & (idx < lay.spine_base + 2 * g * lay.leaf_groups)
+            pos = (idx[sp] - lay.spine_base) // 2
+            grp = pos % lay.leaf_groups
+            first = grp * lay.nodes_per_leaf
+            out[sp] -= 2 * ((first - first % r) // lay.nodes_per_leaf)
+        if lay.nvls_base >= 0:
+            nv = idx >= lay.nvls_base
+            node = idx[nv] - lay.nvls_base
+            out[nv] -= node - node % r
+        cache[key] = out
     return cache[key]
 
 
