@@ -21,8 +21,6 @@ nvls       NVLink SHARP all-reduce inside a switch node: each GPU's up-port carr
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from tspsim.core.errors import TspsimError
@@ -114,7 +112,3 @@ def nvls_shape(info: GroupInfo, topo: Topology) -> Shape:
     fracs = [share] * (2 * m) + [1.0]
     return Shape("nvls", "Simple", 1, (Phase(nvls.step_us * 1e-6, FlowSpec.of(hops, fracs)),))
 
-
-def rounds(p: int, q: int) -> int:
-    """Phases of a multi-node all-to-all: ⌈(p−1)/q⌉."""
-    return math.ceil((p - 1) / q)

@@ -21,8 +21,6 @@ the others; the policy leaves it out where a replay folds (:mod:`tspsim.engine.c
 
 from __future__ import annotations
 
-import math
-
 from tspsim.engine.collectives.hamiltonian import hamiltonian_channels, walecki_paths
 from tspsim.engine.collectives.latency import tree_latency_s
 from tspsim.engine.collectives.plan import FlowSpec, GroupInfo, Phase, Pipeline, Shape
@@ -148,7 +146,3 @@ def tree_shape(kind: str, info: GroupInfo, topo: Topology, root: int, protocol: 
     latency = tree_latency_s(kind, info, topo, protocol)
     return Shape("tree", protocol, channels, (Phase(latency, FlowSpec.of(hops, fracs), pipeline),))
 
-
-def log2_nodes(k: int) -> int:
-    """⌈log2 k⌉ (tree depth term of NCCL's model)."""
-    return math.ceil(math.log2(k)) if k > 1 else 0
