@@ -9,12 +9,13 @@ payload of N bytes on p ranks, per rank, sent and received:
 * one-shot all-reduce: (p−1)·N — every rank sends its whole buffer to every peer. This is NOT
   communication-optimal (it trades bandwidth for a single latency step) and is only chosen for
   small messages.
-* tree all-reduce (only when forced): leaves and inner nodes move different amounts, so only the
-  total is fixed: 2(p−1)·N over all ranks (= p · 2(p−1)/p·N, the same total as a ring).
-* recursive doubling all-reduce (power-of-two p; the policy's choice for small multi-node
-  all-reduce): N·log2 p per rank — latency-optimal, not bandwidth-optimal.
-* hierarchical all-reduce with a small per-rail payload N/g: its inter-node step is recursive
-  doubling, so each rank moves 2(g−1)/g·N + (N/g)·log2 k (k nodes).
+* tree all-reduce (NCCL's double binary tree with chains inside the nodes): leaves and inner nodes
+  move different amounts, so only the total is fixed: 2(p−1)·N over all ranks (= p · 2(p−1)/p·N,
+  the same total as a ring).
+* recursive doubling all-reduce (power-of-two p, forced only): N·log2 p per rank — latency-optimal,
+  not bandwidth-optimal.
+* hierarchical (pipelined RS → per-rail ring → AG): the ring volumes exactly.
+* NVLS all-reduce: (1 + 1/p)·N through every GPU port each way (the switch reduces and multicasts).
 * broadcast: every non-root rank receives exactly N (total (p−1)·N), the root receives nothing.
 * reduce: every non-root rank sends exactly N (total (p−1)·N), the root sends nothing.
 """
@@ -30,6 +31,7 @@ from tspsim.core.errors import TspsimError
 from tspsim.engine.collectives import choose_algorithm, hamiltonian_channels, plan_collective
 from tspsim.engine.sim import ReplayOptions, replay
 from tspsim.opgraph import GraphBuilder
+from tspsim.spec.routes import route_arrays
 from tspsim.spec.topology_file import load_topology
 
 TOPOS = {name: load_topology(name) for name in ("mi300x-1node", "h100-dgx-1node", "mi300x-128node",
@@ -50,7 +52,7 @@ GROUPS = (
        ("h100-dgx-128node", (0, 1, 256, 257))]
 )
 ALGS = {
-    "all_reduce": ("", "ring", "direct", "one_shot", "two_shot", "tree", "rd", "hier"),
+    "all_reduce": ("", "ring", "direct", "one_shot", "two_shot", "tree", "rd", "hier", "nvls"),
     "reduce_scatter": ("", "ring", "direct", "hier"),
     "all_gather": ("", "ring", "direct", "hier"),
     "broadcast": ("", "ring", "direct", "tree", "hier"),
@@ -60,8 +62,11 @@ ALGS = {
 
 
 def _even_multinode(topo, group):
-    per_node = Counter(topo.node_of(r) for r in group)
-    return len(per_node) > 1 and len(set(per_node.values())) == 1
+    per_node: dict[int, list[int]] = {}
+    for r in group:
+        per_node.setdefault(topo.node_of(r), []).append(r % topo.gpus_per_node)
+    locals_ = {tuple(sorted(v)) for v in per_node.values()}
+    return len(per_node) > 1 and len(locals_) == 1
 
 
 def _cases():
@@ -72,6 +77,8 @@ def _cases():
                 if alg == "hier" and not _even_multinode(topo, group):
                     continue
                 if alg == "rd" and len(group) & (len(group) - 1):
+                    continue
+                if alg == "nvls" and (topo.intra.nvls is None or len({topo.node_of(r) for r in group}) > 1):
                     continue
                 case_id = f"{name}-{op}-{alg or 'policy'}-{len(group)}r-{group[0]}..{group[-1]}"
                 yield pytest.param(name, group, op, alg, id=case_id)
@@ -90,17 +97,12 @@ def _check_volumes(op, algorithm, group, nbytes, sent, recv, topo):
     if op == "all_reduce":
         if algorithm == "one_shot":
             per_rank = (p - 1) * nbytes
-        elif algorithm in ("ring", "two_shot"):
+        elif algorithm in ("ring", "two_shot", "hier"):
             per_rank = 2 * (p - 1) / p * nbytes
         elif algorithm == "rd":
             per_rank = nbytes * math.log2(p)
-        elif algorithm == "hier":
-            k = len({topo.node_of(r) for r in group})
-            g = len(group) // k
-            if nbytes / g > topo.intra.direct_max_bytes or k & (k - 1):
-                per_rank = 2 * (p - 1) / p * nbytes  # ring inter-node step: exactly the analytical volume
-            else:  # recursive-doubling inter-node step
-                per_rank = 2 * (g - 1) / g * nbytes + nbytes / g * math.log2(k)
+        elif algorithm == "nvls":
+            per_rank = (1 + 1 / p) * nbytes
         else:
             assert algorithm == "tree"
             assert sum(sent.values()) == pytest.approx(2 * (p - 1) * nbytes, rel=rel)
@@ -141,15 +143,16 @@ def test_exact_byte_accounting(name, group, op, alg):
         assert plan.phases
         sent, recv = plan.bytes_per_rank()
         _check_volumes(op, plan.algorithm, group, nbytes, sent, recv, topo)
-        if alg in ("ring", "tree", "rd", "hier", "one_shot", "two_shot"):
+        if alg in ("ring", "tree", "rd", "hier", "one_shot", "two_shot", "nvls"):
             assert plan.algorithm == alg
-        # every hop is between two members of the group
+        # every hop is between two members of the group (or a member and its node's NVLS engine)
+        engines = {-1 - topo.node_of(r) for r in group}
         for phase in plan.phases:
             assert phase.latency_s >= 0
-            for flow in phase.flows:
-                assert flow.nbytes > 0
-                for s, d in flow.hops:
-                    assert s in group and d in group and s != d
+            assert (phase.flow.frac > 0).all()
+            for s, d in phase.flow.hops:
+                assert (s in group or s in engines) and (d in group or d in engines)
+                assert s != d or s in engines
     # The engine reports the same bytes as the plan (one size; the plans above cover the others).
     nbytes = SIZES[1]
     tl = _replay_one(topo, op, group, nbytes, alg)
@@ -197,21 +200,27 @@ def test_trivial_collectives_are_empty():
 def test_policy():
     one, big = TOPOS["mi300x-1node"], TOPOS["mi300x-128node"]
     node = tuple(range(8))
-    assert choose_algorithm("all_reduce", node, 2**20, one) == "one_shot"
+    # direct kernels up to their limit (1 MiB), where they are fastest; then the ring's LL protocol
+    assert choose_algorithm("all_reduce", node, 1024, one) == "one_shot"
+    assert choose_algorithm("all_reduce", node, 2**20, one) == "two_shot"
     assert choose_algorithm("all_reduce", node, 2**20 + 1, one) == "ring"
     assert choose_algorithm("all_gather", node, 1024, one) == "direct"
     assert choose_algorithm("all_to_all", node, 2**30, one) == "direct"
-    assert choose_algorithm("all_reduce", tuple(range(16)), 2**30, big) == "hier"
-    assert choose_algorithm("all_reduce", (0, 8), 1024, big) == "rd"
-    assert choose_algorithm("all_reduce", (0, 8, 16), 1024, big) == "ring"  # not a power of two
-    assert choose_algorithm("all_reduce", (0, 8), 2**30, big) == "ring"
-    # direct all-reduce picks one-shot or two-shot by size
-    assert plan_collective("all_reduce", node, 2**20, one, -1, "direct").algorithm == "one_shot"
+    assert choose_algorithm("all_reduce", tuple(range(16)), 2**30, big) == "ring"
+    assert choose_algorithm("all_reduce", tuple(range(16)), 1024, big) == "tree"
+    assert choose_algorithm("broadcast", tuple(range(16)), 2**30, big) == "ring"
+    assert choose_algorithm("all_reduce", tuple(range(0, 1024, 8)), 1024, big) == "tree"
+    # forced direct all-reduce picks one-shot or two-shot by predicted time
+    assert plan_collective("all_reduce", node, 1024, one, -1, "direct").algorithm == "one_shot"
     assert plan_collective("all_reduce", node, 2**30, one, -1, "direct").algorithm == "two_shot"
+    h100 = TOPOS["h100-dgx-1node"]
+    assert choose_algorithm("all_reduce", node, 2**30, h100) == "nvls"
+    assert plan_collective("all_reduce", node, 2**30, h100, -1, "ring").protocol == "Simple"
+    assert plan_collective("all_reduce", node, 4096, h100, -1, "ring").protocol == "LL"
 
 
 # ------------------------------------------------------------------------------------- ring channels
-@pytest.mark.parametrize("k", range(2, 9))
+@pytest.mark.parametrize("k", range(2, 17))
 def test_hamiltonian_channels_cover_every_arc_equally(k):
     cycles = hamiltonian_channels(k)
     assert cycles
@@ -299,10 +308,10 @@ def test_simulated_time_is_at_least_the_alpha_beta_bound(case):
     # 2. no link carries more than capacity x time
     load = Counter()
     for phase in plan.phases:
-        for flow in phase.flows:
-            for s, d in flow.hops:
-                for link in topo.route(s, d):
-                    load[link] += flow.nbytes
+        f = phase.flow
+        hop, links = route_arrays(topo, f.src, f.dst)
+        for h, link in zip(hop.tolist(), links.tolist()):
+            load[link] += float(f.frac[h]) * nbytes
     link_bound = max((b / topo.links[i].capacity_Bps for i, b in load.items()), default=0.0)
     # 3. phases run one after another, each at least its latency
     alpha = sum(phase.latency_s for phase in plan.phases)

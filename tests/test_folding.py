@@ -85,12 +85,13 @@ def test_simulate_folds_by_default(mi300x_4node_yaml, fold_model):
 
 
 @pytest.mark.parametrize(("kind", "per_node", "nbytes"), [
-    ("all_reduce", 1, 1 << 20),  # small: recursive doubling (symmetric; the tree is only used when forced)
-    ("all_reduce", 1, (1 << 20) + 8),  # ring
+    # DP groups reach across replicas: the policy uses only node-symmetric algorithms (rings, not trees)
+    ("all_reduce", 1, 1 << 20),
+    ("all_reduce", 1, (1 << 20) + 8),
     ("all_gather", 1, 1 << 20), ("reduce_scatter", 1, 1 << 20),
-    # hierarchical: the per-rail inter-node all-reduce of nbytes / 2 ≤ 1 MiB is recursive doubling
+    # two ranks per node: multi-channel rings alternating direction from node to node
     ("all_reduce", 2, 1 << 21),
-    ("all_reduce", 2, (1 << 21) + 16),  # hierarchical with a ring inter-node phase
+    ("all_reduce", 2, (1 << 21) + 16),
     ("reduce_scatter", 2, 1 << 21), ("all_gather", 2, 1 << 21),
 ])
 def test_folded_cross_node_collective_minimal(mi300x_4node_yaml, kind, per_node, nbytes):
@@ -100,7 +101,7 @@ def test_folded_cross_node_collective_minimal(mi300x_4node_yaml, kind, per_node,
     replica = 8 // per_node
 
     def graph(ranks, replica_nodes):
-        b = GraphBuilder(ranks, replica_nodes=replica_nodes)
+        b = GraphBuilder(ranks, replica_nodes=replica_nodes, meta={"replica_size": replica})
         for r in range(replica):
             b.collective(kind, tuple(range(r, 32, replica)), nbytes, "dp.grad", stream="dp")
         return b.graph

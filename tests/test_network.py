@@ -5,7 +5,7 @@ import simpy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tspsim.engine.network import Network
+from tspsim.engine.network import Network, max_min_rates, solo_rate
 
 INF = float("inf")
 
@@ -198,3 +198,76 @@ def test_n_equal_flows_on_one_link_finish_together(n, nbytes, capacity):
     done, _ = run_flows([capacity], [(0, [0], nbytes, INF)] * n)
     for i in range(n):
         assert done[i] == pytest.approx(n * nbytes / capacity, rel=1e-9)
+
+
+# ------------------------------------------------------------------------------------- weighted links
+def run_weighted(capacities, specs):
+    """Flows given as (links, weights, nbytes), all starting at 0; return finish times."""
+    env = simpy.Environment()
+    net = Network(env, capacities)
+    done = {}
+
+    def start(i, links, weights, nbytes):
+        yield net.transfer(links, nbytes, weights=weights)
+        done[i] = env.now
+
+    for i, (links, weights, nbytes) in enumerate(specs):
+        env.process(start(i, links, weights, nbytes))
+    env.run()
+    return done
+
+
+def test_weight_is_wire_bytes_per_byte_of_progress():
+    # an LL-like flow puts 2 wire bytes on the link per payload byte: half the rate
+    done = run_weighted([10.0], [([0], [2.0], 100)])
+    assert done[0] == pytest.approx(20.0, rel=1e-12)
+    # a pipelined two-stage flow: stage A moves 1 byte, stage B 0.25 bytes per byte of progress
+    done = run_weighted([10.0, 1.0], [([0, 1], [1.0, 0.25], 100)])
+    assert done[0] == pytest.approx(25.0, rel=1e-12)  # B is the bottleneck: 1 / 0.25 = 4 B/s
+
+
+def test_protocol_overhead_on_links_is_not_sped_up_by_concurrency():
+    # one flow at efficiency 0.94 alone, or two of them together: the link carries wire bytes at capacity,
+    # so two together take exactly twice as long (a per-flow cap would let them finish 6% sooner)
+    w = 1 / 0.94
+    alone = run_weighted([48.0], [([0], [w], 1000)])
+    both = run_weighted([48.0], [([0], [w], 1000), ([0], [w], 1000)])
+    assert both[0] == both[1] == pytest.approx(2 * alone[0], rel=1e-12)
+    assert alone[0] == pytest.approx(1000 * w / 48.0, rel=1e-12)
+
+
+def test_max_min_rates_with_weights():
+    # flow 0 loads link 0 with weight 2, flow 1 with weight 1: equal rates r, 3r = 9
+    rates = max_min_rates([([0], [2.0], INF), ([0, 1], [1.0, 1.0], INF)], [9.0, 100.0])
+    assert rates == [pytest.approx(3.0), pytest.approx(3.0)]
+    # a flow alone: min over links of capacity / weight (solo_rate)
+    assert max_min_rates([([0, 1], [0.5, 4.0], INF)], [9.0, 100.0]) == [pytest.approx(18.0)]
+    assert solo_rate([0, 1], [0.5, 4.0], [9.0, 100.0]) == max_min_rates([([0, 1], [0.5, 4.0], INF)], [9.0, 100.0])[0]
+
+
+@settings(max_examples=150, deadline=None)
+@given(capacities=st.lists(st.floats(1.0, 500.0), min_size=4, max_size=4),
+       specs=st.lists(st.tuples(st.lists(st.tuples(st.integers(0, 3), st.floats(0.05, 4.0)), min_size=1, max_size=4),
+                                st.floats(0.5, 1e3)), min_size=1, max_size=6))
+def test_weighted_allocation_is_feasible_and_max_min_fair(capacities, specs):
+    flows = []
+    for pairs, cap in specs:
+        merged: dict[int, float] = {}
+        for link, w in pairs:
+            merged[link] = merged.get(link, 0.0) + w
+        flows.append((list(merged), list(merged.values()), cap))
+    rates = max_min_rates(flows, capacities)
+    load = Counter()
+    for (links, weights, _cap), r in zip(flows, rates):
+        for link, w in zip(links, weights):
+            load[link] += w * r
+    for link, total in load.items():
+        assert total <= capacities[link] * (1 + 1e-9)
+    for (links, _weights, cap), r in zip(flows, rates):
+        assert 0 < r <= cap * (1 + 1e-9)
+        if r >= cap * (1 - 1e-9):
+            continue
+        # a saturated link on which no other flow has a higher rate
+        assert any(load[link] >= capacities[link] * (1 - 1e-9)
+                   and all(r >= r2 * (1 - 1e-9) for (l2, _, _), r2 in zip(flows, rates) if link in l2)
+                   for link in links)

@@ -66,17 +66,18 @@ def test_mi300x_1node_has_56_directed_xgmi_links(mi300x):
 
 
 def test_switch_node_has_one_port_pair_per_gpu(h100):
-    assert len(h100.links) == 16
+    # 8 up- and 8 down-ports, plus the switch's NVLS reduction engine (intra.nvls)
+    assert len(h100.links) == 17
     kinds = sorted(link.kind for link in h100.links)
-    assert kinds == ["nvlink_down"] * 8 + ["nvlink_up"] * 8
-    assert h100.graph.number_of_nodes() == 9  # 8 GPUs + the switch
+    assert kinds == ["nvlink_down"] * 8 + ["nvlink_up"] * 8 + ["nvls"]
+    assert h100.graph.number_of_nodes() == 10  # 8 GPUs + the switch + its NVLS engine
 
 
 def test_link_counts_of_clusters(mi300x_128, h100_128):
     # 128 nodes x 56 xGMI + 1024 GPUs x (2 PCIe + NIC up + NIC down)
     assert len(mi300x_128.links) == 128 * 56 + 1024 * 4
-    # 128 nodes x 16 NVLink ports + 1024 x 4 + 8 rails x 4 leaf groups x (up + down)
-    assert len(h100_128.links) == 128 * 16 + 1024 * 4 + 8 * 4 * 2
+    # 128 nodes x 16 NVLink ports + 1024 x 4 + 8 rails x 4 leaf groups x (up + down) + 128 NVLS engines
+    assert len(h100_128.links) == 128 * 16 + 1024 * 4 + 8 * 4 * 2 + 128
     spine = [link for link in h100_128.links if link.kind == "spine_up"]
     # 32 nodes per leaf x 50 GB/s x 0.92, non-blocking
     assert all(link.capacity_Bps == pytest.approx(32 * 50e9 * 0.92, rel=1e-12) for link in spine)

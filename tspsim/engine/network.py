@@ -1,14 +1,19 @@
 """Flow-level network: concurrent flows share directed links max-min fairly (design.md §2 rule 1).
 
-A *flow* moves ``nbytes`` over a list of link indices at one rate. A link listed twice (a ring whose
-two hops route over the same link) counts twice against its capacity. A flow may also carry a rate
-cap (a collective kernel's protocol efficiency).
+A *flow* moves ``nbytes`` of progress over a set of link indices at one rate. Each link of a flow has
+a **weight**: the bytes the flow puts on that link per byte of progress. A weight of 1 is a plain
+transfer; a link listed twice (a ring whose two hops route over the same link) counts twice; a
+collective's flow carries fractional weights (a pipelined hierarchical collective moves different
+volumes over different stages) and the protocol's wire overhead (an LL flow puts two bytes on the
+wire per byte of payload: weight 1/0.5). Because the overhead is a load on the link rather than a cap
+on the flow, concurrency neither speeds it up nor counts it twice.
 
-Rates are the max-min fair allocation computed by **progressive filling** (Bertsekas & Gallager,
-*Data Networks*, §6.5.2): raise every unfrozen flow's rate together until a link saturates or a flow
-reaches its cap, freeze those flows, repeat. The allocation is recomputed whenever a flow starts or
-finishes; changes at the same simulated instant are coalesced into one recomputation. Between
-recomputations every flow progresses linearly, and the next event is the earliest completion.
+Rates are the weighted max-min fair allocation computed by **progressive filling** (Bertsekas &
+Gallager, *Data Networks*, §6.5.2): raise every unfrozen flow's rate together until a link saturates
+(Σ weight × rate = capacity) or a flow reaches its cap, freeze those flows, repeat
+(:func:`max_min_rates`). The allocation is recomputed whenever a flow starts or finishes; changes at
+the same simulated instant are coalesced into one recomputation. Between recomputations every flow
+progresses linearly, and the next event is the earliest completion.
 """
 
 from __future__ import annotations
@@ -21,20 +26,117 @@ import simpy
 # against floating-point residue when rates × times do not cancel exactly.
 _DONE_REL = 1e-9
 
+INF = float("inf")
+
 
 class Flow:
     """One transfer in progress."""
 
-    __slots__ = ("links", "nbytes", "remaining", "rate", "cap", "event", "tag")
+    __slots__ = ("links", "weights", "nbytes", "remaining", "rate", "cap", "event", "tag")
 
-    def __init__(self, links: tuple[int, ...], nbytes: float, cap: float, event: simpy.Event, tag: object) -> None:
+    def __init__(self, links: tuple[int, ...], weights: tuple[float, ...], nbytes: float, cap: float,
+                 event: simpy.Event, tag: object) -> None:
         self.links = links
+        self.weights = weights
         self.nbytes = nbytes
         self.remaining = float(nbytes)
         self.rate = 0.0
         self.cap = cap
         self.event = event
         self.tag = tag
+
+
+def max_min_rates(flows: Sequence[tuple[Sequence[int], Sequence[float], float]],
+                  capacity: Sequence[float]) -> list[float]:
+    """Weighted max-min fair rates of ``flows`` = [(links, weights, cap)] by progressive filling.
+
+    A flow at rate r loads each of its links with weight × r. Every round raises all unfrozen rates by
+    the largest step that keeps every link within capacity and every flow within its cap, then freezes
+    the flows of the links that saturated (and the flows that reached their cap). A flow alone on its
+    links gets min(cap, min over links of capacity / weight).
+
+    Raises:
+        RuntimeError: for a flow with no link and no cap (its rate would be unbounded).
+    """
+    n = len(flows)
+    if n == 1:  # alone: min(cap, min over links of capacity / weight), repeated links adding up
+        links, weights, cap = flows[0]
+        load: dict[int, float] = {}
+        for link, w in zip(links, weights):
+            load[link] = load.get(link, 0.0) + w
+        share = min((capacity[link] / w for link, w in load.items() if w > 0.0), default=INF)
+        if min(share, cap) == INF:
+            raise RuntimeError("flow with no link and no cap")
+        return [min(share, cap)]
+    rates = [-1.0] * n  # -1: unfrozen
+    residual: dict[int, float] = {}
+    weight: dict[int, float] = {}
+    on_link: dict[int, list[int]] = {}
+    for i, (links, weights, _cap) in enumerate(flows):
+        for link, w in zip(links, weights):
+            if link in residual:
+                weight[link] += w
+                on_link[link].append(i)
+            else:
+                residual[link] = capacity[link]
+                weight[link] = w
+                on_link[link] = [i]
+    capped = [i for i in range(n) if flows[i][2] != INF]
+    unfrozen = n
+    level = 0.0
+    while unfrozen:
+        best = INF
+        for link, w in weight.items():
+            if w > 0.0:
+                share = residual[link] / w
+                if share < best:
+                    best = share
+        cap_step = min((flows[i][2] - level for i in capped if rates[i] < 0), default=INF)
+        step = min(best, cap_step)
+        if step == INF:
+            raise RuntimeError("flow with no link and no cap")
+        level += step
+        frozen_now: list[int] = []
+        saturated = []
+        for link, w in weight.items():
+            if w > 0.0:
+                residual[link] -= step * w
+                if residual[link] <= 1e-9 * capacity[link]:
+                    saturated.append(link)
+        for link in saturated:
+            for i in on_link[link]:
+                if rates[i] < 0:
+                    rates[i] = level
+                    frozen_now.append(i)
+        if capped:
+            tol = 1e-12 * max(level, 1.0)
+            for i in capped:
+                if rates[i] < 0 and flows[i][2] - level <= tol:
+                    rates[i] = level
+                    frozen_now.append(i)
+        if not frozen_now:  # numerical corner: freeze the tightest link's flows
+            link = min((lk for lk, w in weight.items() if w > 0.0), key=lambda lk: residual[lk] / weight[lk])
+            for i in on_link[link]:
+                if rates[i] < 0:
+                    rates[i] = level
+                    frozen_now.append(i)
+        for i in frozen_now:
+            unfrozen -= 1
+            links, weights, _cap = flows[i]
+            for link, w in zip(links, weights):
+                weight[link] -= w
+                if weight[link] < 1e-12:
+                    weight[link] = 0.0
+    return rates
+
+
+def solo_rate(links: Sequence[int], weights: Sequence[float], capacity: Sequence[float]) -> float:
+    """Rate of one flow alone on the network: min over its links of capacity / weight.
+
+    Equal to :func:`max_min_rates` for a single uncapped flow whose links are listed once each (the
+    collective planner aggregates its hops into such flows).
+    """
+    return min(capacity[link] / w for link, w in zip(links, weights))
 
 
 class Network:
@@ -59,15 +161,20 @@ class Network:
         self._on_rates = on_rates
         self.recomputations = 0
 
-    def transfer(self, links: Sequence[int], nbytes: float, cap_Bps: float = float("inf"),
-                 tag: object = None) -> simpy.Event:
-        """Start a flow; the returned event succeeds when its last byte arrives."""
+    def transfer(self, links: Sequence[int], nbytes: float, cap_Bps: float = INF,
+                 tag: object = None, weights: Sequence[float] | None = None) -> simpy.Event:
+        """Start a flow; the returned event succeeds when its last byte arrives.
+
+        ``weights`` (one per link, default 1) are the bytes the flow puts on each link per byte of
+        progress.
+        """
         event = self.env.event()
         if nbytes <= 0 or not links:
             event.succeed()
             return event
         self._advance()
-        self.flows.append(Flow(tuple(links), float(nbytes), cap_Bps, event, tag))
+        w = tuple(weights) if weights is not None else (1.0,) * len(links)
+        self.flows.append(Flow(tuple(links), w, float(nbytes), cap_Bps, event, tag))
         self._request_recompute()
         return event
 
@@ -111,65 +218,13 @@ class Network:
                 f.event.succeed()
 
     def _allocate(self) -> None:
-        """Progressive filling with per-flow caps and link multiplicities."""
+        """Weighted progressive filling over the active flows (:func:`max_min_rates`)."""
         self.recomputations += 1
         flows = self.flows
-        if not flows:
-            if self._on_rates is not None:
-                self._on_rates(self.env.now, flows)
-            return
-        residual: dict[int, float] = {}
-        weight: dict[int, int] = {}
-        on_link: dict[int, list[Flow]] = {}
-        for f in flows:
-            f.rate = -1.0  # unfrozen marker
-            for link in f.links:
-                if link not in residual:
-                    residual[link] = self.capacity[link]
-                    weight[link] = 0
-                    on_link[link] = []
-                weight[link] += 1
-                on_link[link].append(f)
-        unfrozen = len(flows)
-        level = 0.0
-        while unfrozen:
-            # Smallest increment that saturates a link or brings a flow to its cap.
-            best = float("inf")
-            for link, w in weight.items():
-                if w:
-                    share = residual[link] / w
-                    if share < best:
-                        best = share
-            cap_step = min((f.cap - level for f in flows if f.rate < 0), default=float("inf"))
-            step = min(best, cap_step)
-            if step == float("inf"):
-                raise RuntimeError("flow with no link and no cap")
-            level += step
-            tol = 1e-12 * max(level, 1.0)
-            for link, w in weight.items():
-                if w:
-                    residual[link] -= step * w
-            frozen_now = []
-            for link, w in weight.items():
-                if w and residual[link] <= 1e-9 * self.capacity[link]:
-                    for f in on_link[link]:
-                        if f.rate < 0:
-                            f.rate = level
-                            frozen_now.append(f)
-            for f in flows:
-                if f.rate < 0 and f.cap - level <= tol:
-                    f.rate = level
-                    frozen_now.append(f)
-            if not frozen_now:  # numerical corner: freeze the tightest link's flows
-                link = min((lk for lk, w in weight.items() if w), key=lambda lk: residual[lk] / weight[lk])
-                for f in on_link[link]:
-                    if f.rate < 0:
-                        f.rate = level
-                        frozen_now.append(f)
-            for f in frozen_now:
-                unfrozen -= 1
-                for link in f.links:
-                    weight[link] -= 1
+        if flows:
+            rates = max_min_rates([(f.links, f.weights, f.cap) for f in flows], self.capacity)
+            for f, r in zip(flows, rates):
+                f.rate = r
         if self._on_rates is not None:
             self._on_rates(self.env.now, flows)
 

@@ -31,7 +31,7 @@ from typing import Any
 import simpy
 
 from tspsim.core.errors import DeadlockError, SimulationLimitError
-from tspsim.engine.collectives import CollectivePlan, plan_collective
+from tspsim.engine.comm import CommResolver, ResolvedComm
 from tspsim.engine.costs import compute_seconds, kernel_gpu
 from tspsim.engine.network import Flow, Network
 from tspsim.engine.timeline import Timeline
@@ -51,6 +51,8 @@ class ReplayOptions:
     """Stop with an error after this many wall-clock seconds."""
     overlap_slowdown: bool = True
     """Apply the topology's compute slowdown while communication kernels run."""
+    protocol: str = ""
+    """Force one wire protocol (LL, LL128, Simple) on every collective, like NCCL_PROTO; empty: the policy's."""
 
 
 class _Gpu:
@@ -77,15 +79,6 @@ class _Rendezvous:
         self.events: dict[int, simpy.Event] = {}
         self.ranks: list[int] = []
         self.op_ids: dict[int, int] = {}
-
-
-@dataclass(frozen=True)
-class _ResolvedPlan:
-    algorithm: str
-    phases: tuple[tuple[float, tuple[tuple[tuple[int, ...], float, float], ...]], ...]
-    sent: dict[int, float]
-    recv: dict[int, float]
-    slowdown: float
 
 
 class Replay:
@@ -118,7 +111,11 @@ class Replay:
         self.done = [self.env.event() for _ in graph.ops]
         self.gpus = {r: _Gpu() for r in self.sim_ranks}
         self.rdv: dict[str, _Rendezvous] = {}
-        self.plans: dict[tuple[Any, ...], _ResolvedPlan] = {}
+        self.plans: dict[tuple[Any, ...], ResolvedComm] = {}
+        replica_size = graph.meta.get("replica_size") if isinstance(graph.meta, dict) else None
+        self.comm = CommResolver(topo, self.sim_ranks, self.fold,
+                                 replica_size if isinstance(replica_size, int) and replica_size > 0 else 0,
+                                 self.options.protocol)
         self.memory = {r: [] for r in self.sim_ranks}
         self.mem_now = {r: 0 for r in self.sim_ranks}
         self.position: dict[tuple[int, str], int] = {}
@@ -280,75 +277,26 @@ class Replay:
             self.env.process(self._run_comm(st, plan))
         return ev
 
-    def _plan(self, op: Op) -> _ResolvedPlan:
+    def _plan(self, op: Op) -> ResolvedComm:
         key = (op.kind, op.group, op.nbytes, op.root, op.algorithm)
         plan = self.plans.get(key)
         if plan is None:
             plan = self.plans[key] = self._resolve(op)
         return plan
 
-    def _resolve(self, op: Op) -> _ResolvedPlan:
-        topo = self.topo
-        if op.kind in P2P_KINDS:
-            src, dst = op.group
-            raw = CollectivePlan("p2p", ())
-            from tspsim.engine.collectives import FlowSpec, Phase
-            lat = topo.intra.direct_alpha_us * 1e-6 + sum(topo.links[i].latency_s for i in topo.route(src, dst))
-            raw = CollectivePlan("p2p", (Phase(lat, (FlowSpec(((src, dst),), op.nbytes),)),))
-            eff = 1.0
-        else:
-            raw = plan_collective(op.kind, op.group, op.nbytes, topo, op.root, op.algorithm)
-            eff = topo.intra.collective_efficiency
-        sim = self.sim_ranks
-        caps = [link.capacity_Bps for link in topo.links]
-        intra_kinds = ("xgmi", "nvlink_up", "nvlink_down")
-        phases = []
-        sent: dict[int, float] = {}
-        recv: dict[int, float] = {}
-        rep = self._representative
-        for phase in raw.phases:
-            flows = []
-            for spec in phase.flows:
-                links: list[int] = []
-                for s, d in spec.hops:
-                    if s not in sim:
-                        continue
-                    route = topo.route(s, d)
-                    if self.fold:
-                        route = tuple(topo.fold_link(i, self.fold) for i in route)
-                    links.extend(route)
-                    sent[s] = sent.get(s, 0.0) + spec.nbytes
-                    dr = rep(d)
-                    recv[dr] = recv.get(dr, 0.0) + spec.nbytes
-                if not links:
-                    continue
-                all_intra = all(topo.links[i].kind in intra_kinds for i in links)
-                cap = eff * min(caps[i] for i in links) if all_intra else float("inf")
-                flows.append((tuple(links), spec.nbytes, cap))
-            phases.append((phase.latency_s, tuple(flows)))
-        nodes = {topo.node_of(r) for r in op.group}
-        slowdown = topo.intra.compute_slowdown
-        if len(nodes) > 1 and topo.inter is not None and len(nodes) == len(op.group):
-            slowdown = topo.inter.compute_slowdown
-        return _ResolvedPlan(raw.algorithm, tuple(phases), sent, recv, slowdown)
+    def _resolve(self, op: Op) -> ResolvedComm:
+        return self.comm.resolve(op)
 
-    def _representative(self, rank: int) -> int:
-        if not self.fold or rank in self.sim_ranks:
-            return rank
-        per = self.fold * self.topo.gpus_per_node
-        return rank % per + (min(self.sim_ranks) // per) * per
-
-    def _run_comm(self, st: _Rendezvous, plan: _ResolvedPlan) -> Generator[simpy.Event, Any, None]:
+    def _run_comm(self, st: _Rendezvous, plan: ResolvedComm) -> Generator[simpy.Event, Any, None]:
         env = self.env
         net = self.net
-        for latency, flows in plan.phases:
+        for latency, links, weights, progress in plan.phases:
             if latency > 0:
                 yield env.timeout(latency)
-            if flows:
-                events = [net.transfer(links, nbytes, cap, st.op.coll) for links, nbytes, cap in flows]
-                pending = [e for e in events if not e.triggered]
-                if pending:
-                    yield simpy.AllOf(env, pending)
+            if links:
+                event = net.transfer(links, progress, tag=st.op.coll, weights=weights)
+                if not event.triggered:
+                    yield event
         kind = "send" if st.op.kind in P2P_KINDS else st.op.kind
         tl = self.timeline
         for r, b in plan.sent.items():
@@ -381,9 +329,9 @@ class Replay:
     def _record_rates(self, now: float, flows: list[Flow]) -> None:
         load: dict[int, float] = {}
         for f in flows:
-            for link in f.links:
+            for link, w in zip(f.links, f.weights):
                 if link in self._recorded_links:
-                    load[link] = load.get(link, 0.0) + f.rate
+                    load[link] = load.get(link, 0.0) + f.rate * w
         series = self.timeline.links
         for link in self._recorded_links:
             rate = load.get(link, 0.0)

@@ -19,6 +19,7 @@ them against the graph.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
@@ -59,6 +60,30 @@ class GpuSpec:
 
 
 @dataclass(frozen=True)
+class Protocol:
+    """One NCCL/RCCL wire protocol on one fabric (LL or LL128; Simple is the fabric's own numbers)."""
+
+    bandwidth_factor: float
+    """Payload fraction of the wire bytes (LL: 8-byte lines carry 4 bytes of data and 4 of flags = 0.5)."""
+    ring_step_us: float
+    """Per-step latency of a ring step on this fabric with this protocol, µs."""
+    tree_step_us: float
+    """Per-step latency of a tree step on this fabric with this protocol, µs."""
+    base_us: float = 0.0
+    """Base latency of a collective with this protocol, µs (``intra`` only: one per collective)."""
+
+
+@dataclass(frozen=True)
+class Nvls:
+    """NVLink SHARP: the switch reduces and multicasts (hardware.md §2.2, §6.4)."""
+
+    busbw_GBps: float
+    """Measured all-reduce bus bandwidth of a whole node with NVLS; sets the switch's reduction rate."""
+    step_us: float
+    """Latency of an NVLS collective, µs (NCCL's NVLS NVLink latency [S21])."""
+
+
+@dataclass(frozen=True)
 class IntraFabric:
     """The node fabric: xGMI full mesh or NVSwitch."""
 
@@ -69,7 +94,9 @@ class IntraFabric:
     link_efficiency: float
     """Fraction of ``link_GBps`` a single stream reaches on the wire; the simulated capacity."""
     collective_efficiency: float
-    """Fraction of link capacity a collective kernel's flow reaches (protocol and kernel overhead)."""
+    """Fraction of link capacity a collective kernel's payload reaches (Simple protocol, kernel overhead).
+
+    A property of the link: a collective flow puts 1/efficiency wire bytes on the link per payload byte."""
     hop_latency_us: float
     """Wire latency per hop in microseconds (added to every transfer's first byte)."""
     direct_alpha_us: float
@@ -77,11 +104,22 @@ class IntraFabric:
     ring_base_us: float
     """Base latency of a ring collective in microseconds (NCCL/RCCL cost model, Simple protocol)."""
     ring_step_us: float
-    """Per-step latency of a ring collective on this fabric in microseconds."""
+    """Per-step latency of a ring collective on this fabric in microseconds (Simple protocol)."""
     direct_max_bytes: int
-    """Collectives up to this many bytes use direct algorithms on a full mesh (MSCCL-like policy)."""
+    """Largest collective the direct (MSCCL++-style, single-node) kernels accept; a library limit, not a
+    switching threshold: the policy picks direct only where it predicts it fastest."""
     compute_slowdown: float
     """Compute time is multiplied by ``1 + compute_slowdown`` while a collective runs on the GPU."""
+    tree_step_us: float = 4.0
+    """Per-step latency of a tree (chain) step on this fabric, Simple protocol, µs (NCCL NVLink tree [S21])."""
+    ll: Protocol | None = None
+    """The LL protocol on this fabric (absent: not offered); base latency and steps as NCCL/RCCL model them."""
+    ll128: Protocol | None = None
+    """The LL128 protocol on this fabric (absent: not offered)."""
+    nvls: Nvls | None = None
+    """NVLink SHARP in the switch (``switch`` fabrics only; absent: no NVLS)."""
+    chunk_bytes: int = 524288
+    """Largest pipeline chunk of tree and hierarchical collectives (NCCL: NCCL_BUFFSIZE 4 MiB / NCCL_STEPS 8)."""
 
 
 @dataclass(frozen=True)
@@ -103,11 +141,23 @@ class InterFabric:
     hop_latency_us: float
     """Latency per network hop in microseconds."""
     ring_step_us: float
-    """Per-step latency of a ring or tree step that crosses the network, in microseconds."""
+    """Per-step latency of a ring step that crosses the network, Simple protocol, in microseconds."""
     base_us: float
-    """Extra base latency of a collective that spans nodes, in microseconds."""
+    """Extra base latency added once to a collective that spans nodes, in microseconds."""
     compute_slowdown: float
     """Compute slowdown factor while an inter-node collective runs on the GPU."""
+    collective_efficiency: float = 1.0
+    """Fraction of NIC capacity a collective's payload reaches (Simple protocol; NIC links and PCIe)."""
+    tree_step_us: float = 14.0
+    """Per-step latency of a tree step that crosses the network, Simple protocol, µs (NCCL [S21])."""
+    net_overhead_us: float = 1.0
+    """Network post overhead: floor of the intra-node ring step once several nodes take part (×3 for Simple)."""
+    p2p_concurrency: int = 16
+    """Peers a rank exchanges with at once in a multi-node all-to-all (NCCL p2p channels per peer)."""
+    ll: Protocol | None = None
+    """The LL protocol across the network (absent: not offered)."""
+    ll128: Protocol | None = None
+    """The LL128 protocol across the network (absent: not offered)."""
 
 
 @dataclass(frozen=True)
@@ -121,7 +171,8 @@ class Link:
     dst: str
     """Graph node the link enters."""
     kind: str
-    """``xgmi``, ``nvlink_up``, ``nvlink_down``, ``pcie``, ``nic_up``, ``nic_down``, ``spine_up``, ``spine_down``."""
+    """``xgmi``, ``nvlink_up``, ``nvlink_down``, ``pcie``, ``nic_up``, ``nic_down``, ``spine_up``, ``spine_down``,
+    ``nvls`` (a switch's reduction engine)."""
     capacity_Bps: float
     """Usable capacity in bytes per second (peak × efficiency)."""
     latency_s: float
@@ -275,8 +326,9 @@ def _shift_name(name: str, shift_ranks: int, topo: Topology) -> str:
     for prefix in ("nic", "g"):
         if name.startswith(prefix) and name[len(prefix):].isdigit():
             return f"{prefix}{int(name[len(prefix):]) - shift_ranks}"
-    if name.startswith("nvsw"):
-        return f"nvsw{int(name[4:]) - shift_ranks // topo.gpus_per_node}"
+    for prefix in ("nvsw", "nvls"):
+        if name.startswith(prefix):
+            return f"{prefix}{int(name[4:]) - shift_ranks // topo.gpus_per_node}"
     if name.startswith("leaf") and topo.inter is not None:
         rail, group = name[4:].split(".")
         shift_nodes = shift_ranks // topo.gpus_per_node
@@ -307,8 +359,19 @@ def _build_links(topo: Topology) -> list[Link]:
                 add(f"nvsw{node}", f"g{base + a}", "nvlink_down", intra.link_GBps, intra.link_efficiency,
                     intra.hop_latency_us / 2, node)
     inter = topo.inter
-    if inter is None:
-        return links
+    if inter is not None:
+        _build_network_links(topo, inter, add)
+    if intra.kind == "switch" and intra.nvls is not None and g > 1:
+        # The switch's reduction engine (NVLS): one resource per node whose capacity is the measured
+        # whole-node NVLS all-reduce algbw = busbw · g / (2(g−1)) (nccl-tests busbw definition [S28]).
+        algbw = intra.nvls.busbw_GBps * g / (2 * (g - 1))
+        for node in range(topo.nodes):
+            add(f"nvsw{node}", f"nvls{node}", "nvls", algbw, 1.0, 0.0, node)
+    return links
+
+
+def _build_network_links(topo: Topology, inter: InterFabric, add: Callable[..., None]) -> None:
+    g = topo.gpus_per_node
     for rank in range(topo.world_size):
         node, rail = topo.node_of(rank), topo.local_of(rank)
         add(f"g{rank}", f"nic{rank}", "pcie", inter.pcie_GBps, 1.0, 0.0, node)
@@ -327,4 +390,3 @@ def _build_links(topo: Topology) -> list[Link]:
                     first = grp * inter.nodes_per_leaf
                     add(leaf, "spine", "spine_up", gbps, inter.nic_efficiency, inter.hop_latency_us, first)
                     add("spine", leaf, "spine_down", gbps, inter.nic_efficiency, inter.hop_latency_us, first)
-    return links

@@ -16,7 +16,7 @@ import yaml
 
 from tspsim.core.errors import ConfigError
 from tspsim.core.yamlfile import describe_value, number_hint, read_yaml_file
-from tspsim.spec.topology import GpuSpec, InterFabric, IntraFabric, Topology
+from tspsim.spec.topology import GpuSpec, InterFabric, IntraFabric, Nvls, Protocol, Topology
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "data" / "topologies"
 
@@ -56,15 +56,31 @@ _SCHEMA: dict[str, Any] = {
         "collective_efficiency": "eff", "hop_latency_us": "nonneg", "direct_alpha_us": "nonneg",
         "ring_base_us": "nonneg", "ring_step_us": "nonneg", "direct_max_bytes": "nonneg_int",
         "compute_slowdown": "nonneg",
+        # collective model (issue 12): optional, defaults in tspsim.spec.topology.IntraFabric
+        "tree_step_us": "nonneg", "chunk_bytes": int,
+        "ll": {"bandwidth_factor": "eff", "base_us": "nonneg", "ring_step_us": "nonneg", "tree_step_us": "nonneg"},
+        "ll128": {"bandwidth_factor": "eff", "base_us": "nonneg", "ring_step_us": "nonneg",
+                  "tree_step_us": "nonneg"},
+        "nvls": {"busbw_GBps": float, "step_us": "nonneg"},
     },
     "inter": {
         "topology": ("rails_only", "rail_optimized_fat_tree"), "nic_GBps": float, "nic_efficiency": "eff",
         "pcie_GBps": float, "nodes_per_leaf": int, "oversubscription": float,
         "hop_latency_us": "nonneg", "ring_step_us": "nonneg", "base_us": "nonneg",
         "compute_slowdown": "nonneg",
+        # collective model (issue 12): optional, defaults in tspsim.spec.topology.InterFabric
+        "collective_efficiency": "eff", "tree_step_us": "nonneg", "net_overhead_us": "nonneg",
+        "p2p_concurrency": int,
+        "ll": {"bandwidth_factor": "eff", "ring_step_us": "nonneg", "tree_step_us": "nonneg"},
+        "ll128": {"bandwidth_factor": "eff", "ring_step_us": "nonneg", "tree_step_us": "nonneg"},
     },
 }
 _OPTIONAL = {"description", "inherit", "inter"}
+_SECTION_OPTIONAL = {
+    ".intra": {"tree_step_us", "chunk_bytes", "ll", "ll128", "nvls"},
+    ".inter": {"collective_efficiency", "tree_step_us", "net_overhead_us", "p2p_concurrency", "ll", "ll128"},
+}
+"""Optional keys of nested sections, by key path (a missing one takes the dataclass default)."""
 
 
 def preset_names() -> list[str]:
@@ -221,7 +237,8 @@ def _validate_section(data: Any, schema: dict[str, Any], source: str, keypath: s
     for key, value in data.items():
         rule = schema[key]
         sub = f"{keypath}.{key}"
-        out[key] = (_validate_section(value, rule, source, sub, set()) if isinstance(rule, dict)
+        out[key] = (_validate_section(value, rule, source, sub, _SECTION_OPTIONAL.get(sub, set()))
+                    if isinstance(rule, dict)
                     else _check(value, rule, f"{source}: {sub}"))
     return out
 
@@ -232,7 +249,20 @@ def _link_count(data: dict[str, Any]) -> int:
     count = nodes * (g * (g - 1) if data["intra"]["kind"] == "full_mesh" else 2 * g)
     if "inter" in data:
         count += 4 * nodes * g + 2 * g * -(-nodes // data["inter"]["nodes_per_leaf"])
+    if "nvls" in data["intra"]:
+        count += nodes  # one NVLS reduction engine per node
     return count
+
+
+def _fabric_fields(section: dict[str, Any]) -> dict[str, Any]:
+    """A validated fabric section with its protocol and NVLS sub-mappings as dataclasses."""
+    out = dict(section)
+    for key in ("ll", "ll128"):
+        if key in out:
+            out[key] = Protocol(**out[key])
+    if "nvls" in out:
+        out["nvls"] = Nvls(**out["nvls"])
+    return out
 
 
 def _build(raw: dict[str, Any], source: Path) -> Topology:
@@ -240,6 +270,9 @@ def _build(raw: dict[str, Any], source: Path) -> Topology:
     data = _validate_section(raw, _SCHEMA, where, "", _OPTIONAL)
     if data["nodes"] > 1 and "inter" not in data:
         raise ConfigError(f"{where}: {data['nodes']} nodes need an 'inter' section (the scale-out network)")
+    if "nvls" in data["intra"] and data["intra"]["kind"] != "switch":
+        raise ConfigError(f"{where}: .intra.nvls: NVLink SHARP is a switch feature; remove it or use "
+                          "intra.kind: switch")
     world = data["nodes"] * data["gpus_per_node"]
     if world > MAX_GPUS:
         raise ConfigError(f"{where}: nodes × gpus_per_node = {world:,} GPUs; the limit is {MAX_GPUS:,}")
@@ -247,7 +280,7 @@ def _build(raw: dict[str, Any], source: Path) -> Topology:
     if links > MAX_LINKS:
         raise ConfigError(f"{where}: this cluster has {links:,} directed links; the limit is {MAX_LINKS:,} "
                           "(a full mesh grows as gpus_per_node²: use intra.kind: switch for large nodes)")
-    inter = InterFabric(**data["inter"]) if "inter" in data else None
+    inter = InterFabric(**_fabric_fields(data["inter"])) if "inter" in data else None
     digest = hashlib.sha256(yaml.safe_dump(raw, sort_keys=True).encode()).hexdigest()
     return Topology(
         name=data["name"],
@@ -255,7 +288,7 @@ def _build(raw: dict[str, Any], source: Path) -> Topology:
         gpu=GpuSpec(**data["gpu"]),
         nodes=data["nodes"],
         gpus_per_node=data["gpus_per_node"],
-        intra=IntraFabric(**data["intra"]),
+        intra=IntraFabric(**_fabric_fields(data["intra"])),
         inter=inter,
         source_sha256=digest,
         resolved=raw,
