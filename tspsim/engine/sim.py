@@ -106,7 +106,7 @@ class Replay:
                     from tspsim.core.errors import TraceError
                     raise TraceError(f"op {op.id} ({op.name}) names a rank outside topology {topo.name} "
                                      f"({topo.world_size} GPUs)")
-        self.fold = graph.replica_nodes if graph.replica_nodes and graph.replica_nodes < topo.nodes else 0
+        self.fold = self._fold_nodes() if graph.replica_nodes else 0
         self.timeline = Timeline(graph=graph, topology_name=topo.name)
         self.net = Network(self.env, [link.capacity_Bps for link in topo.links],
                            on_rates=self._record_rates if self.options.record_links else None)
@@ -324,11 +324,34 @@ class Replay:
             slowdown = topo.inter.compute_slowdown
         return _ResolvedPlan(raw.algorithm, tuple(phases), sent, recv, slowdown)
 
+    def _fold_nodes(self) -> int:
+        """Nodes of the simulated unit of a folded graph on this topology (0: nothing is mirrored).
+
+        The unit is the graph's simulated ranks ``[0, n)``; it need not be the unit the graph was made
+        for (a graph folded on 2 × 8 GPUs holds 4 nodes of an 8 × 2 topology), but the fold must be exact
+        here (:func:`tspsim.spec.layout.fold_fault`), else the replay is refused rather than wrong.
+        """
+        from tspsim.core.errors import TraceError
+        from tspsim.spec.layout import fold_fault
+
+        n = len(self.sim_ranks)
+        world = 1 + max((max(op.group) for op in self.graph.ops if op.is_comm), default=0)
+        if world <= n:
+            return 0
+        topo = self.topo
+        fault = None if self.sim_ranks == set(range(n)) else f"its simulated ranks are not 0..{n - 1}"
+        fault = fault or fold_fault(topo, world, n)
+        if fault:
+            raise TraceError(f"the graph is folded (it simulates {n} of {world} GPUs and mirrors the rest) and the "
+                             f"fold is not exact on {topo.name} ({topo.nodes} × {topo.gpus_per_node} GPUs): "
+                             f"{fault}; generate it with --full, or on this topology")
+        return n // topo.gpus_per_node
+
     def _representative(self, rank: int) -> int:
+        """The simulated twin of ``rank`` (itself when simulated): the same position in unit 0."""
         if not self.fold or rank in self.sim_ranks:
             return rank
-        per = self.fold * self.topo.gpus_per_node
-        return rank % per + (min(self.sim_ranks) // per) * per
+        return rank % (self.fold * self.topo.gpus_per_node)
 
     def _run_comm(self, st: _Rendezvous, plan: _ResolvedPlan) -> Generator[simpy.Event, Any, None]:
         env = self.env

@@ -20,7 +20,7 @@ from typing import Any
 
 from tspsim.opgraph import GraphBuilder, OpGraph
 from tspsim.spec.assumptions import Assumptions
-from tspsim.spec.layout import Layout
+from tspsim.spec.layout import Layout, fold_unit_gpus
 from tspsim.spec.model import ModelConfig
 from tspsim.spec.topology import Topology
 from tspsim.spec.workload import Workload
@@ -72,13 +72,11 @@ class BuildContext:
 
     def __post_init__(self) -> None:
         layout = self.layout
-        if self.fold and layout.replicas > 1:
-            ranks = layout.replica_ranks(0)
-            replica_nodes = max(1, layout.replica_size // self.topo.gpus_per_node)
-            if layout.replica_size < self.topo.gpus_per_node:
-                # Several replicas share a node: fold only whole nodes (the node's replicas are simulated).
-                ranks = tuple(range(self.topo.gpus_per_node))
-                replica_nodes = 1
+        unit = fold_unit_gpus(self.topo, layout.world_size, layout.replica_size) if self.fold else 0
+        if unit and layout.replicas > 1:
+            # Simulate one unit (a replica of whole nodes, or one node of replicas) and mirror the rest.
+            ranks = tuple(range(unit))
+            replica_nodes = unit // self.topo.gpus_per_node
         else:
             ranks = tuple(range(layout.world_size))
             replica_nodes = 0

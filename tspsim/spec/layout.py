@@ -8,6 +8,7 @@ node — and data-parallel replicas take the remaining GPUs. A replica of R GPUs
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from tspsim.core.errors import ConfigError
@@ -47,6 +48,54 @@ class Layout:
         """Ranks at the same position as ``rank`` in every replica."""
         pos = rank % self.replica_size
         return tuple(pos + k * self.replica_size for k in range(self.replicas))
+
+
+def fold_fault(topo: Topology, world: int, unit_gpus: int) -> str | None:
+    """Why simulating GPUs ``[0, unit_gpus)`` and mirroring them onto the rest of ``world`` is not exact.
+
+    Folding (README "Symmetry folding") replays one unit and maps every link a unit's cross-unit traffic
+    crosses onto its twin inside the simulated unit (:meth:`Topology.fold_link`). That equals the full
+    simulation when (a) the unit is whole nodes, (b) the ``world`` GPUs are whole copies of it (every unit
+    holds the same replicas at the same positions, so every unit's traffic is a shifted copy of unit 0's),
+    and (c) shifting by one unit maps the topology onto itself link for link. (c) holds for full-mesh and
+    switch nodes and for rails-only scale-out; on a rail-optimized fat tree a leaf's spine up-link is shared
+    by ``nodes_per_leaf`` nodes, so when it can be the bottleneck (oversubscription > 1) and the GPUs span
+    several leaves, the unit must hold whole leaf groups. With oversubscription ≤ 1 a spine link's capacity
+    is at least the sum of the NICs under it, so it never binds and need not be twinned exactly.
+
+    Returns:
+        None when the fold is exact, else the reason (one clause, for messages).
+    """
+    gpn = topo.gpus_per_node
+    if unit_gpus % gpn:
+        return f"a unit of {unit_gpus} GPUs is not a whole number of {gpn}-GPU nodes"
+    if world % unit_gpus:
+        return f"{world} GPUs are not whole copies of a {unit_gpus}-GPU unit"
+    inter = topo.inter
+    if (inter is not None and inter.topology == "rail_optimized_fat_tree" and inter.oversubscription > 1
+            and world > inter.nodes_per_leaf * gpn and (unit_gpus // gpn) % inter.nodes_per_leaf):
+        return (f"a unit of {unit_gpus // gpn} node(s) splits the {inter.nodes_per_leaf}-node leaf groups of an "
+                "oversubscribed fat tree")
+    return None
+
+
+def fold_unit_gpus(topo: Topology, world: int, replica_size: int) -> int:
+    """GPUs of the smallest exact fold unit of a layout (ranks ``[0, unit)``), or 0 when none is smaller than
+    ``world`` (then every GPU is simulated).
+
+    The unit is one replica when a replica fills whole nodes, else one node (the node's replicas are
+    simulated together: they share its links); on an oversubscribed fat tree spanning several leaves it is
+    widened to whole leaf groups. See :func:`fold_fault` for why exactly these units are exact.
+    """
+    gpn = topo.gpus_per_node
+    unit = max(replica_size, gpn)
+    inter = topo.inter
+    if (inter is not None and inter.topology == "rail_optimized_fat_tree" and inter.oversubscription > 1
+            and world > inter.nodes_per_leaf * gpn):
+        unit = math.lcm(unit, inter.nodes_per_leaf * gpn)
+    if unit >= world or fold_fault(topo, world, unit):
+        return 0
+    return unit
 
 
 def make_layout(schedule: str, topo: Topology, model: ModelConfig, workload: Workload, degree: int | None = None,
