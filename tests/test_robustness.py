@@ -377,3 +377,16 @@ def test_gzip_trace_detected_by_content_not_name(tmp_path):
     bad.write_bytes(gzip.compress(trace.read_bytes())[:40])
     with pytest.raises(TraceError, match="corrupt or truncated gzip data"):
         OpGraph.load(bad)
+
+
+# ------------------------------------------------------------------------------------------ issue 18
+def test_two_compute_streams_of_one_rank_share_the_compute_slot(mi300x):
+    """Item 3: compute ops of one rank on two compute streams are not a deadlock; they take turns."""
+    ops = [Op(0, 0, "compute", "gemm", "a", flops=1e12), Op(1, 0, "compute2", "gemm", "b", flops=1e12),
+           Op(2, 0, "compute", "gemm", "c", flops=1e12, deps=[1])]
+    graph = OpGraph(ops=ops, ranks=(0,))
+    tl = replay(graph, mi300x)
+    one = replay(OpGraph(ops=[Op(0, 0, "compute", "gemm", "a", flops=1e12)], ranks=(0,)), mi300x).end_s
+    assert tl.end_s == pytest.approx(3 * one, rel=1e-12)
+    ends = sorted(e for _i, _s, e in tl.spans)
+    assert ends == pytest.approx([one, 2 * one, 3 * one], rel=1e-12)

@@ -50,9 +50,14 @@ class ReplayOptions:
 
 
 class _Gpu:
-    """Compute state of one rank: the running job and the active communication kernels."""
+    """Compute state of one rank: the running job, the jobs waiting for the compute slot, the active
+    communication kernels.
 
-    __slots__ = ("active", "job_left", "job_rate", "job_event", "job_last", "version")
+    A GPU runs one compute job at a time (one compute slot); a compute op issued on another stream of
+    the same rank while a job runs waits, first come first served, and starts when the slot frees.
+    """
+
+    __slots__ = ("active", "job_left", "job_rate", "job_event", "job_last", "version", "waiting")
 
     def __init__(self) -> None:
         self.active: list[float] = []
@@ -61,6 +66,7 @@ class _Gpu:
         self.job_event: simpy.Event | None = None
         self.job_last = 0.0
         self.version = 0
+        self.waiting: list[tuple[float, simpy.Event]] = []
 
 
 class _Rendezvous:
@@ -212,12 +218,19 @@ class Replay:
     # ------------------------------------------------------------------------------ compute
     def _compute(self, rank: int, seconds: float) -> simpy.Event:
         g = self.gpus[rank]
+        event = self.env.event()
+        if g.job_event is not None:  # the compute slot is busy (an op of another compute stream): queue
+            g.waiting.append((seconds, event))
+            return event
+        self._start_job(g, seconds, event)
+        return event
+
+    def _start_job(self, g: _Gpu, seconds: float, event: simpy.Event) -> None:
         g.job_left = seconds
         g.job_last = self.env.now
         g.job_rate = self._rate(g)
-        g.job_event = self.env.event()
+        g.job_event = event
         self._schedule_job(g)
-        return g.job_event
 
     def _rate(self, g: _Gpu) -> float:
         if not g.active or not self.options.overlap_slowdown:
@@ -236,6 +249,8 @@ class Replay:
         event, g.job_event = g.job_event, None
         g.job_left = 0.0
         event.succeed()
+        if g.waiting:
+            self._start_job(g, *g.waiting.pop(0))
 
     def _comm_change(self, rank: int, factor: float, start: bool) -> None:
         g = self.gpus.get(rank)
