@@ -201,7 +201,7 @@ def test_topology_limits(tmp_path):
     with pytest.raises(ConfigError, match="directed links; the limit is 1,000,000"):
         load_topology(str(path))
     path.write_text("inherit: mi300x-1node\ngpu:\n  hbm_GB: 1.0e+300\n")
-    with pytest.raises(ConfigError, match=r"\.gpu\.hbm_GB: 1e\+300 is out of range"):
+    with pytest.raises(ConfigError, match=r"\.gpu\.hbm_GB: 1e\+300 is outside the plausible range"):
         load_topology(str(path))
     big = tmp_path / "big.yaml"
     big.write_text("# padding\n" * 200_000)
@@ -390,3 +390,64 @@ def test_two_compute_streams_of_one_rank_share_the_compute_slot(mi300x):
     assert tl.end_s == pytest.approx(3 * one, rel=1e-12)
     ends = sorted(e for _i, _s, e in tl.spans)
     assert ends == pytest.approx([one, 2 * one, 3 * one], rel=1e-12)
+
+
+@pytest.mark.parametrize("args", [["--seq", "0"], ["--mode", "decode", "--context", "0"],
+                                  ["--mode", "decode", "--seq", "4k", "--tokens", "1000000"],
+                                  ["--batch", "100000000"], ["--seq", "2G"]])
+@pytest.mark.parametrize("command", ["run", "generate", "plan"])
+def test_workloads_without_tokens_or_beyond_the_bounds_are_one_line(tmp_path, command, args):
+    """Item 4: --seq 0 / --context 0 used to give 0 tokens/s (and plan a "best" among zeros)."""
+    extra = {"run": ["--schedule", "tp"], "generate": ["--schedule", "tp", "-o", str(tmp_path / "g.json")],
+             "plan": []}[command]
+    if command == "plan" and "--batch" in args:
+        return  # plan tries its own batches (--batch-max)
+    result = invoke(command, "-t", "mi300x-1node", "--model", "llama3-8b", *extra, *args)
+    line = assert_one_error(result, alone=False)
+    assert re.search(r"--seq|--context|--tokens|--batch", line), line
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("key", "value", "needle"), [
+    ("gpu.gemm_efficiency", "5.0e-324", "[0.01, 1]"), ("intra.link_efficiency", "0.001", "[0.01, 1]"),
+    ("gpu.mfu_peak_TFLOPS", "0.001", "mfu_peak_TFLOPS"), ("gpu.mfu_peak_TFLOPS", "1.0e+6", "mfu_peak_TFLOPS"),
+])
+def test_implausible_topology_numbers_are_one_error(tmp_path, key, value, needle):
+    """Item 4: a denormal efficiency gave ZeroDivisionError / Infinity; an MFU denominator of 0.001 TFLOP/s
+    gave MFU 12.5 million %. One line, not a note per schedule."""
+    section, name = key.split(".")
+    path = tmp_path / "odd.yaml"
+    path.write_text(f"inherit: mi300x-1node\n{section}:\n  {name}: {value}\n")
+    assert_one_error(invoke("run", "-t", str(path), "--seq", "4k"), "odd.yaml", needle)
+
+
+def test_documented_topology_ranges_are_the_validator(tmp_path):
+    """Item 16: the README's ranges hold at their ends (direct_max_bytes 2^50, *_GB and *_us 0)."""
+    path = tmp_path / "ends.yaml"
+    path.write_text("inherit: mi300x-1node\ngpu:\n  runtime_reserve_GB: 0\n  kernel_launch_us: 0\n"
+                    f"intra:\n  direct_max_bytes: {2**50}\n  hop_latency_us: 0\n")
+    topo = load_topology(str(path))
+    assert topo.intra.direct_max_bytes == 2**50 and topo.gpu.kernel_launch_us == 0
+    path.write_text(f"inherit: mi300x-1node\nintra:\n  direct_max_bytes: {2**50 + 1}\n")
+    with pytest.raises(ConfigError, match=r"direct_max_bytes.*plausible range \[0, 1\.1259e\+15\]"):
+        load_topology(str(path))
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert "`direct_max_bytes` 0..2^50" in readme and "`*_GB` 0..1e6" in readme
+
+
+def test_tp_sp_default_is_the_same_in_every_command(tmp_path, model_yaml):
+    """Item 5: run/generate used T=8 × Σ=1 on one node, sweep/plan T=4 × Σ=2."""
+    from tspsim.explore.grid import default_tp_sp as grid_default
+    from tspsim.spec.layout import default_tp_sp
+
+    for gpn, world in ((8, 8), (8, 16), (8, 1024), (4, 4), (2, 2), (8, 4)):
+        ts, ss = grid_default(gpn, world)
+        assert default_tp_sp(gpn, world) == (ts[0], ss[0]), (gpn, world)
+    result = invoke("run", "-t", "mi300x-1node", "--schedule", "tp+sp", "--seq", "4k", "--json", "--no-timing")
+    assert json.loads(result.stdout)["results"][0]["degrees"] == {"T": 4, "SP": 2, "DP": 1}
+    odd = model_yaml("heads-12", q_heads=12, kv_heads=12, hidden=768)
+    line = assert_one_error(invoke("run", "-t", "mi300x-128node", "--model", odd, "--schedule", "tp+sp",
+                                   "--seq", "4k"), "default T=8")
+    assert "--tp=" not in line
+    assert_one_error(invoke("run", "-t", "mi300x-128node", "--model", odd, "--schedule", "tp+sp", "--tp", "8",
+                            "--seq", "4k"), "--tp=8")

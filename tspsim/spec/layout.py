@@ -109,10 +109,9 @@ def make_layout(schedule: str, topo: Topology, model: ModelConfig, workload: Wor
     if world > topo.world_size:
         raise ConfigError(f"--gpus {world} exceeds {topo.name} ({topo.world_size} GPUs)")
     if schedule == "tp+sp":
-        t = tp or min(topo.gpus_per_node, model.q_heads)
-        s = sp or (2 if world >= 2 * t else 1)
         if degree and (tp is None and sp is None):
             raise ConfigError("tp+sp takes --tp T and --sp S (not --degree)")
+        t, s = default_tp_sp(topo.gpus_per_node, world, tp, sp)
     elif schedule in ("tsp", "sp"):
         d = degree or tp or sp or min(topo.gpus_per_node, world)
         t, s = (d, d) if schedule == "tsp" else (1, d)
@@ -120,27 +119,45 @@ def make_layout(schedule: str, topo: Topology, model: ModelConfig, workload: Wor
         d = degree or tp or min(topo.gpus_per_node, world)
         t, s = d, 1
     replica = t * s if schedule != "tsp" else t
-    _check_divides(schedule, model, workload, t, s, replica, world, topo)
+    _check_divides(schedule, model, workload, t, s, replica, world, topo, tp_given=tp is not None)
     degrees = ({"D": t} if schedule == "tsp" else {"D": s} if schedule == "sp"
                else {"T": t, "SP": s} if schedule == "tp+sp" else {"D": t})
     degrees["DP"] = world // replica
     return Layout(schedule, t, s, replica, world, degrees)
 
 
+def default_tp_sp(gpus_per_node: int, world: int, tp: int | None = None, sp: int | None = None) -> tuple[int, int]:
+    """(T, Σ) of tp+sp from what was given; every command uses this one rule.
+
+    Nothing given: T = GPUs per node and Σ = 2 when two nodes are available, else T = half a node and
+    Σ = 2 (T×Σ fills one node). Only T given: Σ = 2 when 2·T GPUs are available, else 1. Only Σ given:
+    the largest divisor T of the node's GPUs with T·Σ ≤ the GPUs available.
+    """
+    per_node = min(gpus_per_node, world)
+    if tp is None and sp is None:
+        t = per_node if world >= 2 * per_node else max(1, per_node // 2)
+        return t, 2 if world >= 2 * t else 1
+    if tp is None:
+        assert sp is not None
+        return next((t for t in range(per_node, 0, -1) if per_node % t == 0 and t * sp <= world), 1), sp
+    return tp, sp or (2 if world >= 2 * tp else 1)
+
+
 def _check_divides(schedule: str, model: ModelConfig, workload: Workload, t: int, s: int, replica: int,
-                   world: int, topo: Topology) -> None:
+                   world: int, topo: Topology, tp_given: bool = True) -> None:
     name = {"tsp": "D", "sp": "D"}.get(schedule, "T" if schedule == "tp+sp" else "D")
     w = t if schedule != "sp" else 1
     if w > 1:
-        label = name if schedule != "tp+sp" else "--tp"
+        what = f"degree {name}={w}" if schedule != "tp+sp" else (
+            f"degree --tp={w}" if tp_given else f"the default T={w} of tp+sp (set it with --tp)")
         if model.q_heads % w:
-            raise ConfigError(f"degree {label}={w} does not divide the {model.q_heads} query heads of {model.name}; "
+            raise ConfigError(f"{what} does not divide the {model.q_heads} query heads of {model.name}; "
                               f"use a divisor such as {_divisor_hint(model.q_heads, w)}")
         if model.kv_heads % w:
-            raise ConfigError(f"degree {label}={w} does not divide the {model.kv_heads} KV heads of {model.name}; "
+            raise ConfigError(f"{what} does not divide the {model.kv_heads} KV heads of {model.name}; "
                               f"use a divisor such as {_divisor_hint(model.kv_heads, w)}")
         if model.ffn_hidden % w:
-            raise ConfigError(f"degree {label}={w} does not divide the MLP width {model.ffn_hidden} of {model.name}")
+            raise ConfigError(f"{what} does not divide the MLP width {model.ffn_hidden} of {model.name}")
     seq_shards = {"tsp": t, "sp": s, "tp+sp": s}.get(schedule, 1)
     if schedule == "satp-seq":
         seq_shards = t
@@ -157,7 +174,8 @@ def _check_divides(schedule: str, model: ModelConfig, workload: Workload, t: int
         raise ConfigError(f"satp-batch shards the batch: --batch {workload.batch} must be a multiple of D={t}; "
                           f"use --batch {t}")
     if replica > world:
-        raise ConfigError(f"{schedule} needs {replica} GPUs per replica but only {world} are available on "
+        degrees = f"T={t} × Σ={s}" if schedule == "tp+sp" else f"D={t if schedule != 'sp' else s}"
+        raise ConfigError(f"{schedule} {degrees} needs {replica} GPUs per replica but only {world} are available on "
                           f"{topo.name}; use a smaller degree or a larger topology")
     if world % replica:
         raise ConfigError(f"{world} GPUs are not a whole number of {replica}-GPU replicas; "
