@@ -50,8 +50,7 @@ class ReplayOptions:
 
 
 class _Gpu:
-    """Compute state of one rank: the running job, the jobs waiting for the compute slot, the active
-    communication kernels.
+    """Compute state of one rank: the running job, the jobs waiting for the slot, the comm kernels.
 
     A GPU runs one compute job at a time (one compute slot); a compute op issued on another stream of
     the same rank while a job runs waits, first come first served, and starts when the slot frees.

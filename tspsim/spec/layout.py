@@ -80,8 +80,7 @@ def fold_fault(topo: Topology, world: int, unit_gpus: int) -> str | None:
 
 
 def fold_unit_gpus(topo: Topology, world: int, replica_size: int) -> int:
-    """GPUs of the smallest exact fold unit of a layout (ranks ``[0, unit)``), or 0 when none is smaller than
-    ``world`` (then every GPU is simulated).
+    """GPUs of the smallest exact fold unit of a layout (ranks ``[0, unit)``); 0: simulate every GPU.
 
     The unit is one replica when a replica fills whole nodes, else one node (the node's replicas are
     simulated together: they share its links); on an oversubscribed fat tree spanning several leaves it is

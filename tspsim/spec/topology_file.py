@@ -167,7 +167,8 @@ def _expected(rule: Any) -> str:
     if isinstance(rule, tuple):
         return "one of " + ", ".join(rule)
     return {str: "text", int: "a whole number ≥ 1", "nonneg_int": "a whole number ≥ 0",
-            float: "a positive number", "nonneg": "a number ≥ 0", "eff": f"an efficiency in [{MIN_EFFICIENCY:g}, 1]"}[rule]
+            float: "a positive number", "nonneg": "a number ≥ 0",
+            "eff": f"an efficiency in [{MIN_EFFICIENCY:g}, 1]"}[rule]
 
 
 def _check(value: Any, rule: Any, where: str) -> Any:
