@@ -205,7 +205,7 @@ def test_topology_limits(tmp_path):
         load_topology(str(path))
     big = tmp_path / "big.yaml"
     big.write_text("# padding\n" * 200_000)
-    with pytest.raises(ConfigError, match="limit is 1,048,576"):
+    with pytest.raises(ConfigError, match="larger than 1,048,576 bytes"):
         load_topology(str(big))
 
 
@@ -451,3 +451,70 @@ def test_tp_sp_default_is_the_same_in_every_command(tmp_path, model_yaml):
     assert "--tp=" not in line
     assert_one_error(invoke("run", "-t", "mi300x-128node", "--model", odd, "--schedule", "tp+sp", "--tp", "8",
                             "--seq", "4k"), "--tp=8")
+
+
+def _alias_bomb(levels: int = 10, fan: int = 9) -> str:
+    """Nested aliases under a key that expects a number: 'fan'^levels elements in ~440 bytes."""
+    def nest(i: int) -> str:
+        if i == 0:
+            return "&a0 [" + ",".join(["1"] * fan) + "]"
+        return f"&a{i} [{nest(i - 1)}," + ",".join([f"*a{i - 1}"] * (fan - 1)) + "]"
+
+    return "inherit: mi300x-1node\ngpu:\n  hbm_GB: " + nest(levels) + "\n"
+
+
+@pytest.mark.parametrize("text", [_alias_bomb(), "inherit: mi300x-1node\ngpu: &a\n  x: *a\n",
+                                  "inherit: mi300x-1node\ngpu: " + "[" * 100 + "]" * 100 + "\n"],
+                         ids=["alias-bomb", "self-alias", "deep"])
+def test_yaml_alias_expansion_and_depth_are_bounded(tmp_path, text):
+    """Item 7: a 440-byte YAML whose error message expanded 9^10 elements hung."""
+    from test_fuzz import time_limit
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(text)
+    assert len(text) < 600
+    with time_limit(5):
+        assert_one_error(invoke("run", "-t", str(path), "--seq", "4k"), "bomb.yaml")
+        model = tmp_path / "model.yaml"
+        model.write_text(text.replace("inherit: mi300x-1node\ngpu:\n  hbm_GB:", "name: m\nhidden:")
+                         .replace("inherit: mi300x-1node\ngpu:", "name: m\nhidden:"))
+        assert_one_error(invoke("run", "-t", "mi300x-1node", "--model", str(model), "--seq", "4k"), "model.yaml")
+
+
+def test_describe_value_is_bounded_whatever_it_quotes():
+    from tspsim.core.yamlfile import describe_value
+
+    value: list = [1] * 9
+    for _ in range(12):
+        value = [value] * 9  # 9^13 leaves through shared references
+    text = describe_value(value)
+    assert text.startswith("a list [[[") and len(text) <= 80
+    assert describe_value({"a": [1, 2]}) == "a mapping {'a': [1, 2]}"
+
+
+@pytest.fixture()
+def fifo(tmp_path):
+    path = tmp_path / "pipe.yaml"
+    os.mkfifo(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "/dev/urandom", "fifo", "folder"])
+def test_special_files_are_refused_before_reading(tmp_path, fifo, special):
+    """Item 8: /dev/zero as a topology grew memory without bound; a FIFO blocked forever."""
+    from test_fuzz import time_limit
+
+    path = {"fifo": fifo, "folder": str(tmp_path)}.get(special, special)
+    if not os.path.exists(path):
+        pytest.skip(f"{path} missing")
+    parent = tmp_path / "child.yaml"
+    parent.write_text(f"inherit: {path}\n")
+    trace = tmp_path / "out.json"
+    with time_limit(5):
+        assert_one_error(invoke("run", "-t", path, "--seq", "4k"), "not a regular file")
+        assert_one_error(invoke("run", "-t", "mi300x-1node", "--model", path, "--seq", "4k"), "not a regular file")
+        assert_one_error(invoke("run", "-t", str(parent), "--seq", "4k"), "child.yaml: inherit:", "not a regular file")
+        needle = ("directory",) if special == "folder" else ("not a regular file",)  # click refuses folders
+        assert_one_error(invoke("replay", path, "-t", "mi300x-1node"), *needle)
+        assert_one_error(invoke("view", path, "-o", str(trace)), *needle)
+    assert not trace.exists()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import stat
 import tempfile
 import zlib
 from pathlib import Path
@@ -73,6 +74,56 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+class FileShapeError(Exception):
+    """A file that is not a regular file (a device, a FIFO, a folder) or is larger than the limit.
+
+    Callers turn it into their own one-line error (:class:`~tspsim.core.errors.ConfigError` for YAML,
+    :class:`~tspsim.core.errors.TraceError` for traces and result files); the message is the reason only.
+    """
+
+
+def open_regular(path: str | Path) -> int:
+    """A read-only descriptor of ``path``, refusing anything but a regular file before reading a byte.
+
+    The file is opened non-blocking (a FIFO would otherwise wait forever for a writer) and checked with
+    ``fstat`` on the open descriptor (no window between the check and the read); ``/dev/zero``,
+    ``/dev/urandom``, FIFOs, sockets and folders are refused (their size says nothing about what a read
+    returns).
+
+    Raises:
+        FileShapeError: not a regular file.
+        OSError: the file cannot be opened.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+                    else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket"
+                    if stat.S_ISSOCK(mode) else "not a regular file")
+            raise FileShapeError(f"it is {kind}, not a regular file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path: str | Path, limit: int) -> bytes:
+    """At most ``limit`` bytes of a regular file.
+
+    Raises:
+        FileShapeError: not a regular file, or longer than ``limit`` bytes (whatever ``st_size`` says).
+        OSError: the file cannot be opened or read.
+    """
+    with open(open_regular(path), "rb") as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise FileShapeError(f"it is larger than {limit:,} bytes (the limit)")
+    return data
+
+
 def read_document(path: str | Path, what: str, limit: int = MAX_DOCUMENT_BYTES) -> str:
     """Text of a trace or result file, gunzipped when it starts with the gzip magic bytes.
 
@@ -86,7 +137,7 @@ def read_document(path: str | Path, what: str, limit: int = MAX_DOCUMENT_BYTES) 
     """
     p = Path(path)
     try:
-        with open(p, "rb") as fh:
+        with open(open_regular(p), "rb") as fh:
             head = fh.read(2)
             fh.seek(0)
             if head == _GZIP_MAGIC:
@@ -96,6 +147,8 @@ def read_document(path: str | Path, what: str, limit: int = MAX_DOCUMENT_BYTES) 
                 data = fh.read(limit + 1)
     except FileNotFoundError:
         raise TraceError(f"{p}: {what} not found") from None
+    except FileShapeError as exc:
+        raise TraceError(f"{p}: cannot read {what}: {exc}; give the path of a {what}") from None
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise TraceError(f"{p}: corrupt or truncated gzip data ({exc or type(exc).__name__}); "
                          f"the {what} may be cut short") from None
