@@ -60,9 +60,7 @@ MAX_YAML_DEPTH = 64
 
 
 class NestingError(yaml.YAMLError):
-    """The document nests deeper than the parser can follow, expands too far through aliases, refers to
-    itself, or holds a number it cannot convert.
-    """
+    """Nested too deep, expanding too far through aliases, self-referring, or holding an unreadable number."""
 
 
 def load_yaml_text(text: str) -> Any:
