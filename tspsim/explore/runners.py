@@ -68,12 +68,20 @@ class SerialRunner:
 
 
 def _pool_context() -> Any:
-    """``forkserver`` where available (safe with threads, modules preloaded once), else ``spawn``."""
+    """``forkserver`` where available (safe with threads), else ``spawn``; nothing preloaded.
+
+    Workers must import the tspsim this process runs, whatever the working directory holds. A worker
+    sets its ``sys.path`` (and folder) from this process before unpickling its first task, so it does.
+    The fork server does not: it starts as ``python -c …``, whose ``sys.path`` begins with the working
+    directory, and Python ≤ 3.13 ignores the ``sys_path`` it is given — a preloaded ``tspsim`` would come
+    from a ``tspsim/`` folder there (the parent of a clone) and every worker forked from it would inherit
+    that package. So the server preloads nothing and each worker imports tspsim itself (once per worker).
+    """
     import multiprocessing as mp
 
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["tspsim.explore.runners", "tspsim.simulate", "tspsim.analysis.metrics"])
+        ctx.set_forkserver_preload([])
         return ctx
     return mp.get_context("spawn")
 
