@@ -168,6 +168,7 @@ class DaskRunner:
         except ImportError:
             raise TspsimError("--scheduler needs the Dask 'distributed' package: pip install distributed "
                               "(or pip install 'tspsim[dask]')") from None
+        probe_dask_scheduler(self.address, self.timeout_s)
         try:
             self._client = distributed.Client(self.address, timeout=self.timeout_s, set_as_default=False)
         except Exception as exc:  # noqa: BLE001 - any failure to connect is one user-facing line
@@ -195,6 +196,50 @@ class DaskRunner:
         with self._client.as_current():
             for fut in distributed.as_completed(self._futures):
                 yield index[fut.key], _result_of(fut)
+
+
+def probe_dask_scheduler(address: str, timeout_s: float) -> None:
+    """Check, within ``timeout_s``, that a Dask scheduler answers at a ``tcp://`` address.
+
+    A Dask server sends its handshake as soon as a connection opens: a frame whose first two native
+    uint64 are the message's byte count and its number of frames (``distributed.comm.tcp``). Anything
+    else — an HTTP port that waits for a request (the client would wait for ever), an SSH or SMTP banner
+    (whose first bytes, read as a length, ask for exabytes) — is refused here with one line, before
+    ``distributed.Client`` is built. Other schemes (tls, ucx, ws) are left to ``distributed``.
+
+    Raises:
+        TspsimError: nothing listens, nothing answers in time, or what answers is not Dask.
+    """
+    import re
+    import socket
+    import struct
+
+    match = re.match(r"^(?:tcp://)?(\[[0-9A-Fa-f:.]+\]|[^:/\s\[\]]+):(\d+)$", address)
+    if match is None:
+        return
+    host, port = match.group(1).strip("[]"), int(match.group(2))
+    deadline = time.monotonic() + timeout_s
+    head = b""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            while len(head) < 16:
+                sock.settimeout(max(deadline - time.monotonic(), 1e-3))
+                chunk = sock.recv(16 - len(head))
+                if not chunk:
+                    break
+                head += chunk
+    except TimeoutError:
+        if not head:
+            raise TspsimError(f"--scheduler {address}: nothing answered like a Dask scheduler within {timeout_s:g} s "
+                              "(a web server or dashboard waits for a request; the scheduler itself listens on "
+                              "port 8786 by default)") from None
+    except OSError as exc:
+        raise TspsimError(f"cannot connect to the Dask scheduler at {address}: {exc.strerror or exc}") from None
+    nbytes, nframes = struct.unpack("QQ", head) if len(head) == 16 else (0, 0)
+    if not (16 <= nbytes <= 1 << 26 and 1 <= nframes <= 1024):
+        shown = "".join(c if c.isprintable() else "." for c in head.decode("latin-1"))
+        raise TspsimError(f"--scheduler {address}: the service there is not a Dask scheduler (it sent "
+                          f"{shown!r}); give the scheduler's address, e.g. tcp://HOST:8786")
 
 
 def make_runner(jobs: int | None, scheduler: str | None, n_points: int) -> Runner:
