@@ -9,6 +9,8 @@ import gzip
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -518,3 +520,169 @@ def test_special_files_are_refused_before_reading(tmp_path, fifo, special):
         assert_one_error(invoke("replay", path, "-t", "mi300x-1node"), *needle)
         assert_one_error(invoke("view", path, "-o", str(trace)), *needle)
     assert not trace.exists()
+
+
+# ------------------------------------------------------------------------------------------ sweeps (items 9-14)
+SWEEP_MODEL = "name: tiny\nhidden: 256\nlayers: 2\nq_heads: 8\nkv_heads: 4\nhead_dim: 32\nffn_hidden: 1024\n" \
+              "gated_mlp: true\nvocab: 1024\n"
+
+
+def _sweep_cmd(tmp_path: Path, out: Path, *extra: str) -> list[str]:
+    """A tspsim sweep run the way the console script runs it (sys.path[0] is the script's folder, not cwd)."""
+    model = tmp_path / "tiny.yaml"
+    model.write_text(SWEEP_MODEL)
+    launcher = tmp_path / "bin" / "tspsim_launcher.py"
+    launcher.parent.mkdir(exist_ok=True)
+    launcher.write_text("import sys\nfrom tspsim.cli import main\n\nif __name__ == '__main__':\n"
+                        "    sys.argv[0] = 'tspsim'\n    main()\n")
+    return [sys.executable, str(launcher), "sweep", "-t", "mi300x-1node", "--model", str(model),
+            "--schedule", "tp", "--out", str(out), *extra]
+
+
+def _session(pid: int) -> list[str]:
+    """Live (non-zombie) processes of the session led by ``pid``."""
+    rows = subprocess.run(["ps", "-eo", "pid=,sid=,stat="], capture_output=True, text=True, check=True).stdout
+    return [r for r in rows.splitlines() if r.split()[1] == str(pid) and not r.split()[2].startswith("Z")]
+
+
+def test_sweep_workers_ignore_a_tspsim_folder_in_the_working_directory(tmp_path):
+    """Item 9: from the parent of a clone, --jobs 2 workers imported ./tspsim and every point failed."""
+    evil = tmp_path / "clone-parent"
+    (evil / "tspsim").mkdir(parents=True)
+    (evil / "tspsim" / "__init__.py").write_text("")
+    proc = subprocess.run(_sweep_cmd(tmp_path, tmp_path / "out", "--degree", "2,4", "--seq", "1k", "--jobs", "2"),
+                          cwd=evil, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "2 computed" in proc.stderr, proc.stderr
+    results = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
+    assert [r["status"] for r in results] == ["ok", "ok"]
+
+
+class _Server:
+    """A TCP server on an ephemeral port that sends ``banner`` (or nothing) to each connection."""
+
+    def __init__(self, banner: bytes) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.banner = banner
+        self.conns: list = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            if self.banner:
+                conn.sendall(self.banner)
+
+    def close(self) -> None:
+        for c in self.conns:
+            c.close()
+        self.sock.close()
+
+
+@pytest.mark.parametrize(("banner", "needle"), [(b"", "nothing answered"),
+                                                (b"SSH-2.0-OpenSSH_9.6\r\n", "not a Dask scheduler"),
+                                                (b"HTTP/1.1 400 Bad Request\r\n\r\n", "not a Dask scheduler")])
+def test_scheduler_that_is_not_dask_is_one_line_within_the_timeout(banner, needle):
+    """Item 10: an HTTP port hung > 500 s; a banner server asked for 2.82 EiB (and a Client.__del__ traceback)."""
+    import time
+
+    from tspsim.explore.runners import probe_dask_scheduler
+
+    server = _Server(banner)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(TspsimError, match=needle) as info:
+            probe_dask_scheduler(f"tcp://127.0.0.1:{server.port}", 1.0)
+        assert time.monotonic() - t0 < 3 and "\n" not in str(info.value)
+    finally:
+        server.close()
+
+
+def test_scheduler_banner_through_the_cli(tmp_path):
+    pytest.importorskip("distributed")
+    server = _Server(b"SSH-2.0-OpenSSH_9.6\r\n")
+    try:
+        (tmp_path / "tiny.yaml").write_text(SWEEP_MODEL)
+        result = invoke("sweep", "-t", "mi300x-1node", "--model", str(tmp_path / "tiny.yaml"), "--schedule", "tp",
+                        "--degree", "2", "--seq", "1k", "--out", str(tmp_path / "o"), "--scheduler", f"tcp://127.0.0.1:{server.port}")
+    finally:
+        server.close()
+    assert_one_error(result, "not a Dask scheduler", "SSH-2.0", alone=False)
+    assert "Traceback" not in result.output
+
+
+def test_deeply_nested_cache_file_is_ignored(tmp_path):
+    """Item 11: a corrupt cache file nested 100,000 deep raised RecursionError; the README says it is ignored."""
+    (tmp_path / "tiny.yaml").write_text(SWEEP_MODEL)
+    args = ["sweep", "-t", "mi300x-1node", "--model", str(tmp_path / "tiny.yaml"), "--schedule", "tp", "--degree",
+            "2,4", "--seq", "1k", "--jobs", "1", "--out", str(tmp_path / "o")]
+    assert invoke(*args).exit_code == 0
+    files = sorted((tmp_path / "o" / "cache").glob("*.json"))
+    assert len(files) == 2
+    files[0].write_text("[" * 100_000 + "]" * 100_000)
+    files[1].write_text('{"key": ' * 5_000 + "1" + "}" * 5_000)
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("note: ignoring cache file") == 2 and "2 computed" in result.stderr, result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_killed_parallel_sweep_leaves_no_process_and_resumes(tmp_path, sig):
+    """Item 13: after SIGKILL/SIGTERM the fork server, resource tracker and workers stayed alive for ever."""
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    cmd = _sweep_cmd(tmp_path, out, "--degree", "1,2,4", "--seq", "1k,2k,4k,8k,16k,32k", "--batch", "1,2,4",
+                     "--jobs", "2")
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 60
+            while len(_session(proc.pid)) < 4 and time.monotonic() < deadline:  # parent, tracker, server, workers
+                time.sleep(0.1)
+            assert len(_session(proc.pid)) >= 4, _session(proc.pid)
+            os.kill(proc.pid, getattr(signal, sig))
+            proc.wait(timeout=30)
+            deadline = time.monotonic() + 15
+            while _session(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            left = _session(proc.pid)
+        finally:
+            for row in _session(proc.pid):  # never leak from the test itself
+                os.kill(int(row.split()[0]), signal.SIGKILL)
+    assert not left, left
+    if sig == "SIGTERM":
+        assert proc.returncode == 143
+        assert "stopped by SIGTERM" in (tmp_path / "stderr.txt").read_text()
+    stale = out / "cache" / ".0123.json.abcd1234.tmp"  # what SIGKILL during a cache write leaves
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_text("{")
+    again = subprocess.run(cmd[:-2] + ["--jobs", "1", "--degree", "1", "--seq", "1k", "--batch", "1"],
+                           capture_output=True, text=True, timeout=120, check=False)
+    assert again.returncode == 0, again.stderr
+    assert not stale.exists()
+
+
+def test_second_sweep_into_a_locked_out_folder_is_refused(tmp_path):
+    """Item 14: concurrent sweeps into one --out mixed results.json / results.csv / sweep.html of both."""
+    from tspsim.core.files import folder_lock
+
+    (tmp_path / "tiny.yaml").write_text(SWEEP_MODEL)
+    out = tmp_path / "o"
+    args = ["sweep", "-t", "mi300x-1node", "--model", str(tmp_path / "tiny.yaml"), "--schedule", "tp", "--degree",
+            "2", "--seq", "1k", "--jobs", "1", "--out", str(out)]
+    with folder_lock(out, "a sweep", "--out"):
+        line = assert_one_error(invoke(*args), "a sweep is already writing there", "--out", alone=False)
+    assert f"pid {os.getpid()}" in line
+    assert not (out / "results.json").exists()
+    assert invoke(*args).exit_code == 0  # the lock goes with its holder

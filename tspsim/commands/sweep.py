@@ -118,16 +118,24 @@ def sweep(ctx: click.Context, topologies: list[str], models: list[str], schedule
     status = (f"sweep: {_n(len(points), 'point')}: {state.cached} cached, {len(state.todo)} to run"
               + (f" {runner.description}" if state.todo else "")
               + (f", {len(state.invalid)} invalid" if state.invalid else ""))
-    try:
-        _run(state, runner, cache, status)
-    except KeyboardInterrupt:
-        done = sum(1 for o in state.outcomes if o.status in ("ok", "error") and not o.cached)
-        click.echo(f"\ninterrupted: {_n(done, 'point')} finished in this run; {_n(cache.count(), 'point')} cached in "
-                   f"{cache.directory} — rerun the same command to resume", err=True)
-        ctx.exit(130)
+    from tspsim.core.files import folder_lock, remove_stale_temp_files
+    from tspsim.explore.runners import Terminated
     from tspsim.explore.sweep_files import write_results
 
-    paths = write_results(out_dir, state, title=_title(state, grid))
+    # One sweep at a time per --out (their results.* would mix); temporary files a killed sweep left are
+    # then provably stale.
+    with folder_lock(out_dir, "a sweep", "--out"):
+        for folder in (out_dir, out_dir / "cache"):
+            remove_stale_temp_files(folder)
+        try:
+            _run(state, runner, cache, status)
+        except KeyboardInterrupt as exc:
+            done = sum(1 for o in state.outcomes if o.status in ("ok", "error") and not o.cached)
+            why = f"stopped by {exc}" if isinstance(exc, Terminated) else "interrupted"
+            click.echo(f"\n{why}: {_n(done, 'point')} finished in this run; {_n(cache.count(), 'point')} cached in "
+                       f"{cache.directory} — rerun the same command to resume", err=True)
+            ctx.exit(143 if isinstance(exc, Terminated) else 130)
+        paths = write_results(out_dir, state, title=_title(state, grid))
     click.echo(_summary(state, time.perf_counter() - t0, paths), err=True)
     if state.errors:
         ctx.exit(1)

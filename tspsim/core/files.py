@@ -11,11 +11,14 @@ size limit, so a truncated, corrupt or enormous file gives one clear line instea
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
+import re
 import stat
 import tempfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from tspsim.core.errors import TraceError, TspsimError
@@ -161,3 +164,67 @@ def read_document(path: str | Path, what: str, limit: int = MAX_DOCUMENT_BYTES) 
     except UnicodeDecodeError as exc:
         raise TraceError(f"{p}: byte {exc.start} is not UTF-8 text; a {what} is JSON text "
                          "(optionally gzip-compressed)") from None
+
+
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+"""Names :func:`write_bytes_atomic` gives its temporary files (``.NAME.<8 random>.tmp``)."""
+
+
+def remove_stale_temp_files(folder: Path) -> int:
+    """Delete the temporary files an interrupted atomic write left in ``folder`` (SIGKILL skips the cleanup).
+
+    Only call it while holding the folder's :func:`folder_lock`: then no other writer can own them.
+    Returns the number removed.
+    """
+    removed = 0
+    if not folder.is_dir():
+        return 0
+    for path in folder.iterdir():
+        if _TEMP_NAME.match(path.name) and path.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed += 1
+    return removed
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, what: str, flag: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (its ``.tspsim.lock`` file) for the duration of the block.
+
+    The lock is ``flock``-based: the operating system releases it when the process ends, however it
+    ends (SIGKILL included), so a stale lock never blocks a later run. A second process asking for a
+    folder that is locked gets one line instead of mixing its outputs with the first one's.
+
+    Args:
+        folder: the output folder (created if missing).
+        what: the command, for the message (``a sweep``).
+        flag: the option that named the folder, for the message (``--out``).
+
+    Raises:
+        TspsimError: another process holds the lock, or the lock file cannot be created.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no locking
+        yield
+        return
+    path = Path(folder) / ".tspsim.lock"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as exc:
+        raise TspsimError(f"cannot lock {folder}: {_reason(exc)}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise TspsimError(f"{folder}: {what} is already writing there{who}; wait for it to finish, or give "
+                              f"another {flag}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+

@@ -6,6 +6,7 @@ point ran.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -56,10 +57,12 @@ class SerialRunner:
     description = "in this process"
 
     def __enter__(self) -> SerialRunner:
+        self._signals = terminate_as_interrupt()
+        self._signals.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        return None
+        self._signals.__exit__(None, None, None)
 
     def run(self, points: Sequence[Point]) -> Iterator[tuple[int, dict[str, Any]]]:
         """Simulate in order."""
@@ -96,11 +99,72 @@ def _result_of(fut: Any) -> dict[str, Any]:
                 "wall_s": None}
 
 
-def _ignore_sigint() -> None:
-    """Pool workers leave Ctrl-C to the parent, which stops them (no traceback per worker)."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (or SIGHUP) received: stop like Ctrl-C, so workers are stopped and partial writes undone."""
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP raise :class:`Terminated` in the main thread.
+
+    Their default action ends the process at once: pool workers would be left running and an atomic
+    write its temporary file. As an exception, they unwind like Ctrl-C: the runner stops its workers
+    and the write removes its temporary file. (SIGKILL cannot be caught: see :func:`_worker_init`.)
+    """
     import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:  # noqa: ARG001
+        raise Terminated(signal.Signals(signum).name)
+
+    wanted = [sig for sig in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if sig is not None]
+    old = {sig: signal.signal(sig, handler) for sig in wanted}
+    try:
+        yield
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+
+def _worker_init(parent_pid: int) -> None:
+    """Pool worker set-up: leave Ctrl-C to the parent; end this worker when the parent is gone.
+
+    A worker holds the write end of its own task queue and of the fork server's liveness pipe, so once
+    its parent dies without stopping it (SIGKILL), nothing would ever end it, the fork server or the
+    resource tracker. A daemon thread waits for the parent to exit (a pidfd where Linux has one, else
+    polling) and then ends the worker; the fork server and the resource tracker follow when their last
+    client is gone.
+    """
+    import signal
+    import threading
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), name="tspsim-parent-watch", daemon=True).start()
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    import select
+
+    try:
+        fd = os.pidfd_open(parent_pid)
+    except (AttributeError, OSError):
+        fd = None
+    if fd is not None:
+        select.select([fd], [], [])
+    else:  # pragma: no cover - no pidfd (not Linux ≥ 5.3)
+        while True:
+            time.sleep(0.5)
+            try:
+                os.kill(parent_pid, 0)
+            except ProcessLookupError:
+                break
+            except PermissionError:
+                pass
+    os._exit(1)
 
 
 class PoolRunner:
@@ -114,11 +178,19 @@ class PoolRunner:
     def __enter__(self) -> PoolRunner:
         from concurrent.futures import ProcessPoolExecutor
 
+        self._signals = terminate_as_interrupt()
+        self._signals.__enter__()
         self._executor = ProcessPoolExecutor(max_workers=self.jobs, mp_context=_pool_context(),
-                                             initializer=_ignore_sigint)
+                                             initializer=_worker_init, initargs=(os.getpid(),))
         return self
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        try:
+            self._stop(exc_type)
+        finally:
+            self._signals.__exit__(None, None, None)
+
+    def _stop(self, exc_type: Any) -> None:
         ex, self._executor = self._executor, None
         if ex is None:
             return
