@@ -686,3 +686,44 @@ def test_second_sweep_into_a_locked_out_folder_is_refused(tmp_path):
     assert f"pid {os.getpid()}" in line
     assert not (out / "results.json").exists()
     assert invoke(*args).exit_code == 0  # the lock goes with its holder
+
+
+# ------------------------------------------------------------------------------------------ item 15 (replay half)
+def test_an_output_never_replaces_an_input_of_the_same_command(tmp_path, model_yaml):
+    """Item 15: replay --save could overwrite the trace it replays (and run --save the topology it reads)."""
+    trace = tmp_path / "t.json"
+    model = model_yaml("tiny-in", hidden=256, q_heads=8, kv_heads=4, head_dim=32, ffn_hidden=1024, vocab=1024)
+    assert invoke("generate", "-t", "mi300x-1node", "--model", model, "--schedule", "tp", "--degree", "2", "--seq",
+                  "1k", "-o", str(trace)).exit_code == 0
+    before = trace.read_bytes()
+    (tmp_path / "sub").mkdir()
+    link = tmp_path / "link.json"
+    link.symlink_to(trace)
+    topo = tmp_path / "topo.yaml"
+    topo.write_text("inherit: mi300x-1node\n")
+    for spelling in (str(trace), str(tmp_path / "sub" / ".." / "t.json"), str(link)):
+        assert_one_error(invoke("replay", str(trace), "-t", "mi300x-1node", "--save", spelling),
+                         "--save", "TRACE file this command reads")
+    assert_one_error(invoke("replay", str(trace), "-t", str(topo), "--save", str(topo)), "--topology")
+    assert_one_error(invoke("run", "-t", str(topo), "--schedule", "tp", "--seq", "1k", "--save", str(topo)),
+                     "--topology file")
+    assert_one_error(invoke("run", "-t", "mi300x-1node", "--model", model, "--schedule", "tp", "--degree", "2",
+                            "--seq", "1k", "--save", str(tmp_path / "a.json"), "--html", str(tmp_path / "a.json")),
+                     "also the --save output")
+    assert_one_error(invoke("generate", "-t", "mi300x-1node", "--model", model, "--schedule", "tp", "--seq", "1k",
+                            "-o", model), "--model file")
+    assert trace.read_bytes() == before and topo.read_text() == "inherit: mi300x-1node\n"
+    assert not (tmp_path / "a.json").exists()
+
+
+def test_trace_metadata_errors_say_it_once(tmp_path, model_yaml):
+    """Item 16: "trace metadata: trace metadata: meta.model_config: …"."""
+    model = model_yaml("tiny-meta", hidden=256, q_heads=8, kv_heads=4, head_dim=32, ffn_hidden=1024, vocab=1024)
+    trace = tmp_path / "t.json"
+    assert invoke("generate", "-t", "mi300x-1node", "--model", model, "--schedule", "tp", "--degree", "2", "--seq",
+                  "1k", "-o", str(trace)).exit_code == 0
+    doc = json.loads(trace.read_text())
+    doc["meta"]["model_config"]["hidden"] = -1
+    trace.write_text(json.dumps(doc))
+    line = assert_one_error(invoke("replay", str(trace), "-t", "mi300x-1node"), "meta.model_config", "hidden")
+    assert line.count("trace metadata") == 1, line

@@ -383,6 +383,10 @@ def run(topology: str, model: str, degree: int | None, tp: int | None, sp: int |
     args = PlanArgs(topology, model, degree, tp, sp, seq, batch, mode, recompute, options, gpus, full, context,
                     tokens, max_batch is not False)
     check_inference_args(mode, context, tokens, max_batch)
+    from tspsim.core.files import check_outputs_distinct
+
+    check_outputs_distinct({"--topology": topology, "--model": model},
+                           {"--save": save, "--html": html, "--trace": trace})
     pairs = parse_option_pairs(options, recompute)
     points = choose_points(args, schedules, default_seq(args), pairs)
     results = simulate_points(points, fold=not full, record_links=bool(html or trace))

@@ -228,3 +228,40 @@ def folder_lock(folder: Path, what: str, flag: str) -> Iterator[None]:
     finally:
         os.close(fd)
 
+
+def _identity(path: str | Path) -> tuple[str, object]:
+    """What two spellings of one file share: (device, inode) when it exists, else its resolved path."""
+    try:
+        st = os.stat(path)
+        return ("inode", (st.st_dev, st.st_ino))
+    except OSError:
+        return ("path", os.path.realpath(path))
+
+
+def check_outputs_distinct(inputs: dict[str, str | Path | None], outputs: dict[str, str | Path | None]) -> None:
+    """Refuse a command whose output would replace one of its inputs, or two outputs that are one file.
+
+    Args:
+        inputs: option (``TRACE``, ``--topology``) → the file it read (None or a non-file, e.g. a preset
+            name, is skipped).
+        outputs: option (``--save``) → the file it will write (None: not written).
+
+    Raises:
+        TspsimError: naming both options and the file.
+    """
+    seen: dict[tuple[str, object], str] = {}
+    for flag, path in inputs.items():
+        if path is not None and Path(path).is_file():
+            seen.setdefault(_identity(path), flag)
+    for flag, path in outputs.items():
+        if path is None:
+            continue
+        ident = _identity(path)
+        if ident in seen:
+            other = seen[ident]
+            if other in inputs:
+                raise TspsimError(f"{flag} {path} is the {other} file this command reads; writing it would replace "
+                                  f"it: give {flag} another path")
+            raise TspsimError(f"{flag} {path} is also the {other} output; give each output its own path")
+        seen[ident] = flag
+
