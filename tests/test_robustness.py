@@ -727,3 +727,63 @@ def test_trace_metadata_errors_say_it_once(tmp_path, model_yaml):
     trace.write_text(json.dumps(doc))
     line = assert_one_error(invoke("replay", str(trace), "-t", "mi300x-1node"), "meta.model_config", "hidden")
     assert line.count("trace metadata") == 1, line
+
+
+# ------------------------------------------------------------------------------------------ item 12: budgets
+def test_gzip_bomb_is_refused_in_bounded_memory(tmp_path):
+    """Item 12: a 9.9 MB .gz trace needed > 4 GB (a single read(limit) and the decompressed bytes at once)."""
+    import tracemalloc
+
+    bomb = tmp_path / "bomb.json.gz"
+    with gzip.open(bomb, "wb", compresslevel=1) as gz:
+        for _ in range(16):
+            gz.write(b" " * (4 << 20))  # 64 MiB of JSON whitespace, ~64 KB compressed
+    assert bomb.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(TraceError, match="larger than 8,388,608 bytes once decompressed"):
+            atomic.read_document(bomb, "trace", limit=8 << 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 48 << 20, peak
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["-t", "mi300x-128node", "--model", "gpt3-175b", "--seq", "2k", "--schedule", "tp", "--full"], "drop --full"),
+    (["-t", "BIG", "--seq", "4k", "--schedule", "tp", "--degree", "8"], "--gpus N; a node is simulated whole"),
+])
+def test_graphs_over_the_budget_are_refused_up_front(tmp_path, args, needle):
+    """Item 12: --full gpt3-175b on 1,024 GPUs reached 9.6 GB still building; a 4,096-GPU node took minutes."""
+    import time
+
+    big = tmp_path / "big.yaml"
+    big.write_text("name: big4096\ninherit: h100-dgx-1node\ngpus_per_node: 4096\n")
+    t0 = time.monotonic()
+    line = assert_one_error(invoke("run", *[str(big) if a == "BIG" else a for a in args]), needle,
+                            "TSPSIM_MAX_GRAPH_OPS", alone=False)
+    assert time.monotonic() - t0 < 10 and "GB of memory" in line
+
+
+def test_graph_budget_is_also_enforced_while_building(tmp_path, model_yaml, monkeypatch):
+    model = model_yaml("tiny-budget", hidden=256, q_heads=8, kv_heads=8, head_dim=32, ffn_hidden=1024, vocab=1024)
+    monkeypatch.setenv("TSPSIM_MAX_GRAPH_OPS", "500")  # above the up-front lower bound (8 × 2 × 30), below the graph
+    assert_one_error(invoke("run", "-t", "mi300x-1node", "--model", model, "--schedule", "tsp", "--degree", "8",
+                            "--seq", "1k", "--full"), "passed 500 ops", alone=False)
+    monkeypatch.delenv("TSPSIM_MAX_GRAPH_OPS")
+    assert invoke("run", "-t", "mi300x-1node", "--model", model, "--schedule", "tsp", "--degree", "8",
+                  "--seq", "1k").exit_code == 0
+
+
+def test_huge_sweep_grid_is_refused_and_large_grids_show_progress(tmp_path):
+    """Item 12: a 270,000-point grid printed nothing for 90 s."""
+    (tmp_path / "tiny.yaml").write_text(SWEEP_MODEL)
+    base = ["sweep", "-t", "mi300x-1node", "--model", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "o")]
+    many = ",".join(str(i) for i in range(1, 1001))
+    assert_one_error(invoke(*base, "--schedule", "tp,tsp", "--degree", many, "--batch", many), "2,000,000 points",
+                     "narrow the lists")
+    # 2,100 points, every one invalid (degree 3 does not divide 8 heads): cheap to prepare, reported as it goes
+    result = invoke(*base, "--schedule", "tp", "--degree", "3", "--batch", ",".join(str(i) for i in range(1, 2101)))
+    line = assert_one_error(result, "no valid point", alone=False)
+    assert "sweep: preparing 2,100 points" in result.stderr, result.stderr[:300]
+    assert not (tmp_path / "o" / "results.json").exists(), line

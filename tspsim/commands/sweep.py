@@ -19,6 +19,21 @@ if TYPE_CHECKING:
 
 MAX_INVALID_LINES = 20
 """Invalid points listed one per line on stderr before the rest are summarised."""
+MAX_GRID_POINTS = 1_000_000
+"""Largest grid a sweep expands (the product of its lists' lengths, before invalid points are dropped)."""
+
+
+def grid_size(grid: Grid) -> int:
+    """The number of points ``grid`` expands to (as :func:`~tspsim.explore.grid.expand_grid` counts them).
+
+    Computed from the lists' lengths, without expanding (a mistyped grid can hold billions of points).
+    """
+    seqs = len(grid.seqs or (1,))
+    per_mode = sum((len(grid.contexts or grid.seqs or (1,)) if mode == "decode" else seqs)
+                   * (len(grid.tokens or (1,)) if mode in ("decode", "generate") else 1) for mode in grid.modes)
+    shapes = sum(len(grid.tps or (1,)) * len(grid.sps or (1,)) if name == "tp+sp" else len(grid.degrees or (1,))
+                 for name in grid.schedules)
+    return len(grid.topologies) * len(grid.models) * per_mode * shapes * len(grid.batches)
 
 
 @click.command("sweep")
@@ -89,7 +104,7 @@ def sweep(ctx: click.Context, topologies: list[str], models: list[str], schedule
     from tspsim.explore.cache import PointCache
     from tspsim.explore.grid import DEFAULT_SCHEDULES, Grid, expand_grid
     from tspsim.explore.runners import make_runner
-    from tspsim.explore.sweep import prepare
+    from tspsim.explore.sweep import prepare, preparing_progress
     from tspsim.schedules import SCHEDULES
     from tspsim.spec.assumptions import parse_option_pairs
 
@@ -101,12 +116,17 @@ def sweep(ctx: click.Context, topologies: list[str], models: list[str], schedule
                 modes=tuple(modes), gpus=gpus, options=parse_option_pairs(options, recompute),
                 contexts=tuple(contexts) if contexts else None, tokens=tuple(tokens) if tokens else None,
                 max_batch=max_batch)
+    size = grid_size(grid)
+    if size > MAX_GRID_POINTS:
+        raise TspsimError(f"this grid has up to {size:,} points (the product of the lists' lengths); the limit is "
+                          f"{MAX_GRID_POINTS:,} (at ~1 s per point, more would run for days): narrow the lists, or "
+                          "split the sweep over several --out folders")
     points = expand_grid(grid)
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise TspsimError(f"--out {out}: exists and is not a directory")
     cache = PointCache(out_dir / "cache", fresh=fresh)
-    state = prepare(points, cache)
+    state = prepare(points, cache, preparing_progress())
     if not state.ok and not state.todo:
         raise TspsimError("no valid point in the grid: " + _skipped(state.invalid))
     _report_invalid(state.invalid)

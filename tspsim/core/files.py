@@ -20,11 +20,16 @@ import tempfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from tspsim.core.errors import TraceError, TspsimError
 
-MAX_DOCUMENT_BYTES = 1 << 30
-"""Largest trace or result file read, after decompression (1 GiB)."""
+MAX_DOCUMENT_BYTES = 512 << 20
+"""Largest trace or result file read, after decompression (512 MiB). Parsing JSON takes about six times
+its size in memory (Python objects), so this bounds a read to a few GB; the largest graph a run may build
+(:data:`tspsim.schedules.context.MAX_GRAPH_OPS` ops, ~200–300 bytes of JSON each) fits under it."""
+READ_CHUNK_BYTES = 16 << 20
+"""Reads proceed in chunks of this size (a single ``read(limit)`` would reserve the whole limit up front)."""
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -127,6 +132,19 @@ def read_regular(path: str | Path, limit: int) -> bytes:
     return data
 
 
+def _read_chunks(fh: Any, most: int) -> bytes:
+    """Up to ``most`` bytes of ``fh``, read chunk by chunk (memory grows with what the file really holds)."""
+    parts: list[bytes] = []
+    total = 0
+    while total < most:
+        chunk = fh.read(min(READ_CHUNK_BYTES, most - total))
+        if not chunk:
+            break
+        parts.append(chunk)
+        total += len(chunk)
+    return b"".join(parts)
+
+
 def read_document(path: str | Path, what: str, limit: int = MAX_DOCUMENT_BYTES) -> str:
     """Text of a trace or result file, gunzipped when it starts with the gzip magic bytes.
 
@@ -145,9 +163,9 @@ def read_document(path: str | Path, what: str, limit: int = MAX_DOCUMENT_BYTES) 
             fh.seek(0)
             if head == _GZIP_MAGIC:
                 with gzip.GzipFile(fileobj=fh) as gz:
-                    data = gz.read(limit + 1)
+                    data = _read_chunks(gz, limit + 1)
             else:
-                data = fh.read(limit + 1)
+                data = _read_chunks(fh, limit + 1)
     except FileNotFoundError:
         raise TraceError(f"{p}: {what} not found") from None
     except FileShapeError as exc:
@@ -158,7 +176,10 @@ def read_document(path: str | Path, what: str, limit: int = MAX_DOCUMENT_BYTES) 
     except OSError as exc:
         raise TraceError(f"{p}: cannot read {what} ({_reason(exc)})") from None
     if len(data) > limit:
-        raise TraceError(f"{p}: {what} is larger than {limit:,} bytes (the limit); is this the right file?")
+        packed = " once decompressed" if head == _GZIP_MAGIC else ""
+        raise TraceError(f"{p}: {what} is larger than {limit:,} bytes{packed} (the limit: reading it would take "
+                         f"about {6 * limit / 1e9:.0f} GB of memory); is this the right file? A smaller run "
+                         "(folded, fewer GPUs or layers) writes a smaller one")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

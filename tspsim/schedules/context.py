@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tspsim.core.errors import ConfigError
 from tspsim.opgraph import GraphBuilder, OpGraph
 from tspsim.spec.assumptions import Assumptions
 from tspsim.spec.layout import Layout, fold_unit_gpus
@@ -27,6 +28,38 @@ from tspsim.spec.workload import Workload
 
 ATTN_BWD_FACTOR = 2.5
 """FlashAttention backward FLOPs / forward FLOPs (Dao 2023: 5 matmuls vs 2)."""
+
+MAX_GRAPH_OPS = 1_000_000
+"""Most ops one graph may hold (``TSPSIM_MAX_GRAPH_OPS`` overrides). A replay holds about 1–3 KB per op
+(the op, its event, spans, flows), so this keeps a run to a few GB and minutes; a folded 1,024-GPU run of
+the presets is tens of thousands."""
+MIN_OPS_PER_RANK_LAYER = {"train": 30, "forward": 10, "prefill": 10, "decode": 10, "generate": 10}
+"""Fewest ops any schedule issues per simulated rank and decoder block (measured: tp D=1 on a 2-block
+model; TSP D=8 issues ten times more). The up-front estimate is a lower bound, so it never refuses a
+graph that would fit; the count while building catches what it underestimates."""
+
+
+def graph_ops_limit() -> int:
+    """:data:`MAX_GRAPH_OPS`, or the whole number in ``TSPSIM_MAX_GRAPH_OPS``."""
+    import os
+
+    text = os.environ.get("TSPSIM_MAX_GRAPH_OPS", "").strip()
+    return int(text) if text.isdigit() and int(text) > 0 else MAX_GRAPH_OPS
+
+
+class _BoundedBuilder(GraphBuilder):
+    """A :class:`GraphBuilder` that stops with one line once the graph holds ``limit`` ops."""
+
+    def __init__(self, ranks: tuple[int, ...], replica_nodes: int, limit: int, advice: str) -> None:
+        super().__init__(ranks, meta={}, replica_nodes=replica_nodes)
+        self.limit = limit
+        self.advice = advice
+
+    def _add(self, op: Any) -> int:
+        if len(self.graph.ops) >= self.limit:
+            raise ConfigError(f"the op graph passed {self.limit:,} ops on {len(self.graph.ranks):,} simulated GPUs "
+                              f"while being built (the limit; ~1–3 KB of memory each); {self.advice}")
+        return super()._add(op)
 
 
 def gemm_flops(m: float, n: float, k: float) -> float:
@@ -80,8 +113,25 @@ class BuildContext:
         else:
             ranks = tuple(range(layout.world_size))
             replica_nodes = 0
-        self.builder = GraphBuilder(ranks, meta={}, replica_nodes=replica_nodes)
+        limit, advice = graph_ops_limit(), self._budget_advice(unit)
+        estimate = len(ranks) * (self.model.layers * MIN_OPS_PER_RANK_LAYER.get(self.workload.mode, 10))
+        if estimate > limit:
+            raise ConfigError(f"this layout simulates {len(ranks):,} GPUs × {self.model.layers} blocks: at least "
+                              f"{estimate:,} ops (~{estimate * 2e-6:.0f} GB of memory), over the limit of {limit:,}; "
+                              f"{advice}")
+        self.builder = _BoundedBuilder(ranks, replica_nodes, limit, advice)
         self.last = dict.fromkeys(ranks)
+
+    def _budget_advice(self, unit: int) -> str:
+        """The way out of an over-budget graph, for messages."""
+        exact = fold_unit_gpus(self.topo, self.layout.world_size, self.layout.replica_size)
+        if not self.fold and exact:
+            way = f"drop --full (simulating one {exact}-GPU unit and mirroring the others is exact)"
+        elif unit or self.layout.world_size > self.topo.gpus_per_node:
+            way = "use fewer GPUs (--gpus N) or a smaller model"
+        else:
+            way = "use fewer GPUs (--gpus N; a node is simulated whole) or a smaller model"
+        return f"{way}, or raise the limit with TSPSIM_MAX_GRAPH_OPS=N"
 
     # ------------------------------------------------------------------------------ helpers
     @property
