@@ -21,9 +21,10 @@ MAX_SEQ_LEN = 1 << 30
 """Longest sequence or context (tokens), as for a model's ``default_seq``."""
 MAX_BATCH = 1 << 20
 """Largest micro-batch (the max-batch search stops there too)."""
-MAX_DECODE_TOKENS = 1 << 17
-"""Most tokens generated per sequence: every decode step is timed (a replay of at least a two-block graph,
-milliseconds each), so 131,072 steps already take minutes."""
+MAX_DECODE_TOKENS = 1 << 15
+"""Most tokens generated per sequence (32,768, a long reasoning trace): every decode step is timed (a replay
+of at least a two-block graph, about a millisecond on a small model, several on a large one), so the bound
+keeps a run to minutes."""
 
 
 @dataclass(frozen=True)
