@@ -9,7 +9,10 @@ replica is smaller than a node.
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
+from tspsim.core.errors import ConfigError
 from tspsim.engine.sim import replay
 from tspsim.opgraph import GraphBuilder
 from tspsim.simulate import Point, build_graph, simulate
@@ -110,3 +113,123 @@ def test_folded_cross_node_collective_minimal(mi300x_4node_yaml, kind, per_node,
     full = replay(graph(tuple(range(32)), 0), topo)
     assert folded.end_s == pytest.approx(full.end_s, rel=1e-12)
     assert sum(folded.sent_bytes[0].values()) == pytest.approx(sum(full.sent_bytes[0].values()), rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Property (issue 18, item 1): folded == --full for random small layouts, with --gpus below, at and above a node.
+FOLD_SCHEDULES = ("tsp", "tp", "satp-seq", "satp-batch", "sp", "tp+sp")
+FOLD_MODES = ("train", "forward", "prefill", "decode", "generate")
+UNCOMPARED = {"sim_wall_s", "sim_events", "collective_algorithms"}
+"""Wall time and event counts measure the simulation itself; ``collective_algorithms`` counts the collectives
+simulated, which a fold (one unit instead of all replicas) has fewer of by design."""
+
+FOLD_MODEL = """name: fold-tiny
+hidden: 2048
+layers: 2
+q_heads: 8
+kv_heads: 4
+head_dim: 256
+ffn_hidden: 4096
+gated_mlp: true
+vocab: 4096
+"""
+
+
+@pytest.fixture(scope="module")
+def small_cluster(tmp_path_factory):
+    """Factory: the YAML path of a small cluster (nodes × gpus_per_node, fabric, fat-tree shape)."""
+    root = tmp_path_factory.mktemp("fold-clusters")
+    (root / "fold-tiny.yaml").write_text(FOLD_MODEL)
+
+    def make(nodes: int, gpn: int, fabric: str, leaf: int = 2, oversub: float = 1.0) -> str:
+        name = f"{fabric}-{nodes}x{gpn}-l{leaf}-o{oversub:g}"
+        path = root / f"{name}.yaml"
+        if not path.exists():
+            parent = "mi300x-128node" if fabric == "mesh" else "h100-dgx-128node"
+            inter = "" if fabric == "mesh" else f"inter:\n  nodes_per_leaf: {leaf}\n  oversubscription: {oversub}\n"
+            path.write_text(f"name: {name}\ninherit: {parent}\nnodes: {nodes}\ngpus_per_node: {gpn}\n{inter}")
+        return str(path)
+
+    make.model = str(root / "fold-tiny.yaml")
+    return make
+
+
+@st.composite
+def small_layouts(draw, schedule: str):
+    """(topology kwargs, Point kwargs): a small cluster and a layout whose --gpus is below, at or above a node."""
+    gpn = draw(st.sampled_from([2, 4]))
+    nodes = draw(st.integers(1, 4))
+    fabric = draw(st.sampled_from(["mesh", "fat-tree"]))
+    cluster = {"nodes": nodes, "gpn": gpn, "fabric": fabric,
+               "leaf": draw(st.sampled_from([1, 2])), "oversub": draw(st.sampled_from([1.0, 2.0]))}
+    if schedule == "tp+sp":
+        kw = {"tp": draw(st.sampled_from([1, 2])), "sp": draw(st.sampled_from([1, 2]))}
+        replica = kw["tp"] * kw["sp"]
+    else:
+        kw = {"degree": draw(st.sampled_from([1, 2, 4]))}
+        replica = kw["degree"]
+    world = nodes * gpn
+    assume(replica <= world and (replica <= gpn or replica % gpn == 0))
+    where = draw(st.sampled_from(["below", "at", "above"]))
+    counts = {"below": [k for k in range(1, world // replica + 1) if k * replica < gpn],
+              "at": [k for k in range(1, world // replica + 1) if k * replica == gpn],
+              "above": [k for k in range(1, world // replica + 1) if k * replica > gpn]}[where]
+    assume(counts)
+    kw["gpus"] = replica * draw(st.sampled_from(counts))
+    return cluster, kw
+
+
+def _entry_diff(a: dict, b: dict, path: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b), key=str) if not (path == "" and k in UNCOMPARED)
+                for d in _entry_diff(a.get(k), b.get(k), f"{path}.{k}")]
+    if isinstance(a, float) and isinstance(b, float):
+        return [] if a == pytest.approx(b, rel=1e-9, abs=1e-15) else [f"{path}: folded {a!r}, full {b!r}"]
+    return [] if a == b else [f"{path}: folded {a!r}, full {b!r}"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", FOLD_MODES)
+@pytest.mark.parametrize("schedule", FOLD_SCHEDULES)
+@settings(max_examples=12, deadline=None, database=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much])
+@given(data=st.data())
+def test_fold_equals_full_on_small_clusters(small_cluster, schedule, mode, data):
+    cluster, kw = data.draw(small_layouts(schedule))
+    point = Point(schedule, small_cluster(**cluster), model=small_cluster.model, mode=mode, seq_len=1024, batch=4,
+                  decode_tokens=2 if mode in ("decode", "generate") else 0, search_max_batch=False, **kw)
+    try:
+        folded = simulate(point)
+    except ConfigError:
+        assume(False)
+    full = simulate(point, fold=False)
+    assert full.timeline.graph.replica_nodes == 0
+    diff = _entry_diff(folded.entry, full.entry)
+    assert not diff, (cluster, kw, diff[:4])
+
+
+# Item 2: a folded graph replayed on another node shape is re-expanded when the fold holds there, else refused.
+def test_folded_graph_replays_on_another_node_shape(small_cluster):
+    point = Point("tp", small_cluster(2, 4, "mesh"), model=small_cluster.model, seq_len=1024, degree=2)
+    g_fold = build_graph(point, fold=True)[0]
+    g_full = build_graph(point, fold=False)[0]
+    assert g_fold.ranks == tuple(range(4)) and g_fold.replica_nodes == 1
+    other = load_topology(small_cluster(4, 2, "mesh"))  # 8 GPUs as 4 × 2: the 4-rank unit is 2 nodes there
+    assert replay(g_fold, other).end_s == pytest.approx(replay(g_full, other).end_s, rel=1e-12)
+
+
+def test_folded_graph_on_a_shape_it_does_not_fold_to_is_refused(small_cluster, tmp_path):
+    from click.testing import CliRunner
+
+    from tspsim.cli import cli
+
+    point = Point("tp", small_cluster(2, 4, "mesh"), model=small_cluster.model, seq_len=1024, degree=2)
+    path = tmp_path / "folded.json"
+    build_graph(point, fold=True)[0].save(path)
+    result = CliRunner().invoke(cli, ["replay", str(path), "-t", small_cluster(1, 8, "mesh")])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "folded" in lines[0] and "--full" in lines[0], lines
+    full = tmp_path / "full.json"
+    build_graph(point, fold=False)[0].save(full)
+    assert CliRunner().invoke(cli, ["replay", str(full), "-t", small_cluster(1, 8, "mesh")]).exit_code == 0

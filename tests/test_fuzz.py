@@ -687,9 +687,9 @@ def _run_tiny_process(tiny: str, *extra: str, limit: float = 8.0) -> subprocess.
 
 
 def test_large_simulated_times_finish(work, tiny):
-    """A step of ~1e10 simulated seconds (--seq 64G) finishes: flows whose remaining time is below the clock's
-    float resolution complete instead of livelocking the network."""
-    proc = _run_tiny_process(tiny, "--schedule", "tp", "--seq", "64G")
+    """A step of ~5e6 simulated seconds (--seq 1G, the longest sequence accepted) finishes: flows whose
+    remaining time is below the clock's float resolution complete instead of livelocking the network."""
+    proc = _run_tiny_process(tiny, "--schedule", "tp", "--seq", "1G")
     assert proc.returncode == 0, proc.stderr
     (entry,) = json.loads(proc.stdout)["results"]
     assert entry["step_time_s"] > 1e6
@@ -704,3 +704,130 @@ def test_absurd_assumption_values_are_one_line_errors(work, tiny, option):
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("error: option "), result.stderr
     assert "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------------------------------ issue 18
+@st.composite
+def alias_bomb(draw) -> str:
+    """YAML whose aliases expand to fan^levels values, placed under some key (often a wrongly typed one)."""
+    levels, fan = draw(st.integers(1, 14)), draw(st.integers(2, 12))
+    lines = [f"x: &a0 [{', '.join(['1'] * fan)}]"]
+    lines += [f"x{i}: &a{i} [{', '.join([f'*a{i - 1}'] * fan)}]" for i in range(1, levels + 1)]
+    anchors = "\n".join(lines)
+    where = draw(st.sampled_from(["gpu:\n  hbm_GB: ", "name: ", "description: ", "intra: ", "inherit: "]))
+    if draw(st.booleans()):  # anchors defined inline, inside the value itself
+        value = f"[{anchors.replace(chr(10), ', ').replace(': &', ': [&')}]"  # not valid YAML half of the time
+        return f"inherit: mi300x-1node\n{where}{value}\n"
+    return f"{anchors}\ninherit: mi300x-1node\n{where}*a{levels}\n"
+
+
+@fuzz(60)
+@given(text=alias_bomb(), kind=st.sampled_from(["topology", "model"]))
+def test_yaml_alias_expansion_is_bounded(work, text, kind):
+    """Item 7: every alias bomb is a one-line error within seconds (a 440-byte one used to hang)."""
+    path = work / "bomb.yaml"
+    path.write_text(text if kind == "topology" else text.replace("inherit: mi300x-1node", "layers: 2"))
+    with time_limit(10):
+        try:
+            (load_topology if kind == "topology" else load_model)(str(path))
+        except ConfigError as exc:
+            check_message(exc, "bomb.yaml")
+            assert len(str(exc)) < 400, str(exc)[:400]
+
+
+VALID_ENDS = {"peak_bf16_TFLOPS": (1e-3, 1e6), "mfu_peak_TFLOPS": None, "hbm_TBps": (1e-3, 1e3),
+              "hbm_GB": (1e-3, 1e6), "runtime_reserve_GB": (0.0, 100.0), "kernel_launch_us": (0.0, 1e6),
+              "gemm_efficiency": (0.01, 1.0), "gemm_half_GFLOP": (1e-6, 1e6), "attn_fwd_efficiency": (0.01, 1.0),
+              "attn_bwd_efficiency": (0.01, 1.0), "hbm_efficiency": (0.01, 1.0)}
+"""GPU keys and the ends of their documented ranges (mfu_peak follows peak_bf16)."""
+
+
+@fuzz(30)
+@given(data=st.data())
+def test_documented_range_ends_give_finite_outputs(work, tiny, data):
+    """Item 4: every value inside the documented ranges simulates and writes only finite numbers (efficiencies
+    of 5e-324, inside the old (0, 1], gave ZeroDivisionError, Infinity in --json and a file view refused)."""
+    doc = copy.deepcopy(PRESET_1)
+    for key in data.draw(st.lists(st.sampled_from([k for k, v in VALID_ENDS.items() if v]), min_size=1, max_size=5,
+                                  unique=True)):
+        doc["gpu"][key] = data.draw(st.sampled_from(VALID_ENDS[key]))
+    doc["gpu"]["mfu_peak_TFLOPS"] = doc["gpu"]["peak_bf16_TFLOPS"]
+    doc["intra"]["link_efficiency"] = data.draw(st.sampled_from([0.01, 1.0]))
+    doc["intra"]["link_GBps"] = data.draw(st.sampled_from([1e-3, 1e5]))
+    path = work / "ends.yaml"
+    path.write_text(dump_yaml(doc))
+    assert load_topology_checked(path) is not None
+    mode = data.draw(st.sampled_from(["train", "decode"]))
+    result = run_cli(["run", "-t", str(path), "--model", tiny, "--seq", "1k", "--schedule", "tp", "--degree", "2",
+                      "--gpus", "2", "--mode", mode, "--json", "--save", "ends-result.json", "--trace",
+                      "ends-trace.json"] + (["--no-max-batch"] if mode == "decode" else []))
+    assert result.exit_code == 0, result.output
+    assert "Infinity" not in result.stdout and "NaN" not in result.stdout
+    (entry,) = json.loads(result.stdout)["results"]
+    assert 0 < entry["step_time_s"] < 1e300 and 0 <= entry["mfu"] <= 1.0, entry["mfu"]
+    run_cli(["view", "ends-result.json", "-o", "ends.html"])
+
+
+@fuzz(40)
+@given(flag=st.sampled_from(["--seq", "--context", "--tokens", "--batch"]),
+       value=st.sampled_from(["0", "1", "2", "1k", "1G", "2G", "1024T", "32769", "1048576", "1048577"]),
+       mode=st.sampled_from(["train", "prefill", "decode", "generate"]))
+def test_workload_numbers_are_bounded(work, tiny, flag, value, mode):
+    """Item 4 / 12: zero tokens and unbounded --tokens / --batch are one-line errors; accepted ones make sense."""
+    args = ["run", "-t", "mi300x-1node", "--model", tiny, "--schedule", "tp", "--degree", "2", "--gpus", "2",
+            "--mode", mode, "--json", "--no-timing", flag, value]
+    if mode != "train":
+        args.append("--no-max-batch")
+    if flag not in ("--seq", "--context"):
+        args += ["--seq", "1k"]
+    with time_limit(20):
+        result = run_cli(args)
+    if result.exit_code == 0:
+        (entry,) = json.loads(result.stdout)["results"]
+        assert entry["tokens_per_s"] > 0 and math.isfinite(entry["tokens_per_s"])
+
+
+SHAPES = [(1, 8), (2, 4), (4, 2), (8, 1), (2, 8), (4, 4), (8, 2), (16, 1), (1, 16)]
+
+
+@fuzz(30)
+@given(data=st.data())
+def test_folded_trace_replays_exactly_or_is_refused_on_any_shape(work, tiny, data):
+    """Item 2: a folded trace replayed on another node shape equals the --full trace there, or is refused."""
+    def cluster(nodes: int, gpn: int) -> str:
+        path = work / f"shape-{nodes}x{gpn}.yaml"
+        path.write_text(f"name: shape-{nodes}x{gpn}\ninherit: mi300x-128node\nnodes: {nodes}\n"
+                        f"gpus_per_node: {gpn}\n")
+        return str(path)
+
+    a = data.draw(st.sampled_from(SHAPES))
+    b = data.draw(st.sampled_from([s for s in SHAPES if s[0] * s[1] == a[0] * a[1]]))
+    degree = data.draw(st.sampled_from(["1", "2", "4"]))
+    gen = ["generate", "-t", cluster(*a), "--model", tiny, "--schedule", "tp", "--degree", degree, "--seq", "1k"]
+    if run_cli(gen + ["-o", "fold.json"]).exit_code != 0:
+        return
+    assert run_cli(gen + ["--full", "-o", "full.json"]).exit_code == 0
+    folded = run_cli(["replay", "fold.json", "-t", cluster(*b), "--json"])
+    full = run_cli(["replay", "full.json", "-t", cluster(*b), "--json"])
+    assert full.exit_code == 0, full.output
+    if folded.exit_code == 2:
+        assert "folded" in folded.stderr and "--full" in folded.stderr
+        return
+    t_fold = json.loads(folded.stdout)["results"][0]["step_time_s"]
+    t_full = json.loads(full.stdout)["results"][0]["step_time_s"]
+    assert t_fold == pytest.approx(t_full, rel=1e-9), (a, b, degree)
+
+
+@fuzz(20)
+@given(junk=st.sampled_from([b"[" * 200_000, b'{"a":' * 50_000, b"\x00\xff", b"", b"{}", b"[]", b'{"key": 1}',
+                             b'{"entry": {}, "wall_s": 1e999}', b"1" * 5000]) | st.binary(max_size=64))
+def test_corrupt_cache_files_are_ignored(work, tiny, junk):
+    """Item 11: whatever a cache file holds, the sweep recomputes that point (RecursionError on deep nesting)."""
+    out = work / "cache-sweep"
+    args = ["sweep", "-t", "mi300x-1node", "--model", tiny, "--schedule", "tp", "--degree", "2", "--seq", "1k",
+            "--jobs", "1", "--out", str(out)]
+    assert run_cli(args).exit_code == 0
+    for path in (out / "cache").glob("*.json"):
+        path.write_bytes(junk)
+    result = run_cli(args)
+    assert result.exit_code == 0 and "1 computed" in result.stderr, result.stderr

@@ -82,6 +82,7 @@ def generate(topology: str, model: str, degree: int | None, tp: int | None, sp: 
       tspsim generate -t mi300x-1node --model llama3-8b --schedule tp --mode decode --context 8k -o dec.json
       tspsim generate -t mi300x-1node --model llama3-8b --schedule tsp --mode decode --context 8k --tokens 256
     """  # noqa: D301
+    from tspsim.core.files import check_outputs_distinct
     from tspsim.simulate import build_graph
 
     if "," in schedule:
@@ -93,10 +94,11 @@ def generate(topology: str, model: str, degree: int | None, tp: int | None, sp: 
                     token if mode == "decode" else None)
     pairs = parse_option_pairs(options, recompute, stack)
     n_seq = default_seq(args)
+    path = Path(output) if output else default_path(schedule, model, n_seq, mode, token)
+    check_outputs_distinct({"--topology": topology, "--model": model}, {"--output": path})
     point = make_point(args, schedule, n_seq, pairs, many=False)
     check_point(point)
     graph = build_graph(point, fold=not full)[0]
-    path = Path(output) if output else default_path(schedule, model, n_seq, mode, token)
     graph.save(path)
     what = ""
     if mode == "decode":

@@ -134,7 +134,8 @@ def plan_from_meta(meta: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
     except TraceError:
         raise
     except TspsimError as exc:
-        raise TraceError(f"trace metadata: {exc}") from None
+        text = str(exc)
+        raise TraceError(text if text.startswith("trace metadata") else f"trace metadata: {text}") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise TraceError(f"trace metadata is malformed ({exc}); regenerate it with tspsim generate") from None
     return model, layout, workload, opts
@@ -187,12 +188,14 @@ def replay_cmd(trace: str, topology: str, as_json: bool, save: str | None, max_e
     import time
 
     from tspsim.commands.run import print_report
+    from tspsim.core.files import check_outputs_distinct
     from tspsim.engine.sim import ReplayOptions, replay
     from tspsim.opgraph import OpGraph
     from tspsim.spec.topology_file import load_topology
 
     if max_wall_s is not None and max_wall_s != max_wall_s:
         raise TspsimError("--max-wall nan: give a number of seconds (inf for no limit)")
+    check_outputs_distinct({"TRACE": trace, "--topology": topology}, {"--save": save})
     graph = OpGraph.load(trace)
     topo = load_topology(topology)
     options = ReplayOptions(max_events=max_events or DEFAULT_MAX_EVENTS, max_wall_s=max_wall_s or DEFAULT_MAX_WALL_S)

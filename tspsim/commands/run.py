@@ -129,7 +129,7 @@ def make_point(args: PlanArgs, schedule: str, seq: int, pairs: tuple[tuple[str, 
     if schedule == "tp+sp":
         tp = args.tp if tp is None else tp
         sp = args.sp if sp is None else sp
-        degree = args.degree if tp is None and sp is None else None
+        degree = args.degree if tp is None and sp is None and not many else None
         return Point(schedule, args.topology, args.model, args.mode, seq, args.batch, degree, tp, sp,
                      args.gpus, decode_tokens=tokens, options=pairs, search_max_batch=args.max_batch)
     tp_, sp_ = (None, None) if many else (args.tp, args.sp)
@@ -170,17 +170,13 @@ def default_seq(args: PlanArgs) -> int:
 def default_comparison(args: PlanArgs, seq: int, pairs: tuple[tuple[str, Any], ...]) -> list[Any]:
     """The default comparison: tsp (D), tp (D) and tp+sp.
 
-    tp+sp is T = GPUs per node × Σ=2 on ≥ 2 nodes and T = half a node × Σ=2 on one node. Schedules not
-    registered, or whose degrees do not fit, are skipped with a note on stderr.
+    tp+sp takes the degrees every command uses (:func:`tspsim.spec.layout.default_tp_sp`): T = GPUs per
+    node × Σ=2 on ≥ 2 nodes and T = half a node × Σ=2 on one node. Schedules not registered, or whose
+    degrees do not fit, are skipped with a note on stderr.
     """
     from tspsim.schedules import SCHEDULES
-    from tspsim.spec.topology_file import load_topology
 
-    topo = load_topology(args.topology)
-    world = args.gpus or topo.world_size
-    per_node = min(topo.gpus_per_node, world)
-    t = per_node if world >= 2 * per_node else max(1, per_node // 2)
-    wanted = [("tsp", None, None), ("tp", None, None), ("tp+sp", args.tp or t, args.sp or 2)]
+    wanted = [("tsp", None, None), ("tp", None, None), ("tp+sp", None, None)]
     points = []
     for name, tp, sp in wanted:
         if name not in SCHEDULES:
@@ -208,8 +204,18 @@ def _keep_valid(points: list[Any]) -> list[Any]:
 
 def choose_points(args: PlanArgs, schedules: list[str] | None, seq: int,
                   pairs: tuple[tuple[str, Any], ...]) -> list[Any]:
-    """Points for ``--schedule`` (explicit: errors are errors), ``all`` or the default comparison."""
+    """Points for ``--schedule`` (explicit: errors are errors), ``all`` or the default comparison.
+
+    The topology and model are loaded first: a bad file is one error, not a note per schedule.
+    """
     from tspsim.schedules import SCHEDULES
+    from tspsim.spec.model import load_model
+    from tspsim.spec.topology_file import load_topology
+    from tspsim.spec.workload import Workload
+
+    load_topology(args.topology)
+    load_model(args.model)
+    Workload(args.mode, seq, args.batch, args.tokens or 0)  # type: ignore[arg-type]  # bounds: one error
 
     if schedules is None:
         return default_comparison(args, seq, pairs)
@@ -382,6 +388,10 @@ def run(topology: str, model: str, degree: int | None, tp: int | None, sp: int |
     args = PlanArgs(topology, model, degree, tp, sp, seq, batch, mode, recompute, options, gpus, full, context,
                     tokens, max_batch is not False)
     check_inference_args(mode, context, tokens, max_batch)
+    from tspsim.core.files import check_outputs_distinct
+
+    check_outputs_distinct({"--topology": topology, "--model": model},
+                           {"--save": save, "--html": html, "--trace": trace})
     pairs = parse_option_pairs(options, recompute, stack)
     points = choose_points(args, schedules, default_seq(args), pairs)
     results = simulate_points(points, fold=not full, record_links=bool(html or trace))

@@ -19,6 +19,21 @@ if TYPE_CHECKING:
 
 MAX_INVALID_LINES = 20
 """Invalid points listed one per line on stderr before the rest are summarised."""
+MAX_GRID_POINTS = 1_000_000
+"""Largest grid a sweep expands (the product of its lists' lengths, before invalid points are dropped)."""
+
+
+def grid_size(grid: Grid) -> int:
+    """The number of points ``grid`` expands to (as :func:`~tspsim.explore.grid.expand_grid` counts them).
+
+    Computed from the lists' lengths, without expanding (a mistyped grid can hold billions of points).
+    """
+    seqs = len(grid.seqs or (1,))
+    per_mode = sum((len(grid.contexts or grid.seqs or (1,)) if mode == "decode" else seqs)
+                   * (len(grid.tokens or (1,)) if mode in ("decode", "generate") else 1) for mode in grid.modes)
+    shapes = sum(len(grid.tps or (1,)) * len(grid.sps or (1,)) if name == "tp+sp" else len(grid.degrees or (1,))
+                 for name in grid.schedules)
+    return len(grid.topologies) * len(grid.models) * per_mode * shapes * len(grid.batches)
 
 
 @click.command("sweep")
@@ -91,7 +106,7 @@ def sweep(ctx: click.Context, topologies: list[str], models: list[str], schedule
     from tspsim.explore.cache import PointCache
     from tspsim.explore.grid import DEFAULT_SCHEDULES, Grid, expand_grid
     from tspsim.explore.runners import make_runner
-    from tspsim.explore.sweep import prepare
+    from tspsim.explore.sweep import prepare, preparing_progress
     from tspsim.schedules import SCHEDULES
     from tspsim.spec.assumptions import parse_option_pairs
 
@@ -103,12 +118,17 @@ def sweep(ctx: click.Context, topologies: list[str], models: list[str], schedule
                 modes=tuple(modes), gpus=gpus, options=parse_option_pairs(options, recompute, stack),
                 contexts=tuple(contexts) if contexts else None, tokens=tuple(tokens) if tokens else None,
                 max_batch=max_batch)
+    size = grid_size(grid)
+    if size > MAX_GRID_POINTS:
+        raise TspsimError(f"this grid has up to {size:,} points (the product of the lists' lengths); the limit is "
+                          f"{MAX_GRID_POINTS:,} (at ~1 s per point, more would run for days): narrow the lists, or "
+                          "split the sweep over several --out folders")
     points = expand_grid(grid)
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise TspsimError(f"--out {out}: exists and is not a directory")
     cache = PointCache(out_dir / "cache", fresh=fresh)
-    state = prepare(points, cache)
+    state = prepare(points, cache, preparing_progress())
     if not state.ok and not state.todo:
         raise TspsimError("no valid point in the grid: " + _skipped(state.invalid))
     _report_invalid(state.invalid)
@@ -120,16 +140,24 @@ def sweep(ctx: click.Context, topologies: list[str], models: list[str], schedule
     status = (f"sweep: {_n(len(points), 'point')}: {state.cached} cached, {len(state.todo)} to run"
               + (f" {runner.description}" if state.todo else "")
               + (f", {len(state.invalid)} invalid" if state.invalid else ""))
-    try:
-        _run(state, runner, cache, status)
-    except KeyboardInterrupt:
-        done = sum(1 for o in state.outcomes if o.status in ("ok", "error") and not o.cached)
-        click.echo(f"\ninterrupted: {_n(done, 'point')} finished in this run; {_n(cache.count(), 'point')} cached in "
-                   f"{cache.directory} — rerun the same command to resume", err=True)
-        ctx.exit(130)
+    from tspsim.core.files import folder_lock, remove_stale_temp_files
+    from tspsim.explore.runners import Terminated
     from tspsim.explore.sweep_files import write_results
 
-    paths = write_results(out_dir, state, title=_title(state, grid))
+    # One sweep at a time per --out (their results.* would mix); temporary files a killed sweep left are
+    # then provably stale.
+    with folder_lock(out_dir, "a sweep", "--out"):
+        for folder in (out_dir, out_dir / "cache"):
+            remove_stale_temp_files(folder)
+        try:
+            _run(state, runner, cache, status)
+        except KeyboardInterrupt as exc:
+            done = sum(1 for o in state.outcomes if o.status in ("ok", "error") and not o.cached)
+            why = f"stopped by {exc}" if isinstance(exc, Terminated) else "interrupted"
+            click.echo(f"\n{why}: {_n(done, 'point')} finished in this run; {_n(cache.count(), 'point')} cached in "
+                       f"{cache.directory} — rerun the same command to resume", err=True)
+            ctx.exit(143 if isinstance(exc, Terminated) else 130)
+        paths = write_results(out_dir, state, title=_title(state, grid))
     click.echo(_summary(state, time.perf_counter() - t0, paths), err=True)
     if state.errors:
         ctx.exit(1)

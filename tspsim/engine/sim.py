@@ -56,9 +56,13 @@ class ReplayOptions:
 
 
 class _Gpu:
-    """Compute state of one rank: the running job and the active communication kernels."""
+    """Compute state of one rank: the running job, the jobs waiting for the slot, the comm kernels.
 
-    __slots__ = ("active", "job_left", "job_rate", "job_event", "job_last", "version")
+    A GPU runs one compute job at a time (one compute slot); a compute op issued on another stream of
+    the same rank while a job runs waits, first come first served, and starts when the slot frees.
+    """
+
+    __slots__ = ("active", "job_left", "job_rate", "job_event", "job_last", "version", "waiting")
 
     def __init__(self) -> None:
         self.active: list[float] = []
@@ -67,6 +71,7 @@ class _Gpu:
         self.job_event: simpy.Event | None = None
         self.job_last = 0.0
         self.version = 0
+        self.waiting: list[tuple[float, simpy.Event]] = []
 
 
 class _Rendezvous:
@@ -103,7 +108,7 @@ class Replay:
                     from tspsim.core.errors import TraceError
                     raise TraceError(f"op {op.id} ({op.name}) names a rank outside topology {topo.name} "
                                      f"({topo.world_size} GPUs)")
-        self.fold = graph.replica_nodes if graph.replica_nodes and graph.replica_nodes < topo.nodes else 0
+        self.fold = self._fold_nodes() if graph.replica_nodes else 0
         self.gpu = kernel_gpu(topo.gpu, graph.meta or {})
         self.timeline = Timeline(graph=graph, topology_name=topo.name)
         self.net = Network(self.env, [link.capacity_Bps for link in topo.links],
@@ -217,12 +222,19 @@ class Replay:
     # ------------------------------------------------------------------------------ compute
     def _compute(self, rank: int, seconds: float) -> simpy.Event:
         g = self.gpus[rank]
+        event = self.env.event()
+        if g.job_event is not None:  # the compute slot is busy (an op of another compute stream): queue
+            g.waiting.append((seconds, event))
+            return event
+        self._start_job(g, seconds, event)
+        return event
+
+    def _start_job(self, g: _Gpu, seconds: float, event: simpy.Event) -> None:
         g.job_left = seconds
         g.job_last = self.env.now
         g.job_rate = self._rate(g)
-        g.job_event = self.env.event()
+        g.job_event = event
         self._schedule_job(g)
-        return g.job_event
 
     def _rate(self, g: _Gpu) -> float:
         if not g.active or not self.options.overlap_slowdown:
@@ -241,6 +253,8 @@ class Replay:
         event, g.job_event = g.job_event, None
         g.job_left = 0.0
         event.succeed()
+        if g.waiting:
+            self._start_job(g, *g.waiting.pop(0))
 
     def _comm_change(self, rank: int, factor: float, start: bool) -> None:
         g = self.gpus.get(rank)
@@ -286,6 +300,29 @@ class Replay:
 
     def _resolve(self, op: Op) -> ResolvedComm:
         return self.comm.resolve(op)
+
+    def _fold_nodes(self) -> int:
+        """Nodes of the simulated unit of a folded graph on this topology (0: nothing is mirrored).
+
+        The unit is the graph's simulated ranks ``[0, n)``; it need not be the unit the graph was made
+        for (a graph folded on 2 × 8 GPUs holds 4 nodes of an 8 × 2 topology), but the fold must be exact
+        here (:func:`tspsim.spec.layout.fold_fault`), else the replay is refused rather than wrong.
+        """
+        from tspsim.core.errors import TraceError
+        from tspsim.spec.layout import fold_fault
+
+        n = len(self.sim_ranks)
+        world = 1 + max((max(op.group) for op in self.graph.ops if op.is_comm), default=0)
+        if world <= n:
+            return 0
+        topo = self.topo
+        fault = None if self.sim_ranks == set(range(n)) else f"its simulated ranks are not 0..{n - 1}"
+        fault = fault or fold_fault(topo, world, n)
+        if fault:
+            raise TraceError(f"the graph is folded (it simulates {n} of {world} GPUs and mirrors the rest) and the "
+                             f"fold is not exact on {topo.name} ({topo.nodes} × {topo.gpus_per_node} GPUs): "
+                             f"{fault}; generate it with --full, or on this topology")
+        return n // topo.gpus_per_node
 
     def _run_comm(self, st: _Rendezvous, plan: ResolvedComm) -> Generator[simpy.Event, Any, None]:
         env = self.env

@@ -19,12 +19,15 @@ from typing import Any
 
 from tspsim import __version__
 from tspsim.core.errors import TspsimError
+from tspsim.core.files import FileShapeError, read_regular
 from tspsim.explore.grid import SIMULATED_MODES
 from tspsim.simulate import Point
 from tspsim.spec.workload import INFERENCE_MODES
 
 CACHE_FORMAT = 1
 """Version of the cache-file layout."""
+MAX_CACHE_FILE_BYTES = 64 << 20
+"""Largest cache file read (an entry is a few KB); a larger one is ignored and its point recomputed."""
 
 Entry = dict[str, Any]
 
@@ -146,7 +149,7 @@ class PointCache:
         if path is None or self.fresh or not path.exists():
             return None
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(read_regular(path, MAX_CACHE_FILE_BYTES).decode())
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
             if data.get("key") != key or data.get("point") != json.loads(canonical_json(point_record(point))):
@@ -154,11 +157,15 @@ class PointCache:
             entry = data.get("entry")
             if not isinstance(entry, dict) or data.get("entry_sha256") != _checksum(entry):
                 raise ValueError("entry does not match its checksum")
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            wall = data.get("wall_s")
+            wall_s = float(wall) if isinstance(wall, (int, float)) and not isinstance(wall, bool) else None
+        except RecursionError:  # nested deeper than json (or the checksum) can follow
+            self.ignored.append((path, "JSON nested too deeply"))
+            return None
+        except (OSError, UnicodeDecodeError, ValueError, OverflowError, FileShapeError) as exc:
             self.ignored.append((path, str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__))
             return None
-        wall = data.get("wall_s")
-        return entry, float(wall) if isinstance(wall, (int, float)) else None
+        return entry, wall_s
 
     def store(self, key: str, point: Point, entry: Entry, wall_s: float | None) -> None:
         """Write one finished point atomically (no-op without a directory)."""

@@ -6,6 +6,7 @@ point ran.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -56,10 +57,12 @@ class SerialRunner:
     description = "in this process"
 
     def __enter__(self) -> SerialRunner:
+        self._signals = terminate_as_interrupt()
+        self._signals.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        return None
+        self._signals.__exit__(None, None, None)
 
     def run(self, points: Sequence[Point]) -> Iterator[tuple[int, dict[str, Any]]]:
         """Simulate in order."""
@@ -68,12 +71,20 @@ class SerialRunner:
 
 
 def _pool_context() -> Any:
-    """``forkserver`` where available (safe with threads, modules preloaded once), else ``spawn``."""
+    """``forkserver`` where available (safe with threads), else ``spawn``; nothing preloaded.
+
+    Workers must import the tspsim this process runs, whatever the working directory holds. A worker
+    sets its ``sys.path`` (and folder) from this process before unpickling its first task, so it does.
+    The fork server does not: it starts as ``python -c …``, whose ``sys.path`` begins with the working
+    directory, and Python ≤ 3.13 ignores the ``sys_path`` it is given — a preloaded ``tspsim`` would come
+    from a ``tspsim/`` folder there (the parent of a clone) and every worker forked from it would inherit
+    that package. So the server preloads nothing and each worker imports tspsim itself (once per worker).
+    """
     import multiprocessing as mp
 
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["tspsim.explore.runners", "tspsim.simulate", "tspsim.analysis.metrics"])
+        ctx.set_forkserver_preload([])
         return ctx
     return mp.get_context("spawn")
 
@@ -88,11 +99,72 @@ def _result_of(fut: Any) -> dict[str, Any]:
                 "wall_s": None}
 
 
-def _ignore_sigint() -> None:
-    """Pool workers leave Ctrl-C to the parent, which stops them (no traceback per worker)."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (or SIGHUP) received: stop like Ctrl-C, so workers are stopped and partial writes undone."""
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP raise :class:`Terminated` in the main thread.
+
+    Their default action ends the process at once: pool workers would be left running and an atomic
+    write its temporary file. As an exception, they unwind like Ctrl-C: the runner stops its workers
+    and the write removes its temporary file. (SIGKILL cannot be caught: see :func:`_worker_init`.)
+    """
     import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:  # noqa: ARG001
+        raise Terminated(signal.Signals(signum).name)
+
+    wanted = [sig for sig in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if sig is not None]
+    old = {sig: signal.signal(sig, handler) for sig in wanted}
+    try:
+        yield
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+
+def _worker_init(parent_pid: int) -> None:
+    """Pool worker set-up: leave Ctrl-C to the parent; end this worker when the parent is gone.
+
+    A worker holds the write end of its own task queue and of the fork server's liveness pipe, so once
+    its parent dies without stopping it (SIGKILL), nothing would ever end it, the fork server or the
+    resource tracker. A daemon thread waits for the parent to exit (a pidfd where Linux has one, else
+    polling) and then ends the worker; the fork server and the resource tracker follow when their last
+    client is gone.
+    """
+    import signal
+    import threading
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), name="tspsim-parent-watch", daemon=True).start()
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    import select
+
+    try:
+        fd = os.pidfd_open(parent_pid)
+    except (AttributeError, OSError):
+        fd = None
+    if fd is not None:
+        select.select([fd], [], [])
+    else:  # pragma: no cover - no pidfd (not Linux ≥ 5.3)
+        while True:
+            time.sleep(0.5)
+            try:
+                os.kill(parent_pid, 0)
+            except ProcessLookupError:
+                break
+            except PermissionError:
+                pass
+    os._exit(1)
 
 
 class PoolRunner:
@@ -106,11 +178,19 @@ class PoolRunner:
     def __enter__(self) -> PoolRunner:
         from concurrent.futures import ProcessPoolExecutor
 
+        self._signals = terminate_as_interrupt()
+        self._signals.__enter__()
         self._executor = ProcessPoolExecutor(max_workers=self.jobs, mp_context=_pool_context(),
-                                             initializer=_ignore_sigint)
+                                             initializer=_worker_init, initargs=(os.getpid(),))
         return self
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        try:
+            self._stop(exc_type)
+        finally:
+            self._signals.__exit__(None, None, None)
+
+    def _stop(self, exc_type: Any) -> None:
         ex, self._executor = self._executor, None
         if ex is None:
             return
@@ -160,6 +240,7 @@ class DaskRunner:
         except ImportError:
             raise TspsimError("--scheduler needs the Dask 'distributed' package: pip install distributed "
                               "(or pip install 'tspsim[dask]')") from None
+        probe_dask_scheduler(self.address, self.timeout_s)
         try:
             self._client = distributed.Client(self.address, timeout=self.timeout_s, set_as_default=False)
         except Exception as exc:  # noqa: BLE001 - any failure to connect is one user-facing line
@@ -187,6 +268,50 @@ class DaskRunner:
         with self._client.as_current():
             for fut in distributed.as_completed(self._futures):
                 yield index[fut.key], _result_of(fut)
+
+
+def probe_dask_scheduler(address: str, timeout_s: float) -> None:
+    """Check, within ``timeout_s``, that a Dask scheduler answers at a ``tcp://`` address.
+
+    A Dask server sends its handshake as soon as a connection opens: a frame whose first two native
+    uint64 are the message's byte count and its number of frames (``distributed.comm.tcp``). Anything
+    else — an HTTP port that waits for a request (the client would wait for ever), an SSH or SMTP banner
+    (whose first bytes, read as a length, ask for exabytes) — is refused here with one line, before
+    ``distributed.Client`` is built. Other schemes (tls, ucx, ws) are left to ``distributed``.
+
+    Raises:
+        TspsimError: nothing listens, nothing answers in time, or what answers is not Dask.
+    """
+    import re
+    import socket
+    import struct
+
+    match = re.match(r"^(?:tcp://)?(\[[0-9A-Fa-f:.]+\]|[^:/\s\[\]]+):(\d+)$", address)
+    if match is None:
+        return
+    host, port = match.group(1).strip("[]"), int(match.group(2))
+    deadline = time.monotonic() + timeout_s
+    head = b""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            while len(head) < 16:
+                sock.settimeout(max(deadline - time.monotonic(), 1e-3))
+                chunk = sock.recv(16 - len(head))
+                if not chunk:
+                    break
+                head += chunk
+    except TimeoutError:
+        if not head:
+            raise TspsimError(f"--scheduler {address}: nothing answered like a Dask scheduler within {timeout_s:g} s "
+                              "(a web server or dashboard waits for a request; the scheduler itself listens on "
+                              "port 8786 by default)") from None
+    except OSError as exc:
+        raise TspsimError(f"cannot connect to the Dask scheduler at {address}: {exc.strerror or exc}") from None
+    nbytes, nframes = struct.unpack("QQ", head) if len(head) == 16 else (0, 0)
+    if not (16 <= nbytes <= 1 << 26 and 1 <= nframes <= 1024):
+        shown = "".join(c if c.isprintable() else "." for c in head.decode("latin-1"))
+        raise TspsimError(f"--scheduler {address}: the service there is not a Dask scheduler (it sent "
+                          f"{shown!r}); give the scheduler's address, e.g. tcp://HOST:8786")
 
 
 def make_runner(jobs: int | None, scheduler: str | None, n_points: int) -> Runner:

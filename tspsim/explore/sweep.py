@@ -98,11 +98,17 @@ class SweepState:
         return [o for o in self.outcomes if o.status == "ok"]
 
 
-def prepare(points: Sequence[Point], cache: PointCache) -> SweepState:
-    """Validate every point and look the valid ones up in ``cache``."""
+def prepare(points: Sequence[Point], cache: PointCache,
+            progress: Callable[[int, int], None] | None = None) -> SweepState:
+    """Validate every point and look the valid ones up in ``cache``.
+
+    ``progress(done, total)`` is called after each point (see :func:`preparing_progress`).
+    """
     loader = Loader()
     state = SweepState([])
     for i, point in enumerate(points):
+        if progress is not None:
+            progress(i, len(points))
         names = (loader.topology(point.topology).name, loader.model(point.model).name)
         try:
             degrees = resolve_point(point, loader)
@@ -119,6 +125,38 @@ def prepare(points: Sequence[Point], cache: PointCache) -> SweepState:
             state.todo.append(i)
             state.expected[i] = (loader.model(point.model).sha256, loader.topology(point.topology).source_sha256)
     return state
+
+
+PREPARE_NOTE_POINTS = 2_000
+"""Grids at least this large print progress while they are validated and looked up in the cache."""
+PREPARE_NOTE_EVERY_S = 2.0
+"""Seconds between two progress lines while a large grid is prepared."""
+
+
+def preparing_progress(label: str = "sweep") -> Callable[[int, int], None]:
+    """A ``progress`` callback for :func:`prepare`: a line on stderr every few seconds for large grids.
+
+    Validating a point and hashing its cache key take about a millisecond, so a grid of hundreds of
+    thousands of points takes minutes before the first point runs; the lines say so (``sweep: preparing
+    270,000 points: 12% …``) instead of leaving the terminal silent.
+    """
+    import time
+
+    import click
+
+    last = [time.monotonic()]
+
+    def step(done: int, total: int) -> None:
+        if total < PREPARE_NOTE_POINTS:
+            return
+        now = time.monotonic()
+        if done == 0:
+            click.echo(f"{label}: preparing {total:,} points (validating, cache lookup) ...", err=True)
+        elif now - last[0] >= PREPARE_NOTE_EVERY_S:
+            last[0] = now
+            click.echo(f"{label}: preparing {total:,} points: {100 * done // total}% ({done:,} done)", err=True)
+
+    return step
 
 
 def _check_result(result: dict[str, Any], expected: tuple[str, str]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from tspsim.core.errors import ConfigError
 from tspsim.opgraph.graph import OpGraph
 from tspsim.opgraph.op import Op
 
@@ -16,11 +17,22 @@ class GraphBuilder:
     fresh ids shared by all participants.
     """
 
-    def __init__(self, ranks: Sequence[int], meta: dict[str, Any] | None = None, replica_nodes: int = 0) -> None:
+    def __init__(self, ranks: Sequence[int], meta: dict[str, Any] | None = None, replica_nodes: int = 0, *,
+                 max_ops: int = 0, over_limit: str = "") -> None:
+        """Start an empty graph of ``ranks``.
+
+        ``max_ops`` > 0 stops the build with one :class:`~tspsim.core.errors.ConfigError` line once the
+        graph holds that many ops; ``over_limit`` is the way out the message names.
+        """
         self.graph = OpGraph(meta=dict(meta or {}), ranks=tuple(ranks), replica_nodes=replica_nodes)
         self._next_coll = 0
+        self.max_ops = max_ops
+        self.over_limit = over_limit
 
     def _add(self, op: Op) -> int:
+        if self.max_ops and len(self.graph.ops) >= self.max_ops:
+            raise ConfigError(f"the op graph passed {self.max_ops:,} ops on {len(self.graph.ranks):,} simulated GPUs "
+                              f"while being built (the limit; ~1–3 KB of memory each); {self.over_limit}")
         op.id = len(self.graph.ops)
         self.graph.ops.append(op)
         return op.id

@@ -19,10 +19,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tspsim.core.errors import ConfigError
 from tspsim.opgraph import GraphBuilder, OpGraph
 from tspsim.schedules.host import HostedBuilder
 from tspsim.spec.assumptions import Assumptions
-from tspsim.spec.layout import Layout
+from tspsim.spec.layout import Layout, fold_unit_gpus
 from tspsim.spec.model import ModelConfig
 from tspsim.spec.stack import Stack
 from tspsim.spec.topology import Topology
@@ -30,6 +31,23 @@ from tspsim.spec.workload import Workload
 
 ATTN_BWD_FACTOR = 2.5
 """FlashAttention backward FLOPs / forward FLOPs (Dao 2023: 5 matmuls vs 2)."""
+
+MAX_GRAPH_OPS = 1_000_000
+"""Most ops one graph may hold (``TSPSIM_MAX_GRAPH_OPS`` overrides). A replay holds about 1–3 KB per op
+(the op, its event, spans, flows), so this keeps a run to a few GB and minutes; a folded 1,024-GPU run of
+the presets is tens of thousands."""
+MIN_OPS_PER_RANK_LAYER = {"train": 30, "forward": 10, "prefill": 10, "decode": 10, "generate": 10}
+"""Fewest ops any schedule issues per simulated rank and decoder block (measured: tp D=1 on a 2-block
+model; TSP D=8 issues ten times more). The up-front estimate is a lower bound, so it never refuses a
+graph that would fit; the count while building catches what it underestimates."""
+
+
+def graph_ops_limit() -> int:
+    """:data:`MAX_GRAPH_OPS`, or the whole number in ``TSPSIM_MAX_GRAPH_OPS``."""
+    import os
+
+    text = os.environ.get("TSPSIM_MAX_GRAPH_OPS", "").strip()
+    return int(text) if text.isdigit() and int(text) > 0 else MAX_GRAPH_OPS
 
 
 def gemm_flops(m: float, n: float, k: float) -> float:
@@ -79,17 +97,21 @@ class BuildContext:
         mode = self.workload.mode
         self.step = {"generate": "prefill"}.get(mode, mode)
         layout = self.layout
-        if self.fold and layout.replicas > 1:
-            ranks = layout.replica_ranks(0)
-            replica_nodes = max(1, layout.replica_size // self.topo.gpus_per_node)
-            if layout.replica_size < self.topo.gpus_per_node:
-                # Several replicas share a node: fold only whole nodes (the node's replicas are simulated).
-                ranks = tuple(range(self.topo.gpus_per_node))
-                replica_nodes = 1
+        unit = fold_unit_gpus(self.topo, layout.world_size, layout.replica_size) if self.fold else 0
+        if unit and layout.replicas > 1:
+            # Simulate one unit (a replica of whole nodes, or one node of replicas) and mirror the rest.
+            ranks = tuple(range(unit))
+            replica_nodes = unit // self.topo.gpus_per_node
         else:
             ranks = tuple(range(layout.world_size))
             replica_nodes = 0
-        self.builder = self.make_builder(ranks, replica_nodes)
+        limit, advice = graph_ops_limit(), self._budget_advice(unit)
+        estimate = len(ranks) * (self.model.layers * MIN_OPS_PER_RANK_LAYER.get(self.workload.mode, 10))
+        if estimate > limit:
+            raise ConfigError(f"this layout simulates {len(ranks):,} GPUs × {self.model.layers} blocks: at least "
+                              f"{estimate:,} ops (~{estimate * 2e-6:.0f} GB of memory), over the limit of {limit:,}; "
+                              f"{advice}")
+        self.builder = self.make_builder(ranks, replica_nodes, limit, advice)
         self.last = dict.fromkeys(ranks)
 
     # ------------------------------------------------------------------------------ stack
@@ -98,14 +120,15 @@ class BuildContext:
         """The software stack in force (``opts.stack``)."""
         return self.opts.stack
 
-    def make_builder(self, ranks: tuple[int, ...], replica_nodes: int) -> GraphBuilder:
-        """A graph builder for ``ranks``: with a CPU lane when the stack's CPU is simulated."""
+    def make_builder(self, ranks: tuple[int, ...], replica_nodes: int, max_ops: int = 0,
+                     over_limit: str = "") -> GraphBuilder:
+        """A graph builder for ``ranks`` (at most ``max_ops`` ops), with a CPU lane when the stack simulates the CPU."""
         host = self.stack.host
         if host.launch != "host":
-            return GraphBuilder(ranks, meta={}, replica_nodes=replica_nodes)
+            return GraphBuilder(ranks, meta={}, replica_nodes=replica_nodes, max_ops=max_ops, over_limit=over_limit)
         launch = self.topo.gpu.kernel_launch_us if host.launch_us is None else host.launch_us
         return HostedBuilder(ranks, meta={}, replica_nodes=replica_nodes, launch_us=launch,
-                             captured=self.stack.captures(self.step))
+                             captured=self.stack.captures(self.step), max_ops=max_ops, over_limit=over_limit)
 
     def set_step(self, step: str) -> None:
         """Say which kind of step the graph holds (``prefill`` or ``decode`` of a ``generate`` workload).
@@ -124,6 +147,17 @@ class BuildContext:
         ``kernel_launch_us``.
         """
         return self.stack.host.launch == "host" or self.stack.captures(self.step)
+
+    def _budget_advice(self, unit: int) -> str:
+        """The way out of an over-budget graph, for messages."""
+        exact = fold_unit_gpus(self.topo, self.layout.world_size, self.layout.replica_size)
+        if not self.fold and exact:
+            way = f"drop --full (simulating one {exact}-GPU unit and mirroring the others is exact)"
+        elif unit or self.layout.world_size > self.topo.gpus_per_node:
+            way = "use fewer GPUs (--gpus N) or a smaller model"
+        else:
+            way = "use fewer GPUs (--gpus N; a node is simulated whole) or a smaller model"
+        return f"{way}, or raise the limit with TSPSIM_MAX_GRAPH_OPS=N"
 
     # ------------------------------------------------------------------------------ helpers
     @property

@@ -33,8 +33,9 @@ class HostedBuilder(GraphBuilder):
     """A :class:`~tspsim.opgraph.GraphBuilder` that adds the CPU lane: a launch op per kernel, or one graph launch."""
 
     def __init__(self, ranks: Sequence[int], meta: dict[str, Any] | None = None, replica_nodes: int = 0, *,
-                 launch_us: float, captured: bool) -> None:
-        super().__init__(ranks, meta=meta, replica_nodes=replica_nodes)
+                 launch_us: float, captured: bool, max_ops: int = 0, over_limit: str = "") -> None:
+        """Start an empty graph with a CPU lane (``launch_us`` per launch; one launch when ``captured``)."""
+        super().__init__(ranks, meta=meta, replica_nodes=replica_nodes, max_ops=max_ops, over_limit=over_limit)
         self.launch_us = launch_us
         """CPU time of one kernel launch (or one graph launch), µs."""
         self.captured = captured

@@ -8,6 +8,7 @@ node — and data-parallel replicas take the remaining GPUs. A replica of R GPUs
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from tspsim.core.errors import ConfigError
@@ -49,6 +50,53 @@ class Layout:
         return tuple(pos + k * self.replica_size for k in range(self.replicas))
 
 
+def fold_fault(topo: Topology, world: int, unit_gpus: int) -> str | None:
+    """Why simulating GPUs ``[0, unit_gpus)`` and mirroring them onto the rest of ``world`` is not exact.
+
+    Folding (README "Symmetry folding") replays one unit and maps every link a unit's cross-unit traffic
+    crosses onto its twin inside the simulated unit (:meth:`Topology.fold_link`). That equals the full
+    simulation when (a) the unit is whole nodes, (b) the ``world`` GPUs are whole copies of it (every unit
+    holds the same replicas at the same positions, so every unit's traffic is a shifted copy of unit 0's),
+    and (c) shifting by one unit maps the topology onto itself link for link. (c) holds for full-mesh and
+    switch nodes and for rails-only scale-out; on a rail-optimized fat tree a leaf's spine up-link is shared
+    by ``nodes_per_leaf`` nodes, so when it can be the bottleneck (oversubscription > 1) and the GPUs span
+    several leaves, the unit must hold whole leaf groups. With oversubscription ≤ 1 a spine link's capacity
+    is at least the sum of the NICs under it, so it never binds and need not be twinned exactly.
+
+    Returns:
+        None when the fold is exact, else the reason (one clause, for messages).
+    """
+    gpn = topo.gpus_per_node
+    if unit_gpus % gpn:
+        return f"a unit of {unit_gpus} GPUs is not a whole number of {gpn}-GPU nodes"
+    if world % unit_gpus:
+        return f"{world} GPUs are not whole copies of a {unit_gpus}-GPU unit"
+    inter = topo.inter
+    if (inter is not None and inter.topology == "rail_optimized_fat_tree" and inter.oversubscription > 1
+            and world > inter.nodes_per_leaf * gpn and (unit_gpus // gpn) % inter.nodes_per_leaf):
+        return (f"a unit of {unit_gpus // gpn} node(s) splits the {inter.nodes_per_leaf}-node leaf groups of an "
+                "oversubscribed fat tree")
+    return None
+
+
+def fold_unit_gpus(topo: Topology, world: int, replica_size: int) -> int:
+    """GPUs of the smallest exact fold unit of a layout (ranks ``[0, unit)``); 0: simulate every GPU.
+
+    The unit is one replica when a replica fills whole nodes, else one node (the node's replicas are
+    simulated together: they share its links); on an oversubscribed fat tree spanning several leaves it is
+    widened to whole leaf groups. See :func:`fold_fault` for why exactly these units are exact.
+    """
+    gpn = topo.gpus_per_node
+    unit = max(replica_size, gpn)
+    inter = topo.inter
+    if (inter is not None and inter.topology == "rail_optimized_fat_tree" and inter.oversubscription > 1
+            and world > inter.nodes_per_leaf * gpn):
+        unit = math.lcm(unit, inter.nodes_per_leaf * gpn)
+    if unit >= world or fold_fault(topo, world, unit):
+        return 0
+    return unit
+
+
 def make_layout(schedule: str, topo: Topology, model: ModelConfig, workload: Workload, degree: int | None = None,
               tp: int | None = None, sp: int | None = None, gpus: int | None = None) -> Layout:
     """Resolve degrees for ``schedule`` and validate them against the model, sequence and topology.
@@ -60,10 +108,9 @@ def make_layout(schedule: str, topo: Topology, model: ModelConfig, workload: Wor
     if world > topo.world_size:
         raise ConfigError(f"--gpus {world} exceeds {topo.name} ({topo.world_size} GPUs)")
     if schedule == "tp+sp":
-        t = tp or min(topo.gpus_per_node, model.q_heads)
-        s = sp or (2 if world >= 2 * t else 1)
         if degree and (tp is None and sp is None):
             raise ConfigError("tp+sp takes --tp T and --sp S (not --degree)")
+        t, s = default_tp_sp(topo.gpus_per_node, world, tp, sp)
     elif schedule in ("tsp", "sp"):
         d = degree or tp or sp or min(topo.gpus_per_node, world)
         t, s = (d, d) if schedule == "tsp" else (1, d)
@@ -71,27 +118,45 @@ def make_layout(schedule: str, topo: Topology, model: ModelConfig, workload: Wor
         d = degree or tp or min(topo.gpus_per_node, world)
         t, s = d, 1
     replica = t * s if schedule != "tsp" else t
-    _check_divides(schedule, model, workload, t, s, replica, world, topo)
+    _check_divides(schedule, model, workload, t, s, replica, world, topo, tp_given=tp is not None)
     degrees = ({"D": t} if schedule == "tsp" else {"D": s} if schedule == "sp"
                else {"T": t, "SP": s} if schedule == "tp+sp" else {"D": t})
     degrees["DP"] = world // replica
     return Layout(schedule, t, s, replica, world, degrees)
 
 
+def default_tp_sp(gpus_per_node: int, world: int, tp: int | None = None, sp: int | None = None) -> tuple[int, int]:
+    """(T, Σ) of tp+sp from what was given; every command uses this one rule.
+
+    Nothing given: T = GPUs per node and Σ = 2 when two nodes are available, else T = half a node and
+    Σ = 2 (T×Σ fills one node). Only T given: Σ = 2 when 2·T GPUs are available, else 1. Only Σ given:
+    the largest divisor T of the node's GPUs with T·Σ ≤ the GPUs available.
+    """
+    per_node = min(gpus_per_node, world)
+    if tp is None and sp is None:
+        t = per_node if world >= 2 * per_node else max(1, per_node // 2)
+        return t, 2 if world >= 2 * t else 1
+    if tp is None:
+        assert sp is not None
+        return next((t for t in range(per_node, 0, -1) if per_node % t == 0 and t * sp <= world), 1), sp
+    return tp, sp or (2 if world >= 2 * tp else 1)
+
+
 def _check_divides(schedule: str, model: ModelConfig, workload: Workload, t: int, s: int, replica: int,
-                   world: int, topo: Topology) -> None:
+                   world: int, topo: Topology, tp_given: bool = True) -> None:
     name = {"tsp": "D", "sp": "D"}.get(schedule, "T" if schedule == "tp+sp" else "D")
     w = t if schedule != "sp" else 1
     if w > 1:
-        label = name if schedule != "tp+sp" else "--tp"
+        what = f"degree {name}={w}" if schedule != "tp+sp" else (
+            f"degree --tp={w}" if tp_given else f"the default T={w} of tp+sp (set it with --tp)")
         if model.q_heads % w:
-            raise ConfigError(f"degree {label}={w} does not divide the {model.q_heads} query heads of {model.name}; "
+            raise ConfigError(f"{what} does not divide the {model.q_heads} query heads of {model.name}; "
                               f"use a divisor such as {_divisor_hint(model.q_heads, w)}")
         if model.kv_heads % w:
-            raise ConfigError(f"degree {label}={w} does not divide the {model.kv_heads} KV heads of {model.name}; "
+            raise ConfigError(f"{what} does not divide the {model.kv_heads} KV heads of {model.name}; "
                               f"use a divisor such as {_divisor_hint(model.kv_heads, w)}")
         if model.ffn_hidden % w:
-            raise ConfigError(f"degree {label}={w} does not divide the MLP width {model.ffn_hidden} of {model.name}")
+            raise ConfigError(f"{what} does not divide the MLP width {model.ffn_hidden} of {model.name}")
     seq_shards = {"tsp": t, "sp": s, "tp+sp": s}.get(schedule, 1)
     if schedule == "satp-seq":
         seq_shards = t
@@ -108,7 +173,8 @@ def _check_divides(schedule: str, model: ModelConfig, workload: Workload, t: int
         raise ConfigError(f"satp-batch shards the batch: --batch {workload.batch} must be a multiple of D={t}; "
                           f"use --batch {t}")
     if replica > world:
-        raise ConfigError(f"{schedule} needs {replica} GPUs per replica but only {world} are available on "
+        degrees = f"T={t} × Σ={s}" if schedule == "tp+sp" else f"D={t if schedule != 'sp' else s}"
+        raise ConfigError(f"{schedule} {degrees} needs {replica} GPUs per replica but only {world} are available on "
                           f"{topo.name}; use a smaller degree or a larger topology")
     if world % replica:
         raise ConfigError(f"{world} GPUs are not a whole number of {replica}-GPU replicas; "

@@ -36,7 +36,19 @@ RANGES: dict[str, tuple[float, float]] = {
     "_GFLOP": (1e-6, 1e6), "_bytes": (0, 2**50), "oversubscription": (1e-3, 1e3), "compute_slowdown": (0.0, 100.0),
     "nodes_per_leaf": (1, MAX_GPUS), "nodes": (1, MAX_GPUS), "gpus_per_node": (1, 4096),
 }
-"""(min, max) of numeric keys by name suffix; efficiencies are in (0, 1] by their own rule."""
+"""(min, max) of numeric keys by name suffix, inclusive; a rule of ``float`` also excludes 0 (``hbm_GB``);
+efficiencies are in [:data:`MIN_EFFICIENCY`, 1] by their own rule.
+
+Every value in these ranges keeps a step's arithmetic finite: the smallest rates (1e-3 TFLOP/s or GB/s at
+1% efficiency) against the largest model and sequence still give finite times (< 1e30 s), and the README
+table ("Errors and limits") lists exactly these ranges."""
+MIN_EFFICIENCY = 0.01
+"""Lowest efficiency accepted: 1% of a peak is already far below any measured kernel or link (hardware.md
+§4, §9: 0.37–0.95), and denormal values such as 5e-324 would turn times into infinity."""
+MFU_PEAK_RATIO = (0.5, 2.0)
+"""``gpu.mfu_peak_TFLOPS`` within this factor of ``gpu.peak_bf16_TFLOPS``: the MFU denominator is the dense
+BF16 peak (torchtitan's values sit within 1% of the datasheet), and compute runs at ``peak_bf16_TFLOPS``, so
+a denominator far below it reports MFU far above 100%."""
 
 
 _SCHEMA: dict[str, Any] = {
@@ -47,7 +59,7 @@ _SCHEMA: dict[str, Any] = {
     "gpus_per_node": int,
     "gpu": {
         "name": str, "peak_bf16_TFLOPS": float, "peak_fp8_TFLOPS": float, "mfu_peak_TFLOPS": float,
-        "hbm_GB": float, "hbm_TBps": float, "runtime_reserve_GB": float, "kernel_launch_us": float,
+        "hbm_GB": float, "hbm_TBps": float, "runtime_reserve_GB": "nonneg", "kernel_launch_us": "nonneg",
         "gemm_efficiency": "eff", "gemm_half_GFLOP": float, "attn_fwd_efficiency": "eff",
         "attn_bwd_efficiency": "eff", "hbm_efficiency": "eff",
     },
@@ -171,7 +183,8 @@ def _expected(rule: Any) -> str:
     if isinstance(rule, tuple):
         return "one of " + ", ".join(rule)
     return {str: "text", int: "a whole number ≥ 1", "nonneg_int": "a whole number ≥ 0",
-            float: "a positive number", "nonneg": "a number ≥ 0", "eff": "an efficiency in (0, 1]"}[rule]
+            float: "a positive number", "nonneg": "a number ≥ 0",
+            "eff": f"an efficiency in [{MIN_EFFICIENCY:g}, 1]"}[rule]
 
 
 def _check(value: Any, rule: Any, where: str) -> Any:
@@ -188,18 +201,16 @@ def _check(value: Any, rule: Any, where: str) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{where}: expected {_expected(rule)}, got {describe_value(value)} "
                           "(NaN and infinity are not allowed)")
-    if abs(value) > MAX_NUMBER:
+    key = where.rsplit(".", 1)[-1]
+    bounds = next((b for suffix, b in RANGES.items() if key.endswith(suffix)), None)
+    if bounds is None and abs(value) > MAX_NUMBER:
         raise ConfigError(f"{where}: {describe_value(value)} is out of range (the limit is {MAX_NUMBER:.0e}); "
                           "check the units")
     original = value
     value = _check_kind(value, rule, where)
-    key = where.rsplit(".", 1)[-1]
-    for suffix, (lo, hi) in RANGES.items():
-        if key.endswith(suffix):
-            if not lo <= value <= hi:
-                raise ConfigError(f"{where}: {describe_value(original)} is outside the plausible range "
-                                  f"[{lo:g}, {hi:g}]; check the units")
-            break
+    if bounds is not None and not bounds[0] <= value <= bounds[1]:
+        raise ConfigError(f"{where}: {describe_value(original)} is outside the plausible range "
+                          f"[{bounds[0]:g}, {bounds[1]:g}]; check the units")
     return value
 
 
@@ -212,8 +223,9 @@ def _check_kind(value: int | float, rule: Any, where: str) -> int | float:
             raise ConfigError(f"{where}: must be {'≥ 0' if rule == 'nonneg_int' else '≥ 1'}, got {value}")
         return value
     value = float(value)
-    if rule == "eff" and not 0.0 < value <= 1.0:
-        raise ConfigError(f"{where}: an efficiency must be in (0, 1], got {describe_value(value)}")
+    if rule == "eff" and not MIN_EFFICIENCY <= value <= 1.0:
+        raise ConfigError(f"{where}: an efficiency must be in [{MIN_EFFICIENCY:g}, 1] (a fraction of the peak), "
+                          f"got {describe_value(value)}")
     if rule == "nonneg" and value < 0:
         raise ConfigError(f"{where}: must be ≥ 0, got {describe_value(value)}")
     if rule is float and value <= 0:
@@ -273,6 +285,12 @@ def _build(raw: dict[str, Any], source: Path) -> Topology:
     if "nvls" in data["intra"] and data["intra"]["kind"] != "switch":
         raise ConfigError(f"{where}: .intra.nvls: NVLink SHARP is a switch feature; remove it or use "
                           "intra.kind: switch")
+    gpu = data["gpu"]
+    lo, hi = MFU_PEAK_RATIO
+    if not lo * gpu["peak_bf16_TFLOPS"] <= gpu["mfu_peak_TFLOPS"] <= hi * gpu["peak_bf16_TFLOPS"]:
+        raise ConfigError(f"{where}: .gpu.mfu_peak_TFLOPS: {gpu['mfu_peak_TFLOPS']:g} is not within {lo:g}–{hi:g}× "
+                          f".gpu.peak_bf16_TFLOPS ({gpu['peak_bf16_TFLOPS']:g}); the MFU denominator is the dense "
+                          "BF16 peak (else MFU is far from 0–100%)")
     world = data["nodes"] * data["gpus_per_node"]
     if world > MAX_GPUS:
         raise ConfigError(f"{where}: nodes × gpus_per_node = {world:,} GPUs; the limit is {MAX_GPUS:,}")
