@@ -336,7 +336,7 @@ def print_report(entries: list[dict[str, Any]], max_batch_note: str | None = Non
               help="Comma list of schedules (tspsim list schedules) or 'all'. Default: tsp, tp and tp+sp.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object {\"results\": [...]} on stdout.")
 @click.option("--save", type=click.Path(dir_okay=False), default=None,
-              help="Write entries and timelines to RESULT.json (for tspsim view / export).")
+              help="Write entries and timelines, with link rates, to RESULT.json (for tspsim view / export).")
 @click.option("--html", type=click.Path(dir_okay=False), default=None,
               help="Write the timeline viewer (HTML).")
 @click.option("--trace", type=click.Path(dir_okay=False), default=None,
@@ -379,7 +379,7 @@ def run(topology: str, model: str, degree: int | None, tp: int | None, sp: int |
     check_inference_args(mode, context, tokens, max_batch)
     pairs = parse_option_pairs(options, recompute)
     points = choose_points(args, schedules, default_seq(args), pairs)
-    results = simulate_points(points, fold=not full, record_links=bool(html or trace))
+    results = simulate_points(points, fold=not full, record_links=bool(html or trace or save))
     if no_timing:
         for r in results:
             r.entry["sim_wall_s"] = None

@@ -26,6 +26,7 @@ from tspsim.core.errors import TspsimError
 from tspsim.core.files import write_text_atomic
 from tspsim.engine.timeline import Timeline
 from tspsim.outputs.export import in_run, rank_ranges, select_ranks
+from tspsim.outputs.results_file import missing_parts
 from tspsim.outputs.viewer.figure import RunView, build_run_view
 from tspsim.outputs.viewer.style import DEFAULT_MAX_RANKS, PLOTLY_CONFIG, esc
 
@@ -72,17 +73,6 @@ def _headline(entry: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
-def lacks(tl: Timeline) -> list[str]:
-    """What a timeline does not hold that the viewer and the exports can show (one phrase each)."""
-    out = []
-    if not tl.links:
-        out.append("link utilisation (the run was simulated without recording links: rerun tspsim run with "
-                   "--save, which records them, or --html)")
-    if not tl.memory:
-        out.append("memory events (the graph has no allocations)")
-    return out
-
-
 def summary_html(entry: dict[str, Any], tl: Timeline, ranks: Sequence[int]) -> str:
     """The header of one run: configuration, headline metrics, shown ranks, assumptions (all escaped)."""
     cfg = "".join(f"<tr><th>{esc(k)}</th><td>{esc(_fmt_entry_value(k, entry[k]))}</td></tr>"
@@ -94,7 +84,7 @@ def summary_html(entry: dict[str, Any], tl: Timeline, ranks: Sequence[int]) -> s
     if isinstance(world, int) and world > len(simulated):
         note += f" (world size {world:,}; the simulation holds one replica — every other replica mirrors it)"
     note += ". Times in milliseconds."
-    missing = lacks(tl)
+    missing = missing_parts(tl)
     if missing:
         note += "</p><p class=\"lacks\">Not in this result: " + esc("; ".join(missing)) + "."
     assumptions = entry.get("assumptions")
