@@ -101,7 +101,7 @@ def plan(ctx: click.Context, topology: str, model: str, seq: int | None, mode: s
                        f"topology, {state.cached} cached, {len(state.todo)} to simulate"
                        + (f" {runner.description}" if state.todo else "") + f"; objective: {goal.key} ({goal.goal})",
                        err=True)
-            execute_with_progress(state, runner, cache, label="planning")
+            execute_with_progress(state, runner, cache, label="planning", on_result=_progress_lines(len(state.todo)))
     except KeyboardInterrupt:
         click.echo("\ninterrupted" + (f"; finished points are cached in {cache_dir}" if cache_dir else ""), err=True)
         ctx.exit(130)
@@ -116,6 +116,17 @@ def plan(ctx: click.Context, topology: str, model: str, seq: int | None, mode: s
         _print(result)
     if result.errors:
         ctx.exit(1)
+
+
+def _progress_lines(total: int) -> Callable[[Outcome], None] | None:
+    """One stderr line per finished configuration when stderr is not a terminal (a bar is drawn otherwise)."""
+    from tspsim.core.progress import Progress
+    from tspsim.explore.sweep import stderr_is_tty
+
+    if stderr_is_tty():
+        return None
+    lines = Progress("plan", total, tty=False)
+    return lambda out: lines.advance(item=f"{out.status}: {out.label}")
 
 
 def _nothing_fits(result: PlanResult, mode: str = "train") -> str:

@@ -237,21 +237,56 @@ def point_label(point: Any) -> str:
     return schedule_label({"schedule": layout.schedule, "degrees": layout.degrees})
 
 
+class PointProgress:
+    """Progress of one point on stderr: ``simulating LABEL ... 2.1 s``.
+
+    When the point reports steps (inference: prefill, decode steps, max-batch probes), a bar with ETA on
+    a terminal or one line a second in a log (:mod:`tspsim.core.progress`).
+    """
+
+    def __init__(self, label: str) -> None:
+        from tspsim.core.progress import Progress
+
+        self.label = label
+        self.bar = Progress(label, every_s=1.0)
+        self.started = False
+        self.t0 = time.perf_counter()
+        click.echo(f"{label} ...", err=True, nl=False)
+
+    def __call__(self, done: int, total: int, what: str) -> None:
+        """A step finished (``total`` 0: unknown, e.g. max-batch probes)."""
+        if not self.started:
+            self.started = True
+            if not self.bar.tty:
+                click.echo("", err=True)  # end the "simulating …" line; step lines follow
+        if total == 0:
+            self.bar.total = None
+        self.bar.update(done, total or None, what)
+
+    def finish(self, failed: bool = False) -> None:
+        """End the point's progress: its wall time, or ``failed``."""
+        tail = "failed" if failed else f"{time.perf_counter() - self.t0:.1f} s"
+        if not self.started:
+            click.echo(f" {tail}", err=True)
+        elif self.bar.tty:
+            self.bar.close(final=f"{self.label} ... {tail}")
+        else:
+            click.echo(f"{self.label}: {'failed' if failed else 'done in ' + tail}", err=True)
+
+
 def simulate_points(points: list[Any], fold: bool, record_links: bool) -> list[Any]:
-    """Simulate each point, printing one progress line per point on stderr."""
+    """Simulate each point, with its progress on stderr (:class:`PointProgress`)."""
     from tspsim.explore.max_batch import simulate_with_max_batch
 
     results = []
     for p in points:
-        label = point_label(p)
-        click.echo(f"simulating {label} ...", err=True, nl=False)
-        t0 = time.perf_counter()
+        progress = PointProgress(f"simulating {point_label(p)}")
         try:
-            results.append(simulate_with_max_batch(p, fold=fold, record_links=record_links))
+            results.append(simulate_with_max_batch(p, fold=fold, record_links=record_links, progress=progress))
         except BaseException:
-            click.echo(" failed", err=True)  # end the progress line so the error starts its own
+            progress.finish(failed=True)  # end the progress line so the error starts its own
             raise
-        click.echo(f" {time.perf_counter() - t0:.1f} s", err=True)
+        progress.finish()
     return results
 
 
@@ -316,11 +351,21 @@ def print_report(entries: list[dict[str, Any]], max_batch_note: str | None = Non
             kind = "decode" if step.get("kind") == "decode" else "prefill"
             click.echo(f"# the replayed {kind} step (step time = {'TPOT' if kind == 'decode' else 'TTFT'})")
         else:
-            click.echo("# per step (prefill step; decode: the final decode step, step time = TPOT)")
+            click.echo({"prefill": "# the prefill step (step time = TTFT)",
+                        "decode": f"# per decode step: means over the {e.get('decode_tokens')} steps (step time = "
+                                  "TPOT; peak memory at the final, largest-cache step)",
+                        "generate": f"# the whole request: prefill + {e.get('decode_tokens')} decode steps "
+                                    "(request time = TTFT + every decode step)"}[e["mode"]])
     else:
         click.echo(f"# {e['model']} on {e['topology']}: {e['mode']}, seq {format_tokens(e['seq_len'])}, "
                    f"batch {e['batch']} per replica")
     click.echo(comparison_table(entries))
+    if e["mode"] == "generate" and not e.get("inference_step"):
+        from tspsim.analysis.report import phase_table
+
+        click.echo("")
+        click.echo("# per phase: the prefill step; the decode steps together")
+        click.echo(phase_table(entries))
     click.echo("")
     click.echo(verdict(entries))
     note = input_gather_note(entries)

@@ -128,6 +128,9 @@ def sweep(ctx: click.Context, topologies: list[str], models: list[str], schedule
     from tspsim.explore.sweep_files import write_results
 
     paths = write_results(out_dir, state, title=_title(state, grid))
+    from tspsim.explore.sweep_files import result_entry, results_table
+
+    click.echo(results_table([result_entry(o) for o in state.outcomes]))
     click.echo(_summary(state, time.perf_counter() - t0, paths), err=True)
     if state.errors:
         ctx.exit(1)
@@ -135,13 +138,19 @@ def sweep(ctx: click.Context, topologies: list[str], models: list[str], schedule
 
 def _run(state: SweepState, runner: Runner, cache: PointCache, status: str) -> None:
     """Start the runner (connect to Dask), print ``status``, execute with progress, echo runtime failures."""
+    from tspsim.core.progress import Progress
     from tspsim.explore.sweep import execute_with_progress, stderr_is_tty
 
-    lead = "\n" if stderr_is_tty() else ""  # step off the progress bar's line
+    tty = stderr_is_tty()
+    lead = "\n" if tty else ""  # step off the progress bar's line
+    # On a terminal execute_with_progress draws a bar; in a log, one line per finished point.
+    lines = None if tty else Progress("sweep", len(state.todo), tty=False)
 
     def note(out: Outcome) -> None:
         if out.status != "ok":
             click.echo(f"{lead}{out.status}: {out.label}: {out.reason}", err=True)
+        if lines is not None:
+            lines.advance(item=f"{out.status}: {out.label}")
 
     with runner:
         click.echo(status, err=True)
