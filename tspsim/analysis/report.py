@@ -149,7 +149,7 @@ def verdict(entries: Sequence[Entry]) -> str:
     if not fits:
         best = min(entries, key=lambda e: e["peak_memory_gb"])
         return (f"verdict: no schedule fits in {best['hbm_gb']:g} GB of HBM; the smallest peak is "
-                f"{schedule_label(best)} at {best['peak_memory_gb']:.1f} GB")
+                f"{schedule_label(best)} at {best['peak_memory_gb']:.1f} GB{zero1_hint(entries)}")
     ranked = sorted(fits, key=_speed, reverse=True)
     win = ranked[0]
     oom_text = _oom_text(oom, win)
@@ -162,6 +162,31 @@ def verdict(entries: Sequence[Entry]) -> str:
     text = (f"verdict: {schedule_label(win)} wins: {ratio:.2f}× the throughput of {schedule_label(second)}; "
             f"{_reason(win, second)}")
     return f"{text}; {oom_text}" if oom else text
+
+
+def zero1_estimate_gb(entry: Entry) -> float | None:
+    """Peak memory (GB) the entry would need with ``zero1`` (optimizer state sharded over its DP replicas).
+
+    The optimizer state is allocated once, before the step, so sharding it lowers the whole memory curve by
+    (1 − 1/replicas) of it: peak − optimizer_state_at_peak · (1 − 1/replicas). None when it does not apply
+    (not training, zero1 already on, one replica, no optimizer state).
+    """
+    opts = entry.get("assumptions") or {}
+    replicas = entry.get("replicas") or 1
+    opt_gb = (entry.get("memory_breakdown_gb") or {}).get("optimizer_state") or 0.0
+    if entry.get("mode") != "train" or opts.get("zero1") or replicas < 2 or opt_gb <= 0:
+        return None
+    return float(entry["peak_memory_gb"]) - opt_gb * (1.0 - 1.0 / replicas)
+
+
+def zero1_hint(entries: Sequence[Entry]) -> str:
+    """``; with --option zero1=true … would fit`` for the entry that would need least, or ''."""
+    fitting = [(need, e) for e in entries if (need := zero1_estimate_gb(e)) is not None and need <= e["hbm_gb"]]
+    if not fitting:
+        return ""
+    need, e = min(fitting, key=lambda t: t[0])
+    return (f"; with --option zero1=true (optimizer state sharded over the {e['replicas']} data-parallel "
+            f"replicas) {schedule_label(e)} would need about {need:.1f} GB and fit — rerun with it to check")
 
 
 def _speed(e: Entry) -> float:

@@ -60,7 +60,7 @@ def plan(ctx: click.Context, topology: str, model: str, seq: int | None, mode: s
          as_json: bool) -> None:
     """Search schedules, degrees and micro-batch sizes; rank what fits in HBM by an objective.
 
-    Tries every registered schedule with D dividing the GPUs per node, tp+sp T×Σ splits that fill
+    Tries every registered schedule with D dividing the GPUs per node, tp+sp T×SP splits that fill
     whole nodes, and micro-batches 1, 2, 4, … up to --batch-max. Configurations that do not fit in
     HBM are dropped. Prints the ranked list, the objective, the best choice and one line saying what
     limits it (memory, exposed communication or compute; decode steps also HBM bandwidth or overheads).
@@ -136,9 +136,11 @@ def _nothing_fits(result: PlanResult, mode: str = "train") -> str:
         small = min(result.oom, key=lambda e: e.get("peak_memory_gb") or 0.0)
         shorter = {"decode": "a shorter --context or fewer --tokens",
                    "generate": "a shorter --seq or fewer --tokens"}.get(mode, "a shorter --seq")
+        from tspsim.analysis.report import zero1_hint
+
         return (f"no configuration fits in HBM: the smallest peak is {small.get('peak_memory_gb', 0):.1f} GB "
                 f"({entry_label(small)}, batch {small.get('batch')}) of {small.get('hbm_gb', 0):g} GB; "
-                f"try {shorter}, more --gpus or a larger topology")
+                f"try {shorter}, more --gpus or a larger topology{zero1_hint(result.oom)}")
     if result.invalid:
         return "no configuration is valid: " + result.invalid[0].reason
     return "no configuration could be simulated"

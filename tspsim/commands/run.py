@@ -37,7 +37,7 @@ def plan_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="D for tsp, tp, sp, satp-seq, satp-batch (default: GPUs per node)."),
         click.option("--tp", type=click.IntRange(min=1), default=None,
                      help="T of tp+sp (inner, in the node)."),
-        click.option("--sp", type=click.IntRange(min=1), default=None, help="Σ of tp+sp (outer)."),
+        click.option("--sp", type=click.IntRange(min=1), default=None, help="SP degree of tp+sp (outer)."),
         click.option("--seq", type=SizeType("sequence length"), default=None,
                      help="Tokens per sequence, binary suffixes (128k = 131072). Default: the model's "
                           "(128k for zyphra-7b)."),
@@ -167,17 +167,13 @@ def default_seq(args: PlanArgs) -> int:
 def default_comparison(args: PlanArgs, seq: int, pairs: tuple[tuple[str, Any], ...]) -> list[Any]:
     """The default comparison: tsp (D), tp (D) and tp+sp.
 
-    tp+sp is T = GPUs per node × Σ=2 on ≥ 2 nodes and T = half a node × Σ=2 on one node. Schedules not
+    tp+sp is T = GPUs per node × SP=2 on ≥ 2 nodes and T = half a node × SP=2 on one node. Schedules not
     registered, or whose degrees do not fit, are skipped with a note on stderr.
     """
     from tspsim.schedules import SCHEDULES
-    from tspsim.spec.topology_file import load_topology
 
-    topo = load_topology(args.topology)
-    world = args.gpus or topo.world_size
-    per_node = min(topo.gpus_per_node, world)
-    t = per_node if world >= 2 * per_node else max(1, per_node // 2)
-    wanted = [("tsp", None, None), ("tp", None, None), ("tp+sp", args.tp or t, args.sp or 2)]
+    t, s = default_tp_sp(args)
+    wanted = [("tsp", None, None), ("tp", None, None), ("tp+sp", t, s)]
     points = []
     for name, tp, sp in wanted:
         if name not in SCHEDULES:
@@ -185,6 +181,21 @@ def default_comparison(args: PlanArgs, seq: int, pairs: tuple[tuple[str, Any], .
             continue
         points.append(make_point(args, name, seq, pairs, True, tp, sp))
     return _keep_valid(points)
+
+
+def default_tp_sp(args: PlanArgs) -> tuple[int, int]:
+    """(T, SP) of tp+sp when several schedules are compared.
+
+    --tp/--sp, else a node's GPUs × 2 on ≥ 2 nodes and half a node × 2 on one node (never SP = 1, which
+    would only repeat tp).
+    """
+    from tspsim.spec.topology_file import load_topology
+
+    topo = load_topology(args.topology)
+    world = args.gpus or topo.world_size
+    per_node = min(topo.gpus_per_node, world)
+    t = per_node if world >= 2 * per_node else max(1, per_node // 2)
+    return args.tp or t, args.sp or 2
 
 
 def _keep_valid(points: list[Any]) -> list[Any]:
@@ -212,7 +223,9 @@ def choose_points(args: PlanArgs, schedules: list[str] | None, seq: int,
         return default_comparison(args, seq, pairs)
     if schedules == ["all"]:
         names = SCHEDULES.names()
-        return _keep_valid([make_point(args, n, seq, pairs, len(names) > 1) for n in names])
+        tp_sp = default_tp_sp(args)
+        return _keep_valid([make_point(args, n, seq, pairs, len(names) > 1, *(tp_sp if n == "tp+sp" else (None, None)))
+                            for n in names])
     for name in schedules:
         SCHEDULES.get(name)  # unknown name: one-line error listing the known ones
     if len(set(schedules)) != len(schedules):
@@ -224,7 +237,7 @@ def choose_points(args: PlanArgs, schedules: list[str] | None, seq: int,
 
 
 def point_label(point: Any) -> str:
-    """``tsp D=8`` / ``tp+sp T=4×Σ=2`` from the resolved layout."""
+    """``tsp D=8`` / ``tp+sp T=4×SP=2`` from the resolved layout."""
     from tspsim.analysis.entries import schedule_label
     from tspsim.spec.layout import make_layout
     from tspsim.spec.model import load_model
@@ -259,8 +272,8 @@ class PointProgress:
             self.started = True
             if not self.bar.tty:
                 click.echo("", err=True)  # end the "simulating …" line; step lines follow
-        if total == 0:
-            self.bar.total = None
+        if total == 0 and done == 1:
+            self.bar.reset(None)  # a new phase (max-batch probes): its first line is always shown
         self.bar.update(done, total or None, what)
 
     def finish(self, failed: bool = False) -> None:
@@ -402,8 +415,8 @@ def run(topology: str, model: str, degree: int | None, tp: int | None, sp: int |
         trace: str | None, context: int | None, tokens: int | None, max_batch: bool | None, no_timing: bool) -> None:
     """Simulate schedules on a topology and compare them side by side.
 
-    Without --schedule, compares tsp (D = GPUs per node), tp (same D) and tp+sp (T=8×Σ=2 across two
-    nodes, T=4×Σ=2 on one node), skipping any that do not fit.
+    Without --schedule, compares tsp (D = GPUs per node), tp (same D) and tp+sp (T=8×SP=2 across two
+    nodes, T=4×SP=2 on one node), skipping any that do not fit.
 
     \b
     Examples:

@@ -32,7 +32,7 @@ MAX_INVALID_LINES = 20
               help="D values of tsp, tp, sp, satp-* (default: GPUs per node).")
 @click.option("--tp", "tps", type=IntListType("tp degree"), default=None,
               help="T values of tp+sp (default: GPUs per node; half a node on a single node).")
-@click.option("--sp", "sps", type=IntListType("sp degree"), default=None, help="Σ values of tp+sp (default: 2).")
+@click.option("--sp", "sps", type=IntListType("sp degree"), default=None, help="SP degrees of tp+sp (default: 2).")
 @click.option("--seq", "seqs", type=SizeListType("sequence length"), default=None,
               help="Sequence lengths, binary suffixes: 16k,32k,64k,128k. Default: the model's.")
 @click.option("--batch", "batches", type=IntListType("batch"), default="1", show_default=True,

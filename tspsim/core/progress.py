@@ -83,6 +83,14 @@ class Progress:
         else:
             self._write(self._line_text(now, item) + "\n")
 
+    def reset(self, total: int | None) -> None:
+        """Start a new phase of ``total`` units (None: unknown).
+
+        Counts and the clock restart, and the next update is shown whatever the rate limit.
+        """
+        self.total, self.done, self.start = total, 0, self.clock()
+        self._last_out = -float("inf")
+
     def advance(self, n: int = 1, item: str = "") -> None:
         """``n`` more units are finished."""
         self.update(self.done + n, item=item)
