@@ -28,7 +28,6 @@ from plotly.colors import qualitative
 
 from tspsim.analysis.entries import entry_label, is_oom, throughput
 from tspsim.core.units import format_tokens
-from tspsim.spec.workload import INFERENCE_MODES
 
 Entry = dict[str, Any]
 
@@ -91,9 +90,14 @@ def series(entries: Sequence[Entry]) -> list[tuple[str, list[Entry]]]:
 
 
 def _styles(groups: Sequence[tuple[str, list[Entry]]]) -> list[dict[str, Any]]:
-    """Per line: colour, marker symbol (distinct per line) and dash (distinct per batch size)."""
+    """Per line: colour, marker symbol and dash.
+
+    Symbols are distinct per line, every other one open and larger, so a marker drawn over an equal one
+    leaves it visible; dashes are distinct per batch size.
+    """
     batches = sorted({es[0].get("batch") or 0 for _, es in groups})
-    return [{"color": _PALETTE[n % len(_PALETTE)], "symbol": _SYMBOLS[n % len(_SYMBOLS)],
+    return [{"color": _PALETTE[n % len(_PALETTE)],
+             "symbol": _SYMBOLS[n % len(_SYMBOLS)] + ("-open" if n % 2 else ""), "size": 14 if n % 2 else 9,
              "dash": _DASHES[batches.index(es[0].get("batch") or 0) % len(_DASHES)]}
             for n, (_, es) in enumerate(groups)]
 
@@ -135,12 +139,13 @@ def _layout(fig: go.Figure, title: str, ytitle: str, entries: Sequence[Entry], s
     values = [v for t in fig.data if t.name and not t.name.startswith(("OOM", "HBM")) for v in (t.y or ())]
     text = f"{title} vs {x_quantity(entries)}" + (f"<br><sup>{html.escape(subtitle)}</sup>" if subtitle else "")
     log = y_axis_type(values) == "log"
-    fig.update_layout(title={"text": text, "x": 0.0, "xanchor": "left", "automargin": True},
+    fig.update_layout(title={"text": text, "x": 0.0, "xanchor": "left", "xref": "container", "y": 0.96,
+                             "yanchor": "top", "yref": "container"},
                       xaxis=_seq_axis(entries),
                       yaxis={"title": ytitle + (" — log scale" if log else ""), "type": "log" if log else "linear",
                              "automargin": True},
                       template="plotly_white", hovermode="closest", legend={"title": "schedule"}, height=560,
-                      margin={"l": 90, "r": 40, "t": 90, "b": 70})
+                      margin={"l": 90, "r": 40, "t": 100 if subtitle else 70, "b": 70})
     return fig
 
 
@@ -170,15 +175,17 @@ def throughput_figure(entries: Sequence[Entry]) -> go.Figure:
         fig.add_trace(go.Scatter(
             x=[e["seq_len"] for e in es], y=ys, mode="lines+markers", name=label,
             line={"color": style["color"], "dash": style["dash"]},
-            marker={"symbol": ["x" if is_oom(e) else style["symbol"] for e in es], "size": 9},
+            marker={"symbol": ["x" if is_oom(e) else style["symbol"] for e in es], "size": style["size"]},
             customdata=_customdata(es), hovertemplate=_hover("%{y:,.0f} tokens/s")))
         oom += [(e["seq_len"], y) for e, y in zip(es, ys) if is_oom(e) and y is not None]
     if oom:
         fig.add_trace(_oom_trace(oom))
     ok = ok_entries(entries)
-    subtitle = ""
-    if any(e.get("mode") in INFERENCE_MODES for e in ok):
-        subtitle = "prefill: prompt tokens/s; decode and generate: generated tokens/s"
+    modes = {e.get("mode") for e in ok}
+    parts = [text for ms, text in ((("prefill",), "prefill: prompt tokens/s"),
+                                   (("decode", "generate"), "decode and generate: generated tokens/s"))
+             if modes & set(ms)]
+    subtitle = "; ".join(parts)
     return _layout(fig, "Throughput", "tokens/s (all GPUs)", ok, subtitle)
 
 
@@ -196,7 +203,7 @@ def metric_figure(entries: Sequence[Entry], key: str, title: str, ytitle: str, s
         fig.add_trace(go.Scatter(
             x=[e["seq_len"] for e in es], y=ys, mode="lines+markers", name=label,
             line={"color": style["color"], "dash": style["dash"]},
-            marker={"symbol": ["x" if is_oom(e) else style["symbol"] for e in es], "size": 9},
+            marker={"symbol": ["x" if is_oom(e) else style["symbol"] for e in es], "size": style["size"]},
             customdata=_customdata(es), hovertemplate=_hover(f"%{{y:,.4g}} {html.escape(ytitle)}")))
         oom += [(e["seq_len"], y) for e, y in zip(es, ys) if is_oom(e)]
     if oom:
@@ -214,7 +221,7 @@ def memory_figure(entries: Sequence[Entry]) -> go.Figure:
         fig.add_trace(go.Scatter(
             x=[e["seq_len"] for e in es], y=[e.get("peak_memory_gb") for e in es], mode="lines+markers",
             name=label, line={"color": style["color"], "dash": style["dash"]},
-            marker={"size": 9, "symbol": style["symbol"]},
+            marker={"size": style["size"], "symbol": style["symbol"]},
             customdata=_customdata(es), hovertemplate=_hover("%{y:.1f} GB peak")))
         oom += [(e["seq_len"], e["peak_memory_gb"]) for e in es if is_oom(e) and e.get("peak_memory_gb") is not None]
     seqs = sorted({e["seq_len"] for e in ok})
