@@ -257,13 +257,21 @@ def test_hta_trace_structure(tmp_path, p2p_run):
         assert compute_streams == {hta.COMPUTE_STREAM_ID}
 
 
+@pytest.mark.hta
 @pytest.mark.filterwarnings("ignore")  # HTA and pandas deprecation noise
 @pytest.mark.parametrize("which", ["tp_run", "tpsp_run", "p2p_run"])
 def test_hta_overlap_matches_tspsim(tmp_path, request, which):
-    """HTA's get_comm_comp_overlap on the exported traces equals tspsim's overlap within 1 pp."""
+    """HTA's get_comm_comp_overlap on the exported traces equals tspsim's overlap within 1 pp.
+
+    HolisticTraceAnalysis pulls in Jupyter (~100 packages), so it is its own extra, not part of ``test``:
+    CI installs it (``pip install -e ".[hta]"`` in .ci/run); elsewhere this cross-check is skipped.
+    """
     try:
         from hta.trace_analysis import TraceAnalysis
-    except Exception as exc:  # noqa: BLE001 - any import failure means HTA is unusable here
+    except ImportError as exc:
+        pytest.skip(f"HolisticTraceAnalysis is not installed ({exc.name or exc}): the HTA cross-check of "
+                    "overlap_pct needs the hta extra, pip install -e '.[hta]' (CI installs it)")
+    except Exception as exc:  # noqa: BLE001 - an installed but broken HTA is unusable here too
         pytest.skip(f"HolisticTraceAnalysis cannot be imported: {exc}")
     entry, tl = request.getfixturevalue(which)
     hta.write_traces(entry, tl, tmp_path)

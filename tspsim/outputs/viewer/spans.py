@@ -158,9 +158,13 @@ def _category_traces(cat: str, start: np.ndarray, end: np.ndarray, lane: np.ndar
                        **common)]
     x, y, row = segment_vertices(start, end, lane, step)
     x, y = np.round(x, 6).tolist(), y.tolist()       # text lists (NaN → null gaps) compress better than binary
+    # A 2-D object array, not nested lists: plotly validates it without walking every string. Gaps get
+    # empty rows (they are never hovered).
+    table = np.empty((len(hover) + 1, 5), dtype=object)
+    table[:-1] = hover if hover else table[:-1]
+    table[-1] = ""
     return [go.Scatter(x=x, y=y, mode="lines", line={"color": colour, "width": LANE_PX * 0.72, "simplify": False},
-                       customdata=[hover[i] if i >= 0 else None for i in row.tolist()], connectgaps=False,
-                       **common)]
+                       customdata=table[np.where(row >= 0, row, len(hover))], connectgaps=False, **common)]
 
 
 def span_traces(table: SpanTable, step: float | None) -> list[go.BaseTraceType]:
