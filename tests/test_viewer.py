@@ -101,7 +101,7 @@ def test_bars_below_limit_line_paths_above(tp_run):
         gaps = np.diff(xs)
         step = HOVER_PX * tl.end_s * 1e3 * 1.005 / OVERVIEW_PX
         assert np.nanmax(gaps) <= step * (1 + 1e-6)
-        assert all((not row[0]) == np.isnan(x) for x, row in zip(xs, t.customdata))
+        assert all((row is None or not row[0]) == np.isnan(x) for x, row in zip(xs, t.customdata))
     assert bars.layout.barmode == "overlay"
 
 
@@ -133,7 +133,9 @@ def test_span_extents_and_hover_in_milliseconds(tp_run):
     gemm = next(t for t in fig.data if t.name == "GEMM")
     first = min(((a, b, o) for o, a, b in tl.spans if tl.ops[o].rank == 3 and tl.ops[o].kind == "gemm"))
     i = int(np.argmin(gemm.base))
-    assert gemm.base[i] == pytest.approx(first[0] * 1e3) and gemm.x[i] == pytest.approx((first[1] - first[0]) * 1e3)
+    # Drawn to the nanosecond.
+    assert gemm.base[i] == pytest.approx(first[0] * 1e3, abs=1e-6)
+    assert gemm.x[i] == pytest.approx((first[1] - first[0]) * 1e3, abs=2e-6)
     op = tl.ops[first[2]]
     row = gemm.customdata[i]
     assert row[0] == op.name and "rank 3" in row[1] and "compute" in row[1]
@@ -213,7 +215,7 @@ def test_link_bins_match_the_exact_series(tp_run):
         area_bins = float(np.sum(ys[:-1] * np.diff(xs)))
         edges = np.append(x_exact, xs[-1])
         area_exact = float(np.sum(y_exact * np.diff(edges)))
-        assert area_bins == pytest.approx(area_exact, rel=1e-6)
+        assert area_bins == pytest.approx(area_exact, rel=1e-4)  # means drawn to 0.001 %
 
 
 def test_panels_share_the_time_axis(tpsp_run):
@@ -269,10 +271,23 @@ def test_page_is_self_contained_and_escapes_names(tmp_path):
     assert page.count("</script>") == 6
     assert len(re.findall(r'<script type="application/octet-stream" id="(data|hover)-[01]">[A-Za-z0-9+/=]*</script>',
                           page)) == 4
-    assert page.index('id="loading-0"') < page.index("plotly.js v")  # the indicator paints before plotly loads
-    assert "plotly.js v" in page and not re.search(r"<script[^>]*\bsrc=", page)  # embedded: works offline
+    assert page.index('id="loading-0"') < page.index("plotly.js (")  # the indicator paints before plotly loads
+    assert re.search(r"plotly\.js [^\n]*v\d", page) and not re.search(r"<script[^>]*\bsrc=", page)  # embedded
     assert '<select id="run-select">' in page and page.count("<option") == 2
     assert "&lt;img src=x onerror=alert(1)&gt;" in page  # escaped in the header
+
+
+def test_page_embeds_the_cartesian_bundle_of_plotly_py_s_version(monkeypatch):
+    import plotly.offline
+
+    from tspsim.outputs.viewer import page
+
+    version, _ = page.VENDORED_PLOTLY_JS
+    if plotly.offline.get_plotlyjs_version() == version:
+        js = page.plotly_js()
+        assert js.lstrip("/* \n").startswith("plotly.js (cartesian - minified) v" + version) and len(js) < 2e6
+    monkeypatch.setattr(plotly.offline, "get_plotlyjs_version", lambda: "0.0.0")  # another plotly.py
+    assert page.plotly_js() == plotly.offline.get_plotlyjs()
 
 
 def test_render_html_rejects_empty_and_reports_run_for_bad_rank(tp_run):

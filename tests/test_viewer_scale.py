@@ -68,9 +68,13 @@ def test_page_is_under_10_mb(default_page):
     assert default_page.stat().st_size < SIZE_LIMIT_BYTES
 
 
-def test_first_plot_within_3_s(browser, default_page):
-    # Best of two loads: other processes on a shared 2-core machine can stall one of them.
-    times = [_first_plot_ms(browser, default_page) for _ in range(2)]
+def test_first_plot_within_3_s(browser, default_page, opened):
+    # The first load (the opened page), and up to two more only while over: other processes on a shared
+    # 2-core machine can stall a load (about 2 s on an idle machine).
+    page, _ = opened
+    times = [float(page.evaluate("() => performance.getEntriesByName('tspsim-plotted-0')[0].startTime"))]
+    while min(times) >= FIRST_PLOT_LIMIT_MS and len(times) < 3:
+        times.append(_first_plot_ms(browser, default_page))
     assert min(times) < FIRST_PLOT_LIMIT_MS, times
 
 

@@ -20,6 +20,7 @@ pure (no I/O).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,12 +56,30 @@ _PANEL_NAMES = {"fabric": "Node fabric", "nic": "NIC"}
 class RunView:
     """What the page shows of one run: the figure, and the data to refine it on zoom."""
 
-    figure: go.Figure
-    """The overview figure."""
+    figure_json: dict[str, Any]
+    """The overview figure as plotly JSON (``{"data": [...], "layout": {...}}``), ready for ``json.dumps``."""
     refine: dict[str, Any]
     """JSON-able full-resolution data and trace indices for the page script (see :func:`build_run_view`)."""
     hover: list[list[str]] = field(default_factory=list)
     """Hover rows of every span in ``refine["spans"]`` order (empty in bar mode)."""
+
+    @functools.cached_property
+    def figure(self) -> go.Figure:
+        """The figure as a validated plotly ``go.Figure`` (built on first use; the page does not need it)."""
+        return go.Figure(self.figure_json)
+
+
+@dataclass
+class _Data:
+    """The figure's traces, as plotly JSON dicts, each on the axes of its panel (row)."""
+
+    traces: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, trace: dict[str, Any], row: int) -> int:
+        """Append ``trace`` on panel ``row`` (1-based); returns its index."""
+        suffix = "" if row == 1 else str(row)
+        self.traces.append({**trace, "xaxis": f"x{suffix}", "yaxis": f"y{suffix}"})
+        return len(self.traces) - 1
 
 
 @dataclass
@@ -119,7 +138,7 @@ def build_run_view(entry: dict[str, Any], timeline: Timeline, ranks: Sequence[in
     lines = len(table) > bar_limit
     decimated = lines and len(table) > exact_limit
     step = HOVER_PX * x_end / overview_px
-    mem = _memory_state(tl, shown, memory_rank)
+    mem = _memory_state(tl, shown, memory_rank, tl.end_s)
     groups = [(g, s) for g in link_groups(tl, shown, per_node) if (s := group_series(tl, g)) is not None]
     panels = [p for p in ("fabric", "nic") if any(g.panel == p for g, _ in groups)]
     width = nice_width(x_end / max(1, overview_px // LINK_BIN_PX))
@@ -144,21 +163,22 @@ def build_run_view(entry: dict[str, Any], timeline: Timeline, ranks: Sequence[in
         traces = raster_traces(table, segments, where, step)
     else:
         traces = span_traces(table, step if lines else None)
+    data = _Data()
     for trace in traces:
-        fig.add_trace(trace, row=1, col=1)
+        data.add(trace, 1)
     if lines:
         refine["spans"] = dict(_span_refine(table, where, exact_limit), decimated=decimated, title_prefix=lanes_prefix)
     hbm = float(entry.get("hbm_gb") or 0.0)
-    _add_memory_panel(fig, mem, names, hbm, end_ms, x_end, overview_px, refine)
+    _add_memory_panel(data, mem, names, hbm, end_ms, x_end, overview_px, refine)
     for k, panel in enumerate(panels):
         row = 3 + k
         refine["link_panels"].append({"annotation": 2 + k, "prefix": f"{_PANEL_NAMES[panel]} utilisation "
                                                                       "(% of capacity): "})
         for i, (g, x, y, (xs, mean, mx, max_y)) in enumerate(v for v in views if v[0].panel == panel):
-            refine["links"].append({"max": len(fig.data), "mean": len(fig.data) + 1, "panel": k,
+            refine["links"].append({"max": len(data.traces), "mean": len(data.traces) + 1, "panel": k,
                                     "x_ns_deltas": ns_deltas(x), "y": _rounded(y, 4)})
             for trace in link_traces(g, link_colour(i), f"legend{row}", xs, mean, mx, max_y):
-                fig.add_trace(trace, row=row, col=1)
+                data.add(trace, row)
     _style_axes(fig, lanes, names, shown, mem, len(panel_px), x_end)
     _add_legends_and_menus(fig, mem, names, hbm, panels)
     title = " · ".join(str(x) for x in (entry.get("schedule", "?"), entry.get("model", "?"),
@@ -171,7 +191,7 @@ def build_run_view(entry: dict[str, Any], timeline: Timeline, ranks: Sequence[in
         hoverlabel={"font": {"size": 12}, "align": "left"})
     for ann in fig.layout.annotations:
         ann.update(x=0, xanchor="left", font={"size": 13})
-    return RunView(fig, refine, table.hover if lines else [])
+    return RunView({"data": data.traces, "layout": fig.layout.to_plotly_json()}, refine, table.hover if lines else [])
 
 
 def _rounded(a: np.ndarray, digits: int) -> list[float]:
@@ -205,9 +225,9 @@ def _span_refine(table: SpanTable, where: list[str], exact_limit: int) -> dict[s
 
 
 # --------------------------------------------------------------------------------------------- memory
-def _memory_state(tl: Timeline, shown: Sequence[int], memory_rank: int | None) -> _Memory:
+def _memory_state(tl: Timeline, shown: Sequence[int], memory_rank: int | None, end_s: float) -> _Memory:
     ranks = [r for r in shown if tl.memory.get(r)]
-    series = {r: memory_series(tl, r) for r in ranks}
+    series = {r: memory_series(tl, r, end_s) for r in ranks}
     peak_gb = {r: float(sum(series[r][1].values())[series[r][2]]) for r in ranks}
     if memory_rank not in series:
         memory_rank = max(ranks, key=lambda r: (peak_gb[r], -r)) if ranks else None
@@ -221,7 +241,7 @@ def _memory_title(rank: int | None, names: dict[int, str]) -> str:
     return f"Memory of {names[rank]} (rank {rank}) — choose the GPU with the menu"
 
 
-def _add_memory_panel(fig: go.Figure, mem: _Memory, names: dict[int, str], hbm: float, end_ms: float,
+def _add_memory_panel(data: _Data, mem: _Memory, names: dict[int, str], hbm: float, end_ms: float,
                       x_end: float, px: int, refine: dict[str, Any]) -> None:
     """Every shown rank's stack (only the first visible, decimated), its peak marker, and the HBM line."""
     y_top = 0.0
@@ -235,33 +255,28 @@ def _add_memory_panel(fig: go.Figure, mem: _Memory, names: dict[int, str], hbm: 
         idx = []
         for cat in mem.used:
             label, colour = MEMORY_STYLE[cat]
-            idx.append(len(fig.data))
-            fig.add_trace(go.Scatter(
-                x=_rounded(times[keep], 6), y=_rounded(per_cat[cat][keep], 6), customdata=_rounded(total[keep], 6),
-                mode="lines",
-                line={"shape": "hv", "width": 0.6, "color": colour}, fillcolor=colour, stackgroup=f"mem{r}",
-                name=label, legendgroup=f"mem-{cat}", legend="legend2", visible=vis, showlegend=vis,
-                hovertemplate=f"{esc(label)}: %{{y:.3f}} GB · total %{{customdata:.3f}} GB<br>at %{{x:.4f}} ms"
-                              f"<extra>{esc(names[r])}</extra>"),
-                row=2, col=1)
+            idx.append(data.add({
+                "type": "scatter", "x": _rounded(times[keep], 6), "y": _rounded(per_cat[cat][keep], 6),
+                "customdata": _rounded(total[keep], 6), "mode": "lines",
+                "line": {"shape": "hv", "width": 0.6, "color": colour}, "fillcolor": colour, "stackgroup": f"mem{r}",
+                "name": label, "legendgroup": f"mem-{cat}", "legend": "legend2", "visible": vis, "showlegend": vis,
+                "hovertemplate": f"{esc(label)}: %{{y:.3f}} GB · total %{{customdata:.3f}} GB<br>at %{{x:.4f}} ms"
+                                 f"<extra>{esc(names[r])}</extra>"}, 2))
         y_top = max(y_top, mem.peak_gb[r])
-        idx.append(len(fig.data))
         over = " — exceeds HBM (OOM)" if hbm and mem.peak_gb[r] > hbm else ""
-        fig.add_trace(go.Scatter(
-            x=[times[peak]], y=[mem.peak_gb[r]], mode="markers+text", text=[f"peak {mem.peak_gb[r]:.2f} GB{over}"],
-            textposition="top center", marker={"symbol": "triangle-down", "size": 12, "color": "#000000"},
-            name="peak", legend="legend2", visible=vis, showlegend=False,
-            hovertemplate=f"peak of {esc(names[r])}: %{{y:.3f}} GB at %{{x:.4f}} ms<extra></extra>"),
-            row=2, col=1)
+        idx.append(data.add({
+            "type": "scatter", "x": [float(times[peak])], "y": [mem.peak_gb[r]], "mode": "markers+text",
+            "text": [f"peak {mem.peak_gb[r]:.2f} GB{over}"], "textposition": "top center",
+            "marker": {"symbol": "triangle-down", "size": 12, "color": "#000000"}, "name": "peak",
+            "legend": "legend2", "visible": vis, "showlegend": False,
+            "hovertemplate": f"peak of {esc(names[r])}: %{{y:.3f}} GB at %{{x:.4f}} ms<extra></extra>"}, 2))
         mem.traces[r] = idx
         refine["memory"].append({"traces": idx[:-1], "x_ns_deltas": ns_deltas(times), "peak": peak,
                                  "ys": [_rounded(per_cat[c], 6) for c in mem.used]})
     if hbm > 0:
-        fig.add_trace(go.Scatter(
-            x=[0.0, end_ms], y=[hbm, hbm], mode="lines",
-            line={"color": "#B00020", "width": 2, "dash": "dash"},
-            name=f"HBM capacity {hbm:.0f} GB", legend="legend2",
-            hovertemplate=f"HBM capacity {hbm:.0f} GB<extra></extra>"), row=2, col=1)
+        data.add({"type": "scatter", "x": [0.0, end_ms], "y": [hbm, hbm], "mode": "lines",
+                  "line": {"color": "#B00020", "width": 2, "dash": "dash"}, "name": f"HBM capacity {hbm:.0f} GB",
+                  "legend": "legend2", "hovertemplate": f"HBM capacity {hbm:.0f} GB<extra></extra>"}, 2)
     mem.y_top = max(y_top, hbm) * 1.12 or 1.0
 
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import plotly.graph_objects as go
 
 from tspsim.engine.timeline import Timeline
 from tspsim.opgraph import MEMORY_CATEGORIES
@@ -23,12 +23,13 @@ from tspsim.outputs.viewer.decimate import bin_steps
 from tspsim.outputs.viewer.style import FABRIC_KINDS, LINK_COLOURS, esc
 
 
-def memory_series(tl: Timeline, rank: int) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
+def memory_series(tl: Timeline, rank: int, end_s: float | None = None
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
     """Step series of ``rank``'s memory: (times ms, {category: GB after each event}, index of the peak).
 
     One point per memory event (not coalesced, so a same-instant allocate-then-free still shows), plus a
-    final point at the end of the run. The peak index is the first maximum of the total, as
-    :meth:`~tspsim.engine.timeline.Timeline.peak_memory` defines it.
+    final point at the end of the run (``end_s``, default the timeline's end). The peak index is the first
+    maximum of the total, as :meth:`~tspsim.engine.timeline.Timeline.peak_memory` defines it.
     """
     events = tl.memory.get(rank, [])
     n = len(events)
@@ -41,7 +42,7 @@ def memory_series(tl: Timeline, rank: int) -> tuple[np.ndarray, dict[str, np.nda
         for k, v in cur.items():
             if v:
                 per_cat[k][i] = v / 1e9
-    times[n] = max(tl.end_s * 1e3, times[n - 1] if n else 0.0)
+    times[n] = max((tl.end_s if end_s is None else end_s) * 1e3, times[n - 1] if n else 0.0)
     for k in per_cat:
         per_cat[k][n] = per_cat[k][n - 1] if n else 0.0
     total = sum(per_cat.values())
@@ -148,19 +149,24 @@ def link_view(x: np.ndarray, y: np.ndarray, x0: float, x1: float, width: float
 
 
 def link_traces(group: LinkGroup, colour: str, legend: str, xs: np.ndarray, mean: np.ndarray, mx: np.ndarray,
-                max_y: np.ndarray) -> list[go.Scatter]:
-    """The mean line (in the legend) and the max line (thin, same legend group) of one link group."""
-    vis = True if group.shown else "legendonly"
+                max_y: np.ndarray) -> list[dict[str, Any]]:
+    """The max line (thin, same legend group) and the mean line (in the legend) of one group, as plotly dicts."""
+    vis: bool | str = True if group.shown else "legendonly"
     name = esc(group.label)
     return [
-        go.Scatter(x=mx, y=max_y, mode="lines", line={"shape": "hv", "width": 0.8, "color": colour},
-                   opacity=0.45, name=f"{name} max", legendgroup=name, legend=legend, showlegend=False,
-                   visible=vis, hovertemplate=f"{name}<br>max %{{y:.1f}} % in the bin from %{{x:.4f}} ms"
-                                              "<extra></extra>"),
-        go.Scatter(x=xs, y=mean, mode="lines", line={"shape": "hv", "width": 1.8, "color": colour},
-                   name=name, legendgroup=name, legend=legend, visible=vis,
-                   hovertemplate=f"{name}<br>%{{y:.1f}} % from %{{x:.4f}} ms<extra></extra>"),
+        {"type": "scatter", "x": _floats(mx, 6), "y": _floats(max_y, 3), "mode": "lines",
+         "line": {"shape": "hv", "width": 0.8, "color": colour}, "opacity": 0.45, "name": f"{name} max",
+         "legendgroup": name, "legend": legend, "showlegend": False, "visible": vis,
+         "hovertemplate": f"{name}<br>max %{{y:.1f}} % in the bin from %{{x:.4f}} ms<extra></extra>"},
+        {"type": "scatter", "x": _floats(xs, 6), "y": _floats(mean, 3), "mode": "lines",
+         "line": {"shape": "hv", "width": 1.8, "color": colour}, "name": name, "legendgroup": name,
+         "legend": legend, "visible": vis,
+         "hovertemplate": f"{name}<br>%{{y:.1f}} % from %{{x:.4f}} ms<extra></extra>"},
     ]
+
+
+def _floats(a: np.ndarray, digits: int) -> list[float]:
+    return np.round(np.asarray(a, dtype=np.float64), digits).tolist()
 
 
 def link_colour(i: int) -> str:

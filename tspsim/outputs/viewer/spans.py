@@ -8,11 +8,12 @@ for runs with more spans than a browser draws quickly; the page refines that vie
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-import plotly.graph_objects as go
 
 from tspsim.engine.timeline import Timeline
 from tspsim.opgraph import Op
@@ -67,8 +68,9 @@ def _fmt_flops(f: float) -> str:
     return f"{f:.0f} FLOP"
 
 
-def _hover_row(op: Op, start: float, end: float, where: str, tl: Timeline) -> list[str]:
-    """Hover data of one span: [name, where, layer · phase, timing, size] — all escaped."""
+def _hover_row(op: Op, start: float, end: float, where: str, tl: Timeline,
+               escape: Callable[[str], str] = esc) -> list[str]:
+    """Hover data of one span: [name, where, layer · phase, timing, size] — all escaped (by ``escape``)."""
     dur = end - start
     layer = f"layer {op.layer}" if op.layer >= 0 else "outside decoder layers"
     timing = f"start {start * 1e3:.4f} ms · duration {_fmt_time_s(dur)}"
@@ -86,7 +88,7 @@ def _hover_row(op: Op, start: float, end: float, where: str, tl: Timeline) -> li
             size += f" · this rank sent {_fmt_bytes(sent)}"
         if op.algorithm:
             size += f" · {op.algorithm}"
-    return [esc(op.name), esc(where), esc(f"{layer} · {op.phase}"), timing, esc(size)]
+    return [escape(op.name), escape(where), escape(f"{layer} · {op.phase}"), timing, esc(size)]
 
 
 HOVER_TEMPLATE = ("<b>%{customdata[0]}</b><br>%{customdata[1]}<br>%{customdata[2]}<br>%{customdata[3]}"
@@ -102,6 +104,7 @@ def category_order(cats: Sequence[str]) -> list[str]:
 
 def collect_spans(tl: Timeline, lane_of: dict[tuple[int, str], int], names: dict[int, str]) -> SpanTable:
     """The spans of the lanes in ``lane_of`` (memory-only ops have none), sorted by lane then start."""
+    esc_cached = functools.lru_cache(maxsize=None)(esc)  # names, places and phases repeat across ranks
     rows: list[tuple[int, float, float, str, int, float, float]] = []
     ops = tl.ops
     for op_id, start, end in tl.spans:
@@ -117,7 +120,7 @@ def collect_spans(tl: Timeline, lane_of: dict[tuple[int, str], int], names: dict
     cats = category_order(sorted({r[3] for r in rows}))
     index = {c: i for i, c in enumerate(cats)}
     hover = [_hover_row(ops[r[4]], r[5], r[6], f"{names[ops[r[4]].rank]} (rank {ops[r[4]].rank}) · "
-                                                 f"{ops[r[4]].stream}", tl) for r in rows]
+                                                 f"{ops[r[4]].stream}", tl, esc_cached) for r in rows]
     return SpanTable(cats=cats, lane=np.asarray([r[0] for r in rows], dtype=np.int64),
                      start=np.asarray([r[1] for r in rows], dtype=np.float64),
                      end=np.asarray([r[2] for r in rows], dtype=np.float64),
@@ -147,29 +150,35 @@ def segment_vertices(start: np.ndarray, end: np.ndarray, lane: np.ndarray, step:
     return x, y, np.where(gap, -1, row)
 
 
+def json_floats(a: np.ndarray, digits: int = 6) -> list[float | None]:
+    """A float array as a JSON-ready list: rounded to ``digits``, NaN → None (a gap in a plotly line)."""
+    out: list[float | None] = np.round(np.asarray(a, dtype=np.float64), digits).tolist()
+    return [None if v != v else v for v in out]
+
+
 def _category_traces(cat: str, start: np.ndarray, end: np.ndarray, lane: np.ndarray, hover: list[list[str]],
-                     step: float | None) -> list[go.BaseTraceType]:
-    """One trace of a category: bars (``step`` None) or one SVG line path with a vertex every ``step`` ms."""
+                     step: float | None) -> list[dict[str, Any]]:
+    """One trace (a plotly JSON dict) of a category: bars, or one SVG line path with a vertex every ``step`` ms.
+
+    ``step`` None draws bars. Plain dicts, not ``go`` objects: plotly.py would copy and validate every
+    hover string, which took longer than the simulation for a 1,024-GPU run.
+    """
     label, colour = SPAN_CATEGORIES.get(cat, (cat, "#7F7F7F"))
     common = {"name": esc(label), "legendgroup": esc(cat), "legend": "legend", "hovertemplate": HOVER_TEMPLATE}
     if step is None:
-        return [go.Bar(orientation="h", base=start, x=end - start, y=lane.astype(np.float64), width=0.78,
-                       marker={"color": colour, "line": {"width": 0}}, customdata=hover, textposition="none",
-                       **common)]
+        return [{"type": "bar", "orientation": "h", "base": json_floats(start), "x": json_floats(end - start),
+                 "y": lane.astype(np.float64).tolist(), "width": 0.78,
+                 "marker": {"color": colour, "line": {"width": 0}}, "customdata": hover, "textposition": "none",
+                 **common}]
     x, y, row = segment_vertices(start, end, lane, step)
-    x, y = np.round(x, 6).tolist(), y.tolist()       # text lists (NaN → null gaps) compress better than binary
-    # A 2-D object array, not nested lists: plotly validates it without walking every string. Gaps get
-    # empty rows (they are never hovered).
-    table = np.empty((len(hover) + 1, 5), dtype=object)
-    table[:-1] = hover if hover else table[:-1]
-    table[-1] = ""
-    return [go.Scatter(x=x, y=y, mode="lines", line={"color": colour, "width": LANE_PX * 0.72, "simplify": False},
-                       customdata=table[np.where(row >= 0, row, len(hover))], connectgaps=False, **common)]
+    return [{"type": "scatter", "x": json_floats(x), "y": json_floats(y, 0), "mode": "lines",
+             "line": {"color": colour, "width": LANE_PX * 0.72, "simplify": False},
+             "customdata": [hover[i] if i >= 0 else None for i in row.tolist()], "connectgaps": False, **common}]
 
 
-def span_traces(table: SpanTable, step: float | None) -> list[go.BaseTraceType]:
+def span_traces(table: SpanTable, step: float | None) -> list[dict[str, Any]]:
     """Every span exactly, one trace per category: bars (``step`` None) or a line path (vertex spacing ``step`` ms)."""
-    traces: list[go.BaseTraceType] = []
+    traces: list[dict[str, Any]] = []
     for c, cat in enumerate(table.cats):
         rows = table.rows_of(c)
         traces += _category_traces(cat, table.start[rows], table.end[rows], table.lane[rows],
@@ -190,13 +199,13 @@ def segment_hover(seg: Segments, k: int, cat_labels: Sequence[str], where: str) 
 
 
 def raster_traces(table: SpanTable, segments: list[Segments], where: Sequence[str], step: float
-                  ) -> list[go.BaseTraceType]:
+                  ) -> list[dict[str, Any]]:
     """Line-path traces of decimated spans (same structure as :func:`span_traces` with a ``step``).
 
     ``where[lane]`` names each lane for the hover (``node00/gpu3 (rank 3) · compute``).
     """
     labels = [esc(SPAN_CATEGORIES.get(c, (c, ""))[0]) for c in table.cats]
-    traces: list[go.BaseTraceType] = []
+    traces: list[dict[str, Any]] = []
     for cat, seg in zip(table.cats, segments):
         hover = [segment_hover(seg, k, labels, where[seg.lane[k]]) for k in range(len(seg.start))]
         traces += _category_traces(cat, np.asarray(seg.start, dtype=np.float64), np.asarray(seg.end, dtype=np.float64),
