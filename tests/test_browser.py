@@ -14,7 +14,7 @@ from browser_util import READY, REFINED, decode_png, launch_chromium
 from tspsim.outputs.viewer import write_html
 from tspsim.simulate import Point, simulate
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 GEMM_RGB = (0x4C, 0x78, 0xA8)
 ALL_REDUCE_RGB = (0xE4, 0x57, 0x56)

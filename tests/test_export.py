@@ -465,6 +465,7 @@ def _one_error_line(res) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_cli_view_and_every_export(tmp_path, result_file):
     html_path = tmp_path / "timeline.html"
     res = _invoke(["view", str(result_file), "-o", str(html_path)])

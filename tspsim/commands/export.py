@@ -37,7 +37,12 @@ def export(result: Path, fmt: str, output: Path, ranks: list[int] | None, run_in
               one block of processes each.
     hta       One Kineto-style trace per rank (rank<R>.pt.trace.json) for Holistic Trace Analysis:
               TraceAnalysis(trace_dir=DIR).get_comm_comp_overlap() matches tspsim's overlap_pct.
-    chakra    Chakra execution traces <prefix>.<rank>.et plus comm_groups.json, for ASTRA-sim.
+    chakra    Chakra execution traces <prefix>.<rank>.et plus comm_groups.json, for ASTRA-sim: reduce and
+              broadcast (which ASTRA-sim does not simulate) are written as a reduce-scatter and an
+              all-gather of N·p/(p−1) bytes — the same N bytes sent per rank — and communicator ids
+              start at 1 ("0" means every rank to ASTRA-sim).
+
+    A note on stderr says what the result file lacks (e.g. link rates: no bandwidth counters).
 
     With several runs and no --run/--schedule, hta and chakra write one subfolder per run (N-SCHEDULE).
 

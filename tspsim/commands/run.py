@@ -430,7 +430,12 @@ def run(topology: str, model: str, degree: int | None, tp: int | None, sp: int |
 
     Inference modes report TTFT, TPOT, decode tokens/s, the largest batch that fits (skip that search
     with --no-max-batch) and where a decode step's time goes (weights from HBM, KV cache from HBM,
-    compute, exposed communication).
+    compute, exposed communication). Every top-level number has the scope of the step time: the prefill
+    step, the mean decode step, or (generate) the whole request, with per-phase blocks and a per-phase
+    table; TTFT is null in decode mode (no prefill is simulated).
+
+    Progress goes to stderr: a bar with ETA per inference point on a terminal (one line a second
+    otherwise). --save records link rates, so tspsim view and export show link utilisation.
     """  # noqa: D301
     args = PlanArgs(topology, model, degree, tp, sp, seq, batch, mode, recompute, options, gpus, full, context,
                     tokens, max_batch is not False)
