@@ -55,3 +55,25 @@ def decode_png(data: bytes) -> tuple[int, int, list[bytes]]:
         prev = line
         rows.append(bytes(line) if bpp == 3 else bytes(v for j, v in enumerate(line) if j % 4 != 3))
     return width, height, rows
+
+
+def launch_chromium(pytest_module):
+    """Yield a playwright Chromium browser (Debian's), or skip with the reason it is unavailable."""
+    import os
+
+    sync_api = pytest_module.importorskip("playwright.sync_api",
+                                          reason="playwright is not installed (pip install playwright)")
+    if not os.path.exists(CHROMIUM):
+        pytest_module.skip(f"chromium not found at {CHROMIUM} (apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+READY = "(i) => { const d = document.getElementById('plot-' + i); return !!d && d.dataset.ready === '1'; }"
+"""JS predicate: run i's plot is drawn (the page script sets ``data-ready`` after ``Plotly.newPlot``)."""
+
+REFINED = ("([i, n]) => { const d = document.getElementById('plot-' + i); "
+           "return !!d && Number(d.dataset.refined || 0) > n; }")
+"""JS predicate: run i's plot was redrawn for the visible window more than n times."""

@@ -112,7 +112,7 @@ def test_replay_graph_without_metadata(tmp_path):
 def test_default_comparison_table(tiny):
     res = invoke("run", "-t", "mi300x-1node", "--model", tiny, "--seq", "4k")
     assert res.exit_code == 0, res.output
-    assert "tp D=8" in res.stdout and "tp+sp T=4×Σ=2" in res.stdout
+    assert "tp D=8" in res.stdout and "tp+sp T=4×SP=2" in res.stdout
     assert res.stdout.count("verdict:") == 1 and "assumptions" in res.stdout
     if "tsp" in SCHEDULES:
         assert "tsp D=8" in res.stdout

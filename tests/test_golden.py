@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "golden"))
 from cases import CASES, HERE  # noqa: E402
 
 
+@pytest.mark.slow  # several cases simulate inference with the max-batch search (5–20 s each)
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_golden_output_is_unchanged(name: str, tmp_path: Path) -> None:
     expected = (HERE / name).read_text()

@@ -338,6 +338,12 @@ def test_periodic_decode_equals_full_simulation(mi300x, schedule, kw, options, m
         assert a.time_s == pytest.approx(b.time_s, rel=1e-9, abs=0)
         for k in BREAKDOWN_KEYS:
             assert a.breakdown[k] == pytest.approx(b.breakdown[k], rel=1e-9, abs=1e-15)
+        # Per-rank compute / communication / overlap seconds assemble exactly too (the generate totals).
+        assert set(a.ranks) == set(b.ranks)
+        for r in a.ranks:
+            assert a.ranks[r] == pytest.approx(b.ranks[r], rel=1e-9, abs=1e-15)
+    for key in ("compute_s", "comm_s", "exposed_comm_s", "overlap_pct"):
+        assert fast.fields[key] == pytest.approx(full.fields[key], rel=1e-9, abs=1e-15)
     assert fast.fields["decode_check_rel_err"] < 1e-9
 
 
@@ -397,6 +403,26 @@ def test_generate_entry(model_yaml):
     assert e["decode_tokens_per_s_per_gpu"] == pytest.approx(e["decode_tokens_per_s"] / e["world_size"])
     assert e["step_time_s"] == pytest.approx(e["ttft_s"] + N * e["tpot_s"])
     assert sum(e["decode_time_breakdown_s"].values()) == pytest.approx(e["tpot_s"], rel=1e-9)
+    # One meaning per key: the top-level keys are the whole request, the blocks its two phases.
+    pre_b, dec_b = e["prefill"], e["decode"]
+    assert pre_b["time_s"] == e["ttft_s"] and dec_b["steps"] == N
+    assert dec_b["time_s"] == pytest.approx(N * e["tpot_s"], rel=1e-12)
+    assert e["step_time_s"] == pytest.approx(pre_b["time_s"] + dec_b["time_s"], rel=1e-12)
+    for key in ("compute_s", "comm_s", "exposed_comm_s"):
+        assert e[key] == pytest.approx(pre_b[key] + dec_b[key], rel=1e-12)
+        assert e[key] <= e["step_time_s"]
+    for kind, v in e["comm_bytes_per_rank"].items():
+        assert v == pytest.approx(pre_b["comm_bytes_per_rank"].get(kind, 0) + dec_b["comm_bytes_per_rank"].get(kind, 0))
+    assert min(pre_b["overlap_pct"], dec_b["overlap_pct"]) - 1e-9 <= e["overlap_pct"] <= max(
+        pre_b["overlap_pct"], dec_b["overlap_pct"]) + 1e-9
+    assert pre_b["tokens_per_s"] == pytest.approx(B * T * e["replicas"] / e["ttft_s"])
+    assert dec_b["tokens_per_s"] == pytest.approx(e["decode_tokens_per_s"])
+    assert e["peak_memory_gb"] == max(pre_b["peak_memory_gb"], dec_b["peak_memory_gb"])
+    # The prefill block is the prefill timeline's own metrics.
+    from tspsim.analysis.metrics import time_metrics
+
+    assert {k: pre_b[k] for k in ("compute_s", "comm_s", "exposed_comm_s", "overlap_pct")} == pytest.approx(
+        time_metrics(pre))
     assert e["max_batch"] >= B and e["assumptions"]["tsp_decode"] == "weights"
     assert e["decode_step_last_s"] >= e["decode_step_first_s"]     # the cache grows: more KV read
     assert e["memory_breakdown_gb"]["kv_cache"] > 0
@@ -408,7 +434,12 @@ def test_decode_entry_and_options(model_yaml):
     r = simulate(Point("tsp", "mi300x-1node", path, "decode", 4096, 2, degree=4, decode_tokens=3,
                        options=(("tsp_decode", "token"),)))
     e = r.entry
-    assert e["ttft_s"] == e["decode_step_first_s"] and e["step_time_s"] == e["tpot_s"]
+    # Decode mode simulates no prefill: no time to first token; every top-level key is per mean step.
+    assert e["ttft_s"] is None and e["prefill"] is None and e["step_time_s"] == e["tpot_s"]
+    assert e["decode"]["steps"] == 3 and e["decode"]["time_s"] == pytest.approx(3 * e["tpot_s"], rel=1e-12)
+    for key in ("compute_s", "comm_s", "exposed_comm_s"):
+        assert e[key] == pytest.approx(e["decode"][key] / 3, rel=1e-12)
+    assert e["comm_bytes_per_rank"] == pytest.approx({k: v / 3 for k, v in e["decode"]["comm_bytes_per_rank"].items()})
     assert e["tokens_per_s"] == e["decode_tokens_per_s"] and e["assumptions"]["tsp_decode"] == "token"
     assert r.timeline is r.timelines["decode_step"]
     with pytest.raises(ConfigError):
@@ -436,8 +467,9 @@ def test_cli_decode_json_and_table(model_yaml):
     entries = json.loads(run.stdout)["results"]
     for e in entries:
         assert e["mode"] == "decode" and e["seq_len"] == 8192 and e["decode_tokens"] == 5
-        for key in ("ttft_s", "tpot_s", "decode_tokens_per_s", "decode_tokens_per_s_per_gpu", "max_batch"):
+        for key in ("tpot_s", "decode_tokens_per_s", "decode_tokens_per_s_per_gpu", "max_batch"):
             assert e[key] > 0
+        assert e["ttft_s"] is None  # no prefill in decode mode
         assert set(e["decode_time_breakdown_s"]) == set(BREAKDOWN_KEYS)
     text = CliRunner().invoke(cli, ["run", "-t", "mi300x-1node", "--model", path, "--mode", "generate", "--seq",
                                     "2k", "--tokens", "3", "--schedule", "tp"])

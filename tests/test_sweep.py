@@ -290,7 +290,7 @@ def test_plots_series_hbm_line_oom_and_ratio() -> None:
     ]
     thr = throughput_figure(entries)
     names = [t.name for t in thr.data]
-    assert names[:2] == ["tsp D=8", "tp+sp T=4×Σ=2"]
+    assert names[:2] == ["tsp D=8", "tp+sp T=4×SP=2"]
     assert list(thr.data[0].x) == [16384, 32768] and list(thr.data[0].y) == [200.0, 180.0]
     assert "OOM (does not fit in HBM)" in names
     mem = memory_figure(entries)

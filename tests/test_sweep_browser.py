@@ -15,7 +15,7 @@ from tiny_models import TINY_32_HEADS
 
 from tspsim.cli import cli
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 TINY = TINY_32_HEADS

@@ -36,7 +36,7 @@ def test_unavailable_schedule_is_na(monkeypatch):
     tsp = rows[0]
     assert tsp.id == "memory.tsp" and tsp.within is None and tsp.simulated is None
     assert tsp.note == "n/a (schedule not available)"
-    assert v.summary(rows).endswith("(1 not available)")
+    assert v.summary(rows).endswith("(1 not available)") and tsp.kind == "calibration"
     assert "n/a (schedule not available)" in v.table(rows)
 
 
@@ -44,11 +44,24 @@ def test_summary_counts():
     rows = [v.Row("a", "a", "t", "u", 1.0, 10.0, "s").settle(1.0),
             v.Row("b", "b", "t", "u", 1.0, 10.0, "s").settle(2.0),
             v.Row("c", "c", "t", "u", 1.0, 10.0, "s")]
-    assert v.summary(rows) == "1 of 2 within tolerance (1 not available)"
+    assert v.summary(rows) == "independent checks: 1 of 2 within tolerance (1 not available)"
+    rows[0].kind = "calibration"
+    assert v.summary(rows) == ("calibration points: 1 of 1 within tolerance; independent checks: 0 of 1 within "
+                               "tolerance (1 not available)")
 
 
-def test_validate_cli_json_and_text():
+@pytest.mark.slow
+def test_validate_cli_json_and_text(monkeypatch):
     runner = CliRunner()
+    computed: list[v.Row] = []
+    real = v.validation_rows
+
+    def once() -> list[v.Row]:  # the text report below reuses the rows the JSON run simulated
+        if not computed:
+            computed.extend(real())
+        return list(computed)
+
+    monkeypatch.setattr(v, "validation_rows", once)
     res = runner.invoke(cli, ["validate", "--json"])
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)["results"]
@@ -59,29 +72,64 @@ def test_validate_cli_json_and_text():
             "mfu.mi300x-1node", "mfu.h100-dgx-1node", "mfu.h100-dgx-1node.torchtitan",
             "memory.megatron-22b.tp8.parameter_state", "activations.megatron-22b.tp8-sp-selective"} <= ids
     for r in rows:
-        assert set(r) == {"id", "what", "topology", "unit", "published", "simulated", "error_pct",
-                          "tolerance_pct", "within", "source", "note"}
+        assert {"id", "what", "topology", "unit", "published", "simulated", "error_pct", "tolerance_pct", "within",
+                "source", "note", "kind", "calibrates", "published_low", "published_high"} <= set(r)
+        assert r["kind"] in ("calibration", "independent")  # every row says which it is
+        assert (r["kind"] == "calibration") == bool(r["calibrates"])
+        assert "https://" in r["source"] or "arXiv" in r["source"]  # a full citation, not a file name
+        assert ".md §" not in r["source"]
+        band = r["published_low"] is not None
+        assert band == (r["published_high"] is not None) and (r["published"] is None or not band)
         if r["within"] is not None:
             assert abs(r["error_pct"]) <= r["tolerance_pct"] or r["within"] is False
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["memory.tsp"]["kind"] == by_id["collective.mi300x.allreduce.8GiB"]["kind"] == "calibration"
+    assert by_id["mfu.mi300x-1node"]["kind"] == "independent"
+    assert (by_id["mfu.mi300x-1node"]["published_low"], by_id["mfu.mi300x-1node"]["published_high"]) == (30.0, 40.0)
     assert "within tolerance" in res.stderr
     text = runner.invoke(cli, ["validate"])
     assert text.exit_code == 0
-    assert text.stdout.strip().splitlines()[-1].endswith("within tolerance")
+    out = text.stdout
+    assert out.index("# calibration points") < out.index("# independent checks") < out.index("sources:")
+    assert "30–40 %" in out and "35 %" not in out  # the band, not its midpoint
+    assert "[1] Shyam, Golubeva, Anthony" in out and "https://github.com/pytorch/torchtitan" in out
+    assert out.strip().splitlines()[-1].endswith("within tolerance")
+
+
+def test_band_rows_pass_inside_and_measure_the_distance_outside():
+    row = v.Row("b", "b", "t", "%", None, 0.0, "s", published_low=30.0, published_high=40.0)
+    assert row.settle(35.0).error_pct == 0.0 and row.within
+    assert row.settle(44.0).error_pct == pytest.approx(10.0) and row.within is False
+    assert row.settle(27.0).error_pct == pytest.approx(-10.0) and row.within is False
+    wide = v.Row("w", "w", "t", "µs", None, 30.0, "s", published_low=13.7, published_high=14.3)
+    assert wide.settle(13.0).within and not wide.settle(9.0).within
+
+
+def test_progress_hook_sees_every_settled_row():
+    seen = []
+    from tspsim.explore.validation_row import reporting
+
+    with reporting(seen.append):
+        v.Row("a", "a", "t", "u", 1.0, 10.0, "s").settle(1.0)
+    v.Row("b", "b", "t", "u", 1.0, 10.0, "s").settle(1.0)  # outside: not reported
+    assert [r.id for r in seen] == ["a"]
 
 
 def test_mfu_band_rows_are_exactly_the_bands(monkeypatch):
-    """A band [lo, hi] becomes published (lo+hi)/2 with tolerance (hi−lo)/(lo+hi): in band ⇔ pass."""
+    """A band [lo, hi] is kept as a band: in band ⇔ pass, and it is never reported as its midpoint."""
     for topo, lo, hi, _ in v.MFU_BANDS:
         for sim, inside in ((lo * 100 + 1e-9, True), (hi * 100 - 1e-9, True), (lo * 100 - 0.01, False),
                             (hi * 100 + 0.01, False)):
             monkeypatch.setattr(v, "_mfu_pct", lambda t, x=sim: x)
             row = next(r for r in v.mfu_rows() if r.topology == topo)
             assert row.within is inside, (topo, sim)
-            assert row.published == pytest.approx((lo + hi) / 2 * 100)
+            assert row.published is None and (row.published_low, row.published_high) == pytest.approx(
+                (lo * 100, hi * 100))
+            assert row.kind == "independent"
 
 
 def test_mfu_mi300x_in_published_band():
-    """End-to-end sanity (hardware.md §9): llama3-8b on 8 × MI300X lands in the [0.30, 0.40] MFU band.
+    """End-to-end sanity: llama3-8b on 8 × MI300X lands in the [0.30, 0.40] MFU band (an independent check).
 
     (The H100 row is a declared miss — the model sits above the torchtitan band; see the README.)
     """

@@ -10,12 +10,13 @@ from typing import Any
 
 Entry = dict[str, Any]
 
-_DEGREE_LABEL = {"SP": "Σ"}
+_DEGREE_LABEL: dict[str, str] = {}
+"""Display names of degree keys (none: the labels use the JSON keys D, T, SP, DP — one name each)."""
 
 
 
 def degrees_label(schedule: str, degrees: dict[str, Any] | None) -> str:
-    """``tsp D=8``, ``tp+sp T=4×Σ=2``, with `` DP=n`` when there are several replicas."""
+    """``tsp D=8``, ``tp+sp T=4×SP=2``, with `` DP=n`` when there are several replicas."""
     degrees = dict(degrees or {})
     dp = degrees.pop("DP", 1)
     order = sorted(degrees, key=lambda k: ("D", "T", "SP").index(k) if k in ("D", "T", "SP") else 9)

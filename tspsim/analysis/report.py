@@ -4,6 +4,7 @@
 * :func:`verdict` — one line naming the winner and the reason (compute, exposed communication, memory).
 * :func:`input_gather_note` — the note on sharded-activation TP's input all-gathers (design.md §3).
 * :func:`assumptions_text` — the assumptions in force (fidelity rule 7).
+* :func:`serving_table`, :func:`phase_table` — serving metrics; the prefill and decode phases of inference.
 
 Entries are the dicts of :func:`tspsim.analysis.metrics.run_entry` (or :func:`~tspsim.analysis.metrics.generic_entry`,
 whose model-specific keys are null and print as ``n/a``).
@@ -55,7 +56,7 @@ _ROWS: tuple[tuple[str, Callable[[Entry], str]], ...] = (
     ("step time (s)", lambda e: _fmt(e.get("step_time_s"), ".4g")),
     ("tokens/s", lambda e: _fmt(e.get("tokens_per_s"), ",.0f")),
     ("tokens/s per GPU", lambda e: _fmt(e.get("tokens_per_s_per_gpu"), ",.0f")),
-    ("tokens/s per layer", lambda e: _fmt(e.get("layer_tokens_per_s"), ",.0f")),
+    ("tokens/s × layers", lambda e: _fmt(e.get("layer_tokens_per_s"), ",.0f")),
     ("MFU (%)", lambda e: _fmt(None if e.get("mfu") is None else 100 * e["mfu"], ".1f")),
     ("peak memory (GB)", lambda e: f"{e['peak_memory_gb']:.1f} / {e['hbm_gb']:g}"),
     ("largest memory", largest_memory_category),
@@ -73,23 +74,26 @@ _ROWS: tuple[tuple[str, Callable[[Entry], str]], ...] = (
 def comparison_table(entries: Sequence[Entry]) -> str:
     """Schedules side by side: one row per metric, one column per schedule.
 
-    Rows: step time, tokens/s (global, per GPU, per decoder layer), MFU, peak memory against HBM and
-    its largest category, compute and communication time, HTA overlap, exposed communication, bytes
-    sent per rank per step (input all-gathers of sharded-activation TP on their own row, only when
-    present), one block's forward bytes, and the OOM flag. Inference entries (prefill, decode,
-    generate) leave out tokens/s per layer, the forward benchmark's unit (reference/tsp.md §7).
+    Rows: step time, tokens/s (global, per GPU, and × layers: the TSP paper's per-decoder-layer unit),
+    MFU (%; a fraction in JSON), peak memory against HBM and its largest category, compute and
+    communication time, HTA overlap, exposed communication, bytes sent per rank per step (input
+    all-gathers of sharded-activation TP on their own row, only when present), one block's forward
+    bytes, and the OOM flag. Inference entries (prefill, decode, generate) leave out tokens/s × layers.
+    For ``generate`` entries every row is the whole request, and "step" reads "request".
     """
     if not entries:
         return "(no results)"
     has_input = any(_sum_bytes(e.get("comm_bytes_per_rank"), True) for e in entries)
     serving = all(e.get("mode") in INFERENCE_MODES for e in entries)
+    request = all(e.get("mode") == "generate" and not e.get("inference_step") for e in entries)
     rows = [("", *[schedule_label(e) for e in entries])]
     for label, cell in _ROWS:
         if label.strip().startswith("+ input") and not has_input:
             continue
-        if serving and label == "tokens/s per layer":
+        if serving and label == "tokens/s × layers":
             continue
-        rows.append((label, *[cell(e) for e in entries]))
+        shown = label.replace("step", "request") if request else label
+        rows.append((shown, *[cell(e) for e in entries]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for row in rows:
@@ -160,7 +164,7 @@ def verdict(entries: Sequence[Entry]) -> str:
     if not fits:
         best = min(entries, key=lambda e: e["peak_memory_gb"])
         return (f"verdict: no schedule fits in {best['hbm_gb']:g} GB of HBM; the smallest peak is "
-                f"{schedule_label(best)} at {best['peak_memory_gb']:.1f} GB")
+                f"{schedule_label(best)} at {best['peak_memory_gb']:.1f} GB{zero1_hint(entries)}")
     ranked = sorted(fits, key=_speed, reverse=True)
     win = ranked[0]
     oom_text = _oom_text(oom, win)
@@ -173,6 +177,31 @@ def verdict(entries: Sequence[Entry]) -> str:
     text = (f"verdict: {schedule_label(win)} wins: {ratio:.2f}× the throughput of {schedule_label(second)}; "
             f"{_reason(win, second)}")
     return f"{text}; {oom_text}" if oom else text
+
+
+def zero1_estimate_gb(entry: Entry) -> float | None:
+    """Peak memory (GB) the entry would need with ``zero1`` (optimizer state sharded over its DP replicas).
+
+    The optimizer state is allocated once, before the step, so sharding it lowers the whole memory curve by
+    (1 − 1/replicas) of it: peak − optimizer_state_at_peak · (1 − 1/replicas). None when it does not apply
+    (not training, zero1 already on, one replica, no optimizer state).
+    """
+    opts = entry.get("assumptions") or {}
+    replicas = entry.get("replicas") or 1
+    opt_gb = (entry.get("memory_breakdown_gb") or {}).get("optimizer_state") or 0.0
+    if entry.get("mode") != "train" or opts.get("zero1") or replicas < 2 or opt_gb <= 0:
+        return None
+    return float(entry["peak_memory_gb"]) - opt_gb * (1.0 - 1.0 / replicas)
+
+
+def zero1_hint(entries: Sequence[Entry]) -> str:
+    """``; with --option zero1=true … would fit`` for the entry that would need least, or ''."""
+    fitting = [(need, e) for e in entries if (need := zero1_estimate_gb(e)) is not None and need <= e["hbm_gb"]]
+    if not fitting:
+        return ""
+    need, e = min(fitting, key=lambda t: t[0])
+    return (f"; with --option zero1=true (optimizer state sharded over the {e['replicas']} data-parallel "
+            f"replicas) {schedule_label(e)} would need about {need:.1f} GB and fit — rerun with it to check")
 
 
 def _speed(e: Entry) -> float:
@@ -281,6 +310,42 @@ def serving_table(entries: list[dict[str, Any]]) -> str:
         skip.add("decode steps")
     rows = [("", *[schedule_label(e) for e in entries])]
     rows += [(label, *[cell(e) for e in entries]) for label, cell in _SERVING_ROWS if label not in skip]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join([r[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(r[1:], widths[1:]))]).rstrip()
+                     for r in rows)
+
+
+# ---------------------------------------------------------------------------------- phases
+_PHASE_ROWS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
+    ("time (s)", "time_s", lambda v: _fmt(v, ".4g")),
+    ("compute (s)", "compute_s", lambda v: _fmt(v, ".4g")),
+    ("comm (s)", "comm_s", lambda v: _fmt(v, ".4g")),
+    ("overlap (%)", "overlap_pct", lambda v: _fmt(v, ".1f")),
+    ("exposed comm (s)", "exposed_comm_s", lambda v: _fmt(v, ".4g")),
+    ("tokens/s", "tokens_per_s", lambda v: _fmt(v, ",.0f")),
+    ("peak memory (GB)", "peak_memory_gb", lambda v: _fmt(v, ".1f")),
+    ("comm GB/rank", "comm_bytes_per_rank", lambda v: _gb(None if v is None else sum(v.values()))),
+)
+
+
+def phase_table(entries: Sequence[Entry]) -> str:
+    """The ``prefill`` and ``decode`` blocks of inference entries side by side ('' when none has one).
+
+    Prefill: the prefill step (tokens/s = prompt tokens/s). Decode: the N decode steps together (time =
+    Σ steps, tokens/s = generated tokens/s). A ``generate`` entry's top-level keys are their sums
+    (overlap: of the summed per-rank times), see :mod:`tspsim.analysis.serving`.
+    """
+    phases = [p for p in ("prefill", "decode") if any(isinstance(e.get(p), dict) for e in entries)]
+    if not phases:
+        return ""
+    rows = [("", *[schedule_label(e) for e in entries])]
+    for phase in phases:
+        steps = {e[phase].get("steps") for e in entries if isinstance(e.get(phase), dict)}
+        name = phase if phase == "prefill" else f"decode ({'/'.join(str(n) for n in sorted(steps))} steps)"
+        for i, (label, key, fmt) in enumerate(_PHASE_ROWS):
+            head = f"{name}: {label}" if i == 0 else f"  {label}"
+            rows.append((head, *[fmt(e[phase].get(key)) if isinstance(e.get(phase), dict) else "n/a"
+                                 for e in entries]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join([r[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(r[1:], widths[1:]))]).rstrip()
                      for r in rows)

@@ -3,7 +3,7 @@
 Definitions (units in the names; every number comes from replays of op graphs, none from a formula):
 
 * **ttft_s** — time to first token: the simulated prefill step (embedding, every block, the LM head on
-  each prompt's last token). In ``decode`` mode (no prefill) it is the first decode step.
+  each prompt's last token); null in ``decode`` mode, which simulates no prefill (see **TTFT** below).
 * **tpot_s** — time per output token: the mean simulated decode step time over the N generated tokens.
   Step i (0-based) starts with T + i cached tokens and attends over T + i + 1 (T = ``seq_len``, the
   prompt in ``generate`` mode and the cached context ``--context`` in ``decode`` mode).
@@ -23,20 +23,40 @@ Definitions (units in the names; every number comes from replays of op graphs, n
   ``other`` is launch overhead, elementwise kernels (norms, residual adds, activations, sampling) and
   idle time.
 
-Mode-dependent keys of the stable run entry are redefined for inference: ``step_time_s`` is ttft_s
-(prefill), tpot_s (decode) or ttft_s + Σ decode steps (generate); ``tokens_per_s`` is prompt tokens/s
-(prefill), decode tokens/s (decode) or generated tokens / step_time_s (generate); ``mfu`` counts the
-model FLOPs of those steps (decode attention: 4·B·T·H_q per block, no causal halving). Per-step keys
-(memory, overlap, communication bytes) describe the representative timeline: the prefill step for
-``prefill``, the final decode step for ``decode``; ``generate`` reports the prefill timeline with the
-memory keys of whichever of prefill and final decode step peaks higher.
+**One meaning per key.** Every top-level key of an inference entry has the scope of its ``step_time_s``:
+
+* ``prefill`` — the prefill step (``step_time_s`` = ``ttft_s``; tokens/s = prompt tokens/s).
+* ``decode`` — the mean decode step (``step_time_s`` = ``tpot_s``; ``compute_s``, ``comm_s``,
+  ``exposed_comm_s`` are means over the N steps, ``overlap_pct`` of their sums, ``comm_bytes_per_rank``
+  and ``layer_comm_bytes_per_rank`` per step; tokens/s = decode tokens/s).
+* ``generate`` — the whole request: ``step_time_s`` = ttft_s + Σ decode steps, and ``compute_s``,
+  ``comm_s``, ``exposed_comm_s``, ``overlap_pct`` and the byte counts of the same prefill + N steps;
+  tokens/s = generated tokens / step_time_s.
+
+``mfu`` counts the model FLOPs of that scope (decode attention: 4·B·T·H_q per block, no causal halving);
+the memory keys are the peak over the scope (decode: the final, largest-cache step). The per-phase blocks
+``prefill`` and ``decode`` (:data:`PHASE_KEYS`; null when the mode has no such phase) give ``time_s``,
+``compute_s``, ``comm_s``, ``exposed_comm_s``, ``overlap_pct``, ``tokens_per_s``, ``peak_memory_gb`` and
+``comm_bytes_per_rank`` of the prefill step and of the N decode steps together (``steps`` = N).
+
+**TTFT** is defined once: the time from the request to its first generated token, which the prefill
+produces (its LM head on the prompt's last token). It is the prefill step's time wherever a prefill is
+simulated (``run``/``sweep``/``plan`` in ``prefill`` and ``generate`` modes, ``replay`` of a prefill
+graph) and null where none is: ``decode`` mode starts from a filled cache, and a replayed decode step is
+one step of a request whose prefill is not in the graph (the first decode step's time is
+``decode_step_first_s``).
+
+Per-rank time sums are exact over a decode step assembled from a shorter graph
+(:class:`~tspsim.simulate.decode_timer.DecodeTimer`): union lengths restricted to adjacent windows add
+up, as the breakdown's do (:func:`rank_overlap`). Every decode step replays the same graph re-costed for
+its context (only attention kernels change), so its bytes are those of the final step.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from tspsim.analysis.metrics import intersection_length, interval_union, total_length
+from tspsim.analysis.metrics import intersection_length, interval_union, rank_intervals, total_length
 from tspsim.engine.costs import efficiency, large_efficiency
 from tspsim.engine.timeline import Timeline
 from tspsim.spec.layout import Layout
@@ -46,6 +66,51 @@ from tspsim.spec.workload import Workload
 
 BREAKDOWN_KEYS = ("weights_hbm", "kv_hbm", "compute", "communication", "other")
 """Keys of ``decode_time_breakdown_s``."""
+PHASE_KEYS = ("time_s", "compute_s", "comm_s", "exposed_comm_s", "overlap_pct", "tokens_per_s", "peak_memory_gb",
+              "comm_bytes_per_rank")
+"""Keys of the per-phase blocks ``prefill`` and ``decode`` of an inference entry (``decode`` adds ``steps``)."""
+
+RankStats = dict[int, tuple[float, float, float]]
+"""Per simulated rank: (compute s, communication s, overlapped s) — union lengths and their intersection."""
+
+
+def _clip(union: list[tuple[float, float]], start: float, end: float) -> list[tuple[float, float]]:
+    return [(max(a, start), min(b, end)) for a, b in union if b > start and a < end]
+
+
+def rank_overlap(tl: Timeline, start: float = 0.0, end: float | None = None) -> RankStats:
+    """Per rank: compute, communication and overlapped seconds inside [start, end] (HTA's unions, clipped).
+
+    Additive over adjacent windows, so a step assembled from windows (:class:`DecodeTimer`) sums them.
+    """
+    end = tl.end_s if end is None else end
+    out: RankStats = {}
+    for r, (comp, comm) in rank_intervals(tl).items():
+        c, m = _clip(comp, start, end), _clip(comm, start, end)
+        out[r] = (total_length(c), total_length(m), intersection_length(c, m))
+    return out
+
+
+def add_stats(a: RankStats, b: RankStats, times: float = 1.0) -> RankStats:
+    """``a + times·b``, rank by rank."""
+    ranks = sorted(set(a) | set(b))
+    zero = (0.0, 0.0, 0.0)
+    return {r: tuple(x + times * y for x, y in zip(a.get(r, zero), b.get(r, zero))) for r in ranks}  # type: ignore[misc]
+
+
+def stats_metrics(stats: RankStats, steps: int = 1) -> dict[str, float]:
+    """compute_s, comm_s, exposed_comm_s (means over ranks, divided by ``steps``) and overlap_pct.
+
+    As :func:`tspsim.analysis.metrics.time_metrics`: overlap_pct averages the per-rank ratios
+    overlapped ÷ communicating of the ranks that communicate (0 if none does); a ratio of sums over the
+    steps, so it is independent of ``steps``.
+    """
+    n = max(len(stats), 1) * max(steps, 1)
+    ratios = [100.0 * ov / m for _, m, ov in stats.values() if m > 0]
+    return {"compute_s": sum(c for c, _, _ in stats.values()) / n,
+            "comm_s": sum(m for _, m, _ in stats.values()) / n,
+            "exposed_comm_s": sum(m - ov for _, m, ov in stats.values()) / n,
+            "overlap_pct": sum(ratios) / len(ratios) if ratios else 0.0}
 
 
 def time_breakdown(tl: Timeline, gpu: GpuSpec, start: float = 0.0, end: float | None = None) -> dict[str, float]:

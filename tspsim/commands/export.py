@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from tspsim.commands.options import WholeNumberType
-from tspsim.commands.view import RankListType, load_selected
+from tspsim.commands.view import RankListType, load_selected, note_missing
 from tspsim.core.errors import TspsimError
 from tspsim.outputs.export import FORMATS, in_run, safe_file_part
 
@@ -26,7 +26,7 @@ from tspsim.outputs.export import FORMATS, in_run, safe_file_part
 @click.option("--schedule", default=None, help="Export only the run of this schedule.")
 @click.option("--no-links", is_flag=True, help="perfetto: leave out the link-bandwidth counters.")
 @click.option("--prefix", default="tspsim", show_default=True,
-              help="chakra: file prefix (<prefix>.<rank>.et).")
+              help="chakra: file name prefix (<prefix>.<rank>.et), a plain name: no folder, '.' or '..'.")
 def export(result: Path, fmt: str, output: Path, ranks: list[int] | None, run_index: int | None,
            schedule: str | None, no_links: bool, prefix: str) -> None:
     """Export a result file's timeline to other tools.
@@ -37,7 +37,12 @@ def export(result: Path, fmt: str, output: Path, ranks: list[int] | None, run_in
               one block of processes each.
     hta       One Kineto-style trace per rank (rank<R>.pt.trace.json) for Holistic Trace Analysis:
               TraceAnalysis(trace_dir=DIR).get_comm_comp_overlap() matches tspsim's overlap_pct.
-    chakra    Chakra execution traces <prefix>.<rank>.et plus comm_groups.json, for ASTRA-sim.
+    chakra    Chakra execution traces <prefix>.<rank>.et plus comm_groups.json, for ASTRA-sim: reduce and
+              broadcast (which ASTRA-sim does not simulate) are written as a reduce-scatter and an
+              all-gather of N·p/(p−1) bytes — the same N bytes sent per rank — and communicator ids
+              start at 1 ("0" means every rank to ASTRA-sim).
+
+    A note on stderr says what the result file lacks (e.g. link rates: no bandwidth counters).
 
     With several runs and no --run/--schedule, hta and chakra write one subfolder per run (N-SCHEDULE).
 
@@ -47,7 +52,14 @@ def export(result: Path, fmt: str, output: Path, ranks: list[int] | None, run_in
       tspsim export result.json --format hta -o hta_traces/
       tspsim export result.json --format chakra --schedule tp -o et/
     """  # noqa: D301
+    if fmt == "chakra":
+        from tspsim.outputs.export.chakra import check_prefix
+
+        check_prefix(prefix)
     runs = load_selected(result, run_index, schedule)
+    if fmt == "perfetto" and not no_links:
+        note_missing(result, runs, {"link": "the trace has no bandwidth counters",
+                                    "memory": "the trace has no memory counters"})
     if fmt == "perfetto":
         from tspsim.outputs.export.perfetto import write_trace
 
@@ -73,4 +85,6 @@ def export(result: Path, fmt: str, output: Path, ranks: list[int] | None, run_in
         except TspsimError as exc:
             raise TspsimError(f"{in_run(len(runs), i, r.entry)}{exc}") from None
         plural = "s" if len(files) != 1 else ""
-        click.echo(f"wrote {len(files)} {fmt} trace file{plural} to {folder}", err=True)
+        extra = " and comm_groups.json" if fmt == "chakra" else ""
+        names = f" ({files[0].name} … {files[-1].name})" if len(files) > 1 else f" ({files[0].name})" if files else ""
+        click.echo(f"wrote {len(files)} {fmt} trace file{plural}{names}{extra} to {folder}", err=True)

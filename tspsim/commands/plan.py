@@ -62,7 +62,7 @@ def plan(ctx: click.Context, topology: str, model: str, seq: int | None, mode: s
          as_json: bool) -> None:
     """Search schedules, degrees and micro-batch sizes; rank what fits in HBM by an objective.
 
-    Tries every registered schedule with D dividing the GPUs per node, tp+sp T×Σ splits that fill
+    Tries every registered schedule with D dividing the GPUs per node, tp+sp T×SP splits that fill
     whole nodes, and micro-batches 1, 2, 4, … up to --batch-max. Configurations that do not fit in
     HBM are dropped. Prints the ranked list, the objective, the best choice and one line saying what
     limits it (memory, exposed communication or compute; decode steps also HBM bandwidth or overheads).
@@ -103,7 +103,7 @@ def plan(ctx: click.Context, topology: str, model: str, seq: int | None, mode: s
                        f"topology, {state.cached} cached, {len(state.todo)} to simulate"
                        + (f" {runner.description}" if state.todo else "") + f"; objective: {goal.key} ({goal.goal})",
                        err=True)
-            execute_with_progress(state, runner, cache, label="planning")
+            execute_with_progress(state, runner, cache, label="planning", on_result=_progress_lines(len(state.todo)))
     except KeyboardInterrupt:
         click.echo("\ninterrupted" + (f"; finished points are cached in {cache_dir}" if cache_dir else ""), err=True)
         ctx.exit(130)
@@ -120,6 +120,17 @@ def plan(ctx: click.Context, topology: str, model: str, seq: int | None, mode: s
         ctx.exit(1)
 
 
+def _progress_lines(total: int) -> Callable[[Outcome], None] | None:
+    """One stderr line per finished configuration when stderr is not a terminal (a bar is drawn otherwise)."""
+    from tspsim.core.progress import Progress
+    from tspsim.explore.sweep import stderr_is_tty
+
+    if stderr_is_tty():
+        return None
+    lines = Progress("plan", total, tty=False)
+    return lambda out: lines.advance(item=f"{out.status}: {out.label}")
+
+
 def _nothing_fits(result: PlanResult, mode: str = "train") -> str:
     from tspsim.analysis.entries import entry_label
 
@@ -127,9 +138,11 @@ def _nothing_fits(result: PlanResult, mode: str = "train") -> str:
         small = min(result.oom, key=lambda e: e.get("peak_memory_gb") or 0.0)
         shorter = {"decode": "a shorter --context or fewer --tokens",
                    "generate": "a shorter --seq or fewer --tokens"}.get(mode, "a shorter --seq")
+        from tspsim.analysis.report import zero1_hint
+
         return (f"no configuration fits in HBM: the smallest peak is {small.get('peak_memory_gb', 0):.1f} GB "
                 f"({entry_label(small)}, batch {small.get('batch')}) of {small.get('hbm_gb', 0):g} GB; "
-                f"try {shorter}, more --gpus or a larger topology")
+                f"try {shorter}, more --gpus or a larger topology{zero1_hint(result.oom)}")
     if result.invalid:
         return "no configuration is valid: " + result.invalid[0].reason
     return "no configuration could be simulated"

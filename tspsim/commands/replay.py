@@ -198,7 +198,8 @@ def replay_cmd(trace: str, topology: str, as_json: bool, save: str | None, max_e
     check_outputs_distinct({"TRACE": trace, "--topology": topology}, {"--save": save})
     graph = OpGraph.load(trace)
     topo = load_topology(topology)
-    options = ReplayOptions(max_events=max_events or DEFAULT_MAX_EVENTS, max_wall_s=max_wall_s or DEFAULT_MAX_WALL_S)
+    options = ReplayOptions(max_events=max_events or DEFAULT_MAX_EVENTS, max_wall_s=max_wall_s or DEFAULT_MAX_WALL_S,
+                            record_links=bool(save))  # a saved result carries link rates (view, export)
     t0 = time.perf_counter()
     try:
         sim_topo = replay_topology(graph, topo)
@@ -207,6 +208,10 @@ def replay_cmd(trace: str, topology: str, as_json: bool, save: str | None, max_e
     except TspsimError as exc:
         raise TraceError(f"{trace}: {exc}") from None
     click.echo(f"replayed {trace} ({len(graph.ops):,} ops) in {time.perf_counter() - t0:.1f} s", err=True)
+    used = entry.get("world_size") or len(graph.ranks)
+    if isinstance(used, int) and used < topo.world_size:
+        click.echo(f"note: the graph uses {used:,} of the {topo.world_size:,} GPUs of {topo.name}; the others stay "
+                   "idle (generate it with this topology to use them all)", err=True)
     if save:
         from tspsim.outputs.results_file import save_results
 

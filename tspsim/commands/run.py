@@ -37,7 +37,7 @@ def plan_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="D for tsp, tp, sp, satp-seq, satp-batch (default: GPUs per node)."),
         click.option("--tp", type=click.IntRange(min=1), default=None,
                      help="T of tp+sp (inner, in the node)."),
-        click.option("--sp", type=click.IntRange(min=1), default=None, help="Σ of tp+sp (outer)."),
+        click.option("--sp", type=click.IntRange(min=1), default=None, help="SP degree of tp+sp (outer)."),
         click.option("--seq", type=SizeType("sequence length"), default=None,
                      help="Tokens per sequence, binary suffixes (128k = 131072). Default: the model's "
                           "(128k for zyphra-7b)."),
@@ -233,7 +233,7 @@ def choose_points(args: PlanArgs, schedules: list[str] | None, seq: int,
 
 
 def point_label(point: Any) -> str:
-    """``tsp D=8`` / ``tp+sp T=4×Σ=2`` from the resolved layout."""
+    """``tsp D=8`` / ``tp+sp T=4×SP=2`` from the resolved layout."""
     from tspsim.analysis.entries import schedule_label
     from tspsim.spec.layout import make_layout
     from tspsim.spec.model import load_model
@@ -246,21 +246,56 @@ def point_label(point: Any) -> str:
     return schedule_label({"schedule": layout.schedule, "degrees": layout.degrees})
 
 
+class PointProgress:
+    """Progress of one point on stderr: ``simulating LABEL ... 2.1 s``.
+
+    When the point reports steps (inference: prefill, decode steps, max-batch probes), a bar with ETA on
+    a terminal or one line a second in a log (:mod:`tspsim.core.progress`).
+    """
+
+    def __init__(self, label: str) -> None:
+        from tspsim.core.progress import Progress
+
+        self.label = label
+        self.bar = Progress(label, every_s=1.0)
+        self.started = False
+        self.t0 = time.perf_counter()
+        click.echo(f"{label} ...", err=True, nl=False)
+
+    def __call__(self, done: int, total: int, what: str) -> None:
+        """A step finished (``total`` 0: unknown, e.g. max-batch probes)."""
+        if not self.started:
+            self.started = True
+            if not self.bar.tty:
+                click.echo("", err=True)  # end the "simulating …" line; step lines follow
+        if total == 0 and done == 1:
+            self.bar.reset(None)  # a new phase (max-batch probes): its first line is always shown
+        self.bar.update(done, total or None, what)
+
+    def finish(self, failed: bool = False) -> None:
+        """End the point's progress: its wall time, or ``failed``."""
+        tail = "failed" if failed else f"{time.perf_counter() - self.t0:.1f} s"
+        if not self.started:
+            click.echo(f" {tail}", err=True)
+        elif self.bar.tty:
+            self.bar.close(final=f"{self.label} ... {tail}")
+        else:
+            click.echo(f"{self.label}: {'failed' if failed else 'done in ' + tail}", err=True)
+
+
 def simulate_points(points: list[Any], fold: bool, record_links: bool) -> list[Any]:
-    """Simulate each point, printing one progress line per point on stderr."""
+    """Simulate each point, with its progress on stderr (:class:`PointProgress`)."""
     from tspsim.explore.max_batch import simulate_with_max_batch
 
     results = []
     for p in points:
-        label = point_label(p)
-        click.echo(f"simulating {label} ...", err=True, nl=False)
-        t0 = time.perf_counter()
+        progress = PointProgress(f"simulating {point_label(p)}")
         try:
-            results.append(simulate_with_max_batch(p, fold=fold, record_links=record_links))
+            results.append(simulate_with_max_batch(p, fold=fold, record_links=record_links, progress=progress))
         except BaseException:
-            click.echo(" failed", err=True)  # end the progress line so the error starts its own
+            progress.finish(failed=True)  # end the progress line so the error starts its own
             raise
-        click.echo(f" {time.perf_counter() - t0:.1f} s", err=True)
+        progress.finish()
     return results
 
 
@@ -325,11 +360,21 @@ def print_report(entries: list[dict[str, Any]], max_batch_note: str | None = Non
             kind = "decode" if step.get("kind") == "decode" else "prefill"
             click.echo(f"# the replayed {kind} step (step time = {'TPOT' if kind == 'decode' else 'TTFT'})")
         else:
-            click.echo("# per step (prefill step; decode: the final decode step, step time = TPOT)")
+            click.echo({"prefill": "# the prefill step (step time = TTFT)",
+                        "decode": f"# per decode step: means over the {e.get('decode_tokens')} steps (step time = "
+                                  "TPOT; peak memory at the final, largest-cache step)",
+                        "generate": f"# the whole request: prefill + {e.get('decode_tokens')} decode steps "
+                                    "(request time = TTFT + every decode step)"}[e["mode"]])
     else:
         click.echo(f"# {e['model']} on {e['topology']}: {e['mode']}, seq {format_tokens(e['seq_len'])}, "
                    f"batch {e['batch']} per replica")
     click.echo(comparison_table(entries))
+    if e["mode"] == "generate" and not e.get("inference_step"):
+        from tspsim.analysis.report import phase_table
+
+        click.echo("")
+        click.echo("# per phase: the prefill step; the decode steps together")
+        click.echo(phase_table(entries))
     click.echo("")
     click.echo(verdict(entries))
     note = input_gather_note(entries)
@@ -345,7 +390,7 @@ def print_report(entries: list[dict[str, Any]], max_batch_note: str | None = Non
               help="Comma list of schedules (tspsim list schedules) or 'all'. Default: tsp, tp and tp+sp.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object {\"results\": [...]} on stdout.")
 @click.option("--save", type=click.Path(dir_okay=False), default=None,
-              help="Write entries and timelines to RESULT.json (for tspsim view / export).")
+              help="Write entries and timelines, with link rates, to RESULT.json (for tspsim view / export).")
 @click.option("--html", type=click.Path(dir_okay=False), default=None,
               help="Write the timeline viewer (HTML).")
 @click.option("--trace", type=click.Path(dir_okay=False), default=None,
@@ -366,8 +411,8 @@ def run(topology: str, model: str, degree: int | None, tp: int | None, sp: int |
         trace: str | None, context: int | None, tokens: int | None, max_batch: bool | None, no_timing: bool) -> None:
     """Simulate schedules on a topology and compare them side by side.
 
-    Without --schedule, compares tsp (D = GPUs per node), tp (same D) and tp+sp (T=8×Σ=2 across two
-    nodes, T=4×Σ=2 on one node), skipping any that do not fit.
+    Without --schedule, compares tsp (D = GPUs per node), tp (same D) and tp+sp (T=8×SP=2 across two
+    nodes, T=4×SP=2 on one node), skipping any that do not fit.
 
     \b
     Examples:
@@ -383,7 +428,12 @@ def run(topology: str, model: str, degree: int | None, tp: int | None, sp: int |
 
     Inference modes report TTFT, TPOT, decode tokens/s, the largest batch that fits (skip that search
     with --no-max-batch) and where a decode step's time goes (weights from HBM, KV cache from HBM,
-    compute, exposed communication).
+    compute, exposed communication). Every top-level number has the scope of the step time: the prefill
+    step, the mean decode step, or (generate) the whole request, with per-phase blocks and a per-phase
+    table; TTFT is null in decode mode (no prefill is simulated).
+
+    Progress goes to stderr: a bar with ETA per inference point on a terminal (one line a second
+    otherwise). --save records link rates, so tspsim view and export show link utilisation.
     """  # noqa: D301
     args = PlanArgs(topology, model, degree, tp, sp, seq, batch, mode, recompute, options, gpus, full, context,
                     tokens, max_batch is not False)
@@ -394,7 +444,7 @@ def run(topology: str, model: str, degree: int | None, tp: int | None, sp: int |
                            {"--save": save, "--html": html, "--trace": trace})
     pairs = parse_option_pairs(options, recompute, stack)
     points = choose_points(args, schedules, default_seq(args), pairs)
-    results = simulate_points(points, fold=not full, record_links=bool(html or trace))
+    results = simulate_points(points, fold=not full, record_links=bool(html or trace or save))
     if no_timing:
         for r in results:
             r.entry["sim_wall_s"] = None

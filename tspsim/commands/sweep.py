@@ -47,7 +47,7 @@ def grid_size(grid: Grid) -> int:
               help="D values of tsp, tp, sp, satp-* (default: GPUs per node).")
 @click.option("--tp", "tps", type=IntListType("tp degree"), default=None,
               help="T values of tp+sp (default: GPUs per node; half a node on a single node).")
-@click.option("--sp", "sps", type=IntListType("sp degree"), default=None, help="Σ values of tp+sp (default: 2).")
+@click.option("--sp", "sps", type=IntListType("sp degree"), default=None, help="SP degrees of tp+sp (default: 2).")
 @click.option("--seq", "seqs", type=SizeListType("sequence length"), default=None,
               help="Sequence lengths, binary suffixes: 16k,32k,64k,128k. Default: the model's.")
 @click.option("--batch", "batches", type=IntListType("batch"), default="1", show_default=True,
@@ -158,6 +158,9 @@ def sweep(ctx: click.Context, topologies: list[str], models: list[str], schedule
                        f"{cache.directory} — rerun the same command to resume", err=True)
             ctx.exit(143 if isinstance(exc, Terminated) else 130)
         paths = write_results(out_dir, state, title=_title(state, grid))
+    from tspsim.explore.sweep_files import result_entry, results_table
+
+    click.echo(results_table([result_entry(o) for o in state.outcomes]))
     click.echo(_summary(state, time.perf_counter() - t0, paths), err=True)
     if state.errors:
         ctx.exit(1)
@@ -165,13 +168,19 @@ def sweep(ctx: click.Context, topologies: list[str], models: list[str], schedule
 
 def _run(state: SweepState, runner: Runner, cache: PointCache, status: str) -> None:
     """Start the runner (connect to Dask), print ``status``, execute with progress, echo runtime failures."""
+    from tspsim.core.progress import Progress
     from tspsim.explore.sweep import execute_with_progress, stderr_is_tty
 
-    lead = "\n" if stderr_is_tty() else ""  # step off the progress bar's line
+    tty = stderr_is_tty()
+    lead = "\n" if tty else ""  # step off the progress bar's line
+    # On a terminal execute_with_progress draws a bar; in a log, one line per finished point.
+    lines = None if tty else Progress("sweep", len(state.todo), tty=False)
 
     def note(out: Outcome) -> None:
         if out.status != "ok":
             click.echo(f"{lead}{out.status}: {out.label}: {out.reason}", err=True)
+        if lines is not None:
+            lines.advance(item=f"{out.status}: {out.label}")
 
     with runner:
         click.echo(status, err=True)

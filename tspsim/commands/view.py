@@ -63,6 +63,21 @@ def load_selected(result: Path, run: int | None, schedule: str | None) -> list[A
     return select_runs(load_results(result), run, schedule)
 
 
+def note_missing(result: Path, runs: list[Any], consequence: dict[str, str]) -> None:
+    """One ``note:`` line on stderr per part the selected runs lack, saying what the output will miss.
+
+    ``consequence`` maps the first word of a missing part (``link``, ``memory``) to what it costs here.
+    """
+    from tspsim.outputs.export import in_run
+    from tspsim.outputs.results_file import missing_parts
+
+    for i, r in enumerate(runs):
+        for part in missing_parts(r.timeline):
+            effect = consequence.get(part.split()[0], "")
+            click.echo(f"note: {in_run(len(runs), i, r.entry)}{result} has no {part}"
+                       + (f"; {effect}" if effect else ""), err=True)
+
+
 @click.command("view")
 @click.argument("result", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -78,9 +93,11 @@ def view(result: Path, output: Path | None, ranks: list[int] | None, run_index: 
 
     The page shows one lane per GPU stream (compute and each communication stream) on a shared time
     axis in milliseconds, spans coloured by category with op details on hover, the stacked memory of a
-    chosen GPU with the HBM capacity line and its peak, and link utilization. Legend entries toggle
-    categories; zoom and the range slider act on all panels. A result file with several runs (several
-    schedules) gets a run selector unless --run or --schedule picks one.
+    chosen GPU with the HBM capacity line and its peak, and link utilisation (node fabric and NICs, mean
+    and max per bin). Legend entries toggle categories; zooming acts on all panels and redraws the lanes
+    and bins at the new resolution. A result file with several runs (several schedules) gets a run
+    selector unless --run or --schedule picks one; each run's data is decoded only when selected. A note
+    on stderr says what the file lacks (e.g. link rates, in files saved by older versions).
 
     \b
     Examples:
@@ -91,6 +108,7 @@ def view(result: Path, output: Path | None, ranks: list[int] | None, run_index: 
     from tspsim.outputs.viewer import write_html
 
     runs = load_selected(result, run_index, schedule)
+    note_missing(result, runs, {"link": "the page has no link panel", "memory": "the page has no memory stack"})
     out = output or default_output(result, ".html")
     if out.resolve() == result.resolve():
         raise TspsimError(f"-o {out} would overwrite the result file; choose another name")

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from tspsim.analysis.metrics import peak_memory
-from tspsim.simulate import Point, RunResult, simulate
+from tspsim.simulate import Point, RunResult, StepProgress, simulate
 from tspsim.simulate.inference import step_peak_bytes
 from tspsim.spec.workload import INFERENCE_MODES
 
@@ -77,8 +77,12 @@ def batch_step(schedule: str, mode: str, degree: int) -> int:
     return degree if schedule == "satp-batch" or (schedule == "satp-seq" and mode != "prefill") else 1
 
 
-def search_max_batch(result: RunResult, fold: bool = True) -> tuple[int, int]:
-    """(max batch, simpy events spent) for a simulated inference point; its own batch is not simulated again."""
+def search_max_batch(result: RunResult, fold: bool = True,
+                     on_probe: Callable[[int, float], None] | None = None) -> tuple[int, int]:
+    """(max batch, simpy events spent) for a simulated inference point; its own batch is not simulated again.
+
+    ``on_probe(batch, peak bytes)`` is called after each probe (progress).
+    """
     layout, workload = result.layout, result.workload
     events = 0
 
@@ -86,6 +90,8 @@ def search_max_batch(result: RunResult, fold: bool = True) -> tuple[int, int]:
         nonlocal events
         top, ev = step_peak_bytes(result.topology, result.model, layout, workload, result.assumptions, b, fold)
         events += ev
+        if on_probe is not None:
+            on_probe(b, top)
         return top
 
     own = max(peak_memory(tl)[0] for tl in result.timelines.values())
@@ -95,15 +101,25 @@ def search_max_batch(result: RunResult, fold: bool = True) -> tuple[int, int]:
     return found, events
 
 
-def simulate_with_max_batch(point: Point, fold: bool = True, record_links: bool = False) -> RunResult:
+def simulate_with_max_batch(point: Point, fold: bool = True, record_links: bool = False,
+                            progress: StepProgress | None = None) -> RunResult:
     """:func:`tspsim.simulate.simulate`, then the max-batch search when ``point.search_max_batch`` asks for it.
 
     The entry's ``max_batch`` is filled in, and its ``sim_events`` and ``sim_wall_s`` include the probes.
+    ``progress`` hears of every simulated step, then of every probe (with a total of 0: unknown).
     """
-    result = simulate(point, fold=fold, record_links=record_links)
+    result = simulate(point, fold=fold, record_links=record_links, progress=progress)
     if point.mode in INFERENCE_MODES and point.search_max_batch:
         t0 = time.perf_counter()
-        found, events = search_max_batch(result, fold)
+        probes = 0
+
+        def on_probe(batch: int, peak_bytes: float) -> None:
+            nonlocal probes
+            probes += 1
+            if progress is not None:
+                progress(probes, 0, f"max-batch probe B={batch}: peak {peak_bytes / 1e9:.1f} GB")
+
+        found, events = search_max_batch(result, fold, on_probe)
         result.entry["max_batch"] = found
         result.entry["sim_events"] += events
         result.entry["sim_wall_s"] += time.perf_counter() - t0

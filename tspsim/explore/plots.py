@@ -1,13 +1,17 @@
 """Figures of a sweep (design.md §7): pure functions from results.json entries to plotly figures.
 
-* :func:`throughput_figure` — tokens/s vs sequence length, one line per schedule and degrees.
+* :func:`throughput_figure` — tokens/s vs sequence length, one line per schedule, degrees and batch.
 * :func:`memory_figure` — peak memory vs sequence length, the HBM capacity as a dashed line, OOM
   points marked with a red ✕.
-* :func:`speed_ratio_figures` — TSP ÷ TP+SP throughput on a D × S heatmap (D = T·Σ for TP+SP), one
-  per (topology, model, mode, batch, tokens generated) where both schedules ran; :func:`speed_ratio_note` says why there
-  is none otherwise.
+* :func:`speed_ratio_figures` — TSP ÷ TP+SP throughput on a D × S heatmap (D = T·SP for TP+SP), one
+  per (topology, model, mode, batch, tokens generated) where both schedules ran; :func:`speed_ratio_note` says
+  why there is none otherwise.
 * :func:`metric_figure` — any scalar key of the entries vs sequence length; the page uses it for the
   serving metrics of inference points (TTFT, TPOT, decode tokens/s, max batch: :data:`SERVING_FIGURES`).
+
+Every line has its own marker symbol (and a dash per batch size), so lines that coincide stay visible;
+the x axis and title name what ``seq_len`` is for the entries drawn (:func:`x_quantity`: sequence length,
+prompt length or context); a y axis whose values span more than a factor :data:`LOG_SPAN` is logarithmic.
 * :func:`sweep_page` — the self-contained HTML page (plotly.js embedded once, deterministic div ids).
 
 Nothing here reads or writes files. Entries whose ``status`` is not ``ok`` are ignored by the plots.
@@ -24,7 +28,6 @@ from plotly.colors import qualitative
 
 from tspsim.analysis.entries import entry_label, is_oom, throughput
 from tspsim.core.units import format_tokens
-from tspsim.spec.workload import INFERENCE_MODES
 
 Entry = dict[str, Any]
 
@@ -33,13 +36,22 @@ _OOM_COLOR = "#d62728"
 _GROUP_KEYS = ("topology", "model", "mode", "batch", "decode_tokens")
 
 SERVING_FIGURES: tuple[tuple[str, str, str, str, float], ...] = (
-    ("ttft", "ttft_s", "Time to first token vs sequence length", "TTFT (ms)", 1e3),
-    ("tpot", "tpot_s", "Time per output token vs context", "TPOT (ms)", 1e3),
-    ("decode-throughput", "decode_tokens_per_s", "Decode throughput vs context", "decode tokens/s (all GPUs)", 1.0),
-    ("max-batch", "max_batch", "Largest batch that fits in HBM vs sequence length", "max batch (sequences per replica)",
-     1.0),
+    ("ttft", "ttft_s", "Time to first token", "TTFT (ms)", 1e3),
+    ("tpot", "tpot_s", "Time per output token", "TPOT (ms)", 1e3),
+    ("decode-throughput", "decode_tokens_per_s", "Decode throughput", "decode tokens/s (all GPUs)", 1.0),
+    ("max-batch", "max_batch", "Largest batch that fits in HBM", "max batch (sequences per replica)", 1.0),
 )
-"""(div id, entry key, title, y-axis title, scale) of the serving plots; each is drawn when some entry has the key."""
+"""(div id, entry key, title, y-axis title, scale) of the serving plots; each is drawn when some entry has the key.
+The title ends with "vs" and the x quantity of the entries plotted (:func:`x_quantity`)."""
+
+_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "triangle-down", "star", "hexagon", "pentagon",
+            "cross", "triangle-left", "triangle-right", "hourglass")
+"""Marker symbols, one per line, so lines that coincide (e.g. two batches with equal TPOT) stay visible."""
+_DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+"""Line dashes, one per batch size, so the batches of one schedule are told apart at a glance."""
+LOG_SPAN = 20.0
+"""A y axis is logarithmic when its positive values span more than this factor (TSP's 2 s TPOT next to
+TP's 2 ms would flatten every TP line to zero on a linear axis)."""
 
 
 def ok_entries(entries: Sequence[Entry]) -> list[Entry]:
@@ -68,7 +80,7 @@ def series_label(entry: Entry, varying: Sequence[str]) -> str:
 
 
 def series(entries: Sequence[Entry]) -> list[tuple[str, list[Entry]]]:
-    """(label, entries sorted by sequence length) per schedule/degrees/group, in first-seen order."""
+    """(label, entries sorted by sequence length): one line per schedule, degrees and group (batch, …)."""
     ok = ok_entries(entries)
     varying = _varying(ok)
     groups: dict[str, list[Entry]] = {}
@@ -77,20 +89,63 @@ def series(entries: Sequence[Entry]) -> list[tuple[str, list[Entry]]]:
     return [(label, sorted(es, key=lambda e: e.get("seq_len") or 0)) for label, es in groups.items()]
 
 
+def _styles(groups: Sequence[tuple[str, list[Entry]]]) -> list[dict[str, Any]]:
+    """Per line: colour, marker symbol and dash.
+
+    Symbols are distinct per line, every other one open and larger, so a marker drawn over an equal one
+    leaves it visible; dashes are distinct per batch size.
+    """
+    batches = sorted({es[0].get("batch") or 0 for _, es in groups})
+    return [{"color": _PALETTE[n % len(_PALETTE)],
+             "symbol": _SYMBOLS[n % len(_SYMBOLS)] + ("-open" if n % 2 else ""), "size": 14 if n % 2 else 9,
+             "dash": _DASHES[batches.index(es[0].get("batch") or 0) % len(_DASHES)]}
+            for n, (_, es) in enumerate(groups)]
+
+
+def x_quantity(entries: Sequence[Entry]) -> str:
+    """What the x axis (an entry's ``seq_len``) means for these entries.
+
+    Training and forward: the sequence length; prefill and generate: the prompt length; decode: the context
+    (tokens cached when decoding starts). Mixed modes name each.
+    """
+    modes = {e.get("mode") for e in entries}
+    names = {"decode": "context"} | dict.fromkeys(("prefill", "generate"), "prompt length") | dict.fromkeys(
+        ("train", "forward"), "sequence length")
+    kinds = list(dict.fromkeys(names.get(str(m), "sequence length") for m in sorted(modes, key=str)))
+    if len(kinds) == 1:
+        return kinds[0]
+    parts = [f"{names[str(m)]} ({m})" for m in sorted(modes, key=str) if str(m) in names]
+    return " / ".join(dict.fromkeys(parts)) or "sequence length"
+
+
 def _seq_axis(entries: Sequence[Entry]) -> dict[str, Any]:
     seqs = sorted({e["seq_len"] for e in entries if e.get("seq_len")})
-    modes = {e.get("mode") for e in entries}
-    title = "sequence length (tokens)"
-    if modes == {"decode"}:
-        title = "context (tokens cached when decoding starts)"
-    elif "decode" in modes:
-        title = "sequence length (tokens; decode: context cached)"
-    return {"title": title, "type": "log", "tickvals": seqs, "ticktext": [format_tokens(s) for s in seqs]}
+    what = x_quantity(entries)
+    if what == "context":
+        what = "context (tokens cached when decoding starts)"
+    title = what if "(" in what else f"{what} (tokens)"
+    return {"title": title, "type": "log", "tickvals": seqs, "ticktext": [format_tokens(s) for s in seqs],
+            "automargin": True}
 
 
-def _layout(fig: go.Figure, title: str, ytitle: str, entries: Sequence[Entry]) -> go.Figure:
-    fig.update_layout(title=title, xaxis=_seq_axis(entries), yaxis_title=ytitle, template="plotly_white",
-                      hovermode="closest", legend={"title": "schedule"}, height=520)
+def y_axis_type(values: Sequence[float | None]) -> str:
+    """``log`` when the positive values span more than :data:`LOG_SPAN` (decades), else ``linear``."""
+    pos = [v for v in values if v is not None and v > 0]
+    return "log" if pos and max(pos) / min(pos) > LOG_SPAN else "linear"
+
+
+def _layout(fig: go.Figure, title: str, ytitle: str, entries: Sequence[Entry], subtitle: str = "") -> go.Figure:
+    """Title "TITLE vs X" (the x quantity of ``entries``), axes, and margins that clip neither title."""
+    values = [v for t in fig.data if t.name and not t.name.startswith(("OOM", "HBM")) for v in (t.y or ())]
+    text = f"{title} vs {x_quantity(entries)}" + (f"<br><sup>{html.escape(subtitle)}</sup>" if subtitle else "")
+    log = y_axis_type(values) == "log"
+    fig.update_layout(title={"text": text, "x": 0.0, "xanchor": "left", "xref": "container", "y": 0.96,
+                             "yanchor": "top", "yref": "container"},
+                      xaxis=_seq_axis(entries),
+                      yaxis={"title": ytitle + (" — log scale" if log else ""), "type": "log" if log else "linear",
+                             "automargin": True},
+                      template="plotly_white", hovermode="closest", legend={"title": "schedule"}, height=560,
+                      margin={"l": 90, "r": 40, "t": 100 if subtitle else 70, "b": 70})
     return fig
 
 
@@ -114,21 +169,24 @@ def throughput_figure(entries: Sequence[Entry]) -> go.Figure:
     """tokens/s vs sequence length per schedule and degrees; OOM points drawn with a red ✕."""
     fig = go.Figure()
     oom: list[tuple[float, float]] = []
-    for n, (label, es) in enumerate(series(entries)):
+    groups = series(entries)
+    for (label, es), style in zip(groups, _styles(groups)):
         ys = [throughput(e) for e in es]
         fig.add_trace(go.Scatter(
             x=[e["seq_len"] for e in es], y=ys, mode="lines+markers", name=label,
-            line={"color": _PALETTE[n % len(_PALETTE)]},
-            marker={"symbol": ["x" if is_oom(e) else "circle" for e in es], "size": 9},
+            line={"color": style["color"], "dash": style["dash"]},
+            marker={"symbol": ["x" if is_oom(e) else style["symbol"] for e in es], "size": style["size"]},
             customdata=_customdata(es), hovertemplate=_hover("%{y:,.0f} tokens/s")))
         oom += [(e["seq_len"], y) for e, y in zip(es, ys) if is_oom(e) and y is not None]
     if oom:
         fig.add_trace(_oom_trace(oom))
     ok = ok_entries(entries)
-    ytitle = "tokens/s (all GPUs)"
-    if any(e.get("mode") in INFERENCE_MODES for e in ok):
-        ytitle += " — prefill: prompt tokens; decode, generate: generated tokens"
-    return _layout(fig, "Throughput vs sequence length", ytitle, ok)
+    modes = {e.get("mode") for e in ok}
+    parts = [text for ms, text in ((("prefill",), "prefill: prompt tokens/s"),
+                                   (("decode", "generate"), "decode and generate: generated tokens/s"))
+             if modes & set(ms)]
+    subtitle = "; ".join(parts)
+    return _layout(fig, "Throughput", "tokens/s (all GPUs)", ok, subtitle)
 
 
 def metric_figure(entries: Sequence[Entry], key: str, title: str, ytitle: str, scale: float = 1.0) -> go.Figure:
@@ -139,12 +197,13 @@ def metric_figure(entries: Sequence[Entry], key: str, title: str, ytitle: str, s
     fig = go.Figure()
     have = [e for e in ok_entries(entries) if e.get(key) is not None]
     oom: list[tuple[float, float]] = []
-    for n, (label, es) in enumerate(series(have)):
+    groups = series(have)
+    for (label, es), style in zip(groups, _styles(groups)):
         ys = [e[key] * scale for e in es]
         fig.add_trace(go.Scatter(
             x=[e["seq_len"] for e in es], y=ys, mode="lines+markers", name=label,
-            line={"color": _PALETTE[n % len(_PALETTE)]},
-            marker={"symbol": ["x" if is_oom(e) else "circle" for e in es], "size": 9},
+            line={"color": style["color"], "dash": style["dash"]},
+            marker={"symbol": ["x" if is_oom(e) else style["symbol"] for e in es], "size": style["size"]},
             customdata=_customdata(es), hovertemplate=_hover(f"%{{y:,.4g}} {html.escape(ytitle)}")))
         oom += [(e["seq_len"], y) for e, y in zip(es, ys) if is_oom(e)]
     if oom:
@@ -157,10 +216,12 @@ def memory_figure(entries: Sequence[Entry]) -> go.Figure:
     fig = go.Figure()
     ok = ok_entries(entries)
     oom: list[tuple[float, float]] = []
-    for n, (label, es) in enumerate(series(entries)):
+    groups = series(entries)
+    for (label, es), style in zip(groups, _styles(groups)):
         fig.add_trace(go.Scatter(
             x=[e["seq_len"] for e in es], y=[e.get("peak_memory_gb") for e in es], mode="lines+markers",
-            name=label, line={"color": _PALETTE[n % len(_PALETTE)]}, marker={"size": 9},
+            name=label, line={"color": style["color"], "dash": style["dash"]},
+            marker={"size": style["size"], "symbol": style["symbol"]},
             customdata=_customdata(es), hovertemplate=_hover("%{y:.1f} GB peak")))
         oom += [(e["seq_len"], e["peak_memory_gb"]) for e in es if is_oom(e) and e.get("peak_memory_gb") is not None]
     seqs = sorted({e["seq_len"] for e in ok})
@@ -175,7 +236,7 @@ def memory_figure(entries: Sequence[Entry]) -> go.Figure:
                                  hovertemplate=f"{html.escape(name)}<extra></extra>"))
     if oom:
         fig.add_trace(_oom_trace(oom))
-    return _layout(fig, "Peak memory per GPU vs sequence length", "peak memory per GPU (GB)", ok)
+    return _layout(fig, "Peak memory per GPU", "peak memory per GPU (GB)", ok)
 
 
 # ---------------------------------------------------------------------------------- TSP / TP+SP
@@ -184,7 +245,7 @@ def _group_key(entry: Entry) -> tuple[Any, ...]:
 
 
 def _replica_degree(entry: Entry) -> int | None:
-    """D of a tsp entry, T·Σ of a tp+sp entry."""
+    """D of a tsp entry, T·SP of a tp+sp entry."""
     deg = entry.get("degrees") or {}
     if entry.get("schedule") == "tsp":
         return deg.get("D")
@@ -203,7 +264,7 @@ def _better(a: Entry | None, b: Entry) -> Entry:
 
 
 def speed_ratio_cells(entries: Sequence[Entry]) -> dict[tuple[Any, ...], dict[tuple[int, int], tuple[Entry, Entry]]]:
-    """Per group (topology, model, mode, batch, decode tokens): {(D, S): (tsp entry, best tp+sp entry with T·Σ = D)}."""
+    """Per group (topology, model, mode, batch, decode tokens): {(D, S): (tsp entry, best tp+sp with T·SP = D)}."""
     tsp: dict[tuple[Any, ...], dict[tuple[int, int], Entry]] = {}
     tpsp: dict[tuple[Any, ...], dict[tuple[int, int], Entry]] = {}
     for e in ok_entries(entries):
@@ -257,12 +318,15 @@ def speed_ratio_figures(entries: Sequence[Entry]) -> list[go.Figure]:
             customdata=custom, colorscale="RdBu", zmid=1.0, colorbar={"title": "TSP ÷ TP+SP"},
             hovertemplate=("%{y}, seq %{x}<br>TSP %{customdata[0]} tokens/s<br>%{customdata[1]} "
                            "%{customdata[2]} tokens/s<br>ratio %{z:.3f}<extra></extra>")))
+        what = x_quantity([{"mode": mode}])
         fig.update_layout(
-            title=(f"TSP ÷ TP+SP throughput (>1: TSP faster; TP+SP: fastest T×Σ with T·Σ = D) — {model} on "
-                   f"{topo}, {mode}, batch {batch}{tokens}"),
-            xaxis={"title": "sequence length", "type": "category"},
-            yaxis={"title": "D = T·Σ", "type": "category"},
-            template="plotly_white", height=max(320, 160 + 70 * len(ds)))
+            title={"text": (f"TSP ÷ TP+SP throughput vs {what} — {html.escape(str(model))} on "
+                            f"{html.escape(str(topo))}, {mode}, batch {batch}{tokens}<br><sup>&gt;1: TSP faster; "
+                            "TP+SP: the fastest T×SP with T·SP = D</sup>"), "x": 0.0, "xanchor": "left",
+                   "automargin": True},
+            xaxis={"title": what, "type": "category", "automargin": True},
+            yaxis={"title": "D = T·SP", "type": "category", "automargin": True},
+            template="plotly_white", height=max(340, 180 + 70 * len(ds)), margin={"t": 90})
         figs.append(fig)
     return figs
 
@@ -278,7 +342,7 @@ def speed_ratio_note(entries: Sequence[Entry]) -> str | None:
         return (f"No TSP ÷ TP+SP heatmap: {missing} has no result in this sweep. Sweep both (e.g. "
                 "--schedule tsp,tp+sp --degree 8 --tp 4 --sp 2) to compare them.")
     return ("No TSP ÷ TP+SP heatmap: no TSP point has a TP+SP point with the same replica size "
-            "(D = T·Σ), sequence length, topology, model, mode, batch and tokens generated.")
+            "(D = T·SP), sequence length, topology, model, mode, batch and tokens generated.")
 
 
 # ---------------------------------------------------------------------------------- page

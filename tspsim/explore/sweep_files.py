@@ -48,8 +48,9 @@ CSV_COLUMNS = ("status", "reason", "label", "schedule", "topology", "model", "mo
                "layer_tokens_per_s", "mfu", "peak_memory_gb", "hbm_gb", "oom", "overlap_pct", "exposed_comm_s",
                "compute_s", "comm_s", "sim_events")
 """Leading CSV columns; :data:`INFERENCE_CSV_COLUMNS` (when the sweep has inference points), then flattened
-``degrees.*``, ``memory_breakdown_gb.*``, ``comm_bytes_per_rank.*`` and ``decode_time_breakdown_s.*``
-follow. Wall-clock fields are never written."""
+``degrees.*``, ``memory_breakdown_gb.*``, ``comm_bytes_per_rank.*``, ``decode_time_breakdown_s.*`` and the
+scalar keys of the inference phase blocks ``prefill.*`` and ``decode.*`` follow. Wall-clock fields are never
+written."""
 
 INFERENCE_CSV_COLUMNS = ("context_tokens", "decode_tokens", "ttft_s", "tpot_s", "decode_tokens_per_s",
                          "decode_tokens_per_s_per_gpu", "max_batch", "decode_step_first_s", "decode_step_last_s",
@@ -57,14 +58,14 @@ INFERENCE_CSV_COLUMNS = ("context_tokens", "decode_tokens", "ttft_s", "tpot_s", 
 """Serving columns, written only when some entry is a prefill, decode or generate point (so the CSV of a
 training sweep is unchanged)."""
 
-_FLAT = ("degrees", "memory_breakdown_gb", "comm_bytes_per_rank", "decode_time_breakdown_s")
+_FLAT = ("degrees", "memory_breakdown_gb", "comm_bytes_per_rank", "decode_time_breakdown_s", "prefill", "decode")
 
 
 def results_csv(entries: Sequence[Entry]) -> str:
     """One row per entry; missing values are empty cells; floats as Python's shortest repr."""
     extra: list[str] = []
     for group in _FLAT:
-        keys = sorted({k for e in entries for k in (e.get(group) or {})})
+        keys = sorted({k for e in entries for k, v in (e.get(group) or {}).items() if not isinstance(v, dict)})
         extra += [f"{group}.{k}" for k in keys]
     serving = any(e.get("mode") in INFERENCE_MODES for e in entries)
     columns = list(CSV_COLUMNS) + (list(INFERENCE_CSV_COLUMNS) if serving else []) + extra
@@ -84,6 +85,44 @@ def results_csv(entries: Sequence[Entry]) -> str:
             row.append("" if value is None else value)
         writer.writerow(row)
     return buf.getvalue()
+
+
+def _cell(value: Any, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
+
+
+def results_table(entries: Sequence[Entry]) -> str:
+    """The sweep's results as a text table for stdout, one row per point in grid order.
+
+    Columns: configuration, topology, model, mode, seq (context for decode), batch, status, step time,
+    tokens/s, peak memory GB (OOM marked); with inference points also TTFT and TPOT (ms) and decode
+    tokens/s. Skipped and failed points show their status and an empty row.
+    """
+    from tspsim.core.units import format_tokens
+
+    serving = any(e.get("mode") in INFERENCE_MODES for e in entries)
+    head = ["configuration", "topology", "model", "mode", "seq", "batch", "status", "step (s)", "tokens/s",
+            "peak GB"]
+    if serving:
+        head += ["TTFT (ms)", "TPOT (ms)", "decode tok/s"]
+    rows = [head]
+    for e in entries:
+        ok = e.get("status") == "ok"
+        peak = _cell(e.get("peak_memory_gb"), ".1f") + (" OOM" if e.get("oom") else "")
+        row = [entry_label(e), str(e.get("topology", "")), str(e.get("model", "")), str(e.get("mode", "")),
+               format_tokens(int(e.get("seq_len") or 0)), str(e.get("batch", "")), str(e.get("status", "")),
+               _cell(e.get("step_time_s"), ".4g") if ok else "", _cell(e.get("tokens_per_s"), ",.0f") if ok else "",
+               peak if ok else ""]
+        if serving:
+            ttft, tpot = e.get("ttft_s"), e.get("tpot_s")
+            row += [_cell(None if ttft is None else ttft * 1e3, ".4g"),
+                    _cell(None if tpot is None else tpot * 1e3, ".4g"), _cell(e.get("decode_tokens_per_s"), ",.0f")]
+        rows.append(row)
+    numeric = {head.index(c) for c in ("seq", "batch", "step (s)", "tokens/s", "peak GB", "TTFT (ms)", "TPOT (ms)",
+                                       "decode tok/s") if c in head}
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                     .rstrip() for r in rows)
 
 
 def write_results(out_dir: str | Path, state: SweepState, title: str = "tspsim sweep") -> list[Path]:

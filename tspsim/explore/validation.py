@@ -1,84 +1,69 @@
 """Published numbers vs simulated ones, each with a declared tolerance (``tspsim validate``).
 
+Every row is one of two kinds (:attr:`Row.kind`), shown in two sections:
+
+* **calibration points** — numbers a preset constant was fitted to (the constant is named in
+  :attr:`Row.calibrates` and in a "calibrated" comment in the topology file). They are shown so a user
+  sees the fit still holds after any change; agreeing with them proves nothing about prediction.
+* **independent checks** — numbers no constant was fitted to. Only these test the model.
+
 Rows:
 
-* **memory** (reference/tsp.md §6): peak memory per GPU of the TSP paper's single-node training run —
-  8 × MI300X, zyphra-7b, 128K tokens, batch 1: TSP D=8 38.8 GB, TP 8 70.0 GB, and two TP+SP layouts
-  (T=2×Σ=4 and T=4×Σ=2) at 85.0 and 140.0 GB. The paper does not say which TP+SP number belongs to
-  which layout: the assignment with the smaller total relative error is used, and the report says so.
-  Tolerance 15 % (the paper's recompute, optimizer precision and runtime overheads are not stated).
-* **collectives** (reference/hardware.md §2): 8 × MI300X all-reduce busbw at 8 GiB, 316.8 GB/s
-  (rccl-tests, Azure ND MI300X v5), tolerance 10 %; the same at 4 KiB, 14 µs (rccl-tests small
-  messages 13.7–14.3 µs), tolerance 30 %; 8-GPU NVLink 4 ring all-reduce busbw at 16 GiB, 367.6 GB/s
-  (measured on H200, whose NVLink 4 fabric the H100 DGX shares), tolerance 10 %.
-* **end-to-end MFU** (reference/hardware.md §9 ``end_to_end_sanity_targets``, from the §7 table): a
-  7–8B dense model trained in BF16 on one node should land in [0.30, 0.40] of BF16 peak on MI300X
-  (Primus, low confidence) and [0.33, 0.45] on H100 (torchtitan 33–39 %, Megatron-class stacks higher).
-  Simulated: llama3-8b, 8 GPUs, data parallel (tp D=1 × DP 8, ``zero1`` — the closest layout to FSDP),
-  8,192 tokens per sequence, batch 1, full recompute. A band [lo, hi] is a row with published value
-  (lo + hi)/2 and tolerance (hi − lo)/(lo + hi) — exactly the band.
+* **memory** (calibration: ``runtime_reserve_GB`` of ``mi300x-1node`` and the default recompute and
+  optimizer assumptions were chosen to reproduce these): peak memory per GPU of the TSP paper's
+  single-node training run — 8 × MI300X, zyphra-7b, 128K tokens, batch 1: TSP D=8 38.8 GB, TP 8 70.0 GB,
+  and two TP+SP layouts (T=2×SP=4 and T=4×SP=2) at 85.0 and 140.0 GB. The paper does not say which
+  TP+SP number belongs to which layout: the assignment with the smaller total relative error is used,
+  and the report says so. Tolerance 15 % (the paper's recompute, optimizer precision and runtime
+  overheads are not stated).
+* **collectives** (calibration): 8 × MI300X all-reduce busbw at 8 GiB, 316.8 GB/s (fitted:
+  ``intra.collective_efficiency`` 0.94), tolerance 10 %; the same at 4 KiB, measured 13.7–14.3 µs
+  (fitted: ``direct_alpha_us`` 13.0), tolerance 30 % beyond the band; 8-GPU NVLink 4 ring all-reduce
+  busbw at 16 GiB, 367.6 GB/s (measured on H200, whose NVLink 4 fabric the H100 DGX shares; fitted:
+  ``collective_efficiency`` 0.962), tolerance 10 %.
+* **end-to-end MFU** (independent): a 7–8B dense model trained in BF16 on one node lands in [30, 40] %
+  of BF16 peak on MI300X (Primus, low confidence) and [33, 45] % on H100 (torchtitan 33–39 %,
+  Megatron-class stacks higher). Simulated: llama3-8b, 8 GPUs, data parallel (tp D=1 × DP 8, ``zero1``
+  — the closest layout to FSDP), 8,192 tokens per sequence, batch 1, full recompute. No efficiency of
+  the presets was fitted to an MFU.
 
-Error = (simulated − published) / published, in %. A row passes when |error| ≤ tolerance. Rows that
-cannot run in this build (e.g. a schedule not registered yet) report ``n/a`` instead of failing.
+A row holds a published **value** (``published``) or a published **band** (``published_low`` …
+``published_high``, ``published`` null: a band is never reduced to its midpoint). Error = (simulated −
+published) / published in %, for a band the distance to the nearer edge (0 inside). A row passes when
+|error| ≤ tolerance (a band's tolerance is 0 unless the measurement's own spread calls for more). Each
+row's :attr:`Row.source` is a full citation (paper and table, or URL). Rows that cannot run in this build
+(e.g. a schedule not registered yet) report ``n/a`` instead of failing.
+
+New rows: construct a :class:`Row` (``kind`` defaults to ``independent``; a row checking a number a
+constant was fitted to must say ``kind="calibration"`` and name the constant in ``calibrates``) and add
+the function returning them to :func:`validation_rows`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from itertools import permutations
 from typing import Any
 
 from tspsim.core.errors import TspsimError
+from tspsim.explore.validation_row import (
+    AZURE_RCCL,
+    BEKMAN_NVLINK,
+    KINDS,
+    MFU_BANDS,
+    OHARA_RCCL,
+    TSP_PAPER,
+    Row,
+    try_row,
+)
+from tspsim.explore.validation_stacks import stack_rows
 
 MEMORY_TOLERANCE_PCT = 15.0
 """Tolerance of the memory rows, % (the paper's memory-relevant settings are not stated)."""
 
-_MEM_SOURCE = "tsp.md §6 (TSP paper: 8×MI300X, zyphra-7b, 128K, train)"
 _MEM_POINT = {"topology": "mi300x-1node", "model": "zyphra-7b", "mode": "train", "seq_len": 131072,
               "batch": 1}
-
-
-@dataclass
-class Row:
-    """One published number against its simulated counterpart."""
-
-    id: str
-    """Stable short id, e.g. ``memory.tsp``."""
-    what: str
-    """What is compared, readable."""
-    topology: str
-    """Topology simulated."""
-    unit: str
-    """Unit of ``published`` and ``simulated``."""
-    published: float | None
-    """The published value (None for a TP+SP layout that was not simulated, so not matched)."""
-    tolerance_pct: float
-    """Declared tolerance, % of the published value."""
-    source: str
-    """Where the published value comes from."""
-    simulated: float | None = None
-    """The simulated value (None: not available)."""
-    error_pct: float | None = None
-    """(simulated − published) / published × 100."""
-    within: bool | None = None
-    """|error_pct| ≤ tolerance_pct; None when not available."""
-    note: str = ""
-    """Extra information (assignment choices, why a row is n/a)."""
-
-    def settle(self, simulated: float) -> Row:
-        """Record the simulated value, its error and pass/fail; returns self."""
-        if self.published is None:
-            raise ValueError(f"row {self.id}: no published value to compare with")
-        self.simulated = simulated
-        self.error_pct = (simulated - self.published) / self.published * 100.0
-        self.within = abs(self.error_pct) <= self.tolerance_pct
-        return self
-
-    def to_json(self) -> dict[str, Any]:
-        """All fields."""
-        return asdict(self)
-
+_MEM_CALIBRATES = ("mi300x-1node runtime_reserve_GB (8 GB) and the default recompute=full, optimizer and "
+                   "sp_keep_gathered_kv assumptions")
 
 # ---------------------------------------------------------------------------------- memory rows
 def _peak_gb(schedule: str, **degrees: int) -> float:
@@ -94,26 +79,17 @@ def _available(schedule: str) -> bool:
     return schedule in SCHEDULES
 
 
-def _try(row: Row, compute: Callable[[], float]) -> Row:
-    """Fill ``row`` from ``compute()``, or mark it n/a with the reason (one line)."""
-    try:
-        return row.settle(compute())
-    except TspsimError as exc:
-        row.note = f"n/a ({exc})"
-        return row
-
-
 def memory_rows() -> list[Row]:
     """TSP D=8, TP 8 and the two TP+SP layouts against tsp.md §6."""
     rows = []
     for sched, deg, pub in (("tsp", {"degree": 8}, 38.8), ("tp", {"degree": 8}, 70.0)):
         row = Row(f"memory.{sched}", f"peak memory {sched} D=8", "mi300x-1node", "GB", pub,
-                  MEMORY_TOLERANCE_PCT, _MEM_SOURCE)
+                  MEMORY_TOLERANCE_PCT, TSP_PAPER, kind="calibration", calibrates=_MEM_CALIBRATES)
         if not _available(sched):
             row.note = "n/a (schedule not available)"
             rows.append(row)
             continue
-        rows.append(_try(row, lambda s=sched, d=deg: _peak_gb(s, **d)))
+        rows.append(try_row(row, lambda s=sched, d=deg: _peak_gb(s, **d)))
     rows.extend(tp_sp_memory_rows())
     return rows
 
@@ -122,8 +98,9 @@ def tp_sp_memory_rows() -> list[Row]:
     """The two TP+SP layouts, matched to {85.0, 140.0} GB by the smaller total relative error."""
     layouts = ((2, 4), (4, 2))
     published = (85.0, 140.0)
-    rows = [Row(f"memory.tp+sp.T{t}xS{s}", f"peak memory tp+sp T={t}×Σ={s}", "mi300x-1node", "GB", None,
-                MEMORY_TOLERANCE_PCT, _MEM_SOURCE) for t, s in layouts]
+    rows = [Row(f"memory.tp+sp.T{t}xS{s}", f"peak memory tp+sp T={t}×SP={s}", "mi300x-1node", "GB", None,
+                MEMORY_TOLERANCE_PCT, TSP_PAPER, kind="calibration", calibrates=_MEM_CALIBRATES)
+            for t, s in layouts]
     if not _available("tp+sp"):
         for r in rows:
             r.note = "n/a (schedule not available)"
@@ -136,7 +113,7 @@ def tp_sp_memory_rows() -> list[Row]:
         return rows
     best = min(permutations(published),
                key=lambda pubs: sum(abs(sim - p) / p for sim, p in zip(sims, pubs)))
-    pairs = ", ".join(f"T={t}×Σ={s} → {pub:g} GB" for (t, s), pub in zip(layouts, best))
+    pairs = ", ".join(f"T={t}×SP={s} → {pub:g} GB" for (t, s), pub in zip(layouts, best))
     for r, sim, pub in zip(rows, sims, best):
         r.published = pub
         r.settle(sim)
@@ -153,30 +130,27 @@ def _collective(topology: str, nbytes: int, algorithm: str = "") -> dict[str, An
 
 
 def collective_rows() -> list[Row]:
-    """All-reduce bus bandwidth and small-message latency against reference/hardware.md §2."""
+    """All-reduce bus bandwidth and small-message latency of the two node fabrics (calibration points)."""
     big = Row("collective.mi300x.allreduce.8GiB", "all_reduce busbw, 8 GPUs, 8 GiB", "mi300x-1node", "GB/s",
-              316.8, 10.0, "hardware.md §2.1 [S7] rccl-tests, Azure ND MI300X v5")
+              316.8, 10.0, AZURE_RCCL, kind="calibration",
+              calibrates="mi300x-1node intra.collective_efficiency (0.94)")
     small = Row("collective.mi300x.allreduce.4KiB", "all_reduce time, 8 GPUs, 4 KiB", "mi300x-1node", "µs",
-                14.0, 30.0, "hardware.md §2.1 [S8] rccl-tests small messages 13.7–14.3 µs")
+                None, 30.0, OHARA_RCCL, kind="calibration", calibrates="mi300x-1node intra.direct_alpha_us (13.0)",
+                published_low=13.7, published_high=14.3)
     nv = Row("collective.h100.allreduce.ring.16GiB", "ring all_reduce busbw, 8 GPUs, 16 GiB",
-             "h100-dgx-1node", "GB/s", 367.6, 10.0,
-             "hardware.md §2.2 [S3b] H200 NVLink 4 ring (NVLS off); H100 shares the fabric")
+             "h100-dgx-1node", "GB/s", 367.6, 10.0, BEKMAN_NVLINK, kind="calibration",
+             calibrates="h100-dgx-1node intra.collective_efficiency (0.962); H100 and H200 share NVLink 4")
     return [
-        _try(big, lambda: _collective("mi300x-1node", 8 * 2**30)["busbw_GBps"]),
-        _try(small, lambda: _collective("mi300x-1node", 4 * 2**10)["time_s"] * 1e6),
-        _try(nv, lambda: _collective("h100-dgx-1node", 16 * 2**30, "ring")["busbw_GBps"]),
+        try_row(big, lambda: _collective("mi300x-1node", 8 * 2**30)["busbw_GBps"]),
+        try_row(small, lambda: _collective("mi300x-1node", 4 * 2**10)["time_s"] * 1e6),
+        try_row(nv, lambda: _collective("h100-dgx-1node", 16 * 2**30, "ring")["busbw_GBps"]),
     ]
 
 
 # ---------------------------------------------------------------------------------- MFU rows
-MFU_BANDS = (("mi300x-1node", 0.30, 0.40, "hardware.md §9 mi300x_7b_bf16_mfu [S27] (low confidence)"),
-             ("h100-dgx-1node", 0.33, 0.45, "hardware.md §9 h100_7b_bf16_mfu [S24] torchtitan 33–39%"))
-"""(topology, band low, band high, source) of the end-to-end MFU sanity targets."""
-
-_MFU_NOTE = ("MFU bands (hardware.md §9) are shown as midpoint ± half-width: MI300X [30, 40]%, H100 [33, 45]%; "
-             "the model has kernels and communication only — no framework overhead, data loading or "
-             "power cap (the torchtitan H100s were 96 GB parts capped at 500 W [S24]; the preset is the "
-             "700 W SXM with FA3 attention)")
+_MFU_NOTE = ("the model has kernels and communication only — no framework overhead, data loading or power cap "
+             "(the torchtitan H100s were 96 GB parts capped at 500 W; the preset is the 700 W SXM with FA3 "
+             "attention)")
 
 _MFU_POINT = {"model": "llama3-8b", "mode": "train", "seq_len": 8192, "batch": 1}
 
@@ -189,13 +163,12 @@ def _mfu_pct(topology: str) -> float:
 
 
 def mfu_rows() -> list[Row]:
-    """End-to-end training MFU of a 7–8B model on one node against the sanity bands of hardware.md §9."""
+    """End-to-end training MFU of a 7–8B model on one node against the published bands (independent checks)."""
     rows = []
     for topo, lo, hi, source in MFU_BANDS:
-        mid = (lo + hi) / 2 * 100.0
-        row = Row(f"mfu.{topo}", "MFU llama3-8b 8k, DP 8, full recompute", topo, "%", mid,
-                  (hi - lo) / (lo + hi) * 100.0, source)
-        row = _try(row, lambda t=topo: _mfu_pct(t))
+        row = Row(f"mfu.{topo}", "MFU llama3-8b 8k, DP 8, full recompute", topo, "%", None, 0.0, source,
+                  published_low=lo * 100.0, published_high=hi * 100.0)
+        row = try_row(row, lambda t=topo: _mfu_pct(t))
         if row.within is not None:
             row.note = _MFU_NOTE
         rows.append(row)
@@ -203,34 +176,72 @@ def mfu_rows() -> list[Row]:
 
 
 def validation_rows() -> list[Row]:
-    """Every validation row, memory first."""
-    from tspsim.explore.validation_stacks import stack_rows
-
-    return memory_rows() + collective_rows() + mfu_rows() + stack_rows(Row, _try, MFU_BANDS)
+    """Every validation row: calibration points, then independent checks (each row says which it is)."""
+    return memory_rows() + collective_rows() + mfu_rows() + stack_rows()
 
 
 def summary(rows: list[Row]) -> str:
-    """``N of M within tolerance`` (M counts rows that ran), plus the count of n/a rows."""
-    ran = [r for r in rows if r.within is not None]
-    text = f"{sum(1 for r in ran if r.within)} of {len(ran)} within tolerance"
-    missing = len(rows) - len(ran)
-    return text + (f" ({missing} not available)" if missing else "")
+    """``N of M within tolerance`` per kind (M counts rows that ran), plus the count of n/a rows."""
+    parts = []
+    for kind in KINDS:
+        ran = [r for r in rows if r.kind == kind and r.within is not None]
+        if ran or any(r.kind == kind for r in rows):
+            label = "calibration points" if kind == "calibration" else "independent checks"
+            parts.append(f"{label}: {sum(1 for r in ran if r.within)} of {len(ran)} within tolerance")
+    missing = sum(1 for r in rows if r.within is None)
+    return "; ".join(parts) + (f" ({missing} not available)" if missing else "")
+
+
+_SECTION_HEADS = {
+    "calibration": "calibration points — a preset constant was fitted to each of these numbers; they show the "
+                   "fit still holds, they do not test the model",
+    "independent": "independent checks — no constant was fitted to these numbers",
+}
+
+
+def sources(rows: list[Row]) -> list[str]:
+    """The distinct citations of ``rows``, in first-use order (the report numbers them [1], [2], …)."""
+    return list(dict.fromkeys(r.source for r in rows))
 
 
 def table(rows: list[Row]) -> str:
-    """Text table: check, topology, published, simulated, error, tolerance, result."""
-    head = ("check", "topology", "published", "simulated", "error", "tolerance", "result")
-    lines = [head]
-    for r in rows:
-        pub = "n/a" if r.published is None else f"{r.published:g} {r.unit}"
-        if r.within is None:
-            lines.append((r.what, r.topology, pub, "n/a", "", f"±{r.tolerance_pct:g}%", r.note or "n/a"))
+    """Two sections (calibration points, independent checks), then the numbered sources.
+
+    Columns: check, topology, published (value or band), simulated, error, tolerance, result, source
+    number; calibration rows add what was fitted to them.
+    """
+    refs = {src: i + 1 for i, src in enumerate(sources(rows))}
+    head = ("check", "topology", "published", "simulated", "error", "tolerance", "result", "source")
+    out: list[str] = []
+    for kind in KINDS:
+        mine = [r for r in rows if r.kind == kind]
+        if not mine:
             continue
-        lines.append((r.what, r.topology, pub, f"{r.simulated:.4g} {r.unit}", f"{r.error_pct:+.1f}%",
-                      f"±{r.tolerance_pct:.3g}%", "pass" if r.within else "MISS"))
-    widths = [max(len(row[i]) for row in lines) for i in range(len(head) - 1)]
-    out = []
-    for row in lines:
-        cells = [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
-        out.append("  ".join([*cells, row[-1]]).rstrip())
+        lines = [head]
+        for r in mine:
+            tol = "in band" if r.published_low is not None and r.tolerance_pct == 0 else f"±{r.tolerance_pct:.3g}%"
+            ref = f"[{refs[r.source]}]"
+            if r.within is None:
+                lines.append((r.what, r.topology, r.published_text(), "n/a", "", tol, r.note or "n/a", ref))
+                continue
+            err = f"{r.error_pct:+.1f}%"
+            if r.published_low is not None:
+                err = "inside" if r.error_pct == 0 else f"{err} {'above' if r.error_pct > 0 else 'below'}"
+            lines.append((r.what, r.topology, r.published_text(), f"{r.simulated:.4g} {r.unit}", err, tol,
+                          "pass" if r.within else "MISS", ref))
+        widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
+        if out:
+            out.append("")
+        out.append(f"# {_SECTION_HEADS.get(kind, kind)}")
+        for row in lines:
+            cells = [c.ljust(w) if i < 2 or i >= 6 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+            out.append("  ".join(cells).rstrip())
+        fitted: dict[str, list[str]] = {}
+        for r in mine:
+            if r.calibrates:
+                fitted.setdefault(r.calibrates, []).append(r.what)
+        out.extend(f"  fitted: {what} ← {', '.join(checks)}" for what, checks in fitted.items())
+    out.append("")
+    out.append("sources:")
+    out.extend(f"  [{i}] {src}" for src, i in refs.items())
     return "\n".join(out)

@@ -17,20 +17,17 @@
   FlashAttention-2-class kernel (hardware.md §4.2) and the CPU launching every kernel — on the same
   point as the ``mfu.h100-dgx-1node`` row (llama3-8b, 8k, DP 8 with ``zero1``, full recompute).
 
-The rows are built with :class:`tspsim.explore.validation.Row`, which ``validation_rows`` passes in (with its
-``_try`` and the MFU bands) so that this module does not import :mod:`tspsim.explore.validation` back.
+All three are independent checks: no constant of the presets was fitted to them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from fractions import Fraction
-from typing import Any
 
-Row = Any
-"""A :class:`tspsim.explore.validation.Row` (passed in by ``validation_rows``)."""
+from tspsim.explore.validation_row import MFU_BANDS, Row, try_row
 
-KORTHIKANTI = "Korthikanti et al. 2022 Table 2 (arXiv 2205.05198), exact formula"
+KORTHIKANTI = ("V. Korthikanti et al., \"Reducing Activation Recomputation in Large Transformer Models\", "
+               "arXiv:2205.05198 (2022), Table 2 (exact formula); https://arxiv.org/abs/2205.05198")
 """Source of the activation-memory rows."""
 
 _SHAPE = {"model": "megatron-22b", "topology": "dgx-a100-1node", "seq_len": 2048, "batch": 4}
@@ -50,7 +47,7 @@ def _per_layer_bytes(schedule: str, degree: int, recompute: str) -> float:
                      for _, cat, delta in op.mem if cat == "activations"))
 
 
-def activation_rows(make: Callable[..., Row], fill: Callable[[Row, Callable[[], float]], Row]) -> list[Row]:
+def activation_rows() -> list[Row]:
     """Per-layer activation memory of megatron-22b against Korthikanti et al.'s Table 2."""
     s, b, h, a, t = _SHAPE["seq_len"], _SHAPE["batch"], _H, _A, _T
     sbh = Fraction(s * b * h)   # exact arithmetic: the formulas give whole numbers of bytes
@@ -63,13 +60,13 @@ def activation_rows(make: Callable[..., Row], fill: Callable[[Row, Callable[[], 
     ]
     rows = []
     for key, label, schedule, degree, recompute, published in cases:
-        row = make(f"activations.megatron-22b.{key}", f"activations/layer 22B {label}", "dgx-a100-1node", "MB",
+        row = Row(f"activations.megatron-22b.{key}", f"activations/layer 22B {label}", "dgx-a100-1node", "MB",
                   float(published) / _MB, 0.0, KORTHIKANTI)
-        rows.append(fill(row, lambda sc=schedule, d=degree, rc=recompute: _per_layer_bytes(sc, d, rc) / _MB))
+        rows.append(try_row(row, lambda sc=schedule, d=degree, rc=recompute: _per_layer_bytes(sc, d, rc) / _MB))
     return rows
 
 
-def parameter_row(make: Callable[..., Row], fill: Callable[[Row, Callable[[], float]], Row]) -> Row:
+def parameter_row() -> Row:
     """Parameters + gradients + optimizer state per GPU of megatron-22b, TP 8, against 18 B per parameter."""
     from tspsim.simulate import Point, build_graph
     from tspsim.spec.model import load_model
@@ -80,9 +77,10 @@ def parameter_row(make: Callable[..., Row], fill: Callable[[Row, Callable[[], fl
     # 2 LayerNorms (weight + bias) replicated; tied vocab-parallel embedding; 2048 learned positions and the
     # final LayerNorm replicated.
     per_gpu = L * ((12 * h * h + 7 * h) / t + 2 * h + 4 * h) + v * h / t + 2048 * h + 2 * h
-    row = make("memory.megatron-22b.tp8.parameter_state", "params+grads+optimizer 22B TP 8", "dgx-a100-1node", "GB",
-              18 * per_gpu / 1e9, 0.0, "18 B/parameter: fp16 weights, fp32 grads, fp32 master + Adam m, v "
-              "(tsp.md §8, hardware.md appendix)")
+    row = Row("memory.megatron-22b.tp8.parameter_state", "params+grads+optimizer 22B TP 8", "dgx-a100-1node", "GB",
+              18 * per_gpu / 1e9, 0.0, "18 B/parameter (fp16 weights 2, fp32 main grads 4, fp32 master + Adam m, v 12): Megatron-LM's "
+              "theoretical memory estimator, megatron/training/theoretical_memory_usage.py; "
+              "https://github.com/NVIDIA/Megatron-LM")
 
     def static_gb() -> float:
         point = Point("tp", degree=t, options=(("stack", "megatron-lm-2022"),), **_SHAPE)  # type: ignore[arg-type]
@@ -91,35 +89,30 @@ def parameter_row(make: Callable[..., Row], fill: Callable[[Row, Callable[[], fl
         return sum(delta for op in graph.ops if op.rank == rank for _, cat, delta in op.mem
                    if cat in ("parameters", "gradients", "optimizer_state")) / 1e9
 
-    return fill(row, static_gb)
+    return try_row(row, static_gb)
 
 
-def torchtitan_mfu_row(make: Callable[..., Row], fill: Callable[[Row, Callable[[], float]], Row],
-                       bands: Sequence[tuple[str, float, float, str]]) -> Row:
-    """The H100 end-to-end MFU band row (``bands``: validation's MFU_BANDS) under the torchtitan stack."""
+def torchtitan_mfu_row() -> Row:
+    """The H100 end-to-end MFU band (validation's MFU_BANDS) under the torchtitan stack."""
     from tspsim.simulate import Point, simulate
 
-    topo, lo, hi, source = next(band for band in bands if band[0] == "h100-dgx-1node")
-    row = make(f"mfu.{topo}.torchtitan", "MFU llama3-8b 8k, DP 8, torchtitan", topo, "%", (lo + hi) / 2 * 100.0,
-              (hi - lo) / (lo + hi) * 100.0, source)
+    topo, lo, hi, source = next(band for band in MFU_BANDS if band[0] == "h100-dgx-1node")
+    row = Row(f"mfu.{topo}.torchtitan", "MFU llama3-8b 8k, DP 8, torchtitan", topo, "%", None, 0.0, source,
+              published_low=lo * 100.0, published_high=hi * 100.0)
 
     def mfu() -> float:
         point = Point("tp", topo, model="llama3-8b", mode="train", seq_len=8192, batch=1, degree=1,
                       options=(("stack", "torchtitan"), ("zero1", True)))
         return float(simulate(point).entry["mfu"]) * 100.0
 
-    row = fill(row, mfu)
+    row = try_row(row, mfu)
     if row.within is not None:
         row.note = ("torchtitan row: the same point under the torchtitan stack (FlashAttention-2-class SDPA "
-                    "efficiencies from hardware.md §4.2, eager CPU launches); FSDP's per-layer parameter "
+                    "efficiencies, eager CPU launches); FSDP's per-layer parameter "
                     "all-gathers, eager RMSNorm/RoPE/SwiGLU kernels and the 500 W power cap are not modelled")
     return row
 
 
-def stack_rows(make: Callable[..., Row], fill: Callable[[Row, Callable[[], float]], Row],
-               bands: Sequence[tuple[str, float, float, str]]) -> list[Row]:
-    """Every row of this module: Korthikanti's activation memory, the 18 B/parameter state, torchtitan's MFU.
-
-    ``make`` is validation's Row class, ``fill`` its ``_try`` (settle or mark n/a), ``bands`` its MFU_BANDS.
-    """
-    return [*activation_rows(make, fill), parameter_row(make, fill), torchtitan_mfu_row(make, fill, bands)]
+def stack_rows() -> list[Row]:
+    """Every row of this module: Korthikanti's activation memory, the 18 B/parameter state, torchtitan's MFU."""
+    return [*activation_rows(), parameter_row(), torchtitan_mfu_row()]

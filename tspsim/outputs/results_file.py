@@ -40,6 +40,18 @@ class SavedRun:
     """The timeline, with its op graph."""
 
 
+def missing_parts(tl: Timeline) -> list[str]:
+    """What a timeline does not hold that the viewer and the exports can show (one phrase each)."""
+    out = []
+    if not tl.links:
+        out.append("link utilisation (no link rates were recorded: tspsim run --save, --html and --trace and "
+                   "tspsim replay --save record them; files saved by older versions of tspsim run --save lack "
+                   "them)")
+    if not tl.memory:
+        out.append("memory events (the op graph has no allocations)")
+    return out
+
+
 def timeline_to_json(tl: Timeline) -> dict[str, Any]:
     """JSON form of a timeline (without the graph)."""
     return {

@@ -19,5 +19,5 @@ def build(ctx: BuildContext) -> OpGraph:
     return build_standard(ctx, BlockLayout("tp+sp", ctx.layout.tp, ctx.layout.sp, "replicated"))
 
 
-SCHEDULES.register("tp+sp", Schedule("tp+sp", "2-D grid: TP degree T inside the node x SP degree S outside",
+SCHEDULES.register("tp+sp", Schedule("tp+sp", "2-D grid: TP degree T inside the node x SP degree (--sp) outside",
                                      "tsp.md §5", build))

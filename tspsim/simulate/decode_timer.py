@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from tspsim.analysis.serving import BREAKDOWN_KEYS, time_breakdown
+from tspsim.analysis.serving import BREAKDOWN_KEYS, RankStats, add_stats, rank_overlap, time_breakdown
 from tspsim.engine.sim import replay
 from tspsim.engine.timeline import Timeline
 from tspsim.schedules.context import BuildContext
@@ -101,6 +101,8 @@ class StepTiming:
     """``cut`` or ``window`` (assembled exactly from a shorter graph, see :class:`DecodeTimer`) or ``full``."""
     events: int
     """simpy events of the replay(s)."""
+    ranks: RankStats
+    """Per rank: compute, communication and overlapped seconds of the step (:func:`rank_overlap`)."""
 
 
 class DecodeTimer:
@@ -153,7 +155,9 @@ class DecodeTimer:
                     b0, b1, b2 = (time_breakdown(tl, gpu, 0.0, t0), time_breakdown(tl, gpu, t0, t1),
                                   time_breakdown(tl, gpu, t1, t_end))
                     bd = {key: b0[key] + k * b1[key] + b2[key] for key in BREAKDOWN_KEYS}
-                    return StepTiming(cached, t0 + k * (t1 - t0) + (t_end - t1), bd, "cut", tl.sim_events)
+                    ranks = add_stats(add_stats(rank_overlap(tl, 0.0, t0), rank_overlap(tl, t0, t1), k),
+                                      rank_overlap(tl, t1, t_end))
+                    return StepTiming(cached, t0 + k * (t1 - t0) + (t_end - t1), bd, "cut", tl.sim_events, ranks)
             else:
                 found = find_period(tl, unit)
                 if found is not None:
@@ -161,7 +165,8 @@ class DecodeTimer:
                     k = self.layers - len(unit.layer_starts)
                     whole, rep = time_breakdown(tl, gpu), time_breakdown(tl, gpu, tp, tpp)
                     bd = {key: whole[key] + k * rep[key] for key in BREAKDOWN_KEYS}
-                    return StepTiming(cached, tl.end_s + k * (tpp - tp), bd, "window", tl.sim_events)
+                    ranks = add_stats(rank_overlap(tl), rank_overlap(tl, tp, tpp), k)
+                    return StepTiming(cached, tl.end_s + k * (tpp - tp), bd, "window", tl.sim_events, ranks)
         step = self.full_step(cached)
         tl = replay(step.graph, self.topo)
-        return StepTiming(cached, tl.end_s, time_breakdown(tl, gpu), "full", tl.sim_events)
+        return StepTiming(cached, tl.end_s, time_breakdown(tl, gpu), "full", tl.sim_events, rank_overlap(tl))

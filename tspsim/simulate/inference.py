@@ -11,11 +11,20 @@ the representative timeline. The metrics are defined in :mod:`tspsim.analysis.se
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tspsim.analysis.metrics import memory_metrics, peak_memory, run_entry
-from tspsim.analysis.serving import BREAKDOWN_KEYS, model_flops_decode, model_flops_prefill
+from tspsim.analysis.metrics import comm_bytes, memory_metrics, peak_memory, run_entry
+from tspsim.analysis.serving import (
+    BREAKDOWN_KEYS,
+    RankStats,
+    add_stats,
+    model_flops_decode,
+    model_flops_prefill,
+    rank_overlap,
+    stats_metrics,
+)
 from tspsim.core.errors import ConfigError
 from tspsim.engine.sim import ReplayOptions, replay
 from tspsim.engine.timeline import Timeline
@@ -46,13 +55,19 @@ class InferenceRun:
     """Every decode step's timing."""
 
 
+StepProgress = Callable[[int, int, str], None]
+"""Called after each simulated step: (steps done, steps in all, what was done) — for progress bars."""
+
+
 def simulate_inference(topo: Topology, model: ModelConfig, layout: Layout, workload: Workload, opts: Assumptions,
-                       fold: bool = True, record_links: bool = False, *, periodic: bool = True) -> InferenceRun:
+                       fold: bool = True, record_links: bool = False, *, periodic: bool = True,
+                       progress: StepProgress | None = None) -> InferenceRun:
     """Simulate a ``prefill``, ``decode`` or ``generate`` workload and compute the serving metrics.
 
     ``periodic=False`` simulates every decode step in full (the reference for the periodic assembly).
     ``max_batch`` is left null: the search that fills it (:mod:`tspsim.explore.max_batch`) probes other
-    batch sizes with :func:`step_peak_bytes`.
+    batch sizes with :func:`step_peak_bytes`. ``progress`` is told about every finished step (the
+    prefill, each decode step, the final full replay). Key definitions: :mod:`tspsim.analysis.serving`.
     """
     if workload.mode not in INFERENCE_MODES:
         raise ConfigError(f"mode {workload.mode!r} is not an inference mode ({', '.join(INFERENCE_MODES)})")
@@ -63,6 +78,14 @@ def simulate_inference(topo: Topology, model: ModelConfig, layout: Layout, workl
     T, B, N = workload.seq_len, workload.batch, workload.decode_tokens
     dtopo = decode_topology(topo, opts)
     events = 0
+    total = (1 if mode in ("prefill", "generate") else 0) + (N + 1 if mode in ("decode", "generate") else 0)
+    done = 0
+
+    def tick(what: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total, what)
 
     def ctx_for(batch: int, layers: int | None = None) -> BuildContext:
         ctx = BuildContext(model, topo, layout, replace(workload, batch=batch), opts, fold=fold)
@@ -77,40 +100,45 @@ def simulate_inference(topo: Topology, model: ModelConfig, layout: Layout, workl
         timelines["prefill"] = tl_pre
         ttft = tl_pre.end_s
         events += tl_pre.sim_events
+        tick("prefill step")
     check = None
     if mode in ("decode", "generate"):
         timer = DecodeTimer(lambda layers: ctx_for(B, layers), model.layers, dtopo, periodic=periodic)
-        steps = [timer.time(T + i) for i in range(N)]
+        for i in range(N):
+            steps.append(timer.time(T + i))
+            tick(f"decode step {i + 1} of {N}")
         events += sum(st.events for st in steps)
         last = build_decode_step(ctx_for(B), T + N - 1)
         tl_dec = replay(last.graph, dtopo, rep_opts)
         events += tl_dec.sim_events
         timelines["decode_step"] = tl_dec
         check = abs(tl_dec.end_s - steps[-1].time_s) / tl_dec.end_s if tl_dec.end_s > 0 else 0.0
-        if ttft is None:
-            ttft = steps[0].time_s
+        tick("final decode step in full")
     tpot = sum(st.time_s for st in steps) / len(steps) if steps else None
     breakdown = ({k: sum(st.breakdown[k] for st in steps) / len(steps) for k in BREAKDOWN_KEYS}
                  if steps else None)
-    # ---- entry fields
-    rep = timelines["decode_step"] if mode == "decode" else timelines["prefill"]
     world, replicas = layout.world_size, layout.replicas
     decode_tps = B * replicas / tpot if tpot else None
+    phases = _phase_blocks(timelines, steps, topo, B * T * replicas, B * replicas)
+    # ---- entry fields: every top-level key has the scope of step_time_s (analysis.serving docstring)
     if mode == "prefill":
         assert ttft is not None
-        step_time = ttft
-        tokens = B * T * replicas
-        flops = model_flops_prefill(model, B, T)
+        step_time, tokens, flops = ttft, B * T * replicas, model_flops_prefill(model, B, T)
+        stats, n_steps = rank_overlap(timelines["prefill"]), 1
+        bytes_, layer_bytes = comm_bytes(timelines["prefill"]), comm_bytes(timelines["prefill"], True)
     elif mode == "decode":
         assert tpot is not None
-        step_time = tpot
-        tokens = B * replicas
+        step_time, tokens = tpot, B * replicas
         flops = sum(model_flops_decode(model, B, st.cached + 1) for st in steps) / len(steps)
+        stats, n_steps = _sum_steps(steps), N
+        bytes_, layer_bytes = comm_bytes(timelines["decode_step"]), comm_bytes(timelines["decode_step"], True)
     else:
         assert ttft is not None
-        step_time = ttft + sum(st.time_s for st in steps)
-        tokens = B * N * replicas
+        step_time, tokens = ttft + sum(st.time_s for st in steps), B * N * replicas
         flops = model_flops_prefill(model, B, T) + sum(model_flops_decode(model, B, st.cached + 1) for st in steps)
+        stats, n_steps = add_stats(rank_overlap(timelines["prefill"]), _sum_steps(steps)), 1
+        bytes_ = _add_bytes(comm_bytes(timelines["prefill"]), comm_bytes(timelines["decode_step"]), N)
+        layer_bytes = _add_bytes(comm_bytes(timelines["prefill"], True), comm_bytes(timelines["decode_step"], True), N)
     tps = tokens / step_time if step_time > 0 else 0.0
     peak_flops = step_time * world * topo.gpu.mfu_peak_TFLOPS * 1e12
     methods = sorted({st.method for st in steps})
@@ -126,8 +154,12 @@ def simulate_inference(topo: Topology, model: ModelConfig, layout: Layout, workl
         "step_time_s": step_time, "tokens_per_s": tps, "tokens_per_s_per_gpu": tps / world,
         "layer_tokens_per_s": tps * model.layers,
         "mfu": flops * replicas / peak_flops if peak_flops > 0 else 0.0,
+        "comm_bytes_per_rank": bytes_, "layer_comm_bytes_per_rank": layer_bytes,
+        "prefill": phases.get("prefill"), "decode": phases.get("decode"),
         "sim_events": events, "sim_wall_s": time.perf_counter() - t_wall,
     }
+    fields_.update(stats_metrics(stats, n_steps))
+    rep = timelines["decode_step"] if mode == "decode" else timelines["prefill"]
     if mode == "generate":
         tl_dec = timelines["decode_step"]
         if peak_memory(tl_dec)[0] > peak_memory(rep)[0]:
@@ -135,11 +167,45 @@ def simulate_inference(topo: Topology, model: ModelConfig, layout: Layout, workl
     return InferenceRun(fields_, rep, timelines, steps)
 
 
+def _sum_steps(steps: list[StepTiming]) -> RankStats:
+    total: RankStats = {}
+    for st in steps:
+        total = add_stats(total, st.ranks)
+    return total
+
+
+def _add_bytes(a: dict[str, float], b: dict[str, float], times: int) -> dict[str, float]:
+    """``a + times·b`` by kind (bytes of the prefill plus N decode steps)."""
+    return {k: a.get(k, 0.0) + times * b.get(k, 0.0) for k in sorted(set(a) | set(b))}
+
+
+def _phase_blocks(timelines: dict[str, Timeline], steps: list[StepTiming], topo: Topology, prompt_tokens: int,
+                  tokens_per_step: int) -> dict[str, dict[str, Any] | None]:
+    """The ``prefill`` and ``decode`` blocks of the entry (:data:`~tspsim.analysis.serving.PHASE_KEYS`)."""
+    out: dict[str, dict[str, Any] | None] = {"prefill": None, "decode": None}
+    hbm = topo.gpu.hbm_GB
+    if "prefill" in timelines:
+        tl = timelines["prefill"]
+        out["prefill"] = {"time_s": tl.end_s, **stats_metrics(rank_overlap(tl)),
+                          "tokens_per_s": prompt_tokens / tl.end_s if tl.end_s > 0 else 0.0,
+                          "peak_memory_gb": memory_metrics(tl, hbm)["peak_memory_gb"],
+                          "comm_bytes_per_rank": comm_bytes(tl)}
+    if steps:
+        tl = timelines["decode_step"]
+        n = len(steps)
+        time_s = sum(st.time_s for st in steps)
+        out["decode"] = {"steps": n, "time_s": time_s, **stats_metrics(_sum_steps(steps)),
+                         "tokens_per_s": tokens_per_step * n / time_s if time_s > 0 else 0.0,
+                         "peak_memory_gb": memory_metrics(tl, hbm)["peak_memory_gb"],
+                         "comm_bytes_per_rank": {k: v * n for k, v in comm_bytes(tl).items()}}
+    return out
+
+
 def simulate_inference_point(point: Point, fold: bool = True, record_links: bool = False,
                              **kw: Any) -> RunResult:
     """:func:`tspsim.simulate.simulate` for an inference :class:`~tspsim.simulate.Point` (``max_batch`` null).
 
-    ``kw`` goes to :func:`simulate_inference` (``periodic``).
+    ``kw`` goes to :func:`simulate_inference` (``periodic``, ``progress``).
     """
     topo, model, layout, workload, opts = resolve(point)
     tokens = point.decode_tokens or (DEFAULT_DECODE_TOKENS if point.mode != "prefill" else 0)

@@ -12,7 +12,14 @@ Mapping of one rank's ops:
 * compute span → ``COMP_NODE`` with ``duration_micros`` (rounded), ``num_ops`` (FLOPs, int64),
   ``tensor_size`` (HBM bytes, uint64), ``is_cpu_op`` false;
 * collective → ``COMM_COLL_NODE`` with ``comm_type`` (``CollectiveCommType``), ``comm_size`` (payload N·s in
-  bytes, as nccl-tests counts it), ``pg_name`` (id of the rank group);
+  bytes, as nccl-tests counts it), ``pg_name`` (id of the rank group). ASTRA-sim's workload layer simulates
+  only ALL_REDUCE, ALL_GATHER, REDUCE_SCATTER and ALL_TO_ALL: it rejects REDUCE and replays BROADCAST from
+  the recorded duration instead of simulating it. So a **reduce** of N bytes over p ranks is written as a
+  REDUCE_SCATTER of ⌈N·p/(p−1)⌉ bytes and a **broadcast** as an ALL_GATHER of ⌈N·p/(p−1)⌉ bytes: each
+  rank then sends (p−1)/p · N·p/(p−1) = N bytes, exactly what a rank sends in the pipelined ring reduce or
+  broadcast tspsim simulates (the root of a reduce sends nothing there, one more N here). The original
+  kind, payload and root stay in the node's ``tspsim_kind``, ``tspsim_comm_size`` and ``tspsim_root``
+  attributes (:func:`astra_collective`);
 * send / recv → ``COMM_SEND_NODE`` / ``COMM_RECV_NODE`` with ``comm_src``, ``comm_dst``, ``comm_tag``,
   ``comm_size``;
 * dependencies → ``data_deps`` (the only edges the ET feeder walks): the op's dependencies on the same rank
@@ -20,8 +27,10 @@ Mapping of one rank's ops:
   exported; edges through them are kept transitively. Dependencies on other ranks' ops are dropped —
   ASTRA-sim pairs communication across ranks itself.
 
-Node ids are tspsim op ids. ``pg_name`` values are indices into ``comm_groups.json``, written beside the
-traces in ASTRA-sim's communicator-group format ``{"<id>": [ranks...]}``.
+Node ids are tspsim op ids. ``pg_name`` values are ids into ``comm_groups.json``, written beside the traces
+in ASTRA-sim's communicator-group format ``{"<id>": [ranks...]}``. Ids start at 1: ASTRA-sim reads
+``pg_name`` "0" (or none) as "all ranks", which a tspsim group rarely is — a folded 1,024-GPU run simulates
+one replica, and its groups name only some ranks.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from tspsim import __version__
+from tspsim.core.errors import TspsimError
 from tspsim.core.files import write_bytes_atomic, write_text_atomic
 from tspsim.engine.timeline import Timeline
 from tspsim.opgraph import Op
@@ -47,6 +57,26 @@ INVALID_NODE, METADATA_NODE, MEM_LOAD_NODE, MEM_STORE_NODE, COMP_NODE, COMM_SEND
 COMM_TYPES = {"all_reduce": 0, "reduce": 1, "all_gather": 2, "broadcast": 5, "all_to_all": 6,
               "reduce_scatter": 7}
 """tspsim collective kind → Chakra ``CollectiveCommType``."""
+ASTRA_SIM_TYPES = frozenset({COMM_TYPES["all_reduce"], COMM_TYPES["all_gather"], COMM_TYPES["reduce_scatter"],
+                             COMM_TYPES["all_to_all"]})
+"""``CollectiveCommType`` values ASTRA-sim's workload layer simulates (the only ones the export writes)."""
+_ASTRA_STAND_IN = {"reduce": "reduce_scatter", "broadcast": "all_gather"}
+"""Kinds ASTRA-sim does not simulate → the collective written instead (same bytes per rank)."""
+
+
+def astra_collective(kind: str, nbytes: int, group_size: int) -> tuple[int, int]:
+    """(``comm_type``, ``comm_size``) to write for a tspsim collective, so ASTRA-sim simulates it.
+
+    Reduce and broadcast become a reduce-scatter and an all-gather of ⌈N·p/(p−1)⌉ bytes (each rank sends
+    N, as in the ring reduce / broadcast); every other kind is written as itself with its payload N. A
+    group of one rank moves nothing: its collective is written as an all-reduce of N (0 bytes sent).
+    """
+    p = group_size
+    if kind not in _ASTRA_STAND_IN:
+        return COMM_TYPES.get(kind, COMM_TYPES["all_reduce"]), nbytes
+    if p <= 1:
+        return COMM_TYPES["all_reduce"], nbytes
+    return COMM_TYPES[_ASTRA_STAND_IN[kind]], -(-nbytes * p // (p - 1))
 
 # ------------------------------------------------------------------------------------- wire encoding
 # AttributeProto oneof field numbers of et_def.proto, by the Python type we encode.
@@ -241,8 +271,9 @@ def read_et(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 # -------------------------------------------------------------------------------------------- export
 def _group_ids(tl: Timeline) -> dict[tuple[int, ...], int]:
+    """Collective rank groups → ``pg_name`` ids, from 1 (ASTRA-sim reads "0" as every rank)."""
     groups = sorted({op.group for op in tl.ops if op.is_comm and op.kind not in ("send", "recv")})
-    return {g: i for i, g in enumerate(groups)}
+    return {g: i for i, g in enumerate(groups, start=1)}
 
 
 def rank_nodes(tl: Timeline, rank: int, groups: dict[tuple[int, ...], int]) -> list[bytes]:
@@ -291,9 +322,13 @@ def rank_nodes(tl: Timeline, rank: int, groups: dict[tuple[int, ...], int]) -> l
                       attribute("comm_size", "int64", op.nbytes)]
         else:
             ntype = COMM_COLL_NODE
-            attrs += [attribute("comm_type", "int64", COMM_TYPES.get(op.kind, 0)),
-                      attribute("comm_size", "int64", op.nbytes),
+            comm_type, comm_size = astra_collective(op.kind, op.nbytes, len(op.group))
+            attrs += [attribute("comm_type", "int64", comm_type),
+                      attribute("comm_size", "int64", comm_size),
                       attribute("pg_name", "string", str(groups[op.group]))]
+            if op.kind in _ASTRA_STAND_IN:
+                attrs += [attribute("tspsim_comm_size", "int64", op.nbytes),
+                          attribute("tspsim_root", "int64", op.root if op.root is not None else -1)]
         attrs += [attribute("tspsim_kind", "string", op.kind), attribute("layer", "int64", op.layer),
                   attribute("phase", "string", op.phase)]
         msgs.append(node(op.id, op.name, ntype, data_deps=deps, start_us=start_us, duration_us=max(dur_us, 0),
@@ -307,14 +342,32 @@ def _stable_tag(coll: str) -> int:
     return int(digits[-9:]) if digits else 0
 
 
+def check_prefix(prefix: str) -> str:
+    """``prefix`` if it is a plain file-name part, so ``<prefix>.<rank>.et`` stays in the output folder.
+
+    Raises:
+        TspsimError: a prefix that is empty, names a folder (a slash or backslash), is ``.`` or ``..``, starts with
+            a dot or holds a control character.
+    """
+    bad = (not prefix or prefix in (".", "..") or prefix.startswith(".") or any(c in prefix for c in "/\\")
+           or any(ord(c) < 32 or c == "\x7f" for c in prefix) or len(prefix) > 200)
+    if bad:
+        shown = prefix if len(prefix) <= 40 else prefix[:37] + "..."
+        raise TspsimError(f"--prefix {shown!r}: give a plain file name part such as 'tspsim' (no folder, no "
+                          "leading dot); the traces are written as <prefix>.<rank>.et inside the -o folder")
+    return prefix
+
+
 def write_traces(entry: dict[str, Any], timeline: Timeline, out_dir: str | Path,
                  ranks: Sequence[int] | None = None, prefix: str = "tspsim") -> list[Path]:
     """Write ``<prefix>.<rank>.et`` per rank and ``comm_groups.json`` into ``out_dir``; returns the ET files.
 
     Raises:
-        TspsimError: a requested rank was not simulated.
+        TspsimError: a requested rank was not simulated, or a prefix that would leave ``out_dir``
+            (:func:`check_prefix`).
     """
     out = Path(out_dir)
+    check_prefix(prefix)
     groups = _group_ids(timeline)
     paths = []
     for r in select_ranks(timeline, ranks):

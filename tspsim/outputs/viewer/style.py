@@ -8,9 +8,18 @@ from typing import Any
 from tspsim.opgraph import MEMORY_CATEGORIES
 
 BAR_LIMIT = 4000
-"""Above this many shown spans, lanes switch from ``go.Bar`` to WebGL line segments (plotly.js #4922)."""
-HOVER_LIMIT = 300_000
-"""At most this many hover markers in WebGL mode; beyond it the longest spans keep theirs."""
+"""Above this many shown spans, lanes switch from ``go.Bar`` (one SVG element per span, plotly.js #4922) to
+one thick SVG line path per category."""
+EXACT_LIMIT = 20_000
+"""Above this many shown spans, the overview is decimated per pixel column and refined on zoom (the page
+draws every span exactly once the zoomed window holds at most this many)."""
+OVERVIEW_PX = 1000
+"""Pixel columns assumed for the overview (the plot area of a 1400-pixel-wide window); the page refines to
+the real width on the first zoom."""
+HOVER_PX = 12
+"""Drawn span segments get a vertex at least every this many pixels: plotly hovers the nearest vertex."""
+LINK_BIN_PX = 2
+"""Link utilisation is binned so that a bin spans at least this many pixel columns."""
 DEFAULT_MAX_RANKS = 16
 """Ranks shown when none are chosen."""
 LANE_PX = 22
