@@ -144,6 +144,7 @@ def check_point(point: Any) -> None:
         TspsimError: if the degrees do not fit the model, sequence or topology.
     """
     from tspsim.schedules import SCHEDULES
+    from tspsim.spec.assumptions import Assumptions
     from tspsim.spec.layout import make_layout
     from tspsim.spec.model import load_model
     from tspsim.spec.topology_file import load_topology
@@ -154,7 +155,7 @@ def check_point(point: Any) -> None:
     model = load_model(point.model)
     workload = Workload(point.mode, point.seq_len, point.batch, point.decode_tokens)
     make_layout(point.schedule, topo, model, workload, degree=point.degree, tp=point.tp, sp=point.sp,
-              gpus=point.gpus)
+              gpus=point.gpus, opts=Assumptions.from_overrides(dict(point.options)))
 
 
 def default_seq(args: PlanArgs) -> int:
@@ -227,8 +228,9 @@ def choose_points(args: PlanArgs, schedules: list[str] | None, seq: int,
 
 
 def point_label(point: Any) -> str:
-    """``tsp D=8`` / ``tp+sp T=4×Σ=2`` from the resolved layout."""
+    """``tsp D=8`` / ``tp+sp T=4×Σ=2 allgather`` from the resolved layout (and the SP attention algorithm)."""
     from tspsim.analysis.entries import schedule_label
+    from tspsim.spec.assumptions import Assumptions
     from tspsim.spec.layout import make_layout
     from tspsim.spec.model import load_model
     from tspsim.spec.topology_file import load_topology
@@ -237,7 +239,9 @@ def point_label(point: Any) -> str:
     layout = make_layout(point.schedule, load_topology(point.topology), load_model(point.model),
                      Workload(point.mode, point.seq_len, point.batch), degree=point.degree, tp=point.tp,
                      sp=point.sp, gpus=point.gpus)
-    return schedule_label({"schedule": layout.schedule, "degrees": layout.degrees})
+    opts = Assumptions.from_overrides(dict(point.options))
+    return schedule_label({"schedule": layout.schedule, "degrees": layout.degrees,
+                           "assumptions": {"sp_attention": opts.sp_attention}})
 
 
 def simulate_points(points: list[Any], fold: bool, record_links: bool) -> list[Any]:
