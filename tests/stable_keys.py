@@ -9,5 +9,5 @@ STABLE_KEYS = {
     "hbm_gb", "oom", "memory_breakdown_gb", "overlap_pct", "exposed_comm_s", "comm_bytes_per_rank",
     "layer_comm_bytes_per_rank", "assumptions", "sim_events", "sim_wall_s",
 }
-EXTRA_KEYS = {"tspsim_version", "compute_s", "comm_s", "topology_sha256", "model_sha256", "config", "stack", "sp_attention",
-              "collective_algorithms"}
+EXTRA_KEYS = {"tspsim_version", "compute_s", "comm_s", "topology_sha256", "model_sha256", "config", "stack",
+              "collective_algorithms", "sp_attention"}

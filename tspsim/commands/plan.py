@@ -63,7 +63,8 @@ def plan(ctx: click.Context, topology: str, model: str, seq: int | None, mode: s
     """Search schedules, degrees and micro-batch sizes; rank what fits in HBM by an objective.
 
     Tries every registered schedule with D dividing the GPUs per node, tp+sp T×Σ splits that fill
-    whole nodes, and micro-batches 1, 2, 4, … up to --batch-max. Configurations that do not fit in
+    whole nodes, and micro-batches 1, 2, 4, … up to --batch-max; sp and tp+sp with every SP attention
+    algorithm (allgather, ring, ulysses) unless --option sp_attention=… fixes one. Configurations that do not fit in
     HBM are dropped. Prints the ranked list, the objective, the best choice and one line saying what
     limits it (memory, exposed communication or compute; decode steps also HBM bandwidth or overheads).
 

@@ -372,6 +372,7 @@ def run(topology: str, model: str, degree: int | None, tp: int | None, sp: int |
       tspsim run --topology mi300x-1node
       tspsim run --topology mi300x-128node --mode forward --seq 128k
       tspsim run -t mi300x-1node --schedule tp,tp+sp --tp 4 --sp 2 --seq 32k --json
+      tspsim run -t mi300x-128node --option sp_attention=ring     # TP+SP with ring attention (or ulysses)
       tspsim run -t h100-dgx-1node --schedule satp-batch --batch 8 --seq 8k --save r.json
       tspsim run -t mi300x-1node --model llama3-70b --mode decode --context 4k --tokens 1000 --schedule tp
       tspsim run -t mi300x-1node --model llama3-8b --mode generate --seq 8k --tokens 256 --batch 8

@@ -95,22 +95,27 @@ class RingAttention(SpAttention):
         return sends, recvs
 
     def _kv_step(self, L: str, k: int, layer: int, phase: str, held: dict[int, int | None],
-                 prev_core: dict[int, int | None],
+                 prev_core: dict[int, int | None], prev_free: dict[int, int],
                  start: dict[int, int | None]) -> tuple[dict[int, int], dict[int, int]]:
-        """Step k's transfer: pass the held block on, receive the next into the buffer step k−1 has freed."""
+        """Step k's transfer: pass the held block on, receive the next into the buffer step k−1 has freed.
+
+        As TE, step k's transfers are posted once step k−1's attention and transfers are done and its buffer is
+        released (``prev_free``).
+        """
         c = self.c
         after = prev_core if k > 0 else start
         return self._pass(L + "attn.kv_ring", k, self.block_bytes, layer, phase,
                           send_after={r: [held[r], prev_core[r]] for r in c.ranks},
-                          recv_after={r: [after[r]] for r in c.ranks},
+                          recv_after={r: [after[r], prev_free.get(r)] for r in c.ranks},
                           recv_mem=[("start", "comm_buffers", int(self.block_bytes))])
 
-    def _release(self, L: str, k: int, layer: int, phase: str, core: dict[int, int], sends: dict[int, int]) -> None:
+    def _release(self, L: str, k: int, layer: int, phase: str, core: dict[int, int],
+                 sends: dict[int, int]) -> dict[int, int]:
         """Free step k's received block once its attention and its send are done (an op on ``kv_tx``)."""
         c = self.c
-        for r in c.ranks:
-            c.builder.memory(r, L + f"attn.kv_ring_release[step {k}]", [("comm_buffers", -int(self.block_bytes))],
-                             layer=layer, phase=phase, deps=[core[r], sends.get(r)], stream="kv_tx")
+        free = [("comm_buffers", -int(self.block_bytes))]
+        return {r: c.builder.memory(r, L + f"attn.kv_ring_release[step {k}]", free, layer=layer, phase=phase,
+                                    deps=[core[r], sends.get(r)], stream="kv_tx") for r in c.ranks}
 
     # ------------------------------------------------------------------------------ forward
     def forward(self, layer: int, phase: str, L: str, keep: frozenset[str], act: Act, qkv: dict[int, int],
@@ -121,8 +126,10 @@ class RingAttention(SpAttention):
         start: dict[int, int | None] = dict(qkv)
         held: dict[int, int | None] = dict(qkv)
         prev_core: dict[int, int | None] = dict.fromkeys(c.ranks)
+        freed: dict[int, int] = {}
         for k in range(p):
-            sends, recvs = (self._kv_step(L, k, layer, phase, held, prev_core, start) if k < p - 1 else ({}, {}))
+            sends, recvs = (self._kv_step(L, k, layer, phase, held, prev_core, freed, start) if k < p - 1
+                            else ({}, {}))
             core: dict[int, int] = {}
             for r in c.ranks:
                 i, _ = self._position(r)
@@ -139,8 +146,7 @@ class RingAttention(SpAttention):
                     o = act(r, "o", blk.n * blk.q_l * s + blk.n * blk.heads_l * STATS_BYTES) if k == p - 1 else []
                     c.elementwise(r, L + f"attn.ring_merge[step {k}]", 3 * partial, layer=layer, phase=phase,
                                   after=[c.last[r]], mem=[("end", "temporary", -partial), *o])
-            if 0 < k < p - 1:
-                self._release(L, k, layer, phase, core, sends)
+            freed = self._release(L, k, layer, phase, core, sends) if 0 < k < p - 1 else {}
             prev_core, held = dict(core), dict(recvs)
         return None
 
@@ -155,8 +161,10 @@ class RingAttention(SpAttention):
         prev_core: dict[int, int | None] = dict.fromkeys(c.ranks)
         acc: dict[int, int] = {}   # receive of the dK/dV accumulator each rank adds at its next step
         dkv_ready: dict[int, int | None] = {}
+        freed: dict[int, int] = {}
         for k in range(p):
-            sends, recvs = (self._kv_step(L, k, layer, "bwd", held, prev_core, start) if k < p - 1 else ({}, {}))
+            sends, recvs = (self._kv_step(L, k, layer, "bwd", held, prev_core, freed, start) if k < p - 1
+                            else ({}, {}))
             core: dict[int, int] = {}
             for r in c.ranks:
                 i, _ = self._position(r)
@@ -177,8 +185,7 @@ class RingAttention(SpAttention):
                 if k > 0:
                     c.elementwise(r, L + f"attn.ring_dq_accumulate[step {k}]", 3 * dq, layer=layer, phase="bwd",
                                   after=[c.last[r]], mem=[("end", "temporary", -dq)])
-            if 0 < k < p - 1:
-                self._release(L, k, layer, "bwd", core, sends)
+            freed = self._release(L, k, layer, "bwd", core, sends) if 0 < k < p - 1 else {}
             if k > 0:   # the block's dK/dV accumulator moves on with it (the last hop reaches its owner)
                 _, acc = self._pass(L + "attn.dkv_ring", k, bb, layer, "bwd",
                                     send_after={r: [dkv_ready[r]] for r in c.ranks},
