@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
@@ -321,13 +322,11 @@ def sp_runs(draw):
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(point=sp_runs())
 def test_random_runs_of_every_variant(model_yaml, point):
-    model = model_yaml("spa-prop", hidden=256, layers=2, q_heads=16, kv_heads=8, head_dim=16, ffn_hidden=768,
-                       vocab=512)
-    res = simulate(Point(**{**point.__dict__, "model": model}), fold=False)
+    shape = {"hidden": 256, "layers": 2, "q_heads": 16, "kv_heads": 8, "head_dim": 16, "ffn_hidden": 768, "vocab": 512}
+    res = simulate(replace(point, model=model_yaml("spa-prop", **shape)), fold=False)
     tl = res.timeline
-    check_spans(tl)
-    check_bytes_balance(tl)
-    check_memory_nonnegative(tl)
+    for check in (check_spans, check_bytes_balance, check_memory_nonnegative):
+        check(tl)
     if point.mode != "prefill":
         if dict(point.options).get("stack") != "torchtitan":   # _check_bounds costs kernels, not host ops
             _check_bounds(res)
