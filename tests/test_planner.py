@@ -25,12 +25,14 @@ def tiny(tmp_path: Path) -> str:
 
 
 def point_of(entry: dict, topology: str, model: str) -> Point:
-    """The Point a ranked entry stands for (from its schedule, degrees, batch and sequence)."""
+    """The Point a ranked entry stands for (from its schedule, degrees, batch, sequence and SP algorithm)."""
     deg = entry["degrees"]
+    opts = (("sp_attention", entry["assumptions"]["sp_attention"]),) if entry["schedule"] in ("sp", "tp+sp") else ()
     if entry["schedule"] == "tp+sp":
         return Point("tp+sp", topology, model, entry["mode"], entry["seq_len"], entry["batch"], tp=deg["T"],
-                     sp=deg["SP"])
-    return Point(entry["schedule"], topology, model, entry["mode"], entry["seq_len"], entry["batch"], deg["D"])
+                     sp=deg["SP"], options=opts)
+    return Point(entry["schedule"], topology, model, entry["mode"], entry["seq_len"], entry["batch"], deg["D"],
+                 options=opts)
 
 
 # ---------------------------------------------------------------------------------- candidates

@@ -15,24 +15,46 @@ _DEGREE_LABEL: dict[str, str] = {}
 
 
 
-def degrees_label(schedule: str, degrees: dict[str, Any] | None) -> str:
-    """``tsp D=8``, ``tp+sp T=4×SP=2``, with `` DP=n`` when there are several replicas."""
+def sp_degree(schedule: str, degrees: dict[str, Any] | None) -> int:
+    """Σ of a layout whose sequence-sharded axis runs ``sp_attention`` (``sp`` D, ``tp+sp`` Σ); 1 for the others."""
+    degrees = degrees or {}
+    if schedule == "tp+sp":
+        return int(degrees.get("SP") or 1)
+    if schedule == "sp":
+        return int(degrees.get("D") or 1)
+    return 1
+
+
+def degrees_label(schedule: str, degrees: dict[str, Any] | None, sp_attention: str | None = None) -> str:
+    """``tsp D=8``, ``tp+sp T=4×SP=2 ring``, with `` DP=n`` when there are several replicas.
+
+    ``sp_attention`` (the SP algorithm: allgather, ring, ulysses) is named after the degrees of a layout with a
+    sequence-sharded axis (Σ > 1), so a TP+SP column says which SP it ran.
+    """
     degrees = dict(degrees or {})
     dp = degrees.pop("DP", 1)
     order = sorted(degrees, key=lambda k: ("D", "T", "SP").index(k) if k in ("D", "T", "SP") else 9)
     parts = "×".join(f"{_DEGREE_LABEL.get(k, k)}={degrees[k]}" for k in order)
     label = f"{schedule} {parts}".strip()
+    if sp_attention and sp_degree(schedule, degrees) > 1:
+        label = f"{label} {sp_attention}"
     return f"{label} DP={dp}" if dp and dp > 1 else label
+
+
+def entry_sp_attention(entry: Entry) -> str | None:
+    """The SP attention algorithm recorded in an entry's assumptions (None when absent)."""
+    value = (entry.get("assumptions") or {}).get("sp_attention")
+    return value if isinstance(value, str) else None
 
 
 def schedule_label(entry: Entry) -> str:
     """Label of a run entry (see :func:`degrees_label`)."""
-    return degrees_label(entry.get("schedule") or "graph", entry.get("degrees"))
+    return degrees_label(entry.get("schedule") or "graph", entry.get("degrees"), entry_sp_attention(entry))
 
 
 def entry_label(entry: Entry) -> str:
-    """Schedule and degrees of a run entry: ``tsp D=8``."""
-    return degrees_label(entry.get("schedule") or "?", entry.get("degrees"))
+    """Schedule and degrees of a run entry: ``tsp D=8``, ``tp+sp T=8×Σ=2 ring DP=64``."""
+    return degrees_label(entry.get("schedule") or "?", entry.get("degrees"), entry_sp_attention(entry))
 
 
 def throughput(entry: Entry) -> float | None:

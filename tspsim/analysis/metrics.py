@@ -23,6 +23,11 @@ Definitions (units in the names; GB = 1e9 bytes):
   ``…input_all_gather``) are reported separately under ``all_gather_input`` (design.md §3).
   ``layer_comm_bytes_per_rank`` counts only decoder block 0's forward (``layer == 0``, phase ``fwd``, not
   recomputation): one block's forward traffic, comparable with reference/tsp.md §5.
+* **sp_attention** — on a layout with a sequence-sharded axis (``sp``, the Σ axis of ``tp+sp``), the SP
+  algorithm (``assumptions.sp_attention``) and HTA's metrics restricted to its streams ``kv`` and ``kv_tx``
+  (:mod:`tspsim.schedules.sp_attention`): ``comm_s``, ``overlap_pct``, ``exposed_s``, ``bytes_per_rank`` and
+  ``layer_bytes_per_rank`` (block 0's forward); null otherwise. In decode steps those streams carry the
+  partial-attention combine.
 * **peak_memory_gb** — max over ranks and time of the tracked memory (Timeline.peak_memory), with the
   per-category breakdown at that peak (first rank, first time reaching it); ``oom`` when it exceeds HBM.
 * **inference modes** (``prefill``, ``decode``, ``generate``): :mod:`tspsim.simulate.inference` adds ttft_s, tpot_s,
@@ -39,7 +44,7 @@ from tspsim import __version__
 from tspsim.engine.timeline import Timeline
 from tspsim.opgraph import MEMORY_CATEGORIES
 from tspsim.spec.assumptions import Assumptions
-from tspsim.spec.layout import Layout
+from tspsim.spec.layout import SEQUENCE_SHARDED, Layout
 from tspsim.spec.model import ModelConfig
 from tspsim.spec.topology import Topology
 from tspsim.spec.workload import Workload
@@ -183,6 +188,55 @@ def comm_bytes(tl: Timeline, layer_only: bool = False) -> dict[str, float]:
     return {k: v / n for k, v in sorted(totals.items())}
 
 
+# ---------------------------------------------------------------------------------- SP attention
+SP_STREAMS = ("kv", "kv_tx")
+"""Streams of the SP attention's communication (the all-gathers, all-to-alls and ring transfers)."""
+
+
+def sp_attention_metrics(tl: Timeline, layout: Layout, opts: Assumptions) -> dict[str, Any] | None:
+    """``{"algorithm", "comm_s", "overlap_pct", "exposed_s", "bytes_per_rank", "layer_bytes_per_rank"}``.
+
+    None for layouts without a sequence-sharded axis (Σ < 2 or another schedule).
+    """
+    if layout.schedule not in SEQUENCE_SHARDED or layout.sp < 2:
+        return None
+    ops = tl.ops
+    ranks = tuple(tl.graph.ranks) or tuple(sorted({op.rank for op in ops}))
+    comp: dict[int, list[Interval]] = {r: [] for r in ranks}
+    comm: dict[int, list[Interval]] = {r: [] for r in ranks}
+    for op_id, start, end in tl.spans:
+        op = ops[op_id]
+        if end <= start or op.rank not in comp:
+            continue
+        if op.is_comm:
+            if op.stream in SP_STREAMS:
+                comm[op.rank].append((start, end))
+        elif op.kind not in NOT_KERNELS:
+            comp[op.rank].append((start, end))
+    comm_sum = exposed_sum = 0.0
+    ratios = []
+    for r in ranks:
+        m_u = interval_union(comm[r])
+        m = total_length(m_u)
+        both = intersection_length(interval_union(comp[r]), m_u)
+        comm_sum += m
+        exposed_sum += m - both
+        if m > 0:
+            ratios.append(100.0 * both / m)
+    total = layer = 0.0
+    for op_id, sent in tl.op_sent_bytes.items():
+        op = ops[op_id]
+        if op.kind == "recv" or op.stream not in SP_STREAMS:
+            continue
+        total += sent
+        if op.layer == 0 and op.phase == "fwd" and "recompute" not in op.name:
+            layer += sent
+    n = max(len(ranks), 1)
+    return {"algorithm": opts.sp_attention, "comm_s": comm_sum / n,
+            "overlap_pct": sum(ratios) / len(ratios) if ratios else 0.0, "exposed_s": exposed_sum / n,
+            "bytes_per_rank": total / n, "layer_bytes_per_rank": layer / n}
+
+
 # ---------------------------------------------------------------------------------- memory
 def peak_memory(tl: Timeline) -> tuple[int, dict[str, int]]:
     """(peak bytes over ranks and time, category breakdown at it); the lowest rank wins ties."""
@@ -233,7 +287,7 @@ def timeline_entry(tl: Timeline, topo: Topology) -> dict[str, Any]:
 
 MODEL_KEYS = ("schedule", "model", "mode", "seq_len", "batch", "degrees", "world_size", "replicas",
               "tokens_per_s", "tokens_per_s_per_gpu", "layer_tokens_per_s", "mfu", "assumptions",
-              "model_sha256", "config", "stack")
+              "model_sha256", "config", "stack", "sp_attention")
 """Keys of a run entry that need the model, layout and workload (null in a generic replay entry)."""
 
 
@@ -256,8 +310,9 @@ def run_entry(tl: Timeline, topo: Topology, model: ModelConfig, layout: Layout, 
     """The stable run entry of design.md §4, plus extra keys.
 
     Extra keys: tspsim_version, compute_s, comm_s, topology_sha256, model_sha256, config (fully
-    resolved inputs), collective_algorithms and stack (the software stack's name; its resolved choices are
-    ``assumptions.stack``). Definitions are in the module docstring.
+    resolved inputs), collective_algorithms, stack (the software stack's name; its resolved choices are
+    ``assumptions.stack``) and sp_attention (the SP algorithm's communication, overlap and bytes on a
+    sequence-sharded axis, else null: :func:`sp_attention_metrics`). Definitions are in the module docstring.
     """
     out = timeline_entry(tl, topo)
     step = out["step_time_s"]
@@ -272,6 +327,7 @@ def run_entry(tl: Timeline, topo: Topology, model: ModelConfig, layout: Layout, 
         "mfu": model_flops_per_step(model, workload, layout.replicas) / peak_flops if peak_flops > 0 else 0.0,
         "assumptions": opts.to_json(), "model_sha256": model.sha256, "stack": opts.stack.name,
         "config": resolved_config(topo, model, layout, workload, opts),
+        "sp_attention": sp_attention_metrics(tl, layout, opts),
     })
     return dict(sorted(out.items()))
 

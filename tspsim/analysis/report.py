@@ -52,6 +52,15 @@ def _sum_bytes(by_kind: dict[str, float] | None, separate: bool) -> float | None
     return sum(v for k, v in by_kind.items() if (k == INPUT_ALL_GATHER_KEY) == separate)
 
 
+def _sp(entry: Entry, key: str, spec: str) -> str:
+    """A number of the entry's SP attention (``-`` for layouts without a sequence-sharded axis)."""
+    sp = entry.get("sp_attention")
+    return "-" if not isinstance(sp, dict) or sp.get(key) is None else format(sp[key], spec)
+
+
+_SP_ROWS = ("SP attention comm (s)", "SP attention overlap (%)")
+"""Rows shown only when an entry has an SP axis (its algorithm is named in the column label)."""
+
 _ROWS: tuple[tuple[str, Callable[[Entry], str]], ...] = (
     ("step time (s)", lambda e: _fmt(e.get("step_time_s"), ".4g")),
     ("tokens/s", lambda e: _fmt(e.get("tokens_per_s"), ",.0f")),
@@ -64,6 +73,8 @@ _ROWS: tuple[tuple[str, Callable[[Entry], str]], ...] = (
     ("comm (s)", lambda e: _fmt(e.get("comm_s"), ".4g")),
     ("overlap (%)", lambda e: f"{e['overlap_pct']:.1f}"),
     ("exposed comm (s)", lambda e: f"{e['exposed_comm_s']:.4g}"),
+    ("SP attention comm (s)", lambda e: _sp(e, "comm_s", ".4g")),
+    ("SP attention overlap (%)", lambda e: _sp(e, "overlap_pct", ".1f")),
     ("comm GB/rank/step", lambda e: _gb(_sum_bytes(e.get("comm_bytes_per_rank"), False))),
     ("  + input all-gather", lambda e: _gb(_sum_bytes(e.get("comm_bytes_per_rank"), True))),
     ("layer-0 fwd comm GB", lambda e: _gb(_sum_bytes(e.get("layer_comm_bytes_per_rank"), False))),
@@ -76,19 +87,24 @@ def comparison_table(entries: Sequence[Entry]) -> str:
 
     Rows: step time, tokens/s (global, per GPU, and × layers: the TSP paper's per-decoder-layer unit),
     MFU (%; a fraction in JSON), peak memory against HBM and its largest category, compute and
-    communication time, HTA overlap, exposed communication, bytes sent per rank per step (input
-    all-gathers of sharded-activation TP on their own row, only when present), one block's forward
-    bytes, and the OOM flag. Inference entries (prefill, decode, generate) leave out tokens/s × layers.
-    For ``generate`` entries every row is the whole request, and "step" reads "request".
+    communication time, HTA overlap, exposed communication, the SP attention's communication time and
+    overlap (only when a layout has a sequence-sharded axis; the column label names its algorithm), bytes
+    sent per rank per step (input all-gathers of sharded-activation TP on their own row, only when
+    present), one block's forward bytes, and the OOM flag. Inference entries (prefill, decode, generate)
+    leave out tokens/s × layers. For ``generate`` entries every row is the whole request, and "step" reads
+    "request".
     """
     if not entries:
         return "(no results)"
     has_input = any(_sum_bytes(e.get("comm_bytes_per_rank"), True) for e in entries)
+    has_sp = any(isinstance(e.get("sp_attention"), dict) for e in entries)
     serving = all(e.get("mode") in INFERENCE_MODES for e in entries)
     request = all(e.get("mode") == "generate" and not e.get("inference_step") for e in entries)
     rows = [("", *[schedule_label(e) for e in entries])]
     for label, cell in _ROWS:
         if label.strip().startswith("+ input") and not has_input:
+            continue
+        if label in _SP_ROWS and not has_sp:
             continue
         if serving and label == "tokens/s × layers":
             continue

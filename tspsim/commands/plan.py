@@ -63,8 +63,9 @@ def plan(ctx: click.Context, topology: str, model: str, seq: int | None, mode: s
     """Search schedules, degrees and micro-batch sizes; rank what fits in HBM by an objective.
 
     Tries every registered schedule with D dividing the GPUs per node, tp+sp T×SP splits that fill
-    whole nodes, and micro-batches 1, 2, 4, … up to --batch-max. Configurations that do not fit in
-    HBM are dropped. Prints the ranked list, the objective, the best choice and one line saying what
+    whole nodes, and micro-batches 1, 2, 4, … up to --batch-max; sp and tp+sp with every SP attention
+    algorithm (allgather, ring, ulysses) unless --option sp_attention=… fixes one. Configurations that do
+    not fit in HBM are dropped. Prints the ranked list, the objective, the best choice and one line saying what
     limits it (memory, exposed communication or compute; decode steps also HBM bandwidth or overheads).
 
     Training ranks by tokens/s. Inference modes rank by a serving objective (--objective): prefill by
@@ -183,19 +184,27 @@ def _print_training(result: PlanResult) -> None:
     best = result.best
     assert best is not None
     click.echo(_header(best, f"seq {format_tokens(best.get('seq_len') or 0)}"))
-    header = (f"{'rank':>4}  {'configuration':<24} {'batch':>5} {'tokens/s':>12} {'step (s)':>9} "
+    lw = _label_width(result)
+    header = (f"{'rank':>4}  {'configuration':<{lw}} {'batch':>5} {'tokens/s':>12} {'step (s)':>9} "
               f"{'peak GB':>8} {'MFU':>6} {'exp. comm':>9}  limited by")
     click.echo(header)
     for e in result.ranked:
         step, exposed, mfu = e.get("step_time_s"), e.get("exposed_comm_s"), e.get("mfu")
         comm = f"{exposed / step:.0%}" if exposed is not None and step else "n/a"
-        click.echo(f"{e['rank']:>4}  {entry_label(e):<24} {e.get('batch'):>5} {throughput(e) or 0:>12,.0f} "
+        click.echo(f"{e['rank']:>4}  {entry_label(e):<{lw}} {e.get('batch'):>5} {throughput(e) or 0:>12,.0f} "
                    f"{step or 0:>9.3f} {e.get('peak_memory_gb') or 0:>8.1f} "
                    f"{(f'{mfu:.1%}' if mfu is not None else 'n/a'):>6} {comm:>9}  {e['reason'].split(':')[0]}")
     _print_dropped(result)
     click.echo(f"best: {entry_label(best)}, batch {best.get('batch')}: {throughput(best) or 0:,.0f} tokens/s, "
                f"{best.get('peak_memory_gb', 0):.1f} GB peak")
     click.echo(f"why: {result.reason}")
+
+
+def _label_width(result: PlanResult) -> int:
+    """Width of the configuration column: 24, or the longest label (``tp+sp T=8×Σ=2 allgather DP=64``)."""
+    from tspsim.analysis.entries import entry_label
+
+    return max([24, *(len(entry_label(e)) for e in result.ranked)])
 
 
 def _ms(value: Any) -> str:
@@ -229,11 +238,12 @@ def _print_serving(result: PlanResult) -> None:
     marked = {"ttft_s": "TTFT (ms)", "tpot_s": "TPOT (ms)", "decode_tokens_per_s": "decode tok/s",
               "tokens_per_s": "decode tok/s" if mode == "decode" else "tokens/s"}[obj.key]
     titles = [(f"*{t}" if t == marked else t, w) for t, w, _ in cols]
-    click.echo(f"{'rank':>4}  {'configuration':<24} {'batch':>5} " + " ".join(f"{t:>{w}}" for t, w in titles)
+    lw = _label_width(result)
+    click.echo(f"{'rank':>4}  {'configuration':<{lw}} {'batch':>5} " + " ".join(f"{t:>{w}}" for t, w in titles)
                + "  limited by")
     for e in result.ranked:
         cells = " ".join(f"{cell(e):>{w}}" for _, w, cell in cols)
-        click.echo(f"{e['rank']:>4}  {entry_label(e):<24} {e.get('batch'):>5} {cells}  {e['reason'].split(':')[0]}")
+        click.echo(f"{e['rank']:>4}  {entry_label(e):<{lw}} {e.get('batch'):>5} {cells}  {e['reason'].split(':')[0]}")
     _print_dropped(result)
     parts = [obj.format(obj.value(best))]
     for key, label in (("ttft_s", "TTFT"), ("tpot_s", "TPOT")):

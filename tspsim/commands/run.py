@@ -144,6 +144,7 @@ def check_point(point: Any) -> None:
         TspsimError: if the degrees do not fit the model, sequence or topology.
     """
     from tspsim.schedules import SCHEDULES
+    from tspsim.spec.assumptions import Assumptions
     from tspsim.spec.layout import make_layout
     from tspsim.spec.model import load_model
     from tspsim.spec.topology_file import load_topology
@@ -154,7 +155,7 @@ def check_point(point: Any) -> None:
     model = load_model(point.model)
     workload = Workload(point.mode, point.seq_len, point.batch, point.decode_tokens)
     make_layout(point.schedule, topo, model, workload, degree=point.degree, tp=point.tp, sp=point.sp,
-              gpus=point.gpus)
+              gpus=point.gpus, opts=Assumptions.from_overrides(dict(point.options)))
 
 
 def default_seq(args: PlanArgs) -> int:
@@ -233,8 +234,9 @@ def choose_points(args: PlanArgs, schedules: list[str] | None, seq: int,
 
 
 def point_label(point: Any) -> str:
-    """``tsp D=8`` / ``tp+sp T=4×SP=2`` from the resolved layout."""
+    """``tsp D=8`` / ``tp+sp T=4×SP=2 allgather`` from the resolved layout (and the SP attention algorithm)."""
     from tspsim.analysis.entries import schedule_label
+    from tspsim.spec.assumptions import Assumptions
     from tspsim.spec.layout import make_layout
     from tspsim.spec.model import load_model
     from tspsim.spec.topology_file import load_topology
@@ -243,7 +245,9 @@ def point_label(point: Any) -> str:
     layout = make_layout(point.schedule, load_topology(point.topology), load_model(point.model),
                      Workload(point.mode, point.seq_len, point.batch), degree=point.degree, tp=point.tp,
                      sp=point.sp, gpus=point.gpus)
-    return schedule_label({"schedule": layout.schedule, "degrees": layout.degrees})
+    opts = Assumptions.from_overrides(dict(point.options))
+    return schedule_label({"schedule": layout.schedule, "degrees": layout.degrees,
+                           "assumptions": {"sp_attention": opts.sp_attention}})
 
 
 class PointProgress:
@@ -419,6 +423,7 @@ def run(topology: str, model: str, degree: int | None, tp: int | None, sp: int |
       tspsim run --topology mi300x-1node
       tspsim run --topology mi300x-128node --mode forward --seq 128k
       tspsim run -t mi300x-1node --schedule tp,tp+sp --tp 4 --sp 2 --seq 32k --json
+      tspsim run -t mi300x-128node --option sp_attention=ring     # TP+SP with ring attention (or ulysses)
       tspsim run -t h100-dgx-1node --schedule satp-batch --batch 8 --seq 8k --save r.json
       tspsim run -t mi300x-1node --model llama3-70b --mode decode --context 4k --tokens 1000 --schedule tp
       tspsim run -t mi300x-1node --model llama3-8b --mode generate --seq 8k --tokens 256 --batch 8

@@ -94,9 +94,9 @@ def resolve_point(point: Point, loader: Loader | None = None) -> dict[str, int]:
         raise TspsimError("tp+sp takes --tp T and --sp S (not --degree)")
     topo, model = loader.topology(point.topology), loader.model(point.model)
     workload = Workload(point.mode, point.seq_len, point.batch, point.decode_tokens)  # type: ignore[arg-type]
-    Assumptions.from_overrides(dict(point.options))
+    opts = Assumptions.from_overrides(dict(point.options))
     layout = make_layout(point.schedule, topo, model, workload, degree=point.degree, tp=point.tp, sp=point.sp,
-                     gpus=point.gpus)
+                     gpus=point.gpus, opts=opts)
     return dict(layout.degrees)
 
 

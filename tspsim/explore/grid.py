@@ -185,11 +185,14 @@ def requested_degrees(point: Point) -> dict[str, int]:
 def point_label(point: Point, degrees: dict[str, Any] | None = None) -> str:
     """``tsp D=8 · seq 16k · batch 1`` (resolved degrees when given, else the requested ones).
 
+    An ``sp_attention`` option is named after the degrees of a sequence-sharded layout (``tp+sp T=8×Σ=2 ring``).
+
     Inference points name their mode and tokens: ``tp D=8 · decode · context 4k · batch 1 · 128 tokens``.
     """
     from tspsim.core.units import format_tokens
 
-    label = degrees_label(point.schedule, degrees if degrees is not None else requested_degrees(point))
+    label = degrees_label(point.schedule, degrees if degrees is not None else requested_degrees(point),
+                          dict(point.options).get("sp_attention"))
     if point.mode not in INFERENCE_MODES:
         return f"{label} · seq {format_tokens(point.seq_len)} · batch {point.batch}"
     what = "context" if point.mode == "decode" else "seq"

@@ -6,7 +6,10 @@
   data parallelism — once, as ``tp D=1``, since every schedule degenerates to it);
 * ``tp+sp`` with T ∈ divisors of the GPUs per node (T ≥ 2) and Σ ≥ 2 such that the T×Σ replica fills
   whole nodes (T·Σ a multiple of the GPUs per node that divides the GPUs used);
-* micro-batch sizes 1, 2, 4, … up to ``batch_max``.
+* micro-batch sizes 1, 2, 4, … up to ``batch_max``;
+* for layouts with a sequence-sharded axis (``sp``, ``tp+sp``), every SP attention algorithm
+  (``sp_attention``: allgather, ring, ulysses — :func:`sp_variants`), unless ``--option sp_attention=…``
+  fixes one; ring is left out under a stack whose attention kernel is not flash.
 
 They run through the sweep machinery (:mod:`tspsim.explore.sweep`: same validation, cache and runners);
 :func:`rank_results` drops invalid points and those that do not fit in HBM (``oom``), ranks the rest
@@ -32,6 +35,7 @@ from typing import Any
 from tspsim.analysis.entries import entry_label, is_oom, throughput
 from tspsim.explore.sweep import Outcome
 from tspsim.simulate import Point
+from tspsim.spec.layout import SEQUENCE_SHARDED
 
 Entry = dict[str, Any]
 
@@ -181,9 +185,27 @@ def candidate_points(topology: str, model: str = "zyphra-7b", seq: int | None = 
         from tspsim.spec.workload import DEFAULT_DECODE_TOKENS
 
         tokens = decode_tokens or DEFAULT_DECODE_TOKENS
-    return [Point(name, topology, model, mode, seq_len, batch, d, t, s, gpus, decode_tokens=tokens, options=options,
+    variants = sp_variants(options, mode)
+    return [Point(name, topology, model, mode, seq_len, batch, d, t, s, gpus, decode_tokens=tokens, options=opts,
                   search_max_batch=False)
-            for name, d, t, s in shapes for batch in batch_sizes(batch_max)]
+            for name, d, t, s in shapes
+            for opts in (variants if name in SEQUENCE_SHARDED else (options,))
+            for batch in batch_sizes(batch_max)]
+
+
+def sp_variants(options: tuple[tuple[str, Any], ...], mode: str = "train") -> tuple[tuple[tuple[str, Any], ...], ...]:
+    """The option sets a sequence-sharded layout is tried with: one per SP attention algorithm.
+
+    Only ``options`` when they fix ``sp_attention`` (or for decode, whose steps are the same for every algorithm);
+    ring is skipped when the stack's attention kernel is not flash (ring attention needs one).
+    """
+    from tspsim.spec.assumptions import SP_ATTENTION, Assumptions
+
+    given = dict(options)
+    if "sp_attention" in given or mode == "decode":
+        return (options,)
+    flash = Assumptions.from_overrides(given).stack.attention.kernel == "flash"
+    return tuple(tuple(sorted({**given, "sp_attention": v}.items())) for v in SP_ATTENTION if flash or v != "ring")
 
 
 # ---------------------------------------------------------------------------------- explanations

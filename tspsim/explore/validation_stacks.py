@@ -78,7 +78,8 @@ def parameter_row() -> Row:
     # final LayerNorm replicated.
     per_gpu = L * ((12 * h * h + 7 * h) / t + 2 * h + 4 * h) + v * h / t + 2048 * h + 2 * h
     row = Row("memory.megatron-22b.tp8.parameter_state", "params+grads+optimizer 22B TP 8", "dgx-a100-1node", "GB",
-              18 * per_gpu / 1e9, 0.0, "18 B/parameter (fp16 weights 2, fp32 main grads 4, fp32 master + Adam m, v 12): Megatron-LM's "
+              18 * per_gpu / 1e9, 0.0,
+              "18 B/parameter (fp16 weights 2, fp32 main grads 4, fp32 master + Adam m, v 12): Megatron-LM's "
               "theoretical memory estimator, megatron/training/theoretical_memory_usage.py; "
               "https://github.com/NVIDIA/Megatron-LM")
 

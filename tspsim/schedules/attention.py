@@ -45,6 +45,9 @@ class CoreShape:
     """Heads on this rank (a/t)."""
     head_dim: int
     """d."""
+    causal_fraction: float = 0.5
+    """Fraction of the S_q × S_k scores a flash kernel computes: 1/2 under the causal mask (design.md rule 4),
+    1 for a block of keys wholly before the queries (a ring-attention step, :mod:`tspsim.schedules.sp_attention`)."""
 
     @property
     def scores(self) -> float:
@@ -77,7 +80,8 @@ def core_forward(c: BuildContext, rank: int, name: str, shape: CoreShape, *, lay
     ``save_scores`` keeps the unfused chain's tensors as ``activations`` (else they are freed after P·V).
     """
     if c.stack.attention.kernel == "flash":
-        fl = attention_fwd_flops(shape.batch, shape.q_tokens, shape.kv_tokens, shape.heads, shape.head_dim)
+        fl = attention_fwd_flops(shape.batch, shape.q_tokens, shape.kv_tokens, shape.heads, shape.head_dim,
+                                 shape.causal_fraction)
         return c.compute(rank, "attention_fwd", name, flops=fl, hbm_bytes=flash_bytes, shape=shape.shape,
                          layer=layer, phase=phase, after=after, mem=mem)
     return _unfused_forward(c, rank, name, shape, layer=layer, phase=phase, after=after,
@@ -93,7 +97,7 @@ def core_backward(c: BuildContext, rank: int, name: str, shape: CoreShape, *, la
     """
     if c.stack.attention.kernel == "flash":
         fl = ATTN_BWD_FACTOR * attention_fwd_flops(shape.batch, shape.q_tokens, shape.kv_tokens, shape.heads,
-                                                   shape.head_dim)
+                                                   shape.head_dim, shape.causal_fraction)
         return c.compute(rank, "attention_bwd", name, flops=fl, hbm_bytes=flash_bytes, shape=shape.shape,
                          layer=layer, phase="bwd", after=after, mem=mem)
     s, e, d = c.s, shape.scores, shape.head_dim

@@ -18,8 +18,11 @@ Forward per block and rank (B = micro-batch, S = sequence, n = B·S/Σ tokens of
     norm → [AG_T x] → gate/up GEMM → act → down GEMM → [AR_T | RS_T   n·H·s]
 
 Backward is the transpose: AR ↔ AR, AG ↔ RS, and the K/V all-gather is repeated (gathered K/V are
-not kept) followed by a reduce-scatter of dK/dV. With full recompute each block's forward, with its
-communication, runs again before its backward (``recompute_num_layers``: only the first k blocks).
+not kept) followed by a reduce-scatter of dK/dV. On a Σ axis the attention between the QKV projection and
+W_O is the ``sp_attention`` algorithm (:mod:`tspsim.schedules.sp_attention`: the K/V all-gather above,
+Ulysses all-to-all, or ring attention in :mod:`tspsim.schedules.ring_attention`), called through
+``Block.attn``. With full recompute each block's forward, with its communication, runs again before its
+backward (``recompute_num_layers``: only the first k blocks).
 
 The stack (:mod:`tspsim.spec.stack`) decides the kernels: the core attention (flash or Megatron's unfused
 chain, :mod:`tspsim.schedules.attention`; selective recomputation re-runs the unfused chain in backward),
@@ -34,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from tspsim.schedules.attention import CoreShape, core_backward, core_forward
+from tspsim.schedules.attention import CoreShape
 from tspsim.schedules.context import BuildContext
 from tspsim.schedules.kernels import (
     bias_before_activation,
@@ -44,12 +47,16 @@ from tspsim.schedules.kernels import (
     residual_backward,
     residual_forward,
 )
+from tspsim.schedules.ring_attention import RingAttention
+from tspsim.schedules.sp_attention import AllGatherAttention, SpAttention, UlyssesAttention
 
 Residual = Literal["replicated", "seq", "batch"]
 
-SAVED_ITEMS = frozenset({"x", "xn", "qkv", "scores", "o", "dmask_attn", "x2", "x2n", "h", "act", "dmask_mlp"})
+SAVED_ITEMS = frozenset({"x", "xn", "qkv", "scores", "o", "o_seq", "dmask_attn", "x2", "x2n", "h", "act",
+                         "dmask_mlp"})
 """What a block can save for backward: norm inputs (x, x2), projection inputs (xn, x2n), Q/K/V, the unfused
-core attention's tensors (scores), its output (o), the dropout masks, the MLP's pre- and post-activation."""
+core attention's tensors (scores), its output (o; o_seq: the sequence-sharded copy W_O reads, when the SP
+attention moves it), the dropout masks, the MLP's pre- and post-activation."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,15 @@ class Block:
         self.s = m.dtype_bytes
         self.saved: dict[tuple[int, int], list[tuple[str, int]]] = {}
         self.scores_saved: dict[tuple[int, int], bool] = {}
+        self.attn = self._sp_attention()
+        """The core attention between the QKV projection and W_O (:mod:`tspsim.schedules.sp_attention`)."""
+
+    def _sp_attention(self) -> SpAttention:
+        """The ``sp_attention`` algorithm on a Σ axis; the all-gather of K/V (or local attention) otherwise."""
+        if self.SP < 2 or self.lay.kv_from_local_shard:
+            return AllGatherAttention(self)
+        kind = {"allgather": AllGatherAttention, "ring": RingAttention, "ulysses": UlyssesAttention}
+        return kind[self.ctx.opts.sp_attention](self)
 
     # ------------------------------------------------------------------------------ groups
     def tp_group(self, rank: int) -> tuple[int, ...]:
@@ -181,28 +197,8 @@ class Block:
             if self.lay.kv_from_local_shard:
                 qkv[r] = c.gemm(r, L + "attn.kv_local", self.n_res, 2 * m.kv_dim, H, layer=layer, phase=phase,
                                 after=[qkv[r]])
-        kv_ready = qkv
-        gathered_kv = 0.0
-        kv_group = self._kv_group()
-        keep_kv = self._keeps_kv()
-        recomputing = prefix.startswith("recompute")
-        if kv_group is not None and not (keep_kv and recomputing):
-            gathered_kv = self._kv_bytes()
-            kv_ready = self._kv_gather(kv_group, gathered_kv, L + "attn.kv_all_gather", layer, phase, qkv)
-            if self._zigzag():
-                kv_ready = {r: c.elementwise(r, L + "attn.kv_zigzag_reorder", 2 * gathered_kv, layer=layer,
-                                             phase=phase, after=[kv_ready.get(r), c.last[r]]) for r in c.ranks}
-        shape = self._core_shape()
-        flash = c.stack.attention.kernel == "flash"
-        for r in c.ranks:
-            o_bytes = n * self.q_l * s + (n * self.heads_l * 4 if flash else 0)   # output (+ fp32 log-sum-exp)
-            free_kv = [("end", "comm_buffers", -int(gathered_kv))] if gathered_kv else []
-            if gathered_kv and keep_kv:  # kept for the backward pass of this block
-                free_kv.append(("end", "activations", int(gathered_kv)))
-            core_forward(c, r, L + "attn.core", shape, layer=layer, phase=phase, after=[kv_ready.get(r), c.last[r]],
-                         flash_bytes=(n * self.q_l * 2 + 2 * self.S * self.B * self.kv_l) * s,
-                         save_scores="scores" in keep, mem=act(r, "o", o_bytes) + free_kv)
-        out = self._row_parallel(L + "attn.out", n, H, self.q_l, layer, phase)
+        self.attn.forward(layer, phase, L, keep, act, qkv, recomputing=prefix.startswith("recompute"))
+        out = self._row_parallel(L + "attn.out", n, H, self.q_l, layer, phase, mem=self.attn.out_mem())
         add = {r: residual(r, "dmask_attn", "attn", [out.get(r), c.last[r]]) for r in c.ranks}
         # ---- MLP sublayer
         norm2 = {r: c.elementwise(r, L + "mlp.norm", 3 * self.n_res * H * s, layer=layer, phase=phase,
@@ -387,36 +383,12 @@ class Block:
         src = branch_grad("attn", "dmask_attn")
         for r in c.ranks:
             c.gemm(r, L + "attn.out", n, H, self.q_l, layer=layer, phase=ph, after=[src.get(r), c.last[r]], scale=2,
-                   mem=fr)
-        kv_group = self._kv_group()
-        kv_bytes = self._kv_bytes()
-        keep_kv = self._keeps_kv()
-        ready = {r: c.last[r] for r in c.ranks}
-        if kv_group is not None and not keep_kv:
-            ready = self._kv_gather(kv_group, kv_bytes, L + "attn.kv_all_gather", layer, ph, ready)
-            if self._zigzag():
-                ready = {r: c.elementwise(r, L + "attn.kv_zigzag_reorder", 2 * kv_bytes, layer=layer, phase=ph,
-                                          after=[ready.get(r), c.last[r]]) for r in c.ranks}
-        shape = self._core_shape()
-        for r in c.ranks:
-            mem = free(r, "o")
-            if kv_group is not None:
-                # gathered K/V are released; dK/dV for all tokens are produced for the reduce-scatter
-                cat = "activations" if keep_kv else "comm_buffers"
-                mem = mem + [("end", cat, -int(kv_bytes)), ("end", "temporary", int(kv_bytes))]
-            core_backward(c, r, L + "attn.core", shape, layer=layer, after=[ready.get(r), c.last[r]],
-                          flash_bytes=(n * self.q_l * 4 + 4 * self.S * self.B * self.kv_l) * s,
-                          scores_saved=self.scores_saved.get((layer, r), False), mem=mem)
-        dkv = {r: c.last[r] for r in c.ranks}
-        if kv_group is not None:
-            dkv = self.coll("reduce_scatter", kv_group, kv_bytes, L + "attn.kv_grad_reduce_scatter", stream="kv",
-                            layer=layer, phase=ph, deps=dkv)
+                   mem=fr + free(r, "o_seq"))
+        dkv = self.attn.backward(layer, L, free)
         q_cols = self.q_l if self.lay.kv_from_local_shard else self.q_l + 2 * self.kv_l
         qkv_mem = {}
         for r in c.ranks:
-            mem = free(r, "qkv")
-            if kv_group is not None:
-                mem.append(("end", "temporary", -int(kv_bytes)))
+            mem = free(r, "qkv") + self.attn.qkv_grad_mem(r)
             if self.lay.kv_from_local_shard:
                 c.gemm(r, L + "attn.kv_local", self.n_res, 2 * m.kv_dim, H, layer=layer, phase=ph,
                        after=[dkv.get(r), c.last[r]], scale=2)

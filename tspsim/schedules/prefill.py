@@ -50,12 +50,15 @@ def _prefill_standard(ctx: BuildContext, lay: BlockLayout) -> OpGraph:
         start = len(c.builder.graph.ops)
         blk.forward(layer, "fwd", "none")
         qkv: dict[int, int | None] = {}
+        cached: set[int] = set()
         for op_id in list(ops_since(c, start)):
             op = c.builder.graph.ops[op_id]
             if op.name == f"L{layer}.attn.qkv":
                 qkv[op.rank] = op_id
-            first_core = op.name in (f"L{layer}.attn.core", f"L{layer}.attn.core.qk")  # flash, or unfused QKᵀ
-            if first_core and kvl.batch_shards == 1:  # K/V of the block → the cache
+            # the first core-attention op of the rank: flash, unfused QKᵀ, a bucket's or a ring step's
+            first_core = op.is_compute and op.name.startswith(f"L{layer}.attn.core") and op.rank not in cached
+            if first_core and kvl.batch_shards == 1:  # K/V of the block (the rank's own shard) → the cache
+                cached.add(op.rank)
                 add_mem(c, op_id, [("start", "kv_cache", kvl.block_bytes(op.rank, B, T, s))])
         if kvl.batch_shards > 1:  # head shards of every sequence → all heads of the rank's B/p sequences
             blk.coll("all_to_all", blk.tp_group, 2 * n * blk.kv_l * s, f"L{layer}.attn.kv_cache_all_to_all",

@@ -84,5 +84,5 @@ def resolve(point: Point) -> tuple[Topology, ModelConfig, Layout, Workload, Assu
     opts = Assumptions.from_overrides(dict(point.options))
     SCHEDULES.get(point.schedule)
     layout = make_layout(point.schedule, topo, model, workload, degree=point.degree, tp=point.tp, sp=point.sp,
-                         gpus=point.gpus)
+                         gpus=point.gpus, opts=opts)
     return topo, model, layout, workload, opts

@@ -18,6 +18,9 @@ TRAINING_ONLY_OPTIONS = ("recompute", "recompute_num_layers", "grad_bytes", "mas
                          "dp_bucket_MB", "tsp_grad_return", "sp_keep_gathered_kv")
 """Assumptions that only change backward, gradients or the optimizer (no effect on prefill or decode)."""
 
+SP_ATTENTION = ("allgather", "ring", "ulysses")
+"""Values of the ``sp_attention`` option (the SP algorithms of :mod:`tspsim.schedules.sp_attention`)."""
+
 INFERENCE_ONLY_OPTIONS = ("tsp_decode", "satp_batch_kv", "decode_launch_us", "decode_gemm_rolloff")
 """Assumptions that only change prefill or decode (no effect on train or forward)."""
 
@@ -78,6 +81,18 @@ class Assumptions:
     pass until that block's backward instead of gathering again (as all-gather context-parallel
     implementations do). Calibrated: with it the TP+SP rows of tsp.md §6 are reproduced. TSP never keeps
     them (it gathers one head shard at a time by design)."""
+    sp_attention: Literal["allgather", "ring", "ulysses"] = "allgather"
+    """How a sequence-sharded (SP) axis — ``sp``, the Σ axis of ``tp+sp`` — computes attention
+    (:mod:`tspsim.schedules.sp_attention`): ``allgather`` all-gathers K and V over the sequence shards (Llama 3
+    context parallelism; today's default); ``ring`` passes K/V blocks around the ring with point-to-point sends
+    while each rank attends to the block it holds, merging by log-sum-exp (Megatron-Core / TransformerEngine
+    context parallelism: zig-zag chunks, double-buffered ring, dK/dV travel the ring in backward; needs a flash
+    kernel); ``ulysses`` re-shards Q, K, V from sequence to heads by all-to-all before attention and the output
+    back after it (DeepSpeed Ulysses: 4 all-to-alls forward; heads per TP shard divisible by Σ). Decode steps
+    combine partial attention over the sequence-sharded cache the same way for all three."""
+    sp_kv_buckets: int = 1
+    """``sp_attention=allgather``: K/V all-gathers per block over head buckets (head bucketing: bucket b+1 is
+    gathered while bucket b attends, two buckets in flight; less gathered-K/V memory when it is not kept)."""
     tp_overlap: bool = False
     """Overlap TP all-reduces with independent compute (off: TP collectives are exposed, as in
     Megatron-LM without communication overlap)."""
@@ -141,22 +156,29 @@ class Assumptions:
         """Range checks with one-line errors."""
         choices = {"recompute": ("none", "selective", "full"), "tsp_grad_return": ("reduce", "ring"),
                    "satp_seq_attention": ("gather-kv", "gather-input"), "tsp_decode": ("weights", "token"),
-                   "satp_batch_kv": ("batch", "heads")}
+                   "satp_batch_kv": ("batch", "heads"), "sp_attention": SP_ATTENTION}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"option {key}={getattr(self, key)!r}: choose one of {', '.join(allowed)}")
         # (key, minimum, maximum): bytes per element are at most 64; counts stay small enough to simulate.
         bounds = (("param_bytes", 1, 64), ("grad_bytes", 1, 64), ("logits_bytes", 1, 64), ("master_bytes", 0, 64),
                   ("optimizer_bytes", 0, 256), ("weight_buffers", 1, 64), ("kv_buckets", 1, 4096),
-                  ("dp_bucket_MB", 1e-3, 1e6), ("decode_launch_us", 0.0, 1e6), ("recompute_num_layers", 0, 1024))
+                  ("sp_kv_buckets", 1, 4096), ("dp_bucket_MB", 1e-3, 1e6), ("decode_launch_us", 0.0, 1e6),
+                  ("recompute_num_layers", 0, 1024))
         for key, low, high in bounds:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"option {key}={value!r}: expected a finite number between {low:g} and {high:g}")
             if not low <= value <= high:
                 raise ConfigError(f"option {key}={value:g} is out of range: use a value between {low:g} and {high:g}")
-        if not isinstance(self.recompute_num_layers, int):
-            raise ConfigError(f"option recompute_num_layers={self.recompute_num_layers!r}: expected a whole number")
+        for key in ("recompute_num_layers", "sp_kv_buckets"):
+            if not isinstance(getattr(self, key), int):
+                raise ConfigError(f"option {key}={getattr(self, key)!r}: expected a whole number")
+        if self.sp_attention == "ring" and self.stack.attention.kernel != "flash":
+            raise ConfigError(f"option sp_attention=ring needs a flash attention kernel, but stack {self.stack.name} "
+                              f"runs {self.stack.attention.kernel} attention (ring attention merges per-block outputs "
+                              "by their log-sum-exp; TransformerEngine refuses context parallelism without a fused "
+                              "kernel); use sp_attention=allgather or ulysses, or a stack with attention.kernel: flash")
         if self.recompute_num_layers and self.recompute != "full":
             raise ConfigError(f"option recompute_num_layers={self.recompute_num_layers} applies to recompute=full "
                               f"(the first k blocks fully recomputed); with recompute={self.recompute} drop it")

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 
 from tspsim.core.errors import ConfigError
+from tspsim.spec.assumptions import Assumptions
 from tspsim.spec.model import ModelConfig
 from tspsim.spec.topology import Topology
 from tspsim.spec.workload import Workload
@@ -98,8 +99,11 @@ def fold_unit_gpus(topo: Topology, world: int, replica_size: int) -> int:
 
 
 def make_layout(schedule: str, topo: Topology, model: ModelConfig, workload: Workload, degree: int | None = None,
-              tp: int | None = None, sp: int | None = None, gpus: int | None = None) -> Layout:
+              tp: int | None = None, sp: int | None = None, gpus: int | None = None,
+              opts: Assumptions | None = None) -> Layout:
     """Resolve degrees for ``schedule`` and validate them against the model, sequence and topology.
+
+    With ``opts``, also check that the SP attention algorithm fits the layout (:func:`check_sp_attention`).
 
     Raises:
         ConfigError: naming the degree, what it must divide, and a value that would work.
@@ -122,6 +126,8 @@ def make_layout(schedule: str, topo: Topology, model: ModelConfig, workload: Wor
     degrees = ({"D": t} if schedule == "tsp" else {"D": s} if schedule == "sp"
                else {"T": t, "SP": s} if schedule == "tp+sp" else {"D": t})
     degrees["DP"] = world // replica
+    if opts is not None:
+        check_sp_attention(schedule, model, workload, t, s, opts)
     return Layout(schedule, t, s, replica, world, degrees)
 
 
@@ -140,6 +146,34 @@ def default_tp_sp(gpus_per_node: int, world: int, tp: int | None = None, sp: int
         assert sp is not None
         return next((t for t in range(per_node, 0, -1) if per_node % t == 0 and t * sp <= world), 1), sp
     return tp, sp or (2 if world >= 2 * tp else 1)
+
+
+SEQUENCE_SHARDED = ("sp", "tp+sp")
+"""Schedules whose Σ axis shards the sequence with the weights replicated across it (the ``sp_attention`` axis)."""
+
+
+def check_sp_attention(schedule: str, model: ModelConfig, workload: Workload, t: int, s: int,
+                       opts: Assumptions) -> None:
+    """The SP attention algorithm must fit the heads of a TP shard (decode steps do not use it).
+
+    Ulysses re-shards the T-shard's H_q/T query and H_kv/T KV heads over the Σ sequence shards, so Σ must divide
+    both (DeepSpeed Ulysses); head bucketing of the all-gather splits the same heads into ``sp_kv_buckets``.
+
+    Raises:
+        ConfigError: one line naming the heads, the degree and a fix.
+    """
+    if schedule not in SEQUENCE_SHARDED or s < 2 or workload.mode == "decode":
+        return
+    q, kv = model.q_heads // t, model.kv_heads // t
+    where = f"of a T={t} shard of {model.name}" if t > 1 else f"of {model.name}"
+    if opts.sp_attention == "ulysses" and (q % s or kv % s):
+        raise ConfigError(f"sp_attention=ulysses shards heads over SP={s} sequence shards, but the {q} query / {kv} KV "
+                          f"heads {where} are not divisible by {s}; use sp_attention=ring or allgather, or a Σ "
+                          "dividing the heads")
+    b = opts.sp_kv_buckets
+    if opts.sp_attention == "allgather" and b > 1 and (q % b or kv % b):
+        raise ConfigError(f"option sp_kv_buckets={b} does not divide the {q} query / {kv} KV heads {where}; "
+                          f"use a divisor of {kv}")
 
 
 def _check_divides(schedule: str, model: ModelConfig, workload: Workload, t: int, s: int, replica: int,
@@ -173,7 +207,7 @@ def _check_divides(schedule: str, model: ModelConfig, workload: Workload, t: int
         raise ConfigError(f"satp-batch shards the batch: --batch {workload.batch} must be a multiple of D={t}; "
                           f"use --batch {t}")
     if replica > world:
-        degrees = f"T={t} × Σ={s}" if schedule == "tp+sp" else f"D={t if schedule != 'sp' else s}"
+        degrees = f"T={t} × SP={s}" if schedule == "tp+sp" else f"D={t if schedule != 'sp' else s}"
         raise ConfigError(f"{schedule} {degrees} needs {replica} GPUs per replica but only {world} are available on "
                           f"{topo.name}; use a smaller degree or a larger topology")
     if world % replica:
