@@ -34,7 +34,7 @@ import numpy as np
 
 from tspsim.core.errors import TspsimError
 from tspsim.explore import calibrate_params as cp
-from tspsim.explore.fit import least_squares
+from tspsim.explore.fit import identifiable, least_squares
 from tspsim.explore.measured import Hosted, Observation, Predictor, host, host_topology, replay
 from tspsim.spec.collective_log import CollectiveLog
 from tspsim.spec.topology import Topology
@@ -164,26 +164,10 @@ def _bounds(params: tuple[cp.FitParameter, ...]) -> tuple[np.ndarray, np.ndarray
 
 
 def determined(model: _Model, x0: np.ndarray) -> list[bool]:
-    """Which parameters the observations determine (module docstring: ordered Gram–Schmidt)."""
+    """Which parameters the observations determine (module docstring)."""
     lo, hi = _bounds(model.params)
-    r0 = model.log_errors(x0)
     norm = float(np.sqrt(np.sum(model.weights ** 2)))
-    chosen: list[np.ndarray] = []
-    out = []
-    for j in range(len(x0)):
-        h = 0.01 * (hi[j] - lo[j])
-        xp = x0.copy()
-        xp[j] = x0[j] + h if x0[j] + h <= hi[j] else x0[j] - h
-        col = (model.log_errors(xp) - r0) / (xp[j] - x0[j]) * (hi[j] - lo[j])
-        full = float(np.linalg.norm(col))
-        for q in chosen:
-            col = col - (col @ q) * q
-        size = float(np.linalg.norm(col))
-        keep = size / norm >= DETERMINED_RMS and size >= full / math.sqrt(MAX_VIF)
-        if keep:
-            chosen.append(col / size)
-        out.append(keep)
-    return out
+    return identifiable(model.log_errors, x0, lo, hi, norm, DETERMINED_RMS, MAX_VIF)
 
 
 def calibrate(base: Topology, logs: list[CollectiveLog], algo: str = "") -> Calibration:

@@ -28,7 +28,7 @@ class FitParameter:
     name: str
     """Name shown in tables: the YAML key, or the family's representative key with ``×`` for a scale."""
     fabric: str
-    """``intra`` or ``inter``."""
+    """``intra``, ``inter`` or ``gpu``."""
     keys: tuple[str, ...]
     """Key paths inside the fabric section (``ll.base_us``); a scale moves them all, a value sets the first."""
     scale: bool
@@ -85,8 +85,26 @@ PARAMETERS: tuple[FitParameter, ...] = (
 efficiencies, then NCCL's latency constants, and last the extra multi-node start-up NCCL's model does not have."""
 
 
+COMPUTE_PARAMETERS: tuple[FitParameter, ...] = (
+    FitParameter("gpu.gemm_efficiency", "gpu", ("gemm_efficiency",), False, 0.30, 0.95,
+                 "large-GEMM ceiling MAMF / peak: 51-80% across H100, B200, MI300X, MI355X (hardware.md s4.1)"),
+    FitParameter("gpu.gemm_half_GFLOP ×", "gpu", ("gemm_half_GFLOP",), True, 0.1, 10.0,
+                 "small-GEMM roll-off: 4.8 GFLOP (H100) and 29 (MI300X) from the Azure square-GEMM sweeps [S7]; "
+                 "a factor 10 either way"),
+    FitParameter("gpu.attn_fwd_efficiency", "gpu", ("attn_fwd_efficiency",), False, 0.15, 0.90,
+                 "flash-attention forward: FA3 75% on H100 [S17], aiter 37-57% on MI300X / MI355X [S19]"),
+    FitParameter("gpu.attn_bwd_efficiency", "gpu", ("attn_bwd_efficiency",), False, 0.10, 0.90,
+                 "flash-attention backward: aiter 36-41% of peak on MI300X, 44-48% on MI355X [S19]"),
+    FitParameter("gpu.hbm_efficiency", "gpu", ("hbm_efficiency",), False, 0.50, 1.0,
+                 "STREAM-like HBM rate 78-95% of peak (H100, H200, MI300X) [S7]"),
+    FitParameter("gpu.kernel_launch_us", "gpu", ("kernel_launch_us",), False, 0.0, 30.0,
+                 "fixed per-kernel overhead; the presets assume 5-10 us (hardware.md s9, an assumption)"),
+)
+"""GPU parameters a compute calibration may fit, in priority order."""
+
+
 def _section(topo: Topology, fabric: str) -> Any:
-    return topo.intra if fabric == "intra" else topo.inter
+    return {"intra": topo.intra, "inter": topo.inter, "gpu": topo.gpu}[fabric]
 
 
 def base_value(topo: Topology, fabric: str, key: str) -> float | None:
@@ -135,7 +153,7 @@ def shown_value(topo: Topology, p: FitParameter, value: float) -> tuple[float, f
 
 def with_values(topo: Topology, new: dict[str, float]) -> Topology:
     """``topo`` with the ``fabric.key`` values of ``new`` (a fresh object: no cached links or shapes)."""
-    fabrics: dict[str, dict[str, Any]] = {"intra": {}, "inter": {}}
+    fabrics: dict[str, dict[str, Any]] = {"intra": {}, "inter": {}, "gpu": {}}
     for path, value in new.items():
         fabric, _, key = path.partition(".")
         head, _, tail = key.partition(".")

@@ -17,6 +17,7 @@ Everything is deterministic: the same residual function and start give the same 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -192,3 +193,32 @@ def _nelder_mead_restarts(f: Callable[[np.ndarray], float], x: np.ndarray, cost:
         else:
             scale /= 3
     return x, cost
+
+
+def identifiable(fn: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, lo: np.ndarray, hi: np.ndarray, norm: float,
+                 min_rms: float, max_vif: float) -> list[bool]:
+    """Which coordinates of ``x0`` the residuals ``fn`` determine, in priority order (Gram–Schmidt).
+
+    Column j of the Jacobian (a forward difference of 1 % of the box), scaled to the whole range of
+    coordinate j, is orthogonalised against the columns already kept. Coordinate j is kept when what
+    remains moves the RMS residual (``‖col‖ / norm``) by at least ``min_rms`` and is at least
+    1/√``max_vif`` of its own column (variance inflation ≤ ``max_vif``: its effect is not mostly that of
+    coordinates kept before it).
+    """
+    r0 = fn(x0)
+    chosen: list[np.ndarray] = []
+    out = []
+    for j in range(len(x0)):
+        h = 0.01 * (hi[j] - lo[j])
+        xp = x0.copy()
+        xp[j] = x0[j] + h if x0[j] + h <= hi[j] else x0[j] - h
+        col = (fn(xp) - r0) / (xp[j] - x0[j]) * (hi[j] - lo[j])
+        full = float(np.linalg.norm(col))
+        for q in chosen:
+            col = col - (col @ q) * q
+        size = float(np.linalg.norm(col))
+        keep = size / norm >= min_rms and size >= full / math.sqrt(max_vif)
+        if keep:
+            chosen.append(col / size)
+        out.append(keep)
+    return out

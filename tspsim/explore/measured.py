@@ -123,8 +123,13 @@ def host(log: CollectiveLog, topo: Topology, algo: str = "") -> Hosted:
     if k > topo.nodes or max(layout) > g:
         need = (f"{log.ranks} GPUs on {k} node{'s' if k > 1 else ''} of {max(layout)}" if log.layout
                 else f"{log.ranks} GPUs")
-        hint = (f"use a topology with at least {k} nodes (e.g. a YAML with 'inherit: {topo.name}' and 'nodes: {k}')"
-                if max(layout) <= g else "use a topology whose nodes hold that many GPUs")
+        if max(layout) > g:
+            hint = "use a topology whose nodes hold that many GPUs"
+        elif topo.inter is None:
+            hint = (f"use a topology with at least {k} nodes: a YAML with 'inherit: {topo.name}', 'nodes: {k}' and an "
+                    "'inter' section (the scale-out network)")
+        else:
+            hint = f"use a topology with at least {k} nodes (a YAML with 'inherit: {topo.name}' and 'nodes: {k}')"
         raise ConfigError(f"{log.path}: the log ran {need}, but {_topology_text(topo)}; {hint}")
     ranks = tuple(j * g + i for j, count in enumerate(layout) for i in range(count))
     algorithm, note = _algorithm(log, topo, k, algo or log.algo)

@@ -394,15 +394,15 @@ def render_log(log: CollectiveLog) -> str:
     if env:
         out.append(f"# env: {env}")
     both = any(r.in_place is not None for r in log.rows)
-    out.append("#" + "".join(f"{c:>12}" for c in ("size", "count", "type", "redop", "root")) +
-               "".join(f"{c:>12}" for _ in range(2 if both else 1) for c in ("time", "algbw", "busbw", "#wrong")))
+    names = ["size", "count", "type", "redop", "root"] + ["time", "algbw", "busbw", "#wrong"] * (2 if both else 1)
+    out.append("#" + " ".join(f"{c:>12}" for c in names))
     for r in log.rows:
         groups = [r.out_of_place, r.in_place or r.out_of_place] if both else [r.out_of_place]
         cells = [str(r.size_bytes), str(r.count if r.count is not None else 0), r.dtype or "float",
                  r.redop or "none", str(r.root if r.root is not None else -1)]
         for g in groups:
             cells += [repr(g.time_us), repr(g.algbw_GBps), repr(g.busbw_GBps), g.wrong or "0"]
-        out.append(" " + "".join(f"{c:>12}" for c in cells))
+        out.append(" " + " ".join(f"{c:>12}" for c in cells))
     if log.avg_busbw_GBps is not None:
         out.append("# Out of bounds values : 0 OK")
         out.append(f"# Avg bus bandwidth    : {log.avg_busbw_GBps!r}")

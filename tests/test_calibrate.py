@@ -1,0 +1,287 @@
+"""``tspsim calibrate`` and ``tspsim check`` (issue 17): exactness of the fast path, recovery of known
+parameters, prediction across node counts, verdicts on the shared logs, the commands."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from tspsim.cli import cli
+from tspsim.core.errors import ConfigError
+from tspsim.explore import calibrate_params as cp
+from tspsim.explore.calibrate import calibrate, mean_abs_error
+from tspsim.explore.fit import least_squares
+from tspsim.explore.health import check_log
+from tspsim.explore.measured import Predictor, host, host_topology, predict_s, replay
+from tspsim.simulate.collective import busbw_factor, simulate_collective
+from tspsim.spec.collective_log import read_collective_log
+from tspsim.spec.topology import Topology
+from tspsim.spec.topology_file import load_topology, preset_names
+
+LOGS = Path(__file__).parent / "data" / "collective-logs"
+
+
+def shared(prefix: str):
+    return read_collective_log(str(next(LOGS.glob(f"{prefix}-*.txt"))))
+
+
+def synthetic_log(topo: Topology, nodes: int, path: Path, op: str = "all_reduce", low: int = 3, high: int = 34,
+                  gpus: int = 8) -> str:
+    """An nccl-tests output of ``op`` on ``nodes`` × ``gpus`` GPUs of ``topo`` (times printed as nccl-tests does)."""
+    n = nodes * gpus
+    ranks = tuple(j * topo.gpus_per_node + i for j in range(nodes) for i in range(gpus))
+    test = {"all_reduce": "all_reduce_perf", "all_gather": "all_gather_perf"}[op]
+    lines = [f"# Collective test starting: {test}", f"# nodes: {nodes}", f"# gpus_per_node: {gpus}",
+             "#       size         count      type   redop    root     time   algbw   busbw #wrong     time   algbw"
+             "   busbw #wrong"]
+    for k in range(low, high + 1):
+        size = 2**k
+        t = simulate_collective(topo, op, ranks, size)["time_s"] * 1e6
+        algbw = size / t / 1e3
+        busbw = algbw * busbw_factor(op, n)
+        cells = f"{t:8.2f} {algbw:7.2f} {busbw:7.2f}      0"
+        lines.append(f"{size:>12} {size // 4:>13}     float     sum      -1 {cells} {cells}")
+    lines += ["# Out of bounds values : 0 OK", "# Avg bus bandwidth    : 1.0"]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+# ------------------------------------------------------------------------------------- parameters, fast path
+def test_every_preset_is_inside_the_plausible_ranges():
+    for name in preset_names():
+        topo = load_topology(name)
+        for p in cp.PARAMETERS + cp.COMPUTE_PARAMETERS:
+            assert p.source and p.lo < p.hi
+            if cp.applicable(topo, p) and not p.scale:
+                assert p.lo <= cp.base_value(topo, p.fabric, p.keys[0]) <= p.hi, (name, p.name)
+
+
+CASES = [("h100-dgx-128node", 1, "all_reduce"), ("h100-dgx-128node", 2, "all_reduce"),
+         ("h100-dgx-128node", 8, "all_gather"), ("mi300x-1node", 1, "all_reduce"),
+         ("mi300x-128node", 2, "reduce_scatter"), ("h100-dgx-128node", 2, "all_to_all"),
+         ("h100-dgx-128node", 4, "broadcast")]
+
+
+@pytest.mark.parametrize(("name", "nodes", "op"), CASES, ids=[f"{n}-{k}-{o}" for n, k, o in CASES])
+def test_predictor_equals_the_policy_on_random_parameters(name, nodes, op):
+    """The fit's fast path gives exactly the policy's prediction (= the replay) for any parameter values."""
+    from tspsim.explore.measured import Observation
+
+    topo = host_topology(load_topology(name), nodes)
+    ranks = tuple(range(nodes * topo.gpus_per_node))
+    obs = [Observation("x", op, ranks, 2**k, "", "", 1.0, 1.0) for k in range(3, 35, 3)]
+    fast = Predictor(topo, obs)
+    params = tuple(p for p in cp.PARAMETERS if cp.applicable(topo, p))
+    rng = np.random.default_rng(17)
+    for _ in range(6):
+        values = tuple(math.exp(rng.uniform(math.log(p.lo), math.log(p.hi))) if p.scale else rng.uniform(p.lo, p.hi)
+                       for p in params)
+        new = cp.key_values(topo, params, values)
+        assert fast.predict_s(cp.with_values(topo, new)).tolist() == predict_s(cp.with_values(topo, new), obs).tolist()
+
+
+def test_policy_prediction_equals_replay_on_a_log():
+    log = shared("07")
+    h = host(log, load_topology("h100-dgx-128node"))
+    small = host_topology(load_topology("h100-dgx-128node"), h.nodes)
+    obs = h.observations()
+    assert predict_s(small, obs) == pytest.approx([e["time_s"] for e in replay(small, obs)], rel=1e-9)
+
+
+def test_cut_topology_gives_the_full_clusters_times(tmp_path):
+    full = load_topology("h100-dgx-128node")
+    ranks = tuple(range(16))
+    cut = host_topology(full, 2)
+    assert cut.nodes == 2
+    for size in (1024, 2**20, 2**30):
+        assert simulate_collective(cut, "all_reduce", ranks, size)["time_s"] == pytest.approx(
+            simulate_collective(full, "all_reduce", ranks, size)["time_s"], rel=1e-12)
+    # across leaf groups the cut keeps whole groups, so the spine links are the same
+    path = tmp_path / "small-leaves.yaml"
+    path.write_text("name: small-leaves\ninherit: h100-dgx-128node\nnodes: 8\ninter:\n  nodes_per_leaf: 2\n")
+    leafy = load_topology(str(path))
+    assert host_topology(leafy, 3).nodes == 4
+    ranks = tuple(range(24))
+    for size in (2**16, 2**28):
+        assert simulate_collective(host_topology(leafy, 3), "all_gather", ranks, size)["time_s"] == pytest.approx(
+            simulate_collective(leafy, "all_gather", ranks, size)["time_s"], rel=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------- fitting
+def test_least_squares_bounded_and_deterministic():
+    target = np.array([0.3, 2.0, -1.0])
+
+    def residuals(x):
+        return np.array([x[0] - target[0], 10 * (x[1] - x[0] ** 2), x[2] - target[2], 0.1 * x[1]])
+
+    lo, hi = np.array([-1.0, -1.0, -0.5]), np.array([1.0, 1.0, 1.0])
+    a = least_squares(residuals, np.zeros(3), lo, hi)
+    b = least_squares(residuals, np.zeros(3), lo, hi)
+    assert a.x.tolist() == b.x.tolist()
+    assert a.x[2] == -0.5  # held at its bound
+    assert a.x[0] == pytest.approx(0.3, abs=2e-3) and a.x[1] == pytest.approx(0.09, abs=2e-3)
+    assert a.cost < a.start_cost and a.evaluations <= 3000
+
+
+PERTURBED = {"inter.nic_efficiency": 0.85, "intra.collective_efficiency": 0.90}
+PERTURBED_SCALES = {"inter.ring_step_us ×": 1.3, "intra.ring_base_us ×": 1.25}
+
+
+def test_calibration_recovers_known_parameters(tmp_path):
+    """Logs generated from a perturbed H100 cluster (1, 2 and 4 nodes), fitted from the preset: the
+    perturbation comes back within 2 % and everything else stays where it was."""
+    base = load_topology("h100-dgx-128node")
+    params = tuple(p for p in cp.PARAMETERS if p.name in {**PERTURBED, **PERTURBED_SCALES})
+    truth = {**PERTURBED, **PERTURBED_SCALES}
+    perturbed = cp.with_values(base, cp.key_values(base, params, tuple(truth[p.name] for p in params)))
+    logs = [read_collective_log(synthetic_log(perturbed, k, tmp_path / f"{k}.txt")) for k in (1, 2, 4)]
+    cal = calibrate(base, logs)
+    fitted = {v.parameter.name: v for v in cal.values if v.determined}
+    assert set(truth) <= set(fitted)
+    for v in fitted.values():
+        expect = truth.get(v.parameter.name, v.start)
+        assert v.value == pytest.approx(expect, rel=0.02), v.parameter.name
+    assert mean_abs_error(cal.rows, after=True) < 0.005 < 0.05 < mean_abs_error(cal.rows, after=False)
+
+
+def test_refuses_logs_the_topology_cannot_host(tmp_path):
+    log = shared("06")  # 16 GPUs on 2 nodes
+    with pytest.raises(ConfigError, match="has 1 node of 8 GPUs.*'inter' section"):
+        calibrate(load_topology("h100-dgx-1node"), [log])
+    wide = tmp_path / "wide.txt"
+    devices = "".join(f"#  Rank {r:2d} Group  0 Pid 1 on host{r // 16} device {r % 16:2d} [0x1b] NVIDIA H100\n"
+                      for r in range(32))
+    table = (LOGS / "07-h100-4node-8x400gIB-allreduce-default.txt").read_text()
+    table = table[table.index("#       size"):]
+    wide.write_text("# op: all_reduce_perf\n#  Using devices\n" + devices + table)
+    with pytest.raises(ConfigError, match="whose nodes hold that many GPUs"):
+        check_log(read_collective_log(str(wide)), load_topology("h100-dgx-128node"))
+    result = CliRunner().invoke(cli, ["calibrate", "-t", "dgx-a100-1node", str(LOGS / "16-a100-40gb-oci-2node-roce-"
+                                      "allreduce-default.txt"), "-o", str(tmp_path / "a100.yaml")])
+    assert result.exit_code == 2 and result.stderr.startswith("error: ") and "16 GPUs on 2 nodes of 8" in result.stderr
+
+
+# ----------------------------------------------------------------------------------- across node counts
+# Fitted to 07 (4 nodes, 8 B-16 GiB, healthy), predicting the other healthy H100 logs at 2 and 8 nodes.
+# Mean |model / measured - 1| over each log's sizes (replayed). README: Calibrating to your cluster.
+OTHER_HEALTHY = ("06", "09", "10", "11")
+
+
+@pytest.fixture(scope="module")
+def fitted_07():
+    return calibrate(load_topology("h100-dgx-128node"), [shared("07")])
+
+
+def _error(topo: Topology, log) -> float:
+    h = host(log, topo)
+    obs = h.observations()
+    return float(np.mean([abs(e["time_s"] / o.measured_s - 1) for e, o in zip(replay(host_topology(topo, h.nodes),
+                                                                                        obs), obs)]))
+
+
+def test_fit_to_one_h100_log_predicts_other_node_counts(fitted_07):
+    preset = load_topology("h100-dgx-128node")
+    before = {k: _error(preset, shared(k)) for k in OTHER_HEALTHY}
+    after = {k: _error(fitted_07.fitted, shared(k)) for k in OTHER_HEALTHY}
+    assert sum(after.values()) < sum(before.values()), (before, after)
+    for k in ("09", "10", "11"):
+        assert after[k] < before[k], (k, before[k], after[k])
+    assert mean_abs_error(fitted_07.rows, True) < mean_abs_error(fitted_07.rows, False)
+
+
+def test_fitted_values_stay_in_their_plausible_ranges(fitted_07):
+    for v in fitted_07.values:
+        p = v.parameter
+        assert p.lo <= v.value <= p.hi
+        lo, hi = v.shown[2], v.shown[3]
+        assert lo <= v.shown[1] <= hi
+    assert {v.parameter.name for v in fitted_07.values if v.determined} >= {"inter.nic_efficiency"}
+
+
+# ------------------------------------------------------------------------------------------------- check
+VERDICTS = [  # log, topology, verdict, words in the deciding reason
+    ("14", "h100-dgx-128node", "under-performing", "NIC link rate"),
+    ("15", "h100-dgx-128node", "under-performing", "NIC link rate"),
+    ("17", "h100-dgx-128node", "under-performing", "NIC link rate"),
+    ("07", "h100-dgx-128node", "healthy", "NIC-bound"),
+    ("09", "h100-dgx-128node", "healthy", "NIC-bound"),
+    ("10", "h100-dgx-128node", "healthy", "NIC-bound"),
+    ("13", "h100-dgx-128node", "healthy", "NVLS"),
+    ("06", "h100-dgx-128node", "faster than the model", "NVLSTree"),
+    ("11", "h100-dgx-128node", "faster than the model", "NVLSTree"),
+    ("18", "h200-dgx-128node", "faster than the model", "NVLSTree"),
+    ("01", "mi300x-1node", "healthy", "xGMI"),
+]
+
+
+@pytest.mark.parametrize(("log", "topology", "verdict", "words"), VERDICTS, ids=[v[0] for v in VERDICTS])
+def test_check_verdicts_on_the_shared_logs(log, topology, verdict, words):
+    result = check_log(shared(log), load_topology(topology))
+    assert result.verdict == verdict
+    assert words in result.ranges[result.deciding].reason
+
+
+def test_check_reports_how_much_slower():
+    result = check_log(shared("15"), load_topology("h100-dgx-128node"))
+    deciding = result.ranges[result.deciding]
+    assert 3.5 < 1 / deciding.ratio < 4.5 and "4.07x slower" in deciding.reason
+
+
+def test_check_command(tmp_path):
+    runner = CliRunner()
+    bad, good = str(LOGS / "14-h100-2node-ndr400-allreduce-default-UNDERPERF.txt"), str(
+        LOGS / "07-h100-4node-8x400gIB-allreduce-default.txt")
+    text = runner.invoke(cli, ["check", "-t", "h100-dgx-128node", good, bad])
+    assert text.exit_code == 0, text.output
+    assert "verdict: healthy" in text.stdout and "verdict: under-performing" in text.stdout
+    out = runner.invoke(cli, ["check", "-t", "h100-dgx-128node", bad, "--json"])
+    entry = json.loads(out.stdout)["results"][0]
+    assert entry["verdict"] == "under-performing" and sum(r["decides"] for r in entry["ranges"]) == 1
+    assert runner.invoke(cli, ["check", "-t", "h100-dgx-128node", bad, "--fail-on-unhealthy"]).exit_code == 1
+    assert runner.invoke(cli, ["check", "-t", "h100-dgx-128node", good, "--fail-on-unhealthy"]).exit_code == 0
+
+
+# --------------------------------------------------------------------------------------------- calibrate CLI
+def test_calibrate_command_writes_an_inheriting_topology(tmp_path):
+    out = tmp_path / "my-cluster.yaml"
+    log = str(LOGS / "10-h100-2node-400gIB-allreduce-RING-minctas24-qps2.txt")
+    result = CliRunner().invoke(cli, ["calibrate", "-t", "h100-dgx-128node", log, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "err before" in result.stdout and "fitted communication parameters" in result.stdout
+    assert "wrote" in result.stdout and "done in" in result.stderr
+    text = out.read_text()
+    assert "10-h100-2node-400gIB-allreduce-RING-minctas24-qps2.txt" in text and "before" in text
+    data = yaml.safe_load(text)
+    assert data["inherit"] == "h100-dgx-128node" and data["name"] == "my-cluster"
+    assert set(data) <= {"name", "description", "inherit", "intra", "inter", "gpu"}
+    topo = load_topology(str(out))
+    assert topo.nodes == 128 and topo.inter.nic_efficiency == data["inter"]["nic_efficiency"]
+    run = CliRunner().invoke(cli, ["collective", "--topology", str(out), "--group", "16", "--sizes", "1G"])
+    assert run.exit_code == 0, run.output
+
+
+def test_calibrate_json_and_a_base_file(tmp_path):
+    base = tmp_path / "topos" / "base.yaml"
+    base.parent.mkdir()
+    base.write_text("name: base\ninherit: h100-dgx-128node\nnodes: 4\n")
+    out = tmp_path / "fitted" / "fit.yaml"
+    log = str(LOGS / "07-h100-4node-8x400gIB-allreduce-default.txt")
+    result = CliRunner().invoke(cli, ["calibrate", "-t", str(base), log, "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    entry = json.loads(result.stdout)["results"][0]
+    assert entry["fitted"] and len(entry["rows"]) == 32
+    assert all(p["lo"] <= p["after"] <= p["hi"] for p in entry["parameters"])
+    assert yaml.safe_load(out.read_text())["inherit"] == "../topos/base.yaml"
+    assert load_topology(str(out)).nodes == 4
+
+
+def test_calibrate_output_must_be_yaml(tmp_path):
+    log = str(LOGS / "13-h100-1node-nvls-allreduce-128M-4G.txt")
+    result = CliRunner().invoke(cli, ["calibrate", "-t", "h100-dgx-1node", log, "-o", str(tmp_path / "x.json")])
+    assert result.exit_code == 2 and "give a .yaml file name" in result.stderr
