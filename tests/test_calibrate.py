@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from click.testing import CliRunner
 from tspsim.cli import cli
 from tspsim.core.errors import ConfigError
 from tspsim.explore import calibrate_params as cp
-from tspsim.explore.calibrate import calibrate, mean_abs_error
+from tspsim.explore.calibrate import calibrate, error_factor, mean_error
 from tspsim.explore.fit import least_squares
 from tspsim.explore.health import check_log
 from tspsim.explore.measured import Predictor, host, host_topology, predict_s, replay
@@ -147,7 +148,7 @@ def test_calibration_recovers_known_parameters(tmp_path):
     for v in fitted.values():
         expect = truth.get(v.parameter.name, v.start)
         assert v.value == pytest.approx(expect, rel=0.02), v.parameter.name
-    assert mean_abs_error(cal.rows, after=True) < 0.005 < 0.05 < mean_abs_error(cal.rows, after=False)
+    assert mean_error(cal.rows, after=True) < 0.005 < 0.05 < mean_error(cal.rows, after=False)
 
 
 def test_refuses_logs_the_topology_cannot_host(tmp_path):
@@ -169,7 +170,7 @@ def test_refuses_logs_the_topology_cannot_host(tmp_path):
 
 # ----------------------------------------------------------------------------------- across node counts
 # Fitted to 07 (4 nodes, 8 B-16 GiB, healthy), predicting the other healthy H100 logs at 2 and 8 nodes.
-# Mean |model / measured - 1| over each log's sizes (replayed). README: Calibrating to your cluster.
+# Mean over each log's sizes of max(model/measured, measured/model) - 1 (replayed). README: Calibrating to your cluster.
 OTHER_HEALTHY = ("06", "09", "10", "11")
 
 
@@ -181,8 +182,8 @@ def fitted_07():
 def _error(topo: Topology, log) -> float:
     h = host(log, topo)
     obs = h.observations()
-    return float(np.mean([abs(e["time_s"] / o.measured_s - 1) for e, o in zip(replay(host_topology(topo, h.nodes),
-                                                                                        obs), obs)]))
+    entries = replay(host_topology(topo, h.nodes), obs)
+    return float(np.mean([error_factor(e["time_s"], o.measured_s) for e, o in zip(entries, obs)]))
 
 
 def test_fit_to_one_h100_log_predicts_other_node_counts(fitted_07):
@@ -192,7 +193,7 @@ def test_fit_to_one_h100_log_predicts_other_node_counts(fitted_07):
     assert sum(after.values()) < sum(before.values()), (before, after)
     for k in ("09", "10", "11"):
         assert after[k] < before[k], (k, before[k], after[k])
-    assert mean_abs_error(fitted_07.rows, True) < mean_abs_error(fitted_07.rows, False)
+    assert mean_error(fitted_07.rows, True) < mean_error(fitted_07.rows, False)
 
 
 def test_fitted_values_stay_in_their_plausible_ranges(fitted_07):
@@ -285,3 +286,86 @@ def test_calibrate_output_must_be_yaml(tmp_path):
     log = str(LOGS / "13-h100-1node-nvls-allreduce-128M-4G.txt")
     result = CliRunner().invoke(cli, ["calibrate", "-t", "h100-dgx-1node", log, "-o", str(tmp_path / "x.json")])
     assert result.exit_code == 2 and "give a .yaml file name" in result.stderr
+
+
+# ------------------------------------------------------------------------------------------------ compute
+def bench_csv(gpu_topo: Topology, path: Path) -> str:
+    """A micro-benchmark CSV whose times are the compute model's on ``gpu_topo``'s GPU."""
+    from tspsim.engine.costs import compute_seconds
+    from tspsim.explore.calibrate_compute import kernel_op
+    from tspsim.spec.microbench import Kernel
+
+    rows = ["# generated from a perturbed H100 (tests/test_calibrate.py)",
+            "kind,m,n,k,batch,heads,seq,head_dim,causal,dtype,time_us"]
+    shapes = [("gemm", (n, n, n, 1)) for n in (256, 512, 1024, 2048, 4096, 8192, 16384)]
+    shapes += [("gemm", (m, 8192, 8192, 1)) for m in (1, 8, 32, 128)]
+    shapes += [(kind, (2, 32, s, 128, 1)) for s in (1024, 4096, 16384) for kind in ("attention_fwd", "attention_bwd")]
+    for kind, shape in shapes:
+        t = compute_seconds(kernel_op(Kernel(0, kind, shape, 2, 1.0)), gpu_topo.gpu) * 1e6
+        if kind == "gemm":
+            m, n, k, _ = shape
+            rows.append(f"gemm,{m},{n},{k},,,,,,bf16,{t:.3f}")
+        else:
+            b, h, s, d, c = shape
+            rows.append(f"{kind},,,,{b},{h},{s},{d},{c},bf16,{t:.3f}")
+    path.write_text("\n".join(rows) + "\n")
+    return str(path)
+
+
+GPU_TRUTH = {"gpu.gemm_efficiency": 0.74, "gpu.gemm_half_GFLOP": 7.0, "gpu.attn_fwd_efficiency": 0.62,
+             "gpu.attn_bwd_efficiency": 0.44, "gpu.hbm_efficiency": 0.83}
+
+
+def test_compute_calibration_recovers_known_efficiencies(tmp_path):
+    from tspsim.explore.calibrate_compute import calibrate_compute
+    from tspsim.spec.microbench import read_microbench
+
+    base = load_topology("h100-dgx-1node")
+    kernels = read_microbench(bench_csv(cp.with_values(base, GPU_TRUTH), tmp_path / "bench.csv"))
+    cal = calibrate_compute(base, kernels)
+    got = {f"gpu.{k.split('.', 1)[1]}": v for k, v in cal.keys.items()}
+    for key, value in GPU_TRUTH.items():
+        assert got[key] == pytest.approx(value, rel=0.02), key
+    assert max(abs(r.error_after) for r in cal.rows) < 0.01 < max(abs(r.error_before) for r in cal.rows)
+
+
+CSV_HEAD = "kind,m,n,k,batch,heads,seq,head_dim,causal,dtype,time_us\n"
+BAD_CSV = {
+    "no time column": ("kind,m,n,k\ngemm,1,2,3\n", "lacks 'time_us'"),
+    "unknown column": ("kind,m,n,k,flavour,time_us\ngemm,1,2,3,x,5\n", "unknown column 'flavour'"),
+    "unknown kind": (CSV_HEAD + "conv,1,1,1,,,,,,bf16,3\n", "is not one of gemm"),
+    "fp8": (CSV_HEAD + "gemm,64,64,64,,,,,,fp8,3\n", "16-bit kernels"),
+    "time not a number": (CSV_HEAD + "gemm,64,64,64,,,,,,bf16,fast\n", "time_us should be a number"),
+    "negative time": (CSV_HEAD + "gemm,64,64,64,,,,,,bf16,-1\n", "must be in (0, 1e9]"),
+    "missing m": (CSV_HEAD + "gemm,,64,64,,,,,,bf16,3\n", "column 'm' is empty"),
+    "causal 2": (CSV_HEAD + "attention_fwd,,,,1,8,128,64,2,bf16,3\n", "causal should be 0 or 1"),
+    "short row": (CSV_HEAD + "gemm,64,64\n", "cells for 11 columns"),
+    "header only": (CSV_HEAD, "a header but no rows"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CSV))
+def test_bad_microbench_csv(tmp_path, case):
+    from tspsim.spec.microbench import read_microbench
+
+    text, needle = BAD_CSV[case]
+    path = tmp_path / "bench.csv"
+    path.write_text("# a comment line\n" + text)
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        read_microbench(str(path))
+    result = CliRunner().invoke(cli, ["calibrate", "-t", "h100-dgx-1node", str(path), "-o", str(tmp_path / "f.yaml")])
+    assert result.exit_code == 2 and result.stderr.splitlines()[-1].startswith("error: ")
+
+
+def test_calibrate_logs_and_kernels_together(tmp_path):
+    base = load_topology("h100-dgx-128node")
+    csv_path = bench_csv(cp.with_values(base, GPU_TRUTH), tmp_path / "bench.csv")
+    log = str(LOGS / "13-h100-1node-nvls-allreduce-128M-4G.txt")
+    out = tmp_path / "both.yaml"
+    result = CliRunner().invoke(cli, ["calibrate", "-t", "h100-dgx-128node", log, csv_path, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "kernel micro-benchmarks" in result.stdout and "fitted GPU parameters" in result.stdout
+    data = yaml.safe_load(out.read_text())
+    assert data["gpu"]["gemm_efficiency"] == pytest.approx(0.74, rel=0.02)
+    assert "nvls" in data["intra"]
+    assert "bench.csv" in out.read_text()

@@ -123,9 +123,17 @@ class Calibration:
         return tuple(n for h in self.hosted for n in h.notes)
 
 
-def mean_abs_error(rows: list[RowFit] | tuple[RowFit, ...], after: bool) -> float:
-    """Mean |predicted / measured − 1| over ``rows``."""
-    errs = [abs(r.error_after if after else r.error_before) for r in rows]
+def error_factor(model_s: float, measured_s: float) -> float:
+    """How far apart two times are, symmetric: max(model / measured, measured / model) − 1 (2× off = 100 %).
+
+    The log-time error the fit minimises, as a percentage: exp(|ln(model / measured)|) − 1.
+    """
+    return math.exp(abs(math.log(model_s / measured_s))) - 1
+
+
+def mean_error(rows: list[RowFit] | tuple[RowFit, ...], after: bool) -> float:
+    """Mean :func:`error_factor` of the model's times over ``rows`` (BASE's, or the fitted one's)."""
+    errs = [error_factor(r.after_s if after else r.before_s, r.measured_s) for r in rows]
     return sum(errs) / len(errs) if errs else 0.0
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tspsim.explore.calibrate import Calibration, FittedValue, RowFit, mean_abs_error
+from tspsim.explore.calibrate import Calibration, FittedValue, RowFit, error_factor, mean_error
 from tspsim.explore.calibrate_compute import ComputeCalibration
 
 
@@ -30,10 +30,17 @@ def errors_by_log(cal: Calibration) -> list[tuple[str, float, float]]:
     out = []
     for h in cal.hosted:
         rows = [r for r in cal.rows if r.log == h.log.name]
-        out.append((h.log.name, mean_abs_error(rows, False), mean_abs_error(rows, True)))
+        out.append((h.log.name, mean_error(rows, False), mean_error(rows, True)))
     if len(cal.hosted) > 1:
-        out.append(("all", mean_abs_error(cal.rows, False), mean_abs_error(cal.rows, True)))
+        out.append(("all", mean_error(cal.rows, False), mean_error(cal.rows, True)))
     return out
+
+
+def kernel_errors(cal: ComputeCalibration) -> tuple[float, float]:
+    """Mean :func:`~tspsim.explore.calibrate.error_factor` over the kernels, before and after."""
+    n = len(cal.rows)
+    return (sum(error_factor(r.before_s, r.kernel.time_us * 1e-6) for r in cal.rows) / n,
+            sum(error_factor(r.after_s, r.kernel.time_us * 1e-6) for r in cal.rows) / n)
 
 
 def _value_lines(values: tuple[FittedValue, ...], base: str, what: str) -> list[str]:
@@ -62,7 +69,7 @@ def table(cal: Calibration) -> list[str]:
     for r in cal.rows:
         out.append(_row(r))
     errs = "; ".join(f"{_short(n, 40)} {b:.1%} -> {a:.1%}" for n, b, a in errors_by_log(cal))
-    out.append(f"fit error, mean |model / measured - 1| over the sizes (replayed): {errs}")
+    out.append(f"fit error, mean of max(model/measured, measured/model) - 1 over the sizes (replayed): {errs}")
     out += _value_lines(cal.values, cal.base.name, "communication parameters")
     out += [f"note: {n}" for n in cal.notes]
     return out
@@ -81,9 +88,9 @@ def compute_table(cal: ComputeCalibration, base: str) -> list[str]:
     for r in cal.rows:
         out.append(f"{_short(r.kernel.label, 40):<40} {r.kernel.time_us:>12.2f} {r.before_s * 1e6:>11.2f} "
                    f"{r.after_s * 1e6:>11.2f} {r.error_before:>+10.1%} {r.error_after:>+9.1%}")
-    before = sum(abs(r.error_before) for r in cal.rows) / len(cal.rows)
-    after = sum(abs(r.error_after) for r in cal.rows) / len(cal.rows)
-    out.append(f"fit error, mean |model / measured - 1| over the kernels: {before:.1%} -> {after:.1%}")
+    before, after = kernel_errors(cal)
+    out.append(f"fit error, mean of max(model/measured, measured/model) - 1 over the kernels: {before:.1%} -> "
+               f"{after:.1%}")
     out += _value_lines(cal.values, base, "GPU parameters")
     return out
 
@@ -95,13 +102,12 @@ def yaml_comments(base: str, comm: Calibration | None, compute: ComputeCalibrati
     if comm is not None:
         out.append("nccl-tests / rccl-tests logs:")
         out += [f"  {line}" for line in log_line(comm)]
-        out.append("fit error, mean |model / measured - 1| over the sizes (replayed):")
+        out.append("fit error, mean of max(model/measured, measured/model) - 1 over the sizes (replayed):")
         out += [f"  {n}: {b:.1%} before, {a:.1%} after" for n, b, a in errors_by_log(comm)]
     if compute is not None:
-        before = sum(abs(r.error_before) for r in compute.rows) / len(compute.rows)
-        after = sum(abs(r.error_after) for r in compute.rows) / len(compute.rows)
+        before, after = kernel_errors(compute)
         out.append(f"kernel micro-benchmarks: {', '.join(benches)} ({len(compute.rows)} kernels): mean |error| "
-                   f"{before:.1%} before, {after:.1%} after")
+                   f"{before:.1%} before, {after:.1%} after (mean of max(model/measured, measured/model) - 1)")
     out.append("fitted values (before -> after, plausible range; sources: tspsim/explore/calibrate_params.py):")
     for cal in (comm, compute):
         if cal is None:
