@@ -2,12 +2,13 @@
 
 Run from the repository root:  python benchmarks/calibrate_bench.py [--cross]
 
-For every log a preset can host, fits the log alone to its preset and prints the wall time of the fit,
-the model evaluations it used, the fit error before / after (mean over the sizes of max(model /
+For every log a preset can host, fits the log alone to its preset and prints the wall time of the
+fit, the model evaluations it used, the fit error before / after (mean over the sizes of max(model /
 measured, measured / model) − 1, replayed) and the parameters that ended at the edge of their
-plausible range. With ``--cross`` it also fits 07 (4 H100 nodes) and prints the error of the preset and of the fitted topology on every
-other H100 log (the numbers of README: Calibrating to your cluster). Issue 17's target: seconds per
-log, not minutes. A benchmark, not a test: timing never gates the test suite.
+plausible range. With ``--cross`` it also fits 07 (4 H100 nodes) and prints the error of the preset
+and of the fitted topology on every other H100 log (the numbers of README: Calibrating to your
+cluster). Issue 17's target: seconds per log, not minutes. A benchmark, not a test: timing never
+gates the test suite.
 """
 
 from __future__ import annotations
