@@ -240,22 +240,31 @@ def check_log(log: CollectiveLog, topo: Topology, algo: str = "") -> LogCheck:
     return LogCheck(h, topo.name, ranges, ranges[deciding].verdict, deciding)
 
 
+def _span(rg: RangeCheck) -> str:
+    lo, hi = rg.sizes
+    return _size(lo) if lo == hi else f"{_size(lo)}-{_size(hi)}"
+
+
 def report(result: LogCheck) -> list[str]:
-    """Text lines: header, one line per range, the verdict, notes."""
+    """Text lines: header, one line per range, the verdict with its reason, the other ranges' findings."""
     log = result.hosted.log
     layout = f"{log.ranks} GPUs on {result.hosted.nodes} node{'s' if result.hosted.nodes > 1 else ''}"
     algo = f"NCCL_ALGO={log.algo}" if log.algo else "NCCL_ALGO default"
     out = [f"# check {log.name} against {result.topology}: {log.test}, {layout} ({algo}"
            f"{', NCCL_PROTO=' + log.proto if log.proto else ''}{', summary rows only' if log.summary_only else ''})",
-           f"{'sizes':>15} {'rows':>4} {'meas/model':>10}  verdict"]
+           f"{'sizes':>15} {'rows':>4} {'meas/model':>10}  {'the model: bound by, algorithm':<44} verdict"]
     for i, rg in enumerate(result.ranges):
-        lo, hi = rg.sizes
-        span = _size(lo) if lo == hi else f"{_size(lo)}-{_size(hi)}"
-        mark = " <- decides" if i == result.deciding else ""
-        out.append(f"{span:>15} {len(rg.rows):>4} {rg.ratio:>9.2f}x  {rg.verdict}: {rg.reason}{mark}")
+        first = rg.rows[0]
+        bound = "start-up latency" if first.regime == "latency" else first.bound
+        tol = TOLERANCE[first.regime]
+        within = f"±{tol:.0%}" if first.regime == "bandwidth" else f"×{1 + tol:.0f}"
+        mark = "  <- decides" if i == result.deciding else ""
+        out.append(f"{_span(rg):>15} {len(rg.rows):>4} {rg.ratio:>9.2f}x  {bound + ', ' + first.choice:<44} "
+                   f"{rg.verdict} ({within}){mark}")
     rg = result.ranges[result.deciding]
-    lo, hi = rg.sizes
-    out.append(f"verdict: {result.verdict} ({_size(lo)}-{_size(hi)}: {rg.reason})")
+    out.append(f"verdict: {result.verdict}: at {_span(rg)} {rg.reason}")
+    out += [f"also {_span(other)}: {other.verdict}: {other.reason}" for other in result.ranges
+            if other is not rg and other.verdict != "healthy"]
     out += [f"note: {n}" for n in result.hosted.notes]
     return out
 
