@@ -32,22 +32,28 @@ def shared(prefix: str):
     return read_collective_log(str(next(LOGS.glob(f"{prefix}-*.txt"))))
 
 
+TESTS = {"all_reduce": "all_reduce_perf", "all_gather": "all_gather_perf", "reduce_scatter": "reduce_scatter_perf",
+         "all_to_all": "alltoall_perf", "broadcast": "broadcast_perf", "sendrecv": "sendrecv_perf"}
+
+
 def synthetic_log(topo: Topology, nodes: int, path: Path, op: str = "all_reduce", low: int = 3, high: int = 34,
-                  gpus: int = 8) -> str:
-    """An nccl-tests output of ``op`` on ``nodes`` × ``gpus`` GPUs of ``topo`` (times printed as nccl-tests does)."""
+                  gpus: int = 8, slower: float = 1.0, step: int = 1) -> str:
+    """An nccl-tests output of ``op`` on ``nodes`` × ``gpus`` GPUs of ``topo``, ``slower`` × the model's times
+    (printed as nccl-tests prints them)."""
     n = nodes * gpus
     ranks = tuple(j * topo.gpus_per_node + i for j in range(nodes) for i in range(gpus))
-    test = {"all_reduce": "all_reduce_perf", "all_gather": "all_gather_perf"}[op]
-    lines = [f"# Collective test starting: {test}", f"# nodes: {nodes}", f"# gpus_per_node: {gpus}",
+    lines = [f"# Collective test starting: {TESTS[op]}", f"# nodes: {nodes}", f"# gpus_per_node: {gpus}",
              "#       size         count      type   redop    root     time   algbw   busbw #wrong     time   algbw"
              "   busbw #wrong"]
-    for k in range(low, high + 1):
+    for k in range(low, high + 1, step):
         size = 2**k
-        t = simulate_collective(topo, op, ranks, size)["time_s"] * 1e6
+        t = simulate_collective(topo, op, ranks, size)["time_s"] * 1e6 * slower
         algbw = size / t / 1e3
-        busbw = algbw * busbw_factor(op, n)
+        busbw = algbw * busbw_factor(op, 2 if op == "sendrecv" else n)
         cells = f"{t:8.2f} {algbw:7.2f} {busbw:7.2f}      0"
-        lines.append(f"{size:>12} {size // 4:>13}     float     sum      -1 {cells} {cells}")
+        redop = "sum" if op in ("all_reduce", "reduce_scatter") else "none"
+        root = 0 if op == "broadcast" else -1
+        lines.append(f"{size:>12} {size // 4:>13}     float {redop:>7} {root:>7} {cells} {cells}")
     lines += ["# Out of bounds values : 0 OK", "# Avg bus bandwidth    : 1.0"]
     path.write_text("\n".join(lines) + "\n")
     return str(path)
@@ -203,6 +209,20 @@ def test_fitted_values_stay_in_their_plausible_ranges(fitted_07):
         lo, hi = v.shown[2], v.shown[3]
         assert lo <= v.shown[1] <= hi
     assert {v.parameter.name for v in fitted_07.values if v.determined} >= {"inter.nic_efficiency"}
+
+
+@pytest.mark.parametrize("op", sorted(TESTS))
+def test_every_test_binary_checks_and_calibrates(tmp_path, op):
+    """A cluster 10 % slower than the preset on every size, for each nccl-tests binary: check calls it healthy
+    (inside ±15 %), calibration finds the NIC efficiency 10 % lower and reproduces the log."""
+    base = load_topology("h100-dgx-128node")
+    log = read_collective_log(synthetic_log(base, 2, tmp_path / f"{op}.txt", op, low=10, high=30, step=2,
+                                            slower=1.1))
+    assert check_log(log, base).verdict == "healthy"
+    cal = calibrate(base, [log])
+    nic = next(v for v in cal.values if v.parameter.name == "inter.nic_efficiency")
+    assert nic.determined and nic.value == pytest.approx(0.92 / 1.1, rel=0.02)
+    assert mean_error(cal.rows, after=True) < 0.01
 
 
 # ------------------------------------------------------------------------------------------------- check

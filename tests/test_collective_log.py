@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import gzip
+import math
+import os
 import re
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tspsim.cli import cli
 from tspsim.core.errors import ConfigError
-from tspsim.spec.collective_log import read_collective_log, render_log, strip_prefix
+from tspsim.explore.health import check_log
+from tspsim.spec.collective_log import read_collective_log, read_collective_logs, render_log, strip_prefix
+from tspsim.spec.topology_file import load_topology
 
 LOGS = Path(__file__).parent / "data" / "collective-logs"
 SHARED = sorted(LOGS.glob("*.txt"))
@@ -280,3 +286,61 @@ def test_missing_and_binary_files(tmp_path):
     p.write_bytes(b"\x00\x01\x02")
     with pytest.raises(ConfigError, match="NUL"):
         read_collective_log(str(p))
+
+
+# ------------------------------------------------------------------------------------------------ fuzzing
+FUZZ = settings(max_examples=int(120 * float(os.environ.get("TSPSIM_FUZZ_SCALE", "1"))), deadline=None, database=None,
+                derandomize=os.environ.get("TSPSIM_FUZZ_RANDOM") != "1",
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+SEEDS = [p.read_text() for p in SHARED] + ["# op: all_reduce_perf\n" + HEADER + ROWS + FOOTER]
+
+
+@FUZZ
+@given(data=st.data())
+def test_mutated_logs_parse_or_fail_cleanly(tmp_path, data):
+    """Lines dropped, duplicated or cut, characters replaced: a log either reads or raises one ConfigError."""
+    lines = data.draw(st.sampled_from(SEEDS)).splitlines()
+    for _ in range(data.draw(st.integers(1, 4))):
+        if not lines:
+            break
+        i = data.draw(st.integers(0, len(lines) - 1))
+        action = data.draw(st.sampled_from(["drop", "dup", "cut", "char", "swap"]))
+        if action == "drop":
+            del lines[i]
+        elif action == "dup":
+            lines.insert(i, lines[i])
+        elif action == "cut":
+            lines[i] = lines[i][: data.draw(st.integers(0, max(len(lines[i]) - 1, 0)))]
+        elif action == "char" and lines[i]:
+            j = data.draw(st.integers(0, len(lines[i]) - 1))
+            lines[i] = lines[i][:j] + data.draw(st.sampled_from(list("0-9.x#| \t|eE+N/A:é\x7f"))) + lines[i][j + 1:]
+        elif action == "swap" and len(lines) > 1:
+            j = data.draw(st.integers(0, len(lines) - 1))
+            lines[i], lines[j] = lines[j], lines[i]
+    path = tmp_path / "fuzzed.txt"
+    path.write_text("\n".join(lines))
+    try:
+        logs = read_collective_logs(str(path))
+    except ConfigError as exc:
+        assert "\n" not in str(exc) and str(path) in str(exc)
+        return
+    for log in logs:
+        assert log.ranks >= 2 and log.rows
+        assert all(r.time_us > 0 and math.isfinite(r.time_us) for r in log.rows)
+        try:  # what reads is checked (or refused in one line) too
+            result = check_log(log, load_topology("h100-dgx-128node"))
+        except ConfigError as exc:
+            assert "\n" not in str(exc)
+            continue
+        assert result.verdict in ("healthy", "under-performing", "faster than the model")
+
+
+@FUZZ
+@given(text=st.text(max_size=400))
+def test_random_text_is_never_a_crash(tmp_path, text):
+    path = tmp_path / "random.txt"
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    try:
+        read_collective_logs(str(path))
+    except ConfigError:
+        pass

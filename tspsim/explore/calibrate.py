@@ -187,8 +187,9 @@ def calibrate(base: Topology, logs: list[CollectiveLog], algo: str = "") -> Cali
     """
     hosted = tuple(host(log, base, algo) for log in logs)
     small = host_topology(base, max(h.nodes for h in hosted))
-    obs = [o for h in hosted for o in h.observations()]
-    weights = np.array([1 / math.sqrt(len(h.log.rows)) for h in hosted for _ in h.log.rows])
+    per_log = [h.observations() for h in hosted]
+    obs = [o for rows in per_log for o in rows]
+    weights = np.array([1 / math.sqrt(len(rows)) for rows in per_log for _ in rows])
     params = tuple(p for p in cp.PARAMETERS if cp.applicable(small, p))
     start = tuple(cp.start_value(small, p) for p in params)
     x0 = np.array([math.log(v) if p.scale else v for p, v in zip(params, start)])

@@ -39,6 +39,7 @@ from tspsim.engine.collectives import choose, shape
 from tspsim.engine.collectives.policy import ROOTED
 from tspsim.engine.collectives.resolve import phase_links
 from tspsim.explore.measured import UNMODELLED_ALGOS, Hosted, Observation, host, host_topology, replay
+from tspsim.simulate.collective import sendrecv_pair
 from tspsim.spec import routes
 from tspsim.spec.collective_log import CollectiveLog
 from tspsim.spec.topology import Topology
@@ -128,8 +129,15 @@ class LogCheck:
     """Index of the range that decides it."""
 
 
-def _regime(topo: Topology, o: Observation) -> tuple[str, str, str]:
-    """(regime, bound, algorithm/protocol) of the model at this size."""
+def _regime(topo: Topology, o: Observation, model_s: float) -> tuple[str, str, str]:
+    """(regime, bound, algorithm/protocol) of the model at this size (``model_s``: its replayed time)."""
+    if o.op == "sendrecv":  # one flow over the route between the measured pair
+        links = topo.route(*sendrecv_pair(topo, o.ranks))
+        cap = routes.capacities(topo)
+        slowest = min(links, key=lambda i: cap[i])
+        if model_s - o.nbytes / float(cap[slowest]) >= 0.5 * model_s:
+            return "latency", "latency", "p2p/Simple"
+        return "bandwidth", BOUND_BY.get(topo.links[slowest].kind, "network"), "p2p/Simple"
     c = choose(o.op, o.ranks, o.nbytes, topo, algorithm=o.algorithm, protocol=o.protocol)
     shp = shape(o.op, o.ranks, topo, o.ranks[0] if o.op in ROOTED else -1, c.algorithm, c.protocol)
     choice = f"{c.algorithm}/{c.protocol}"
@@ -225,7 +233,7 @@ def check_log(log: CollectiveLog, topo: Topology, algo: str = "") -> LogCheck:
     entries = replay(small, obs)
     checks = []
     for o, e in zip(obs, entries):
-        regime, bound, choice = _regime(small, o)
+        regime, bound, choice = _regime(small, o, e["time_s"])
         checks.append(RowCheck(o.nbytes, o.measured_s, e["time_s"], o.busbw_GBps, e["busbw_GBps"], choice, regime,
                                bound))
     groups: list[list[RowCheck]] = []

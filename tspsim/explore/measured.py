@@ -95,9 +95,9 @@ class Hosted:
     """Assumptions made (layout guessed, an NCCL algorithm the model lacks, …)."""
 
     def observations(self) -> list[Observation]:
-        """One :class:`Observation` per row."""
+        """One :class:`Observation` per row with a payload (a 0-byte row measures no collective)."""
         return [Observation(self.log.name, self.log.op, self.ranks, r.size_bytes, self.algorithm, self.protocol,
-                            r.time_us * 1e-6, r.busbw_GBps) for r in self.log.rows]
+                            r.time_us * 1e-6, r.busbw_GBps) for r in self.log.rows if r.size_bytes > 0]
 
 
 def _topology_text(topo: Topology) -> str:
@@ -131,6 +131,8 @@ def host(log: CollectiveLog, topo: Topology, algo: str = "") -> Hosted:
         else:
             hint = f"use a topology with at least {k} nodes (a YAML with 'inherit: {topo.name}' and 'nodes: {k}')"
         raise ConfigError(f"{log.path}: the log ran {need}, but {_topology_text(topo)}; {hint}")
+    if not any(r.size_bytes > 0 for r in log.rows):
+        raise ConfigError(f"{log.path}: every row has 0 bytes; there is nothing to compare (run with -b 8 or more)")
     ranks = tuple(j * g + i for j, count in enumerate(layout) for i in range(count))
     algorithm, note = _algorithm(log, topo, k, algo or log.algo)
     if note:
