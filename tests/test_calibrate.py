@@ -196,8 +196,7 @@ def test_fit_to_one_h100_log_predicts_other_node_counts(fitted_07):
     preset = load_topology("h100-dgx-128node")
     before = {k: _error(preset, shared(k)) for k in OTHER_HEALTHY}
     after = {k: _error(fitted_07.fitted, shared(k)) for k in OTHER_HEALTHY}
-    assert sum(after.values()) < sum(before.values()), (before, after)
-    for k in ("09", "10", "11"):
+    for k in OTHER_HEALTHY:
         assert after[k] < before[k], (k, before[k], after[k])
     assert mean_error(fitted_07.rows, True) < mean_error(fitted_07.rows, False)
 

@@ -15,7 +15,7 @@ Only parameters the logs **determine** are fitted: the Jacobian of the log error
 to parameter j's whole plausible range, is orthogonalised in priority order
 (:data:`~tspsim.explore.calibrate_params.PARAMETERS`, network first); a parameter is kept at BASE's value
 and reported as not determined when its remaining column moves the RMS log error by less than 1 % across
-its whole range, or is less than 1/√10 of its own column (variance inflation above 10: its effect is
+its whole range, or is less than 1/√5 of its own column (variance inflation above 5: its effect is
 mostly that of parameters already chosen). Examples: the node fabric's efficiency from a NIC-bound
 multi-node log; NIC vs collective efficiency without a sendrecv log (only their product shows); the node
 fabric's latencies from a log at one node count, where they add to the network's in fixed proportion.
@@ -43,9 +43,11 @@ HUBER_SCALE = 0.10
 """Pseudo-Huber scale of the log-time error (10 %): errors well below it count as squares, above as |e|."""
 DETERMINED_RMS = 0.01
 """A parameter is determined when moving it across its plausible range changes the RMS log error by ≥ 1 % …"""
-MAX_VIF = 10.0
-"""… and its effect is not mostly that of parameters already chosen: variance inflation factor ≤ 10, the
-textbook limit of tolerable collinearity (Kutner et al., *Applied Linear Statistical Models*, §10.5)."""
+MAX_VIF = 5.0
+"""… and its effect is not mostly that of parameters already chosen: variance inflation factor ≤ 5, the
+stricter of the textbook limits of tolerable collinearity ("a VIF value that exceeds 5 or 10 indicates a
+problematic amount", James, Witten, Hastie & Tibshirani, *An Introduction to Statistical Learning*, §3.3.3):
+a fit extrapolates to other node counts and sizes, so only what is clearly determined is fitted."""
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ Each measured kernel (:mod:`tspsim.spec.microbench`) becomes the op the schedule
 (:func:`tspsim.engine.costs.compute_seconds`: a roofline with the per-kind ceiling, the small-kernel
 roll-off F / (F + φ·F½) and the per-kernel overhead) predicts its time. The fit is the communication
 fit's (:mod:`tspsim.explore.calibrate`): robust log-time errors, only the parameters the rows determine
-(:data:`~tspsim.explore.calibrate_params.COMPUTE_PARAMETERS` in priority order, variance inflation ≤ 10),
+(:data:`~tspsim.explore.calibrate_params.COMPUTE_PARAMETERS` in priority order, variance inflation ≤ 5),
 bounded to their plausible ranges, :func:`tspsim.explore.fit.least_squares`.
 
 What each parameter needs: ``gemm_efficiency`` large GEMMs, ``gemm_half_GFLOP`` GEMMs of a few GFLOP or
