@@ -301,10 +301,15 @@ def test_calibrate_json_and_a_base_file(tmp_path):
     assert load_topology(str(out)).nodes == 4
 
 
-def test_calibrate_output_must_be_yaml(tmp_path):
+def test_calibrate_output_must_be_yaml_and_not_base(tmp_path):
     log = str(LOGS / "13-h100-1node-nvls-allreduce-128M-4G.txt")
     result = CliRunner().invoke(cli, ["calibrate", "-t", "h100-dgx-1node", log, "-o", str(tmp_path / "x.json")])
     assert result.exit_code == 2 and "give a .yaml file name" in result.stderr
+    base = tmp_path / "base.yaml"
+    base.write_text("name: base\ninherit: h100-dgx-1node\n")
+    result = CliRunner().invoke(cli, ["calibrate", "-t", str(base), log, "-o", str(base)])
+    assert result.exit_code == 2 and "is BASE itself" in result.stderr
+    assert base.read_text() == "name: base\ninherit: h100-dgx-1node\n"
 
 
 # ------------------------------------------------------------------------------------------------ compute
@@ -388,3 +393,14 @@ def test_calibrate_logs_and_kernels_together(tmp_path):
     assert data["gpu"]["gemm_efficiency"] == pytest.approx(0.74, rel=0.02)
     assert "nvls" in data["intra"]
     assert "bench.csv" in out.read_text()
+
+
+def test_calibrate_is_deterministic(tmp_path):
+    log = str(LOGS / "11-h100-2node-400gIB-allreduce-default.txt")
+    texts = []
+    for name in ("a", "b"):
+        out = tmp_path / name / "fit.yaml"
+        result = CliRunner().invoke(cli, ["calibrate", "-t", "h100-dgx-128node", log, "-o", str(out), "--json"])
+        assert result.exit_code == 0, result.output
+        texts.append((out.read_text(), result.stdout.replace(str(out), "OUT")))
+    assert texts[0] == texts[1]

@@ -28,10 +28,10 @@ def calibrate(topology: str, files: tuple[str, ...], output: str, algo: str | No
               ranks: int | None, name: str | None, as_json: bool) -> None:
     """Fit BASE's parameters to measurements and write a topology that inherits BASE.
 
-    Each FILE is an nccl-tests / rccl-tests output (all_reduce_perf, all_gather_perf, reduce_scatter_perf,
+    Each file is an nccl-tests / rccl-tests output (all_reduce_perf, all_gather_perf, reduce_scatter_perf,
     alltoall_perf, sendrecv_perf, broadcast_perf, reduce_perf; MPI prefixes, wrapped rows and summaries
-    are fine) or a kernel micro-benchmark CSV (header kind,m,n,k,batch,heads,seq,head_dim,causal,dtype,
-    time_us). Logs fit the communication parameters (NIC, link and protocol efficiencies, latencies),
+    are fine) or a kernel micro-benchmark CSV (a header naming kind, m, n, k, batch, heads, seq, head_dim,
+    causal, dtype and time_us). Logs fit the communication parameters (NIC, link and protocol efficiencies, latencies),
     CSVs the GPU's efficiencies and small-kernel roll-off; only what the measurements determine is
     fitted, each value inside its plausible range. Prints the before / after table and the fitted
     values; the written YAML names the measurements and the fit error. README: Calibrating to your
@@ -62,6 +62,8 @@ def calibrate(topology: str, files: tuple[str, ...], output: str, algo: str | No
         raise TspsimError(f"cannot write {output}: it is a folder; give a file name like fitted.yaml")
     if out.suffix not in (".yaml", ".yml"):
         raise TspsimError(f"--output {output}: give a .yaml file name (it is read back with --topology)")
+    if Path(topology).exists() and out.exists() and out.resolve() == Path(topology).resolve():
+        raise TspsimError(f"--output {output} is BASE itself; the fitted file inherits BASE, so write it elsewhere")
     logs, kernels, benches = [], [], []
     for path in files:
         if _is_csv(path, is_microbench):
