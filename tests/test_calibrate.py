@@ -404,3 +404,14 @@ def test_calibrate_is_deterministic(tmp_path):
         assert result.exit_code == 0, result.output
         texts.append((out.read_text(), result.stdout.replace(str(out), "OUT")))
     assert texts[0] == texts[1]
+
+
+def test_algo_option_applies_to_logs_that_do_not_say():
+    topo = load_topology("h100-dgx-128node")
+    ring = check_log(shared("11"), topo, algo="Ring")
+    assert all(r.choice.startswith("ring/") for rg in ring.ranges for r in rg.rows)
+    kept = check_log(shared("10"), topo, algo="Tree")  # the log says Ring: the log wins
+    assert kept.hosted.nccl_algo == "Ring" and all(r.choice.startswith("ring/") for rg in kept.ranges for r in rg.rows)
+    nvlstree = check_log(shared("11"), topo, algo="NVLSTree")
+    assert any("NVLSTree" in n for n in nvlstree.hosted.notes)
+    assert "forced NVLSTree" in nvlstree.ranges[nvlstree.deciding].reason

@@ -19,7 +19,7 @@ def log_line(cal: Calibration) -> list[str]:
     out = []
     for h in cal.hosted:
         lg = h.log
-        algo = f"NCCL_ALGO={lg.algo}" if lg.algo else "NCCL_ALGO default"
+        algo = f"NCCL_ALGO={h.nccl_algo}" if h.nccl_algo else "NCCL_ALGO default"
         out.append(f"{lg.name} ({lg.test}, {lg.ranks} GPUs on {h.nodes} node{'s' if h.nodes > 1 else ''}, {algo}, "
                    f"{len(lg.rows)} sizes{', summary rows' if lg.summary_only else ''})")
     return out

@@ -160,7 +160,7 @@ def _regime(topo: Topology, o: Observation, model_s: float) -> tuple[str, str, s
 
 def _faster_reason(h: Hosted, topo: Topology, bound: str, regime: str) -> str:
     log = h.log
-    algo = log.algo.strip().lower()
+    algo = h.nccl_algo.strip().lower()
     if algo in UNMODELLED_ALGOS:
         return f"the log forced {UNMODELLED_ALGOS[algo]}, which the model lacks"
     if regime == "latency":
@@ -257,7 +257,7 @@ def report(result: LogCheck) -> list[str]:
     """Text lines: header, one line per range, the verdict with its reason, the other ranges' findings."""
     log = result.hosted.log
     layout = f"{log.ranks} GPUs on {result.hosted.nodes} node{'s' if result.hosted.nodes > 1 else ''}"
-    algo = f"NCCL_ALGO={log.algo}" if log.algo else "NCCL_ALGO default"
+    algo = f"NCCL_ALGO={result.hosted.nccl_algo}" if result.hosted.nccl_algo else "NCCL_ALGO default"
     out = [f"# check {log.name} against {result.topology}: {log.test}, {layout} ({algo}"
            f"{', NCCL_PROTO=' + log.proto if log.proto else ''}{', summary rows only' if log.summary_only else ''})",
            f"{'sizes':>15} {'rows':>4} {'meas/model':>10}  {'the model: bound by, algorithm':<44} verdict"]
@@ -282,7 +282,7 @@ def to_json(result: LogCheck) -> dict:
     log = result.hosted.log
     return {
         "log": log.path, "test": log.test, "op": log.op, "ranks": log.ranks, "nodes": result.hosted.nodes,
-        "algo": log.algo, "proto": log.proto, "topology": result.topology, "verdict": result.verdict,
+        "algo": result.hosted.nccl_algo, "proto": log.proto, "topology": result.topology, "verdict": result.verdict,
         "notes": list(result.hosted.notes),
         "ranges": [{"min_bytes": rg.sizes[0], "max_bytes": rg.sizes[1], "regime": rg.rows[0].regime,
                     "bound": rg.rows[0].bound, "choice": rg.rows[0].choice, "ratio": rg.ratio, "verdict": rg.verdict,

@@ -93,6 +93,8 @@ class Hosted:
     """Forced protocol ('' = fastest)."""
     notes: tuple[str, ...]
     """Assumptions made (layout guessed, an NCCL algorithm the model lacks, …)."""
+    nccl_algo: str = ""
+    """NCCL_ALGO the run used (the log's, else the one given for it), as written."""
 
     def observations(self) -> list[Observation]:
         """One :class:`Observation` per row with a payload (a 0-byte row measures no collective)."""
@@ -105,7 +107,9 @@ def _topology_text(topo: Topology) -> str:
 
 
 def host(log: CollectiveLog, topo: Topology, algo: str = "") -> Hosted:
-    """Place ``log`` on ``topo`` and map its NCCL_ALGO / NCCL_PROTO (``algo`` overrides the log's).
+    """Place ``log`` on ``topo`` and map its NCCL_ALGO / NCCL_PROTO.
+
+    ``algo`` is the NCCL_ALGO of a log that does not say (``--algo``).
 
     Raises:
         ConfigError: the topology cannot host the log's GPUs (one line: what the log needs, what it has).
@@ -134,7 +138,8 @@ def host(log: CollectiveLog, topo: Topology, algo: str = "") -> Hosted:
     if not any(r.size_bytes > 0 for r in log.rows):
         raise ConfigError(f"{log.path}: every row has 0 bytes; there is nothing to compare (run with -b 8 or more)")
     ranks = tuple(j * g + i for j, count in enumerate(layout) for i in range(count))
-    algorithm, note = _algorithm(log, topo, k, algo or log.algo)
+    nccl_algo = log.algo or algo
+    algorithm, note = _algorithm(log, topo, k, nccl_algo)
     if note:
         notes.append(f"{log.name}: {note}")
     protocol = _PROTOCOLS.get(log.proto.lower(), "") if log.proto else ""
@@ -142,7 +147,7 @@ def host(log: CollectiveLog, topo: Topology, algo: str = "") -> Hosted:
         notes.append(f"{log.name}: NCCL_PROTO={log.proto} is not offered by {topo.name}; predicted with the fastest "
                      "protocol")
         protocol = ""
-    return Hosted(log, ranks, k, algorithm, protocol, tuple(notes))
+    return Hosted(log, ranks, k, algorithm, protocol, tuple(notes), nccl_algo)
 
 
 def _algorithm(log: CollectiveLog, topo: Topology, nodes: int, algo: str) -> tuple[str, str]:
