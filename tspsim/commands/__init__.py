@@ -18,6 +18,8 @@ COMMANDS = (
     ("export", "export"),
     ("sweep", "sweep"),
     ("plan", "plan"),
+    ("calibrate", "calibrate"),
+    ("check", "check"),
 )
 
 

@@ -15,19 +15,11 @@ from tspsim.core.errors import TspsimError
 from tspsim.engine.collectives import candidates, choose
 from tspsim.engine.sim import ReplayOptions, replay
 from tspsim.opgraph import GraphBuilder
+from tspsim.spec.collective_log_meta import busbw_factor
 from tspsim.spec.topology import Topology
 from tspsim.spec.topology_file import load_topology
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "reduce", "all_to_all", "sendrecv")
-
-
-def busbw_factor(op: str, n: int) -> float:
-    """nccl-tests busbw factor for ``op`` on ``n`` ranks."""
-    if op == "all_reduce":
-        return 2 * (n - 1) / n
-    if op in ("all_gather", "reduce_scatter", "all_to_all"):
-        return (n - 1) / n
-    return 1.0
 
 
 def with_chunk(topo: Topology, chunk_bytes: int | None) -> Topology:
