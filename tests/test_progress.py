@@ -40,6 +40,36 @@ def test_log_lines_rate_limited_but_the_last_always_printed():
     assert 9 <= len(lines) <= 11 and lines[-1].startswith("decode: 1000/1000")
 
 
+def test_quiet_period_keeps_fast_work_silent():
+    out, clock = io.StringIO(), Clock()
+    fast = Progress("collective", 3, stream=out, tty=False, quiet_s=2.0, clock=clock)
+    for _ in range(3):
+        clock.t += 0.1
+        fast.advance()
+    fast.close()
+    assert out.getvalue() == ""
+    slow = Progress("collective", 3, stream=out, tty=False, quiet_s=2.0, clock=clock)
+    for i in range(3):
+        clock.t += 1.5
+        slow.advance(item=f"size {i}")
+    assert out.getvalue().splitlines() == ["collective: 2/3 (ETA 2 s) size 1", "collective: 3/3 (ETA 0 s) size 2"]
+
+
+def test_collective_reports_slow_sizes_only():
+    fast = CliRunner().invoke(cli, ["collective", "-t", "mi300x-1node", "--sizes", "1k,1M"])
+    assert fast.exit_code == 0 and fast.stderr == ""
+
+
+def test_replay_and_generate_say_what_they_are_doing(tmp_path):
+    trace = tmp_path / "t.json"
+    gen = CliRunner().invoke(cli, ["generate", "-t", "mi300x-1node", "--schedule", "tp", "--seq", "4k", "-o",
+                                   str(trace)])
+    assert gen.exit_code == 0 and "generating the train op graph of tp ..." in gen.stderr
+    rep = CliRunner().invoke(cli, ["replay", str(trace), "-t", "mi300x-1node"])
+    assert rep.exit_code == 0
+    assert rep.stderr.splitlines()[0].startswith(f"replaying {trace} (")
+
+
 def test_terminal_bar_redrawn_in_place_with_eta():
     out, clock = io.StringIO(), Clock()
     p = Progress("simulating tp D=8", 10, stream=out, tty=True, refresh_s=0.0, clock=clock)

@@ -51,6 +51,7 @@ def collective(topology: str, op: str, group: int | None, ranks: list[int] | Non
       tspsim collective --topology mi300x-128node --group 32 --algorithm hier --chunk-bytes 128k
       tspsim collective --topology mi300x-128node --op sendrecv --group 16 --sizes 1G
     """
+    from tspsim.core.progress import Progress
     from tspsim.spec.topology_file import load_topology
 
     topo = load_topology(topology)
@@ -75,8 +76,12 @@ def collective(topology: str, op: str, group: int | None, ranks: list[int] | Non
         chosen = tuple(range(n))
     if op == "sendrecv" and (algorithm or protocol):
         raise TspsimError("sendrecv is a point-to-point transfer: --algorithm and --protocol do not apply")
-    results = [simulate_collective(topo, op, chosen, size, algorithm or "", protocol or "", explain)
-               for size in sizes]
+    results = []
+    with Progress(f"simulating {op} on {len(chosen)} ranks", total=len(sizes), every_s=1.0,
+                  quiet_s=2.0) as bar:
+        for size in sizes:  # one size can take seconds (a 1,024-rank all-to-all): report each
+            results.append(simulate_collective(topo, op, chosen, size, algorithm or "", protocol or "", explain))
+            bar.advance(item=f"{size:,} bytes")
     if as_json:
         emit_json({"results": results})
         return

@@ -201,6 +201,7 @@ def replay_cmd(trace: str, topology: str, as_json: bool, save: str | None, max_e
     options = ReplayOptions(max_events=max_events or DEFAULT_MAX_EVENTS, max_wall_s=max_wall_s or DEFAULT_MAX_WALL_S,
                             record_links=bool(save))  # a saved result carries link rates (view, export)
     t0 = time.perf_counter()
+    click.echo(f"replaying {trace} ({len(graph.ops):,} ops on {len(graph.ranks):,} simulated GPUs) ...", err=True)
     try:
         sim_topo = replay_topology(graph, topo)
         tl = replay(graph, sim_topo, options)

@@ -46,12 +46,12 @@ class Progress:
     """Progress of ``total`` units of work named ``label``, written to ``stream`` (default stderr).
 
     Call :meth:`update` (absolute) or :meth:`advance` (relative) as units finish and :meth:`close` at the
-    end (a context manager does it). ``tty`` overrides the terminal detection; ``clock`` is injectable
-    for tests.
+    end (a context manager does it). Nothing is shown before ``quiet_s`` seconds have passed, so work that
+    ends sooner prints nothing. ``tty`` overrides the terminal detection; ``clock`` is injectable for tests.
     """
 
     def __init__(self, label: str, total: int | None = None, *, stream: TextIO | None = None,
-                 tty: bool | None = None, every_s: float = 0.0, refresh_s: float = 0.1,
+                 tty: bool | None = None, every_s: float = 0.0, refresh_s: float = 0.1, quiet_s: float = 0.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.label = label
         self.total = total
@@ -59,6 +59,7 @@ class Progress:
         self.tty = is_terminal(self.stream) if tty is None else tty
         self.every_s = every_s
         self.refresh_s = refresh_s
+        self.quiet_s = quiet_s
         self.clock = clock
         self.done = 0
         self.start = clock()
@@ -73,6 +74,8 @@ class Progress:
             self.total = total
         self.done = done
         now = self.clock()
+        if now - self.start < self.quiet_s:  # fast work stays silent
+            return
         last = self.total is not None and done >= self.total
         interval = self.refresh_s if self.tty else self.every_s
         if not last and now - self._last_out < interval:
