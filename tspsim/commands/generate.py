@@ -9,6 +9,7 @@ assumptions) is not one graph and is rejected with a pointer to the two steps.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -99,15 +100,15 @@ def generate(topology: str, model: str, degree: int | None, tp: int | None, sp: 
     check_outputs_distinct({"--topology": topology, "--model": model}, {"--output": path})
     point = make_point(args, schedule, n_seq, pairs, many=False)
     check_point(point)
-    click.echo(f"generating the {mode} op graph of {schedule} ...", err=True, nl=False)
+    from tspsim.core.progress import is_terminal
+
+    tty = is_terminal(sys.stderr)  # a person waiting sees the start; logs get one line, errors stay one line
+    if tty:
+        click.echo(f"generating the {mode} op graph of {schedule} ...", err=True)
     t0 = time.perf_counter()
-    try:
-        graph = build_graph(point, fold=not full)[0]
-        graph.save(path)
-    except BaseException:
-        click.echo(" failed", err=True)  # end the progress line so the error starts its own
-        raise
-    click.echo(f" {time.perf_counter() - t0:.1f} s", err=True)
+    graph = build_graph(point, fold=not full)[0]
+    graph.save(path)
+    click.echo(f"generated the {mode} op graph of {schedule} in {time.perf_counter() - t0:.1f} s", err=True)
     what = ""
     if mode == "decode":
         what = (f"; decode step generating token {token}: {n_seq + token - 1:,} tokens cached, attends over "

@@ -185,6 +185,7 @@ def replay_cmd(trace: str, topology: str, as_json: bool, save: str | None, max_e
       tspsim generate -t mi300x-1node --model llama3-8b --schedule tp --mode decode --context 8k -o dec.json
       tspsim replay dec.json --topology h100-dgx-1node
     """  # noqa: D301
+    import sys
     import time
 
     from tspsim.commands.run import print_report
@@ -200,8 +201,11 @@ def replay_cmd(trace: str, topology: str, as_json: bool, save: str | None, max_e
     topo = load_topology(topology)
     options = ReplayOptions(max_events=max_events or DEFAULT_MAX_EVENTS, max_wall_s=max_wall_s or DEFAULT_MAX_WALL_S,
                             record_links=bool(save))  # a saved result carries link rates (view, export)
+    from tspsim.core.progress import is_terminal
+
     t0 = time.perf_counter()
-    click.echo(f"replaying {trace} ({len(graph.ops):,} ops on {len(graph.ranks):,} simulated GPUs) ...", err=True)
+    if is_terminal(sys.stderr):  # a person waiting; logs get the closing line only (errors stay one line)
+        click.echo(f"replaying {trace} ({len(graph.ops):,} ops on {len(graph.ranks):,} simulated GPUs) ...", err=True)
     try:
         sim_topo = replay_topology(graph, topo)
         tl = replay(graph, sim_topo, options)

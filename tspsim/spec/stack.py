@@ -24,9 +24,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tspsim.core.errors import ConfigError
-from tspsim.core.yamlfile import describe_value, number_hint, read_yaml_file
+from tspsim.core.presets import PresetFiles
+from tspsim.core.yamlfile import describe_value, number_hint
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "data" / "stacks"
+_FILES = PresetFiles("stack", PRESET_DIR)
+"""The stack presets and how a stack file is read."""
 """Built-in presets (a symlink to the top-level ``stacks/`` folder, shipped as package data)."""
 
 DEFAULT_STACK = "megatron-core"
@@ -35,8 +38,6 @@ DEFAULT_STACK = "megatron-core"
 STEP_KINDS = ("train", "forward", "prefill", "decode")
 """Kinds of simulated step a stack may run as a captured graph (``host.capture``)."""
 
-MAX_INHERIT_DEPTH = 16
-"""Longest ``inherit`` chain of stack files."""
 
 MAX_HOST_US = 1e6
 """Largest per-launch or per-step host cost, µs (one second; larger values are unit mistakes)."""
@@ -233,7 +234,7 @@ _OPTIONAL = {("attention", "flash_efficiency")}
 
 def preset_names() -> list[str]:
     """Names of the built-in stack presets."""
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    return _FILES.names()
 
 
 def load_stack(name_or_path: str) -> Stack:
@@ -242,7 +243,7 @@ def load_stack(name_or_path: str) -> Stack:
     Raises:
         ConfigError: one line naming the file, the key path and what was expected.
     """
-    raw, path = _read_with_inheritance(name_or_path, ())
+    raw, path = _FILES.read(name_or_path, _merge_sections)
     return stack_from_mapping(raw, str(path), path.stem)
 
 
@@ -364,48 +365,16 @@ def _efficiency_table(value: Any, path: str) -> tuple[tuple[str, float, float], 
 
 
 # ---------------------------------------------------------------------------------- files
-def _resolve(name_or_path: str, relative_to: Path | None) -> Path:
-    candidate = Path(name_or_path)
-    if candidate.suffix in (".yaml", ".yml") or "/" in name_or_path:
-        if relative_to is not None and not candidate.is_absolute() and (relative_to.parent / candidate).exists():
-            return relative_to.parent / candidate
-        if candidate.exists():
-            return candidate
-        raise ConfigError(f"stack file {name_or_path!r} not found; give an existing path or a preset name")
-    preset = PRESET_DIR / f"{name_or_path}.yaml"
-    if name_or_path and preset.exists():
-        return preset
-    raise ConfigError(f"unknown stack {name_or_path!r}: choose one of {', '.join(preset_names())} or give a "
-                      "YAML path")
+def _merge_sections(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """A child stack over its parent: each section's keys replace the parent's, others are kept.
 
-
-def _read_with_inheritance(name_or_path: str, seen: tuple[str, ...],
-                           relative_to: Path | None = None) -> tuple[dict[str, Any], Path]:
-    path = _resolve(name_or_path, relative_to)
-    key = str(path.resolve())
-    if key in seen or len(seen) >= MAX_INHERIT_DEPTH:
-        chain = " -> ".join(Path(k).name for k in (*seen, key))
-        raise ConfigError(f"{path}: 'inherit' chain loops or is deeper than {MAX_INHERIT_DEPTH} files ({chain})")
-    data = read_yaml_file(path, "stack")
-    if not isinstance(data, dict):
-        got = "an empty file" if data is None else describe_value(data)
-        raise ConfigError(f"{path}: a stack file must be a YAML mapping of keys to values, got {got}")
-    if "inherit" not in data:
-        return data, path
-    parent_name = data["inherit"]
-    if not isinstance(parent_name, str) or not parent_name.strip():
-        raise ConfigError(f"{path}: inherit: expected a preset name or a YAML path, got {describe_value(parent_name)}")
-    try:
-        parent, _ = _read_with_inheritance(parent_name, (*seen, key), relative_to=path)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: inherit: {exc}") from None
+    The parent's ``name`` is not inherited: a child without one is named after its file.
+    """
     merged = copy.deepcopy(parent)
-    for section, value in data.items():
+    merged.pop("name", None)
+    for section, value in child.items():
         if isinstance(value, dict) and isinstance(merged.get(section), dict):
             merged[section] = {**merged[section], **copy.deepcopy(value)}
         else:
             merged[section] = copy.deepcopy(value)
-    merged.pop("inherit", None)
-    if "name" not in data:
-        merged["name"] = path.stem
-    return merged, path
+    return merged

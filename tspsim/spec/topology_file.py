@@ -6,7 +6,6 @@ Every number is checked against its unit's plausible range; messages read
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import math
 from pathlib import Path
@@ -15,10 +14,13 @@ from typing import Any
 import yaml
 
 from tspsim.core.errors import ConfigError
-from tspsim.core.yamlfile import describe_value, number_hint, read_yaml_file
+from tspsim.core.presets import MAX_INHERIT_DEPTH, PresetFiles  # noqa: F401 (MAX_INHERIT_DEPTH re-exported)
+from tspsim.core.yamlfile import describe_value, number_hint
 from tspsim.spec.topology import GpuSpec, InterFabric, IntraFabric, Nvls, Protocol, Topology
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "data" / "topologies"
+_FILES = PresetFiles("topology", PRESET_DIR)
+"""The topology presets and how a topology file is read."""
 
 MAX_GPUS = 65536
 """Largest cluster (nodes × gpus_per_node) a topology may describe."""
@@ -26,8 +28,6 @@ MAX_LINKS = 1_000_000
 """Largest number of directed links (one Python object each) a topology may build."""
 MAX_NUMBER = 1e15
 """Largest magnitude of any number in a topology file (larger values are unit mistakes)."""
-MAX_INHERIT_DEPTH = 16
-"""Longest 'inherit' chain."""
 
 # Plausible ranges by unit suffix (inclusive). Far wider than any real hardware; a value outside is almost
 # always a unit mistake (B/s written as GB/s) and would drive the simulation into float-resolution trouble.
@@ -97,7 +97,7 @@ _SECTION_OPTIONAL = {
 
 def preset_names() -> list[str]:
     """Names of the built-in topology presets."""
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    return _FILES.names()
 
 
 def load_topology(name_or_path: str) -> Topology:
@@ -106,74 +106,8 @@ def load_topology(name_or_path: str) -> Topology:
     Raises:
         ConfigError: one line naming the file, the key path and what was expected.
     """
-    raw, source = _read_with_inheritance(name_or_path, seen=())
+    raw, source = _FILES.read(name_or_path)
     return _build(raw, source)
-
-
-class _InheritChainError(ConfigError):
-    """An 'inherit' loop or an over-long chain (its message already names the whole chain)."""
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    data = read_yaml_file(path, "topology")
-    if not isinstance(data, dict):
-        got = "an empty file" if data is None else describe_value(data)
-        raise ConfigError(f"{path}: a topology file must be a YAML mapping of keys to values, got {got}")
-    return data
-
-
-def _resolve(name_or_path: str, relative_to: Path | None) -> Path:
-    candidate = Path(name_or_path)
-    if candidate.suffix in (".yaml", ".yml") or "/" in name_or_path:
-        if relative_to is not None and not candidate.is_absolute():
-            sibling = relative_to.parent / candidate
-            if sibling.exists():
-                return sibling
-        if candidate.exists():
-            return candidate
-        raise ConfigError(f"topology file {name_or_path!r} not found; give an existing path or a preset name")
-    preset = PRESET_DIR / f"{name_or_path}.yaml"
-    if name_or_path and preset.exists():
-        return preset
-    raise ConfigError(
-        f"unknown topology {name_or_path!r}: choose one of {', '.join(preset_names())} or give a YAML path"
-    )
-
-
-def _read_with_inheritance(name_or_path: str, seen: tuple[str, ...],
-                           relative_to: Path | None = None) -> tuple[dict[str, Any], Path]:
-    path = _resolve(name_or_path, relative_to)
-    key = str(path.resolve())
-    if key in seen:
-        chain = " -> ".join(Path(k).name for k in seen + (key,))
-        raise _InheritChainError(f"{path}: 'inherit' chain loops back to itself ({chain}); remove one 'inherit'")
-    if len(seen) >= MAX_INHERIT_DEPTH:
-        raise _InheritChainError(f"{path}: 'inherit' chain is deeper than {MAX_INHERIT_DEPTH} files; flatten it")
-    data = _read_yaml(path)
-    if "inherit" not in data:
-        return data, path
-    parent_name = data["inherit"]
-    if not isinstance(parent_name, str) or not parent_name.strip():
-        raise ConfigError(f"{path}: inherit: expected a preset name or a YAML path, got {describe_value(parent_name)}")
-    try:
-        parent, _ = _read_with_inheritance(parent_name, seen + (key,), relative_to=path)
-    except _InheritChainError:
-        raise
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: inherit: {exc}") from None
-    merged = _deep_merge(parent, data)
-    merged.pop("inherit", None)
-    return merged, path
-
-
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def _expected(rule: Any) -> str:
