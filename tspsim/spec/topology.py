@@ -22,9 +22,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import networkx as nx
+if TYPE_CHECKING:  # imported where a graph is built: keeps `tspsim --help` and `list` fast
+    import networkx as nx
+
 
 
 @dataclass(frozen=True)
@@ -241,6 +243,8 @@ class Topology:
     @cached_property
     def graph(self) -> nx.DiGraph:
         """networkx DiGraph of devices (``kind`` attribute) and directed links (``link`` attribute)."""
+        import networkx as nx
+
         g = nx.DiGraph()
         for rank in range(self.world_size):
             g.add_node(f"g{rank}", kind="gpu", rank=rank, node=self.node_of(rank))
