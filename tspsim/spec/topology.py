@@ -237,6 +237,11 @@ class Topology:
         return tuple(_build_links(self))
 
     @cached_property
+    def link_capacities(self) -> list[float]:
+        """Capacity of every link (bytes/s), indexed like :attr:`links`; built once per topology, read-only."""
+        return [link.capacity_Bps for link in self.links]
+
+    @cached_property
     def _link_index(self) -> dict[tuple[str, str], int]:
         return {(link.src, link.dst): link.index for link in self.links}
 
