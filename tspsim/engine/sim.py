@@ -42,7 +42,9 @@ from tspsim.core.errors import DeadlockError, SimulationLimitError
 from tspsim.engine.clock import Clock
 from tspsim.engine.comm import CommResolver, ResolvedComm
 from tspsim.engine.costs import compute_seconds, kernel_gpu
-from tspsim.engine.network import Flow, Network
+from tspsim.engine.network import Network
+from tspsim.engine.periodic import Periodicity
+from tspsim.engine.replay_parts import LinkRecorder, fold_nodes
 from tspsim.engine.timeline import Timeline
 from tspsim.opgraph import COMPUTE_KINDS, P2P_KINDS, Op, OpGraph
 from tspsim.spec.topology import Topology
@@ -65,6 +67,9 @@ class ReplayOptions:
     """Apply the topology's compute slowdown while communication kernels run."""
     protocol: str = ""
     """Force one wire protocol (LL, LL128, Simple) on every collective, like NCCL_PROTO; empty: the policy's."""
+    periodic: bool = True
+    """Skip repeating units (layers, micro-batches) when the state provably repeats (:mod:`tspsim.engine.periodic`);
+    False simulates every op (the reference the periodic path is tested against)."""
 
 
 class _Stream:
@@ -147,11 +152,12 @@ class Replay:
                                      f"({topo.world_size} GPUs)")
         self.dependents = dependents
         """1 for an op that some other op lists as a dependency."""
-        self.fold = self._fold_nodes() if graph.replica_nodes else 0
+        self.fold = fold_nodes(graph, topo, self.sim_ranks) if graph.replica_nodes else 0
         self.gpu = kernel_gpu(topo.gpu, graph.meta or {})
         self.timeline = Timeline(graph=graph, topology_name=topo.name)
-        self.net = Network(self.env, topo.link_capacities,
-                           on_rates=self._record_rates if self.options.record_links else None, timers=self.clock)
+        self.links = LinkRecorder(topo, self.sim_ranks, self.timeline) if self.options.record_links else None
+        self.net = Network(self.env, topo.link_capacities, on_rates=self.links.record if self.links else None,
+                           timers=self.clock)
         self.state = bytearray(len(graph.ops))
         """Completion state of every op (PENDING, TRIGGERED, PROCESSED)."""
         self.waiters: dict[int, list[_Stream]] = {}
@@ -165,9 +171,8 @@ class Replay:
         self.memory: dict[int, list[tuple[float, str, int]]] = {r: [] for r in self.sim_ranks}
         self.mem_now = {r: 0 for r in self.sim_ranks}
         self.streams: list[_Stream] = []
-        self._recorded_links: set[int] = set()
-        if self.options.record_links:
-            self._recorded_links = self._links_to_record()
+        self.periodic: Periodicity | None = None
+        self._marker: _Stream | None = None
 
     # ------------------------------------------------------------------------------ running
     def run(self) -> Timeline:
@@ -176,11 +181,17 @@ class Replay:
         self.streams = [_Stream(key, ops) for key, ops in self.graph.streams().items()]
         for s in self.streams:
             self.clock.soon(self._advance, s)
+        if self.options.periodic and self.streams:
+            self.periodic = Periodicity(self)
+            self._marker = self.periodic.marker
         events = self._loop(t0)
         self._check_finished()
         tl = self.timeline
         tl.memory = self.memory
         tl.sim_events = events
+        if self.periodic is not None and self.periodic.jumps:
+            tl.sim_path = "periodic"
+            tl.sim_units_skipped = self.periodic.units
         tl.sim_wall_s = time.perf_counter() - t0
         return tl
 
@@ -195,11 +206,14 @@ class Replay:
         wall_limit = self.options.max_wall_s
         events = 0
         check = 100_000
+        periodic = self.periodic
         while True:
             while due:
                 fn, arg = popleft()
                 fn(arg)
                 events += 1
+            if periodic is not None and periodic.requested:
+                periodic.check()
             if not queue:
                 return events
             step()
@@ -261,6 +275,8 @@ class Replay:
                         return
                     j += 1
             s.start = self.env.now
+            if s is self._marker:
+                self._boundary(s)
             if op.mem:
                 self._apply_mem(op, "start")
             kind = op.kind
@@ -277,6 +293,12 @@ class Replay:
                 self._arrive(op, s)
                 return
             self._finish(s, op)
+
+    def _boundary(self, s: _Stream) -> None:
+        """The marker stream starts an op: at a unit boundary, compare states once this instant is done."""
+        periodic = self.periodic
+        if periodic is not None and s.pos in periodic.boundaries:
+            periodic.requested = True
 
     def _op_done(self, s: _Stream) -> None:
         """The current op of ``s`` has completed: record it and go on."""
@@ -391,29 +413,6 @@ class Replay:
     def _resolve(self, op: Op) -> ResolvedComm:
         return self.comm.resolve(op)
 
-    def _fold_nodes(self) -> int:
-        """Nodes of the simulated unit of a folded graph on this topology (0: nothing is mirrored).
-
-        The unit is the graph's simulated ranks ``[0, n)``; it need not be the unit the graph was made
-        for (a graph folded on 2 × 8 GPUs holds 4 nodes of an 8 × 2 topology), but the fold must be exact
-        here (:func:`tspsim.spec.layout.fold_fault`), else the replay is refused rather than wrong.
-        """
-        from tspsim.core.errors import TraceError
-        from tspsim.spec.layout import fold_fault
-
-        n = len(self.sim_ranks)
-        world = 1 + max((max(op.group) for op in self.graph.ops if op.is_comm), default=0)
-        if world <= n:
-            return 0
-        topo = self.topo
-        fault = None if self.sim_ranks == set(range(n)) else f"its simulated ranks are not 0..{n - 1}"
-        fault = fault or fold_fault(topo, world, n)
-        if fault:
-            raise TraceError(f"the graph is folded (it simulates {n} of {world} GPUs and mirrors the rest) and the "
-                             f"fold is not exact on {topo.name} ({topo.nodes} × {topo.gpus_per_node} GPUs): "
-                             f"{fault}; generate it with --full, or on this topology")
-        return n // topo.gpus_per_node
-
     def _comm_step(self, st: _Rendezvous) -> None:
         """Run the collective's phases: each its latency (a timer), then its flow on the network."""
         plan = st.plan
@@ -436,7 +435,19 @@ class Replay:
         self.clock.soon(self._comm_step, st)
 
     def _comm_end(self, st: _Rendezvous, plan: ResolvedComm) -> None:
-        kind = "send" if st.op.kind in P2P_KINDS else st.op.kind
+        self.account_comm(st.op_ids, plan)
+        if self.periodic is not None:
+            self.periodic.comm_log.append((st.op_ids, plan))
+        for r in st.ranks:
+            self._comm_change(r, plan.slowdown, False)
+        for r in st.ranks:
+            self.clock.soon(self._op_done, st.streams[r])
+        del self.rdv[st.op.coll]
+
+    def account_comm(self, op_ids: dict[int, int], plan: ResolvedComm) -> None:
+        """Add a finished communication op's bytes (per rank, per kind, per op) and algorithm to the timeline."""
+        op = self.graph.ops[next(iter(op_ids.values()))]
+        kind = "send" if op.kind in P2P_KINDS else op.kind
         tl = self.timeline
         for r, b in plan.sent.items():
             per = tl.sent_bytes.setdefault(r, {})
@@ -445,46 +456,9 @@ class Replay:
             if r in self.sim_ranks:
                 per = tl.recv_bytes.setdefault(r, {})
                 per[kind] = per.get(kind, 0.0) + b
-        for r, op_id in st.op_ids.items():
+        for r, op_id in op_ids.items():
             tl.op_sent_bytes[op_id] = plan.sent.get(r, 0.0)
         tl.collective_algorithms[plan.algorithm] = tl.collective_algorithms.get(plan.algorithm, 0) + 1
-        for r in st.ranks:
-            self._comm_change(r, plan.slowdown, False)
-        for r in st.ranks:
-            self.clock.soon(self._op_done, st.streams[r])
-        del self.rdv[st.op.coll]
-
-    # ------------------------------------------------------------------------------ links
-    def _links_to_record(self) -> set[int]:
-        nodes = {self.topo.node_of(r) for r in self.sim_ranks}
-        out = set()
-        for link in self.topo.links:
-            if link.node in nodes and link.kind != "pcie":
-                out.add(link.index)
-                self.timeline.link_meta[link.index] = {"src": link.src, "dst": link.dst, "kind": link.kind,
-                                                       "capacity_Bps": link.capacity_Bps}
-        return out
-
-    def _record_rates(self, now: float, flows: list[Flow]) -> None:
-        load: dict[int, float] = {}
-        for f in flows:
-            for link, w in zip(f.links, f.weights):
-                if link in self._recorded_links:
-                    load[link] = load.get(link, 0.0) + f.rate * w
-        series = self.timeline.links
-        for link in self._recorded_links:
-            rate = load.get(link, 0.0)
-            s = series.get(link)
-            if s is None:
-                if rate == 0.0:
-                    continue
-                s = series[link] = [(0.0, 0.0)]
-            if s[-1][1] != rate:
-                if s[-1][0] == now:
-                    s[-1] = (now, rate)
-                else:
-                    s.append((now, rate))
-
 
 def replay(graph: OpGraph, topo: Topology, options: ReplayOptions | None = None) -> Timeline:
     """Replay ``graph`` on ``topo`` and return its :class:`~tspsim.engine.timeline.Timeline`."""
