@@ -34,6 +34,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from tspsim.engine.sim import Replay, _Stream
 
+MAX_PERIOD = 4
+"""A state is compared with the states of the last this many boundaries (a unit may span several layers:
+TSP decode alternates two layer patterns, a pipeline's steady state repeats every few micro-batches)."""
 _TOL = 64 * 2.0**-52
 """Relative tolerance on times (of the clock) and bytes (of a flow's size) when comparing two states."""
 
@@ -67,7 +70,8 @@ class Periodicity:
             self.boundaries = {q for q in range(1, len(ops)) if ops[q].layer >= 0 and ops[q].layer != ops[q - 1].layer}
         self.requested = False
         """A boundary was reached: compare the state once the current instant's events are done."""
-        self.prev: tuple[float, list[int], Sig, list[Any], Marks] | None = None
+        self.history: list[tuple[float, list[int], Sig, list[Any], Marks]] = []
+        """States at the last :data:`MAX_PERIOD` boundaries (time, positions, signature, waiters, marks)."""
         self.comm_log: list[tuple[dict[int, int], Any]] = []
         """Every completed communication op: (op id per rank, resolved plan), for replaying skipped units."""
         self.jumps = 0
@@ -77,7 +81,7 @@ class Periodicity:
 
     # ------------------------------------------------------------------------------ entry point
     def check(self) -> None:
-        """Called at a clean instant (nothing due now) after a boundary: compare with the last state, maybe jump."""
+        """Called at a clean instant (nothing due now) after a boundary: compare with earlier states, maybe jump."""
         self.requested = False
         r = self.r
         now = r.env.now
@@ -85,21 +89,22 @@ class Periodicity:
         sig = self.signature(pos)
         waiting = self.waiting()
         marks = self._marks()
-        prev = self.prev
-        self.prev = (now, pos, sig, waiting, marks)
-        if prev is None:
-            return
-        t1, pos1, sig1, waiting1, marks1 = prev
-        delta = now - t1
-        if delta <= 0 or not _same(sig1, sig, now):
-            return
-        shift = [b - a for a, b in zip(pos1, pos)]
-        if not _same_waiting(waiting1, waiting, shift):
-            return
-        m = self._verified_units(pos, shift)
-        if m >= 1:
-            self._jump(m, delta, shift, pos, marks1, marks)
-            self.prev = None
+        history = self.history
+        for t1, pos1, sig1, waiting1, marks1 in reversed(history):  # the nearest earlier boundary first
+            delta = now - t1
+            if delta <= 0 or not _same(sig1, sig, now):
+                continue
+            shift = [b - a for a, b in zip(pos1, pos)]
+            if not _same_waiting(waiting1, waiting, shift):
+                continue
+            m = self._verified_units(pos, shift)
+            if m >= 1:
+                self._jump(m, delta, shift, pos, marks1, marks)
+                history.clear()
+                return
+        history.append((now, pos, sig, waiting, marks))
+        if len(history) > MAX_PERIOD:
+            del history[0]
 
     # ------------------------------------------------------------------------------ state
     def _rel(self, op_id: int, pos: list[int]) -> tuple[int, int]:
