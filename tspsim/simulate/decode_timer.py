@@ -103,6 +103,8 @@ class StepTiming:
     """simpy events of the replay(s)."""
     ranks: RankStats
     """Per rank: compute, communication and overlapped seconds of the step (:func:`rank_overlap`)."""
+    sim_path: str = "full"
+    """``periodic`` if the replay skipped repeating layers (:mod:`tspsim.engine.periodic`), else ``full``."""
 
 
 class DecodeTimer:
@@ -157,7 +159,8 @@ class DecodeTimer:
                     bd = {key: b0[key] + k * b1[key] + b2[key] for key in BREAKDOWN_KEYS}
                     ranks = add_stats(add_stats(rank_overlap(tl, 0.0, t0), rank_overlap(tl, t0, t1), k),
                                       rank_overlap(tl, t1, t_end))
-                    return StepTiming(cached, t0 + k * (t1 - t0) + (t_end - t1), bd, "cut", tl.sim_events, ranks)
+                    return StepTiming(cached, t0 + k * (t1 - t0) + (t_end - t1), bd, "cut", tl.sim_events, ranks,
+                                      tl.sim_path)
             else:
                 found = find_period(tl, unit)
                 if found is not None:
@@ -166,7 +169,9 @@ class DecodeTimer:
                     whole, rep = time_breakdown(tl, gpu), time_breakdown(tl, gpu, tp, tpp)
                     bd = {key: whole[key] + k * rep[key] for key in BREAKDOWN_KEYS}
                     ranks = add_stats(rank_overlap(tl), rank_overlap(tl, tp, tpp), k)
-                    return StepTiming(cached, tl.end_s + k * (tpp - tp), bd, "window", tl.sim_events, ranks)
+                    return StepTiming(cached, tl.end_s + k * (tpp - tp), bd, "window", tl.sim_events, ranks,
+                                      tl.sim_path)
         step = self.full_step(cached)
         tl = replay(step.graph, self.topo)
-        return StepTiming(cached, tl.end_s, time_breakdown(tl, gpu), "full", tl.sim_events, rank_overlap(tl))
+        return StepTiming(cached, tl.end_s, time_breakdown(tl, gpu), "full", tl.sim_events, rank_overlap(tl),
+                          tl.sim_path)

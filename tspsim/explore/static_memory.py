@@ -1,0 +1,88 @@
+"""What the planner knows before simulating: a configuration whose static memory exceeds HBM is OOM.
+
+Static memory — parameters, gradients, optimizer state and the runtime reserve — is allocated when a
+step starts and held throughout (:meth:`tspsim.schedules.context.BuildContext.init_static`), so a
+configuration whose static memory alone exceeds HBM is out of memory whatever its activations. It is
+read from the ``static memory`` ops of the point's graph built with 1 and 2 blocks (milliseconds,
+no replay) and extended linearly to the model's L blocks: every per-rank parameter count is an
+embedding/head part plus L identical blocks, so static(L) = static(1) + (L − 1)·(static(2) − static(1))
+per category, up to the integer rounding of each category (a few bytes): a configuration is only
+declared OOM when the bound exceeds HBM by more than :data:`MARGIN_BYTES`, otherwise it is simulated.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tspsim.opgraph import MEMORY_CATEGORIES, OpGraph
+from tspsim.simulate import Point
+from tspsim.simulate.graph import build_graph
+from tspsim.spec.model import load_model
+
+MARGIN_BYTES = 1 << 20
+"""Static memory must exceed HBM by more than this to be called OOM without a simulation (1 MiB ≫ rounding)."""
+GB = 1e9
+
+
+def static_bytes(graph: OpGraph) -> dict[int, dict[str, int]]:
+    """Per rank, per category: the bytes the graph's ``static memory`` ops allocate."""
+    out: dict[int, dict[str, int]] = {}
+    for op in graph.ops:
+        if op.kind == "memory" and op.name == "static memory":
+            per = out.setdefault(op.rank, dict.fromkeys(MEMORY_CATEGORIES, 0))
+            for _when, cat, delta in op.mem:
+                per[cat] += delta
+    return out
+
+
+def static_oom_entry(point: Point) -> dict[str, Any] | None:
+    """The run entry of ``point`` if its static memory alone exceeds HBM (no simulation), else None.
+
+    The entry has ``oom`` true, ``sim_path`` ``static_oom``, ``peak_memory_gb`` the static memory of
+    the fullest rank (a lower bound of the peak) and its breakdown; time keys are null.
+    """
+    one, topo, _model, layout, workload, opts = build_graph(point, layers=1)
+    two = build_graph(point, layers=2)[0]
+    s1, s2 = static_bytes(one), static_bytes(two)
+    if not s1 or s1.keys() != s2.keys():
+        return None
+    L = load_model(point.model).layers
+    best_rank, best = -1, -1
+    per_rank: dict[int, dict[str, int]] = {}
+    for rank in s1:
+        per_rank[rank] = {c: s1[rank][c] + (L - 1) * (s2[rank][c] - s1[rank][c]) for c in MEMORY_CATEGORIES}
+        total = sum(per_rank[rank].values())
+        if total > best:
+            best_rank, best = rank, total
+    hbm = topo.gpu.hbm_GB * GB
+    if best <= hbm + MARGIN_BYTES:
+        return None
+    return {
+        "schedule": point.schedule, "model": _model.name, "topology": topo.name, "mode": workload.mode,
+        "seq_len": workload.seq_len, "batch": workload.batch, "degrees": dict(layout.degrees),
+        "world_size": layout.world_size, "replicas": layout.replicas, "hbm_gb": topo.gpu.hbm_GB,
+        "peak_memory_gb": best / GB, "oom": True,
+        "memory_breakdown_gb": {c: per_rank[best_rank][c] / GB for c in MEMORY_CATEGORIES},
+        "step_time_s": None, "tokens_per_s": None, "sim_events": 0, "sim_path": "static_oom",
+        "sim_wall_s": None, "assumptions": opts.to_json(),
+        "sp_attention": dict(point.options).get("sp_attention"),
+    }
+
+
+def prune_static_oom(state: Any) -> int:
+    """Mark the points still to simulate in a prepared sweep (:class:`~tspsim.explore.sweep.SweepState`)
+    whose static memory exceeds HBM as done, with their :func:`static_oom_entry`; return how many.
+
+    For the planner, which drops OOM configurations anyway (a sweep reports every point's step time,
+    so it simulates them all).
+    """
+    pruned = []
+    for i in state.todo:
+        out = state.outcomes[i]
+        entry = static_oom_entry(out.point)
+        if entry is not None:
+            out.status, out.entry, out.wall_s = "ok", entry, 0.0
+            pruned.append(i)
+    gone = set(pruned)
+    state.todo = [i for i in state.todo if i not in gone]
+    return len(pruned)
