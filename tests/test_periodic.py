@@ -10,13 +10,13 @@ for a stack whose CPU is simulated (eager launches: the host lane) and with link
 from __future__ import annotations
 
 import pytest
+from tiny_models import tiny_32_heads
 
 from tspsim.engine.sim import ReplayOptions, replay
 from tspsim.engine.timeline import Timeline
 from tspsim.schedules import SCHEDULES
 from tspsim.simulate import Point, build_graph
 from tspsim.simulate.decode_timer import decode_topology
-from tiny_models import tiny_32_heads
 
 MODES = ("train", "forward", "prefill", "decode")
 

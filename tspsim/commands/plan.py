@@ -103,7 +103,8 @@ def plan(ctx: click.Context, topology: str, model: str, seq: int | None, mode: s
     try:
         with runner:
             click.echo(f"plan: {len(points)} configurations: {len(state.invalid)} do not fit the model or "
-                       f"topology, {state.cached} cached, {known_oom} exceed HBM on static memory alone (not simulated), "
+                       f"topology, {state.cached} cached, {known_oom} exceed HBM on static memory alone "
+                       f"(not simulated), "
                        f"{len(state.todo)} to simulate"
                        + (f" {runner.description}" if state.todo else "") + f"; objective: {goal.key} ({goal.goal})",
                        err=True)

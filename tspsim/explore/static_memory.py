@@ -70,11 +70,11 @@ def static_oom_entry(point: Point) -> dict[str, Any] | None:
 
 
 def prune_static_oom(state: Any) -> int:
-    """Mark the points still to simulate in a prepared sweep (:class:`~tspsim.explore.sweep.SweepState`)
-    whose static memory exceeds HBM as done, with their :func:`static_oom_entry`; return how many.
+    """Settle the points of a prepared sweep whose static memory exceeds HBM; return how many.
 
-    For the planner, which drops OOM configurations anyway (a sweep reports every point's step time,
-    so it simulates them all).
+    Every point still to simulate in ``state`` (:class:`~tspsim.explore.sweep.SweepState`) that
+    :func:`static_oom_entry` proves OOM is marked done with that entry. For the planner, which drops
+    OOM configurations anyway (a sweep reports every point's step time, so it simulates them all).
     """
     pruned = []
     for i in state.todo:
