@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tspsim.core.errors import TspsimError
 from tspsim.opgraph import MEMORY_CATEGORIES, OpGraph
 from tspsim.simulate import Point
 from tspsim.simulate.graph import build_graph
@@ -79,7 +80,10 @@ def prune_static_oom(state: Any) -> int:
     pruned = []
     for i in state.todo:
         out = state.outcomes[i]
-        entry = static_oom_entry(out.point)
+        try:
+            entry = static_oom_entry(out.point)
+        except TspsimError:  # the simulation will report it (e.g. a graph over the op limit)
+            continue
         if entry is not None:
             out.status, out.entry, out.wall_s = "ok", entry, 0.0
             pruned.append(i)
