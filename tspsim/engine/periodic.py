@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from tspsim.engine.sim import Replay, _Stream
+Replay = Any
+"""A :class:`tspsim.engine.sim.Replay` (not imported: the engine imports this module)."""
 
 MAX_PERIOD = 4
 """A state is compared with the states of the last this many boundaries (a unit may span several layers:
@@ -61,7 +61,7 @@ class Periodicity:
                 self.op_stream[op.id] = si
                 self.op_pos[op.id] = q
         marker = max(streams, key=lambda s: len(s.ops), default=None)
-        self.marker: _Stream | None = marker
+        self.marker: Any = marker
         """The stream whose unit boundaries trigger a comparison (the longest)."""
         self.boundaries: set[int] = set()
         """Positions on the marker stream where a new layer label starts."""
@@ -246,9 +246,19 @@ class Periodicity:
         mem_window = {rank: r.memory[rank][mem0.get(rank, 0):n] for rank, n in mem1.items()}
         comm_window = self.comm_log[comm0:comm1]
         link_window = {link: tl.links[link][link0.get(link, 0):n] for link, n in link1.items()}
+        span = m * delta
+        new_now = r.env.now + span
+        last_end = [s.last_end for s in r.streams]
+        op_stream = self.op_stream
         for k in range(1, m + 1):
             dt = k * delta
-            tl.spans.extend((self._image(op_id, k, shift), s + dt, e + dt) for op_id, s, e in window)
+            for op_id, s0, e0 in window:  # per stream, spans stay ordered despite float noise in the shift
+                image = self._image(op_id, k, shift)
+                si = op_stream[image]
+                start = max(s0 + dt, last_end[si])
+                end = min(max(e0 + dt, start), max(new_now, start))
+                last_end[si] = end
+                tl.spans.append((image, start, end))
             for rank, events in mem_window.items():
                 if events:
                     r.memory[rank].extend((t + dt, cat, d) for t, cat, d in events)
@@ -257,7 +267,6 @@ class Periodicity:
                 r.account_comm({rank: self._image(op_id, k, shift) for rank, op_id in op_ids.items()}, plan)
             for link, steps in link_window.items():
                 tl.links[link].extend((t + dt, rate) for t, rate in steps)
-        span = m * delta
         state = r.state
         for i, s in enumerate(r.streams):
             n = shift[i]
@@ -265,7 +274,8 @@ class Periodicity:
                 for op in s.ops[pos[i]:pos[i] + m * n]:
                     state[op.id] = 2
                 s.pos += m * n
-                s.start += span
+                s.start = max(s.start + span, last_end[i])
+                s.last_end = last_end[i]
         index = {id(s): i for i, s in enumerate(r.streams)}
         r.waiters = {d if all(shift[index[id(s)]] == 0 for s in w) else self._image(d, m, shift): w
                      for d, w in r.waiters.items()}

@@ -75,7 +75,7 @@ class ReplayOptions:
 class _Stream:
     """One (rank, stream): its ops in issue order, the current one, and the dependency it waits on."""
 
-    __slots__ = ("key", "ops", "pos", "dep", "start")
+    __slots__ = ("key", "ops", "pos", "dep", "start", "last_end")
 
     def __init__(self, key: tuple[int, str], ops: list[Op]) -> None:
         self.key = key
@@ -86,6 +86,8 @@ class _Stream:
         """Index in the current op's deps of the first dependency not yet seen processed."""
         self.start = 0.0
         """Start time of the current op."""
+        self.last_end = 0.0
+        """End time of the previous op."""
 
 
 class _Gpu:
@@ -308,7 +310,9 @@ class Replay:
     def _finish(self, s: _Stream, op: Op) -> None:
         if op.mem:
             self._apply_mem(op, "end")
-        self.timeline.spans.append((op.id, s.start, self.env.now))
+        now = self.env.now
+        self.timeline.spans.append((op.id, s.start, now))
+        s.last_end = now
         if self.dependents[op.id]:
             self.state[op.id] = TRIGGERED
             self.clock.soon(self._completed, op.id)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from tspsim.analysis.serving import BREAKDOWN_KEYS, RankStats, add_stats, rank_overlap, time_breakdown
-from tspsim.engine.sim import replay
+from tspsim.engine.sim import ReplayOptions, replay
 from tspsim.engine.timeline import Timeline
 from tspsim.schedules.context import BuildContext
 from tspsim.schedules.decode import DecodeStep, build_decode_step
@@ -122,6 +122,8 @@ class DecodeTimer:
         self.layers = layers
         self.topo = topo
         self.method = "full"
+        self.options = ReplayOptions(periodic=periodic)
+        """Replay options: ``periodic=False`` also turns the engine's periodic path off (the reference)."""
         self._unit: DecodeStep | None = None
         self._full: DecodeStep | None = None
         if periodic and layers > 2:
@@ -146,7 +148,7 @@ class DecodeTimer:
         unit = self._unit
         if unit is not None:
             unit.recost(cached)
-            tl = replay(unit.graph, self.topo)
+            tl = replay(unit.graph, self.topo, self.options)
             if self.method == "cut":
                 ends = {op_id: end for op_id, _, end in tl.spans}
                 c0 = [ends[i] for i in unit.cuts[0]]
@@ -172,6 +174,6 @@ class DecodeTimer:
                     return StepTiming(cached, tl.end_s + k * (tpp - tp), bd, "window", tl.sim_events, ranks,
                                       tl.sim_path)
         step = self.full_step(cached)
-        tl = replay(step.graph, self.topo)
+        tl = replay(step.graph, self.topo, self.options)
         return StepTiming(cached, tl.end_s, time_breakdown(tl, gpu), "full", tl.sim_events, rank_overlap(tl),
                           tl.sim_path)
