@@ -100,3 +100,33 @@ def test_no_jump_when_the_graph_does_not_repeat(tiny: str) -> None:
     fast = replay(graph, topo)
     a, b = sorted(full.spans), sorted(fast.spans)
     assert max(max(abs(x[1] - y[1]), abs(x[2] - y[2])) for x, y in zip(a, b)) <= 1e-12 * full.end_s
+
+
+@pytest.mark.parametrize("schedule", ["tsp", "tp", "tp+sp"])
+def test_decode_steps_interpolated_equal_replayed(schedule: str, tiny: str) -> None:
+    """DecodeTimer.time_many (steps between two replays with the same events interpolated) == every step replayed."""
+    from dataclasses import replace as dc_replace
+
+    from tspsim.schedules.context import BuildContext
+    from tspsim.schedules.periodic import with_layers
+    from tspsim.simulate.decode_timer import DecodeTimer
+    from tspsim.simulate.point import resolve
+
+    topo, model, layout, workload, opts = resolve(_point(schedule, "decode", tiny))
+
+    def make_ctx(layers: int | None) -> BuildContext:
+        ctx = BuildContext(model, topo, layout, dc_replace(workload, decode_tokens=40), opts)
+        return with_layers(ctx, layers) if layers is not None else ctx
+
+    timer = DecodeTimer(make_ctx, model.layers, decode_topology(topo, opts))
+    steps = range(4096, 4096 + 40)
+    fast = timer.time_many(steps)
+    slow = [timer.time(c) for c in steps]
+    assert sum(st.events == 0 for st in fast) > 20  # most steps were interpolated, not replayed
+    for a, b in zip(fast, slow):
+        assert a.cached == b.cached and a.method == b.method
+        assert a.time_s == pytest.approx(b.time_s, rel=1e-12, abs=0)
+        for k, v in b.breakdown.items():
+            assert a.breakdown[k] == pytest.approx(v, rel=1e-9, abs=1e-15 * b.time_s)
+        for r, stats in b.ranks.items():
+            assert a.ranks[r] == pytest.approx(stats, rel=1e-9, abs=1e-15 * b.time_s)

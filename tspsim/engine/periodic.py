@@ -76,6 +76,8 @@ class Periodicity:
         """Every completed communication op: (op id per rank, resolved plan), for replaying skipped units."""
         self.jumps = 0
         """Jumps made."""
+        self.log: list[tuple[int, int, tuple[int, ...]]] = []
+        """(boundary index, units, per-stream shift) of every jump, part of the replay's fingerprint."""
         self.units = 0
         """Units skipped in all."""
 
@@ -298,6 +300,7 @@ class Periodicity:
         env._now += span  # noqa: SLF001
         self.jumps += 1
         self.units += m
+        self.log.append((len(tl.spans), m, tuple(shift)))
 
 
 def _same_waiting(a: list[tuple[tuple[int, ...], int, int]], b: list[tuple[tuple[int, ...], int, int]],

@@ -67,6 +67,8 @@ class ReplayOptions:
     """Apply the topology's compute slowdown while communication kernels run."""
     protocol: str = ""
     """Force one wire protocol (LL, LL128, Simple) on every collective, like NCCL_PROTO; empty: the policy's."""
+    fingerprint: bool = False
+    """Hash the sequence of events into ``Timeline.sim_fingerprint`` (costs ~10% more time)."""
     periodic: bool = True
     """Skip repeating units (layers, micro-batches) when the state provably repeats (:mod:`tspsim.engine.periodic`);
     False simulates every op (the reference the periodic path is tested against)."""
@@ -198,7 +200,12 @@ class Replay:
         return tl
 
     def _loop(self, t0: float) -> int:
-        """Process events until none is left; return how many were processed."""
+        """Process events until none is left; return how many were processed.
+
+        With ``options.fingerprint`` every event (what it runs, on which stream, op or collective) is
+        folded into :attr:`Timeline.sim_fingerprint`: two replays with equal fingerprints processed the
+        same events in the same order (used by :mod:`tspsim.simulate.decode_timer`).
+        """
         env = self.env
         due = self.clock.due
         popleft = due.popleft
@@ -207,17 +214,25 @@ class Replay:
         limit = self.options.max_events
         wall_limit = self.options.max_wall_s
         events = 0
-        check = 100_000
+        check = min(100_000, limit)
         periodic = self.periodic
+        fingerprint = self.options.fingerprint
+        h = 0
         while True:
             while due:
                 fn, arg = popleft()
+                if fingerprint:
+                    h = hash((h, fn.__name__, _event_key(arg)))
                 fn(arg)
                 events += 1
             if periodic is not None and periodic.requested:
                 periodic.check()
             if not queue:
+                self.timeline.sim_fingerprint = hash((h, tuple(periodic.log) if periodic is not None else ()))
                 return events
+            if fingerprint:
+                timer = queue[0][3]
+                h = hash((h, timer.fn.__name__, _event_key(timer.arg)))
             step()
             events += 1
             if events >= check:
@@ -228,10 +243,6 @@ class Replay:
                         "(tspsim replay --max-events N, ReplayOptions.max_events) or simulate a smaller workload")
                 if time.perf_counter() - t0 > wall_limit:
                     raise SimulationLimitError(f"replay stopped after {wall_limit:.0f} s of wall time (limit)")
-            elif events >= limit:
-                raise SimulationLimitError(
-                    f"replay stopped after {limit:,} simulated events (the limit); raise it "
-                    "(tspsim replay --max-events N, ReplayOptions.max_events) or simulate a smaller workload")
 
     def _check_finished(self) -> None:
         blocked = []
@@ -463,6 +474,17 @@ class Replay:
         for r, op_id in op_ids.items():
             tl.op_sent_bytes[op_id] = plan.sent.get(r, 0.0)
         tl.collective_algorithms[plan.algorithm] = tl.collective_algorithms.get(plan.algorithm, 0) + 1
+
+def _event_key(arg: Any) -> Any:
+    """What an event acts on, comparable across replays: a stream and its position, an op, a version."""
+    if isinstance(arg, _Stream):
+        return arg.key, arg.pos
+    if isinstance(arg, _Rendezvous):
+        return arg.op.id, arg.phase
+    if isinstance(arg, tuple):  # (GPU, version) of a compute timer
+        return arg[1]
+    return arg
+
 
 def replay(graph: OpGraph, topo: Topology, options: ReplayOptions | None = None) -> Timeline:
     """Replay ``graph`` on ``topo`` and return its :class:`~tspsim.engine.timeline.Timeline`."""

@@ -48,6 +48,8 @@ class Timeline:
     (:mod:`tspsim.engine.periodic`; their spans, memory events and bytes are still all here)."""
     sim_units_skipped: int = 0
     """Repeating units the periodic path skipped."""
+    sim_fingerprint: int = 0
+    """Hash of the sequence of events processed (``ReplayOptions.fingerprint``; 0 otherwise), within one process."""
 
     @property
     def ops(self) -> list[Op]:

@@ -106,9 +106,15 @@ def simulate_inference(topo: Topology, model: ModelConfig, layout: Layout, workl
     check = None
     if mode in ("decode", "generate"):
         timer = DecodeTimer(lambda layers: ctx_for(B, layers), model.layers, dtopo, periodic=periodic)
-        for i in range(N):
-            steps.append(timer.time(T + i))
-            tick(f"decode step {i + 1} of {N}")
+        settled = 0
+
+        def settle(n: int) -> None:
+            nonlocal settled
+            for _ in range(n):
+                settled += 1
+                tick(f"decode step {settled} of {N}")
+
+        steps.extend(timer.time_many(range(T, T + N), settle))
         events += sum(st.events for st in steps)
         paths.update(st.sim_path for st in steps)
         last = build_decode_step(ctx_for(B), T + N - 1)
