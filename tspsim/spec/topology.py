@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 if TYPE_CHECKING:  # imported where a graph is built: keeps `tspsim --help` and `list` fast
     import networkx as nx
@@ -162,9 +162,12 @@ class InterFabric:
     """The LL128 protocol across the network (absent: not offered)."""
 
 
-@dataclass(frozen=True)
-class Link:
-    """One directed, bandwidth-limited channel of the topology graph."""
+class Link(NamedTuple):
+    """One directed, bandwidth-limited channel of the topology graph.
+
+    An immutable named tuple rather than a frozen dataclass: a 2,048-node cluster has 180,000 links, and
+    a tuple is built three times faster.
+    """
 
     index: int
     """Position in ``Topology.links``; flows refer to links by this index."""
