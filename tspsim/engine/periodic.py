@@ -74,6 +74,8 @@ class Periodicity:
         """States at the last :data:`MAX_PERIOD` boundaries (time, positions, signature, waiters, marks)."""
         self.comm_log: list[tuple[dict[int, int], Any]] = []
         """Every completed communication op: (op id per rank, resolved plan), for replaying skipped units."""
+        self.sigs: list[tuple[Any, ...] | None] = [None] * n_ops
+        """What must repeat of each op (:func:`_op_sig`), computed when first compared."""
         self.jumps = 0
         """Jumps made."""
         self.log: list[tuple[int, int, tuple[int, ...]]] = []
@@ -215,9 +217,13 @@ class Periodicity:
     def _repeats(self, o: Any, p: Any, shift: list[int], state: bytearray, colls: dict[str, str],
                  back: dict[str, str]) -> bool:
         """True if op ``o`` is op ``p`` one unit later: same costs and shape, dependencies shifted or satisfied."""
-        if (o.kind != p.kind or o.rank != p.rank or o.flops != p.flops or o.hbm_bytes != p.hbm_bytes
-                or o.nbytes != p.nbytes or o.group != p.group or o.root != p.root or o.algorithm != p.algorithm
-                or o.mem != p.mem or o.host_us != p.host_us or o.shape != p.shape or len(o.deps) != len(p.deps)):
+        sigs = self.sigs
+        a, b = sigs[o.id], sigs[p.id]
+        if a is None:
+            a = sigs[o.id] = _op_sig(o)
+        if b is None:
+            b = sigs[p.id] = _op_sig(p)
+        if a != b:
             return False
         for e, d in zip(o.deps, p.deps):
             if e == d and state[d] == 2:
@@ -251,16 +257,23 @@ class Periodicity:
         span = m * delta
         new_now = r.env.now + span
         last_end = [s.last_end for s in r.streams]
-        op_stream = self.op_stream
+        op_stream, op_pos, streams = self.op_stream, self.op_pos, r.streams
+        prepared = [(streams[si].ops, op_pos[op_id], shift[si], si, s0, e0)
+                    for op_id, s0, e0 in window for si in (op_stream[op_id],)]
+        append = tl.spans.append
         for k in range(1, m + 1):
             dt = k * delta
-            for op_id, s0, e0 in window:  # per stream, spans stay ordered despite float noise in the shift
-                image = self._image(op_id, k, shift)
-                si = op_stream[image]
-                start = max(s0 + dt, last_end[si])
-                end = min(max(e0 + dt, start), max(new_now, start))
+            for ops, q, n, si, s0, e0 in prepared:  # per stream, spans stay ordered despite the shift's float noise
+                start = s0 + dt
+                if start < last_end[si]:
+                    start = last_end[si]
+                end = e0 + dt
+                if end > new_now:
+                    end = new_now
+                if end < start:
+                    end = start
                 last_end[si] = end
-                tl.spans.append((image, start, end))
+                append((ops[q + k * n].id, start, end))
             for rank, events in mem_window.items():
                 if events:
                     r.memory[rank].extend((t + dt, cat, d) for t, cat, d in events)
@@ -301,6 +314,12 @@ class Periodicity:
         self.jumps += 1
         self.units += m
         self.log.append((len(tl.spans), m, tuple(shift)))
+
+
+def _op_sig(op: Any) -> tuple[Any, ...]:
+    """What an op and its image one unit later must share: kind, rank, costs, shape, payload, group, memory."""
+    return (op.kind, op.rank, op.flops, op.hbm_bytes, op.nbytes, op.group, op.root, op.algorithm, op.mem,
+            op.host_us, op.shape, len(op.deps))
 
 
 def _same_waiting(a: list[tuple[tuple[int, ...], int, int]], b: list[tuple[tuple[int, ...], int, int]],
