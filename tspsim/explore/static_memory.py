@@ -1,4 +1,4 @@
-"""What the planner knows before simulating: a configuration whose static memory exceeds HBM is OOM.
+"""What the planner knows before simulating: static memory over HBM is OOM, a graph over the op limit invalid.
 
 Static memory — parameters, gradients, optimizer state and the runtime reserve — is allocated when a
 step starts and held throughout (:meth:`tspsim.schedules.context.BuildContext.init_static`), so a
@@ -17,6 +17,7 @@ from typing import Any
 
 from tspsim.core.errors import TspsimError
 from tspsim.opgraph import MEMORY_CATEGORIES, OpGraph
+from tspsim.schedules.context import graph_ops_limit
 from tspsim.simulate import Point
 from tspsim.simulate.graph import build_graph
 from tspsim.simulate.point import resolve
@@ -100,24 +101,72 @@ def static_oom_entry(point: Point, known: dict[Point, tuple[int, dict[str, int]]
     }
 
 
-def prune_static_oom(state: Any) -> int:
-    """Settle the points of a prepared sweep whose static memory exceeds HBM; return how many.
+def graph_ops(point: Point) -> tuple[int, int]:
+    """(ops of the L-block graph, ops per block) of ``point``, counted on its 1- and 2-block graphs.
+
+    Every block adds the same ops, so the graph of L blocks holds ops(1) + (L − 1)·(ops(2) − ops(1)).
+    """
+    n1 = len(build_graph(point, layers=1)[0].ops)
+    n2 = len(build_graph(point, layers=2)[0].ops)
+    return n1 + (load_model(point.model).layers - 1) * (n2 - n1), n2 - n1
+
+
+def graph_too_large(point: Point, known: dict[Point, tuple[int, int]] | None = None) -> str | None:
+    """Why ``point``'s op graph would exceed the op limit, or None (:func:`graph_ops`).
+
+    The full build would stop at the limit (:func:`tspsim.schedules.context.graph_ops_limit`) after
+    building that many ops; the planner learns it from two small graphs instead. ``known`` caches the
+    counts per configuration whatever its batch (the batch rarely changes the op count); a count within
+    a factor 2 of the limit is recounted at the point's own batch.
+    """
+    limit = graph_ops_limit()
+    key = replace(point, batch=1, search_max_batch=False)
+    if known is not None and key in known:
+        total, per = known[key]
+    else:
+        total, per = graph_ops(point)
+        if known is not None:
+            known[key] = (total, per)
+    if limit / 2 < total < 2 * limit:
+        total, per = graph_ops(point)
+    if total <= limit:
+        return None
+    layers = load_model(point.model).layers
+    return (f"the op graph would hold {total:,} ops ({layers} blocks of {per:,}), over the limit of {limit:,} "
+            "(TSPSIM_MAX_GRAPH_OPS raises it)")
+
+
+def prune_known(state: Any) -> tuple[int, int]:
+    """Settle the points of a prepared sweep that need no simulation; return (static OOM, too large).
 
     Every point still to simulate in ``state`` (:class:`~tspsim.explore.sweep.SweepState`) that
-    :func:`static_oom_entry` proves OOM is marked done with that entry. For the planner, which drops
-    OOM configurations anyway (a sweep reports every point's step time, so it simulates them all).
+    :func:`static_oom_entry` proves OOM is marked done with that entry; one whose graph would exceed the
+    op limit (:func:`graph_too_large`, or a small graph the builder already rejects) is marked invalid
+    with the reason, as its simulation would have been. For the planner, which drops OOM configurations
+    anyway (a sweep reports every point's step time, so it simulates them all).
     """
-    pruned = []
+    oom = large = 0
+    settled = set()
     known: dict[Point, tuple[int, dict[str, int]]] = {}
+    counted: dict[Point, tuple[int, int]] = {}
     for i in state.todo:
         out = state.outcomes[i]
         try:
             entry = static_oom_entry(out.point, known)
-        except TspsimError:  # the simulation will report it (e.g. a graph over the op limit)
-            continue
+        except TspsimError:
+            entry = None
         if entry is not None:
             out.status, out.entry, out.wall_s = "ok", entry, 0.0
-            pruned.append(i)
-    gone = set(pruned)
-    state.todo = [i for i in state.todo if i not in gone]
-    return len(pruned)
+            oom += 1
+            settled.add(i)
+            continue
+        try:
+            reason = graph_too_large(out.point, counted)
+        except TspsimError as exc:
+            reason = str(exc)
+        if reason is not None:
+            out.status, out.reason, out.wall_s = "invalid", reason, 0.0
+            large += 1
+            settled.add(i)
+    state.todo = [i for i in state.todo if i not in settled]
+    return oom, large
