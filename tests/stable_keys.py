@@ -10,4 +10,4 @@ STABLE_KEYS = {
     "layer_comm_bytes_per_rank", "assumptions", "sim_events", "sim_wall_s",
 }
 EXTRA_KEYS = {"tspsim_version", "compute_s", "comm_s", "topology_sha256", "model_sha256", "config", "stack",
-              "collective_algorithms", "sp_attention"}
+              "collective_algorithms", "sp_attention", "sim_path"}

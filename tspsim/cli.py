@@ -13,12 +13,13 @@ from typing import Any
 import click
 
 from tspsim import __version__
+from tspsim.commands import LazyCommands
 from tspsim.core.errors import TspsimError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-class TspsimGroup(click.Group):
+class TspsimGroup(LazyCommands):
     """Click group that turns user errors into one clean line and exit code 2."""
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
@@ -78,15 +79,6 @@ def cli() -> None:
       tspsim collective --topology mi300x-1node --op all_reduce --group 8 --sizes 1k,1M,1G
       tspsim list topologies
     """
-
-
-def _register() -> None:
-    from tspsim.commands import register_all
-
-    register_all(cli)
-
-
-_register()
 
 
 def main() -> None:

@@ -280,7 +280,8 @@ def timeline_entry(tl: Timeline, topo: Topology) -> dict[str, Any]:
     out.update(time_metrics(tl))
     out.update({"comm_bytes_per_rank": comm_bytes(tl), "layer_comm_bytes_per_rank": comm_bytes(tl, True),
                 "collective_algorithms": dict(sorted(tl.collective_algorithms.items())),
-                "sim_events": tl.sim_events, "sim_wall_s": tl.sim_wall_s, "tspsim_version": __version__,
+                "sim_events": tl.sim_events, "sim_path": tl.sim_path, "sim_wall_s": tl.sim_wall_s,
+                "tspsim_version": __version__,
                 "topology_sha256": topo.source_sha256})
     return out
 

@@ -85,6 +85,7 @@ def plan(ctx: click.Context, topology: str, model: str, seq: int | None, mode: s
     from tspsim.explore.cache import PointCache
     from tspsim.explore.planner import candidate_points, objective_for, rank_results
     from tspsim.explore.runners import make_runner
+    from tspsim.explore.static_memory import prune_known
     from tspsim.explore.sweep import execute_with_progress, prepare
     from tspsim.spec.assumptions import parse_option_pairs
 
@@ -95,13 +96,16 @@ def plan(ctx: click.Context, topology: str, model: str, seq: int | None, mode: s
                               decode_tokens=tokens)
     cache = PointCache(cache_dir)
     state = prepare(points, cache)
+    known_oom, too_large = prune_known(state)
     for path, why in cache.ignored:
         click.echo(f"note: ignoring cache file {path.name} ({why}); recomputing that point", err=True)
     runner = make_runner(jobs, scheduler, len(state.todo))
     try:
         with runner:
-            click.echo(f"plan: {len(points)} configurations: {len(state.invalid)} do not fit the model or "
-                       f"topology, {state.cached} cached, {len(state.todo)} to simulate"
+            click.echo(f"plan: {len(points)} configurations: {len(state.invalid) - too_large} do not fit the model or "
+                       f"topology, {state.cached} cached, {known_oom} exceed HBM on static memory alone "
+                       f"(not simulated), {too_large} whose graph would exceed the op limit, "
+                       f"{len(state.todo)} to simulate"
                        + (f" {runner.description}" if state.todo else "") + f"; objective: {goal.key} ({goal.goal})",
                        err=True)
             execute_with_progress(state, runner, cache, label="planning", on_result=_progress_lines(len(state.todo)))

@@ -19,6 +19,7 @@ progresses linearly, and the next event is the earliest completion.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import simpy
 
@@ -32,18 +33,40 @@ INF = float("inf")
 class Flow:
     """One transfer in progress."""
 
-    __slots__ = ("links", "weights", "nbytes", "remaining", "rate", "cap", "event", "tag")
+    __slots__ = ("links", "weights", "nbytes", "remaining", "rate", "cap", "done", "arg", "tag")
 
     def __init__(self, links: tuple[int, ...], weights: tuple[float, ...], nbytes: float, cap: float,
-                 event: simpy.Event, tag: object) -> None:
+                 done: Callable[[Any], None], arg: Any, tag: object) -> None:
         self.links = links
         self.weights = weights
         self.nbytes = nbytes
         self.remaining = float(nbytes)
         self.rate = 0.0
         self.cap = cap
-        self.event = event
+        self.done = done
+        """Called with ``arg`` when the last byte arrives."""
+        self.arg = arg
         self.tag = tag
+
+
+class Timers(Protocol):
+    """Where the network schedules its timers: ``after(delay, fn, arg)`` calls ``fn(arg)`` ``delay`` s later."""
+
+    def after(self, delay: float, fn: Callable[[Any], None], arg: Any) -> None:
+        """Schedule ``fn(arg)`` at now + ``delay`` (after the events already due then)."""
+
+
+class SimpyTimers:
+    """:class:`Timers` on plain simpy timeouts (a network used on its own, with simpy processes)."""
+
+    __slots__ = ("env",)
+
+    def __init__(self, env: simpy.Environment) -> None:
+        self.env = env
+
+    def after(self, delay: float, fn: Callable[[Any], None], arg: Any) -> None:
+        """A simpy timeout whose callback is ``fn(arg)``."""
+        self.env.timeout(delay).callbacks.append(lambda _e: fn(arg))
 
 
 def max_min_rates(flows: Sequence[tuple[Sequence[int], Sequence[float], float]],
@@ -140,10 +163,16 @@ def solo_rate(links: Sequence[int], weights: Sequence[float], capacity: Sequence
 
 
 class Network:
-    """Max-min fair sharing of link capacities among active flows, driven by a simpy environment."""
+    """Max-min fair sharing of link capacities among active flows, driven by a simpy environment.
+
+    Flows start with :meth:`transfer` (returns a simpy event) or :meth:`start` (calls back when done,
+    used by the replay engine). Timers go through ``timers`` (simpy timeouts by default; the replay's
+    clock otherwise), so the order of events at one instant is the same either way.
+    """
 
     def __init__(self, env: simpy.Environment, capacities_Bps: Sequence[float],
-                 on_rates: Callable[[float, list[Flow]], None] | None = None) -> None:
+                 on_rates: Callable[[float, list[Flow]], None] | None = None,
+                 timers: Timers | None = None) -> None:
         """Create the network.
 
         Args:
@@ -151,14 +180,16 @@ class Network:
             capacities_Bps: usable capacity of each directed link, bytes/s.
             on_rates: optional observer called with (time, active flows) after each recomputation
                 (link-utilization recording).
+            timers: where to schedule timers (default: simpy timeouts of ``env``).
         """
         self.env = env
-        self.capacity = list(capacities_Bps)
+        self.capacity = capacities_Bps if isinstance(capacities_Bps, list) else list(capacities_Bps)
         self.flows: list[Flow] = []
         self._last = 0.0
         self._version = 0
         self._pending = False
         self._on_rates = on_rates
+        self._timers = timers if timers is not None else SimpyTimers(env)
         self.recomputations = 0
 
     def transfer(self, links: Sequence[int], nbytes: float, cap_Bps: float = INF,
@@ -172,11 +203,20 @@ class Network:
         if nbytes <= 0 or not links:
             event.succeed()
             return event
+        self.start(links, nbytes, _succeed, event, cap_Bps, tag, weights)
+        return event
+
+    def start(self, links: Sequence[int], nbytes: float, done: Callable[[Any], None], arg: Any,
+              cap_Bps: float = INF, tag: object = None, weights: Sequence[float] | None = None) -> Flow:
+        """Start a flow of ``nbytes`` > 0 over ``links`` (non-empty); ``done(arg)`` is called when it completes."""
         self._advance()
         w = tuple(weights) if weights is not None else (1.0,) * len(links)
-        self.flows.append(Flow(tuple(links), w, float(nbytes), cap_Bps, event, tag))
-        self._request_recompute()
-        return event
+        flow = Flow(tuple(links), w, float(nbytes), cap_Bps, done, arg, tag)
+        self.flows.append(flow)
+        if not self._pending:
+            self._pending = True
+            self._timers.after(0.0, self._recompute_cb, None)
+        return flow
 
     # ------------------------------------------------------------------------------ internals
     def _advance(self) -> None:
@@ -191,10 +231,9 @@ class Network:
     def _request_recompute(self) -> None:
         if not self._pending:
             self._pending = True
-            ev = self.env.timeout(0)
-            ev.callbacks.append(self._recompute_cb)
+            self._timers.after(0.0, self._recompute_cb, None)
 
-    def _recompute_cb(self, _event: simpy.Event) -> None:
+    def _recompute_cb(self, _arg: object) -> None:
         self._pending = False
         self._advance()
         self._complete_finished()
@@ -205,17 +244,20 @@ class Network:
         # A flow is done when its remaining bytes are float residue, or when the time they need is below
         # the resolution of the clock (at large simulated times now + dt == now would never advance).
         tick = 4.0 * max(self.env.now, 1.0) * 2.0**-52
-
-        def finished(f: Flow) -> bool:
-            return f.remaining <= max(1.0, f.nbytes * _DONE_REL, f.rate * tick)
-
-        done = [f for f in self.flows if finished(f)]
+        done = None
+        for f in self.flows:
+            if f.remaining <= max(1.0, f.nbytes * _DONE_REL, f.rate * tick):
+                if done is None:
+                    done = [f]
+                else:
+                    done.append(f)
         if done:
-            self.flows = [f for f in self.flows if not finished(f)]
+            gone = set(map(id, done))
+            self.flows = [f for f in self.flows if id(f) not in gone]
             for f in done:
                 f.remaining = 0.0
                 f.rate = 0.0
-                f.event.succeed()
+                f.done(f.arg)
 
     def _allocate(self) -> None:
         """Weighted progressive filling over the active flows (:func:`max_min_rates`)."""
@@ -233,9 +275,7 @@ class Network:
         if not self.flows:
             return
         dt = min(f.remaining / f.rate for f in self.flows if f.rate > 0)
-        version = self._version
-        ev = self.env.timeout(max(dt, 0.0))
-        ev.callbacks.append(lambda _e: self._on_timer(version))
+        self._timers.after(max(dt, 0.0), self._on_timer, self._version)
 
     def _on_timer(self, version: int) -> None:
         if version != self._version:
@@ -243,3 +283,7 @@ class Network:
         self._advance()
         self._complete_finished()
         self._request_recompute()
+
+
+def _succeed(event: simpy.Event) -> None:
+    event.succeed()

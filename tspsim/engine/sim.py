@@ -17,6 +17,15 @@
   is mapped to its twin inside the replica; hops sent by mirrors are dropped (their simulated twin
   carries the identical traffic). Exact when replicas are identical, which tests/test_folding.py checks.
 
+**Mechanics** (the order of events is simpy's; :mod:`tspsim.engine.clock`): each stream is a small
+state machine (:class:`_Stream`: its position and the dependency it waits on) advanced by callbacks,
+not a generator process; an op's completion is an event due now only if another stream may wait on it
+(the op has dependents); a compute op is one timer on its GPU (re-armed when the rate changes); a
+collective is a state machine over its phases (latency timer, then one flow). Timed events are simpy
+timeouts in simpy's queue; events due at the current instant are processed first in first out, as
+simpy processes its ``URGENT`` events, so same-instant order and every float are as with one simpy
+process per stream.
+
 A replay that ends with ops still waiting is a deadlock and raises :class:`DeadlockError` naming the
 blocked ranks and ops; event and wall-time limits raise :class:`SimulationLimitError`.
 """
@@ -24,19 +33,24 @@ blocked ranks and ops; event and wall-time limits raise :class:`SimulationLimitE
 from __future__ import annotations
 
 import time
-from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
 import simpy
 
 from tspsim.core.errors import DeadlockError, SimulationLimitError
+from tspsim.engine.clock import Clock
 from tspsim.engine.comm import CommResolver, ResolvedComm
 from tspsim.engine.costs import compute_seconds, kernel_gpu
-from tspsim.engine.network import Flow, Network
+from tspsim.engine.network import Network
+from tspsim.engine.periodic import Periodicity
+from tspsim.engine.replay_parts import LinkRecorder, fold_nodes
 from tspsim.engine.timeline import Timeline
-from tspsim.opgraph import P2P_KINDS, Op, OpGraph
+from tspsim.opgraph import COMPUTE_KINDS, P2P_KINDS, Op, OpGraph
 from tspsim.spec.topology import Topology
+
+PENDING, TRIGGERED, PROCESSED = 0, 1, 2
+"""Op completion states: not finished; finished (its completion event due now); completion processed."""
 
 
 @dataclass(frozen=True)
@@ -46,13 +60,36 @@ class ReplayOptions:
     record_links: bool = False
     """Record per-link rate steps for the viewer (costs time and memory)."""
     max_events: int = 50_000_000
-    """Stop with an error after this many simpy events."""
+    """Stop with an error after this many events."""
     max_wall_s: float = 3600.0
     """Stop with an error after this many wall-clock seconds."""
     overlap_slowdown: bool = True
     """Apply the topology's compute slowdown while communication kernels run."""
     protocol: str = ""
     """Force one wire protocol (LL, LL128, Simple) on every collective, like NCCL_PROTO; empty: the policy's."""
+    fingerprint: bool = False
+    """Hash the sequence of events into ``Timeline.sim_fingerprint`` (costs ~10% more time)."""
+    periodic: bool = True
+    """Skip repeating units (layers, micro-batches) when the state provably repeats (:mod:`tspsim.engine.periodic`);
+    False simulates every op (the reference the periodic path is tested against)."""
+
+
+class _Stream:
+    """One (rank, stream): its ops in issue order, the current one, and the dependency it waits on."""
+
+    __slots__ = ("key", "ops", "pos", "dep", "start", "last_end")
+
+    def __init__(self, key: tuple[int, str], ops: list[Op]) -> None:
+        self.key = key
+        self.ops = ops
+        self.pos = 0
+        """Index of the current op (running or waiting); len(ops) when the stream is done."""
+        self.dep = 0
+        """Index in the current op's deps of the first dependency not yet seen processed."""
+        self.start = 0.0
+        """Start time of the current op."""
+        self.last_end = 0.0
+        """End time of the previous op."""
 
 
 class _Gpu:
@@ -62,28 +99,33 @@ class _Gpu:
     the same rank while a job runs waits, first come first served, and starts when the slot frees.
     """
 
-    __slots__ = ("active", "job_left", "job_rate", "job_event", "job_last", "version", "waiting")
+    __slots__ = ("active", "job_left", "job_rate", "job", "job_last", "version", "waiting")
 
     def __init__(self) -> None:
         self.active: list[float] = []
         self.job_left = 0.0
         self.job_rate = 1.0
-        self.job_event: simpy.Event | None = None
+        self.job: _Stream | None = None
         self.job_last = 0.0
         self.version = 0
-        self.waiting: list[tuple[float, simpy.Event]] = []
+        self.waiting: list[tuple[float, _Stream]] = []
 
 
 class _Rendezvous:
-    __slots__ = ("op", "expected", "arrived", "events", "ranks", "op_ids")
+    __slots__ = ("op", "expected", "arrived", "streams", "ranks", "op_ids", "plan", "phase", "waited")
 
     def __init__(self, op: Op, expected: int) -> None:
         self.op = op
         self.expected = expected
         self.arrived = 0
-        self.events: dict[int, simpy.Event] = {}
+        self.streams: dict[int, _Stream] = {}
         self.ranks: list[int] = []
         self.op_ids: dict[int, int] = {}
+        self.plan: ResolvedComm | None = None
+        self.phase = 0
+        """Index of the phase in progress."""
+        self.waited = False
+        """True once the current phase's latency has elapsed."""
 
 
 class Replay:
@@ -94,6 +136,7 @@ class Replay:
         self.topo = topo
         self.options = options or ReplayOptions()
         self.env = simpy.Environment()
+        self.clock = Clock(self.env)
         self.sim_ranks = set(graph.ranks) or {op.rank for op in graph.ops}
         bad = [r for r in self.sim_ranks if not 0 <= r < topo.world_size]
         if bad:
@@ -101,19 +144,27 @@ class Replay:
             raise TraceError(f"op graph uses rank {bad[0]} but topology {topo.name} has {topo.world_size} GPUs; "
                              "replay it on a larger topology")
         checked: set[tuple[int, ...]] = set()
+        dependents = bytearray(len(graph.ops))
         for op in graph.ops:
-            if op.is_comm and op.group not in checked:
+            for d in op.deps:
+                dependents[d] = 1
+            if op.group and op.group not in checked and op.kind not in COMPUTE_KINDS:
                 checked.add(op.group)
                 if min(op.group) < 0 or max(op.group) >= topo.world_size:
                     from tspsim.core.errors import TraceError
                     raise TraceError(f"op {op.id} ({op.name}) names a rank outside topology {topo.name} "
                                      f"({topo.world_size} GPUs)")
-        self.fold = self._fold_nodes() if graph.replica_nodes else 0
+        self.dependents = dependents
+        """1 for an op that some other op lists as a dependency."""
+        self.fold = fold_nodes(graph, topo, self.sim_ranks) if graph.replica_nodes else 0
         self.gpu = kernel_gpu(topo.gpu, graph.meta or {})
         self.timeline = Timeline(graph=graph, topology_name=topo.name)
-        self.net = Network(self.env, [link.capacity_Bps for link in topo.links],
-                           on_rates=self._record_rates if self.options.record_links else None)
-        self.done = [self.env.event() for _ in graph.ops]
+        self.links = LinkRecorder(topo, self.sim_ranks, self.timeline) if self.options.record_links else None
+        self.net = Network(self.env, topo.link_capacities, on_rates=self.links.record if self.links else None,
+                           timers=self.clock)
+        self.state = bytearray(len(graph.ops))
+        """Completion state of every op (PENDING, TRIGGERED, PROCESSED)."""
+        self.waiters: dict[int, list[_Stream]] = {}
         self.gpus = {r: _Gpu() for r in self.sim_ranks}
         self.rdv: dict[str, _Rendezvous] = {}
         self.plans: dict[tuple[Any, ...], ResolvedComm] = {}
@@ -121,94 +172,173 @@ class Replay:
         self.comm = CommResolver(topo, self.sim_ranks, self.fold,
                                  replica_size if isinstance(replica_size, int) and replica_size > 0 else 0,
                                  self.options.protocol)
-        self.memory = {r: [] for r in self.sim_ranks}
+        self.memory: dict[int, list[tuple[float, str, int]]] = {r: [] for r in self.sim_ranks}
         self.mem_now = {r: 0 for r in self.sim_ranks}
-        self.position: dict[tuple[int, str], int] = {}
-        self._recorded_links: set[int] = set()
-        if self.options.record_links:
-            self._recorded_links = self._links_to_record()
+        self.streams: list[_Stream] = []
+        self.periodic: Periodicity | None = None
+        self._marker: _Stream | None = None
 
     # ------------------------------------------------------------------------------ running
     def run(self) -> Timeline:
         """Run to completion and return the timeline."""
         t0 = time.perf_counter()
-        streams = self.graph.streams()
-        for key, ops in streams.items():
-            self.position[key] = 0
-            self.env.process(self._stream(key, ops))
+        self.streams = [_Stream(key, ops) for key, ops in self.graph.streams().items()]
+        for s in self.streams:
+            self.clock.soon(self._advance, s)
+        if self.options.periodic and self.streams:
+            self.periodic = Periodicity(self)
+            self._marker = self.periodic.marker
+        events = self._loop(t0)
+        self._check_finished()
+        tl = self.timeline
+        tl.memory = self.memory
+        tl.sim_events = events
+        if self.periodic is not None and self.periodic.jumps:
+            tl.sim_path = "periodic"
+            tl.sim_units_skipped = self.periodic.units
+        tl.sim_wall_s = time.perf_counter() - t0
+        return tl
+
+    def _loop(self, t0: float) -> int:
+        """Process events until none is left; return how many were processed.
+
+        With ``options.fingerprint`` every event (what it runs, on which stream, op or collective) is
+        folded into :attr:`Timeline.sim_fingerprint`: two replays with equal fingerprints processed the
+        same events in the same order (used by :mod:`tspsim.simulate.decode_timer`).
+        """
         env = self.env
-        events = 0
+        due = self.clock.due
+        popleft = due.popleft
+        step = env.step
+        queue = env._queue  # noqa: SLF001 - emptiness test of simpy's own queue
         limit = self.options.max_events
         wall_limit = self.options.max_wall_s
-        step = env.step
-        try:
-            while True:
-                step()
+        events = 0
+        check = min(100_000, limit)
+        periodic = self.periodic
+        fingerprint = self.options.fingerprint
+        h = 0
+        while True:
+            while due:
+                fn, arg = popleft()
+                if fingerprint:
+                    h = hash((h, fn.__name__, _event_key(arg)))
+                fn(arg)
                 events += 1
+            if periodic is not None and periodic.requested:
+                periodic.check()
+            if not queue:
+                self.timeline.sim_fingerprint = hash((h, tuple(periodic.log) if periodic is not None else ()))
+                return events
+            if fingerprint:
+                timer = queue[0][3]
+                h = hash((h, timer.fn.__name__, _event_key(timer.arg)))
+            step()
+            events += 1
+            if events >= check:
+                check += 100_000
                 if events >= limit:
                     raise SimulationLimitError(
                         f"replay stopped after {limit:,} simulated events (the limit); raise it "
                         "(tspsim replay --max-events N, ReplayOptions.max_events) or simulate a smaller workload")
-                if events % 100_000 == 0 and time.perf_counter() - t0 > wall_limit:
+                if time.perf_counter() - t0 > wall_limit:
                     raise SimulationLimitError(f"replay stopped after {wall_limit:.0f} s of wall time (limit)")
-        except simpy.core.EmptySchedule:
-            pass
-        self._check_finished(streams)
-        tl = self.timeline
-        tl.memory = self.memory
-        tl.sim_events = events
-        tl.sim_wall_s = time.perf_counter() - t0
-        return tl
 
-    def _check_finished(self, streams: dict[tuple[int, str], list[Op]]) -> None:
+    def _check_finished(self) -> None:
         blocked = []
-        for key, ops in streams.items():
-            pos = self.position[key]
-            if pos < len(ops):
-                op = ops[pos]
+        for s in self.streams:
+            if s.pos < len(s.ops):
+                op = s.ops[s.pos]
                 waiting = ""
                 if op.is_comm and op.coll in self.rdv and op.rank in self.rdv[op.coll].ranks:
                     st = self.rdv[op.coll]
                     missing = sorted(set(r for r in op.group if r in self.sim_ranks) - set(st.ranks))
                     waiting = f" waiting for ranks {missing[:8]}"
                 elif op.deps:
-                    pending = [d for d in op.deps if not self.done[d].triggered]
+                    pending = [d for d in op.deps if self.state[d] == PENDING]
                     if pending:
                         dep = self.graph.ops[pending[0]]
                         waiting = f" waiting for {dep.name} (rank {dep.rank})"
-                blocked.append(f"rank {key[0]} stream {key[1]} at op {op.id} {op.name}{waiting}")
+                blocked.append(f"rank {s.key[0]} stream {s.key[1]} at op {op.id} {op.name}{waiting}")
         if blocked:
             more = f" (+{len(blocked) - 4} more)" if len(blocked) > 4 else ""
             raise DeadlockError("deadlock: " + "; ".join(blocked[:4]) + more)
 
-    def _stream(self, key: tuple[int, str], ops: list[Op]) -> Generator[simpy.Event, Any, None]:
-        done = self.done
-        env = self.env
-        spans = self.timeline.spans
-        gpu = self.gpu
-        for i, op in enumerate(ops):
-            self.position[key] = i
-            for d in op.deps:
-                ev = done[d]
-                if not ev.processed:
-                    yield ev
-            start = env.now
+    # ------------------------------------------------------------------------------ streams
+    def _advance(self, s: _Stream) -> None:
+        """Run stream ``s`` from its current op until an op must wait (dependency, timer, GPU, peers)."""
+        ops = s.ops
+        state = self.state
+        n = len(ops)
+        while s.pos < n:
+            op = ops[s.pos]
+            deps = op.deps
+            if deps:
+                j = s.dep
+                nd = len(deps)
+                while j < nd:
+                    d = deps[j]
+                    if state[d] != PROCESSED:
+                        s.dep = j
+                        w = self.waiters.get(d)
+                        if w is None:
+                            self.waiters[d] = [s]
+                        else:
+                            w.append(s)
+                        return
+                    j += 1
+            s.start = self.env.now
+            if s is self._marker:
+                self._boundary(s)
             if op.mem:
                 self._apply_mem(op, "start")
-            if op.kind == "host":
+            kind = op.kind
+            if kind == "host":
                 if op.host_us > 0:
-                    yield env.timeout(op.host_us * 1e-6)
-            elif op.is_compute:
-                seconds = compute_seconds(op, gpu)
+                    self.clock.after(op.host_us * 1e-6, self._op_done, s)
+                    return
+            elif kind in COMPUTE_KINDS:
+                seconds = compute_seconds(op, self.gpu)
                 if seconds > 0:
-                    yield self._compute(op.rank, seconds)
+                    self._compute(op.rank, seconds, s)
+                    return
             else:
-                yield self._arrive(op)
-            if op.mem:
-                self._apply_mem(op, "end")
-            spans.append((op.id, start, env.now))
-            done[op.id].succeed()
-        self.position[key] = len(ops)
+                self._arrive(op, s)
+                return
+            self._finish(s, op)
+
+    def _boundary(self, s: _Stream) -> None:
+        """The marker stream starts an op: at a unit boundary, compare states once this instant is done."""
+        periodic = self.periodic
+        if periodic is not None and s.pos in periodic.boundaries:
+            periodic.requested = True
+
+    def _op_done(self, s: _Stream) -> None:
+        """The current op of ``s`` has completed: record it and go on."""
+        self._finish(s, s.ops[s.pos])
+        self._advance(s)
+
+    def _finish(self, s: _Stream, op: Op) -> None:
+        if op.mem:
+            self._apply_mem(op, "end")
+        now = self.env.now
+        self.timeline.spans.append((op.id, s.start, now))
+        s.last_end = now
+        if self.dependents[op.id]:
+            self.state[op.id] = TRIGGERED
+            self.clock.soon(self._completed, op.id)
+        else:
+            self.state[op.id] = PROCESSED
+        s.pos += 1
+        s.dep = 0
+
+    def _completed(self, op_id: int) -> None:
+        """The completion of ``op_id`` is processed: release the streams waiting for it, in order."""
+        self.state[op_id] = PROCESSED
+        waiting = self.waiters.pop(op_id, None)
+        if waiting:
+            for s in waiting:
+                self._advance(s)
 
     # ------------------------------------------------------------------------------ memory
     def _apply_mem(self, op: Op, when: str) -> None:
@@ -220,20 +350,18 @@ class Replay:
                 self.mem_now[op.rank] += delta
 
     # ------------------------------------------------------------------------------ compute
-    def _compute(self, rank: int, seconds: float) -> simpy.Event:
+    def _compute(self, rank: int, seconds: float, s: _Stream) -> None:
         g = self.gpus[rank]
-        event = self.env.event()
-        if g.job_event is not None:  # the compute slot is busy (an op of another compute stream): queue
-            g.waiting.append((seconds, event))
-            return event
-        self._start_job(g, seconds, event)
-        return event
+        if g.job is not None:  # the compute slot is busy (an op of another compute stream): queue
+            g.waiting.append((seconds, s))
+            return
+        self._start_job(g, seconds, s)
 
-    def _start_job(self, g: _Gpu, seconds: float, event: simpy.Event) -> None:
+    def _start_job(self, g: _Gpu, seconds: float, s: _Stream) -> None:
         g.job_left = seconds
         g.job_last = self.env.now
         g.job_rate = self._rate(g)
-        g.job_event = event
+        g.job = s
         self._schedule_job(g)
 
     def _rate(self, g: _Gpu) -> float:
@@ -243,16 +371,15 @@ class Replay:
 
     def _schedule_job(self, g: _Gpu) -> None:
         g.version += 1
-        version = g.version
-        ev = self.env.timeout(g.job_left / g.job_rate)
-        ev.callbacks.append(lambda _e: self._job_timer(g, version))
+        self.clock.after(g.job_left / g.job_rate, self._job_timer, (g, g.version))
 
-    def _job_timer(self, g: _Gpu, version: int) -> None:
-        if version != g.version or g.job_event is None:
-            return
-        event, g.job_event = g.job_event, None
+    def _job_timer(self, arg: tuple[_Gpu, int]) -> None:
+        g, version = arg
+        if version != g.version or g.job is None:
+            return  # superseded: the rate changed and a new timer was armed
+        s, g.job = g.job, None
         g.job_left = 0.0
-        event.succeed()
+        self.clock.soon(self._op_done, s)
         if g.waiting:
             self._start_job(g, *g.waiting.pop(0))
 
@@ -260,7 +387,7 @@ class Replay:
         g = self.gpus.get(rank)
         if g is None:
             return
-        if g.job_event is not None:
+        if g.job is not None:
             now = self.env.now
             g.job_left -= (now - g.job_last) * g.job_rate
             g.job_last = now
@@ -268,28 +395,28 @@ class Replay:
             g.active.append(factor)
         else:
             g.active.remove(factor)
-        if g.job_event is not None:
+        if g.job is not None:
             rate = self._rate(g)
             if rate != g.job_rate:
                 g.job_rate = rate
                 self._schedule_job(g)
 
     # ------------------------------------------------------------------------------ communication
-    def _arrive(self, op: Op) -> simpy.Event:
+    def _arrive(self, op: Op, s: _Stream) -> None:
+        """Rank ``op.rank`` reaches the collective (or send/recv) ``op``; the last arrival starts it."""
         st = self.rdv.get(op.coll)
         if st is None:
             expected = sum(1 for r in set(op.group) if r in self.sim_ranks)
             st = self.rdv[op.coll] = _Rendezvous(op, expected)
-        ev = self.env.event()
-        st.events[op.rank] = ev
+        st.streams[op.rank] = s
         st.ranks.append(op.rank)
         st.op_ids[op.rank] = op.id
         st.arrived += 1
         plan = self._plan(op)
         self._comm_change(op.rank, plan.slowdown, True)
         if st.arrived == st.expected:
-            self.env.process(self._run_comm(st, plan))
-        return ev
+            st.plan = plan
+            self.clock.soon(self._comm_step, st)
 
     def _plan(self, op: Op) -> ResolvedComm:
         key = (op.kind, op.group, op.nbytes, op.root, op.algorithm)
@@ -301,40 +428,41 @@ class Replay:
     def _resolve(self, op: Op) -> ResolvedComm:
         return self.comm.resolve(op)
 
-    def _fold_nodes(self) -> int:
-        """Nodes of the simulated unit of a folded graph on this topology (0: nothing is mirrored).
+    def _comm_step(self, st: _Rendezvous) -> None:
+        """Run the collective's phases: each its latency (a timer), then its flow on the network."""
+        plan = st.plan
+        assert plan is not None
+        phases = plan.phases
+        while st.phase < len(phases):
+            latency, links, weights, progress = phases[st.phase]
+            if latency > 0 and not st.waited:
+                st.waited = True
+                self.clock.after(latency, self._comm_step, st)
+                return
+            st.waited = False
+            st.phase += 1
+            if links and progress > 0:
+                self.net.start(links, progress, self._flow_done, st, tag=st.op.coll, weights=weights)
+                return
+        self._comm_end(st, plan)
 
-        The unit is the graph's simulated ranks ``[0, n)``; it need not be the unit the graph was made
-        for (a graph folded on 2 × 8 GPUs holds 4 nodes of an 8 × 2 topology), but the fold must be exact
-        here (:func:`tspsim.spec.layout.fold_fault`), else the replay is refused rather than wrong.
-        """
-        from tspsim.core.errors import TraceError
-        from tspsim.spec.layout import fold_fault
+    def _flow_done(self, st: _Rendezvous) -> None:
+        self.clock.soon(self._comm_step, st)
 
-        n = len(self.sim_ranks)
-        world = 1 + max((max(op.group) for op in self.graph.ops if op.is_comm), default=0)
-        if world <= n:
-            return 0
-        topo = self.topo
-        fault = None if self.sim_ranks == set(range(n)) else f"its simulated ranks are not 0..{n - 1}"
-        fault = fault or fold_fault(topo, world, n)
-        if fault:
-            raise TraceError(f"the graph is folded (it simulates {n} of {world} GPUs and mirrors the rest) and the "
-                             f"fold is not exact on {topo.name} ({topo.nodes} × {topo.gpus_per_node} GPUs): "
-                             f"{fault}; generate it with --full, or on this topology")
-        return n // topo.gpus_per_node
+    def _comm_end(self, st: _Rendezvous, plan: ResolvedComm) -> None:
+        self.account_comm(st.op_ids, plan)
+        if self.periodic is not None:
+            self.periodic.comm_log.append((st.op_ids, plan))
+        for r in st.ranks:
+            self._comm_change(r, plan.slowdown, False)
+        for r in st.ranks:
+            self.clock.soon(self._op_done, st.streams[r])
+        del self.rdv[st.op.coll]
 
-    def _run_comm(self, st: _Rendezvous, plan: ResolvedComm) -> Generator[simpy.Event, Any, None]:
-        env = self.env
-        net = self.net
-        for latency, links, weights, progress in plan.phases:
-            if latency > 0:
-                yield env.timeout(latency)
-            if links:
-                event = net.transfer(links, progress, tag=st.op.coll, weights=weights)
-                if not event.triggered:
-                    yield event
-        kind = "send" if st.op.kind in P2P_KINDS else st.op.kind
+    def account_comm(self, op_ids: dict[int, int], plan: ResolvedComm) -> None:
+        """Add a finished communication op's bytes (per rank, per kind, per op) and algorithm to the timeline."""
+        op = self.graph.ops[next(iter(op_ids.values()))]
+        kind = "send" if op.kind in P2P_KINDS else op.kind
         tl = self.timeline
         for r, b in plan.sent.items():
             per = tl.sent_bytes.setdefault(r, {})
@@ -343,45 +471,19 @@ class Replay:
             if r in self.sim_ranks:
                 per = tl.recv_bytes.setdefault(r, {})
                 per[kind] = per.get(kind, 0.0) + b
-        for r, op_id in st.op_ids.items():
+        for r, op_id in op_ids.items():
             tl.op_sent_bytes[op_id] = plan.sent.get(r, 0.0)
         tl.collective_algorithms[plan.algorithm] = tl.collective_algorithms.get(plan.algorithm, 0) + 1
-        for r in st.ranks:
-            self._comm_change(r, plan.slowdown, False)
-        for r in st.ranks:
-            st.events[r].succeed()
-        del self.rdv[st.op.coll]
 
-    # ------------------------------------------------------------------------------ links
-    def _links_to_record(self) -> set[int]:
-        nodes = {self.topo.node_of(r) for r in self.sim_ranks}
-        out = set()
-        for link in self.topo.links:
-            if link.node in nodes and link.kind != "pcie":
-                out.add(link.index)
-                self.timeline.link_meta[link.index] = {"src": link.src, "dst": link.dst, "kind": link.kind,
-                                                       "capacity_Bps": link.capacity_Bps}
-        return out
-
-    def _record_rates(self, now: float, flows: list[Flow]) -> None:
-        load: dict[int, float] = {}
-        for f in flows:
-            for link, w in zip(f.links, f.weights):
-                if link in self._recorded_links:
-                    load[link] = load.get(link, 0.0) + f.rate * w
-        series = self.timeline.links
-        for link in self._recorded_links:
-            rate = load.get(link, 0.0)
-            s = series.get(link)
-            if s is None:
-                if rate == 0.0:
-                    continue
-                s = series[link] = [(0.0, 0.0)]
-            if s[-1][1] != rate:
-                if s[-1][0] == now:
-                    s[-1] = (now, rate)
-                else:
-                    s.append((now, rate))
+def _event_key(arg: Any) -> Any:
+    """What an event acts on, comparable across replays: a stream and its position, an op, a version."""
+    if isinstance(arg, _Stream):
+        return arg.key, arg.pos
+    if isinstance(arg, _Rendezvous):
+        return arg.op.id, arg.phase
+    if isinstance(arg, tuple):  # (GPU, version) of a compute timer
+        return arg[1]
+    return arg
 
 
 def replay(graph: OpGraph, topo: Topology, options: ReplayOptions | None = None) -> Timeline:

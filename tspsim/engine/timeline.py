@@ -43,6 +43,13 @@ class Timeline:
     """simpy events processed."""
     sim_wall_s: float = 0.0
     """Wall-clock seconds the replay took."""
+    sim_path: str = "full"
+    """``full``: every op simulated; ``periodic``: repeating units skipped by an exact time shift
+    (:mod:`tspsim.engine.periodic`; their spans, memory events and bytes are still all here)."""
+    sim_units_skipped: int = 0
+    """Repeating units the periodic path skipped."""
+    sim_fingerprint: int = 0
+    """Hash of the sequence of events processed (``ReplayOptions.fingerprint``; 0 otherwise), within one process."""
 
     @property
     def ops(self) -> list[Op]:

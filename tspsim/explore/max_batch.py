@@ -2,8 +2,11 @@
 
 Every probe is a full simulation of the step at that batch size
 (:func:`tspsim.simulate.inference.step_peak_bytes`): the prefill step, the final decode step, or the
-larger of the two for ``generate``. The search (:func:`max_batch`) doubles from the run's own batch and
-then bisects, so it needs few probes; ``satp-*`` probe multiples of D.
+larger of the two for ``generate``. The search (:func:`max_batch`) first probes the batch where the
+peak would reach HBM if memory beyond the static part (parameters, gradients, optimizer state, reserve:
+read from the graph's static memory ops) grew linearly from the run's own batch (:func:`linear_guess`)
+and the batch one step above it — two probes when memory is linear in B — then doubles and bisects from
+there; ``satp-*`` probe multiples of D.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import time
 from collections.abc import Callable
 
 from tspsim.analysis.metrics import peak_memory
+from tspsim.explore.static_memory import static_bytes
 from tspsim.simulate import Point, RunResult, StepProgress, simulate
 from tspsim.simulate.inference import step_peak_bytes
 from tspsim.spec.workload import INFERENCE_MODES
@@ -21,7 +25,7 @@ MAX_BATCH_LIMIT = 1 << 20
 
 
 def max_batch(peak: Callable[[int], float], capacity: float, step: int = 1, start: int | None = None,
-              known: dict[int, float] | None = None, limit: int = MAX_BATCH_LIMIT) -> int:
+              known: dict[int, float] | None = None, limit: int = MAX_BATCH_LIMIT, guess: int | None = None) -> int:
     """Largest multiple of ``step`` whose ``peak(b)`` (bytes) fits in ``capacity`` (0 if none fits).
 
     Doubling from ``start`` (default ``step``) until a batch does not fit — halving instead if ``start``
@@ -29,7 +33,9 @@ def max_batch(peak: Callable[[int], float], capacity: float, step: int = 1, star
     where a straight line through the two bracketing peaks meets ``capacity`` (memory grows about
     linearly with B, so this usually closes the bracket in two probes) and at the midpoint when that
     did not halve the bracket. ``known`` holds peaks already simulated (e.g. the run's own batch).
-    Assumes ``peak`` is non-decreasing in B.
+    Assumes ``peak`` is non-decreasing in B. ``guess`` (e.g. from :func:`linear_guess`) is probed first
+    with the batch one step above it: when the first fits and the second does not, that is the answer
+    in two probes; otherwise the search goes on from the guess.
     """
     seen: dict[int, float] = dict(known or {})
 
@@ -37,6 +43,15 @@ def max_batch(peak: Callable[[int], float], capacity: float, step: int = 1, star
         if b not in seen:
             seen[b] = peak(b)
         return seen[b] <= capacity
+
+    if guess is not None and step <= guess <= limit:
+        g = guess // step * step
+        if fits(g):
+            if g + step > limit or not fits(g + step):
+                return g
+            start = g + step
+        else:
+            start = g
 
     b = max(step, (start or step) // step * step)
     if fits(b):
@@ -72,6 +87,18 @@ def max_batch(peak: Callable[[int], float], capacity: float, step: int = 1, star
     return lo
 
 
+def linear_guess(static_bytes: float, own_bytes: float, own_batch: int, capacity: float) -> int | None:
+    """The batch at which the peak reaches ``capacity`` if memory beyond the static part grows linearly in B.
+
+    ``static_bytes`` (parameters, reserve: independent of B) and the peak ``own_bytes`` at ``own_batch``
+    give bytes per sequence (activations, KV cache, buffers); None when that is not positive.
+    """
+    per = (own_bytes - static_bytes) / own_batch
+    if per <= 0 or capacity <= static_bytes:
+        return None
+    return max(1, int((capacity - static_bytes) / per))
+
+
 def batch_step(schedule: str, mode: str, degree: int) -> int:
     """Batch sizes the layout can take: multiples of D for ``satp-batch`` (and ``satp-seq`` decoding)."""
     return degree if schedule == "satp-batch" or (schedule == "satp-seq" and mode != "prefill") else 1
@@ -96,8 +123,11 @@ def search_max_batch(result: RunResult, fold: bool = True,
 
     own = max(peak_memory(tl)[0] for tl in result.timelines.values())
     step = batch_step(layout.schedule, workload.mode, layout.tp)
-    found = max_batch(peak, result.topology.gpu.hbm_GB * 1e9, step, start=workload.batch,
-                      known={workload.batch: own})
+    capacity = result.topology.gpu.hbm_GB * 1e9
+    static = max((sum(per.values()) for tl in result.timelines.values() for per in static_bytes(tl.graph).values()),
+                 default=0)
+    found = max_batch(peak, capacity, step, start=workload.batch, known={workload.batch: own},
+                      guess=linear_guess(static, own, workload.batch, capacity))
     return found, events
 
 
@@ -126,4 +156,4 @@ def simulate_with_max_batch(point: Point, fold: bool = True, record_links: bool 
     return result
 
 
-__all__ = ["MAX_BATCH_LIMIT", "batch_step", "max_batch", "search_max_batch", "simulate_with_max_batch"]
+__all__ = ["MAX_BATCH_LIMIT", "batch_step", "linear_guess", "max_batch", "search_max_batch", "simulate_with_max_batch"]

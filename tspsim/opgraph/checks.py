@@ -12,9 +12,7 @@ import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol
-
-import networkx as nx
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tspsim.core.errors import TraceError
 from tspsim.core.units import format_ranks
@@ -31,6 +29,9 @@ from tspsim.opgraph.op import (
     P2P_KINDS,
     Op,
 )
+
+if TYPE_CHECKING:  # imported where a graph is built: keeps `tspsim --help` and `list` fast
+    import networkx as nx
 
 
 class GraphLike(Protocol):
@@ -257,6 +258,8 @@ def validate(graph: GraphLike, where: str = "op graph") -> None:
                 raise TraceError(f"{where}: {_label(op)} depends on missing op {d} (ids are 0..{n - 1})")
             if d == op.id:
                 raise TraceError(f"{where}: {_label(op)} depends on itself")
+    import networkx as nx
+
     g = graph.graph
     # Issue order on a stream is an implicit dependency: add it before looking for cycles.
     for ops in graph.streams().values():

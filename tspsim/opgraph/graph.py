@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import networkx as nx
+from typing import TYPE_CHECKING, Any
 
 from tspsim.opgraph.checks import parse_graph_document, parse_json, validate
 from tspsim.opgraph.op import FORMAT, FORMAT_VERSION, Op
+
+if TYPE_CHECKING:  # imported where a graph is built: keeps `tspsim --help` and `list` fast
+    import networkx as nx
 
 
 @dataclass
@@ -34,6 +35,8 @@ class OpGraph:
     @property
     def graph(self) -> nx.DiGraph:
         """networkx view: node per op id (attribute ``op``), edge per dependency."""
+        import networkx as nx
+
         g = nx.DiGraph()
         for op in self.ops:
             g.add_node(op.id, op=op)

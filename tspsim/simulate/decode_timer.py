@@ -12,17 +12,19 @@ simulated in full (it is the representative timeline) and the two times are comp
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from tspsim.analysis.serving import BREAKDOWN_KEYS, RankStats, add_stats, rank_overlap, time_breakdown
-from tspsim.engine.sim import replay
+from tspsim.engine.costs import kernel_gpu, large_efficiency
+from tspsim.engine.sim import ReplayOptions, replay
 from tspsim.engine.timeline import Timeline
 from tspsim.schedules.context import BuildContext
 from tspsim.schedules.decode import DecodeStep, build_decode_step
 from tspsim.schedules.periodic import verify_cuts, verify_periodic_structure
 from tspsim.spec.assumptions import Assumptions
-from tspsim.spec.topology import Topology
+from tspsim.spec.topology import GpuSpec, Topology
 
 
 def decode_topology(topo: Topology, opts: Assumptions) -> Topology:
@@ -103,6 +105,8 @@ class StepTiming:
     """simpy events of the replay(s)."""
     ranks: RankStats
     """Per rank: compute, communication and overlapped seconds of the step (:func:`rank_overlap`)."""
+    sim_path: str = "full"
+    """``periodic`` if the replay skipped repeating layers (:mod:`tspsim.engine.periodic`), else ``full``."""
 
 
 class DecodeTimer:
@@ -120,6 +124,8 @@ class DecodeTimer:
         self.layers = layers
         self.topo = topo
         self.method = "full"
+        self.options = ReplayOptions(periodic=periodic)
+        """Replay options: ``periodic=False`` also turns the engine's periodic path off (the reference)."""
         self._unit: DecodeStep | None = None
         self._full: DecodeStep | None = None
         if periodic and layers > 2:
@@ -140,11 +146,19 @@ class DecodeTimer:
 
     def time(self, cached: int) -> StepTiming:
         """Simulated time of the step that starts with ``cached`` tokens in the cache."""
+        return self._time(cached)[0]
+
+    def _time(self, cached: int) -> tuple[StepTiming, tuple[Any, ...]]:
+        """The step's timing, and what must match for :meth:`time_many` to interpolate between two steps.
+
+        That is the method, the replay's event fingerprint and (``window``) the block the period was found at.
+        """
         gpu = self.topo.gpu
         unit = self._unit
+        options = self.options
         if unit is not None:
             unit.recost(cached)
-            tl = replay(unit.graph, self.topo)
+            tl = replay(unit.graph, self.topo, options)
             if self.method == "cut":
                 ends = {op_id: end for op_id, _, end in tl.spans}
                 c0 = [ends[i] for i in unit.cuts[0]]
@@ -157,7 +171,8 @@ class DecodeTimer:
                     bd = {key: b0[key] + k * b1[key] + b2[key] for key in BREAKDOWN_KEYS}
                     ranks = add_stats(add_stats(rank_overlap(tl, 0.0, t0), rank_overlap(tl, t0, t1), k),
                                       rank_overlap(tl, t1, t_end))
-                    return StepTiming(cached, t0 + k * (t1 - t0) + (t_end - t1), bd, "cut", tl.sim_events, ranks)
+                    return (StepTiming(cached, t0 + k * (t1 - t0) + (t_end - t1), bd, "cut", tl.sim_events, ranks,
+                                       tl.sim_path), ("cut", tl.sim_fingerprint))
             else:
                 found = find_period(tl, unit)
                 if found is not None:
@@ -166,7 +181,118 @@ class DecodeTimer:
                     whole, rep = time_breakdown(tl, gpu), time_breakdown(tl, gpu, tp, tpp)
                     bd = {key: whole[key] + k * rep[key] for key in BREAKDOWN_KEYS}
                     ranks = add_stats(rank_overlap(tl), rank_overlap(tl, tp, tpp), k)
-                    return StepTiming(cached, tl.end_s + k * (tpp - tp), bd, "window", tl.sim_events, ranks)
+                    firsts = set(unit.layer_starts)
+                    block = [start for op_id, start, _ in sorted(tl.spans) if op_id in firsts].index(tp)
+                    return (StepTiming(cached, tl.end_s + k * (tpp - tp), bd, "window", tl.sim_events, ranks,
+                                       tl.sim_path), ("window", tl.sim_fingerprint, block))
         step = self.full_step(cached)
-        tl = replay(step.graph, self.topo)
-        return StepTiming(cached, tl.end_s, time_breakdown(tl, gpu), "full", tl.sim_events, rank_overlap(tl))
+        tl = replay(step.graph, self.topo, options)
+        return (StepTiming(cached, tl.end_s, time_breakdown(tl, gpu), "full", tl.sim_events, rank_overlap(tl),
+                           tl.sim_path), ("full", tl.sim_fingerprint))
+
+    def time_many(self, cached: Sequence[int], progress: Callable[[int], None] | None = None) -> list[StepTiming]:
+        """The timings of the steps starting with each of ``cached`` (consecutive counts), reusing replays.
+
+        With ``periodic`` on, steps whose cache counts differ by a multiple of the sequence shards S have
+        per-rank token counts that grow affinely, and so do the durations of their attention kernels
+        when they are memory-bound (:func:`memory_bound_between`; the other ops do not change). Every event
+        time of a replay is an affine function of the op durations as long as the replay processes the
+        same events in the same order, and the durations for which it does form a convex set; so when
+        two steps of one residue class have equal :attr:`~tspsim.engine.timeline.Timeline.sim_fingerprint`
+        (and the same assembly), every step between them is the affine interpolation of the two, exactly
+        (to float noise). Each residue class is bisected until its intervals have matching ends; in the
+        worst case every step is replayed. ``progress(n)`` hears of n more steps settled.
+        """
+        cached = list(cached)
+        if not self.options.periodic or len(cached) < 3:
+            out = []
+            for c in cached:
+                out.append(self.time(c))
+                if progress is not None:
+                    progress(1)
+            return out
+        self.options = replace(self.options, fingerprint=True)
+        try:
+            shards = (self._unit or self.full_step(cached[0])).seq_shards
+            known: dict[int, tuple[StepTiming, tuple[Any, ...], list[tuple[float, float]]]] = {}
+
+            def measure(c: int) -> tuple[StepTiming, tuple[Any, ...], list[tuple[float, float]]]:
+                if c not in known:
+                    timing, key = self._time(c)
+                    known[c] = (timing, key, self._attention_costs(c))
+                    if progress is not None:
+                        progress(1)
+                return known[c]
+
+            for rho in range(min(shards, len(cached))):
+                cls = cached[rho::shards]
+                todo = [(0, len(cls) - 1)]
+                while todo:
+                    lo, hi = todo.pop()
+                    a, b = measure(cls[lo]), measure(cls[hi])
+                    if hi - lo <= 1:
+                        continue
+                    if a[1] == b[1] and self._affine_between(a[2], b[2]):
+                        for i in range(lo + 1, hi):
+                            known[cls[i]] = (_interpolate(a[0], b[0], cls[i]), a[1], [])
+                        if progress is not None:
+                            progress(hi - lo - 1)
+                    else:
+                        mid = (lo + hi) // 2
+                        todo += [(mid, hi), (lo, mid)]
+            return [known[c][0] for c in cached]
+        finally:
+            self.options = replace(self.options, fingerprint=False)
+
+    def _attention_costs(self, c: int) -> list[tuple[float, float]]:
+        """(FLOPs, HBM bytes) of every attention op of the step at ``c``."""
+        step = self._unit or self.full_step(c)
+        step.recost(c)
+        ops = step.graph.ops
+        return [(ops[a.op].flops, ops[a.op].hbm_bytes) for a in step.attention]
+
+    def _affine_between(self, lo: list[tuple[float, float]], hi: list[tuple[float, float]]) -> bool:
+        """:func:`memory_bound_between` for the attention ops of two steps, on this timer's GPU."""
+        step = self._unit or self._full
+        if step is None or not step.attention:
+            return False
+        gpu = kernel_gpu(self.topo.gpu, step.graph.meta or {})
+        return memory_bound_between(lo, hi, gpu, large_efficiency(step.graph.ops[step.attention[0].op], gpu))
+
+
+def memory_bound_between(lo: list[tuple[float, float]], hi: list[tuple[float, float]], gpu: GpuSpec,
+                         eff_large: float) -> bool:
+    """True if every kernel's duration is its HBM time (+ launch) at every size between ``lo`` and ``hi``.
+
+    Per kernel, (FLOPs F, bytes B) at both ends; between them both are affine in the token count. Its FLOP
+    time is F / (peak · eff) with eff = eff_large · F / (F + φ·F½) (:func:`tspsim.engine.costs.efficiency`),
+    i.e. (F + φ·F½) / (peak · eff_large), where φ = min(1, F / (B · I_ridge)) is a linear-fractional, hence
+    monotone, function of the token count: φ ≤ φ̂ = max(φ_lo, φ_hi) throughout, so the FLOP time is at most
+    the affine (F + φ̂·F½) / (peak · eff_large). If the HBM time B / bw (affine) is at least that bound at
+    both ends, it is at every size between: the roofline's max is the HBM time, affine in the tokens.
+    """
+    if len(lo) != len(hi):
+        return False
+    bw = gpu.hbm_TBps * 1e12 * gpu.hbm_efficiency
+    peak = gpu.peak_bf16_TFLOPS * 1e12 * eff_large
+    ridge = peak / bw
+    half = gpu.gemm_half_GFLOP * 1e9
+    for (f0, b0), (f1, b1) in zip(lo, hi):
+        if min(f0, b0, f1, b1) <= 0:
+            return False
+        phi = max(min(1.0, f0 / b0 / ridge), min(1.0, f1 / b1 / ridge))
+        if b0 / bw < (f0 + phi * half) / peak or b1 / bw < (f1 + phi * half) / peak:
+            return False
+    return True
+
+
+def _interpolate(a: StepTiming, b: StepTiming, cached: int) -> StepTiming:
+    """The step at ``cached`` between steps ``a`` and ``b`` of one affine piece (see :meth:`DecodeTimer.time_many`)."""
+    w = (cached - a.cached) / (b.cached - a.cached)
+
+    def mix(x: float, y: float) -> float:
+        return x + w * (y - x)
+
+    ranks = {r: tuple(mix(x, y) for x, y in zip(a.ranks[r], b.ranks[r])) for r in a.ranks}
+    return StepTiming(cached, mix(a.time_s, b.time_s), {k: mix(a.breakdown[k], b.breakdown[k]) for k in a.breakdown},
+                      a.method, 0, ranks, "periodic")  # type: ignore[arg-type]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from tspsim.opgraph import OpGraph
 from tspsim.schedules import SCHEDULES
 from tspsim.schedules.context import BuildContext
@@ -18,15 +20,18 @@ Built = tuple[OpGraph, Topology, ModelConfig, Layout, Workload, Assumptions]
 """A graph and everything it was built from."""
 
 
-def build_graph(point: Point, fold: bool = True) -> Built:
+def build_graph(point: Point, fold: bool = True, layers: int | None = None) -> Built:
     """Generate the op graph of ``point`` (no replay).
 
     Inference modes give one step: ``prefill`` (and ``generate``) the prefill step; ``decode`` the step
     that generates token N = ``decode_tokens`` (default :data:`~tspsim.spec.workload.DEFAULT_DECODE_TOKENS`)
     of each sequence, with ``seq_len + N − 1`` tokens cached — the final step of ``run --mode decode``.
     Its meta records ``decode_tokens`` and ``inference.{context_tokens, token_index, cached_tokens}``.
+    ``layers`` builds the same point for the model cut to that many blocks (the planner's memory bound).
     """
     topo, model, layout, workload, opts = resolve(point)
+    if layers is not None:
+        model = replace(model, layers=layers)
     ctx = BuildContext(model, topo, layout, workload, opts, fold=fold)
     if workload.mode in INFERENCE_MODES:  # the representative step: prefill, or the final decode step
         if workload.mode in ("prefill", "generate"):

@@ -78,6 +78,7 @@ def simulate_inference(topo: Topology, model: ModelConfig, layout: Layout, workl
     T, B, N = workload.seq_len, workload.batch, workload.decode_tokens
     dtopo = decode_topology(topo, opts)
     events = 0
+    paths: set[str] = set()
     total = (1 if mode in ("prefill", "generate") else 0) + (N + 1 if mode in ("decode", "generate") else 0)
     done = 0
 
@@ -100,17 +101,26 @@ def simulate_inference(topo: Topology, model: ModelConfig, layout: Layout, workl
         timelines["prefill"] = tl_pre
         ttft = tl_pre.end_s
         events += tl_pre.sim_events
+        paths.add(tl_pre.sim_path)
         tick("prefill step")
     check = None
     if mode in ("decode", "generate"):
         timer = DecodeTimer(lambda layers: ctx_for(B, layers), model.layers, dtopo, periodic=periodic)
-        for i in range(N):
-            steps.append(timer.time(T + i))
-            tick(f"decode step {i + 1} of {N}")
+        settled = 0
+
+        def settle(n: int) -> None:
+            nonlocal settled
+            for _ in range(n):
+                settled += 1
+                tick(f"decode step {settled} of {N}")
+
+        steps.extend(timer.time_many(range(T, T + N), settle))
         events += sum(st.events for st in steps)
+        paths.update(st.sim_path for st in steps)
         last = build_decode_step(ctx_for(B), T + N - 1)
         tl_dec = replay(last.graph, dtopo, rep_opts)
         events += tl_dec.sim_events
+        paths.add(tl_dec.sim_path)
         timelines["decode_step"] = tl_dec
         check = abs(tl_dec.end_s - steps[-1].time_s) / tl_dec.end_s if tl_dec.end_s > 0 else 0.0
         tick("final decode step in full")
@@ -156,7 +166,8 @@ def simulate_inference(topo: Topology, model: ModelConfig, layout: Layout, workl
         "mfu": flops * replicas / peak_flops if peak_flops > 0 else 0.0,
         "comm_bytes_per_rank": bytes_, "layer_comm_bytes_per_rank": layer_bytes,
         "prefill": phases.get("prefill"), "decode": phases.get("decode"),
-        "sim_events": events, "sim_wall_s": time.perf_counter() - t_wall,
+        "sim_events": events, "sim_path": "periodic" if "periodic" in paths else "full",
+        "sim_wall_s": time.perf_counter() - t_wall,
     }
     fields_.update(stats_metrics(stats, n_steps))
     rep = timelines["decode_step"] if mode == "decode" else timelines["prefill"]

@@ -22,9 +22,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
-import networkx as nx
+if TYPE_CHECKING:  # imported where a graph is built: keeps `tspsim --help` and `list` fast
+    import networkx as nx
+
 
 
 @dataclass(frozen=True)
@@ -160,9 +162,12 @@ class InterFabric:
     """The LL128 protocol across the network (absent: not offered)."""
 
 
-@dataclass(frozen=True)
-class Link:
-    """One directed, bandwidth-limited channel of the topology graph."""
+class Link(NamedTuple):
+    """One directed, bandwidth-limited channel of the topology graph.
+
+    An immutable named tuple rather than a frozen dataclass: a 2,048-node cluster has 180,000 links, and
+    a tuple is built three times faster.
+    """
 
     index: int
     """Position in ``Topology.links``; flows refer to links by this index."""
@@ -235,12 +240,19 @@ class Topology:
         return tuple(_build_links(self))
 
     @cached_property
+    def link_capacities(self) -> list[float]:
+        """Capacity of every link (bytes/s), indexed like :attr:`links`; built once per topology, read-only."""
+        return [link.capacity_Bps for link in self.links]
+
+    @cached_property
     def _link_index(self) -> dict[tuple[str, str], int]:
         return {(link.src, link.dst): link.index for link in self.links}
 
     @cached_property
     def graph(self) -> nx.DiGraph:
         """networkx DiGraph of devices (``kind`` attribute) and directed links (``link`` attribute)."""
+        import networkx as nx
+
         g = nx.DiGraph()
         for rank in range(self.world_size):
             g.add_node(f"g{rank}", kind="gpu", rank=rank, node=self.node_of(rank))

@@ -1,0 +1,33 @@
+"""The CLI imports a command's module only when it runs, and its help lines are the commands' own."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from tspsim.commands import COMMANDS, load_command
+
+
+def test_table_help_is_each_commands_own() -> None:
+    for name, entry in COMMANDS.items():
+        cmd = load_command(name)
+        assert cmd.name == name
+        assert cmd.get_short_help_str(limit=500) == entry.short_help, name
+
+
+def test_help_lists_every_command() -> None:
+    from tspsim.cli import cli
+
+    out = CliRunner().invoke(cli, ["--help"]).output
+    for name in COMMANDS:
+        assert f"\n  {name} " in out
+
+
+def test_help_and_version_import_no_heavy_module() -> None:
+    code = ("import sys; from tspsim.cli import cli\n"
+            "try:\n    cli.main(['--help'], standalone_mode=False)\nexcept SystemExit:\n    pass\n"
+            "print('heavy=' + ','.join(m for m in ('numpy', 'networkx', 'plotly', 'simpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "heavy="

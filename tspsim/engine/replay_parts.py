@@ -1,0 +1,68 @@
+"""Pieces of a replay that are not the event loop: the folding unit and link-rate recording."""
+
+from __future__ import annotations
+
+from tspsim.core.errors import TraceError
+from tspsim.engine.network import Flow
+from tspsim.engine.timeline import Timeline
+from tspsim.opgraph import OpGraph
+from tspsim.spec.topology import Topology
+
+
+def fold_nodes(graph: OpGraph, topo: Topology, sim_ranks: set[int]) -> int:
+    """Nodes of the simulated unit of a folded graph on this topology (0: nothing is mirrored).
+
+    The unit is the graph's simulated ranks ``[0, n)``; it need not be the unit the graph was made
+    for (a graph folded on 2 × 8 GPUs holds 4 nodes of an 8 × 2 topology), but the fold must be exact
+    here (:func:`tspsim.spec.layout.fold_fault`), else the replay is refused rather than wrong.
+    """
+    from tspsim.spec.layout import fold_fault
+
+    n = len(sim_ranks)
+    world = 1 + max((max(op.group) for op in graph.ops if op.is_comm), default=0)
+    if world <= n:
+        return 0
+    fault = None if sim_ranks == set(range(n)) else f"its simulated ranks are not 0..{n - 1}"
+    fault = fault or fold_fault(topo, world, n)
+    if fault:
+        raise TraceError(f"the graph is folded (it simulates {n} of {world} GPUs and mirrors the rest) and the "
+                         f"fold is not exact on {topo.name} ({topo.nodes} × {topo.gpus_per_node} GPUs): "
+                         f"{fault}; generate it with --full, or on this topology")
+    return n // topo.gpus_per_node
+
+
+class LinkRecorder:
+    """Records the rate of every link of the simulated nodes after each reallocation (for the viewer)."""
+
+    def __init__(self, topo: Topology, sim_ranks: set[int], timeline: Timeline) -> None:
+        self.timeline = timeline
+        nodes = {topo.node_of(r) for r in sim_ranks}
+        self.links: set[int] = set()
+        """Indices of the recorded links (not PCIe)."""
+        for link in topo.links:
+            if link.node in nodes and link.kind != "pcie":
+                self.links.add(link.index)
+                timeline.link_meta[link.index] = {"src": link.src, "dst": link.dst, "kind": link.kind,
+                                                  "capacity_Bps": link.capacity_Bps}
+
+    def record(self, now: float, flows: list[Flow]) -> None:
+        """Append a step to each recorded link whose load changed (one step per instant)."""
+        load: dict[int, float] = {}
+        recorded = self.links
+        for f in flows:
+            for link, w in zip(f.links, f.weights):
+                if link in recorded:
+                    load[link] = load.get(link, 0.0) + f.rate * w
+        series = self.timeline.links
+        for link in recorded:
+            rate = load.get(link, 0.0)
+            s = series.get(link)
+            if s is None:
+                if rate == 0.0:
+                    continue
+                s = series[link] = [(0.0, 0.0)]
+            if s[-1][1] != rate:
+                if s[-1][0] == now:
+                    s[-1] = (now, rate)
+                else:
+                    s.append((now, rate))

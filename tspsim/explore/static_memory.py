@@ -1,0 +1,172 @@
+"""What the planner knows before simulating: static memory over HBM is OOM, a graph over the op limit invalid.
+
+Static memory — parameters, gradients, optimizer state and the runtime reserve — is allocated when a
+step starts and held throughout (:meth:`tspsim.schedules.context.BuildContext.init_static`), so a
+configuration whose static memory alone exceeds HBM is out of memory whatever its activations. It is
+read from the ``static memory`` ops of the point's graph built with 1 and 2 blocks (milliseconds,
+no replay) and extended linearly to the model's L blocks: every per-rank parameter count is an
+embedding/head part plus L identical blocks, so static(L) = static(1) + (L − 1)·(static(2) − static(1))
+per category, up to the integer rounding of each category (a few bytes): a configuration is only
+declared OOM when the bound exceeds HBM by more than :data:`MARGIN_BYTES`, otherwise it is simulated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from tspsim.core.errors import TspsimError
+from tspsim.opgraph import MEMORY_CATEGORIES, OpGraph
+from tspsim.schedules.context import graph_ops_limit
+from tspsim.simulate import Point
+from tspsim.simulate.graph import build_graph
+from tspsim.simulate.point import resolve
+from tspsim.spec.layout import SEQUENCE_SHARDED
+from tspsim.spec.model import load_model
+
+MARGIN_BYTES = 1 << 20
+"""Static memory must exceed HBM by more than this to be called OOM without a simulation (1 MiB ≫ rounding)."""
+GB = 1e9
+
+
+def static_bytes(graph: OpGraph) -> dict[int, dict[str, int]]:
+    """Per rank, per category: the bytes the graph's ``static memory`` ops allocate."""
+    out: dict[int, dict[str, int]] = {}
+    for op in graph.ops:
+        if op.kind == "memory" and op.name == "static memory":
+            per = out.setdefault(op.rank, dict.fromkeys(MEMORY_CATEGORIES, 0))
+            for _when, cat, delta in op.mem:
+                per[cat] += delta
+    return out
+
+
+def probe_point(point: Point) -> Point:
+    """The point whose small graphs give ``point``'s static memory cheaply.
+
+    Batch 1 and, for a sequence-sharded layout, the all-gather SP attention: static memory depends on
+    neither (parameters, gradients and optimizer state follow the weight sharding, the reserve is per GPU).
+    """
+    options = tuple((k, v) for k, v in point.options if k != "sp_attention")
+    if point.schedule in SEQUENCE_SHARDED or any(k == "sp_attention" for k, _ in point.options):
+        options += (("sp_attention", "allgather"),)
+    batch = point.batch if point.schedule == "satp-batch" else 1  # satp-batch needs its batch to divide
+    return replace(point, batch=batch, options=options, search_max_batch=False)
+
+
+def static_memory(point: Point) -> tuple[int, dict[str, int]]:
+    """(bytes, per-category breakdown) of the rank with the most static memory, for the model's L blocks."""
+    one = build_graph(point, layers=1)[0]
+    two = build_graph(point, layers=2)[0]
+    s1, s2 = static_bytes(one), static_bytes(two)
+    if not s1 or s1.keys() != s2.keys():
+        return 0, {}
+    L = load_model(point.model).layers
+    best, at = -1, {}
+    for rank in s1:
+        per = {c: s1[rank][c] + (L - 1) * (s2[rank][c] - s1[rank][c]) for c in MEMORY_CATEGORIES}
+        total = sum(per.values())
+        if total > best:
+            best, at = total, per
+    return best, at
+
+
+def static_oom_entry(point: Point, known: dict[Point, tuple[int, dict[str, int]]] | None = None
+                     ) -> dict[str, Any] | None:
+    """The run entry of ``point`` if its static memory alone exceeds HBM (no simulation), else None.
+
+    The entry has ``oom`` true, ``sim_path`` ``static_oom``, ``peak_memory_gb`` the static memory of
+    the fullest rank (a lower bound of the peak) and its breakdown; time keys are null. ``known``
+    caches :func:`static_memory` by :func:`probe_point` across the points of one plan.
+    """
+    topo, _model, layout, workload, opts = resolve(point)
+    probe = probe_point(point)
+    if known is not None and probe in known:
+        best, at = known[probe]
+    else:
+        best, at = static_memory(probe)
+        if known is not None:
+            known[probe] = (best, at)
+    hbm = topo.gpu.hbm_GB * GB
+    if best <= hbm + MARGIN_BYTES:
+        return None
+    return {
+        "schedule": point.schedule, "model": _model.name, "topology": topo.name, "mode": workload.mode,
+        "seq_len": workload.seq_len, "batch": workload.batch, "degrees": dict(layout.degrees),
+        "world_size": layout.world_size, "replicas": layout.replicas, "hbm_gb": topo.gpu.hbm_GB,
+        "peak_memory_gb": best / GB, "oom": True,
+        "memory_breakdown_gb": {c: at[c] / GB for c in MEMORY_CATEGORIES},
+        "step_time_s": None, "tokens_per_s": None, "sim_events": 0, "sim_path": "static_oom",
+        "sim_wall_s": None, "assumptions": opts.to_json(),
+        "sp_attention": dict(point.options).get("sp_attention"),
+    }
+
+
+def graph_ops(point: Point) -> tuple[int, int]:
+    """(ops of the L-block graph, ops per block) of ``point``, counted on its 1- and 2-block graphs.
+
+    Every block adds the same ops, so the graph of L blocks holds ops(1) + (L − 1)·(ops(2) − ops(1)).
+    """
+    n1 = len(build_graph(point, layers=1)[0].ops)
+    n2 = len(build_graph(point, layers=2)[0].ops)
+    return n1 + (load_model(point.model).layers - 1) * (n2 - n1), n2 - n1
+
+
+def graph_too_large(point: Point, known: dict[Point, tuple[int, int]] | None = None) -> str | None:
+    """Why ``point``'s op graph would exceed the op limit, or None (:func:`graph_ops`).
+
+    The full build would stop at the limit (:func:`tspsim.schedules.context.graph_ops_limit`) after
+    building that many ops; the planner learns it from two small graphs instead. ``known`` caches the
+    counts per configuration whatever its batch (the batch rarely changes the op count); a count within
+    a factor 2 of the limit is recounted at the point's own batch.
+    """
+    limit = graph_ops_limit()
+    key = replace(point, batch=1, search_max_batch=False)
+    if known is not None and key in known:
+        total, per = known[key]
+    else:
+        total, per = graph_ops(point)
+        if known is not None:
+            known[key] = (total, per)
+    if limit / 2 < total < 2 * limit:
+        total, per = graph_ops(point)
+    if total <= limit:
+        return None
+    layers = load_model(point.model).layers
+    return (f"the op graph would hold {total:,} ops ({layers} blocks of {per:,}), over the limit of {limit:,} "
+            "(TSPSIM_MAX_GRAPH_OPS raises it)")
+
+
+def prune_known(state: Any) -> tuple[int, int]:
+    """Settle the points of a prepared sweep that need no simulation; return (static OOM, too large).
+
+    Every point still to simulate in ``state`` (:class:`~tspsim.explore.sweep.SweepState`) that
+    :func:`static_oom_entry` proves OOM is marked done with that entry; one whose graph would exceed the
+    op limit (:func:`graph_too_large`, or a small graph the builder already rejects) is marked invalid
+    with the reason, as its simulation would have been. For the planner, which drops OOM configurations
+    anyway (a sweep reports every point's step time, so it simulates them all).
+    """
+    oom = large = 0
+    settled = set()
+    known: dict[Point, tuple[int, dict[str, int]]] = {}
+    counted: dict[Point, tuple[int, int]] = {}
+    for i in state.todo:
+        out = state.outcomes[i]
+        try:
+            entry = static_oom_entry(out.point, known)
+        except TspsimError:
+            entry = None
+        if entry is not None:
+            out.status, out.entry, out.wall_s = "ok", entry, 0.0
+            oom += 1
+            settled.add(i)
+            continue
+        try:
+            reason = graph_too_large(out.point, counted)
+        except TspsimError as exc:
+            reason = str(exc)
+        if reason is not None:
+            out.status, out.reason, out.wall_s = "invalid", reason, 0.0
+            large += 1
+            settled.add(i)
+    state.todo = [i for i in state.todo if i not in settled]
+    return oom, large
