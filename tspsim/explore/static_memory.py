@@ -12,6 +12,7 @@ declared OOM when the bound exceeds HBM by more than :data:`MARGIN_BYTES`, other
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -70,6 +71,15 @@ def static_memory(point: Point) -> tuple[int, dict[str, int]]:
     return best, at
 
 
+def _memo(known: dict[Point, Any] | None, key: Point, compute: Callable[[Point], Any]) -> Any:
+    """``compute(key)``, remembered in ``known`` (when given) for the next point with the same key."""
+    if known is None:
+        return compute(key)
+    if key not in known:
+        known[key] = compute(key)
+    return known[key]
+
+
 def static_oom_entry(point: Point, known: dict[Point, tuple[int, dict[str, int]]] | None = None
                      ) -> dict[str, Any] | None:
     """The run entry of ``point`` if its static memory alone exceeds HBM (no simulation), else None.
@@ -79,13 +89,7 @@ def static_oom_entry(point: Point, known: dict[Point, tuple[int, dict[str, int]]
     caches :func:`static_memory` by :func:`probe_point` across the points of one plan.
     """
     topo, _model, layout, workload, opts = resolve(point)
-    probe = probe_point(point)
-    if known is not None and probe in known:
-        best, at = known[probe]
-    else:
-        best, at = static_memory(probe)
-        if known is not None:
-            known[probe] = (best, at)
+    best, at = _memo(known, probe_point(point), static_memory)
     hbm = topo.gpu.hbm_GB * GB
     if best <= hbm + MARGIN_BYTES:
         return None
@@ -120,13 +124,7 @@ def graph_too_large(point: Point, known: dict[Point, tuple[int, int]] | None = N
     a factor 2 of the limit is recounted at the point's own batch.
     """
     limit = graph_ops_limit()
-    key = replace(point, batch=1, search_max_batch=False)
-    if known is not None and key in known:
-        total, per = known[key]
-    else:
-        total, per = graph_ops(point)
-        if known is not None:
-            known[key] = (total, per)
+    total, per = _memo(known, replace(point, batch=1, search_max_batch=False), lambda _key: graph_ops(point))
     if limit / 2 < total < 2 * limit:
         total, per = graph_ops(point)
     if total <= limit:
