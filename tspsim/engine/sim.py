@@ -108,6 +108,7 @@ class Replay:
                     from tspsim.core.errors import TraceError
                     raise TraceError(f"op {op.id} ({op.name}) names a rank outside topology {topo.name} "
                                      f"({topo.world_size} GPUs)")
+        self.fold_plan = None
         self.fold = self._fold_nodes() if graph.replica_nodes else 0
         self.gpu = kernel_gpu(topo.gpu, graph.meta or {})
         self.timeline = Timeline(graph=graph, topology_name=topo.name)
@@ -118,9 +119,11 @@ class Replay:
         self.rdv: dict[str, _Rendezvous] = {}
         self.plans: dict[tuple[Any, ...], ResolvedComm] = {}
         replica_size = graph.meta.get("replica_size") if isinstance(graph.meta, dict) else None
+        replica_map = graph.meta.get("replica_map") if isinstance(graph.meta, dict) else None
         self.comm = CommResolver(topo, self.sim_ranks, self.fold,
                                  replica_size if isinstance(replica_size, int) and replica_size > 0 else 0,
-                                 self.options.protocol)
+                                 self.options.protocol, plan=self.fold_plan,
+                                 replica_map=replica_map if isinstance(replica_map, dict) else None)
         self.memory = {r: [] for r in self.sim_ranks}
         self.mem_now = {r: 0 for r in self.sim_ranks}
         self.position: dict[tuple[int, str], int] = {}
@@ -316,6 +319,20 @@ class Replay:
         if world <= n:
             return 0
         topo = self.topo
+        meta = self.graph.meta if isinstance(self.graph.meta, dict) else {}
+        if "fold" in meta:  # a general fold (stage slabs, tensor-parallel peers): tspsim.spec.fold
+            from tspsim.spec.fold import FoldPlan
+
+            plan = FoldPlan.from_meta(meta["fold"])
+            nodes = -(-world // topo.gpus_per_node)
+            fault = plan.fault(nodes, topo.gpus_per_node) or (
+                None if self.sim_ranks == set(plan.simulated(world)) else "its simulated ranks are not the plan's")
+            if fault:
+                raise TraceError(f"the graph is folded (it simulates {n} of {world} GPUs and mirrors the rest) and "
+                                 f"the fold is not exact on {topo.name}: {fault}; generate it with --full, or on "
+                                 "this topology")
+            self.fold_plan = plan
+            return plan.unit_nodes
         fault = None if self.sim_ranks == set(range(n)) else f"its simulated ranks are not 0..{n - 1}"
         fault = fault or fold_fault(topo, world, n)
         if fault:

@@ -92,8 +92,12 @@ class Block:
         self.heads_l = m.q_heads // self.T
         self.i_l = m.ffn_hidden // self.T
         self.s = m.dtype_bytes
-        self.saved: dict[tuple[int, int], list[tuple[str, int]]] = {}
-        self.scores_saved: dict[tuple[int, int], bool] = {}
+        self.saved: dict[tuple[int, int, int], list[tuple[str, int]]] = {}
+        self.scores_saved: dict[tuple[int, int, int], bool] = {}
+        self.mb = 0
+        """Micro-batch being emitted (saved activations are kept per micro-batch, layer and rank)."""
+        self.tag = ""
+        """Inserted after ``L<layer>.`` in op names (``mb<k>.`` when a step has several micro-batches)."""
         self.attn = self._sp_attention()
         """The core attention between the QKV projection and W_O (:mod:`tspsim.schedules.sp_attention`)."""
 
@@ -107,17 +111,21 @@ class Block:
     # ------------------------------------------------------------------------------ groups
     def tp_group(self, rank: int) -> tuple[int, ...]:
         """The T ranks sharing ``rank``'s sequence shard (its tensor-parallel group)."""
-        rs = self.ctx.layout.replica_size
+        rs = self.ctx.layout.mp_size
         base, pos = rank - rank % rs, rank % rs
         srow = pos // self.T
         return tuple(base + srow * self.T + t for t in range(self.T))
 
     def seq_group(self, rank: int) -> tuple[int, ...]:
         """The Σ ranks holding ``rank``'s head shard for every sequence shard (its K/V all-gather group)."""
-        rs = self.ctx.layout.replica_size
+        rs = self.ctx.layout.mp_size
         base, pos = rank - rank % rs, rank % rs
         t = pos % self.T
         return tuple(base + s * self.T + t for s in range(self.SP))
+
+    def key(self, layer: int, rank: int) -> tuple[int, int, int]:
+        """Key of (micro-batch, layer, rank) in the saved-activation bookkeeping."""
+        return self.mb, layer, rank
 
     def coll(self, kind: str, group_of: Callable[[int], tuple[int, ...]], nbytes: float, name: str, *,
              stream: str, layer: int, phase: str, deps: dict[int, int | None],
@@ -158,25 +166,25 @@ class Block:
         """
         c, s, n, H = self.ctx, self.s, self.n, self.H
         m = c.model
-        L = f"L{layer}.{prefix}"
+        L = f"L{layer}.{self.tag}{prefix}"
         sharded = self.lay.residual != "replicated"
         keep = {"all": SAVED_ITEMS, "selective": SAVED_ITEMS - {"scores"}, "none": frozenset()}[save]
         in_rows = self.n_res if self.regathers else n   # rows of the saved GEMM inputs (shard under the redo)
         for r in c.ranks:
-            self.saved[(layer, r)] = []
-            self.scores_saved[(layer, r)] = "scores" in keep
+            self.saved[self.key(layer, r)] = []
+            self.scores_saved[self.key(layer, r)] = "scores" in keep
 
         def act(r: int, item: str, nbytes: float) -> list[tuple[str, str, int]]:
             """Memory events for an activation: saved for backward, or freed right after use."""
             if item in keep:
-                self.saved[(layer, r)].append((item, int(nbytes)))
+                self.saved[self.key(layer, r)].append((item, int(nbytes)))
                 return [("end", "activations", int(nbytes))]
             return []
 
         def residual(r: int, item: str, sub: str, after: list[int | None]) -> int:
             """Bias-dropout-add of a sublayer; its dropout mask is saved (events by the kernel) when kept."""
             if item in keep and dropout_mask_bytes(c, self.n_res):
-                self.saved[(layer, r)].append((item, dropout_mask_bytes(c, self.n_res)))
+                self.saved[self.key(layer, r)].append((item, dropout_mask_bytes(c, self.n_res)))
             return residual_forward(c, r, L + sub, self.n_res, layer=layer, phase=phase, after=after,
                                     keep_mask=item in keep)
 
@@ -342,10 +350,10 @@ class Block:
         """Emit one block's backward (transposed communication, 2× GEMM FLOPs, the core attention's backward)."""
         c, s, n, H = self.ctx, self.s, self.n, self.H
         m = c.model
-        L = f"L{layer}.bwd."
+        L = f"L{layer}.{self.tag}bwd."
         ph = "bwd"
         sharded = self.lay.residual != "replicated"
-        saved = {r: dict(self.saved.get((layer, r), [])) for r in c.ranks}
+        saved = {r: dict(self.saved.pop(self.key(layer, r), [])) for r in c.ranks}
 
         def free(r: int, *items: str) -> list[tuple[str, str, int]]:
             return [("end", "activations", -saved[r].pop(i)) for i in items if i in saved[r]]

@@ -58,7 +58,7 @@ class TspBuilder(TspBase):
         """One block's attention: the broadcast loop over weight owners with K/V all-gathers (tsp.md §2)."""
         c, n, s, H, D = self.c, self.n, self.s, self.H, self.D
         m = c.model
-        L = f"L{layer}.{prefix}"
+        L = f"L{layer}.{self.tag}{prefix}"
         w = c.opts.weight_buffers
         shard_bytes = self.attn_shard * s
         for r in c.ranks:
@@ -131,7 +131,7 @@ class TspBuilder(TspBase):
             attend(i, pending)
             if i + 1 < D:
                 pending = nxt if nxt is not None else project(i + 1)
-        self.scores_saved[layer] = "scores" in keep
+        self.scores_saved[(self.mb, layer)] = "scores" in keep
         for r in c.ranks:
             self.prev_attn_done[r] = outs[r][-1]
             self._residual(r, L, layer, phase, keep, "attn")
@@ -141,7 +141,7 @@ class TspBuilder(TspBase):
         """One block's gated MLP: D steps over the weight shards circulating the ring (tsp.md §3)."""
         c, n, s, H, D = self.c, self.n, self.s, self.H, self.D
         m = c.model
-        L = f"L{layer}.{prefix}"
+        L = f"L{layer}.{self.tag}{prefix}"
         w = c.opts.weight_buffers
         width = (2 if m.gated_mlp else 1) * self.i_l
         shard_bytes = self.mlp_shard * s
@@ -195,13 +195,13 @@ class TspBuilder(TspBase):
         """MLP backward: ring again for dX; partial gradients ride the ring to their owners."""
         c, n, s, H, D = self.c, self.n, self.s, self.H, self.D
         m = c.model
-        L = f"L{layer}.bwd."
+        L = f"L{layer}.{self.tag}bwd."
         w = c.opts.weight_buffers
         width = (2 if m.gated_mlp else 1) * self.i_l
         shard_bytes = self.mlp_shard * s
         grad_bytes = self.mlp_shard * c.opts.grad_bytes
-        saved = {r: self.saved.setdefault((layer, r), {}) for r in c.ranks}
-        orig = {r: self.orig.setdefault((layer, r), dict(saved[r])) for r in c.ranks}
+        saved = {r: self.saved.setdefault(self.key(layer, r), {}) for r in c.ranks}
+        orig = {r: self.orig.setdefault(self.key(layer, r), dict(saved[r])) for r in c.ranks}
         for r in c.ranks:
             kernels.residual_backward(c, r, L + "mlp", n, layer=layer, after=[c.last[r]],
                                       mask_saved=saved[r].pop("dmask_mlp", 0))
@@ -253,12 +253,12 @@ class TspBuilder(TspBase):
         """Re-broadcast each shard, re-gather its K/V, reduce-scatter dK/dV, reduce dW to the owner."""
         c, n, s, H, D = self.c, self.n, self.s, self.H, self.D
         m = c.model
-        L = f"L{layer}.bwd."
+        L = f"L{layer}.{self.tag}bwd."
         w = c.opts.weight_buffers
         shard_bytes = self.attn_shard * s
         kv_bytes = 2.0 * self.B * self.S * self.kv_l * s
-        saved = {r: self.saved.setdefault((layer, r), {}) for r in c.ranks}
-        orig = {r: self.orig.setdefault((layer, r), dict(saved[r])) for r in c.ranks}
+        saved = {r: self.saved.setdefault(self.key(layer, r), {}) for r in c.ranks}
+        orig = {r: self.orig.setdefault(self.key(layer, r), dict(saved[r])) for r in c.ranks}
         for r in c.ranks:
             kernels.residual_backward(c, r, L + "attn", n, layer=layer, after=[c.last[r]],
                                       mask_saved=saved[r].pop("dmask_attn", 0))
@@ -294,7 +294,7 @@ class TspBuilder(TspBase):
                 core_backward(c, r, L + f"attn.core[r={i}]", shape, layer=layer,
                               after=[*(k.get(r) for k in kv), c.last[r]],
                               flash_bytes=(n * self.q_l * 4 + 2 * kv_bytes / s) * s,
-                              scores_saved=self.scores_saved.get(layer, False),
+                              scores_saved=self.scores_saved.get((self.mb, layer), False),
                               mem=[("end", "comm_buffers", -int(kv_bytes)), ("end", "temporary", int(kv_bytes))]
                               + self._release(saved[r], orig[r], "o", i, D))
             rs = self.collective("reduce_scatter", kv_bytes, L + f"attn.kv_grad_reduce_scatter[r={i}]", stream="kv",
@@ -324,8 +324,8 @@ class TspBuilder(TspBase):
             left = sum(saved[r].values())
             if left:
                 c.builder.graph.ops[c.last[r]].mem += (("end", "activations", -int(left)),)
-            self.saved.pop((layer, r), None)
-            self.orig.pop((layer, r), None)
+            self.saved.pop(self.key(layer, r), None)
+            self.orig.pop(self.key(layer, r), None)
         return grad_done
 
 
