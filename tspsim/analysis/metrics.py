@@ -3,7 +3,8 @@
 Definitions (units in the names; GB = 1e9 bytes):
 
 * **step_time_s** — time the last op of the step finished (the Timeline's end).
-* **tokens per step** — ``batch · seq_len · replicas`` (train and forward); ``tokens_per_s`` divides
+* **tokens per step** — ``batch · seq_len · micro_batches · replicas`` = ``global_batch · seq_len`` (train and
+  forward; ``batch`` is the micro-batch, ``micro_batches`` per replica per step); ``tokens_per_s`` divides
   it by the step time, ``tokens_per_s_per_gpu`` further by ``world_size`` and ``layer_tokens_per_s``
   multiplies by the model's layers (throughput of one decoder layer, the paper's apparent unit,
   reference/tsp.md §7).
@@ -22,7 +23,10 @@ Definitions (units in the names; GB = 1e9 bytes):
   averaged over the simulated ranks. The input all-gathers of sharded-activation TP (ops named
   ``…input_all_gather``) are reported separately under ``all_gather_input`` (design.md §3).
   ``layer_comm_bytes_per_rank`` counts only decoder block 0's forward (``layer == 0``, phase ``fwd``, not
-  recomputation): one block's forward traffic, comparable with reference/tsp.md §5.
+  recomputation, micro-batch 0) averaged over the ranks that run it: one block's forward traffic, comparable
+  with reference/tsp.md §5.
+* **pipeline** — with pipeline stages, the bubble and each stage's time and memory
+  (:mod:`tspsim.analysis.pipeline_metrics`); ``bubble_pct`` repeats its bubble (null without a pipeline).
 * **sp_attention** — on a layout with a sequence-sharded axis (``sp``, the Σ axis of ``tp+sp``), the SP
   algorithm (``assumptions.sp_attention``) and HTA's metrics restricted to its streams ``kv`` and ``kv_tx``
   (:mod:`tspsim.schedules.sp_attention`): ``comm_s``, ``overlap_pct``, ``exposed_s``, ``bytes_per_rank`` and
@@ -41,6 +45,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from tspsim import __version__
+from tspsim.analysis.pipeline_metrics import pipeline_metrics
 from tspsim.engine.timeline import Timeline
 from tspsim.opgraph import MEMORY_CATEGORIES
 from tspsim.spec.assumptions import Assumptions
@@ -176,16 +181,23 @@ def comm_bytes(tl: Timeline, layer_only: bool = False) -> dict[str, float]:
     """
     ops = tl.ops
     totals: dict[str, float] = {}
+    ranks: set[int] = set()
     for op_id, sent in tl.op_sent_bytes.items():
         op = ops[op_id]
         if op.kind == "recv":
             continue
-        if layer_only and (op.layer != 0 or op.phase != "fwd" or "recompute" in op.name):
+        if layer_only and not first_block_forward(op.layer, op.phase, op.name):
             continue
+        ranks.add(op.rank)
         key = INPUT_ALL_GATHER_KEY if "input_all_gather" in op.name else op.kind
         totals[key] = totals.get(key, 0.0) + sent
-    n = max(len(_sim_ranks(tl)), 1)
+    n = max(len(ranks) if layer_only else len(_sim_ranks(tl)), 1)
     return {k: v / n for k, v in sorted(totals.items())}
+
+
+def first_block_forward(layer: int, phase: str, name: str) -> bool:
+    """True for an op of decoder block 0's forward of micro-batch 0 (not a recomputation)."""
+    return layer == 0 and phase == "fwd" and "recompute" not in name and (".mb" not in name or ".mb0." in name)
 
 
 # ---------------------------------------------------------------------------------- SP attention
@@ -224,17 +236,20 @@ def sp_attention_metrics(tl: Timeline, layout: Layout, opts: Assumptions) -> dic
         if m > 0:
             ratios.append(100.0 * both / m)
     total = layer = 0.0
+    layer_ranks: set[int] = set()
     for op_id, sent in tl.op_sent_bytes.items():
         op = ops[op_id]
         if op.kind == "recv" or op.stream not in SP_STREAMS:
             continue
         total += sent
-        if op.layer == 0 and op.phase == "fwd" and "recompute" not in op.name:
+        if first_block_forward(op.layer, op.phase, op.name):
             layer += sent
+            layer_ranks.add(op.rank)
     n = max(len(ranks), 1)
+    n_layer = max(len(layer_ranks), 1)
     return {"algorithm": opts.sp_attention, "comm_s": comm_sum / n,
             "overlap_pct": sum(ratios) / len(ratios) if ratios else 0.0, "exposed_s": exposed_sum / n,
-            "bytes_per_rank": total / n, "layer_bytes_per_rank": layer / n}
+            "bytes_per_rank": total / n, "layer_bytes_per_rank": layer / n_layer}
 
 
 # ---------------------------------------------------------------------------------- memory
@@ -256,18 +271,18 @@ def memory_metrics(tl: Timeline, hbm_gb: float) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- model metrics
-def model_flops_per_step(model: ModelConfig, workload: Workload, replicas: int) -> float:
-    """Useful model FLOPs of one step: (3 train | 1 forward) × (L·block + LM head) × replicas."""
+def model_flops_per_step(model: ModelConfig, workload: Workload, replicas: int, micro_batches: int = 1) -> float:
+    """Useful model FLOPs of one step: (3 train | 1 forward) × (L·block + LM head) × micro-batches × replicas."""
     mult = 3.0 if workload.mode == "train" else 1.0
     tokens = workload.batch * workload.seq_len
     per_replica = (model.layers * model.layer_fwd_flops(workload.batch, workload.seq_len)
                    + 2.0 * tokens * model.hidden * model.vocab)
-    return mult * per_replica * replicas
+    return mult * per_replica * replicas * micro_batches
 
 
-def tokens_per_step(workload: Workload, replicas: int) -> int:
-    """Tokens processed by one step over all replicas: batch · seq_len · replicas."""
-    return workload.batch * workload.seq_len * replicas
+def tokens_per_step(workload: Workload, replicas: int, micro_batches: int = 1) -> int:
+    """Tokens processed by one step over all replicas: batch · seq_len · micro_batches · replicas."""
+    return workload.batch * workload.seq_len * micro_batches * replicas
 
 
 def timeline_entry(tl: Timeline, topo: Topology) -> dict[str, Any]:
@@ -287,7 +302,8 @@ def timeline_entry(tl: Timeline, topo: Topology) -> dict[str, Any]:
 
 MODEL_KEYS = ("schedule", "model", "mode", "seq_len", "batch", "degrees", "world_size", "replicas",
               "tokens_per_s", "tokens_per_s_per_gpu", "layer_tokens_per_s", "mfu", "assumptions",
-              "model_sha256", "config", "stack", "sp_attention")
+              "model_sha256", "config", "stack", "sp_attention", "micro_batches", "global_batch", "bubble_pct",
+              "pipeline")
 """Keys of a run entry that need the model, layout and workload (null in a generic replay entry)."""
 
 
@@ -316,7 +332,8 @@ def run_entry(tl: Timeline, topo: Topology, model: ModelConfig, layout: Layout, 
     """
     out = timeline_entry(tl, topo)
     step = out["step_time_s"]
-    tokens = tokens_per_step(workload, layout.replicas)
+    m = layout.micro_batches
+    tokens = tokens_per_step(workload, layout.replicas, m)
     tps = tokens / step if step > 0 else 0.0
     peak_flops = step * layout.world_size * topo.gpu.mfu_peak_TFLOPS * 1e12
     out.update({
@@ -324,11 +341,15 @@ def run_entry(tl: Timeline, topo: Topology, model: ModelConfig, layout: Layout, 
         "batch": workload.batch, "degrees": dict(layout.degrees), "world_size": layout.world_size,
         "replicas": layout.replicas, "tokens_per_s": tps, "tokens_per_s_per_gpu": tps / layout.world_size,
         "layer_tokens_per_s": tps * model.layers,
-        "mfu": model_flops_per_step(model, workload, layout.replicas) / peak_flops if peak_flops > 0 else 0.0,
+        "mfu": model_flops_per_step(model, workload, layout.replicas, m) / peak_flops if peak_flops > 0 else 0.0,
+        "micro_batches": m, "global_batch": workload.batch * m * layout.replicas,
         "assumptions": opts.to_json(), "model_sha256": model.sha256, "stack": opts.stack.name,
         "config": resolved_config(topo, model, layout, workload, opts),
         "sp_attention": sp_attention_metrics(tl, layout, opts),
     })
+    pipe = pipeline_metrics(tl, {r: layout.stage_of(r) for r in _sim_ranks(tl)}) if layout.pp > 1 else None
+    out["pipeline"] = pipe
+    out["bubble_pct"] = pipe["bubble_pct"] if pipe else None
     return dict(sorted(out.items()))
 
 
@@ -340,8 +361,12 @@ def resolved_config(topo: Topology, model: ModelConfig, layout: Layout, workload
         "topology": {"name": topo.name, "nodes": topo.nodes, "gpus_per_node": topo.gpus_per_node,
                      "gpu": topo.gpu.name},
         "plan": {"schedule": layout.schedule, "tp": layout.tp, "sp": layout.sp, "replica_size": layout.replica_size,
-                 "world_size": layout.world_size, "replicas": layout.replicas, "degrees": dict(layout.degrees)},
+                 "world_size": layout.world_size, "replicas": layout.replicas, "degrees": dict(layout.degrees),
+                 **({"pp": layout.pp, "virtual_stages": layout.virtual_stages, "pp_schedule": layout.pp_schedule,
+                     "placement": layout.placement, "stage_layers": list(layout.stage_layers)}
+                    if layout.pp > 1 else {})},
         "workload": {"mode": workload.mode, "seq_len": workload.seq_len, "batch": workload.batch,
-                     "decode_tokens": workload.decode_tokens},
+                     "decode_tokens": workload.decode_tokens,
+                     **({"micro_batches": layout.micro_batches} if layout.micro_batches > 1 else {})},
         "assumptions": opts.to_json(),
     }

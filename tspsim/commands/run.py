@@ -16,6 +16,8 @@ import click
 from tspsim.commands.options import NameListType, SizeType, emit_json
 from tspsim.core.errors import TspsimError
 from tspsim.spec.assumptions import parse_option_pairs
+from tspsim.commands.parallel_options import ParallelArgs, parallel_options
+from tspsim.spec.pipeline_spec import PipelineSpec
 from tspsim.spec.workload import INFERENCE_MODES, MODES
 
 SUPPORTED_MODES = ("train", "forward", "prefill", "decode")
@@ -60,7 +62,7 @@ def plan_options(f: Callable[..., Any]) -> Callable[..., Any]:
     ]
     for dec in reversed(decorators):
         f = dec(f)
-    return f
+    return parallel_options(f)
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,8 @@ class PlanArgs:
     tokens: int | None = None
     max_batch: bool = True
     """Inference modes: search the largest batch that fits in HBM (``--no-max-batch`` skips it)."""
+    pipeline: PipelineSpec = PipelineSpec()
+    """Pipeline stages, micro-batches, placement (``--pp`` …)."""
 
 
 def check_mode(mode: str) -> None:
@@ -131,10 +135,13 @@ def make_point(args: PlanArgs, schedule: str, seq: int, pairs: tuple[tuple[str, 
         sp = args.sp if sp is None else sp
         degree = args.degree if tp is None and sp is None and not many else None
         return Point(schedule, args.topology, args.model, args.mode, seq, args.batch, degree, tp, sp,
-                     args.gpus, decode_tokens=tokens, options=pairs, search_max_batch=args.max_batch)
+                     args.gpus, decode_tokens=tokens, options=pairs, search_max_batch=args.max_batch,
+                     pipeline=args.pipeline)
     tp_, sp_ = (None, None) if many else (args.tp, args.sp)
-    return Point(schedule, args.topology, args.model, args.mode, seq, args.batch, args.degree, tp_, sp_,
-                 args.gpus, decode_tokens=tokens, options=pairs, search_max_batch=args.max_batch)
+    degree = None if schedule == "fsdp" and many else args.degree
+    return Point(schedule, args.topology, args.model, args.mode, seq, args.batch, degree, tp_, sp_,
+                 args.gpus, decode_tokens=tokens, options=pairs, search_max_batch=args.max_batch,
+                 pipeline=args.pipeline)
 
 
 def check_point(point: Any) -> None:
@@ -143,19 +150,11 @@ def check_point(point: Any) -> None:
     Raises:
         TspsimError: if the degrees do not fit the model, sequence or topology.
     """
-    from tspsim.schedules import SCHEDULES
-    from tspsim.spec.assumptions import Assumptions
-    from tspsim.spec.layout import make_layout
+    from tspsim.simulate.point import resolve_layout
     from tspsim.spec.model import load_model
     from tspsim.spec.topology_file import load_topology
-    from tspsim.spec.workload import Workload
 
-    SCHEDULES.get(point.schedule)
-    topo = load_topology(point.topology)
-    model = load_model(point.model)
-    workload = Workload(point.mode, point.seq_len, point.batch, point.decode_tokens)
-    make_layout(point.schedule, topo, model, workload, degree=point.degree, tp=point.tp, sp=point.sp,
-              gpus=point.gpus, opts=Assumptions.from_overrides(dict(point.options)))
+    resolve_layout(point, load_topology(point.topology), load_model(point.model))
 
 
 def default_seq(args: PlanArgs) -> int:
@@ -236,18 +235,14 @@ def choose_points(args: PlanArgs, schedules: list[str] | None, seq: int,
 def point_label(point: Any) -> str:
     """``tsp D=8`` / ``tp+sp T=4×SP=2 allgather`` from the resolved layout (and the SP attention algorithm)."""
     from tspsim.analysis.entries import schedule_label
-    from tspsim.spec.assumptions import Assumptions
-    from tspsim.spec.layout import make_layout
+    from tspsim.simulate.point import resolve_layout
     from tspsim.spec.model import load_model
     from tspsim.spec.topology_file import load_topology
-    from tspsim.spec.workload import Workload
 
-    layout = make_layout(point.schedule, load_topology(point.topology), load_model(point.model),
-                     Workload(point.mode, point.seq_len, point.batch), degree=point.degree, tp=point.tp,
-                     sp=point.sp, gpus=point.gpus)
-    opts = Assumptions.from_overrides(dict(point.options))
+    layout, _workload, opts = resolve_layout(point, load_topology(point.topology), load_model(point.model))
     return schedule_label({"schedule": layout.schedule, "degrees": layout.degrees,
-                           "assumptions": {"sp_attention": opts.sp_attention}})
+                           "assumptions": {"sp_attention": opts.sp_attention, "zero": opts.zero},
+                           "micro_batches": layout.micro_batches})
 
 
 class PointProgress:
@@ -412,7 +407,8 @@ def print_report(entries: list[dict[str, Any]], max_batch_note: str | None = Non
 def run(topology: str, model: str, degree: int | None, tp: int | None, sp: int | None, seq: int | None,
         batch: int, mode: str, recompute: str | None, stack: str | None, options: tuple[str, ...], gpus: int | None,
         full: bool, schedules: list[str] | None, as_json: bool, save: str | None, html: str | None,
-        trace: str | None, context: int | None, tokens: int | None, max_batch: bool | None, no_timing: bool) -> None:
+        trace: str | None, context: int | None, tokens: int | None, max_batch: bool | None, no_timing: bool,
+        parallel: ParallelArgs) -> None:
     """Simulate schedules on a topology and compare them side by side.
 
     Without --schedule, compares tsp (D = GPUs per node), tp (same D) and tp+sp (T=8×SP=2 across two
@@ -430,6 +426,11 @@ def run(topology: str, model: str, degree: int | None, tp: int | None, sp: int |
       tspsim run -t mi300x-1node --model llama3-8b --mode prefill --seq 32k --no-max-batch
       tspsim run -t dgx-a100-1node --model megatron-22b --schedule satp-seq --seq 2k --batch 4 \\
                  --stack megatron-lm-2022 --recompute selective
+      tspsim run -t dgx-a100-128node --model gpt3-175b --seq 2k --schedule tp --degree 8 --pp 8 \\
+                 --virtual-stages 3 --global-batch 64 --micro-batch 1 --gpus 64 --recompute full \\
+                 --stack megatron-lm-2022          # PTD-P: Korthikanti et al. 2022, Table 5
+      tspsim run -t h100-dgx-128node --model llama3-8b --seq 8k --schedule fsdp --gpus 64   # pure FSDP
+      tspsim run -t h100-dgx-128node --model llama3-70b --seq 8k --schedule tp --degree 8 --zero 3
 
     Inference modes report TTFT, TPOT, decode tokens/s, the largest batch that fits (skip that search
     with --no-max-batch) and where a decode step's time goes (weights from HBM, KV cache from HBM,
@@ -440,14 +441,14 @@ def run(topology: str, model: str, degree: int | None, tp: int | None, sp: int |
     Progress goes to stderr: a bar with ETA per inference point on a terminal (one line a second
     otherwise). --save records link rates, so tspsim view and export show link utilisation.
     """  # noqa: D301
-    args = PlanArgs(topology, model, degree, tp, sp, seq, batch, mode, recompute, options, gpus, full, context,
-                    tokens, max_batch is not False)
+    args = PlanArgs(topology, model, degree, tp, sp, seq, parallel.batch(batch), mode, recompute, options, gpus, full,
+                    context, tokens, max_batch is not False, parallel.pipeline)
     check_inference_args(mode, context, tokens, max_batch)
     from tspsim.core.files import check_outputs_distinct
 
     check_outputs_distinct({"--topology": topology, "--model": model},
                            {"--save": save, "--html": html, "--trace": trace})
-    pairs = parse_option_pairs(options, recompute, stack)
+    pairs = parse_option_pairs(options, recompute, stack, parallel.zero)
     points = choose_points(args, schedules, default_seq(args), pairs)
     results = simulate_points(points, fold=not full, record_links=bool(html or trace or save))
     if no_timing:

@@ -9,7 +9,7 @@
 """
 
 # Importing the modules registers them (order = listing order).
-from tspsim.schedules import satp, sp, tp, tp_sp, tsp, fsdp_schedule  # noqa: E402,F401,I001
+from tspsim.schedules import satp, sp, tp, tp_sp, tsp_step, fsdp_schedule  # noqa: E402,F401,I001
 from tspsim.schedules.registry import SCHEDULES, Schedule
 
 __all__ = ["SCHEDULES", "Schedule"]

@@ -12,10 +12,11 @@ where a stage waits for a transfer.
   ``pp_send_bwd``; receives on ``pp_recv_fwd``, ``pp_recv_bwd``). Each rank sends its own slice: a
   sequence-sharded residual (``satp-seq``, TSP) is already split; a residual replicated over the TP group is
   sent as 1/T slices and all-gathered by the receiving stage over the node fabric (``pp_scatter_gather``,
-  Narayanan et al. 2021 §4.1). With ``pp_overlap_p2p`` (Megatron-Core's ``overlap_p2p_comm``) a receive is
-  posted when the stage starts the pass before the one that needs it and sends run beside compute; without it
-  (Megatron-LM 2022) a stage posts the receive when it finishes the previous pass and waits for its own sends
-  before it starts the next pass.
+  Narayanan et al. 2021 §4.1). A stage posts the receive of a pass's input when it finishes its previous pass
+  of the same kind (its first pass, for the first of a kind), so every stage has its next forward and next
+  backward input posted whenever it waits — as Megatron's batched send/receive calls do. With
+  ``pp_overlap_p2p`` (Megatron-Core's ``overlap_p2p_comm``) sends run beside compute; without it (Megatron-LM
+  2022) a stage waits for its sends to finish before it starts the next pass.
 * **Memory.** A received activation is kept until the backward pass of that micro-batch and chunk (the first
   block's saved input), a received gradient until the end of its pass; activations saved by the blocks are kept
   per micro-batch, so a stage holds as many micro-batches as its schedule has in flight (1F1B: P − s on stage
@@ -108,7 +109,8 @@ class Pipeline:
                     self.last_backward[(s, p.chunk)] = p.micro_batch
         self.pending: dict[tuple[str, int, int], dict[int, int]] = {}
         self.sends: dict[int, list[int]] = {}
-        self.prev_begin: dict[int, int | None] = {}
+        self.ends: dict[int, dict[str, dict[int, int | None]]] = {}
+        """Per stage: the end ops of its first pass and of its latest forward and backward pass (receive posts)."""
         self.held: dict[tuple[str, int, int, int], int] = {}
         self.passes: list[list[Any]] = []
 
@@ -156,24 +158,26 @@ class Pipeline:
         with c.on(ranks):
             prog.set_micro_batch(p.micro_batch, True)
             c.dp.sync = p.kind == "B" and (c.opts.zero >= 2 or self.last_backward[(stage, p.chunk)] == p.micro_batch)
-            prev_end = {r: c.last[r] for r in ranks}
             begin = {}
             for r in ranks:
                 waits = [] if overlap else self.sends.pop(r, [])
                 begin[r] = b.memory(r, f"pp.{tag}.begin", [], phase="fwd" if p.kind == "F" else "bwd",
                                     deps=[c.last[r], *waits])
                 c.last[r] = begin[r]
-            self._receive(p, v, prev_end if not overlap else self.prev_begin, ranks)
+            ends = self.ends.setdefault(stage, {})
+            self._receive(p, v, ends.get(p.kind) or ends.get("first") or {}, ranks)
+            start = c.last[ranks[0]]
             if p.kind == "F":
                 prog.forward(stage, p.chunk)
             else:
                 prog.backward(stage, p.chunk)
             self._release(p, v, ranks)
             self._send(p, v, ranks)
-            for r in ranks:
-                self.prev_begin[r] = begin[r]
+            done = {r: c.last[r] for r in ranks}
+            ends[p.kind] = done
+            ends.setdefault("first", done)
             r0 = ranks[0]
-            self.passes.append([stage, p.kind, p.micro_batch, p.chunk, begin[r0], c.last[r0]])
+            self.passes.append([stage, p.kind, p.micro_batch, p.chunk, start, c.last[r0]])
 
     def _boundary(self) -> tuple[float, float, bool]:
         """(bytes each rank sends, bytes of the whole tensor on a rank, all-gathered by the receiver?)."""

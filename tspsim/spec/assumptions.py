@@ -258,8 +258,8 @@ def _convert(key: str, raw: Any, default: Any) -> Any:
 
 
 def parse_option_pairs(items: Sequence[str], recompute: str | None = None,
-                       stack: str | None = None) -> tuple[tuple[str, Any], ...]:
-    """``--option KEY=VALUE`` strings (and ``--recompute``, ``--stack``) → validated, sorted (key, value) pairs.
+                       stack: str | None = None, zero: int | None = None) -> tuple[tuple[str, Any], ...]:
+    """``--option KEY=VALUE`` strings (and ``--recompute``, ``--stack``, ``--zero``) → validated, sorted pairs.
 
     Raises:
         ConfigError: for a malformed item, an unknown key, a bad value, or ``--recompute`` / ``--stack``
@@ -276,6 +276,14 @@ def parse_option_pairs(items: Sequence[str], recompute: str | None = None,
             raise ConfigError(f"--recompute {recompute} contradicts --option recompute={pairs['recompute']}; "
                               "give one")
         pairs["recompute"] = recompute
+    if zero is not None:
+        given = pairs.get("zero", pairs.get("zero1"))
+        if given is not None and str(_zero1_alias({k: v for k, v in pairs.items() if k in ("zero", "zero1")})
+                                     .get("zero")) != str(zero):
+            raise ConfigError(f"--zero {zero} contradicts --option {'zero' if 'zero' in pairs else 'zero1'}={given}; "
+                              "give one")
+        pairs.pop("zero1", None)
+        pairs["zero"] = zero
     if stack is not None:
         if "stack" in pairs and pairs["stack"] != stack:
             raise ConfigError(f"--stack {stack} contradicts --option stack={pairs['stack']}; give one")
