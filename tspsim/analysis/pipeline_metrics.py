@@ -25,9 +25,9 @@ GB = 1e9
 
 
 def pipeline_metrics(tl: Timeline, stage_of: dict[int, int]) -> dict[str, Any] | None:
-    """``{"schedule", "stages", "virtual_stages", "micro_batches", "placement", "window_s", "bubble_pct",
-    "per_stage": [...]}`` of a pipelined graph; None without a pipeline record.
+    """The pipeline block of a run entry; None without a pipeline record.
 
+    Keys: schedule, stages, virtual_stages, micro_batches, placement, window_s, bubble_pct, per_stage.
     ``stage_of`` maps each simulated rank to its stage (for the per-stage memory peaks).
     """
     meta = tl.graph.meta if isinstance(tl.graph.meta, dict) else {}

@@ -14,9 +14,9 @@ from typing import Any
 import click
 
 from tspsim.commands.options import NameListType, SizeType, emit_json
+from tspsim.commands.parallel_options import ParallelArgs, parallel_options
 from tspsim.core.errors import TspsimError
 from tspsim.spec.assumptions import parse_option_pairs
-from tspsim.commands.parallel_options import ParallelArgs, parallel_options
 from tspsim.spec.pipeline_spec import PipelineSpec
 from tspsim.spec.workload import INFERENCE_MODES, MODES
 
