@@ -42,7 +42,7 @@ Definitions (units in the names; GB = 1e9 bytes):
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from tspsim import __version__
 from tspsim.analysis.pipeline_metrics import pipeline_metrics
@@ -64,6 +64,16 @@ INPUT_ALL_GATHER_KEY = "all_gather_input"
 """comm_bytes_per_rank key of the sharded-activation TP input all-gathers (design.md §3)."""
 
 Interval = tuple[float, float]
+
+
+class Periodic(Protocol):
+    """One period of a replay's steady state (:class:`tspsim.simulate.pipeline_timer.Window`)."""
+
+    start_s: float
+    end_s: float
+    periods: int
+    ops: Any
+    probe_micro_batches: int
 
 
 # ---------------------------------------------------------------------------------- intervals
@@ -151,10 +161,17 @@ def _sim_ranks(tl: Timeline) -> tuple[int, ...]:
 
 
 # ---------------------------------------------------------------------------------- time metrics
-def time_metrics(tl: Timeline) -> dict[str, float]:
+def clip(union: list[Interval], lo: float, hi: float) -> list[Interval]:
+    """The parts of disjoint sorted intervals inside [lo, hi]."""
+    return [(max(a, lo), min(b, hi)) for a, b in union if b > lo and a < hi]
+
+
+def time_metrics(tl: Timeline, window: Periodic | None = None) -> dict[str, float]:
     """compute_s, comm_s, exposed_comm_s (means over simulated ranks) and overlap_pct (HTA).
 
-    overlap_pct averages the per-rank ratios of the ranks that communicate; 0.0 if none does.
+    overlap_pct averages the per-rank ratios of the ranks that communicate; 0.0 if none does. With a periodic
+    ``window`` (a pipeline step timed from a shorter probe, :mod:`tspsim.simulate.pipeline_timer`) each rank's
+    times add ``periods`` times their part inside [start, end).
     """
     per = rank_intervals(tl)
     n = max(len(per), 1)
@@ -163,6 +180,11 @@ def time_metrics(tl: Timeline) -> dict[str, float]:
     for comp, comm in per.values():
         c, m = total_length(comp), total_length(comm)
         both = intersection_length(comp, comm)
+        if window is not None:
+            wc, wm = clip(comp, window.start_s, window.end_s), clip(comm, window.start_s, window.end_s)
+            c += window.periods * total_length(wc)
+            m += window.periods * total_length(wm)
+            both += window.periods * intersection_length(wc, wm)
         comp_sum += c
         comm_sum += m
         exposed_sum += m - both
@@ -173,15 +195,17 @@ def time_metrics(tl: Timeline) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------- bytes
-def comm_bytes(tl: Timeline, layer_only: bool = False) -> dict[str, float]:
+def comm_bytes(tl: Timeline, layer_only: bool = False, window: Periodic | None = None) -> dict[str, float]:
     """Mean bytes sent per simulated rank, by op kind (see the module docstring for the keys).
 
     ``layer_only`` keeps decoder block 0's forward (layer 0, phase ``fwd``, no recomputation).
-    ``recv`` ops are skipped: a transfer's bytes count on the sending side, under ``send``.
+    ``recv`` ops are skipped: a transfer's bytes count on the sending side, under ``send``. A periodic ``window``
+    adds ``periods`` times the bytes of its ops (one period of the steady state).
     """
     ops = tl.ops
     totals: dict[str, float] = {}
     ranks: set[int] = set()
+    extra = {} if window is None or layer_only else dict.fromkeys(window.ops.tolist(), window.periods)
     for op_id, sent in tl.op_sent_bytes.items():
         op = ops[op_id]
         if op.kind == "recv":
@@ -190,7 +214,7 @@ def comm_bytes(tl: Timeline, layer_only: bool = False) -> dict[str, float]:
             continue
         ranks.add(op.rank)
         key = INPUT_ALL_GATHER_KEY if "input_all_gather" in op.name else op.kind
-        totals[key] = totals.get(key, 0.0) + sent
+        totals[key] = totals.get(key, 0.0) + sent * (1 + extra.get(op_id, 0))
     n = max(len(ranks) if layer_only else len(_sim_ranks(tl)), 1)
     return {k: v / n for k, v in sorted(totals.items())}
 
@@ -205,7 +229,8 @@ SP_STREAMS = ("kv", "kv_tx")
 """Streams of the SP attention's communication (the all-gathers, all-to-alls and ring transfers)."""
 
 
-def sp_attention_metrics(tl: Timeline, layout: Layout, opts: Assumptions) -> dict[str, Any] | None:
+def sp_attention_metrics(tl: Timeline, layout: Layout, opts: Assumptions,
+                         window: Periodic | None = None) -> dict[str, Any] | None:
     """``{"algorithm", "comm_s", "overlap_pct", "exposed_s", "bytes_per_rank", "layer_bytes_per_rank"}``.
 
     None for layouts without a sequence-sharded axis (Σ < 2 or another schedule).
@@ -229,19 +254,25 @@ def sp_attention_metrics(tl: Timeline, layout: Layout, opts: Assumptions) -> dic
     ratios = []
     for r in ranks:
         m_u = interval_union(comm[r])
+        c_u = interval_union(comp[r])
         m = total_length(m_u)
-        both = intersection_length(interval_union(comp[r]), m_u)
+        both = intersection_length(c_u, m_u)
+        if window is not None:
+            wm, wc = clip(m_u, window.start_s, window.end_s), clip(c_u, window.start_s, window.end_s)
+            m += window.periods * total_length(wm)
+            both += window.periods * intersection_length(wc, wm)
         comm_sum += m
         exposed_sum += m - both
         if m > 0:
             ratios.append(100.0 * both / m)
     total = layer = 0.0
     layer_ranks: set[int] = set()
+    extra = {} if window is None else dict.fromkeys(window.ops.tolist(), window.periods)
     for op_id, sent in tl.op_sent_bytes.items():
         op = ops[op_id]
         if op.kind == "recv" or op.stream not in SP_STREAMS:
             continue
-        total += sent
+        total += sent * (1 + extra.get(op_id, 0))
         if first_block_forward(op.layer, op.phase, op.name):
             layer += sent
             layer_ranks.add(op.rank)
@@ -285,15 +316,18 @@ def tokens_per_step(workload: Workload, replicas: int, micro_batches: int = 1) -
     return workload.batch * workload.seq_len * micro_batches * replicas
 
 
-def timeline_entry(tl: Timeline, topo: Topology) -> dict[str, Any]:
+def timeline_entry(tl: Timeline, topo: Topology, window: Periodic | None = None) -> dict[str, Any]:
     """The model-independent keys of a run entry (step time, overlap, memory, bytes, sim stats).
 
-    What ``tspsim replay`` reports for a graph without model metadata; :func:`run_entry` adds the rest.
+    What ``tspsim replay`` reports for a graph without model metadata; :func:`run_entry` adds the rest. A periodic
+    ``window`` extends the replayed step by ``periods`` copies of it (times and bytes; the peak is unchanged).
     """
-    out: dict[str, Any] = {"topology": topo.name, "step_time_s": tl.end_s}
+    end = tl.end_s + (window.periods * (window.end_s - window.start_s) if window is not None else 0.0)
+    out: dict[str, Any] = {"topology": topo.name, "step_time_s": end}
     out.update(memory_metrics(tl, topo.gpu.hbm_GB))
-    out.update(time_metrics(tl))
-    out.update({"comm_bytes_per_rank": comm_bytes(tl), "layer_comm_bytes_per_rank": comm_bytes(tl, True),
+    out.update(time_metrics(tl, window))
+    out.update({"comm_bytes_per_rank": comm_bytes(tl, window=window),
+                "layer_comm_bytes_per_rank": comm_bytes(tl, True),
                 "collective_algorithms": dict(sorted(tl.collective_algorithms.items())),
                 "sim_events": tl.sim_events, "sim_wall_s": tl.sim_wall_s, "tspsim_version": __version__,
                 "topology_sha256": topo.source_sha256})
@@ -322,7 +356,7 @@ def generic_entry(tl: Timeline, topo: Topology, meta: dict[str, Any] | None = No
 
 
 def run_entry(tl: Timeline, topo: Topology, model: ModelConfig, layout: Layout, workload: Workload,
-              opts: Assumptions) -> dict[str, Any]:
+              opts: Assumptions, window: Periodic | None = None) -> dict[str, Any]:
     """The stable run entry of design.md §4, plus extra keys.
 
     Extra keys: tspsim_version, compute_s, comm_s, topology_sha256, model_sha256, config (fully
@@ -330,7 +364,7 @@ def run_entry(tl: Timeline, topo: Topology, model: ModelConfig, layout: Layout, 
     ``assumptions.stack``) and sp_attention (the SP algorithm's communication, overlap and bytes on a
     sequence-sharded axis, else null: :func:`sp_attention_metrics`). Definitions are in the module docstring.
     """
-    out = timeline_entry(tl, topo)
+    out = timeline_entry(tl, topo, window)
     step = out["step_time_s"]
     m = layout.micro_batches
     tokens = tokens_per_step(workload, layout.replicas, m)
@@ -345,9 +379,11 @@ def run_entry(tl: Timeline, topo: Topology, model: ModelConfig, layout: Layout, 
         "micro_batches": m, "global_batch": workload.batch * m * layout.replicas,
         "assumptions": opts.to_json(), "model_sha256": model.sha256, "stack": opts.stack.name,
         "config": resolved_config(topo, model, layout, workload, opts),
-        "sp_attention": sp_attention_metrics(tl, layout, opts),
+        "sp_attention": sp_attention_metrics(tl, layout, opts, window),
     })
-    pipe = pipeline_metrics(tl, {r: layout.stage_of(r) for r in _sim_ranks(tl)}) if layout.pp > 1 else None
+    pipe = pipeline_metrics(tl, {r: layout.stage_of(r) for r in _sim_ranks(tl)}, window) if layout.pp > 1 else None
+    if pipe:
+        pipe["micro_batches"] = m   # the step's (a periodic probe's timeline holds simulated_micro_batches)
     out["pipeline"] = pipe
     out["bubble_pct"] = pipe["bubble_pct"] if pipe else None
     return dict(sorted(out.items()))

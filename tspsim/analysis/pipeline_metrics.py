@@ -10,7 +10,9 @@ the instant the pass's input is there (its receive, or the previous pass's end).
 * **forward_s**, **backward_s** — mean duration of its forward and backward passes (one chunk each);
 * **peak_memory_gb** — the largest peak of its simulated ranks.
 
-``bubble_pct`` = 100 · mean over stages of idle_s / window_s. With uniform stages and no communication,
+``bubble_pct`` = 100 · mean over stages of idle_s / window_s. For a step timed from a shorter probe
+(:mod:`tspsim.simulate.pipeline_timer`) the window and each stage's busy time add ``periods`` times their part
+inside the steady-state period, and ``simulated_micro_batches`` says how many micro-batches the timeline holds. With uniform stages and no communication,
 1F1B and GPipe give (P − 1)/(m + P − 1) and interleaved 1F1B (P − 1)/(V·m + P − 1) (Narayanan et al. 2021
 §2.2), the fractions :mod:`tspsim.schedules.pipeline_order`'s formulas predict.
 """
@@ -24,7 +26,7 @@ from tspsim.engine.timeline import Timeline
 GB = 1e9
 
 
-def pipeline_metrics(tl: Timeline, stage_of: dict[int, int]) -> dict[str, Any] | None:
+def pipeline_metrics(tl: Timeline, stage_of: dict[int, int], window: Any = None) -> dict[str, Any] | None:
     """The pipeline block of a run entry; None without a pipeline record.
 
     Keys: schedule, stages, virtual_stages, micro_batches, placement, window_s, bubble_pct, per_stage.
@@ -38,6 +40,7 @@ def pipeline_metrics(tl: Timeline, stage_of: dict[int, int]) -> dict[str, Any] |
     end = {op_id: e for op_id, _, e in tl.spans}
     stages = int(rec["stages"])
     busy = [0.0] * stages
+    extra = [0.0] * stages
     f_sum, f_n, b_sum, b_n = [0.0] * stages, [0] * stages, [0.0] * stages, [0] * stages
     lo, hi = float("inf"), 0.0
     for stage, kind, _mb, _chunk, first, last in rec["passes"]:
@@ -46,6 +49,8 @@ def pipeline_metrics(tl: Timeline, stage_of: dict[int, int]) -> dict[str, Any] |
             continue
         span = max(0.0, t1 - t0)
         busy[stage] += span
+        if window is not None:
+            extra[stage] += max(0.0, min(t1, window.end_s) - max(t0, window.start_s))
         lo, hi = min(lo, t0), max(hi, t1)
         if kind == "F":
             f_sum[stage] += span
@@ -53,7 +58,10 @@ def pipeline_metrics(tl: Timeline, stage_of: dict[int, int]) -> dict[str, Any] |
         else:
             b_sum[stage] += span
             b_n[stage] += 1
-    window = max(hi - lo, 0.0)
+    span_s = max(hi - lo, 0.0)
+    if window is not None:
+        span_s += window.periods * (window.end_s - window.start_s)
+        busy = [b + window.periods * x for b, x in zip(busy, extra)]
     peaks = [0] * stages
     for r, s in stage_of.items():
         if 0 <= s < stages:
@@ -62,12 +70,14 @@ def pipeline_metrics(tl: Timeline, stage_of: dict[int, int]) -> dict[str, Any] |
     v = int(rec.get("virtual_stages") or 1)
     per_stage = []
     for s in range(stages):
-        idle = max(window - busy[s], 0.0)
+        idle = max(span_s - busy[s], 0.0)
         per_stage.append({"stage": s, "layers": sum(layers[s + k * stages] for k in range(v)) if layers else None,
                           "forward_s": f_sum[s] / f_n[s] if f_n[s] else 0.0,
                           "backward_s": b_sum[s] / b_n[s] if b_n[s] else 0.0,
                           "busy_s": busy[s], "idle_s": idle, "peak_memory_gb": peaks[s] / GB})
-    bubble = 100.0 * sum(p["idle_s"] for p in per_stage) / (stages * window) if window > 0 else 0.0
+    bubble = 100.0 * sum(p["idle_s"] for p in per_stage) / (stages * span_s) if span_s > 0 else 0.0
+    simulated = int(rec.get("micro_batches") or 0)
     return {"schedule": rec.get("schedule"), "stages": stages, "virtual_stages": v,
-            "micro_batches": rec.get("micro_batches"), "placement": rec.get("placement"), "window_s": window,
-            "bubble_pct": bubble, "per_stage": per_stage}
+            "micro_batches": simulated, "placement": rec.get("placement"), "window_s": span_s,
+            "bubble_pct": bubble, "per_stage": per_stage, "simulated_micro_batches": simulated,
+            "periods_extrapolated": window.periods if window is not None else 0}

@@ -126,6 +126,8 @@ class BuildContext:
         self._active: tuple[int, ...] | None = None
         self.dp = DataParallel(self)
         """Gradient reduction and the optimizer step (:mod:`tspsim.schedules.data_parallel`)."""
+        self.pipeline: Any = None
+        """The pipeline driver of a pipelined step (:class:`tspsim.schedules.pipeline.Pipeline`), after the build."""
 
     # ------------------------------------------------------------------------------ stack
     @property

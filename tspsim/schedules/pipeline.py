@@ -83,6 +83,7 @@ def run_step(ctx: BuildContext, prog: Program) -> OpGraph:
         ctx.optimizer_step(params)
         return ctx.finish(prog.name, prog.meta())
     pipe = Pipeline(ctx, prog)
+    ctx.pipeline = pipe
     pipe.run()
     pipe.embedding_sync()
     ctx.optimizer_step(params)
@@ -113,6 +114,11 @@ class Pipeline:
         """Per stage: the end ops of its first pass and of its latest forward and backward pass (receive posts)."""
         self.held: dict[tuple[str, int, int, int], int] = {}
         self.passes: list[list[Any]] = []
+        self.pass_keys: list[tuple[int, int]] = []
+        """(stage, position in the stage's order) of every emitted pass, in emission order."""
+        self.pass_of: list[int] = []
+        """Op id → index of its pass in :attr:`pass_keys` (−1: not part of a pass); a receive belongs to the pass
+        that consumes it."""
 
     def _order(self, stage: int) -> list[Pass]:
         lay = self.ctx.layout
@@ -139,7 +145,7 @@ class Pipeline:
                         need = ("B", p.micro_batch, v + 1) if v < self.last_v else None
                     if need is not None and need not in done:
                         break
-                    self._emit(s, p, v)
+                    self._emit(s, p, v, pos[s])
                     done.add((p.kind, p.micro_batch, v))
                     pos[s] += 1
                     progress = True
@@ -147,12 +153,16 @@ class Pipeline:
                 raise RuntimeError("pipeline pass orders deadlock")
 
     # ------------------------------------------------------------------------------ one pass
-    def _emit(self, stage: int, p: Pass, v: int) -> None:
+    def _emit(self, stage: int, p: Pass, v: int, position: int) -> None:
         c, prog = self.ctx, self.prog
         ranks = self.stage_ranks[stage]
         if not ranks:
             return
         b = c.builder
+        index = len(self.pass_keys)
+        self.pass_keys.append((stage, position))
+        self.pass_of.extend([-1] * (len(b.graph.ops) - len(self.pass_of)))
+        self.current = index
         overlap = c.opts.pp_overlap_p2p
         tag = f"{p.kind}{p.micro_batch}" + (f".c{p.chunk}" if self.V > 1 else "")
         with c.on(ranks):
@@ -178,6 +188,7 @@ class Pipeline:
             ends.setdefault("first", done)
             r0 = ranks[0]
             self.passes.append([stage, p.kind, p.micro_batch, p.chunk, start, c.last[r0]])
+        self.pass_of.extend([index] * (len(b.graph.ops) - len(self.pass_of)))
 
     def _boundary(self) -> tuple[float, float, bool]:
         """(bytes each rank sends, bytes of the whole tensor on a rank, all-gathered by the receiver?)."""
@@ -197,6 +208,7 @@ class Pipeline:
         for r, op in recvs.items():
             if post.get(r) is not None:
                 ops[op].deps.append(post[r])
+            self.pass_of[op] = self.current
         part, full, gather = self._boundary()
         cat = "activations" if p.kind == "F" else "temporary"
         ready: dict[int, int | None] = dict(recvs)
