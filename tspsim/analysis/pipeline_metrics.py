@@ -10,11 +10,11 @@ the instant the pass's input is there (its receive, or the previous pass's end).
 * **forward_s**, **backward_s** — mean duration of its forward and backward passes (one chunk each);
 * **peak_memory_gb** — the largest peak of its simulated ranks.
 
-``bubble_pct`` = 100 · mean over stages of idle_s / window_s. For a step timed from a shorter probe
+``bubble_pct`` = 100 · mean over stages of idle_s / window_s. With uniform stages and no communication, 1F1B and
+GPipe give (P − 1)/(m + P − 1) and interleaved 1F1B (P − 1)/(V·m + P − 1) (Narayanan et al. 2021 §2.2), the
+fractions :mod:`tspsim.schedules.pipeline_order`'s formulas predict. For a step timed from a shorter probe
 (:mod:`tspsim.simulate.pipeline_timer`) the window and each stage's busy time add ``periods`` times their part
-inside the steady-state period, and ``simulated_micro_batches`` says how many micro-batches the timeline holds. With uniform stages and no communication,
-1F1B and GPipe give (P − 1)/(m + P − 1) and interleaved 1F1B (P − 1)/(V·m + P − 1) (Narayanan et al. 2021
-§2.2), the fractions :mod:`tspsim.schedules.pipeline_order`'s formulas predict.
+inside the steady-state period, and ``simulated_micro_batches`` says how many micro-batches the timeline holds.
 """
 
 from __future__ import annotations
