@@ -55,6 +55,7 @@ from tspsim.explore.validation_row import (
     Row,
     try_row,
 )
+from tspsim.explore.validation_pipeline import pipeline_rows
 from tspsim.explore.validation_stacks import stack_rows
 
 MEMORY_TOLERANCE_PCT = 15.0
@@ -177,7 +178,7 @@ def mfu_rows() -> list[Row]:
 
 def validation_rows() -> list[Row]:
     """Every validation row: calibration points, then independent checks (each row says which it is)."""
-    return memory_rows() + collective_rows() + mfu_rows() + stack_rows()
+    return memory_rows() + collective_rows() + mfu_rows() + stack_rows() + pipeline_rows()
 
 
 def summary(rows: list[Row]) -> str:
