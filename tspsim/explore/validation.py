@@ -45,6 +45,7 @@ from itertools import permutations
 from typing import Any
 
 from tspsim.core.errors import TspsimError
+from tspsim.explore.validation_pipeline import pipeline_rows
 from tspsim.explore.validation_row import (
     AZURE_RCCL,
     BEKMAN_NVLINK,
@@ -55,7 +56,6 @@ from tspsim.explore.validation_row import (
     Row,
     try_row,
 )
-from tspsim.explore.validation_pipeline import pipeline_rows
 from tspsim.explore.validation_stacks import stack_rows
 
 MEMORY_TOLERANCE_PCT = 15.0
