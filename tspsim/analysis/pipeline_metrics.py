@@ -49,15 +49,17 @@ def pipeline_metrics(tl: Timeline, stage_of: dict[int, int], window: Any = None)
             continue
         span = max(0.0, t1 - t0)
         busy[stage] += span
+        lo, hi = min(lo, t0), max(hi, t1)
+        # passes starting inside the steady-state period occur ``periods`` more times in the real step
+        times = 1 + (window.periods if window is not None and window.start_s <= t0 < window.end_s else 0)
         if window is not None:
             extra[stage] += max(0.0, min(t1, window.end_s) - max(t0, window.start_s))
-        lo, hi = min(lo, t0), max(hi, t1)
         if kind == "F":
-            f_sum[stage] += span
-            f_n[stage] += 1
+            f_sum[stage] += span * times
+            f_n[stage] += times
         else:
-            b_sum[stage] += span
-            b_n[stage] += 1
+            b_sum[stage] += span * times
+            b_n[stage] += times
     span_s = max(hi - lo, 0.0)
     if window is not None:
         span_s += window.periods * (window.end_s - window.start_s)

@@ -5,7 +5,8 @@ phase becomes (latency, links, weights, progress): the hops of the phase routed 
 their bytes per payload byte times the protocol's wire factor summed per link
 (:func:`~tspsim.engine.collectives.phase_links`), and the bytes of progress the flow must make (the
 payload plus any pipeline fill). A send/recv is one flow over its route (weight 1: the measured
-point-to-point rate is the link capacity) after the direct start-up and the wire latency.
+point-to-point rate is the link capacity) after the direct start-up and the wire latency; like a collective,
+its kernel slows compute by the fabric's ``compute_slowdown`` (the network's when it crosses nodes).
 
 **Folding** (design.md §7): when the graph holds one replica, hops sent by mirror ranks are dropped
 (their simulated twin carries identical traffic) and every remaining link is replaced by its twin
@@ -180,7 +181,7 @@ class CommResolver:
             rep = int(self._representative(np.array([dst]))[0])
             recv[rep] = float(op.nbytes)
         phases = ((lat, list(uniq), list(uniq.values()), float(op.nbytes)),)
-        return ResolvedComm("p2p", "Simple", phases, sent, recv, topo.intra.compute_slowdown)
+        return ResolvedComm("p2p", "Simple", phases, sent, recv, self._slowdown(op.group))
 
     def _slowdown(self, group: tuple[int, ...]) -> float:
         topo = self.topo

@@ -324,6 +324,9 @@ class Replay:
             from tspsim.spec.fold import FoldPlan
 
             plan = FoldPlan.from_meta(meta["fold"])
+            recorded = meta.get("world_size")
+            if isinstance(recorded, int) and not isinstance(recorded, bool) and world < recorded <= topo.world_size:
+                world = recorded   # mirrors that exchange nothing with simulated ranks still count
             nodes = -(-world // topo.gpus_per_node)
             fault = plan.fault(nodes, topo.gpus_per_node) or (
                 None if self.sim_ranks == set(plan.simulated(world)) else "its simulated ranks are not the plan's")

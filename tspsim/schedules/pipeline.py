@@ -12,11 +12,15 @@ where a stage waits for a transfer.
   ``pp_send_bwd``; receives on ``pp_recv_fwd``, ``pp_recv_bwd``). Each rank sends its own slice: a
   sequence-sharded residual (``satp-seq``, TSP) is already split; a residual replicated over the TP group is
   sent as 1/T slices and all-gathered by the receiving stage over the node fabric (``pp_scatter_gather``,
-  Narayanan et al. 2021 §4.1). A stage posts the receive of a pass's input when it finishes its previous pass
-  of the same kind (its first pass, for the first of a kind), so every stage has its next forward and next
-  backward input posted whenever it waits — as Megatron's batched send/receive calls do. With
-  ``pp_overlap_p2p`` (Megatron-Core's ``overlap_p2p_comm``) sends run beside compute; without it (Megatron-LM
-  2022) a stage waits for its sends to finish before it starts the next pass.
+  Narayanan et al. 2021 §4.1). With ``pp_overlap_p2p`` (Megatron-Core's ``overlap_p2p_comm``) a stage posts
+  the receive of a pass's input when it starts the pass before, and its sends run beside compute. Without it
+  (Megatron-LM 2022: batched isend/irecv, then wait) a stage posts the receive when it finishes the pass before
+  (1F1B's ``send_forward_recv_backward`` / ``send_backward_recv_forward``) — with interleaving, when it finishes
+  its previous pass of the same kind, so that whenever it waits its next forward and next backward inputs are
+  posted, as the batched ``send_forward_backward_recv_forward_backward`` does (no cycle of sends can then
+  block) — and waits for its sends before it starts the next pass.
+  A posted receive is a communication kernel like any other: it is active (and slows the GPU's compute by the
+  fabric's ``compute_slowdown``) from when it is posted.
 * **Memory.** A received activation is kept until the backward pass of that micro-batch and chunk (the first
   block's saved input), a received gradient until the end of its pass; activations saved by the blocks are kept
   per micro-batch, so a stage holds as many micro-batches as its schedule has in flight (1F1B: P − s on stage
@@ -111,7 +115,8 @@ class Pipeline:
         self.pending: dict[tuple[str, int, int], dict[int, int]] = {}
         self.sends: dict[int, list[int]] = {}
         self.ends: dict[int, dict[str, dict[int, int | None]]] = {}
-        """Per stage: the end ops of its first pass and of its latest forward and backward pass (receive posts)."""
+        """Per stage: the begin and end of its latest pass and the end of its latest forward and backward pass,
+        where the receives of later passes are posted."""
         self.held: dict[tuple[str, int, int, int], int] = {}
         self.passes: list[list[Any]] = []
         self.pass_keys: list[tuple[int, int]] = []
@@ -168,14 +173,20 @@ class Pipeline:
         with c.on(ranks):
             prog.set_micro_batch(p.micro_batch, True)
             c.dp.sync = p.kind == "B" and (c.opts.zero >= 2 or self.last_backward[(stage, p.chunk)] == p.micro_batch)
+            marks = self.ends.setdefault(stage, {})
+            if overlap:
+                post = marks.get("begin", {})
+            elif self.V > 1:
+                post = marks.get(p.kind, marks.get("first", {}))
+            else:
+                post = marks.get("end", {})
             begin = {}
             for r in ranks:
                 waits = [] if overlap else self.sends.pop(r, [])
                 begin[r] = b.memory(r, f"pp.{tag}.begin", [], phase="fwd" if p.kind == "F" else "bwd",
                                     deps=[c.last[r], *waits])
                 c.last[r] = begin[r]
-            ends = self.ends.setdefault(stage, {})
-            self._receive(p, v, ends.get(p.kind) or ends.get("first") or {}, ranks)
+            self._receive(p, v, post, ranks)
             start = c.last[ranks[0]]
             if p.kind == "F":
                 prog.forward(stage, p.chunk)
@@ -183,9 +194,10 @@ class Pipeline:
                 prog.backward(stage, p.chunk)
             self._release(p, v, ranks)
             self._send(p, v, ranks)
-            done = {r: c.last[r] for r in ranks}
-            ends[p.kind] = done
-            ends.setdefault("first", done)
+            done: dict[int, int | None] = {r: c.last[r] for r in ranks}
+            marks["end"] = marks[p.kind] = done
+            marks.setdefault("first", done)
+            marks["begin"] = dict(begin)
             r0 = ranks[0]
             self.passes.append([stage, p.kind, p.micro_batch, p.chunk, start, c.last[r0]])
         self.pass_of.extend([index] * (len(b.graph.ops) - len(self.pass_of)))

@@ -27,13 +27,18 @@ from tspsim.engine.timeline import Timeline
 from tspsim.opgraph import OpGraph
 
 PROBE_EXTRA = 16
-"""1F1B probe: P + max(this, ⌈3P/4⌉) micro-batches. The steady state is approached geometrically (the overlap of
-transfers and compute contracts toward a fixed point, about halving the deviation per pair at P = 64) and repeats
-to floating-point precision after ~35 pairs past stage 0's warm-up at P = 64, ~12 at P = 4."""
+"""1F1B probe: P + this many micro-batches. With blocking transfers (Megatron-LM 2022) the steady state repeats from
+the first pairs past stage 0's warm-up; with receives posted a pass ahead it may settle slowly (the receive
+kernel slowing compute couples neighbouring stages), so a probe that finds no window is followed by one of
+P + 2·(P + this) (:func:`probe_micro_batches` with ``attempt=1``) before the whole step is replayed."""
 PROBE_PERIODS = 4
 """Interleaved probe: this many periods of P micro-batches."""
 MIN_SAVING = 1.5
 """Use a probe only when the step has at least this many times its micro-batches."""
+MAX_CYCLICITY = 4
+"""Longest cycle of periods a steady state may repeat with (1F1B probes are sized so 1 … 4 divide what is added)."""
+ALIGN = 12
+"""A 1F1B probe is lengthened until the micro-batches it leaves out are a multiple of this (lcm of 1 … 4)."""
 
 
 @dataclass(frozen=True)
@@ -45,9 +50,9 @@ class Window:
     end_s: float
     """t″ = t′ + Δ."""
     periods: int
-    """k: periods the real step has beyond the probe."""
+    """How many times the window repeats in the real step beyond the probe."""
     ops: np.ndarray
-    """Ids of the ops of one period (the pairs starting at the window's anchor on every stage)."""
+    """Ids of the ops of the window (the pairs of its periods, starting at the anchor's on every stage)."""
     probe_micro_batches: int
     """m′, the micro-batches the replayed graph has."""
 
@@ -57,14 +62,18 @@ class Window:
         return self.end_s - self.start_s
 
 
-def probe_micro_batches(m: int, stages: int, schedule: str) -> int | None:
-    """m′ for a step of ``m`` micro-batches, or None when a probe does not pay (or the schedule is GPipe)."""
+def probe_micro_batches(m: int, stages: int, schedule: str, attempt: int = 0) -> int | None:
+    """m′ for a step of ``m`` micro-batches, or None when a probe does not pay (or the schedule is GPipe).
+
+    ``attempt`` 1 is the longer probe tried when the first finds no window.
+    """
     if stages < 2 or schedule == "gpipe":
         return None
     if schedule == "interleaved":
-        probe = PROBE_PERIODS * stages
+        probe = PROBE_PERIODS * stages * (1 + 2 * attempt)
     else:
-        probe = stages + max(PROBE_EXTRA, -(-3 * stages // 4))
+        probe = stages + (PROBE_EXTRA if attempt == 0 else 2 * (stages + PROBE_EXTRA))
+        probe += (m - probe) % ALIGN
     if m < MIN_SAVING * probe:
         return None
     return probe
@@ -151,7 +160,8 @@ def find_window(tl: Timeline, succ: np.ndarray, kind: np.ndarray, anchors: list[
     """(t′, t″, anchor op) of the first anchor whose window passes the state check, or None.
 
     For an anchor op a (the first op of a steady pair on stage 0) t′ = start(a), t″ = start(succ(a)), Δ = t″ − t′,
-    t0 the earliest start among ops running at t′. The states match when: every prologue op ended by t0; no tail
+    t0 the earliest start among ops running at t′. The states match when: every prologue op ended by t0 and every op
+    of the first period (no op maps onto it) by t0 + Δ (none is alive in the shifted history); no tail
     op started before t″; every body op o that ended by t0 has succ(o) ended by t0 + Δ; every body op not started
     at t′ has succ(o) not started at t″; every body op running across t′ has succ(o) starting exactly Δ later and
     ending exactly Δ later (if o ended by t′) or still running at t″. Everything the engine holds at t′ (remaining
@@ -166,6 +176,9 @@ def find_window(tl: Timeline, succ: np.ndarray, kind: np.ndarray, anchors: list[
     body = kind == 1
     idx = np.flatnonzero(body)
     sx = succ[idx]
+    has_pred = np.zeros(n, dtype=bool)
+    has_pred[sx] = True
+    first = body & ~has_pred          # the first period (no op maps onto it): like the prologue
     for a in anchors:
         if succ[a] < 0:
             continue
@@ -176,7 +189,7 @@ def find_window(tl: Timeline, succ: np.ndarray, kind: np.ndarray, anchors: list[
         eps = rel_tol * max(tpp, 1e-9)
         running = (start < tp) & (end >= tp)
         t0 = min(float(start[running].min()) if running.any() else tp, tp)
-        if (end[kind == 0] > t0 + eps).any():
+        if (end[kind == 0] > t0 + eps).any() or (end[first] > t0 + delta + eps).any():
             continue
         if (start[kind == 2] < tpp - eps).any():
             continue
@@ -196,25 +209,40 @@ def find_window(tl: Timeline, succ: np.ndarray, kind: np.ndarray, anchors: list[
 
 
 def window_for(graph: OpGraph, tl: Timeline, pipe: object, m: int, probe: int, schedule: str) -> Window | None:
-    """The steady-state window of a probe replay (see the module docstring), or None."""
+    """The steady-state window of a probe replay (see the module docstring), or None.
+
+    The steady state may repeat only every c periods (its cyclicity: overlapping transfers and compute can settle
+    into a cycle of a few pairs); windows of c = 1 … :data:`MAX_CYCLICITY` periods are tried, c dividing the
+    periods to add.
+    """
     stages = len(pipe.orders)                                         # type: ignore[attr-defined]
     per = period_micro_batches(stages, schedule)
     v = max(1, getattr(pipe, "V", 1))
     q = per * v if schedule == "interleaved" else 1
     if (m - probe) % per:
         return None
+    k = (m - probe) // per
     succ, kind, pair_ops = successor_map(graph, pipe, q)
     ops = graph.ops
     anchors = [next(int(o) for o in p if ops[int(o)].kind != "recv") for p in pair_ops.get(0, []) if len(p)]
-    found = find_window(tl, succ, kind, anchors)
-    if found is None:
-        return None
-    t0, t1, a = found
-    i = next(k for k, p in enumerate(pair_ops[0]) if len(p) and a in p)
-    # one period: on every stage, the q pairs that start where stage 0's anchor pair is in the pair numbering
-    period = [pair_ops[s][j] for s in pair_ops for j in range(i, i + q) if j < len(pair_ops[s])]
-    ops = np.concatenate(period) if period else np.zeros(0, dtype=np.int64)
-    return Window(t0, t1, (m - probe) // per, ops, probe)
+    for c in range(1, MAX_CYCLICITY + 1):
+        if k % c:
+            continue
+        succ_c = succ.copy()
+        for _ in range(c - 1):
+            succ_c = np.where(succ_c >= 0, succ[np.maximum(succ_c, 0)], -1)
+        kind_c = kind.copy()
+        kind_c[(kind == 1) & (succ_c < 0)] = 2     # its c-th successor does not exist: part of the tail
+        found = find_window(tl, succ_c, kind_c, anchors)
+        if found is None:
+            continue
+        t0, t1, a = found
+        i = next(j for j, p in enumerate(pair_ops[0]) if len(p) and a in p)
+        # c periods: on every stage, the c·q pairs starting where stage 0's anchor pair is in the pair numbering
+        period = [pair_ops[s][j] for s in pair_ops for j in range(i, i + c * q) if j < len(pair_ops[s])]
+        chosen = np.concatenate(period) if period else np.zeros(0, dtype=np.int64)
+        return Window(t0, t1, k // c, chosen, probe)
+    return None
 
 
 def probe_spec(pipeline: object, probe: int, batch: int, replicas: int) -> object:

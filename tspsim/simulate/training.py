@@ -38,16 +38,17 @@ def _periodic(point: Point, fold: bool, record_links: bool) -> RunResult | None:
     """The step timed from a probe (see the module docstring), or None when that does not apply."""
     topo, model, layout, workload, opts = resolve(point)
     m = layout.micro_batches
-    probe = probe_micro_batches(m, layout.pp, layout.pp_schedule)
-    if probe is None:
-        return None
-    small = replace(point, pipeline=probe_spec(point.pipeline, probe, point.batch, layout.replicas))
-    _t, _m, small_layout, _w, _o = resolve(small)
-    ctx = BuildContext(model, topo, small_layout, workload, opts, fold=fold)
-    graph = SCHEDULES.get(point.schedule).build(ctx)
-    tl = replay(graph, topo, ReplayOptions(record_links=record_links))
-    window = window_for(graph, tl, ctx.pipeline, m, probe, layout.pp_schedule)
-    if window is None:
-        return None
-    entry = run_entry(tl, topo, model, layout, workload, opts, window)
-    return RunResult(entry, tl, topo, model, layout, workload, opts)
+    for attempt in (0, 1):
+        probe = probe_micro_batches(m, layout.pp, layout.pp_schedule, attempt)
+        if probe is None:
+            return None
+        small = replace(point, pipeline=probe_spec(point.pipeline, probe, point.batch, layout.replicas))
+        _t, _m, small_layout, _w, _o = resolve(small)
+        ctx = BuildContext(model, topo, small_layout, workload, opts, fold=fold)
+        graph = SCHEDULES.get(point.schedule).build(ctx)
+        tl = replay(graph, topo, ReplayOptions(record_links=record_links))
+        window = window_for(graph, tl, ctx.pipeline, m, probe, layout.pp_schedule)
+        if window is not None:
+            entry = run_entry(tl, topo, model, layout, workload, opts, window)
+            return RunResult(entry, tl, topo, model, layout, workload, opts)
+    return None
