@@ -60,6 +60,14 @@ def _sp(entry: Entry, key: str, spec: str) -> str:
 
 _SP_ROWS = ("SP attention comm (s)", "SP attention overlap (%)")
 """Rows shown only when an entry has an SP axis (its algorithm is named in the column label)."""
+_BATCH_ROWS = ("micro-batches", "pipeline bubble (%)")
+"""Rows shown only when an entry accumulates micro-batches or runs a pipeline."""
+
+
+def _micro(e: Entry) -> str:
+    """``8 × 1 (G=128)``: micro-batches per replica × micro-batch, and the global batch."""
+    m = e.get("micro_batches") or 1
+    return f"{m} × {e.get('batch')} (G={e.get('global_batch')})"
 
 _ROWS: tuple[tuple[str, Callable[[Entry], str]], ...] = (
     ("step time (s)", lambda e: _fmt(e.get("step_time_s"), ".4g")),
@@ -73,6 +81,8 @@ _ROWS: tuple[tuple[str, Callable[[Entry], str]], ...] = (
     ("comm (s)", lambda e: _fmt(e.get("comm_s"), ".4g")),
     ("overlap (%)", lambda e: f"{e['overlap_pct']:.1f}"),
     ("exposed comm (s)", lambda e: f"{e['exposed_comm_s']:.4g}"),
+    ("micro-batches", _micro),
+    ("pipeline bubble (%)", lambda e: "-" if e.get("bubble_pct") is None else f"{e['bubble_pct']:.1f}"),
     ("SP attention comm (s)", lambda e: _sp(e, "comm_s", ".4g")),
     ("SP attention overlap (%)", lambda e: _sp(e, "overlap_pct", ".1f")),
     ("comm GB/rank/step", lambda e: _gb(_sum_bytes(e.get("comm_bytes_per_rank"), False))),
@@ -87,7 +97,8 @@ def comparison_table(entries: Sequence[Entry]) -> str:
 
     Rows: step time, tokens/s (global, per GPU, and × layers: the TSP paper's per-decoder-layer unit),
     MFU (%; a fraction in JSON), peak memory against HBM and its largest category, compute and
-    communication time, HTA overlap, exposed communication, the SP attention's communication time and
+    communication time, HTA overlap, exposed communication, micro-batches and the pipeline bubble (only when an
+    entry accumulates micro-batches or runs a pipeline), the SP attention's communication time and
     overlap (only when a layout has a sequence-sharded axis; the column label names its algorithm), bytes
     sent per rank per step (input all-gathers of sharded-activation TP on their own row, only when
     present), one block's forward bytes, and the OOM flag. Inference entries (prefill, decode, generate)
@@ -98,6 +109,7 @@ def comparison_table(entries: Sequence[Entry]) -> str:
         return "(no results)"
     has_input = any(_sum_bytes(e.get("comm_bytes_per_rank"), True) for e in entries)
     has_sp = any(isinstance(e.get("sp_attention"), dict) for e in entries)
+    has_batches = any((e.get("micro_batches") or 1) > 1 or e.get("bubble_pct") is not None for e in entries)
     serving = all(e.get("mode") in INFERENCE_MODES for e in entries)
     request = all(e.get("mode") == "generate" and not e.get("inference_step") for e in entries)
     rows = [("", *[schedule_label(e) for e in entries])]
@@ -105,6 +117,8 @@ def comparison_table(entries: Sequence[Entry]) -> str:
         if label.strip().startswith("+ input") and not has_input:
             continue
         if label in _SP_ROWS and not has_sp:
+            continue
+        if label in _BATCH_ROWS and not has_batches:
             continue
         if serving and label == "tokens/s × layers":
             continue

@@ -168,7 +168,7 @@ def default_seq(args: PlanArgs) -> int:
 
 # ---------------------------------------------------------------------------------- schedule choice
 def default_comparison(args: PlanArgs, seq: int, pairs: tuple[tuple[str, Any], ...]) -> list[Any]:
-    """The default comparison: tsp (D), tp (D) and tp+sp.
+    """The default comparison: tsp (D), tp (D) and tp+sp (the playbooks are added by :func:`playbook_results`).
 
     tp+sp takes the degrees every command uses (:func:`tspsim.spec.layout.default_tp_sp`): T = GPUs per
     node × Σ=2 on ≥ 2 nodes and T = half a node × Σ=2 on one node. Schedules not registered, or whose
@@ -230,6 +230,54 @@ def choose_points(args: PlanArgs, schedules: list[str] | None, seq: int,
     for p in points:
         check_point(p)
     return points
+
+
+def playbook_results(args: PlanArgs, seq: int, pairs: tuple[tuple[str, Any], ...], base: list[Any], *,
+                     fold: bool, record_links: bool) -> list[Any]:
+    """The best FSDP and the best PTD-P layout of the default comparison (:mod:`tspsim.explore.playbooks`).
+
+    Same GPUs and global batch as the first column (``--global-batch``, else its micro-batch × replicas); each
+    family's layouts are simulated (progress on stderr) and the fastest that fits is re-simulated for the report.
+    None fits: a note on stderr.
+    """
+    from tspsim.explore.playbooks import PLAYBOOKS, best_playbook, playbook_points, valid_points
+    from tspsim.explore.max_batch import simulate_with_max_batch
+
+    if not base:
+        return []
+    first = base[0].entry
+    g = args.pipeline.global_batch or first["batch"] * first["replicas"]
+    out = []
+    for family in PLAYBOOKS:
+        points = valid_points(playbook_points(family, args.topology, args.model, seq, g, pairs, args.gpus))
+        if not points:
+            click.echo(f"note: no {family} layout takes a global batch of {g} on these GPUs", err=True)
+            continue
+        progress = PointProgress(f"searching the best {family} layout ({len(points)} candidates)")
+        try:
+            best = best_playbook(points, fold=fold)
+        except BaseException:
+            progress.finish(failed=True)
+            raise
+        progress.finish()
+        if best is None:
+            click.echo(f"note: no {family} layout fits in memory", err=True)
+            continue
+        if record_links:
+            best = simulate_with_max_batch(_point_of(best, points), fold=fold, record_links=True)
+        out.append(best)
+    return out
+
+
+def _point_of(result: Any, points: list[Any]) -> Any:
+    """The candidate point a result came from (same schedule, degrees, batch, options and pipeline)."""
+    lay = result.layout
+    for p in points:
+        if (p.schedule == lay.schedule and p.batch == result.workload.batch and p.pipeline.stages == lay.pp
+                and p.pipeline.virtual_stages == lay.virtual_stages
+                and dict(p.options).get("zero") == result.assumptions.zero):
+            return p
+    raise TspsimError("internal: the best playbook layout has no candidate point")
 
 
 def point_label(point: Any) -> str:
@@ -365,8 +413,11 @@ def print_report(entries: list[dict[str, Any]], max_batch_note: str | None = Non
                         "generate": f"# the whole request: prefill + {e.get('decode_tokens')} decode steps "
                                     "(request time = TTFT + every decode step)"}[e["mode"]])
     else:
-        click.echo(f"# {e['model']} on {e['topology']}: {e['mode']}, seq {format_tokens(e['seq_len'])}, "
-                   f"batch {e['batch']} per replica")
+        if any((x.get("micro_batches") or 1) > 1 or x.get("bubble_pct") is not None for x in entries):
+            what = f"micro-batch {e['batch']} (micro-batches and global batch G per column below)"
+        else:
+            what = f"batch {e['batch']} per replica"
+        click.echo(f"# {e['model']} on {e['topology']}: {e['mode']}, seq {format_tokens(e['seq_len'])}, {what}")
     click.echo(comparison_table(entries))
     if e["mode"] == "generate" and not e.get("inference_step"):
         from tspsim.analysis.report import phase_table
@@ -412,7 +463,9 @@ def run(topology: str, model: str, degree: int | None, tp: int | None, sp: int |
     """Simulate schedules on a topology and compare them side by side.
 
     Without --schedule, compares tsp (D = GPUs per node), tp (same D) and tp+sp (T=8×SP=2 across two
-    nodes, T=4×SP=2 on one node), skipping any that do not fit.
+    nodes, T=4×SP=2 on one node), skipping any that do not fit, and (training) the best FSDP layout (ZeRO-3
+    alone or over TP/SP) and the best PTD-P layout (TP+SP × pipeline stages × DP) at the same GPUs and global
+    batch as the first column, found by simulating each family's candidates.
 
     \b
     Examples:
@@ -451,6 +504,9 @@ def run(topology: str, model: str, degree: int | None, tp: int | None, sp: int |
     pairs = parse_option_pairs(options, recompute, stack, parallel.zero)
     points = choose_points(args, schedules, default_seq(args), pairs)
     results = simulate_points(points, fold=not full, record_links=bool(html or trace or save))
+    if schedules is None and mode == "train" and args.pipeline.stages == 1 and parallel.zero is None:
+        results += playbook_results(args, default_seq(args), pairs, results, fold=not full,
+                                    record_links=bool(html or trace or save))
     if no_timing:
         for r in results:
             r.entry["sim_wall_s"] = None
