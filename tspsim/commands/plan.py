@@ -71,8 +71,9 @@ def plan(ctx: click.Context, topology: str, model: str, seq: int | None, mode: s
     algorithm (allgather, ring, ulysses) unless --option sp_attention=… fixes one. Training also tries the
     default playbooks at --global-batch: FSDP (ZeRO-3 alone or over TP/SP) and PTD-P (TP+SP × every pipeline
     stage count dividing the blocks × 1 or 2 virtual stages), and retries every layout that does not fit with
-    ZeRO-1 and ZeRO-3. Configurations that do not fit in HBM are dropped. Prints the ranked list, the objective, the best choice and one line saying what
-    limits it (memory, exposed communication or compute; decode steps also HBM bandwidth or overheads).
+    ZeRO-1 and ZeRO-3. Configurations that do not fit in HBM are dropped. Prints the ranked list, the
+    objective, the best choice and one line saying what limits it (memory, exposed communication or compute;
+    decode steps also HBM bandwidth or overheads).
 
     Training ranks by tokens/s. Inference modes rank by a serving objective (--objective): prefill by
     the lowest TTFT, decode by the highest decode tokens/s, generate by the highest tokens/s of the whole

@@ -240,8 +240,8 @@ def playbook_results(args: PlanArgs, seq: int, pairs: tuple[tuple[str, Any], ...
     family's layouts are simulated (progress on stderr) and the fastest that fits is re-simulated for the report.
     None fits: a note on stderr.
     """
-    from tspsim.explore.playbooks import PLAYBOOKS, best_playbook, playbook_points, valid_points
     from tspsim.explore.max_batch import simulate_with_max_batch
+    from tspsim.explore.playbooks import PLAYBOOKS, best_playbook, playbook_points, valid_points
 
     if not base:
         return []
