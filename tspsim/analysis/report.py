@@ -210,27 +210,27 @@ def verdict(entries: Sequence[Entry]) -> str:
 
 
 def zero1_estimate_gb(entry: Entry) -> float | None:
-    """Peak memory (GB) the entry would need with ``zero1`` (optimizer state sharded over its DP replicas).
+    """Peak memory (GB) the entry would need with ZeRO-1 (optimizer state sharded over its DP replicas).
 
     The optimizer state is allocated once, before the step, so sharding it lowers the whole memory curve by
     (1 − 1/replicas) of it: peak − optimizer_state_at_peak · (1 − 1/replicas). None when it does not apply
-    (not training, zero1 already on, one replica, no optimizer state).
+    (not training, a ZeRO stage already on, one replica, no optimizer state).
     """
     opts = entry.get("assumptions") or {}
     replicas = entry.get("replicas") or 1
     opt_gb = (entry.get("memory_breakdown_gb") or {}).get("optimizer_state") or 0.0
-    if entry.get("mode") != "train" or opts.get("zero1") or replicas < 2 or opt_gb <= 0:
+    if entry.get("mode") != "train" or opts.get("zero1") or opts.get("zero") or replicas < 2 or opt_gb <= 0:
         return None
     return float(entry["peak_memory_gb"]) - opt_gb * (1.0 - 1.0 / replicas)
 
 
 def zero1_hint(entries: Sequence[Entry]) -> str:
-    """``; with --option zero1=true … would fit`` for the entry that would need least, or ''."""
+    """``; with --zero 1 … would fit`` for the entry that would need least, or ''."""
     fitting = [(need, e) for e in entries if (need := zero1_estimate_gb(e)) is not None and need <= e["hbm_gb"]]
     if not fitting:
         return ""
     need, e = min(fitting, key=lambda t: t[0])
-    return (f"; with --option zero1=true (optimizer state sharded over the {e['replicas']} data-parallel "
+    return (f"; with --zero 1 (optimizer state sharded over the {e['replicas']} data-parallel "
             f"replicas) {schedule_label(e)} would need about {need:.1f} GB and fit — rerun with it to check")
 
 

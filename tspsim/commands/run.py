@@ -55,7 +55,7 @@ def plan_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Software stack: a preset (tspsim list stacks) or a YAML file (default: megatron-core). "
                           "Same as --option stack=NAME."),
         click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
-                     help="Override an assumption (repeatable), e.g. --option zero1=true."),
+                     help="Override an assumption (repeatable), e.g. --option zero=1."),
         click.option("--gpus", type=click.IntRange(min=1), default=None,
                      help="Use only the first N GPUs of the topology."),
         click.option("--full", is_flag=True, help="Simulate every rank (no folding of identical replicas)."),

@@ -22,16 +22,14 @@ the n/h groups (2(n/h − 1)/(n/h) · bytes/h), as FSDP2's hybrid mesh does.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from tspsim.schedules.context import BuildContext
+from typing import Any
 
 
 class DataParallel:
     """Gradient buckets, per-layer reduce-scatters and the optimizer step of one build."""
 
-    def __init__(self, ctx: BuildContext) -> None:
+    def __init__(self, ctx: Any) -> None:
+        """``ctx``: the :class:`tspsim.schedules.context.BuildContext` being built (which owns this object)."""
         self.ctx = ctx
         self.buckets: dict[tuple[int, ...], list] = {}
         self.ops: dict[int, list[int]] = {}
