@@ -12,8 +12,17 @@ parallelism plus selective recomputation:
 
 Simulated with the ``megatron-lm-2022`` stack on ``dgx-a100-128node`` (``--schedule tp --recompute full`` and
 ``--schedule satp-seq --recompute selective``). No constant was fitted to these numbers: they are independent
-checks, tolerance 10 %. The 1T steps are timed from a probe of 112 micro-batches whose steady state repeats
+checks, tolerance 10 %. The long steps are timed from a probe of fewer micro-batches whose steady state repeats
 (:mod:`tspsim.simulate.pipeline_timer`).
+
+Every row runs fast (the simulation is optimistic). Each row's note names the residual miss's mechanism
+(:data:`MECHANISM`): the per-op breakdown of a stage (README, "Pipeline parallelism and FSDP/ZeRO") finds the
+Megatron-LM 2022 mechanisms modelled — recompute re-running the layer forward with its TP collectives, the
+async TP all-reduce and SP reduce-scatter under the weight-gradient GEMM, SP's blocking forward collectives,
+the all-gather redo, blocking p2p with scatter-gather, the interleaved schedule's extra transfers, the
+tied-embedding all-reduce, the LM head on the last stage — and each of those pieces small or at its
+first-principles time; what is left is the layer's GEMM time (75–89 % of a layer), run at the A100 preset's
+0.85 × 312 TF (hardware.md's [unverified] best-shape ceiling).
 """
 
 from __future__ import annotations
@@ -38,6 +47,21 @@ CASES = (
 
 VARIANTS = (("full", "tp", "full", "full recompute"), ("sp-selective", "satp-seq", "selective", "SP + selective"))
 """(id suffix, schedule, recompute, label) of the two columns."""
+
+
+MECHANISM = {
+    "full": ("residual miss: per-layer compute - the GEMMs (75% of a layer at 175B, 87% at 1T) run at the A100 "
+             "preset's 0.85 x 312 TF best-shape ceiling; ~0.69 would close the 175B row, ~0.75 the 1T one "
+             "(larger GEMMs). Recompute with its TP all-reduces, the async TP gradient all-reduce, scatter-gather "
+             "and blocking p2p, bubble, tied-embedding all-reduce and optimizer are modelled as Megatron-LM 2022 "
+             "runs them"),
+    "sp-selective": ("residual miss: per-layer compute - the GEMMs (78% of a layer at 175B, 89% at 1T) run at the "
+                     "A100 preset's 0.85 x 312 TF best-shape ceiling; ~0.66 would close the 175B row, ~0.73 the 1T "
+                     "one; larger than the full-recompute miss because exposed communication is a smaller share of "
+                     "an SP layer. SP collectives (blocking forward, redo under dgrad, reduce-scatter under wgrad) "
+                     "and the core-attention recompute with its dropout mask are modelled as the 2022 code"),
+}
+"""Mechanism of each column's residual miss (the row's note; see the module docstring)."""
 
 
 def command(model: str, gpus: int, pp: int, v: int, batch: int, schedule: str, recompute: str) -> str:
@@ -69,6 +93,6 @@ def pipeline_rows() -> list[Row]:
                       TOLERANCE_PCT, KORTHIKANTI_TABLE5)
             row = try_row(row, lambda a=(model, gpus, pp, v, batch, schedule, recompute): step_time(*a))
             cmd = command(model, gpus, pp, v, batch, schedule, recompute)
-            row.note = f"{row.note + '; ' if row.note else ''}reproduce: {cmd}"
+            row.note = f"{row.note + '; ' if row.note else ''}{MECHANISM[suffix]}; reproduce: {cmd}"
             rows.append(row)
     return rows

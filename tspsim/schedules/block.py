@@ -158,6 +158,14 @@ class Block:
         return (c.training and lay.residual == "seq" and not lay.kv_from_local_shard and self.T > 1
                 and c.stack.kernels.sp_input_regather)
 
+    @property
+    def async_grad_allreduce(self) -> bool:
+        """True when the input-gradient all-reduce overlaps the weight-gradient GEMM (Megatron-LM async TP all-reduce).
+
+        That is a replicated residual, T > 1 and a stack with ``tp_async_grad_allreduce``.
+        """
+        return self.lay.residual == "replicated" and self.T > 1 and self.ctx.stack.kernels.tp_async_grad_allreduce
+
     def forward(self, layer: int, phase: str, save: str, prefix: str = "") -> None:
         """Emit one block's forward on every rank. ``save``: ``all``, ``selective`` or ``none``.
 
@@ -320,7 +328,9 @@ class Block:
                          after: dict[int, int | None]) -> dict[int, int | None]:
         """Backward of a column-parallel projection (QKV or fc1) and its input-gradient reduction.
 
-        Without the redo: one GEMM pair (dgrad + wgrad) then the reduction. With Megatron sequence
+        Without the redo: one GEMM pair (dgrad + wgrad) then the reduction; with the stack's async TP all-reduce
+        (:attr:`async_grad_allreduce`) the input-gradient GEMM, then the all-reduce on the ``comm`` stream
+        overlapping the weight-gradient GEMM. With Megatron sequence
         parallelism's redo: the saved input shard is all-gathered again on the ``comm`` stream while the
         input-gradient GEMM runs, the reduce-scatter of that gradient follows it and overlaps the
         weight-gradient GEMM, which reads the gathered input (LinearWithGradAccumulationAndAsyncCommunication).
@@ -330,11 +340,19 @@ class Block:
         sub = name.rsplit(".", 1)[0]
         frees = {r: [("end", "activations", -saved[r].pop(input_item))] if input_item in saved[r] else []
                  for r in c.ranks}
-        if not self.regathers:
+        if not self.regathers and not self.async_grad_allreduce:
             for r in c.ranks:
                 c.gemm(r, name, n, cols, H, layer=layer, phase="bwd", after=[after.get(r), c.last[r]], scale=2,
                        mem=mem[r] + frees[r])
             return self._grad_reduce(sub, layer)
+        if not self.regathers:
+            for r in c.ranks:
+                c.gemm(r, name + ".dgrad", n, H, cols, layer=layer, phase="bwd", after=[after.get(r), c.last[r]],
+                       mem=mem[r])
+            red = self._grad_reduce(sub, layer)
+            for r in c.ranks:
+                c.gemm(r, name + ".wgrad", cols, H, n, layer=layer, phase="bwd", after=[c.last[r]], mem=frees[r])
+            return red
         gathered = self.coll("all_gather", self.tp_group, n * H * s, sub + ".input_all_gather_redo", stream="comm",
                              layer=layer, phase="bwd", deps={r: c.last[r] for r in c.ranks}, mem_start=n * H * s)
         for r in c.ranks:
