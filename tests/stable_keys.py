@@ -10,4 +10,6 @@ STABLE_KEYS = {
     "layer_comm_bytes_per_rank", "assumptions", "sim_events", "sim_wall_s",
 }
 EXTRA_KEYS = {"tspsim_version", "compute_s", "comm_s", "topology_sha256", "model_sha256", "config", "stack",
-              "collective_algorithms", "sp_attention", "sim_path"}
+              "collective_algorithms", "sp_attention", "sim_path",
+              # issue 14: gradient accumulation and pipelines (pipeline and bubble_pct are null without --pp)
+              "micro_batches", "global_batch", "bubble_pct", "pipeline"}

@@ -9,8 +9,8 @@ from tspsim.cli import cli
 ENTRY_KEYS = {"op", "group_size", "bytes", "algorithm", "time_s", "algbw_GBps", "busbw_GBps"}
 """design.md §4's stable keys; entries may add keys (protocol, channels, ranks, candidates)."""
 ADDED_KEYS = {"protocol", "channels", "ranks", "candidates"}
-PRESETS = ["b200-dgx-1node", "dgx-a100-1node", "h100-dgx-128node", "h100-dgx-1node", "h200-dgx-128node",
-           "mi300x-128node", "mi300x-1node", "mi355x-128node", "mi355x-1node"]
+PRESETS = ["b200-dgx-1node", "dgx-a100-128node", "dgx-a100-1node", "h100-dgx-128node", "h100-dgx-1node",
+           "h200-dgx-128node", "mi300x-128node", "mi300x-1node", "mi355x-128node", "mi355x-1node"]
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from tspsim.cli import cli
 from tspsim.explore.planner import batch_sizes, best_reason, candidate_points, limiter, rank_results
 from tspsim.explore.sweep import Outcome
 from tspsim.simulate import Point, simulate
+from tspsim.spec.pipeline_spec import PipelineSpec
 
 TINY = TINY_32_HEADS
 
@@ -25,14 +26,16 @@ def tiny(tmp_path: Path) -> str:
 
 
 def point_of(entry: dict, topology: str, model: str) -> Point:
-    """The Point a ranked entry stands for (from its schedule, degrees, batch, sequence and SP algorithm)."""
+    """The Point a ranked entry stands for (schedule, degrees, batch, sequence, SP algorithm, ZeRO stage, pipeline)."""
     deg = entry["degrees"]
-    opts = (("sp_attention", entry["assumptions"]["sp_attention"]),) if entry["schedule"] in ("sp", "tp+sp") else ()
-    if entry["schedule"] == "tp+sp":
-        return Point("tp+sp", topology, model, entry["mode"], entry["seq_len"], entry["batch"], tp=deg["T"],
-                     sp=deg["SP"], options=opts)
-    return Point(entry["schedule"], topology, model, entry["mode"], entry["seq_len"], entry["batch"], deg["D"],
-                 options=opts)
+    opts = [("sp_attention", entry["assumptions"]["sp_attention"])] if entry["schedule"] in ("sp", "tp+sp") else []
+    if entry["assumptions"].get("zero"):
+        opts.append(("zero", entry["assumptions"]["zero"]))
+    pipe = PipelineSpec(stages=deg.get("PP", 1), virtual_stages=deg.get("V", 1),
+                        global_batch=entry["global_batch"] if "PP" in deg or entry["micro_batches"] > 1 else None)
+    kw = {"tp": deg["T"], "sp": deg["SP"]} if entry["schedule"] == "tp+sp" else {"degree": deg["D"]}
+    return Point(entry["schedule"], topology, model, entry["mode"], entry["seq_len"], entry["batch"],
+                 options=tuple(sorted(opts)), pipeline=pipe, **kw)
 
 
 # ---------------------------------------------------------------------------------- candidates

@@ -23,9 +23,9 @@ def test_no_fit_verdict_suggests_zero1_when_it_would_fit():
     e = _oom(405.6, 264.0, 128)
     assert zero1_estimate_gb(e) == pytest.approx(405.6 - 264.0 * 127 / 128)
     text = verdict([e])
-    assert "no schedule fits" in text and "--option zero1=true" in text and "143.7 GB" in text
-    assert "zero1" not in verdict([_oom(405.6, 10.0, 128)])          # would still not fit
-    assert "zero1" not in verdict([_oom(405.6, 264.0, 128, True)])    # already on
+    assert "no schedule fits" in text and "--zero 1" in text and "143.7 GB" in text
+    assert "--zero" not in verdict([_oom(405.6, 10.0, 128)])          # would still not fit
+    assert "--zero" not in verdict([_oom(405.6, 264.0, 128, True)])    # already on
     assert "zero1" not in verdict([_oom(300.0, 264.0, 1)])            # no data parallelism to shard over
 
 

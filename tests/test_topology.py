@@ -11,12 +11,13 @@ from tspsim.spec.topology_file import load_topology, preset_names
 PRESETS = sorted([
     "mi300x-1node", "mi300x-128node", "mi355x-1node", "mi355x-128node", "h100-dgx-1node",
     "h100-dgx-128node", "h200-dgx-128node", "b200-dgx-1node", "dgx-a100-1node",
+    "dgx-a100-128node",
 ])
 REPO_TOPOLOGIES = Path(__file__).resolve().parent.parent / "topologies"
 
 
 # --------------------------------------------------------------------------------------- presets
-def test_preset_names_are_the_nine_presets():
+def test_preset_names_are_the_ten_presets():
     assert preset_names() == PRESETS
     assert sorted(p.stem for p in REPO_TOPOLOGIES.glob("*.yaml")) == PRESETS
 

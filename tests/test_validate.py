@@ -65,12 +65,17 @@ def test_validate_cli_json_and_text(monkeypatch):
     res = runner.invoke(cli, ["validate", "--json"])
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)["results"]
-    assert len(rows) == 16                       # 9 + the 7 software-stack rows (tests/test_stacks.py)
+    assert len(rows) == 20                       # 9 + 7 software-stack rows + 4 Table 5 step times (issue 14)
     ids = {r["id"] for r in rows}
     assert {"memory.tp", "memory.tsp", "collective.mi300x.allreduce.8GiB",
             "collective.mi300x.allreduce.4KiB", "collective.h100.allreduce.ring.16GiB",
             "mfu.mi300x-1node", "mfu.h100-dgx-1node", "mfu.h100-dgx-1node.torchtitan",
-            "memory.megatron-22b.tp8.parameter_state", "activations.megatron-22b.tp8-sp-selective"} <= ids
+            "memory.megatron-22b.tp8.parameter_state", "activations.megatron-22b.tp8-sp-selective",
+            "step.gpt3-175b.full", "step.gpt3-175b.sp-selective", "step.megatron-1t.full",
+            "step.megatron-1t.sp-selective"} <= ids
+    for r in rows:
+        if r["id"].startswith("step."):  # each Table 5 row names its residual miss's mechanism and its command
+            assert "residual miss: per-layer compute" in r["note"] and "reproduce: tspsim run" in r["note"]
     for r in rows:
         assert {"id", "what", "topology", "unit", "published", "simulated", "error_pct", "tolerance_pct", "within",
                 "source", "note", "kind", "calibrates", "published_low", "published_high"} <= set(r)

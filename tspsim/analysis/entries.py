@@ -25,20 +25,32 @@ def sp_degree(schedule: str, degrees: dict[str, Any] | None) -> int:
     return 1
 
 
-def degrees_label(schedule: str, degrees: dict[str, Any] | None, sp_attention: str | None = None) -> str:
-    """``tsp D=8``, ``tp+sp T=4×SP=2 ring``, with `` DP=n`` when there are several replicas.
+def degrees_label(schedule: str, degrees: dict[str, Any] | None, sp_attention: str | None = None,
+                  zero: int | None = None) -> str:
+    """``tsp D=8``, ``tp+sp T=4×SP=2 ring``, ``tp D=8×PP=4×V=2 ZeRO-1``, with `` DP=n`` when there are several replicas.
 
     ``sp_attention`` (the SP algorithm: allgather, ring, ulysses) is named after the degrees of a layout with a
-    sequence-sharded axis (Σ > 1), so a TP+SP column says which SP it ran.
+    sequence-sharded axis (Σ > 1), so a TP+SP column says which SP it ran; a ZeRO stage ≥ 1 is named unless the
+    schedule is ``fsdp`` (ZeRO-3 by definition).
     """
     degrees = dict(degrees or {})
     dp = degrees.pop("DP", 1)
-    order = sorted(degrees, key=lambda k: ("D", "T", "SP").index(k) if k in ("D", "T", "SP") else 9)
+    keys = ("D", "T", "SP", "PP", "V")
+    order = sorted(degrees, key=lambda k: keys.index(k) if k in keys else 9)
     parts = "×".join(f"{_DEGREE_LABEL.get(k, k)}={degrees[k]}" for k in order)
     label = f"{schedule} {parts}".strip()
     if sp_attention and sp_degree(schedule, degrees) > 1:
         label = f"{label} {sp_attention}"
+    if zero and schedule != "fsdp":
+        label = f"{label} ZeRO-{zero}"
     return f"{label} DP={dp}" if dp and dp > 1 else label
+
+
+def entry_zero(entry: Entry) -> int | None:
+    """The ZeRO stage recorded in an entry's assumptions (``zero``, or the older ``zero1``); None when absent."""
+    opts = entry.get("assumptions") or {}
+    value = opts.get("zero", 1 if opts.get("zero1") is True else None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def entry_sp_attention(entry: Entry) -> str | None:
@@ -49,12 +61,14 @@ def entry_sp_attention(entry: Entry) -> str | None:
 
 def schedule_label(entry: Entry) -> str:
     """Label of a run entry (see :func:`degrees_label`)."""
-    return degrees_label(entry.get("schedule") or "graph", entry.get("degrees"), entry_sp_attention(entry))
+    return degrees_label(entry.get("schedule") or "graph", entry.get("degrees"), entry_sp_attention(entry),
+                         entry_zero(entry))
 
 
 def entry_label(entry: Entry) -> str:
     """Schedule and degrees of a run entry: ``tsp D=8``, ``tp+sp T=8×Σ=2 ring DP=64``."""
-    return degrees_label(entry.get("schedule") or "?", entry.get("degrees"), entry_sp_attention(entry))
+    return degrees_label(entry.get("schedule") or "?", entry.get("degrees"), entry_sp_attention(entry),
+                         entry_zero(entry))
 
 
 def throughput(entry: Entry) -> float | None:

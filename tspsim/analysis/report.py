@@ -60,6 +60,14 @@ def _sp(entry: Entry, key: str, spec: str) -> str:
 
 _SP_ROWS = ("SP attention comm (s)", "SP attention overlap (%)")
 """Rows shown only when an entry has an SP axis (its algorithm is named in the column label)."""
+_BATCH_ROWS = ("micro-batches", "pipeline bubble (%)")
+"""Rows shown only when an entry accumulates micro-batches or runs a pipeline."""
+
+
+def _micro(e: Entry) -> str:
+    """``8 × 1 (G=128)``: micro-batches per replica × micro-batch, and the global batch."""
+    m = e.get("micro_batches") or 1
+    return f"{m} × {e.get('batch')} (G={e.get('global_batch')})"
 
 _ROWS: tuple[tuple[str, Callable[[Entry], str]], ...] = (
     ("step time (s)", lambda e: _fmt(e.get("step_time_s"), ".4g")),
@@ -73,6 +81,8 @@ _ROWS: tuple[tuple[str, Callable[[Entry], str]], ...] = (
     ("comm (s)", lambda e: _fmt(e.get("comm_s"), ".4g")),
     ("overlap (%)", lambda e: f"{e['overlap_pct']:.1f}"),
     ("exposed comm (s)", lambda e: f"{e['exposed_comm_s']:.4g}"),
+    ("micro-batches", _micro),
+    ("pipeline bubble (%)", lambda e: "-" if e.get("bubble_pct") is None else f"{e['bubble_pct']:.1f}"),
     ("SP attention comm (s)", lambda e: _sp(e, "comm_s", ".4g")),
     ("SP attention overlap (%)", lambda e: _sp(e, "overlap_pct", ".1f")),
     ("comm GB/rank/step", lambda e: _gb(_sum_bytes(e.get("comm_bytes_per_rank"), False))),
@@ -87,7 +97,8 @@ def comparison_table(entries: Sequence[Entry]) -> str:
 
     Rows: step time, tokens/s (global, per GPU, and × layers: the TSP paper's per-decoder-layer unit),
     MFU (%; a fraction in JSON), peak memory against HBM and its largest category, compute and
-    communication time, HTA overlap, exposed communication, the SP attention's communication time and
+    communication time, HTA overlap, exposed communication, micro-batches and the pipeline bubble (only when an
+    entry accumulates micro-batches or runs a pipeline), the SP attention's communication time and
     overlap (only when a layout has a sequence-sharded axis; the column label names its algorithm), bytes
     sent per rank per step (input all-gathers of sharded-activation TP on their own row, only when
     present), one block's forward bytes, and the OOM flag. Inference entries (prefill, decode, generate)
@@ -98,6 +109,7 @@ def comparison_table(entries: Sequence[Entry]) -> str:
         return "(no results)"
     has_input = any(_sum_bytes(e.get("comm_bytes_per_rank"), True) for e in entries)
     has_sp = any(isinstance(e.get("sp_attention"), dict) for e in entries)
+    has_batches = any((e.get("micro_batches") or 1) > 1 or e.get("bubble_pct") is not None for e in entries)
     serving = all(e.get("mode") in INFERENCE_MODES for e in entries)
     request = all(e.get("mode") == "generate" and not e.get("inference_step") for e in entries)
     rows = [("", *[schedule_label(e) for e in entries])]
@@ -105,6 +117,8 @@ def comparison_table(entries: Sequence[Entry]) -> str:
         if label.strip().startswith("+ input") and not has_input:
             continue
         if label in _SP_ROWS and not has_sp:
+            continue
+        if label in _BATCH_ROWS and not has_batches:
             continue
         if serving and label == "tokens/s × layers":
             continue
@@ -196,27 +210,27 @@ def verdict(entries: Sequence[Entry]) -> str:
 
 
 def zero1_estimate_gb(entry: Entry) -> float | None:
-    """Peak memory (GB) the entry would need with ``zero1`` (optimizer state sharded over its DP replicas).
+    """Peak memory (GB) the entry would need with ZeRO-1 (optimizer state sharded over its DP replicas).
 
     The optimizer state is allocated once, before the step, so sharding it lowers the whole memory curve by
     (1 − 1/replicas) of it: peak − optimizer_state_at_peak · (1 − 1/replicas). None when it does not apply
-    (not training, zero1 already on, one replica, no optimizer state).
+    (not training, a ZeRO stage already on, one replica, no optimizer state).
     """
     opts = entry.get("assumptions") or {}
     replicas = entry.get("replicas") or 1
     opt_gb = (entry.get("memory_breakdown_gb") or {}).get("optimizer_state") or 0.0
-    if entry.get("mode") != "train" or opts.get("zero1") or replicas < 2 or opt_gb <= 0:
+    if entry.get("mode") != "train" or opts.get("zero1") or opts.get("zero") or replicas < 2 or opt_gb <= 0:
         return None
     return float(entry["peak_memory_gb"]) - opt_gb * (1.0 - 1.0 / replicas)
 
 
 def zero1_hint(entries: Sequence[Entry]) -> str:
-    """``; with --option zero1=true … would fit`` for the entry that would need least, or ''."""
+    """``; with --zero 1 … would fit`` for the entry that would need least, or ''."""
     fitting = [(need, e) for e in entries if (need := zero1_estimate_gb(e)) is not None and need <= e["hbm_gb"]]
     if not fitting:
         return ""
     need, e = min(fitting, key=lambda t: t[0])
-    return (f"; with --option zero1=true (optimizer state sharded over the {e['replicas']} data-parallel "
+    return (f"; with --zero 1 (optimizer state sharded over the {e['replicas']} data-parallel "
             f"replicas) {schedule_label(e)} would need about {need:.1f} GB and fit — rerun with it to check")
 
 

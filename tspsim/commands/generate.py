@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from tspsim.commands.options import SizeType
+from tspsim.commands.parallel_options import ParallelArgs
 from tspsim.commands.run import (
     PlanArgs,
     check_inference_args,
@@ -63,7 +64,7 @@ def default_path(schedule: str, model: str, seq: int, mode: str = "train", token
 def generate(topology: str, model: str, degree: int | None, tp: int | None, sp: int | None,
              seq: int | None, batch: int, mode: str, recompute: str | None, stack: str | None,
              options: tuple[str, ...], gpus: int | None, full: bool, schedule: str, context: int | None,
-             tokens: int | None, output: str | None) -> None:
+             tokens: int | None, output: str | None, parallel: ParallelArgs) -> None:
     """Generate the op graph of one schedule and save it (replay it with tspsim replay).
 
     The graph records its schedule, model, workload, degrees and assumptions (the software stack with
@@ -92,9 +93,9 @@ def generate(topology: str, model: str, degree: int | None, tp: int | None, sp: 
     check_mode(mode)
     check_inference_args(mode, context, tokens)
     token = tokens or DEFAULT_TOKEN_INDEX
-    args = PlanArgs(topology, model, degree, tp, sp, seq, batch, mode, recompute, options, gpus, full, context,
-                    token if mode == "decode" else None)
-    pairs = parse_option_pairs(options, recompute, stack)
+    args = PlanArgs(topology, model, degree, tp, sp, seq, parallel.batch(batch), mode, recompute, options, gpus, full,
+                    context, token if mode == "decode" else None, pipeline=parallel.pipeline)
+    pairs = parse_option_pairs(options, recompute, stack, parallel.zero)
     n_seq = default_seq(args)
     path = Path(output) if output else default_path(schedule, model, n_seq, mode, token)
     check_outputs_distinct({"--topology": topology, "--model": model}, {"--output": path})

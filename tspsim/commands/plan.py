@@ -42,12 +42,16 @@ OBJECTIVE_NAMES = ("tokens_per_s", "decode_tokens_per_s", "ttft_s", "tpot_s")
 @click.option("--gpus", type=click.IntRange(min=1), default=None, help="Use only the first N GPUs of the topology.")
 @click.option("--batch-max", type=click.IntRange(min=1), default=8, show_default=True,
               help="Largest micro-batch per replica tried (1, 2, 4, … up to this).")
+@click.option("--global-batch", type=click.IntRange(min=1), default=None,
+              help="Training: sequences per step of the FSDP and PTD-P candidates (pipeline stages, virtual stages, "
+                   "ZeRO-3, micro-batches at a fixed global batch). Default: one per node-sized replica "
+                   "(GPUs ÷ GPUs per node).")
 @click.option("--recompute", type=click.Choice(["none", "selective", "full"]), default=None,
               help="Activation recomputation (default: the 'recompute' assumption, full).")
 @click.option("--stack", default=None, metavar="NAME|PATH",
               help="Software stack: a preset (tspsim list stacks) or a YAML file (default: megatron-core).")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
-              help="Override an assumption (repeatable), e.g. --option zero1=true.")
+              help="Override an assumption (repeatable), e.g. --option zero=1.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
               help="Local worker processes (default: CPU count; 1 = in this process).")
 @click.option("--scheduler", default=None, metavar="tcp://HOST:PORT", help="Run on this Dask distributed scheduler.")
@@ -57,16 +61,19 @@ OBJECTIVE_NAMES = ("tokens_per_s", "decode_tokens_per_s", "ttft_s", "tpot_s")
               help='Print one JSON object {"results": [ranked entries with "rank" and "reason"], "best": {...}}.')
 @click.pass_context
 def plan(ctx: click.Context, topology: str, model: str, seq: int | None, mode: str, context: int | None,
-         tokens: int | None, objective: str | None, gpus: int | None, batch_max: int, recompute: str | None,
-         stack: str | None, options: tuple[str, ...], jobs: int | None, scheduler: str | None, cache_dir: str | None,
-         as_json: bool) -> None:
+         tokens: int | None, objective: str | None, gpus: int | None, batch_max: int, global_batch: int | None,
+         recompute: str | None, stack: str | None, options: tuple[str, ...], jobs: int | None, scheduler: str | None,
+         cache_dir: str | None, as_json: bool) -> None:
     """Search schedules, degrees and micro-batch sizes; rank what fits in HBM by an objective.
 
     Tries every registered schedule with D dividing the GPUs per node, tp+sp T×SP splits that fill
     whole nodes, and micro-batches 1, 2, 4, … up to --batch-max; sp and tp+sp with every SP attention
-    algorithm (allgather, ring, ulysses) unless --option sp_attention=… fixes one. Configurations that do
-    not fit in HBM are dropped. Prints the ranked list, the objective, the best choice and one line saying what
-    limits it (memory, exposed communication or compute; decode steps also HBM bandwidth or overheads).
+    algorithm (allgather, ring, ulysses) unless --option sp_attention=… fixes one. Training also tries the
+    default playbooks at --global-batch: FSDP (ZeRO-3 alone or over TP/SP) and PTD-P (TP+SP × every pipeline
+    stage count dividing the blocks × 1 or 2 virtual stages), and retries every layout that does not fit with
+    ZeRO-1 and ZeRO-3. Configurations that do not fit in HBM are dropped. Prints the ranked list, the
+    objective, the best choice and one line saying what limits it (memory, exposed communication or compute;
+    decode steps also HBM bandwidth or overheads).
 
     Training ranks by tokens/s. Inference modes rank by a serving objective (--objective): prefill by
     the lowest TTFT, decode by the highest decode tokens/s, generate by the highest tokens/s of the whole
@@ -94,6 +101,8 @@ def plan(ctx: click.Context, topology: str, model: str, seq: int | None, mode: s
     pairs = parse_option_pairs(options, recompute, stack)
     points = candidate_points(topology, model, context if context is not None else seq, mode, gpus, batch_max, pairs,
                               decode_tokens=tokens)
+    if mode == "train":
+        points += _playbook_candidates(topology, model, seq, gpus, global_batch, pairs, batch_max)
     cache = PointCache(cache_dir)
     state = prepare(points, cache)
     known_oom, too_large = prune_known(state)
@@ -109,6 +118,15 @@ def plan(ctx: click.Context, topology: str, model: str, seq: int | None, mode: s
                        + (f" {runner.description}" if state.todo else "") + f"; objective: {goal.key} ({goal.goal})",
                        err=True)
             execute_with_progress(state, runner, cache, label="planning", on_result=_progress_lines(len(state.todo)))
+            retry = _zero_retries(state.outcomes)
+            if retry:
+                more = prepare(retry, cache)
+                click.echo(f"plan: {len(retry)} configurations that do not fit retried with ZeRO-1 / ZeRO-3",
+                           err=True)
+                execute_with_progress(more, runner, cache, label="planning",
+                                      on_result=_progress_lines(len(more.todo)))
+                state.outcomes.extend(more.outcomes)
+                points += retry
     except KeyboardInterrupt:
         click.echo("\ninterrupted" + (f"; finished points are cached in {cache_dir}" if cache_dir else ""), err=True)
         ctx.exit(130)
@@ -123,6 +141,34 @@ def plan(ctx: click.Context, topology: str, model: str, seq: int | None, mode: s
         _print(result)
     if result.errors:
         ctx.exit(1)
+
+
+def _playbook_candidates(topology: str, model: str, seq: int | None, gpus: int | None, global_batch: int | None,
+                         pairs: tuple[tuple[str, Any], ...], batch_max: int) -> list[Any]:
+    """FSDP and PTD-P layouts at a fixed global batch (:mod:`tspsim.explore.playbooks`), every stage count."""
+    from tspsim.explore.playbooks import PLAYBOOKS, playbook_points
+    from tspsim.spec.model import load_model
+    from tspsim.spec.topology_file import load_topology
+
+    topo, cfg = load_topology(topology), load_model(model)
+    world = gpus or topo.world_size
+    g = global_batch or max(1, world // min(topo.gpus_per_node, world))
+    n = seq if seq is not None else cfg.default_seq
+    out: list[Any] = []
+    for family in PLAYBOOKS:
+        out += playbook_points(family, topology, model, n, g, pairs, gpus, batch_max, max_stages=cfg.layers)
+    return out
+
+
+def _zero_retries(outcomes: list[Outcome]) -> list[Any]:
+    """ZeRO-1 / ZeRO-3 variants of the training configurations that ran out of memory."""
+    from tspsim.explore.planner import zero_variants
+
+    out: list[Any] = []
+    for o in outcomes:
+        if o.status == "ok" and o.entry is not None and o.entry.get("oom") and (o.entry.get("replicas") or 1) > 1:
+            out += zero_variants(o.point)
+    return out
 
 
 def _progress_lines(total: int) -> Callable[[Outcome], None] | None:
@@ -189,13 +235,14 @@ def _print_training(result: PlanResult) -> None:
     assert best is not None
     click.echo(_header(best, f"seq {format_tokens(best.get('seq_len') or 0)}"))
     lw = _label_width(result)
-    header = (f"{'rank':>4}  {'configuration':<{lw}} {'batch':>5} {'tokens/s':>12} {'step (s)':>9} "
+    header = (f"{'rank':>4}  {'configuration':<{lw}} {'batch':>7} {'tokens/s':>12} {'step (s)':>9} "
               f"{'peak GB':>8} {'MFU':>6} {'exp. comm':>9}  limited by")
     click.echo(header)
     for e in result.ranked:
         step, exposed, mfu = e.get("step_time_s"), e.get("exposed_comm_s"), e.get("mfu")
         comm = f"{exposed / step:.0%}" if exposed is not None and step else "n/a"
-        click.echo(f"{e['rank']:>4}  {entry_label(e):<{lw}} {e.get('batch'):>5} {throughput(e) or 0:>12,.0f} "
+        batch = f"{e.get('batch')}" + (f"×{e['micro_batches']}" if (e.get("micro_batches") or 1) > 1 else "")
+        click.echo(f"{e['rank']:>4}  {entry_label(e):<{lw}} {batch:>7} {throughput(e) or 0:>12,.0f} "
                    f"{step or 0:>9.3f} {e.get('peak_memory_gb') or 0:>8.1f} "
                    f"{(f'{mfu:.1%}' if mfu is not None else 'n/a'):>6} {comm:>9}  {e['reason'].split(':')[0]}")
     _print_dropped(result)

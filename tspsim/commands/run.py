@@ -6,7 +6,6 @@ Also home of the layout options shared with ``tspsim generate`` (:func:`plan_opt
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,8 +13,11 @@ from typing import Any
 import click
 
 from tspsim.commands.options import NameListType, SizeType, emit_json
+from tspsim.commands.parallel_options import ParallelArgs, parallel_options
+from tspsim.commands.point_progress import PointProgress
 from tspsim.core.errors import TspsimError
 from tspsim.spec.assumptions import parse_option_pairs
+from tspsim.spec.pipeline_spec import PipelineSpec
 from tspsim.spec.workload import INFERENCE_MODES, MODES
 
 SUPPORTED_MODES = ("train", "forward", "prefill", "decode")
@@ -53,14 +55,14 @@ def plan_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Software stack: a preset (tspsim list stacks) or a YAML file (default: megatron-core). "
                           "Same as --option stack=NAME."),
         click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
-                     help="Override an assumption (repeatable), e.g. --option zero1=true."),
+                     help="Override an assumption (repeatable), e.g. --option zero=1."),
         click.option("--gpus", type=click.IntRange(min=1), default=None,
                      help="Use only the first N GPUs of the topology."),
         click.option("--full", is_flag=True, help="Simulate every rank (no folding of identical replicas)."),
     ]
     for dec in reversed(decorators):
         f = dec(f)
-    return f
+    return parallel_options(f)
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,8 @@ class PlanArgs:
     tokens: int | None = None
     max_batch: bool = True
     """Inference modes: search the largest batch that fits in HBM (``--no-max-batch`` skips it)."""
+    pipeline: PipelineSpec = PipelineSpec()
+    """Pipeline stages, micro-batches, placement (``--pp`` …)."""
 
 
 def check_mode(mode: str) -> None:
@@ -131,10 +135,13 @@ def make_point(args: PlanArgs, schedule: str, seq: int, pairs: tuple[tuple[str, 
         sp = args.sp if sp is None else sp
         degree = args.degree if tp is None and sp is None and not many else None
         return Point(schedule, args.topology, args.model, args.mode, seq, args.batch, degree, tp, sp,
-                     args.gpus, decode_tokens=tokens, options=pairs, search_max_batch=args.max_batch)
+                     args.gpus, decode_tokens=tokens, options=pairs, search_max_batch=args.max_batch,
+                     pipeline=args.pipeline)
     tp_, sp_ = (None, None) if many else (args.tp, args.sp)
-    return Point(schedule, args.topology, args.model, args.mode, seq, args.batch, args.degree, tp_, sp_,
-                 args.gpus, decode_tokens=tokens, options=pairs, search_max_batch=args.max_batch)
+    degree = None if schedule == "fsdp" and many else args.degree
+    return Point(schedule, args.topology, args.model, args.mode, seq, args.batch, degree, tp_, sp_,
+                 args.gpus, decode_tokens=tokens, options=pairs, search_max_batch=args.max_batch,
+                 pipeline=args.pipeline)
 
 
 def check_point(point: Any) -> None:
@@ -143,19 +150,11 @@ def check_point(point: Any) -> None:
     Raises:
         TspsimError: if the degrees do not fit the model, sequence or topology.
     """
-    from tspsim.schedules import SCHEDULES
-    from tspsim.spec.assumptions import Assumptions
-    from tspsim.spec.layout import make_layout
+    from tspsim.simulate.point import resolve_layout
     from tspsim.spec.model import load_model
     from tspsim.spec.topology_file import load_topology
-    from tspsim.spec.workload import Workload
 
-    SCHEDULES.get(point.schedule)
-    topo = load_topology(point.topology)
-    model = load_model(point.model)
-    workload = Workload(point.mode, point.seq_len, point.batch, point.decode_tokens)
-    make_layout(point.schedule, topo, model, workload, degree=point.degree, tp=point.tp, sp=point.sp,
-              gpus=point.gpus, opts=Assumptions.from_overrides(dict(point.options)))
+    resolve_layout(point, load_topology(point.topology), load_model(point.model))
 
 
 def default_seq(args: PlanArgs) -> int:
@@ -169,7 +168,7 @@ def default_seq(args: PlanArgs) -> int:
 
 # ---------------------------------------------------------------------------------- schedule choice
 def default_comparison(args: PlanArgs, seq: int, pairs: tuple[tuple[str, Any], ...]) -> list[Any]:
-    """The default comparison: tsp (D), tp (D) and tp+sp.
+    """The default comparison: tsp (D), tp (D) and tp+sp (the playbooks are added by :func:`playbook_results`).
 
     tp+sp takes the degrees every command uses (:func:`tspsim.spec.layout.default_tp_sp`): T = GPUs per
     node × Σ=2 on ≥ 2 nodes and T = half a node × Σ=2 on one node. Schedules not registered, or whose
@@ -233,58 +232,65 @@ def choose_points(args: PlanArgs, schedules: list[str] | None, seq: int,
     return points
 
 
+def playbook_results(args: PlanArgs, seq: int, pairs: tuple[tuple[str, Any], ...], base: list[Any], *,
+                     fold: bool, record_links: bool) -> list[Any]:
+    """The best FSDP and the best PTD-P layout of the default comparison (:mod:`tspsim.explore.playbooks`).
+
+    Same GPUs and global batch as the first column (``--global-batch``, else its micro-batch × replicas); each
+    family's layouts are simulated (progress on stderr) and the fastest that fits is re-simulated for the report.
+    None fits: a note on stderr.
+    """
+    from tspsim.explore.max_batch import simulate_with_max_batch
+    from tspsim.explore.playbooks import PLAYBOOKS, best_playbook, playbook_points, valid_points
+
+    if not base:
+        return []
+    first = base[0].entry
+    g = args.pipeline.global_batch or first["batch"] * first["replicas"]
+    out = []
+    for family in PLAYBOOKS:
+        points = valid_points(playbook_points(family, args.topology, args.model, seq, g, pairs, args.gpus))
+        if not points:
+            click.echo(f"note: no {family} layout takes a global batch of {g} on these GPUs", err=True)
+            continue
+        progress = PointProgress(f"searching the best {family} layout ({len(points)} candidates)")
+        try:
+            best = best_playbook(points, fold=fold)
+        except BaseException:
+            progress.finish(failed=True)
+            raise
+        progress.finish()
+        if best is None:
+            click.echo(f"note: no {family} layout fits in memory", err=True)
+            continue
+        if record_links:
+            best = simulate_with_max_batch(_point_of(best, points), fold=fold, record_links=True)
+        out.append(best)
+    return out
+
+
+def _point_of(result: Any, points: list[Any]) -> Any:
+    """The candidate point a result came from (same schedule, degrees, batch, options and pipeline)."""
+    lay = result.layout
+    for p in points:
+        if (p.schedule == lay.schedule and p.batch == result.workload.batch and p.pipeline.stages == lay.pp
+                and p.pipeline.virtual_stages == lay.virtual_stages
+                and dict(p.options).get("zero") == result.assumptions.zero):
+            return p
+    raise TspsimError("internal: the best playbook layout has no candidate point")
+
+
 def point_label(point: Any) -> str:
     """``tsp D=8`` / ``tp+sp T=4×SP=2 allgather`` from the resolved layout (and the SP attention algorithm)."""
     from tspsim.analysis.entries import schedule_label
-    from tspsim.spec.assumptions import Assumptions
-    from tspsim.spec.layout import make_layout
+    from tspsim.simulate.point import resolve_layout
     from tspsim.spec.model import load_model
     from tspsim.spec.topology_file import load_topology
-    from tspsim.spec.workload import Workload
 
-    layout = make_layout(point.schedule, load_topology(point.topology), load_model(point.model),
-                     Workload(point.mode, point.seq_len, point.batch), degree=point.degree, tp=point.tp,
-                     sp=point.sp, gpus=point.gpus)
-    opts = Assumptions.from_overrides(dict(point.options))
+    layout, _workload, opts = resolve_layout(point, load_topology(point.topology), load_model(point.model))
     return schedule_label({"schedule": layout.schedule, "degrees": layout.degrees,
-                           "assumptions": {"sp_attention": opts.sp_attention}})
-
-
-class PointProgress:
-    """Progress of one point on stderr: ``simulating LABEL ... 2.1 s``.
-
-    When the point reports steps (inference: prefill, decode steps, max-batch probes), a bar with ETA on
-    a terminal or one line a second in a log (:mod:`tspsim.core.progress`).
-    """
-
-    def __init__(self, label: str) -> None:
-        from tspsim.core.progress import Progress
-
-        self.label = label
-        self.bar = Progress(label, every_s=1.0)
-        self.started = False
-        self.t0 = time.perf_counter()
-        click.echo(f"{label} ...", err=True, nl=False)
-
-    def __call__(self, done: int, total: int, what: str) -> None:
-        """A step finished (``total`` 0: unknown, e.g. max-batch probes)."""
-        if not self.started:
-            self.started = True
-            if not self.bar.tty:
-                click.echo("", err=True)  # end the "simulating …" line; step lines follow
-        if total == 0 and done == 1:
-            self.bar.reset(None)  # a new phase (max-batch probes): its first line is always shown
-        self.bar.update(done, total or None, what)
-
-    def finish(self, failed: bool = False) -> None:
-        """End the point's progress: its wall time, or ``failed``."""
-        tail = "failed" if failed else f"{time.perf_counter() - self.t0:.1f} s"
-        if not self.started:
-            click.echo(f" {tail}", err=True)
-        elif self.bar.tty:
-            self.bar.close(final=f"{self.label} ... {tail}")
-        else:
-            click.echo(f"{self.label}: {'failed' if failed else 'done in ' + tail}", err=True)
+                           "assumptions": {"sp_attention": opts.sp_attention, "zero": opts.zero},
+                           "micro_batches": layout.micro_batches})
 
 
 def simulate_points(points: list[Any], fold: bool, record_links: bool) -> list[Any]:
@@ -370,8 +376,11 @@ def print_report(entries: list[dict[str, Any]], max_batch_note: str | None = Non
                         "generate": f"# the whole request: prefill + {e.get('decode_tokens')} decode steps "
                                     "(request time = TTFT + every decode step)"}[e["mode"]])
     else:
-        click.echo(f"# {e['model']} on {e['topology']}: {e['mode']}, seq {format_tokens(e['seq_len'])}, "
-                   f"batch {e['batch']} per replica")
+        if any((x.get("micro_batches") or 1) > 1 or x.get("bubble_pct") is not None for x in entries):
+            what = f"micro-batch {e['batch']} (micro-batches and global batch G per column below)"
+        else:
+            what = f"batch {e['batch']} per replica"
+        click.echo(f"# {e['model']} on {e['topology']}: {e['mode']}, seq {format_tokens(e['seq_len'])}, {what}")
     click.echo(comparison_table(entries))
     if e["mode"] == "generate" and not e.get("inference_step"):
         from tspsim.analysis.report import phase_table
@@ -412,11 +421,14 @@ def print_report(entries: list[dict[str, Any]], max_batch_note: str | None = Non
 def run(topology: str, model: str, degree: int | None, tp: int | None, sp: int | None, seq: int | None,
         batch: int, mode: str, recompute: str | None, stack: str | None, options: tuple[str, ...], gpus: int | None,
         full: bool, schedules: list[str] | None, as_json: bool, save: str | None, html: str | None,
-        trace: str | None, context: int | None, tokens: int | None, max_batch: bool | None, no_timing: bool) -> None:
+        trace: str | None, context: int | None, tokens: int | None, max_batch: bool | None, no_timing: bool,
+        parallel: ParallelArgs) -> None:
     """Simulate schedules on a topology and compare them side by side.
 
     Without --schedule, compares tsp (D = GPUs per node), tp (same D) and tp+sp (T=8×SP=2 across two
-    nodes, T=4×SP=2 on one node), skipping any that do not fit.
+    nodes, T=4×SP=2 on one node), skipping any that do not fit, and (training) the best FSDP layout (ZeRO-3
+    alone or over TP/SP) and the best PTD-P layout (TP+SP × pipeline stages × DP) at the same GPUs and global
+    batch as the first column, found by simulating each family's candidates.
 
     \b
     Examples:
@@ -430,6 +442,11 @@ def run(topology: str, model: str, degree: int | None, tp: int | None, sp: int |
       tspsim run -t mi300x-1node --model llama3-8b --mode prefill --seq 32k --no-max-batch
       tspsim run -t dgx-a100-1node --model megatron-22b --schedule satp-seq --seq 2k --batch 4 \\
                  --stack megatron-lm-2022 --recompute selective
+      tspsim run -t dgx-a100-128node --model gpt3-175b --seq 2k --schedule tp --degree 8 --pp 8 \\
+                 --virtual-stages 3 --global-batch 64 --micro-batch 1 --gpus 64 --recompute full \\
+                 --stack megatron-lm-2022          # PTD-P: Korthikanti et al. 2022, Table 5
+      tspsim run -t h100-dgx-128node --model llama3-8b --seq 8k --schedule fsdp --gpus 64   # pure FSDP
+      tspsim run -t h100-dgx-128node --model llama3-70b --seq 8k --schedule tp --degree 8 --zero 3
 
     Inference modes report TTFT, TPOT, decode tokens/s, the largest batch that fits (skip that search
     with --no-max-batch) and where a decode step's time goes (weights from HBM, KV cache from HBM,
@@ -440,16 +457,19 @@ def run(topology: str, model: str, degree: int | None, tp: int | None, sp: int |
     Progress goes to stderr: a bar with ETA per inference point on a terminal (one line a second
     otherwise). --save records link rates, so tspsim view and export show link utilisation.
     """  # noqa: D301
-    args = PlanArgs(topology, model, degree, tp, sp, seq, batch, mode, recompute, options, gpus, full, context,
-                    tokens, max_batch is not False)
+    args = PlanArgs(topology, model, degree, tp, sp, seq, parallel.batch(batch), mode, recompute, options, gpus, full,
+                    context, tokens, max_batch is not False, parallel.pipeline)
     check_inference_args(mode, context, tokens, max_batch)
     from tspsim.core.files import check_outputs_distinct
 
     check_outputs_distinct({"--topology": topology, "--model": model},
                            {"--save": save, "--html": html, "--trace": trace})
-    pairs = parse_option_pairs(options, recompute, stack)
+    pairs = parse_option_pairs(options, recompute, stack, parallel.zero)
     points = choose_points(args, schedules, default_seq(args), pairs)
     results = simulate_points(points, fold=not full, record_links=bool(html or trace or save))
+    if schedules is None and mode == "train" and args.pipeline.stages == 1 and parallel.zero is None:
+        results += playbook_results(args, default_seq(args), pairs, results, fold=not full,
+                                    record_links=bool(html or trace or save))
     if no_timing:
         for r in results:
             r.entry["sim_wall_s"] = None

@@ -67,7 +67,7 @@ def grid_size(grid: Grid) -> int:
 @click.option("--stack", default=None, metavar="NAME|PATH",
               help="Software stack: a preset (tspsim list stacks) or a YAML file (default: megatron-core).")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
-              help="Override an assumption for every point (repeatable), e.g. --option zero1=true.")
+              help="Override an assumption for every point (repeatable), e.g. --option zero=1.")
 @click.option("--gpus", type=click.IntRange(min=1), default=None, help="Use only the first N GPUs of each topology.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
               help="Local worker processes (default: CPU count; 1 = in this process).")

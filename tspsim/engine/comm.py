@@ -5,13 +5,21 @@ phase becomes (latency, links, weights, progress): the hops of the phase routed 
 their bytes per payload byte times the protocol's wire factor summed per link
 (:func:`~tspsim.engine.collectives.phase_links`), and the bytes of progress the flow must make (the
 payload plus any pipeline fill). A send/recv is one flow over its route (weight 1: the measured
-point-to-point rate is the link capacity) after the direct start-up and the wire latency.
+point-to-point rate is the link capacity) after the direct start-up and the wire latency; like a collective,
+its kernel slows compute by the fabric's ``compute_slowdown`` (the network's when it crosses nodes).
 
 **Folding** (design.md §7): when the graph holds one replica, hops sent by mirror ranks are dropped
 (their simulated twin carries identical traffic) and every remaining link is replaced by its twin
 inside the replica; a mirror receiver is accounted on its twin. A collective whose group reaches
 beyond one replica (and spans nodes) only uses node-symmetric algorithms (``fold_safe_only``), in
 folded and full replays alike, so both give the same result (tests/test_folding.py).
+
+A graph may carry a general fold (:class:`tspsim.spec.fold.FoldPlan` in ``meta["fold"]``: units inside
+stage slabs, and tensor-parallel peers folded onto one rank): a link is then mapped to the same link of its
+owner's twin — a GPU's ports, PCIe and NIC links follow the GPU, a spine link its rail and leaf group, an
+NVLS engine its node — and a switch's NVLS engine sends only to simulated GPUs (its hops to a mirror are the
+twin's). ``meta["replica_map"]`` tells which replica a rank belongs to when pipeline stages make replicas
+non-contiguous (tests/test_pipeline_folding.py).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import numpy as np
 from tspsim.engine.collectives import Shape, phase_links, plan_collective
 from tspsim.opgraph import P2P_KINDS, Op
 from tspsim.spec import routes
+from tspsim.spec.fold import FoldPlan
 from tspsim.spec.topology import Topology
 
 
@@ -50,7 +59,8 @@ class CommResolver:
     """Resolves the communication ops of one replay (caches shapes' link loads per replay)."""
 
     def __init__(self, topo: Topology, sim_ranks: Iterable[int], fold: int, replica_size: int,
-                 protocol: str = "") -> None:
+                 protocol: str = "", plan: FoldPlan | None = None,
+                 replica_map: dict[str, Any] | None = None) -> None:
         """Set up the resolver of one replay.
 
         Args:
@@ -59,6 +69,9 @@ class CommResolver:
             fold: replica nodes when the graph is folded, else 0.
             replica_size: ranks per replica (0 when the graph says nothing about replicas).
             protocol: a protocol forced on every collective, or empty.
+            plan: a general fold (slabs, tensor-parallel peers), or None for the replica fold.
+            replica_map: ``{"mp", "dp", "pp", "placement"}`` of a pipelined layout (replicas are not
+                contiguous with stages outermost), or None.
         """
         self.topo = topo
         self.sim = set(sim_ranks)
@@ -67,7 +80,14 @@ class CommResolver:
         self.fold = fold
         self.replica_size = replica_size or (fold * topo.gpus_per_node if fold else 0)
         self.protocol = protocol
-        self.fold_to = routes.fold_array(topo, fold) if fold else None
+        self.plan = plan if fold else None
+        self.replica_map = replica_map
+        if self.plan is not None:
+            self.fold_to = _plan_links(topo, self.plan)
+            self._twin = np.array([self.plan.twin(r) for r in range(topo.world_size)], dtype=np.int64)
+        else:
+            self.fold_to = routes.fold_array(topo, fold) if fold else None
+            self._twin = None
         self._shapes: dict[int, tuple[Shape, list[Any]]] = {}
 
     def resolve(self, op: Op) -> ResolvedComm:
@@ -87,9 +107,17 @@ class CommResolver:
     def fold_sensitive(self, group: tuple[int, ...]) -> bool:
         """True if the group spans nodes and more than one replica (folding needs node-symmetric plans)."""
         size = self.replica_size
+        topo = self.topo
+        rm = self.replica_map
+        if rm:
+            m, dp, pp = int(rm["mp"]), int(rm["dp"]), int(rm["pp"])
+            if rm.get("placement") == "mp-pp-dp":
+                replicas = {r // (m * pp) for r in group}
+            else:
+                replicas = {(r // m) % dp for r in group}
+            return len(replicas) > 1 and len({topo.node_of(r) for r in group}) > 1
         if not size:
             return False
-        topo = self.topo
         return len({r // size for r in group}) > 1 and len({topo.node_of(r) for r in group}) > 1
 
     # ------------------------------------------------------------------------------ internals
@@ -102,7 +130,7 @@ class CommResolver:
         recv: dict[int, float] = {}
         for ph in shp.phases:
             f = ph.flow
-            keep = self._sender_simulated(f.src) if self.fold else None
+            keep = self._sender_simulated(f.src, f.dst) if self.fold else None
             links, weights = phase_links(self.topo, f, shp.protocol, keep, self.fold_to)
             per_phase.append((links.tolist(), weights.tolist()))
             src, dst, frac = (f.src, f.dst, f.frac) if keep is None else (f.src[keep], f.dst[keep], f.frac[keep])
@@ -112,17 +140,26 @@ class CommResolver:
         self._shapes[id(shp)] = (shp, result)
         return result
 
-    def _sender_simulated(self, src: np.ndarray) -> np.ndarray:
+    def _sender_simulated(self, src: np.ndarray, dst: np.ndarray | None = None) -> np.ndarray:
         keep = np.isin(src, self.sim_arr)
         engines = src < 0
         if engines.any():
             keep[engines] = np.isin(-1 - src[engines], np.array(sorted(self.sim_nodes), dtype=np.int64))
+            if self.plan is not None and self.plan.peer > 1 and dst is not None:
+                # an engine's hop to a mirror GPU is its twin's hop to the simulated GPU
+                to_gpu = engines & (dst >= 0)
+                keep[to_gpu] &= np.isin(dst[to_gpu], self.sim_arr)
         return keep
 
     def _representative(self, dst: np.ndarray) -> np.ndarray:
         """Mirror receivers → their twin in the simulated replica (engine endpoints unchanged)."""
         if not self.fold:
             return dst
+        if self._twin is not None:
+            out = dst.copy()
+            gpu = dst >= 0
+            out[gpu] = self._twin[dst[gpu]]
+            return out
         per = self.fold * self.topo.gpus_per_node
         base = (int(self.sim_arr.min()) // per) * per
         mirror = (dst >= 0) & ~np.isin(dst, self.sim_arr)
@@ -144,7 +181,7 @@ class CommResolver:
             rep = int(self._representative(np.array([dst]))[0])
             recv[rep] = float(op.nbytes)
         phases = ((lat, list(uniq), list(uniq.values()), float(op.nbytes)),)
-        return ResolvedComm("p2p", "Simple", phases, sent, recv, topo.intra.compute_slowdown)
+        return ResolvedComm("p2p", "Simple", phases, sent, recv, self._slowdown(op.group))
 
     def _slowdown(self, group: tuple[int, ...]) -> float:
         topo = self.topo
@@ -162,3 +199,39 @@ def _accumulate(out: dict[int, float], ranks: np.ndarray, frac: np.ndarray) -> N
     present = np.flatnonzero(np.bincount(ranks[ok]))
     for r, b in zip(present.tolist(), sums[present].tolist()):
         out[r] = out.get(r, 0.0) + b
+
+
+def _plan_links(topo: Topology, plan: FoldPlan) -> np.ndarray:
+    """``out[i]``: the twin of link i under a general fold (see the module docstring).
+
+    Node-fabric links move with their node (on a switch node, a GPU's ports also move to its twin GPU's);
+    the four network links of a GPU follow the GPU; a spine link moves to its rail's twin rail and to the
+    leaf group of the twin of the group's first node; an NVLS engine moves with its node.
+    """
+    lay = routes.layout(topo)
+    g = lay.gpus_per_node
+    idx = np.arange(len(topo.links), dtype=np.int64)
+    out = idx.copy()
+    tau = np.array([plan.twin_node(n) for n in range(topo.nodes)], dtype=np.int64)
+    intra = idx < lay.network_base
+    node, pos = np.divmod(idx[intra], lay.intra_per_node)
+    if not lay.mesh and plan.peer > 1:
+        local, port = np.divmod(pos, 2)
+        pos = 2 * (local - local % plan.peer) + port
+    out[intra] = tau[node] * lay.intra_per_node + pos
+    if topo.inter is not None:
+        end = lay.network_base + 4 * topo.world_size
+        net = (idx >= lay.network_base) & (idx < end)
+        rank, kind = np.divmod(idx[net] - lay.network_base, 4)
+        rn, local = np.divmod(rank, g)
+        out[net] = lay.network_base + 4 * (tau[rn] * g + local - local % plan.peer) + kind
+        if lay.spine_base >= 0:
+            sp = (idx >= lay.spine_base) & (idx < lay.spine_base + 2 * g * lay.leaf_groups)
+            pos2, way = np.divmod(idx[sp] - lay.spine_base, 2)
+            rail, grp = np.divmod(pos2, lay.leaf_groups)
+            grp2 = tau[np.minimum(grp * lay.nodes_per_leaf, topo.nodes - 1)] // lay.nodes_per_leaf
+            out[sp] = lay.spine_base + 2 * ((rail - rail % plan.peer) * lay.leaf_groups + grp2) + way
+    if lay.nvls_base >= 0:
+        nv = idx >= lay.nvls_base
+        out[nv] = lay.nvls_base + tau[idx[nv] - lay.nvls_base]
+    return out

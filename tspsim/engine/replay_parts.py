@@ -6,29 +6,48 @@ from tspsim.core.errors import TraceError
 from tspsim.engine.network import Flow
 from tspsim.engine.timeline import Timeline
 from tspsim.opgraph import OpGraph
+from tspsim.spec.fold import FoldPlan
 from tspsim.spec.topology import Topology
 
 
-def fold_nodes(graph: OpGraph, topo: Topology, sim_ranks: set[int]) -> int:
-    """Nodes of the simulated unit of a folded graph on this topology (0: nothing is mirrored).
+def fold_nodes(graph: OpGraph, topo: Topology, sim_ranks: set[int]) -> tuple[int, FoldPlan | None]:
+    """(nodes of the simulated unit of a folded graph on this topology, its general fold plan or None).
+
+    0 nodes: nothing is mirrored. The plan is the graph's general fold (stage slabs, tensor-parallel
+    peers: :mod:`tspsim.spec.fold`), if it records one.
 
     The unit is the graph's simulated ranks ``[0, n)``; it need not be the unit the graph was made
     for (a graph folded on 2 × 8 GPUs holds 4 nodes of an 8 × 2 topology), but the fold must be exact
-    here (:func:`tspsim.spec.layout.fold_fault`), else the replay is refused rather than wrong.
+    here (:func:`tspsim.spec.layout.fold_fault`, :meth:`FoldPlan.fault`), else the replay is refused
+    rather than wrong.
     """
     from tspsim.spec.layout import fold_fault
 
     n = len(sim_ranks)
     world = 1 + max((max(op.group) for op in graph.ops if op.is_comm), default=0)
     if world <= n:
-        return 0
+        return 0, None
+    meta = graph.meta if isinstance(graph.meta, dict) else {}
+    if "fold" in meta:  # a general fold (stage slabs, tensor-parallel peers)
+        plan = FoldPlan.from_meta(meta["fold"])
+        recorded = meta.get("world_size")
+        if isinstance(recorded, int) and not isinstance(recorded, bool) and world < recorded <= topo.world_size:
+            world = recorded   # mirrors that exchange nothing with simulated ranks still count
+        nodes = -(-world // topo.gpus_per_node)
+        fault = plan.fault(nodes, topo.gpus_per_node) or (
+            None if sim_ranks == set(plan.simulated(world)) else "its simulated ranks are not the plan's")
+        if fault:
+            raise TraceError(f"the graph is folded (it simulates {n} of {world} GPUs and mirrors the rest) and "
+                             f"the fold is not exact on {topo.name}: {fault}; generate it with --full, or on "
+                             "this topology")
+        return plan.unit_nodes, plan
     fault = None if sim_ranks == set(range(n)) else f"its simulated ranks are not 0..{n - 1}"
     fault = fault or fold_fault(topo, world, n)
     if fault:
         raise TraceError(f"the graph is folded (it simulates {n} of {world} GPUs and mirrors the rest) and the "
                          f"fold is not exact on {topo.name} ({topo.nodes} × {topo.gpus_per_node} GPUs): "
                          f"{fault}; generate it with --full, or on this topology")
-    return n // topo.gpus_per_node
+    return n // topo.gpus_per_node, None
 
 
 class LinkRecorder:

@@ -156,7 +156,7 @@ class Replay:
                                      f"({topo.world_size} GPUs)")
         self.dependents = dependents
         """1 for an op that some other op lists as a dependency."""
-        self.fold = fold_nodes(graph, topo, self.sim_ranks) if graph.replica_nodes else 0
+        self.fold, self.fold_plan = fold_nodes(graph, topo, self.sim_ranks) if graph.replica_nodes else (0, None)
         self.gpu = kernel_gpu(topo.gpu, graph.meta or {})
         self.timeline = Timeline(graph=graph, topology_name=topo.name)
         self.links = LinkRecorder(topo, self.sim_ranks, self.timeline) if self.options.record_links else None
@@ -169,9 +169,11 @@ class Replay:
         self.rdv: dict[str, _Rendezvous] = {}
         self.plans: dict[tuple[Any, ...], ResolvedComm] = {}
         replica_size = graph.meta.get("replica_size") if isinstance(graph.meta, dict) else None
+        replica_map = graph.meta.get("replica_map") if isinstance(graph.meta, dict) else None
         self.comm = CommResolver(topo, self.sim_ranks, self.fold,
                                  replica_size if isinstance(replica_size, int) and replica_size > 0 else 0,
-                                 self.options.protocol)
+                                 self.options.protocol, plan=self.fold_plan,
+                                 replica_map=replica_map if isinstance(replica_map, dict) else None)
         self.memory: dict[int, list[tuple[float, str, int]]] = {r: [] for r in self.sim_ranks}
         self.mem_now = {r: 0 for r in self.sim_ranks}
         self.streams: list[_Stream] = []

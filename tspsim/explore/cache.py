@@ -82,9 +82,7 @@ def resolve_point(point: Point, loader: Loader | None = None) -> dict[str, int]:
         TspsimError: if the schedule, mode, degrees, sequence or batch do not fit.
     """
     from tspsim.schedules import SCHEDULES
-    from tspsim.spec.assumptions import Assumptions
-    from tspsim.spec.layout import make_layout
-    from tspsim.spec.workload import Workload
+    from tspsim.simulate.point import resolve_layout
 
     loader = loader or Loader()
     SCHEDULES.get(point.schedule)
@@ -93,10 +91,7 @@ def resolve_point(point: Point, loader: Loader | None = None) -> dict[str, int]:
     if point.schedule == "tp+sp" and point.degree is not None and point.tp is None and point.sp is None:
         raise TspsimError("tp+sp takes --tp T and --sp S (not --degree)")
     topo, model = loader.topology(point.topology), loader.model(point.model)
-    workload = Workload(point.mode, point.seq_len, point.batch, point.decode_tokens)  # type: ignore[arg-type]
-    opts = Assumptions.from_overrides(dict(point.options))
-    layout = make_layout(point.schedule, topo, model, workload, degree=point.degree, tp=point.tp, sp=point.sp,
-                     gpus=point.gpus, opts=opts)
+    layout, _workload, _opts = resolve_layout(point, topo, model)
     return dict(layout.degrees)
 
 
@@ -109,6 +104,8 @@ def point_record(point: Point) -> dict[str, Any]:
     record = asdict(point)
     if point.mode not in INFERENCE_MODES:
         record.pop("search_max_batch", None)
+    if point.pipeline == type(point.pipeline)():   # no pipeline: the keys of points from before pipelines existed
+        record.pop("pipeline", None)
     return record
 
 

@@ -178,8 +178,15 @@ def expand_grid(grid: Grid) -> list[Point]:
 def requested_degrees(point: Point) -> dict[str, int]:
     """The degrees a point asks for (before defaults are resolved)."""
     if point.schedule == "tp+sp":
-        return {k: v for k, v in (("T", point.tp), ("SP", point.sp)) if v is not None}
-    return {"D": point.degree} if point.degree is not None else {}
+        out = {k: v for k, v in (("T", point.tp), ("SP", point.sp)) if v is not None}
+    else:
+        out = {"D": point.degree} if point.degree is not None else {}
+    pipe = point.pipeline
+    if pipe.stages > 1:
+        out["PP"] = pipe.stages
+    if pipe.virtual_stages > 1:
+        out["V"] = pipe.virtual_stages
+    return out
 
 
 def point_label(point: Point, degrees: dict[str, Any] | None = None) -> str:
@@ -191,8 +198,9 @@ def point_label(point: Point, degrees: dict[str, Any] | None = None) -> str:
     """
     from tspsim.core.units import format_tokens
 
+    zero = dict(point.options).get("zero")
     label = degrees_label(point.schedule, degrees if degrees is not None else requested_degrees(point),
-                          dict(point.options).get("sp_attention"))
+                          dict(point.options).get("sp_attention"), int(zero) if str(zero).isdigit() else None)
     if point.mode not in INFERENCE_MODES:
         return f"{label} · seq {format_tokens(point.seq_len)} · batch {point.batch}"
     what = "context" if point.mode == "decode" else "seq"

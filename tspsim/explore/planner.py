@@ -39,6 +39,9 @@ from tspsim.spec.layout import SEQUENCE_SHARDED
 
 Entry = dict[str, Any]
 
+DEGREELESS = ("fsdp",)
+"""Schedules without a degree to search (``fsdp`` is D = 1; :mod:`tspsim.explore.playbooks` generates it)."""
+
 COMM_LIMIT = 0.20
 """A configuration is limited by exposed communication when it is at least this fraction of the step."""
 MEMORY_LIMIT = 0.90
@@ -172,6 +175,8 @@ def candidate_points(topology: str, model: str = "zyphra-7b", seq: int | None = 
     dp_only = "tp" if "tp" in names else (names[0] if names else "")
     shapes: list[tuple[str, int | None, int | None, int | None]] = []
     for name in names:
+        if name in DEGREELESS:
+            continue
         if name == "tp+sp":
             replicas = [r for r in range(g, world + 1, g) if world % r == 0]
             for t in divisors(g):
@@ -191,6 +196,23 @@ def candidate_points(topology: str, model: str = "zyphra-7b", seq: int | None = 
             for name, d, t, s in shapes
             for opts in (variants if name in SEQUENCE_SHARDED else (options,))
             for batch in batch_sizes(batch_max)]
+
+
+def zero_variants(point: Point) -> list[Point]:
+    """A training point retried with ZeRO-1 and, where it composes, ZeRO-3 (for layouts that do not fit).
+
+    ZeRO changes memory and data-parallel traffic only, so the planner tries it on the configurations that run out
+    of memory without it (:func:`tspsim.commands.plan` runs them as a second round).
+    """
+    from dataclasses import replace
+
+    from tspsim.spec.layout import ZERO_THREE_SCHEDULES
+
+    given = dict(point.options)
+    if point.mode != "train" or given.get("zero") not in (None, 0, "0") or point.schedule == "fsdp":
+        return []
+    stages = (1, 3) if point.schedule in ZERO_THREE_SCHEDULES else (1, 2)
+    return [replace(point, options=tuple(sorted({**given, "zero": z}.items()))) for z in stages]
 
 
 def sp_variants(options: tuple[tuple[str, Any], ...], mode: str = "train") -> tuple[tuple[tuple[str, Any], ...], ...]:

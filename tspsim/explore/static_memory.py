@@ -108,7 +108,9 @@ def static_oom_entry(point: Point, known: dict[Point, tuple[int, dict[str, int]]
 def graph_ops(point: Point) -> tuple[int, int]:
     """(ops of the L-block graph, ops per block) of ``point``, counted on its 1- and 2-block graphs.
 
-    Every block adds the same ops, so the graph of L blocks holds ops(1) + (L − 1)·(ops(2) − ops(1)).
+    Every block adds the same ops, so the graph of L blocks holds ops(1) + (L − 1)·(ops(2) − ops(1)) — exactly,
+    except for gradient-bucket collectives (``dp_bucket_MB``), which fill by bytes rather than per block: there
+    the count is an estimate off by a few buckets (enough to compare with the op limit).
     """
     n1 = len(build_graph(point, layers=1)[0].ops)
     n2 = len(build_graph(point, layers=2)[0].ops)

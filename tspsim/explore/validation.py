@@ -23,7 +23,7 @@ Rows:
   ``collective_efficiency`` 0.962), tolerance 10 %.
 * **end-to-end MFU** (independent): a 7–8B dense model trained in BF16 on one node lands in [30, 40] %
   of BF16 peak on MI300X (Primus, low confidence) and [33, 45] % on H100 (torchtitan 33–39 %,
-  Megatron-class stacks higher). Simulated: llama3-8b, 8 GPUs, data parallel (tp D=1 × DP 8, ``zero1``
+  Megatron-class stacks higher). Simulated: llama3-8b, 8 GPUs, data parallel (tp D=1 × DP 8, ZeRO-1
   — the closest layout to FSDP), 8,192 tokens per sequence, batch 1, full recompute. No efficiency of
   the presets was fitted to an MFU.
 
@@ -45,6 +45,7 @@ from itertools import permutations
 from typing import Any
 
 from tspsim.core.errors import TspsimError
+from tspsim.explore.validation_pipeline import pipeline_rows
 from tspsim.explore.validation_row import (
     AZURE_RCCL,
     BEKMAN_NVLINK,
@@ -158,7 +159,7 @@ _MFU_POINT = {"model": "llama3-8b", "mode": "train", "seq_len": 8192, "batch": 1
 def _mfu_pct(topology: str) -> float:
     from tspsim.simulate import Point, simulate
 
-    point = Point("tp", topology, degree=1, options=(("zero1", True),), **_MFU_POINT)  # type: ignore[arg-type]
+    point = Point("tp", topology, degree=1, options=(("zero", 1),), **_MFU_POINT)  # type: ignore[arg-type]
     return float(simulate(point).entry["mfu"]) * 100.0
 
 
@@ -177,7 +178,7 @@ def mfu_rows() -> list[Row]:
 
 def validation_rows() -> list[Row]:
     """Every validation row: calibration points, then independent checks (each row says which it is)."""
-    return memory_rows() + collective_rows() + mfu_rows() + stack_rows()
+    return memory_rows() + collective_rows() + mfu_rows() + stack_rows() + pipeline_rows()
 
 
 def summary(rows: list[Row]) -> str:

@@ -92,8 +92,12 @@ class Block:
         self.heads_l = m.q_heads // self.T
         self.i_l = m.ffn_hidden // self.T
         self.s = m.dtype_bytes
-        self.saved: dict[tuple[int, int], list[tuple[str, int]]] = {}
-        self.scores_saved: dict[tuple[int, int], bool] = {}
+        self.saved: dict[tuple[int, int, int], list[tuple[str, int]]] = {}
+        self.scores_saved: dict[tuple[int, int, int], bool] = {}
+        self.mb = 0
+        """Micro-batch being emitted (saved activations are kept per micro-batch, layer and rank)."""
+        self.tag = ""
+        """Inserted after ``L<layer>.`` in op names (``mb<k>.`` when a step has several micro-batches)."""
         self.attn = self._sp_attention()
         """The core attention between the QKV projection and W_O (:mod:`tspsim.schedules.sp_attention`)."""
 
@@ -107,17 +111,21 @@ class Block:
     # ------------------------------------------------------------------------------ groups
     def tp_group(self, rank: int) -> tuple[int, ...]:
         """The T ranks sharing ``rank``'s sequence shard (its tensor-parallel group)."""
-        rs = self.ctx.layout.replica_size
+        rs = self.ctx.layout.mp_size
         base, pos = rank - rank % rs, rank % rs
         srow = pos // self.T
         return tuple(base + srow * self.T + t for t in range(self.T))
 
     def seq_group(self, rank: int) -> tuple[int, ...]:
         """The Σ ranks holding ``rank``'s head shard for every sequence shard (its K/V all-gather group)."""
-        rs = self.ctx.layout.replica_size
+        rs = self.ctx.layout.mp_size
         base, pos = rank - rank % rs, rank % rs
         t = pos % self.T
         return tuple(base + s * self.T + t for s in range(self.SP))
+
+    def key(self, layer: int, rank: int) -> tuple[int, int, int]:
+        """Key of (micro-batch, layer, rank) in the saved-activation bookkeeping."""
+        return self.mb, layer, rank
 
     def coll(self, kind: str, group_of: Callable[[int], tuple[int, ...]], nbytes: float, name: str, *,
              stream: str, layer: int, phase: str, deps: dict[int, int | None],
@@ -150,6 +158,14 @@ class Block:
         return (c.training and lay.residual == "seq" and not lay.kv_from_local_shard and self.T > 1
                 and c.stack.kernels.sp_input_regather)
 
+    @property
+    def async_grad_allreduce(self) -> bool:
+        """True when the input-gradient all-reduce overlaps the weight-gradient GEMM (Megatron-LM async TP all-reduce).
+
+        That is a replicated residual, T > 1 and a stack with ``tp_async_grad_allreduce``.
+        """
+        return self.lay.residual == "replicated" and self.T > 1 and self.ctx.stack.kernels.tp_async_grad_allreduce
+
     def forward(self, layer: int, phase: str, save: str, prefix: str = "") -> None:
         """Emit one block's forward on every rank. ``save``: ``all``, ``selective`` or ``none``.
 
@@ -158,25 +174,25 @@ class Block:
         """
         c, s, n, H = self.ctx, self.s, self.n, self.H
         m = c.model
-        L = f"L{layer}.{prefix}"
+        L = f"L{layer}.{self.tag}{prefix}"
         sharded = self.lay.residual != "replicated"
         keep = {"all": SAVED_ITEMS, "selective": SAVED_ITEMS - {"scores"}, "none": frozenset()}[save]
         in_rows = self.n_res if self.regathers else n   # rows of the saved GEMM inputs (shard under the redo)
         for r in c.ranks:
-            self.saved[(layer, r)] = []
-            self.scores_saved[(layer, r)] = "scores" in keep
+            self.saved[self.key(layer, r)] = []
+            self.scores_saved[self.key(layer, r)] = "scores" in keep
 
         def act(r: int, item: str, nbytes: float) -> list[tuple[str, str, int]]:
             """Memory events for an activation: saved for backward, or freed right after use."""
             if item in keep:
-                self.saved[(layer, r)].append((item, int(nbytes)))
+                self.saved[self.key(layer, r)].append((item, int(nbytes)))
                 return [("end", "activations", int(nbytes))]
             return []
 
         def residual(r: int, item: str, sub: str, after: list[int | None]) -> int:
             """Bias-dropout-add of a sublayer; its dropout mask is saved (events by the kernel) when kept."""
             if item in keep and dropout_mask_bytes(c, self.n_res):
-                self.saved[(layer, r)].append((item, dropout_mask_bytes(c, self.n_res)))
+                self.saved[self.key(layer, r)].append((item, dropout_mask_bytes(c, self.n_res)))
             return residual_forward(c, r, L + sub, self.n_res, layer=layer, phase=phase, after=after,
                                     keep_mask=item in keep)
 
@@ -312,7 +328,9 @@ class Block:
                          after: dict[int, int | None]) -> dict[int, int | None]:
         """Backward of a column-parallel projection (QKV or fc1) and its input-gradient reduction.
 
-        Without the redo: one GEMM pair (dgrad + wgrad) then the reduction. With Megatron sequence
+        Without the redo: one GEMM pair (dgrad + wgrad) then the reduction; with the stack's async TP all-reduce
+        (:attr:`async_grad_allreduce`) the input-gradient GEMM, then the all-reduce on the ``comm`` stream
+        overlapping the weight-gradient GEMM. With Megatron sequence
         parallelism's redo: the saved input shard is all-gathered again on the ``comm`` stream while the
         input-gradient GEMM runs, the reduce-scatter of that gradient follows it and overlaps the
         weight-gradient GEMM, which reads the gathered input (LinearWithGradAccumulationAndAsyncCommunication).
@@ -322,11 +340,19 @@ class Block:
         sub = name.rsplit(".", 1)[0]
         frees = {r: [("end", "activations", -saved[r].pop(input_item))] if input_item in saved[r] else []
                  for r in c.ranks}
-        if not self.regathers:
+        if not self.regathers and not self.async_grad_allreduce:
             for r in c.ranks:
                 c.gemm(r, name, n, cols, H, layer=layer, phase="bwd", after=[after.get(r), c.last[r]], scale=2,
                        mem=mem[r] + frees[r])
             return self._grad_reduce(sub, layer)
+        if not self.regathers:
+            for r in c.ranks:
+                c.gemm(r, name + ".dgrad", n, H, cols, layer=layer, phase="bwd", after=[after.get(r), c.last[r]],
+                       mem=mem[r])
+            red = self._grad_reduce(sub, layer)
+            for r in c.ranks:
+                c.gemm(r, name + ".wgrad", cols, H, n, layer=layer, phase="bwd", after=[c.last[r]], mem=frees[r])
+            return red
         gathered = self.coll("all_gather", self.tp_group, n * H * s, sub + ".input_all_gather_redo", stream="comm",
                              layer=layer, phase="bwd", deps={r: c.last[r] for r in c.ranks}, mem_start=n * H * s)
         for r in c.ranks:
@@ -342,10 +368,10 @@ class Block:
         """Emit one block's backward (transposed communication, 2× GEMM FLOPs, the core attention's backward)."""
         c, s, n, H = self.ctx, self.s, self.n, self.H
         m = c.model
-        L = f"L{layer}.bwd."
+        L = f"L{layer}.{self.tag}bwd."
         ph = "bwd"
         sharded = self.lay.residual != "replicated"
-        saved = {r: dict(self.saved.get((layer, r), [])) for r in c.ranks}
+        saved = {r: dict(self.saved.pop(self.key(layer, r), [])) for r in c.ranks}
 
         def free(r: int, *items: str) -> list[tuple[str, str, int]]:
             return [("end", "activations", -saved[r].pop(i)) for i in items if i in saved[r]]

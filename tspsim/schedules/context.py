@@ -15,15 +15,18 @@ Conventions all schedules follow (so metrics and tests can rely on them):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from tspsim.core.errors import ConfigError
 from tspsim.opgraph import GraphBuilder, OpGraph
+from tspsim.schedules.data_parallel import DataParallel
 from tspsim.schedules.host import HostedBuilder
 from tspsim.spec.assumptions import Assumptions
-from tspsim.spec.layout import Layout, fold_unit_gpus
+from tspsim.spec.fold import FoldPlan, plan_fold
+from tspsim.spec.layout import Layout
 from tspsim.spec.model import ModelConfig
 from tspsim.spec.stack import Stack
 from tspsim.spec.topology import Topology
@@ -97,22 +100,34 @@ class BuildContext:
         mode = self.workload.mode
         self.step = {"generate": "prefill"}.get(mode, mode)
         layout = self.layout
-        unit = fold_unit_gpus(self.topo, layout.world_size, layout.replica_size) if self.fold else 0
-        if unit and layout.replicas > 1:
-            # Simulate one unit (a replica of whole nodes, or one node of replicas) and mirror the rest.
-            ranks = tuple(range(unit))
-            replica_nodes = unit // self.topo.gpus_per_node
+        self.fold_plan: FoldPlan | None = plan_fold(self.topo, layout) if self.fold else None
+        """The symmetry fold of this build (:mod:`tspsim.spec.fold`), or None: every GPU simulated."""
+        plan = self.fold_plan
+        if plan is not None:
+            # Simulate one unit (a replica of whole nodes, or one node of replicas; with a pipeline, one
+            # replica's stages and one rank per tensor-parallel group) and mirror the rest.
+            ranks = plan.simulated(layout.world_size)
+            replica_nodes = plan.unit_nodes
         else:
             ranks = tuple(range(layout.world_size))
             replica_nodes = 0
+        unit = len(ranks) if plan is not None else 0
         limit, advice = graph_ops_limit(), self._budget_advice(unit)
-        estimate = len(ranks) * (self.model.layers * MIN_OPS_PER_RANK_LAYER.get(self.workload.mode, 10))
+        per_rank = (self.model.layers // max(layout.pp, 1)) * layout.micro_batches
+        estimate = len(ranks) * per_rank * MIN_OPS_PER_RANK_LAYER.get(self.workload.mode, 10)
         if estimate > limit:
-            raise ConfigError(f"this layout simulates {len(ranks):,} GPUs × {self.model.layers} blocks: at least "
+            blocks = (f"{self.model.layers} blocks" if layout.pp == 1 and layout.micro_batches == 1
+                      else f"{per_rank:,} block passes")
+            raise ConfigError(f"this layout simulates {len(ranks):,} GPUs × {blocks}: at least "
                               f"{estimate:,} ops (~{estimate * 2e-6:.0f} GB of memory), over the limit of {limit:,}; "
                               f"{advice}")
         self.builder = self.make_builder(ranks, replica_nodes, limit, advice)
         self.last = dict.fromkeys(ranks)
+        self._active: tuple[int, ...] | None = None
+        self.dp = DataParallel(self)
+        """Gradient reduction and the optimizer step (:mod:`tspsim.schedules.data_parallel`)."""
+        self.pipeline: Any = None
+        """The pipeline driver of a pipelined step (:class:`tspsim.schedules.pipeline.Pipeline`), after the build."""
 
     # ------------------------------------------------------------------------------ stack
     @property
@@ -150,9 +165,13 @@ class BuildContext:
 
     def _budget_advice(self, unit: int) -> str:
         """The way out of an over-budget graph, for messages."""
-        exact = fold_unit_gpus(self.topo, self.layout.world_size, self.layout.replica_size)
-        if not self.fold and exact:
-            way = f"drop --full (simulating one {exact}-GPU unit and mirroring the others is exact)"
+        lay = self.layout
+        plan = plan_fold(self.topo, lay)
+        if not self.fold and plan is not None:
+            n = len(plan.simulated(lay.world_size))
+            way = f"drop --full (simulating {n} GPUs and mirroring the others is exact)"
+        elif lay.pp > 1 or lay.micro_batches > 1:
+            way = "use fewer micro-batches (--global-batch), fewer GPUs (--gpus N) or a smaller model"
         elif unit or self.layout.world_size > self.topo.gpus_per_node:
             way = "use fewer GPUs (--gpus N) or a smaller model"
         else:
@@ -162,8 +181,23 @@ class BuildContext:
     # ------------------------------------------------------------------------------ helpers
     @property
     def ranks(self) -> tuple[int, ...]:
-        """Simulated ranks."""
+        """Simulated ranks the ops being emitted run on: one pipeline stage's inside :meth:`on`, else every one."""
+        return self._active if self._active is not None else self.builder.graph.ranks
+
+    @property
+    def all_ranks(self) -> tuple[int, ...]:
+        """Every simulated rank (whatever :meth:`on` restricts)."""
         return self.builder.graph.ranks
+
+    @contextmanager
+    def on(self, ranks: Iterable[int]) -> Iterator[None]:
+        """Emit on ``ranks`` only (the simulated ranks of one pipeline stage) while inside."""
+        prev = self._active
+        self._active = tuple(r for r in ranks if r in self.last)
+        try:
+            yield
+        finally:
+            self._active = prev
 
     @property
     def s(self) -> int:
@@ -196,16 +230,20 @@ class BuildContext:
 
     # ------------------------------------------------------------------------------ static memory
     def init_static(self, local_params: dict[int, float]) -> None:
-        """Allocate parameters, gradients, optimizer state and the runtime reserve on every rank."""
+        """Allocate parameters, gradients, optimizer state and the runtime reserve on every rank.
+
+        ZeRO divides them over the rank's shard group (:meth:`DataParallel.factors`): optimizer state with
+        ZeRO ≥ 1, gradients with ≥ 2, parameters with 3.
+        """
         o = self.opts
-        dp = self.layout.replicas if o.zero1 else 1
         for r in self.ranks:
             p = local_params[r]
-            mem = [("parameters", int(p * o.param_bytes)),
+            fp, fg, fo = self.dp.factors(r)
+            mem = [("parameters", int(p * o.param_bytes / fp)),
                    ("reserved", int(self.topo.gpu.runtime_reserve_GB * 1e9))]
             if self.training:
-                mem += [("gradients", int(p * o.grad_bytes)),
-                        ("optimizer_state", int(p * (o.master_bytes + o.optimizer_bytes) / dp))]
+                mem += [("gradients", int(p * o.grad_bytes / fg)),
+                        ("optimizer_state", int(p * (o.master_bytes + o.optimizer_bytes) / fo))]
             if isinstance(self.builder, HostedBuilder):
                 self.builder.start_step(r, self.stack.host.step_overhead_us)
             self.last[r] = self.builder.memory(r, "static memory", mem, phase="fwd")
@@ -213,87 +251,22 @@ class BuildContext:
     # ------------------------------------------------------------------------------ DP + optimizer
     def dp_sync(self, grads: dict[int, float], after: dict[int, int | None], *, layer: int,
                 final: bool = False) -> None:
-        """Add gradient elements (per rank) to the DP buckets; launch a DP collective when one fills.
+        """Add gradient elements (per rank) to the gradient reduction (:meth:`DataParallel.add`).
 
-        Buckets are all-reduced (or reduce-scattered with ZeRO-1) on the ``dp`` stream as soon as they
-        fill, overlapping the rest of the backward pass (PyTorch DDP / Megatron-LM behaviour). All
-        simulated members of a DP group issue the same collective (replicas are identical, so their
-        buckets fill at the same points).
+        Buckets are all-reduced (or reduce-scattered with ZeRO-1) over each rank's gradient group on the ``dp``
+        stream as soon as they fill, overlapping the rest of the backward pass (PyTorch DDP / Megatron-LM
+        behaviour); with ZeRO ≥ 2 each layer is reduce-scattered at :meth:`end_layer`. All simulated members of
+        a group issue the same collective (they are identical, so their buckets fill at the same points).
         """
-        if self.layout.replicas < 2 or not self.training:
-            return
-        buckets = self.__dict__.setdefault("_bucket_state", {})
-        handled: set[int] = set()
-        for rank in self.ranks:
-            if rank in handled:
-                continue
-            group = self.layout.dp_group(rank)
-            members = [r for r in group if r in self.last]
-            handled.update(members)
-            state = buckets.setdefault(group, [0.0, {}])
-            state[0] += grads.get(rank, 0.0) * self.opts.grad_bytes
-            for r in members:
-                if after.get(r) is not None:
-                    state[1][r] = after[r]
-            if state[0] >= self.opts.dp_bucket_MB * 1e6 or (final and state[0] > 0):
-                kind = "reduce_scatter" if self.opts.zero1 else "all_reduce"
-                deps = {r: [state[1][r]] for r in members if r in state[1]}
-                ids = self.builder.collective(kind, group, int(state[0]), f"dp.grad_{kind}", stream="dp",
-                                              layer=layer, phase="bwd", deps=deps, issuers=members)
-                for r, op in ids.items():
-                    self._dp_ops.setdefault(r, []).append(op)
-                buckets[group] = [0.0, {}]
+        self.dp.add(grads, after, layer=layer, final=final)
 
-    @property
-    def _dp_ops(self) -> dict[int, list[int]]:
-        return self.__dict__.setdefault("_dp_op_ids", {})
+    def end_layer(self, layer: int) -> None:
+        """A layer's backward is complete (ZeRO ≥ 2 reduce-scatters its gradients now)."""
+        self.dp.end_layer(layer)
 
     def optimizer_step(self, local_params: dict[int, float]) -> None:
-        """Flush DP buckets, then the stack's optimizer passes over each rank's parameters (HBM-bound).
-
-        Per parameter of the rank's optimizer shard (1/DP with ZeRO-1), with p, g, M, O the bytes of a
-        parameter, gradient, master weight and Adam state (assumptions): ``grad_unscale`` (fp16 loss
-        scaling) reads and writes g; ``grad_norm`` reads g; ``adam`` reads g, M, O and writes M, O, plus
-        reads and writes p when the 16-bit weights are updated in the same kernel (``param_copy: fused``, or
-        no master weights); ``param_copy: separate`` then reads M and writes p; ``zero_grad`` writes every
-        local gradient (the whole buffer, not the shard).
-        """
-        if not self.training:
-            return
-        o = self.opts
-        st = self.stack.optimizer
-        self.dp_sync({}, dict(self.last), layer=-1, final=True)
-        dp = self.layout.replicas if o.zero1 else 1
-        separate = st.param_copy == "separate" and o.master_bytes > 0
-        steps = {}
-        for r in self.ranks:
-            p = local_params[r] / dp
-            passes = [("optimizer.grad_unscale", 2 * p * o.grad_bytes, st.unscale),
-                      ("optimizer.grad_norm", p * o.grad_bytes, st.grad_norm),
-                      ("optimizer.adam", p * (o.grad_bytes + 2 * (o.master_bytes + o.optimizer_bytes)
-                                              + (0 if separate else 2 * o.param_bytes)), True),
-                      ("optimizer.param_copy", p * (o.master_bytes + o.param_bytes), separate)]
-            after = [self.last[r], *self._dp_ops.get(r, [])[-1:]]
-            for name, traffic, on in passes:
-                if on:
-                    steps[r] = self.compute(r, "optimizer", name, hbm_bytes=traffic, layer=-1, phase="opt",
-                                            after=after)
-                    after = [steps[r]]
-        if o.zero1 and self.layout.replicas > 1:
-            done: set[int] = set()
-            for r in self.ranks:
-                if r in done:
-                    continue
-                group = self.layout.dp_group(r)
-                members = [m for m in group if m in self.last]
-                done.update(members)
-                self.builder.collective("all_gather", group, int(local_params[r] * o.param_bytes),
-                                        "dp.param_all_gather", stream="dp", layer=-1, phase="opt",
-                                        deps={m: [steps[m]] for m in members}, issuers=members)
-        if st.zero_grad:
-            for r in self.ranks:
-                self.compute(r, "optimizer", "optimizer.zero_grad", hbm_bytes=local_params[r] * o.grad_bytes,
-                             layer=-1, phase="opt", after=[self.last[r]])
+        """Flush gradient buckets, then the optimizer passes (:meth:`DataParallel.optimizer_step`)."""
+        self.dp.optimizer_step(local_params)
 
     def finish(self, schedule: str, extra_meta: dict[str, Any] | None = None) -> OpGraph:
         """Record metadata and return the graph."""
@@ -305,6 +278,12 @@ class BuildContext:
             "replica_size": self.layout.replica_size, "replicas": self.layout.replicas,
             "assumptions": self.opts.to_json(), "folded": bool(g.replica_nodes),
         })
+        lay = self.layout
+        if lay.pp > 1 or lay.micro_batches > 1:
+            g.meta["replica_map"] = {"mp": lay.mp_size, "dp": lay.replicas, "pp": lay.pp, "placement": lay.placement}
+        plan = self.fold_plan
+        if plan is not None and (plan.slab_nodes or plan.peer > 1):
+            g.meta["fold"] = plan.to_meta()
         table = {gpu: [fwd, bwd] for gpu, fwd, bwd in self.stack.attention.flash_efficiency}
         if self.queued_kernels or table:
             g.meta["kernel_costs"] = {"kernel_gap_us": self.opts.decode_launch_us if self.queued_kernels else None,

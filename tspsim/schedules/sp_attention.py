@@ -64,8 +64,9 @@ class BlockView(Protocol):
     kv_l: int
     heads_l: int
     s: int
-    scores_saved: dict[tuple[int, int], bool]
+    scores_saved: dict[tuple[int, int, int], bool]
 
+    def key(self, layer: int, rank: int) -> tuple[int, int, int]: ...  # noqa: D102
     def seq_group(self, rank: int) -> tuple[int, ...]: ...  # noqa: D102
     def coll(self, kind: str, group_of: Group, nbytes: float, name: str, *, stream: str, layer: int,  # noqa: D102
              phase: str, deps: dict[int, int | None], mem_start: int = 0,
@@ -114,7 +115,7 @@ class SpAttention:
 
     def scores_saved(self, r: int, layer: int) -> bool:
         """Whether the unfused scores of (layer, rank) were saved (a flash kernel ignores it)."""
-        return self.blk.scores_saved.get((layer, r), False)
+        return self.blk.scores_saved.get(self.blk.key(layer, r), False)
 
 
 # ---------------------------------------------------------------------------------- all-gather

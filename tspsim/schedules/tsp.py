@@ -30,11 +30,8 @@ from __future__ import annotations
 
 from collections.abc import Set as AbstractSet
 
-from tspsim.opgraph import OpGraph
 from tspsim.schedules import kernels
 from tspsim.schedules.attention import CoreShape, core_backward, core_forward
-from tspsim.schedules.context import BuildContext
-from tspsim.schedules.registry import SCHEDULES, Schedule
 from tspsim.schedules.tsp_base import Mem, TspBase
 
 KEEP_ALL = frozenset({"x", "qkv", "scores", "o", "dmask_attn", "x2", "h", "act", "dmask_mlp"})
@@ -58,7 +55,7 @@ class TspBuilder(TspBase):
         """One block's attention: the broadcast loop over weight owners with K/V all-gathers (tsp.md §2)."""
         c, n, s, H, D = self.c, self.n, self.s, self.H, self.D
         m = c.model
-        L = f"L{layer}.{prefix}"
+        L = f"L{layer}.{self.tag}{prefix}"
         w = c.opts.weight_buffers
         shard_bytes = self.attn_shard * s
         for r in c.ranks:
@@ -131,7 +128,7 @@ class TspBuilder(TspBase):
             attend(i, pending)
             if i + 1 < D:
                 pending = nxt if nxt is not None else project(i + 1)
-        self.scores_saved[layer] = "scores" in keep
+        self.scores_saved[(self.mb, layer)] = "scores" in keep
         for r in c.ranks:
             self.prev_attn_done[r] = outs[r][-1]
             self._residual(r, L, layer, phase, keep, "attn")
@@ -141,7 +138,7 @@ class TspBuilder(TspBase):
         """One block's gated MLP: D steps over the weight shards circulating the ring (tsp.md §3)."""
         c, n, s, H, D = self.c, self.n, self.s, self.H, self.D
         m = c.model
-        L = f"L{layer}.{prefix}"
+        L = f"L{layer}.{self.tag}{prefix}"
         w = c.opts.weight_buffers
         width = (2 if m.gated_mlp else 1) * self.i_l
         shard_bytes = self.mlp_shard * s
@@ -195,13 +192,13 @@ class TspBuilder(TspBase):
         """MLP backward: ring again for dX; partial gradients ride the ring to their owners."""
         c, n, s, H, D = self.c, self.n, self.s, self.H, self.D
         m = c.model
-        L = f"L{layer}.bwd."
+        L = f"L{layer}.{self.tag}bwd."
         w = c.opts.weight_buffers
         width = (2 if m.gated_mlp else 1) * self.i_l
         shard_bytes = self.mlp_shard * s
         grad_bytes = self.mlp_shard * c.opts.grad_bytes
-        saved = {r: self.saved.setdefault((layer, r), {}) for r in c.ranks}
-        orig = {r: self.orig.setdefault((layer, r), dict(saved[r])) for r in c.ranks}
+        saved = {r: self.saved.setdefault(self.key(layer, r), {}) for r in c.ranks}
+        orig = {r: self.orig.setdefault(self.key(layer, r), dict(saved[r])) for r in c.ranks}
         for r in c.ranks:
             kernels.residual_backward(c, r, L + "mlp", n, layer=layer, after=[c.last[r]],
                                       mask_saved=saved[r].pop("dmask_mlp", 0))
@@ -253,12 +250,12 @@ class TspBuilder(TspBase):
         """Re-broadcast each shard, re-gather its K/V, reduce-scatter dK/dV, reduce dW to the owner."""
         c, n, s, H, D = self.c, self.n, self.s, self.H, self.D
         m = c.model
-        L = f"L{layer}.bwd."
+        L = f"L{layer}.{self.tag}bwd."
         w = c.opts.weight_buffers
         shard_bytes = self.attn_shard * s
         kv_bytes = 2.0 * self.B * self.S * self.kv_l * s
-        saved = {r: self.saved.setdefault((layer, r), {}) for r in c.ranks}
-        orig = {r: self.orig.setdefault((layer, r), dict(saved[r])) for r in c.ranks}
+        saved = {r: self.saved.setdefault(self.key(layer, r), {}) for r in c.ranks}
+        orig = {r: self.orig.setdefault(self.key(layer, r), dict(saved[r])) for r in c.ranks}
         for r in c.ranks:
             kernels.residual_backward(c, r, L + "attn", n, layer=layer, after=[c.last[r]],
                                       mask_saved=saved[r].pop("dmask_attn", 0))
@@ -294,7 +291,7 @@ class TspBuilder(TspBase):
                 core_backward(c, r, L + f"attn.core[r={i}]", shape, layer=layer,
                               after=[*(k.get(r) for k in kv), c.last[r]],
                               flash_bytes=(n * self.q_l * 4 + 2 * kv_bytes / s) * s,
-                              scores_saved=self.scores_saved.get(layer, False),
+                              scores_saved=self.scores_saved.get((self.mb, layer), False),
                               mem=[("end", "comm_buffers", -int(kv_bytes)), ("end", "temporary", int(kv_bytes))]
                               + self._release(saved[r], orig[r], "o", i, D))
             rs = self.collective("reduce_scatter", kv_bytes, L + f"attn.kv_grad_reduce_scatter[r={i}]", stream="kv",
@@ -324,79 +321,6 @@ class TspBuilder(TspBase):
             left = sum(saved[r].values())
             if left:
                 c.builder.graph.ops[c.last[r]].mem += (("end", "activations", -int(left)),)
-            self.saved.pop((layer, r), None)
-            self.orig.pop((layer, r), None)
+            self.saved.pop(self.key(layer, r), None)
+            self.orig.pop(self.key(layer, r), None)
         return grad_done
-
-
-def build(ctx: BuildContext) -> OpGraph:
-    """TSP of degree D = ``ctx.layout.tp`` (= ``plan.sp``)."""
-    t = TspBuilder(ctx)
-    c, m = ctx, ctx.model
-    n, s, H, D = t.n, t.s, t.H, t.D
-    params = {r: m.params_per_rank(D) for r in c.ranks}
-    c.init_static(params)
-    train = c.training
-    policy = c.opts.recompute if train else "none"
-    first_k = c.opts.recompute_num_layers or m.layers
-
-    def keep(layer: int) -> frozenset[str]:
-        """What block ``layer`` saves.
-
-        Nothing when fully recomputed, else as the policy says (Megatron's selective: all but the unfused
-        core attention's tensors).
-        """
-        if not train or (policy == "full" and layer < first_k):
-            return frozenset()
-        return KEEP_ALL - {"scores"} if policy == "selective" else KEEP_ALL
-    v_l = m.vocab // D
-    # ---- embedding (vocab-parallel shards ride the ring; each rank looks up its own tokens)
-    t.vocab_ring("embedding.lookup", "fwd", (n, H, 1), 1.0, grad_ring=False)
-    for r in c.ranks:
-        t.prev_attn_done[r] = c.last[r]
-    for layer in range(m.layers):
-        for r in c.ranks:
-            if train and policy == "full" and layer < first_k:
-                c.last[r] = c.builder.memory(r, f"L{layer}.checkpoint", [("activations", n * H * s)], layer=layer,
-                                             deps=[c.last[r]])
-        t.attention_fwd(layer, "fwd", keep(layer))
-        t.mlp_fwd(layer, "fwd", keep(layer))
-    # ---- LM head + loss: logits for own tokens, vocab shard by shard
-    logits = int(n * m.vocab * c.opts.logits_bytes)
-    for r in c.ranks:
-        c.last[r] = c.builder.memory(r, "head.logits_buffer", [("temporary", logits)], deps=[c.last[r]])
-    t.vocab_ring("head.logits", "fwd", (n, v_l, H), 1.0, grad_ring=False)
-    for r in c.ranks:
-        c.elementwise(r, "loss.cross_entropy", 2 * n * m.vocab * c.opts.logits_bytes, phase="fwd",
-                      after=[c.last[r]], mem=[] if train else [("end", "temporary", -logits)])
-    if train:
-        t.vocab_ring("bwd.head.logits", "bwd", (n, v_l, H), 2.0, grad_ring=True)
-        for r in c.ranks:
-            c.last[r] = c.builder.memory(r, "bwd.head.free_logits", [("temporary", -logits)], phase="bwd",
-                                         deps=[c.last[r]])
-        head_grads = 0 if m.tied_embeddings else m.vocab * H / D     # tied: one gradient, reduced at the end
-        c.dp_sync({r: head_grads for r in c.ranks}, dict(c.last), layer=-1)
-        for layer in reversed(range(m.layers)):
-            if policy == "full" and layer < first_k:
-                t.attention_fwd(layer, "bwd", KEEP_ALL, prefix="recompute.")
-                t.mlp_fwd(layer, "bwd", KEEP_ALL, prefix="recompute.")
-            g_mlp = t.mlp_bwd(layer)
-            mlp_bias = (2 if m.gated_mlp else 1) * m.ffn_hidden if m.biases else 0
-            c.dp_sync({r: (m.mlp_params + mlp_bias) / D for r in c.ranks},
-                      {r: g_mlp.get(r) or c.last[r] for r in c.ranks}, layer=layer)
-            g_attn = t.attention_bwd(layer)
-            c.dp_sync({r: m.layer_shard_params(D) - (m.mlp_params + mlp_bias) / D for r in c.ranks},
-                      {r: g_attn.get(r) or c.last[r] for r in c.ranks}, layer=layer)
-            if policy == "full" and layer < first_k:
-                for r in c.ranks:
-                    c.last[r] = c.builder.memory(r, f"L{layer}.checkpoint_free", [("activations", -n * H * s)],
-                                                 layer=layer, phase="bwd", deps=[c.last[r]])
-        t.vocab_ring("bwd.embedding", "bwd", (n, H, 1), 1.0, grad_ring=True)
-        c.dp_sync({r: m.vocab * H / D + m.replicated_embedding_params for r in c.ranks}, dict(c.last), layer=-1)
-        c.optimizer_step(params)
-    return c.finish("tsp", {"layout": {"D": D, "weight_buffers": c.opts.weight_buffers,
-                                       "kv_buckets": c.opts.kv_buckets}})
-
-
-SCHEDULES.register("tsp", Schedule("tsp", "folded TSP: attention weight-broadcast loop + K/V all-gather, MLP weight "
-                                   "ring", "tsp.md §2-§4", build))

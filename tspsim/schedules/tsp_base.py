@@ -32,10 +32,18 @@ class TspBase:
         if self.heads_l % ctx.opts.kv_buckets:
             raise ConfigError(f"option kv_buckets={ctx.opts.kv_buckets} does not divide the {self.heads_l} heads of a "
                               f"TSP head shard (D={self.D}); use a divisor of {self.heads_l}")
-        self.saved: dict[tuple[int, int], dict[str, int]] = {}
-        self.scores_saved: dict[int, bool] = {}
-        self.orig: dict[tuple[int, int], dict[str, int]] = {}
+        self.saved: dict[tuple[int, int, int], dict[str, int]] = {}
+        self.scores_saved: dict[tuple[int, int], bool] = {}
+        self.orig: dict[tuple[int, int, int], dict[str, int]] = {}
         self.prev_attn_done: dict[int, int | None] = {}
+        self.mb = 0
+        """Micro-batch being emitted (saved activations are kept per micro-batch, layer and rank)."""
+        self.tag = ""
+        """Inserted after ``L<layer>.`` in op names (``mb<k>.`` when a step has several micro-batches)."""
+
+    def key(self, layer: int, rank: int) -> tuple[int, int, int]:
+        """Key of (micro-batch, layer, rank) in the saved-activation bookkeeping."""
+        return self.mb, layer, rank
 
     # ------------------------------------------------------------------------------ helpers
     def group(self, rank: int) -> tuple[int, ...]:
@@ -99,7 +107,7 @@ class TspBase:
                          recv_mem={r: [("start", "comm_buffers", int(shard_bytes))] for r in c.ranks})
 
     def _save(self, layer: int, rank: int, item: str, nbytes: int) -> None:
-        store = self.saved.setdefault((layer, rank), {})
+        store = self.saved.setdefault(self.key(layer, rank), {})
         store[item] = store.get(item, 0) + int(nbytes)
 
     @staticmethod

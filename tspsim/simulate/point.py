@@ -8,14 +8,16 @@ the stable JSON entry (design.md §4) and the Timeline for the viewer and export
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from tspsim.core.errors import ConfigError
 from tspsim.engine.timeline import Timeline
 from tspsim.schedules import SCHEDULES
 from tspsim.spec.assumptions import Assumptions
-from tspsim.spec.layout import Layout, make_layout
+from tspsim.spec.layout import ZERO_THREE_SCHEDULES, Layout, make_layout
 from tspsim.spec.model import ModelConfig, load_model
+from tspsim.spec.pipeline_spec import PipelineSpec
 from tspsim.spec.topology import Topology
 from tspsim.spec.topology_file import load_topology
 from tspsim.spec.workload import Workload
@@ -74,15 +76,49 @@ class Point:
     search_max_batch: bool = True
     """Inference modes: search the largest batch that fits in HBM (``max_batch``; every probe is a full
     simulation of the step). False writes ``max_batch`` as null. Ignored by ``train`` and ``forward``."""
+    pipeline: PipelineSpec = PipelineSpec()
+    """Pipeline stages, virtual stages, schedule, global batch, placement and layer split (train and forward)."""
+
+
+def point_options(point: Point) -> dict[str, Any]:
+    """The point's assumption overrides, with the ZeRO stage a schedule implies (``fsdp``: ZeRO-3).
+
+    Raises:
+        ConfigError: ``fsdp`` with another ZeRO stage.
+    """
+    pairs = dict(point.options)
+    if point.schedule == "fsdp":
+        given = pairs.get("zero", pairs.get("zero1"))
+        if given is not None and str(given).lower() not in ("3",):
+            raise ConfigError("fsdp is ZeRO-3 (parameters, gradients and optimizer state sharded); for ZeRO-1 or 2 "
+                              "data parallelism use --schedule tp --degree 1 --zero N")
+        pairs.pop("zero1", None)
+        pairs["zero"] = 3
+    return pairs
+
+
+def resolve_layout(point: Point, topo: Topology, model: ModelConfig) -> tuple[Layout, Workload, Assumptions]:
+    """The layout, workload and assumptions of ``point`` on loaded definitions (one-line errors)."""
+    workload = Workload(point.mode, point.seq_len, point.batch, point.decode_tokens)  # type: ignore[arg-type]
+    if point.schedule == "fsdp" and point.mode not in ("train", "forward"):
+        raise ConfigError(f"fsdp is a training layout (parameters sharded over data parallelism, gathered per "
+                          f"layer); --mode {point.mode} serves with model parallelism: use --schedule tp, tsp or "
+                          "satp-batch (or --mode train / forward with fsdp)")
+    pairs = point_options(point)
+    opts = Assumptions.from_overrides(pairs)
+    if opts.zero == 3 and point.schedule not in ZERO_THREE_SCHEDULES and not {"zero", "zero1"} & set(pairs):
+        # A stack's FSDP default (torchtitan: zero 3) applies where FSDP composes; TSP keeps its weight ring
+        # and shards gradients and optimizer state over data parallelism (ZeRO-2) instead of failing.
+        opts = replace(opts, zero=2)
+    SCHEDULES.get(point.schedule)
+    layout = make_layout(point.schedule, topo, model, workload, degree=point.degree, tp=point.tp, sp=point.sp,
+                         gpus=point.gpus, opts=opts, pipeline=point.pipeline)
+    return layout, workload, opts
 
 
 def resolve(point: Point) -> tuple[Topology, ModelConfig, Layout, Workload, Assumptions]:
     """Load and validate everything ``point`` names (one-line errors for bad names, degrees or options)."""
     topo = load_topology(point.topology)
     model = load_model(point.model)
-    workload = Workload(point.mode, point.seq_len, point.batch, point.decode_tokens)  # type: ignore[arg-type]
-    opts = Assumptions.from_overrides(dict(point.options))
-    SCHEDULES.get(point.schedule)
-    layout = make_layout(point.schedule, topo, model, workload, degree=point.degree, tp=point.tp, sp=point.sp,
-                         gpus=point.gpus, opts=opts)
+    layout, workload, opts = resolve_layout(point, topo, model)
     return topo, model, layout, workload, opts

@@ -14,9 +14,13 @@ from typing import Any, Literal
 from tspsim.core.errors import ConfigError
 from tspsim.spec.stack import DEFAULT_STACK, Stack, load_stack, stack_from_mapping
 
-TRAINING_ONLY_OPTIONS = ("recompute", "recompute_num_layers", "grad_bytes", "master_bytes", "optimizer_bytes", "zero1",
-                         "dp_bucket_MB", "tsp_grad_return", "sp_keep_gathered_kv")
-"""Assumptions that only change backward, gradients or the optimizer (no effect on prefill or decode)."""
+TRAINING_ONLY_OPTIONS = ("recompute", "recompute_num_layers", "grad_bytes", "master_bytes", "optimizer_bytes", "zero",
+                         "hsdp", "reshard_after_forward", "dp_bucket_MB", "tsp_grad_return", "sp_keep_gathered_kv",
+                         "pp_overlap_p2p", "pp_scatter_gather")
+"""Assumptions that only change backward, gradients, the optimizer or the pipeline (no effect on prefill or decode)."""
+
+ZERO_STAGES = (0, 1, 2, 3)
+"""ZeRO stages (``--zero``): 0 none, 1 optimizer state, 2 + gradients, 3 + parameters (FSDP)."""
 
 SP_ATTENTION = ("allgather", "ring", "ulysses")
 """Values of the ``sp_attention`` option (the SP algorithms of :mod:`tspsim.schedules.sp_attention`)."""
@@ -55,9 +59,30 @@ class Assumptions:
     """Bytes per fp32 master weight kept by the optimizer."""
     optimizer_bytes: int = 8
     """Bytes of optimizer state per parameter (Adam m and v in fp32)."""
-    zero1: bool = False
-    """Shard optimizer state and master weights over the data-parallel group (ZeRO-1: gradients
-    reduce-scattered, parameters all-gathered after the step) instead of all-reducing gradients."""
+    zero: int = 0
+    """ZeRO stage on the data-parallel axis (Rajbhandari et al. 2020; ``--zero``; ``zero1=true`` is ``zero=1``):
+    0 — gradients all-reduced, everything replicated; 1 — optimizer state and master weights sharded over the
+    gradient group (gradients reduce-scattered once per step, parameters all-gathered after the optimizer);
+    2 — + gradients sharded (reduce-scattered per layer after every micro-batch's backward, as DeepSpeed and
+    FSDP do); 3 — + parameters sharded (FSDP: each layer's parameters all-gathered before its forward and
+    again before its backward, the next layer's gather prefetched, gradients reduce-scattered per layer)."""
+    hsdp: int = 0
+    """Hybrid sharding (HSDP, FSDP2's 2-D mesh): shard ZeRO state inside groups of this many ranks of the
+    gradient group (consecutive data-parallel replicas, e.g. one node's) and replicate across groups, whose
+    gradient shards are then all-reduced; 0 shards over the whole gradient group."""
+    reshard_after_forward: bool = True
+    """ZeRO-3: free each layer's gathered parameters after its forward and gather them again before its backward
+    (FSDP's default); false keeps them gathered until the layer's backward (one gather per micro-batch, more
+    memory: torchtitan's choice with pipeline parallelism)."""
+    pp_overlap_p2p: bool = True
+    """Pipeline point-to-point transfers run on their own streams and each receive is posted one pass ahead, so
+    they overlap compute (Megatron-Core ``overlap_p2p_comm``); false: a stage blocks until its send of a pass's
+    output and its receive of the next pass's input finish, receives posted only when the stage gets there
+    (Megatron-LM 2022's batched isend/irecv followed by wait)."""
+    pp_scatter_gather: bool = True
+    """A stage-boundary activation (or gradient) replicated over the TP group is sent as 1/T slices, one per TP
+    rank over its own link, and all-gathered over the node fabric by the receiving stage (Narayanan et al. 2021
+    §4.1, Megatron's scatter/gather optimisation); false sends the whole tensor from every TP rank."""
     dp_bucket_MB: float = 25.0
     """Gradient bucket size for the data-parallel all-reduce, MB (PyTorch DDP's default 25 MB)."""
     weight_buffers: int = 2
@@ -135,12 +160,13 @@ class Assumptions:
         (a result's or trace's ``assumptions.stack``).
         """
         known = {f.name: f for f in fields(cls)}
+        pairs = _zero1_alias(dict(pairs))
         for key in pairs:
             if key not in known:
                 raise ConfigError(f"unknown option {key!r}; known options: {', '.join(known)}")
         base = cls() if "stack" not in pairs else cls(stack=_stack(pairs["stack"]))
         values: dict[str, Any] = {}
-        for key, raw in base.stack.defaults:
+        for key, raw in _zero1_alias(dict(base.stack.defaults)).items():
             if key not in known or key == "stack":
                 raise ConfigError(f"stack {base.stack.name}: defaults.{key}: unknown option; known options: "
                                   f"{', '.join(k for k in known if k != 'stack')}")
@@ -164,14 +190,14 @@ class Assumptions:
         bounds = (("param_bytes", 1, 64), ("grad_bytes", 1, 64), ("logits_bytes", 1, 64), ("master_bytes", 0, 64),
                   ("optimizer_bytes", 0, 256), ("weight_buffers", 1, 64), ("kv_buckets", 1, 4096),
                   ("sp_kv_buckets", 1, 4096), ("dp_bucket_MB", 1e-3, 1e6), ("decode_launch_us", 0.0, 1e6),
-                  ("recompute_num_layers", 0, 1024))
+                  ("recompute_num_layers", 0, 1024), ("zero", 0, 3), ("hsdp", 0, 1 << 20))
         for key, low, high in bounds:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"option {key}={value!r}: expected a finite number between {low:g} and {high:g}")
             if not low <= value <= high:
                 raise ConfigError(f"option {key}={value:g} is out of range: use a value between {low:g} and {high:g}")
-        for key in ("recompute_num_layers", "sp_kv_buckets"):
+        for key in ("recompute_num_layers", "sp_kv_buckets", "zero", "hsdp"):
             if not isinstance(getattr(self, key), int):
                 raise ConfigError(f"option {key}={getattr(self, key)!r}: expected a whole number")
         if self.sp_attention == "ring" and self.stack.attention.kernel != "flash":
@@ -182,6 +208,20 @@ class Assumptions:
         if self.recompute_num_layers and self.recompute != "full":
             raise ConfigError(f"option recompute_num_layers={self.recompute_num_layers} applies to recompute=full "
                               f"(the first k blocks fully recomputed); with recompute={self.recompute} drop it")
+
+
+def _zero1_alias(pairs: dict[str, Any]) -> dict[str, Any]:
+    """``zero1=true|false`` (the option before ZeRO stages existed; recorded in older results) → ``zero=1|0``."""
+    if "zero1" not in pairs:
+        return pairs
+    raw = pairs.pop("zero1")
+    on = raw if isinstance(raw, bool) else _convert("zero1", raw, False)
+    if not isinstance(on, bool):
+        raise ConfigError(f"option zero1={raw!r}: expected true or false (or use --zero 0|1|2|3)")
+    if "zero" in pairs and str(pairs["zero"]) != str(int(on)):
+        raise ConfigError(f"option zero1={raw} contradicts zero={pairs['zero']}; give one (--zero 0|1|2|3)")
+    pairs.setdefault("zero", int(on))
+    return pairs
 
 
 def _stack(value: Any) -> Stack:
@@ -218,8 +258,8 @@ def _convert(key: str, raw: Any, default: Any) -> Any:
 
 
 def parse_option_pairs(items: Sequence[str], recompute: str | None = None,
-                       stack: str | None = None) -> tuple[tuple[str, Any], ...]:
-    """``--option KEY=VALUE`` strings (and ``--recompute``, ``--stack``) → validated, sorted (key, value) pairs.
+                       stack: str | None = None, zero: int | None = None) -> tuple[tuple[str, Any], ...]:
+    """``--option KEY=VALUE`` strings (and ``--recompute``, ``--stack``, ``--zero``) → validated, sorted pairs.
 
     Raises:
         ConfigError: for a malformed item, an unknown key, a bad value, or ``--recompute`` / ``--stack``
@@ -229,13 +269,21 @@ def parse_option_pairs(items: Sequence[str], recompute: str | None = None,
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--option {item!r}: expected KEY=VALUE, e.g. --option zero1=true")
+            raise ConfigError(f"--option {item!r}: expected KEY=VALUE, e.g. --option recompute=none")
         pairs[key.strip()] = value.strip()
     if recompute is not None:
         if "recompute" in pairs and pairs["recompute"] != recompute:
             raise ConfigError(f"--recompute {recompute} contradicts --option recompute={pairs['recompute']}; "
                               "give one")
         pairs["recompute"] = recompute
+    if zero is not None:
+        given = pairs.get("zero", pairs.get("zero1"))
+        if given is not None and str(_zero1_alias({k: v for k, v in pairs.items() if k in ("zero", "zero1")})
+                                     .get("zero")) != str(zero):
+            raise ConfigError(f"--zero {zero} contradicts --option {'zero' if 'zero' in pairs else 'zero1'}={given}; "
+                              "give one")
+        pairs.pop("zero1", None)
+        pairs["zero"] = zero
     if stack is not None:
         if "stack" in pairs and pairs["stack"] != stack:
             raise ConfigError(f"--stack {stack} contradicts --option stack={pairs['stack']}; give one")

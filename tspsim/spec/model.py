@@ -201,6 +201,13 @@ for _m in (
                 source="GPT-3 175B (Brown et al. 2020): h=12288, L=96, 96 heads of 128, context 2048, GeLU MLP 4h; "
                        "as Megatron GPT runs it: vocabulary padded to 51200, tied embeddings, learned positions, "
                        "LayerNorm and linear biases"),
+    ModelConfig("megatron-1t", hidden=25600, layers=128, q_heads=160, kv_heads=160, head_dim=160, ffn_hidden=102400,
+                gated_mlp=False, vocab=51200, default_seq=2048, tied_embeddings=True, biases=True,
+                position_embeddings=2048,
+                source="the 1T GPT of Narayanan et al. 2021 and Korthikanti et al. 2022 (arXiv 2104.04473 Table 1, "
+                       "2205.05198 Table 5): h=25600, L=128, 160 heads (d=160), sequence 2048; Megatron GPT "
+                       "architecture: GeLU MLP 4h, vocabulary 51200 (padded), tied embeddings, learned positions, "
+                       "LayerNorm and linear biases"),
 ):
     MODELS.register(_m.name, _m)
 

@@ -94,6 +94,14 @@ class KernelChoice:
     weight-gradient GEMMs, overlapped with the input-gradient GEMM (Megatron-LM's
     LinearWithGradAccumulationAndAsyncCommunication). False: autograd saves the gathered input (more memory,
     no second all-gather; PyTorch DTensor sequence parallelism)."""
+    tp_async_grad_allreduce: bool = False
+    """Tensor parallelism with a replicated residual (no sequence parallelism): the input-gradient all-reduce
+    after a column-parallel projection's backward (QKV, fc1) is launched asynchronously right after the
+    input-gradient GEMM and overlaps the weight-gradient GEMM (Megatron-LM's
+    ``--async-tensor-model-parallel-allreduce``, on by default since 2021: ColumnParallelLinear's backward in
+    LinearWithGradAccumulationAndAsyncCommunication, ``all_reduce(grad_input, async_op=True)`` before the
+    wgrad GEMM, ``handle.wait()`` after it). False (optional key, the default): one dgrad + wgrad GEMM pair,
+    then the all-reduce."""
 
 
 @dataclass(frozen=True)
@@ -180,6 +188,7 @@ class Stack:
         kern += ("; separate " + ", ".join(separate)) if separate else ""
         kern += "; hidden dropout" if k.hidden_dropout else ""
         kern += "; SP input all-gather redo" if k.sp_input_regather else ""
+        kern += "; async TP gradient all-reduce" if k.tp_async_grad_allreduce else ""
         opt = "Adam" + (" + separate param copy" if o.param_copy == "separate" else "")
         opt += "".join(f" + {n}" for n, on in (("grad norm", o.grad_norm), ("zero grad", o.zero_grad),
                                                ("unscale", o.unscale)) if on)
@@ -201,7 +210,8 @@ class Stack:
             "kernels": {"hidden_dropout": k.hidden_dropout, "bias_dropout_add": k.bias_dropout_add,
                         "bias_activation": k.bias_activation, "bias_grad": k.bias_grad,
                         "norm_weight_grad": k.norm_weight_grad, "residual_grad": k.residual_grad,
-                        "sp_input_regather": k.sp_input_regather},
+                        "sp_input_regather": k.sp_input_regather,
+                        "tp_async_grad_allreduce": k.tp_async_grad_allreduce},
             "optimizer": {"param_copy": o.param_copy, "grad_norm": o.grad_norm, "zero_grad": o.zero_grad,
                           "unscale": o.unscale},
             "host": {"launch": h.launch, "capture": list(h.capture), "launch_us": h.launch_us,
@@ -222,14 +232,15 @@ _SCHEMA: dict[str, dict[str, Any]] = {
     "kernels": {"hidden_dropout": _BOOL, "bias_dropout_add": ("fused", "unfused"),
                 "bias_activation": ("fused", "unfused"), "bias_grad": ("fused", "separate"),
                 "norm_weight_grad": ("fused", "separate"), "residual_grad": ("fused", "separate"),
-                "sp_input_regather": _BOOL},
+                "sp_input_regather": _BOOL, "tp_async_grad_allreduce": _BOOL},
     "optimizer": {"param_copy": ("fused", "separate"), "grad_norm": _BOOL, "zero_grad": _BOOL, "unscale": _BOOL},
     "host": {"launch": ("device", "host"), "capture": "steps", "launch_us": "us_or_null",
              "step_overhead_us": "us"},
 }
 _TOP = ("name", "description", "source", "inherit", *_SCHEMA, "defaults")
 _OPTIONAL_TOP = {"name", "description", "source", "inherit", "defaults"}
-_OPTIONAL = {("attention", "flash_efficiency")}
+_OPTIONAL = {("attention", "flash_efficiency"), ("kernels", "tp_async_grad_allreduce")}
+"""Keys a stack file may omit: they take the field's default (flash_efficiency: none)."""
 
 
 def preset_names() -> list[str]:
@@ -304,7 +315,8 @@ def _section(data: Any, schema: dict[str, Any], where: str, name: str) -> dict[s
         if key not in data:
             if (name, key) not in _OPTIONAL:
                 raise ConfigError(f"{path}: missing ({_expected(rule)})")
-            out[key] = ()
+            if rule != _BOOL:
+                out[key] = ()
             continue
         out[key] = _value(data[key], rule, path)
     return out

@@ -1,0 +1,118 @@
+"""The default playbooks as candidates: FSDP and PTD-P layouts searched at a fixed global batch (issue 14).
+
+A user choosing a layout compares TSP with what they run today: **FSDP** (ZeRO-3 on the data-parallel axis,
+alone or over tensor or sequence parallelism, as PyTorch FSDP2 composes them) or **PTD-P** (Megatron-LM: tensor
+parallelism with sequence parallelism inside the node, pipeline stages across nodes, data parallelism over the
+rest; Narayanan et al. 2021). :func:`playbook_points` enumerates a family's layouts for one topology, model and
+global batch — the planner's generator for ``tspsim plan`` and the search behind ``tspsim run``'s default
+comparison (:func:`best_playbook`: simulate each, keep the fastest that fits in HBM).
+
+The global batch G is fixed (the same tokens per step as the other columns), so each layout's micro-batches
+per replica are m = G / (b·DP); layouts where that is not a whole number are left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from tspsim.core.errors import TspsimError
+from tspsim.simulate import Point, RunResult, simulate
+from tspsim.spec.pipeline_spec import PipelineSpec
+
+PLAYBOOKS = ("fsdp", "ptd-p")
+"""Playbook families."""
+PTDP_SCHEDULES = ("satp-seq",)
+"""PTD-P's model-parallel block: Megatron tensor parallelism with sequence parallelism (Korthikanti et al. 2022)."""
+FSDP_SCHEDULES = ("fsdp", "tp", "sp", "satp-seq", "tp+sp")
+"""FSDP alone (D = 1) or ZeRO-3 over TP, SP (FSDP + context parallelism), sequence-sharded TP, or the TP+SP grid."""
+MAX_STAGES = 8
+"""Most pipeline stages tried by the default comparison (the planner tries every divisor of the blocks)."""
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def playbook_points(family: str, topology: str, model: str, seq: int, global_batch: int,
+                    options: tuple[tuple[str, Any], ...] = (), gpus: int | None = None, batch_max: int = 1,
+                    max_stages: int = MAX_STAGES, virtual: tuple[int, ...] = (1, 2)) -> list[Point]:
+    """The candidate layouts of one playbook (not yet validated: some may not fit the model or the batch).
+
+    ``fsdp``: each schedule of :data:`FSDP_SCHEDULES` at the node's GPUs as its degree (T = a node × Σ = 2 for
+    tp+sp), ZeRO-3. ``ptd-p``: :data:`PTDP_SCHEDULES` with D = the node's GPUs (on a single node: every smaller
+    degree ≥ 2) × P stages (P ≥ 2 dividing the blocks and the GPUs, at most ``max_stages``) × V ∈ ``virtual``.
+    Micro-batches 1, 2, 4, … ≤ ``batch_max``.
+    """
+    from tspsim.spec.model import load_model
+    from tspsim.spec.topology_file import load_topology
+
+    topo, cfg = load_topology(topology), load_model(model)
+    world = gpus or topo.world_size
+    g = min(topo.gpus_per_node, world)
+    batches = [b for b in (1, 2, 4, 8, 16, 32) if b <= batch_max]
+    zero = tuple(sorted({**dict(options), "zero": 3}.items()))
+    out: list[Point] = []
+    if family == "fsdp":
+        for name in FSDP_SCHEDULES:
+            kw: dict[str, Any] = {"degree": g} if name in ("tp", "sp", "satp-seq") else {}
+            if name == "tp+sp":
+                kw = {"tp": g, "sp": 2}
+            if name in ("tp", "satp-seq") and world == g:
+                continue     # no data parallelism to shard over: the same layout as without ZeRO
+            opts = tuple(sorted(dict(options).items())) if name == "fsdp" else zero
+            out += [Point(name, topology, model, "train", seq, b, gpus=gpus, options=opts,
+                          pipeline=PipelineSpec(global_batch=global_batch), **kw) for b in batches]
+        return out
+    if family != "ptd-p":
+        raise TspsimError(f"unknown playbook {family!r}: choose one of {', '.join(PLAYBOOKS)}")
+    # TP fills a node and stages span nodes (Megatron's layout); on one node the stages share it
+    degrees = [g] if world > g else [d for d in _divisors(g) if 2 <= d < g]
+    for name in PTDP_SCHEDULES:
+        for d in degrees:
+            for p in _divisors(world // d):
+                if not 2 <= p <= max_stages or cfg.layers % p:
+                    continue
+                for v in virtual:
+                    if cfg.layers % (p * v):
+                        continue
+                    spec = PipelineSpec(stages=p, virtual_stages=v, global_batch=global_batch)
+                    out += [Point(name, topology, model, "train", seq, b, degree=d, gpus=gpus, options=options,
+                                  pipeline=spec) for b in batches]
+    return out
+
+
+def valid_points(points: list[Point]) -> list[Point]:
+    """The points whose layout resolves (degrees, batch and stages fit)."""
+    from tspsim.simulate.point import resolve_layout
+    from tspsim.spec.model import load_model
+    from tspsim.spec.topology_file import load_topology
+
+    kept = []
+    for p in points:
+        try:
+            resolve_layout(p, load_topology(p.topology), load_model(p.model))
+        except TspsimError:
+            continue
+        kept.append(p)
+    return kept
+
+
+def best_playbook(points: list[Point], on_point: Callable[[Point, int, int], None] | None = None,
+                  fold: bool = True) -> RunResult | None:
+    """Simulate every valid point and return the fastest (tokens/s) that fits in HBM, or None.
+
+    ``on_point(point, i, n)`` hears of each simulation before it starts (progress).
+    """
+    kept = valid_points(points)
+    best: RunResult | None = None
+    for i, p in enumerate(kept):
+        if on_point is not None:
+            on_point(p, i, len(kept))
+        res = simulate(p, fold=fold)
+        e = res.entry
+        if e.get("oom"):
+            continue
+        if best is None or e["tokens_per_s"] > best.entry["tokens_per_s"]:
+            best = res
+    return best
