@@ -137,25 +137,26 @@ def make_point(args: PlanArgs, schedule: str, seq: int, pairs: tuple[tuple[str, 
                  args.gpus, decode_tokens=tokens, options=pairs, search_max_batch=args.max_batch)
 
 
-def check_point(point: Any) -> None:
+def check_point(point: Any, specs: Any = None) -> None:
     """Resolve the layout of ``point`` (model, topology, degrees) without building its graph.
+
+    ``specs`` (a :class:`~tspsim.spec.loader.SpecLoader`, default a fresh one) reads the files.
 
     Raises:
         TspsimError: if the degrees do not fit the model, sequence or topology.
     """
     from tspsim.schedules import SCHEDULES
-    from tspsim.spec.assumptions import Assumptions
     from tspsim.spec.layout import make_layout
-    from tspsim.spec.model import load_model
-    from tspsim.spec.topology_file import load_topology
+    from tspsim.spec.loader import SpecLoader
     from tspsim.spec.workload import Workload
 
+    specs = specs or SpecLoader()
     SCHEDULES.get(point.schedule)
-    topo = load_topology(point.topology)
-    model = load_model(point.model)
+    topo = specs.topology(point.topology)
+    model = specs.model(point.model)
     workload = Workload(point.mode, point.seq_len, point.batch, point.decode_tokens)
     make_layout(point.schedule, topo, model, workload, degree=point.degree, tp=point.tp, sp=point.sp,
-              gpus=point.gpus, opts=Assumptions.from_overrides(dict(point.options)))
+              gpus=point.gpus, opts=specs.assumptions(dict(point.options)))
 
 
 def default_seq(args: PlanArgs) -> int:
@@ -168,7 +169,7 @@ def default_seq(args: PlanArgs) -> int:
 
 
 # ---------------------------------------------------------------------------------- schedule choice
-def default_comparison(args: PlanArgs, seq: int, pairs: tuple[tuple[str, Any], ...]) -> list[Any]:
+def default_comparison(args: PlanArgs, seq: int, pairs: tuple[tuple[str, Any], ...], specs: Any = None) -> list[Any]:
     """The default comparison: tsp (D), tp (D) and tp+sp.
 
     tp+sp takes the degrees every command uses (:func:`tspsim.spec.layout.default_tp_sp`): T = GPUs per
@@ -184,15 +185,15 @@ def default_comparison(args: PlanArgs, seq: int, pairs: tuple[tuple[str, Any], .
             click.echo(f"note: skipping {name}: schedule not available in this build", err=True)
             continue
         points.append(make_point(args, name, seq, pairs, True, tp, sp))
-    return _keep_valid(points)
+    return _keep_valid(points, specs)
 
 
-def _keep_valid(points: list[Any]) -> list[Any]:
+def _keep_valid(points: list[Any], specs: Any = None) -> list[Any]:
     """Points whose plans resolve; the others are skipped with a note (error if none is left)."""
     kept, reasons = [], []
     for p in points:
         try:
-            check_point(p)
+            check_point(p, specs)
         except TspsimError as exc:
             click.echo(f"note: skipping {p.schedule}: {exc}", err=True)
             reasons.append(f"{p.schedule}: {exc}")
@@ -204,48 +205,48 @@ def _keep_valid(points: list[Any]) -> list[Any]:
 
 
 def choose_points(args: PlanArgs, schedules: list[str] | None, seq: int,
-                  pairs: tuple[tuple[str, Any], ...]) -> list[Any]:
+                  pairs: tuple[tuple[str, Any], ...], specs: Any = None) -> list[Any]:
     """Points for ``--schedule`` (explicit: errors are errors), ``all`` or the default comparison.
 
-    The topology and model are loaded first: a bad file is one error, not a note per schedule.
+    The topology and model are loaded first: a bad file is one error, not a note per schedule. ``specs``
+    (a :class:`~tspsim.spec.loader.SpecLoader`, default a fresh one) reads the files.
     """
     from tspsim.schedules import SCHEDULES
-    from tspsim.spec.model import load_model
-    from tspsim.spec.topology_file import load_topology
+    from tspsim.spec.loader import SpecLoader
     from tspsim.spec.workload import Workload
 
-    load_topology(args.topology)
-    load_model(args.model)
+    specs = specs or SpecLoader()
+    specs.topology(args.topology)
+    specs.model(args.model)
     Workload(args.mode, seq, args.batch, args.tokens or 0)  # type: ignore[arg-type]  # bounds: one error
 
     if schedules is None:
-        return default_comparison(args, seq, pairs)
+        return default_comparison(args, seq, pairs, specs)
     if schedules == ["all"]:
         names = SCHEDULES.names()
-        return _keep_valid([make_point(args, n, seq, pairs, len(names) > 1) for n in names])
+        return _keep_valid([make_point(args, n, seq, pairs, len(names) > 1) for n in names], specs)
     for name in schedules:
         SCHEDULES.get(name)  # unknown name: one-line error listing the known ones
     if len(set(schedules)) != len(schedules):
         raise TspsimError("--schedule lists a schedule twice; give each once")
     points = [make_point(args, n, seq, pairs, len(schedules) > 1) for n in schedules]
     for p in points:
-        check_point(p)
+        check_point(p, specs)
     return points
 
 
-def point_label(point: Any) -> str:
+def point_label(point: Any, specs: Any = None) -> str:
     """``tsp D=8`` / ``tp+sp T=4×SP=2 allgather`` from the resolved layout (and the SP attention algorithm)."""
     from tspsim.analysis.entries import schedule_label
-    from tspsim.spec.assumptions import Assumptions
     from tspsim.spec.layout import make_layout
-    from tspsim.spec.model import load_model
-    from tspsim.spec.topology_file import load_topology
+    from tspsim.spec.loader import SpecLoader
     from tspsim.spec.workload import Workload
 
-    layout = make_layout(point.schedule, load_topology(point.topology), load_model(point.model),
+    specs = specs or SpecLoader()
+    layout = make_layout(point.schedule, specs.topology(point.topology), specs.model(point.model),
                      Workload(point.mode, point.seq_len, point.batch), degree=point.degree, tp=point.tp,
                      sp=point.sp, gpus=point.gpus)
-    opts = Assumptions.from_overrides(dict(point.options))
+    opts = specs.assumptions(dict(point.options))
     return schedule_label({"schedule": layout.schedule, "degrees": layout.degrees,
                            "assumptions": {"sp_attention": opts.sp_attention}})
 
@@ -287,15 +288,22 @@ class PointProgress:
             click.echo(f"{self.label}: {'failed' if failed else 'done in ' + tail}", err=True)
 
 
-def simulate_points(points: list[Any], fold: bool, record_links: bool) -> list[Any]:
-    """Simulate each point, with its progress on stderr (:class:`PointProgress`)."""
-    from tspsim.explore.max_batch import simulate_with_max_batch
+def simulate_points(points: list[Any], fold: bool, record_links: bool, specs: Any = None) -> list[Any]:
+    """Simulate each point, with its progress on stderr (:class:`PointProgress`).
 
+    ``specs`` (a :class:`~tspsim.spec.loader.SpecLoader`, default a fresh one) reads every file once, so the
+    schedules of one run share one topology and its link tables.
+    """
+    from tspsim.explore.max_batch import simulate_with_max_batch
+    from tspsim.spec.loader import SpecLoader
+
+    specs = specs or SpecLoader()
     results = []
     for p in points:
-        progress = PointProgress(f"simulating {point_label(p)}")
+        progress = PointProgress(f"simulating {point_label(p, specs)}")
         try:
-            results.append(simulate_with_max_batch(p, fold=fold, record_links=record_links, progress=progress))
+            results.append(simulate_with_max_batch(p, fold=fold, record_links=record_links, progress=progress,
+                                                   specs=specs))
         except BaseException:
             progress.finish(failed=True)  # end the progress line so the error starts its own
             raise
@@ -448,8 +456,11 @@ def run(topology: str, model: str, degree: int | None, tp: int | None, sp: int |
     check_outputs_distinct({"--topology": topology, "--model": model},
                            {"--save": save, "--html": html, "--trace": trace})
     pairs = parse_option_pairs(options, recompute, stack)
-    points = choose_points(args, schedules, default_seq(args), pairs)
-    results = simulate_points(points, fold=not full, record_links=bool(html or trace or save))
+    from tspsim.spec.loader import SpecLoader
+
+    specs = SpecLoader()  # every file read once for the whole run
+    points = choose_points(args, schedules, default_seq(args), pairs, specs)
+    results = simulate_points(points, fold=not full, record_links=bool(html or trace or save), specs=specs)
     if no_timing:
         for r in results:
             r.entry["sim_wall_s"] = None

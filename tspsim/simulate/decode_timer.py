@@ -104,7 +104,8 @@ class StepTiming:
     events: int
     """simpy events of the replay(s)."""
     ranks: RankStats
-    """Per rank: compute, communication and overlapped seconds of the step (:func:`~tspsim.analysis.serving.rank_overlap`)."""
+    """Per rank: compute, communication and overlapped seconds of the step
+    (:func:`~tspsim.analysis.serving.rank_overlap`)."""
     sim_path: str = "full"
     """``periodic`` if the replay skipped repeating layers (:mod:`tspsim.engine.periodic`), else ``full``."""
 

@@ -15,9 +15,9 @@ from tspsim.engine.timeline import Timeline
 from tspsim.schedules import SCHEDULES
 from tspsim.spec.assumptions import Assumptions
 from tspsim.spec.layout import Layout, make_layout
-from tspsim.spec.model import ModelConfig, load_model
+from tspsim.spec.loader import SpecLoader
+from tspsim.spec.model import ModelConfig
 from tspsim.spec.topology import Topology
-from tspsim.spec.topology_file import load_topology
 from tspsim.spec.workload import Workload
 
 
@@ -76,12 +76,17 @@ class Point:
     simulation of the step). False writes ``max_batch`` as null. Ignored by ``train`` and ``forward``."""
 
 
-def resolve(point: Point) -> tuple[Topology, ModelConfig, Layout, Workload, Assumptions]:
-    """Load and validate everything ``point`` names (one-line errors for bad names, degrees or options)."""
-    topo = load_topology(point.topology)
-    model = load_model(point.model)
+def resolve(point: Point, specs: SpecLoader | None = None
+            ) -> tuple[Topology, ModelConfig, Layout, Workload, Assumptions]:
+    """Load and validate everything ``point`` names (one-line errors for bad names, degrees or options).
+
+    ``specs`` reads each file once across the calls that share it (default: a fresh one).
+    """
+    specs = specs or SpecLoader()
+    topo = specs.topology(point.topology)
+    model = specs.model(point.model)
     workload = Workload(point.mode, point.seq_len, point.batch, point.decode_tokens)  # type: ignore[arg-type]
-    opts = Assumptions.from_overrides(dict(point.options))
+    opts = specs.assumptions(dict(point.options))
     SCHEDULES.get(point.schedule)
     layout = make_layout(point.schedule, topo, model, workload, degree=point.degree, tp=point.tp, sp=point.sp,
                          gpus=point.gpus, opts=opts)
