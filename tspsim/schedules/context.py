@@ -228,7 +228,8 @@ class BuildContext:
             if rank in handled:
                 continue
             group = self.layout.dp_group(rank)
-            members = [r for r in group if r in self.last]
+            pos, size = rank % self.layout.replica_size, self.layout.replica_size
+            members = sorted(r for r in self.last if r % size == pos)  # the simulated ranks of ``group``
             handled.update(members)
             state = buckets.setdefault(group, [0.0, {}])
             state[0] += grads.get(rank, 0.0) * self.opts.grad_bytes

@@ -48,7 +48,7 @@ class Layout:
     def dp_group(self, rank: int) -> tuple[int, ...]:
         """Ranks at the same position as ``rank`` in every replica."""
         pos = rank % self.replica_size
-        return tuple(pos + k * self.replica_size for k in range(self.replicas))
+        return tuple(range(pos, self.replicas * self.replica_size, self.replica_size))
 
 
 def fold_fault(topo: Topology, world: int, unit_gpus: int) -> str | None:
