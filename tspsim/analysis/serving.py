@@ -57,9 +57,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from tspsim.analysis.metrics import intersection_length, rank_intervals, total_length
+from tspsim.analysis.metrics import NOT_KERNELS, intersection_length, interval_union, rank_intervals, total_length
 from tspsim.engine.costs import efficiency, large_efficiency
 from tspsim.engine.timeline import Timeline
+from tspsim.opgraph import COMPUTE_KINDS
 from tspsim.spec.layout import Layout
 from tspsim.spec.model import ModelConfig
 from tspsim.spec.topology import GpuSpec
@@ -148,12 +149,13 @@ def _classified_spans(tl: Timeline, gpu: GpuSpec) -> list[tuple[int, float, floa
         if b0 <= a0:
             continue
         op = ops[op_id]
+        kind = op.kind
         cat, share = "", 1.0
-        if op.is_comm:
+        if kind not in COMPUTE_KINDS:          # Op.is_comm
             cls = _COMM
-        elif op.kind in ("memory", "host"):   # bookkeeping and the CPU lane: not GPU time
+        elif kind in NOT_KERNELS:              # bookkeeping and the CPU lane: not GPU time
             cls = _SKIP
-        elif op.kind not in ("gemm", "attention_fwd", "attention_bwd"):
+        elif kind not in ("gemm", "attention_fwd", "attention_bwd"):
             cls = _OTHER
         else:
             cat = "weights_hbm" if op.kind == "gemm" else "kv_hbm"
@@ -176,13 +178,20 @@ def window_stats(tl: Timeline, gpu: GpuSpec,
                  windows: Sequence[tuple[float, float]]) -> list[tuple[dict[str, float], RankStats]]:
     """(:func:`time_breakdown`, :func:`rank_overlap`) of each window [start, end], from one pass over the spans.
 
-    Spans are classified once and the per-rank unions built once (:func:`rank_intervals`), then clipped to
-    each window: the union of clipped spans is the clipped union, so every number is the one the two
+    Spans are classified once and the per-rank unions built once (those of :func:`rank_intervals`), then
+    clipped to each window: the union of clipped spans is the clipped union, so every number is the one the two
     functions give window by window (the same sums in the same order; tests/test_serving_windows.py).
     """
     spans = _classified_spans(tl, gpu)
-    unions = rank_intervals(tl)
     graph_ranks = tuple(tl.graph.ranks) or tuple(sorted({op.rank for op in tl.ops}))
+    raw: dict[int, tuple[list[tuple[float, float]], list[tuple[float, float]]]] = {r: ([], []) for r in graph_ranks}
+    for rank, a0, b0, cls, _, _ in spans:   # rank_intervals(tl), from the classification
+        comp, comm = raw.setdefault(rank, ([], []))
+        if cls == _COMM:
+            comm.append((a0, b0))
+        elif cls != _SKIP:
+            comp.append((a0, b0))
+    unions = {r: (interval_union(c), interval_union(m)) for r, (c, m) in sorted(raw.items())}
     launch = gpu.kernel_launch_us * 1e-6
     out = []
     for start, end in windows:
