@@ -193,35 +193,52 @@ def window_stats(tl: Timeline, gpu: GpuSpec,
             comp.append((a0, b0))
     unions = {r: (interval_union(c), interval_union(m)) for r, (c, m) in sorted(raw.items())}
     launch = gpu.kernel_launch_us * 1e-6
+    first = min((a0 for _, a0, _, _, _, _ in spans), default=0.0)
+    last = max((b0 for _, _, b0, _, _, _ in spans), default=0.0)
     out = []
     for start, end in windows:
-        sums = dict.fromkeys(BREAKDOWN_KEYS, 0.0)
+        whole = start <= first and end >= last      # no span is cut: clipping changes nothing
+        weights = kv = compute = communication = other = 0.0    # one accumulator per key, in span order
         seen = dict.fromkeys(graph_ranks)
         for rank, a0, b0, cls, cat, share in spans:
-            a, b = max(a0, start), min(b0, end)
-            if b <= a:
-                continue
+            if whole:
+                a, b = a0, b0
+            else:
+                a = a0 if a0 > start else start
+                b = b0 if b0 < end else end
+                if b <= a:
+                    continue
             seen[rank] = None
             if cls <= _SKIP:
                 continue
             dur = b - a
             over = min(launch, b0 - a0) * dur / (b0 - a0)
-            sums["other"] += over
+            other += over
+            body = dur - over
             if cls == _OTHER:
-                sums["other"] += dur - over
+                other += body
             elif cls == _MEM:
-                sums[cat] += dur - over
+                if cat == "weights_hbm":
+                    weights += body
+                else:
+                    kv += body
             elif cls == _SPLIT:
-                sums[cat] += (dur - over) * share
-                sums["compute"] += (dur - over) * (1.0 - share)
+                if cat == "weights_hbm":
+                    weights += body * share
+                else:
+                    kv += body * share
+                compute += body * (1.0 - share)
             else:
-                sums["compute"] += dur - over
-        clipped = {r: (_clip(comp, start, end), _clip(comm, start, end)) for r, (comp, comm) in unions.items()}
+                compute += body
+        clipped = unions if whole else {r: (_clip(comp, start, end), _clip(comm, start, end))
+                                        for r, (comp, comm) in unions.items()}
         for r in seen:
             cu, mu = clipped.get(r, ((), ()))
             exposed = total_length(mu) - intersection_length(cu, mu)  # type: ignore[arg-type]
-            sums["communication"] += exposed
-            sums["other"] += (end - start) - total_length(cu) - exposed
+            communication += exposed
+            other += (end - start) - total_length(cu) - exposed
+        sums = {"weights_hbm": weights, "kv_hbm": kv, "compute": compute, "communication": communication,
+                "other": other}
         n = max(len(seen), 1)
         stats: RankStats = {r: (total_length(c), total_length(m), intersection_length(c, m))
                             for r, (c, m) in clipped.items()}
