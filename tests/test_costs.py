@@ -121,3 +121,19 @@ def test_training_gemms_are_all_compute_bound(mi300x, schedule):
     gemms = [op for op in graph.ops if op.kind == "gemm" and op.shape[2] > 1]
     assert gemms
     assert all(tail_fraction(op, mi300x.gpu) == 1.0 for op in gemms)
+
+
+@settings(max_examples=300, deadline=None)
+@given(kind=st.sampled_from(["gemm", "attention_fwd", "attention_bwd", "elementwise", "memory", "host"]),
+       flops=st.one_of(st.just(0.0), st.floats(1e-3, 1e16)), hbm=st.one_of(st.just(0.0), st.floats(1e-3, 1e12)),
+       half=st.sampled_from([0.0, 29.0]))
+def test_compute_seconds_equals_its_formula(mi300x, kind, flops, hbm, half):
+    """compute_seconds (efficiency inlined for speed) == max(F / (peak·eff), bytes / HBM) + launch, bit for bit."""
+    gpu = replace(mi300x.gpu, gemm_half_GFLOP=half)
+    op = Op(0, 0, "compute", kind, "k", flops=flops, hbm_bytes=hbm)
+    if kind in ("memory", "host") or (flops <= 0 and hbm <= 0):
+        want = 0.0
+    else:
+        t_flops = flops / (gpu.peak_bf16_TFLOPS * 1e12 * efficiency(op, gpu)) if flops > 0 else 0.0
+        want = max(t_flops, hbm / (gpu.hbm_TBps * 1e12 * gpu.hbm_efficiency)) + gpu.kernel_launch_us * 1e-6
+    assert compute_seconds(op, gpu) == want

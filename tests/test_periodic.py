@@ -132,3 +132,31 @@ def test_decode_steps_interpolated_equal_replayed(schedule: str, tiny: str) -> N
             assert a.breakdown[k] == pytest.approx(v, rel=1e-9, abs=1e-15 * b.time_s)
         for r, stats in b.ranks.items():
             assert a.ranks[r] == pytest.approx(stats, rel=1e-9, abs=1e-15 * b.time_s)
+
+
+@pytest.mark.slow
+def test_decode_steps_never_memory_bound_are_all_replayed() -> None:
+    """A residue class with no memory-bound step (small TSP attention kernels on the small-kernel tail) is
+    replayed step by step without the fingerprint: the same timings as replaying each step."""
+    from dataclasses import replace as dc_replace
+
+    from tspsim.schedules.context import BuildContext
+    from tspsim.schedules.periodic import with_layers
+    from tspsim.simulate.decode_timer import DecodeTimer
+    from tspsim.simulate.point import Point, resolve
+
+    point = Point("tsp", "mi300x-1node", "llama3-8b", "decode", 8192, 1, 8, decode_tokens=10)
+    topo, model, layout, workload, opts = resolve(point)
+
+    def make_ctx(layers: int | None) -> BuildContext:
+        ctx = BuildContext(model, topo, layout, dc_replace(workload, decode_tokens=10), opts)
+        return with_layers(ctx, layers) if layers is not None else ctx
+
+    timer = DecodeTimer(make_ctx, model.layers, decode_topology(topo, opts))
+    steps = range(8192, 8192 + 10)
+    assert not any(timer._affine_between(*[timer._attention_costs(c)] * 2) for c in steps)  # noqa: SLF001
+    fast = timer.time_many(steps)
+    slow = [timer.time(c) for c in steps]
+    assert all(st.events > 0 for st in fast)
+    assert [(a.time_s, a.breakdown, a.ranks, a.method) for a in fast] == [
+        (b.time_s, b.breakdown, b.ranks, b.method) for b in slow]

@@ -29,6 +29,8 @@ def point_of(entry: dict, topology: str, model: str) -> Point:
     """The Point a ranked entry stands for (schedule, degrees, batch, sequence, SP algorithm, ZeRO stage, pipeline)."""
     deg = entry["degrees"]
     opts = [("sp_attention", entry["assumptions"]["sp_attention"])] if entry["schedule"] in ("sp", "tp+sp") else []
+    if entry["schedule"] == "satp-seq":  # PTD-P candidates run Megatron SP (gather-input)
+        opts.append(("satp_seq_attention", entry["assumptions"]["satp_seq_attention"]))
     if entry["assumptions"].get("zero"):
         opts.append(("zero", entry["assumptions"]["zero"]))
     pipe = PipelineSpec(stages=deg.get("PP", 1), virtual_stages=deg.get("V", 1),

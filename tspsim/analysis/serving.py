@@ -54,11 +54,13 @@ its context (only attention kernels change), so its bytes are those of the final
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from tspsim.analysis.metrics import intersection_length, interval_union, rank_intervals, total_length
+from tspsim.analysis.metrics import NOT_KERNELS, intersection_length, interval_union, rank_intervals, total_length
 from tspsim.engine.costs import efficiency, large_efficiency
 from tspsim.engine.timeline import Timeline
+from tspsim.opgraph import COMPUTE_KINDS
 from tspsim.spec.layout import Layout
 from tspsim.spec.model import ModelConfig
 from tspsim.spec.topology import GpuSpec
@@ -125,51 +127,123 @@ def time_breakdown(tl: Timeline, gpu: GpuSpec, start: float = 0.0, end: float | 
     window length, and are additive over adjacent windows (a span cut by a window edge contributes its
     launch overhead pro rata).
     """
-    end = tl.end_s if end is None else end
-    ranks = tuple(tl.graph.ranks) or tuple(sorted({op.rank for op in tl.ops}))
+    return window_stats(tl, gpu, ((start, tl.end_s if end is None else end),))[0][0]
+
+
+_COMM, _SKIP, _OTHER, _MEM, _SPLIT, _FLOPS = range(6)
+"""Span classes of :func:`window_stats` (communication, not GPU time, elementwise, HBM-bound, tail split,
+FLOP-bound)."""
+
+
+def _classified_spans(tl: Timeline, gpu: GpuSpec) -> list[tuple[int, float, float, int, str, float]]:
+    """(rank, start, end, class, HBM category, HBM share) of every span of positive length, in span order.
+
+    The roofline classification of :func:`time_breakdown`, done once per timeline whatever the windows.
+    """
     launch = gpu.kernel_launch_us * 1e-6
     hbm = gpu.hbm_TBps * 1e12 * gpu.hbm_efficiency
     peak = gpu.peak_bf16_TFLOPS * 1e12
-    sums = dict.fromkeys(BREAKDOWN_KEYS, 0.0)
-    per: dict[int, tuple[list[tuple[float, float]], list[tuple[float, float]]]] = {r: ([], []) for r in ranks}
+    ops = tl.ops
+    out = []
     for op_id, a0, b0 in tl.spans:
-        a, b = max(a0, start), min(b0, end)
-        if b <= a:
+        if b0 <= a0:
             continue
-        op = tl.ops[op_id]
-        comp, comm = per.setdefault(op.rank, ([], []))
-        if op.is_comm:
-            comm.append((a, b))
-            continue
-        if op.kind in ("memory", "host"):   # bookkeeping and the CPU lane: not GPU time
-            continue
-        comp.append((a, b))
-        dur = b - a
-        over = min(launch, b0 - a0) * dur / (b0 - a0)
-        sums["other"] += over
-        if op.kind not in ("gemm", "attention_fwd", "attention_bwd"):
-            sums["other"] += dur - over
-            continue
-        mem_cat = "weights_hbm" if op.kind == "gemm" else "kv_hbm"
-        t_mem = op.hbm_bytes / hbm
-        t_flops = op.flops / (peak * efficiency(op, gpu)) if op.flops > 0 else 0.0
-        t_large = op.flops / (peak * large_efficiency(op, gpu))
-        if t_mem >= t_flops:
-            sums[mem_cat] += dur - over
-        elif t_mem >= t_large:    # streaming-bound shape paying the small-kernel tail
-            body = (b0 - a0) - min(launch, b0 - a0)
-            share = min(1.0, t_mem / body) if body > 0 else 1.0
-            sums[mem_cat] += (dur - over) * share
-            sums["compute"] += (dur - over) * (1.0 - share)
+        op = ops[op_id]
+        kind = op.kind
+        cat, share = "", 1.0
+        if kind not in COMPUTE_KINDS:          # Op.is_comm
+            cls = _COMM
+        elif kind in NOT_KERNELS:              # bookkeeping and the CPU lane: not GPU time
+            cls = _SKIP
+        elif kind not in ("gemm", "attention_fwd", "attention_bwd"):
+            cls = _OTHER
         else:
-            sums["compute"] += dur - over
-    for comp, comm in per.values():
-        cu, mu = interval_union(comp), interval_union(comm)
-        exposed = total_length(mu) - intersection_length(cu, mu)
-        sums["communication"] += exposed
-        sums["other"] += (end - start) - total_length(cu) - exposed
-    n = max(len(per), 1)
-    return {k: v / n for k, v in sums.items()}
+            cat = "weights_hbm" if op.kind == "gemm" else "kv_hbm"
+            t_mem = op.hbm_bytes / hbm
+            t_flops = op.flops / (peak * efficiency(op, gpu)) if op.flops > 0 else 0.0
+            t_large = op.flops / (peak * large_efficiency(op, gpu))
+            if t_mem >= t_flops:
+                cls = _MEM
+            elif t_mem >= t_large:    # streaming-bound shape paying the small-kernel tail
+                cls = _SPLIT
+                body = (b0 - a0) - min(launch, b0 - a0)
+                share = min(1.0, t_mem / body) if body > 0 else 1.0
+            else:
+                cls = _FLOPS
+        out.append((op.rank, a0, b0, cls, cat, share))
+    return out
+
+
+def window_stats(tl: Timeline, gpu: GpuSpec,
+                 windows: Sequence[tuple[float, float]]) -> list[tuple[dict[str, float], RankStats]]:
+    """(:func:`time_breakdown`, :func:`rank_overlap`) of each window [start, end], from one pass over the spans.
+
+    Spans are classified once and the per-rank unions built once (those of :func:`rank_intervals`), then
+    clipped to each window: the union of clipped spans is the clipped union, so every number is the one the two
+    functions give window by window (the same sums in the same order; tests/test_serving_windows.py).
+    """
+    spans = _classified_spans(tl, gpu)
+    graph_ranks = tuple(tl.graph.ranks) or tuple(sorted({op.rank for op in tl.ops}))
+    raw: dict[int, tuple[list[tuple[float, float]], list[tuple[float, float]]]] = {r: ([], []) for r in graph_ranks}
+    for rank, a0, b0, cls, _, _ in spans:   # rank_intervals(tl), from the classification
+        comp, comm = raw.setdefault(rank, ([], []))
+        if cls == _COMM:
+            comm.append((a0, b0))
+        elif cls != _SKIP:
+            comp.append((a0, b0))
+    unions = {r: (interval_union(c), interval_union(m)) for r, (c, m) in sorted(raw.items())}
+    launch = gpu.kernel_launch_us * 1e-6
+    first = min((a0 for _, a0, _, _, _, _ in spans), default=0.0)
+    last = max((b0 for _, _, b0, _, _, _ in spans), default=0.0)
+    out = []
+    for start, end in windows:
+        whole = start <= first and end >= last      # no span is cut: clipping changes nothing
+        weights = kv = compute = communication = other = 0.0    # one accumulator per key, in span order
+        seen = dict.fromkeys(graph_ranks)
+        for rank, a0, b0, cls, cat, share in spans:
+            if whole:
+                a, b = a0, b0
+            else:
+                a = a0 if a0 > start else start
+                b = b0 if b0 < end else end
+                if b <= a:
+                    continue
+            seen[rank] = None
+            if cls <= _SKIP:
+                continue
+            dur = b - a
+            over = min(launch, b0 - a0) * dur / (b0 - a0)
+            other += over
+            body = dur - over
+            if cls == _OTHER:
+                other += body
+            elif cls == _MEM:
+                if cat == "weights_hbm":
+                    weights += body
+                else:
+                    kv += body
+            elif cls == _SPLIT:
+                if cat == "weights_hbm":
+                    weights += body * share
+                else:
+                    kv += body * share
+                compute += body * (1.0 - share)
+            else:
+                compute += body
+        clipped = unions if whole else {r: (_clip(comp, start, end), _clip(comm, start, end))
+                                        for r, (comp, comm) in unions.items()}
+        for r in seen:
+            cu, mu = clipped.get(r, ((), ()))
+            exposed = total_length(mu) - intersection_length(cu, mu)  # type: ignore[arg-type]
+            communication += exposed
+            other += (end - start) - total_length(cu) - exposed
+        sums = {"weights_hbm": weights, "kv_hbm": kv, "compute": compute, "communication": communication,
+                "other": other}
+        n = max(len(seen), 1)
+        stats: RankStats = {r: (total_length(c), total_length(m), intersection_length(c, m))
+                            for r, (c, m) in clipped.items()}
+        out.append(({k: v / n for k, v in sums.items()}, stats))
+    return out
 
 
 def model_flops_prefill(model: ModelConfig, batch: int, seq: int) -> float:

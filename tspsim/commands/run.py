@@ -144,17 +144,17 @@ def make_point(args: PlanArgs, schedule: str, seq: int, pairs: tuple[tuple[str, 
                  pipeline=args.pipeline)
 
 
-def check_point(point: Any) -> None:
+def check_point(point: Any, specs: Any = None) -> None:
     """Resolve the layout of ``point`` (model, topology, degrees) without building its graph.
 
     Raises:
         TspsimError: if the degrees do not fit the model, sequence or topology.
     """
     from tspsim.simulate.point import resolve_layout
-    from tspsim.spec.model import load_model
-    from tspsim.spec.topology_file import load_topology
+    from tspsim.spec.loader import SpecLoader
 
-    resolve_layout(point, load_topology(point.topology), load_model(point.model))
+    specs = specs or SpecLoader()
+    resolve_layout(point, specs.topology(point.topology), specs.model(point.model), specs)
 
 
 def default_seq(args: PlanArgs) -> int:
@@ -167,7 +167,7 @@ def default_seq(args: PlanArgs) -> int:
 
 
 # ---------------------------------------------------------------------------------- schedule choice
-def default_comparison(args: PlanArgs, seq: int, pairs: tuple[tuple[str, Any], ...]) -> list[Any]:
+def default_comparison(args: PlanArgs, seq: int, pairs: tuple[tuple[str, Any], ...], specs: Any = None) -> list[Any]:
     """The default comparison: tsp (D), tp (D) and tp+sp (the playbooks are added by :func:`playbook_results`).
 
     tp+sp takes the degrees every command uses (:func:`tspsim.spec.layout.default_tp_sp`): T = GPUs per
@@ -183,15 +183,15 @@ def default_comparison(args: PlanArgs, seq: int, pairs: tuple[tuple[str, Any], .
             click.echo(f"note: skipping {name}: schedule not available in this build", err=True)
             continue
         points.append(make_point(args, name, seq, pairs, True, tp, sp))
-    return _keep_valid(points)
+    return _keep_valid(points, specs)
 
 
-def _keep_valid(points: list[Any]) -> list[Any]:
+def _keep_valid(points: list[Any], specs: Any = None) -> list[Any]:
     """Points whose plans resolve; the others are skipped with a note (error if none is left)."""
     kept, reasons = [], []
     for p in points:
         try:
-            check_point(p)
+            check_point(p, specs)
         except TspsimError as exc:
             click.echo(f"note: skipping {p.schedule}: {exc}", err=True)
             reasons.append(f"{p.schedule}: {exc}")
@@ -203,37 +203,37 @@ def _keep_valid(points: list[Any]) -> list[Any]:
 
 
 def choose_points(args: PlanArgs, schedules: list[str] | None, seq: int,
-                  pairs: tuple[tuple[str, Any], ...]) -> list[Any]:
+                  pairs: tuple[tuple[str, Any], ...], specs: Any = None) -> list[Any]:
     """Points for ``--schedule`` (explicit: errors are errors), ``all`` or the default comparison.
 
     The topology and model are loaded first: a bad file is one error, not a note per schedule.
     """
     from tspsim.schedules import SCHEDULES
-    from tspsim.spec.model import load_model
-    from tspsim.spec.topology_file import load_topology
+    from tspsim.spec.loader import SpecLoader
     from tspsim.spec.workload import Workload
 
-    load_topology(args.topology)
-    load_model(args.model)
+    specs = specs or SpecLoader()
+    specs.topology(args.topology)
+    specs.model(args.model)
     Workload(args.mode, seq, args.batch, args.tokens or 0)  # type: ignore[arg-type]  # bounds: one error
 
     if schedules is None:
-        return default_comparison(args, seq, pairs)
+        return default_comparison(args, seq, pairs, specs)
     if schedules == ["all"]:
         names = SCHEDULES.names()
-        return _keep_valid([make_point(args, n, seq, pairs, len(names) > 1) for n in names])
+        return _keep_valid([make_point(args, n, seq, pairs, len(names) > 1) for n in names], specs)
     for name in schedules:
         SCHEDULES.get(name)  # unknown name: one-line error listing the known ones
     if len(set(schedules)) != len(schedules):
         raise TspsimError("--schedule lists a schedule twice; give each once")
     points = [make_point(args, n, seq, pairs, len(schedules) > 1) for n in schedules]
     for p in points:
-        check_point(p)
+        check_point(p, specs)
     return points
 
 
 def playbook_results(args: PlanArgs, seq: int, pairs: tuple[tuple[str, Any], ...], base: list[Any], *,
-                     fold: bool, record_links: bool) -> list[Any]:
+                     fold: bool, record_links: bool, specs: Any = None) -> list[Any]:
     """The best FSDP and the best PTD-P layout of the default comparison (:mod:`tspsim.explore.playbooks`).
 
     Same GPUs and global batch as the first column (``--global-batch``, else its micro-batch × replicas); each
@@ -249,13 +249,13 @@ def playbook_results(args: PlanArgs, seq: int, pairs: tuple[tuple[str, Any], ...
     g = args.pipeline.global_batch or first["batch"] * first["replicas"]
     out = []
     for family in PLAYBOOKS:
-        points = valid_points(playbook_points(family, args.topology, args.model, seq, g, pairs, args.gpus))
+        points = valid_points(playbook_points(family, args.topology, args.model, seq, g, pairs, args.gpus), specs)
         if not points:
             click.echo(f"note: no {family} layout takes a global batch of {g} on these GPUs", err=True)
             continue
         progress = PointProgress(f"searching the best {family} layout ({len(points)} candidates)")
         try:
-            best = best_playbook(points, fold=fold)
+            best = best_playbook(points, fold=fold, specs=specs)
         except BaseException:
             progress.finish(failed=True)
             raise
@@ -264,7 +264,7 @@ def playbook_results(args: PlanArgs, seq: int, pairs: tuple[tuple[str, Any], ...
             click.echo(f"note: no {family} layout fits in memory", err=True)
             continue
         if record_links:
-            best = simulate_with_max_batch(_point_of(best, points), fold=fold, record_links=True)
+            best = simulate_with_max_batch(_point_of(best, points), fold=fold, record_links=True, specs=specs)
         out.append(best)
     return out
 
@@ -280,28 +280,36 @@ def _point_of(result: Any, points: list[Any]) -> Any:
     raise TspsimError("internal: the best playbook layout has no candidate point")
 
 
-def point_label(point: Any) -> str:
+def point_label(point: Any, specs: Any = None) -> str:
     """``tsp D=8`` / ``tp+sp T=4×SP=2 allgather`` from the resolved layout (and the SP attention algorithm)."""
     from tspsim.analysis.entries import schedule_label
     from tspsim.simulate.point import resolve_layout
-    from tspsim.spec.model import load_model
-    from tspsim.spec.topology_file import load_topology
+    from tspsim.spec.loader import SpecLoader
 
-    layout, _workload, opts = resolve_layout(point, load_topology(point.topology), load_model(point.model))
+    specs = specs or SpecLoader()
+    layout, _workload, opts = resolve_layout(point, specs.topology(point.topology), specs.model(point.model), specs)
     return schedule_label({"schedule": layout.schedule, "degrees": layout.degrees,
                            "assumptions": {"sp_attention": opts.sp_attention, "zero": opts.zero},
                            "micro_batches": layout.micro_batches})
 
 
-def simulate_points(points: list[Any], fold: bool, record_links: bool) -> list[Any]:
-    """Simulate each point, with its progress on stderr (:class:`PointProgress`)."""
+def simulate_points(points: list[Any], fold: bool, record_links: bool, specs: Any = None) -> list[Any]:
+    """Simulate each point, with its progress on stderr (:class:`PointProgress`).
+
+    ``specs`` (a :class:`~tspsim.spec.loader.SpecLoader`, default a fresh one) reads every file once, so the
+    schedules of one run share one topology and its link tables.
+    """
     from tspsim.explore.max_batch import simulate_with_max_batch
+    from tspsim.spec.loader import SpecLoader
+
+    specs = specs or SpecLoader()
 
     results = []
     for p in points:
-        progress = PointProgress(f"simulating {point_label(p)}")
+        progress = PointProgress(f"simulating {point_label(p, specs)}")
         try:
-            results.append(simulate_with_max_batch(p, fold=fold, record_links=record_links, progress=progress))
+            results.append(simulate_with_max_batch(p, fold=fold, record_links=record_links, progress=progress,
+                                                   specs=specs))
         except BaseException:
             progress.finish(failed=True)  # end the progress line so the error starts its own
             raise
@@ -465,11 +473,14 @@ def run(topology: str, model: str, degree: int | None, tp: int | None, sp: int |
     check_outputs_distinct({"--topology": topology, "--model": model},
                            {"--save": save, "--html": html, "--trace": trace})
     pairs = parse_option_pairs(options, recompute, stack, parallel.zero)
-    points = choose_points(args, schedules, default_seq(args), pairs)
-    results = simulate_points(points, fold=not full, record_links=bool(html or trace or save))
+    from tspsim.spec.loader import SpecLoader
+
+    specs = SpecLoader()  # every file read once for the whole run
+    points = choose_points(args, schedules, default_seq(args), pairs, specs)
+    results = simulate_points(points, fold=not full, record_links=bool(html or trace or save), specs=specs)
     if schedules is None and mode == "train" and args.pipeline.stages == 1 and parallel.zero is None:
         results += playbook_results(args, default_seq(args), pairs, results, fold=not full,
-                                    record_links=bool(html or trace or save))
+                                    record_links=bool(html or trace or save), specs=specs)
     if no_timing:
         for r in results:
             r.entry["sim_wall_s"] = None

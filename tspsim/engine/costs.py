@@ -108,8 +108,23 @@ def efficiency(op: Op, gpu: GpuSpec) -> float:
 
 def compute_seconds(op: Op, gpu: GpuSpec) -> float:
     """Duration of a compute op on an otherwise idle GPU, in seconds (0 for memory and host ops)."""
-    if op.kind in ("memory", "host") or (op.flops <= 0 and op.hbm_bytes <= 0):
+    kind, flops, hbm_bytes = op.kind, op.flops, op.hbm_bytes
+    if kind in ("memory", "host") or (flops <= 0 and hbm_bytes <= 0):
         return 0.0
-    t_flops = op.flops / (gpu.peak_bf16_TFLOPS * 1e12 * efficiency(op, gpu)) if op.flops > 0 else 0.0
-    t_mem = op.hbm_bytes / (gpu.hbm_TBps * 1e12 * gpu.hbm_efficiency)
+    if flops > 0:
+        # efficiency(op, gpu) and tail_fraction(op, gpu) inlined (the replay's hottest call): same expressions
+        base = large_efficiency(op, gpu)
+        gflop = flops / 1e9
+        if kind in ("gemm", "attention_fwd", "attention_bwd") and gflop > 0:
+            if hbm_bytes <= 0:
+                tail = 1.0
+            else:
+                tail = min(1.0, flops / hbm_bytes / (gpu.peak_bf16_TFLOPS * base / (gpu.hbm_TBps * gpu.hbm_efficiency)))
+            eff = base * gflop / (gflop + tail * gpu.gemm_half_GFLOP)
+        else:
+            eff = base
+        t_flops = flops / (gpu.peak_bf16_TFLOPS * 1e12 * eff)
+    else:
+        t_flops = 0.0
+    t_mem = hbm_bytes / (gpu.hbm_TBps * 1e12 * gpu.hbm_efficiency)
     return max(t_flops, t_mem) + gpu.kernel_launch_us * 1e-6

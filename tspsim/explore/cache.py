@@ -22,6 +22,7 @@ from tspsim.core.errors import TspsimError
 from tspsim.core.files import FileShapeError, read_regular
 from tspsim.explore.grid import SIMULATED_MODES
 from tspsim.simulate import Point
+from tspsim.spec.loader import SpecLoader
 from tspsim.spec.workload import INFERENCE_MODES
 
 CACHE_FORMAT = 1
@@ -51,28 +52,8 @@ def normalize_entry(entry: Entry) -> Entry:
     return out
 
 
-class Loader:
-    """Memoized model / topology loading and content hashes for one sweep."""
-
-    def __init__(self) -> None:
-        self._topos: dict[str, Any] = {}
-        self._models: dict[str, Any] = {}
-
-    def topology(self, name: str) -> Any:
-        """Loaded topology."""
-        from tspsim.spec.topology_file import load_topology
-
-        if name not in self._topos:
-            self._topos[name] = load_topology(name)
-        return self._topos[name]
-
-    def model(self, name: str) -> Any:
-        """Loaded model."""
-        from tspsim.spec.model import load_model
-
-        if name not in self._models:
-            self._models[name] = load_model(name)
-        return self._models[name]
+class Loader(SpecLoader):
+    """Memoized model / topology / stack loading for one sweep (:class:`~tspsim.spec.loader.SpecLoader`)."""
 
 
 def resolve_point(point: Point, loader: Loader | None = None) -> dict[str, int]:
@@ -91,7 +72,7 @@ def resolve_point(point: Point, loader: Loader | None = None) -> dict[str, int]:
     if point.schedule == "tp+sp" and point.degree is not None and point.tp is None and point.sp is None:
         raise TspsimError("tp+sp takes --tp T and --sp S (not --degree)")
     topo, model = loader.topology(point.topology), loader.model(point.model)
-    layout, _workload, _opts = resolve_layout(point, topo, model)
+    layout, _workload, _opts = resolve_layout(point, topo, model, loader)
     return dict(layout.degrees)
 
 
@@ -115,13 +96,11 @@ def point_key(point: Point, loader: Loader | None = None) -> str:
     The definitions are the model, the topology and the resolved software stack (editing a stack file
     invalidates its points).
     """
-    from tspsim.spec.assumptions import Assumptions
-
     loader = loader or Loader()
     payload = {"cache_format": CACHE_FORMAT, "tspsim_version": __version__, "point": point_record(point),
                "model_sha256": loader.model(point.model).sha256,
                "topology_sha256": loader.topology(point.topology).source_sha256,
-               "stack_sha256": Assumptions.from_overrides(dict(point.options)).stack.sha256}
+               "stack_sha256": loader.assumptions(dict(point.options)).stack.sha256}
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 

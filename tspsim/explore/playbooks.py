@@ -18,6 +18,7 @@ from typing import Any
 
 from tspsim.core.errors import TspsimError
 from tspsim.simulate import Point, RunResult, simulate
+from tspsim.spec.loader import SpecLoader
 from tspsim.spec.pipeline_spec import PipelineSpec
 
 PLAYBOOKS = ("fsdp", "ptd-p")
@@ -40,7 +41,8 @@ def playbook_points(family: str, topology: str, model: str, seq: int, global_bat
     """The candidate layouts of one playbook (not yet validated: some may not fit the model or the batch).
 
     ``fsdp``: each schedule of :data:`FSDP_SCHEDULES` at the node's GPUs as its degree (T = a node × Σ = 2 for
-    tp+sp), ZeRO-3. ``ptd-p``: :data:`PTDP_SCHEDULES` with D = the node's GPUs (on a single node: every smaller
+    tp+sp), ZeRO-3. ``ptd-p``: :data:`PTDP_SCHEDULES` (with ``satp_seq_attention=gather-input``, Megatron's
+    sequence parallelism, unless ``options`` set it) with D = the node's GPUs (on a single node: every smaller
     degree ≥ 2) × P stages (P ≥ 2 dividing the blocks and the GPUs, at most ``max_stages``) × V ∈ ``virtual``.
     Micro-batches 1, 2, 4, … ≤ ``batch_max``.
     """
@@ -66,6 +68,8 @@ def playbook_points(family: str, topology: str, model: str, seq: int, global_bat
         return out
     if family != "ptd-p":
         raise TspsimError(f"unknown playbook {family!r}: choose one of {', '.join(PLAYBOOKS)}")
+    # PTD-P's block is Megatron sequence parallelism (the layer input all-gathered), unless asked otherwise
+    options = tuple(sorted({"satp_seq_attention": "gather-input", **dict(options)}.items()))
     # TP fills a node and stages span nodes (Megatron's layout); on one node the stages share it
     degrees = [g] if world > g else [d for d in _divisors(g) if 2 <= d < g]
     for name in PTDP_SCHEDULES:
@@ -82,16 +86,15 @@ def playbook_points(family: str, topology: str, model: str, seq: int, global_bat
     return out
 
 
-def valid_points(points: list[Point]) -> list[Point]:
-    """The points whose layout resolves (degrees, batch and stages fit)."""
+def valid_points(points: list[Point], specs: SpecLoader | None = None) -> list[Point]:
+    """The points whose layout resolves (degrees, batch and stages fit); ``specs`` reads each file once."""
     from tspsim.simulate.point import resolve_layout
-    from tspsim.spec.model import load_model
-    from tspsim.spec.topology_file import load_topology
 
+    specs = specs or SpecLoader()
     kept = []
     for p in points:
         try:
-            resolve_layout(p, load_topology(p.topology), load_model(p.model))
+            resolve_layout(p, specs.topology(p.topology), specs.model(p.model), specs)
         except TspsimError:
             continue
         kept.append(p)
@@ -99,17 +102,19 @@ def valid_points(points: list[Point]) -> list[Point]:
 
 
 def best_playbook(points: list[Point], on_point: Callable[[Point, int, int], None] | None = None,
-                  fold: bool = True) -> RunResult | None:
+                  fold: bool = True, specs: SpecLoader | None = None) -> RunResult | None:
     """Simulate every valid point and return the fastest (tokens/s) that fits in HBM, or None.
 
-    ``on_point(point, i, n)`` hears of each simulation before it starts (progress).
+    ``on_point(point, i, n)`` hears of each simulation before it starts (progress); ``specs`` reads each file
+    once.
     """
-    kept = valid_points(points)
+    specs = specs or SpecLoader()
+    kept = valid_points(points, specs)
     best: RunResult | None = None
     for i, p in enumerate(kept):
         if on_point is not None:
             on_point(p, i, len(kept))
-        res = simulate(p, fold=fold)
+        res = simulate(p, fold=fold, specs=specs)
         e = res.entry
         if e.get("oom"):
             continue

@@ -15,9 +15,10 @@ from typing import Any, Protocol
 from tspsim.core.errors import TspsimError
 from tspsim.explore.cache import normalize_entry
 from tspsim.simulate import Point
+from tspsim.spec.loader import SpecLoader
 
 
-def run_point(point: Point) -> dict[str, Any]:
+def run_point(point: Point, specs: SpecLoader | None = None) -> dict[str, Any]:
     """Simulate one point (the function every runner executes; picklable, never raises ``Exception``).
 
     Returns ``{"status": "ok", "entry": <normalized entry>, "wall_s": s}``, or ``{"status":
@@ -28,7 +29,7 @@ def run_point(point: Point) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     try:
-        entry = simulate_with_max_batch(point).entry
+        entry = simulate_with_max_batch(point, specs=specs or SpecLoader()).entry
     except TspsimError as exc:
         return {"status": "invalid", "reason": str(exc), "wall_s": time.perf_counter() - t0}
     except Exception as exc:  # noqa: BLE001 - one failed point must not lose the others
@@ -57,6 +58,7 @@ class SerialRunner:
     description = "in this process"
 
     def __enter__(self) -> SerialRunner:
+        self._specs = SpecLoader()  # every file read once for all the points of this process
         self._signals = terminate_as_interrupt()
         self._signals.__enter__()
         return self
@@ -67,7 +69,7 @@ class SerialRunner:
     def run(self, points: Sequence[Point]) -> Iterator[tuple[int, dict[str, Any]]]:
         """Simulate in order."""
         for i, point in enumerate(points):
-            yield i, run_point(point)
+            yield i, run_point(point, self._specs)
 
 
 def _pool_context() -> Any:

@@ -23,6 +23,7 @@ from tspsim.simulate import Point
 from tspsim.simulate.graph import build_graph
 from tspsim.simulate.point import resolve
 from tspsim.spec.layout import SEQUENCE_SHARDED
+from tspsim.spec.loader import SpecLoader
 from tspsim.spec.model import load_model
 
 MARGIN_BYTES = 1 << 20
@@ -54,10 +55,10 @@ def probe_point(point: Point) -> Point:
     return replace(point, batch=batch, options=options, search_max_batch=False)
 
 
-def static_memory(point: Point) -> tuple[int, dict[str, int]]:
+def static_memory(point: Point, specs: SpecLoader | None = None) -> tuple[int, dict[str, int]]:
     """(bytes, per-category breakdown) of the rank with the most static memory, for the model's L blocks."""
-    one = build_graph(point, layers=1)[0]
-    two = build_graph(point, layers=2)[0]
+    one = build_graph(point, layers=1, specs=specs)[0]
+    two = build_graph(point, layers=2, specs=specs)[0]
     s1, s2 = static_bytes(one), static_bytes(two)
     if not s1 or s1.keys() != s2.keys():
         return 0, {}
@@ -80,16 +81,16 @@ def _memo(known: dict[Point, Any] | None, key: Point, compute: Callable[[Point],
     return known[key]
 
 
-def static_oom_entry(point: Point, known: dict[Point, tuple[int, dict[str, int]]] | None = None
-                     ) -> dict[str, Any] | None:
+def static_oom_entry(point: Point, known: dict[Point, tuple[int, dict[str, int]]] | None = None,
+                     specs: SpecLoader | None = None) -> dict[str, Any] | None:
     """The run entry of ``point`` if its static memory alone exceeds HBM (no simulation), else None.
 
     The entry has ``oom`` true, ``sim_path`` ``static_oom``, ``peak_memory_gb`` the static memory of
     the fullest rank (a lower bound of the peak) and its breakdown; time keys are null. ``known``
     caches :func:`static_memory` by :func:`probe_point` across the points of one plan.
     """
-    topo, _model, layout, workload, opts = resolve(point)
-    best, at = _memo(known, probe_point(point), static_memory)
+    topo, _model, layout, workload, opts = resolve(point, specs)
+    best, at = _memo(known, probe_point(point), lambda key: static_memory(key, specs))
     hbm = topo.gpu.hbm_GB * GB
     if best <= hbm + MARGIN_BYTES:
         return None
@@ -148,11 +149,12 @@ def prune_known(state: Any) -> tuple[int, int]:
     oom = large = 0
     settled = set()
     known: dict[Point, tuple[int, dict[str, int]]] = {}
+    specs = SpecLoader()
     counted: dict[Point, tuple[int, int]] = {}
     for i in state.todo:
         out = state.outcomes[i]
         try:
-            entry = static_oom_entry(out.point, known)
+            entry = static_oom_entry(out.point, known, specs)
         except TspsimError:
             entry = None
         if entry is not None:

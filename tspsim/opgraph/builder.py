@@ -42,7 +42,7 @@ class GraphBuilder:
                 mem: Iterable[tuple[str, str, int]] = (), stream: str = "compute") -> int:
         """Add a compute op on ``rank``'s compute stream; returns its id."""
         return self._add(Op(0, rank, stream, kind, name, layer, phase, float(flops), float(hbm_bytes),
-                            tuple(int(s) for s in shape), mem=tuple(mem), deps=[d for d in deps if d is not None]))
+                            tuple(map(int, shape)), mem=tuple(mem), deps=[d for d in deps if d is not None]))
 
     def memory(self, rank: int, name: str, mem: Iterable[tuple[str, int]], *, layer: int = -1,
                phase: str = "fwd", deps: Iterable[int] = (), stream: str = "compute") -> int:

@@ -32,6 +32,7 @@ class DataParallel:
         """``ctx``: the :class:`tspsim.schedules.context.BuildContext` being built (which owns this object)."""
         self.ctx = ctx
         self._groups: dict[int, tuple[int, ...]] = {}
+        self._members: dict[tuple[int, ...], list[int]] = {}
         self.buckets: dict[tuple[int, ...], list] = {}
         self.ops: dict[int, list[int]] = {}
         """Per rank: the gradient collectives issued (the optimizer waits for the last)."""
@@ -89,7 +90,9 @@ class DataParallel:
             if rank in handled:
                 continue
             group = self.group(rank)
-            members = [r for r in group if r in c.last]
+            members = self._members.get(group)
+            if members is None:  # the simulated members of the group (the group may span the whole world)
+                members = self._members[group] = [r for r in group if r in c.last]
             handled.update(members)
             if len(group) < 2:
                 continue

@@ -12,6 +12,7 @@ from tspsim.schedules.prefill import build_prefill
 from tspsim.simulate.point import Point, resolve
 from tspsim.spec.assumptions import Assumptions
 from tspsim.spec.layout import Layout
+from tspsim.spec.loader import SpecLoader
 from tspsim.spec.model import ModelConfig
 from tspsim.spec.topology import Topology
 from tspsim.spec.workload import DEFAULT_DECODE_TOKENS, INFERENCE_MODES, Workload
@@ -20,7 +21,7 @@ Built = tuple[OpGraph, Topology, ModelConfig, Layout, Workload, Assumptions]
 """A graph and everything it was built from."""
 
 
-def build_graph(point: Point, fold: bool = True, layers: int | None = None) -> Built:
+def build_graph(point: Point, fold: bool = True, layers: int | None = None, specs: SpecLoader | None = None) -> Built:
     """Generate the op graph of ``point`` (no replay).
 
     Inference modes give one step: ``prefill`` (and ``generate``) the prefill step; ``decode`` the step
@@ -29,7 +30,7 @@ def build_graph(point: Point, fold: bool = True, layers: int | None = None) -> B
     Its meta records ``decode_tokens`` and ``inference.{context_tokens, token_index, cached_tokens}``.
     ``layers`` builds the same point for the model cut to that many blocks (the planner's memory bound).
     """
-    topo, model, layout, workload, opts = resolve(point)
+    topo, model, layout, workload, opts = resolve(point, specs)
     if layers is not None:
         model = replace(model, layers=layers)
     ctx = BuildContext(model, topo, layout, workload, opts, fold=fold)

@@ -36,6 +36,7 @@ from tspsim.simulate.decode_timer import DecodeTimer, StepTiming, decode_topolog
 from tspsim.simulate.point import Point, RunResult, resolve
 from tspsim.spec.assumptions import Assumptions
 from tspsim.spec.layout import Layout
+from tspsim.spec.loader import SpecLoader
 from tspsim.spec.model import ModelConfig
 from tspsim.spec.topology import Topology
 from tspsim.spec.workload import DEFAULT_DECODE_TOKENS, INFERENCE_MODES, Workload
@@ -213,12 +214,12 @@ def _phase_blocks(timelines: dict[str, Timeline], steps: list[StepTiming], topo:
 
 
 def simulate_inference_point(point: Point, fold: bool = True, record_links: bool = False,
-                             **kw: Any) -> RunResult:
+                             specs: SpecLoader | None = None, **kw: Any) -> RunResult:
     """:func:`tspsim.simulate.simulate` for an inference :class:`~tspsim.simulate.Point` (``max_batch`` null).
 
     ``kw`` goes to :func:`simulate_inference` (``periodic``, ``progress``).
     """
-    topo, model, layout, workload, opts = resolve(point)
+    topo, model, layout, workload, opts = resolve(point, specs)
     tokens = point.decode_tokens or (DEFAULT_DECODE_TOKENS if point.mode != "prefill" else 0)
     workload = replace(workload, decode_tokens=tokens)
     run = simulate_inference(topo, model, layout, workload, opts, fold=fold, record_links=record_links, **kw)

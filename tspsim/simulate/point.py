@@ -16,10 +16,10 @@ from tspsim.engine.timeline import Timeline
 from tspsim.schedules import SCHEDULES
 from tspsim.spec.assumptions import Assumptions
 from tspsim.spec.layout import ZERO_THREE_SCHEDULES, Layout, make_layout
-from tspsim.spec.model import ModelConfig, load_model
+from tspsim.spec.loader import SpecLoader
+from tspsim.spec.model import ModelConfig
 from tspsim.spec.pipeline_spec import PipelineSpec
 from tspsim.spec.topology import Topology
-from tspsim.spec.topology_file import load_topology
 from tspsim.spec.workload import Workload
 
 
@@ -97,15 +97,19 @@ def point_options(point: Point) -> dict[str, Any]:
     return pairs
 
 
-def resolve_layout(point: Point, topo: Topology, model: ModelConfig) -> tuple[Layout, Workload, Assumptions]:
-    """The layout, workload and assumptions of ``point`` on loaded definitions (one-line errors)."""
+def resolve_layout(point: Point, topo: Topology, model: ModelConfig, specs: SpecLoader | None = None
+                   ) -> tuple[Layout, Workload, Assumptions]:
+    """The layout, workload and assumptions of ``point`` on loaded definitions (one-line errors).
+
+    ``specs`` reads the stack file once across the calls that share it (default: a fresh loader).
+    """
     workload = Workload(point.mode, point.seq_len, point.batch, point.decode_tokens)  # type: ignore[arg-type]
     if point.schedule == "fsdp" and point.mode not in ("train", "forward"):
         raise ConfigError(f"fsdp is a training layout (parameters sharded over data parallelism, gathered per "
                           f"layer); --mode {point.mode} serves with model parallelism: use --schedule tp, tsp or "
                           "satp-batch (or --mode train / forward with fsdp)")
     pairs = point_options(point)
-    opts = Assumptions.from_overrides(pairs)
+    opts = (specs or SpecLoader()).assumptions(pairs)
     if opts.zero == 3 and point.schedule not in ZERO_THREE_SCHEDULES and not {"zero", "zero1"} & set(pairs):
         # A stack's FSDP default (torchtitan: zero 3) applies where FSDP composes; TSP keeps its weight ring
         # and shards gradients and optimizer state over data parallelism (ZeRO-2) instead of failing.
@@ -116,9 +120,14 @@ def resolve_layout(point: Point, topo: Topology, model: ModelConfig) -> tuple[La
     return layout, workload, opts
 
 
-def resolve(point: Point) -> tuple[Topology, ModelConfig, Layout, Workload, Assumptions]:
-    """Load and validate everything ``point`` names (one-line errors for bad names, degrees or options)."""
-    topo = load_topology(point.topology)
-    model = load_model(point.model)
-    layout, workload, opts = resolve_layout(point, topo, model)
+def resolve(point: Point, specs: SpecLoader | None = None
+            ) -> tuple[Topology, ModelConfig, Layout, Workload, Assumptions]:
+    """Load and validate everything ``point`` names (one-line errors for bad names, degrees or options).
+
+    ``specs`` reads each file once across the calls that share it (default: a fresh one).
+    """
+    specs = specs or SpecLoader()
+    topo = specs.topology(point.topology)
+    model = specs.model(point.model)
+    layout, workload, opts = resolve_layout(point, topo, model, specs)
     return topo, model, layout, workload, opts

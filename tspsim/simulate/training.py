@@ -15,35 +15,38 @@ from tspsim.schedules.context import BuildContext
 from tspsim.simulate.graph import build_graph
 from tspsim.simulate.pipeline_timer import probe_micro_batches, probe_spec, window_for
 from tspsim.simulate.point import Point, RunResult, resolve
+from tspsim.spec.loader import SpecLoader
 
 
 def simulate_training(point: Point, fold: bool = True, record_links: bool = False,
-                      periodic: bool = True) -> RunResult:
+                      periodic: bool = True, specs: SpecLoader | None = None) -> RunResult:
     """Replay the step of a ``train`` or ``forward`` point and compute its metrics.
 
     ``periodic``: time a long 1F1B or interleaved pipeline from a probe of fewer micro-batches when its steady
     state repeats exactly (the entry's ``pipeline.simulated_micro_batches`` says how many the timeline holds).
+    ``specs`` reads each file once across the calls that share it.
     """
+    specs = specs or SpecLoader()
     if periodic and point.mode == "train":
-        result = _periodic(point, fold, record_links)
+        result = _periodic(point, fold, record_links, specs)
         if result is not None:
             return result
-    graph, topo, model, layout, workload, opts = build_graph(point, fold=fold)
+    graph, topo, model, layout, workload, opts = build_graph(point, fold=fold, specs=specs)
     tl = replay(graph, topo, ReplayOptions(record_links=record_links))
     entry = run_entry(tl, topo, model, layout, workload, opts)
     return RunResult(entry, tl, topo, model, layout, workload, opts)
 
 
-def _periodic(point: Point, fold: bool, record_links: bool) -> RunResult | None:
+def _periodic(point: Point, fold: bool, record_links: bool, specs: SpecLoader) -> RunResult | None:
     """The step timed from a probe (see the module docstring), or None when that does not apply."""
-    topo, model, layout, workload, opts = resolve(point)
+    topo, model, layout, workload, opts = resolve(point, specs)
     m = layout.micro_batches
     for attempt in (0, 1):
         probe = probe_micro_batches(m, layout.pp, layout.pp_schedule, attempt)
         if probe is None:
             return None
         small = replace(point, pipeline=probe_spec(point.pipeline, probe, point.batch, layout.replicas))
-        _t, _m, small_layout, _w, _o = resolve(small)
+        _t, _m, small_layout, _w, _o = resolve(small, specs)
         ctx = BuildContext(model, topo, small_layout, workload, opts, fold=fold)
         graph = SCHEDULES.get(point.schedule).build(ctx)
         tl = replay(graph, topo, ReplayOptions(record_links=record_links))

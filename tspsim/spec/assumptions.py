@@ -7,7 +7,7 @@ Every open question of tsp.md §8 is an :class:`Assumptions` field with a docume
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
@@ -153,18 +153,19 @@ class Assumptions:
         return out
 
     @classmethod
-    def from_overrides(cls, pairs: dict[str, Any]) -> Assumptions:
+    def from_overrides(cls, pairs: dict[str, Any], stacks: Callable[[str], Stack] = load_stack) -> Assumptions:
         """Defaults, then the stack's ``defaults``, then ``key=value`` overrides (command-line strings converted).
 
         ``stack`` takes a preset name or YAML path, a :class:`~tspsim.spec.stack.Stack`, or a recorded mapping
-        (a result's or trace's ``assumptions.stack``).
+        (a result's or trace's ``assumptions.stack``). ``stacks`` reads a stack by name or path (a memo of
+        :class:`~tspsim.spec.loader.SpecLoader` reads each file once).
         """
         known = {f.name: f for f in fields(cls)}
         pairs = _zero1_alias(dict(pairs))
         for key in pairs:
             if key not in known:
                 raise ConfigError(f"unknown option {key!r}; known options: {', '.join(known)}")
-        base = cls() if "stack" not in pairs else cls(stack=_stack(pairs["stack"]))
+        base = cls(stack=stacks(DEFAULT_STACK) if "stack" not in pairs else _stack(pairs["stack"], stacks))
         values: dict[str, Any] = {}
         for key, raw in _zero1_alias(dict(base.stack.defaults)).items():
             if key not in known or key == "stack":
@@ -224,7 +225,7 @@ def _zero1_alias(pairs: dict[str, Any]) -> dict[str, Any]:
     return pairs
 
 
-def _stack(value: Any) -> Stack:
+def _stack(value: Any, stacks: Callable[[str], Stack] = load_stack) -> Stack:
     """A stack from a preset name or path, a Stack, or a recorded mapping."""
     if isinstance(value, Stack):
         return value
@@ -232,7 +233,7 @@ def _stack(value: Any) -> Stack:
         return stack_from_mapping(value, "recorded stack", "stack")
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"option stack={value!r}: give a stack preset name (tspsim list stacks) or a YAML path")
-    return load_stack(value.strip())
+    return stacks(value.strip())
 
 
 def _convert(key: str, raw: Any, default: Any) -> Any:
