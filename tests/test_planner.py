@@ -151,3 +151,30 @@ def test_plan_zyphra_128k_matches_direct_simulation() -> None:
         assert direct["step_time_s"] == e["step_time_s"], e["schedule"]
         assert direct["peak_memory_gb"] == e["peak_memory_gb"], e["schedule"]
         assert direct["tokens_per_s"] == e["tokens_per_s"], e["schedule"]
+
+
+# ---------------------------------------------------------------------------------- ZeRO retries
+def test_zero_cannot_fit_formula() -> None:
+    """peak − Σ sharded categories · (1 − 1/world) > HBM, with the categories of each ZeRO stage."""
+    from tspsim.explore.planner import zero_cannot_fit
+
+    entry = {"peak_memory_gb": 200.0, "hbm_gb": 192.0, "world_size": 4,
+             "memory_breakdown_gb": {"optimizer_state": 8.0, "gradients": 4.0, "parameters": 8.0}}
+    assert zero_cannot_fit(entry, 1)        # 200 − 8·0.75 = 194 > 192
+    assert not zero_cannot_fit(entry, 2)    # 200 − 12·0.75 = 191
+    assert not zero_cannot_fit(entry, 3)    # 200 − 20·0.75 = 185
+    assert not zero_cannot_fit({"peak_memory_gb": None, "hbm_gb": 192.0}, 1)
+
+
+@pytest.mark.parametrize("schedule", ["tp", "tsp", "tp+sp"])
+def test_zero_bound_is_below_the_simulated_peak(schedule: str, tiny: str) -> None:
+    """The bound behind zero_cannot_fit never exceeds the peak ZeRO actually reaches (so a pruned retry is OOM)."""
+    from tspsim.explore.planner import ZERO_SHARDED, zero_variants
+
+    kw = {"tp": 4, "sp": 2} if schedule == "tp+sp" else {"degree": 4}
+    base = Point(schedule, "mi300x-128node", model=tiny, mode="train", seq_len=4096, gpus=16, **kw)
+    entry = simulate(base).entry
+    for variant in zero_variants(base):
+        zero = int(dict(variant.options)["zero"])
+        saved = sum(entry["memory_breakdown_gb"][c] for c in ZERO_SHARDED[zero]) * (1 - 1 / entry["world_size"])
+        assert simulate(variant).entry["peak_memory_gb"] >= entry["peak_memory_gb"] - saved - 1e-9, (schedule, zero)

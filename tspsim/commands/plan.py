@@ -161,13 +161,18 @@ def _playbook_candidates(topology: str, model: str, seq: int | None, gpus: int |
 
 
 def _zero_retries(outcomes: list[Outcome]) -> list[Any]:
-    """ZeRO-1 / ZeRO-3 variants of the training configurations that ran out of memory."""
-    from tspsim.explore.planner import zero_variants
+    """ZeRO-1 / ZeRO-3 variants of the training configurations that ran out of memory.
+
+    A variant that provably still cannot fit (:func:`tspsim.explore.planner.zero_cannot_fit`: the peak minus
+    everything that ZeRO stage could shard is above HBM) is not simulated.
+    """
+    from tspsim.explore.planner import zero_cannot_fit, zero_variants
 
     out: list[Any] = []
     for o in outcomes:
         if o.status == "ok" and o.entry is not None and o.entry.get("oom") and (o.entry.get("replicas") or 1) > 1:
-            out += zero_variants(o.point)
+            out += [v for v in zero_variants(o.point)
+                    if not zero_cannot_fit(o.entry, int(dict(v.options)["zero"]))]
     return out
 
 

@@ -215,6 +215,28 @@ def zero_variants(point: Point) -> list[Point]:
     return [replace(point, options=tuple(sorted({**given, "zero": z}.items()))) for z in stages]
 
 
+ZERO_SHARDED = {1: ("optimizer_state",), 2: ("optimizer_state", "gradients"),
+                3: ("optimizer_state", "gradients", "parameters")}
+"""Memory categories each ZeRO stage shards over the gradient group (Rajbhandari et al. 2020, §5)."""
+
+
+def zero_cannot_fit(entry: dict[str, Any], zero: int) -> bool:
+    """True when ZeRO stage ``zero`` provably cannot bring an out-of-memory training entry under HBM.
+
+    At the instant of the entry's peak, ZeRO-z leaves each category it shards at no less than 1/N of itself
+    (N ≤ the world size; ZeRO-3's gathered units and ZeRO-2's per-layer gradients only add to that) and
+    changes nothing else, so the new peak is at least
+    peak − Σ_sharded breakdown[c] · (1 − 1/world). Above HBM, simulating the variant is pointless.
+    """
+    breakdown = entry.get("memory_breakdown_gb") or {}
+    peak, hbm = entry.get("peak_memory_gb"), entry.get("hbm_gb")
+    world = entry.get("world_size") or 1
+    if peak is None or hbm is None:
+        return False
+    saved = sum(float(breakdown.get(c) or 0.0) for c in ZERO_SHARDED[zero]) * (1.0 - 1.0 / world)
+    return peak - saved > hbm
+
+
 def sp_variants(options: tuple[tuple[str, Any], ...], mode: str = "train") -> tuple[tuple[tuple[str, Any], ...], ...]:
     """The option sets a sequence-sharded layout is tried with: one per SP attention algorithm.
 
