@@ -31,3 +31,17 @@ def test_help_and_version_import_no_heavy_module() -> None:
             "print('heavy=' + ','.join(m for m in ('numpy', 'networkx', 'plotly', 'simpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "heavy="
+
+
+@pytest.mark.parametrize(("text", "limit", "short"), [
+    ("Simulate one training step. More text here.", 40, "Simulate one training step."),
+    ("Compare schedules across the topology grid and write results", 30, "Compare schedules across..."),
+    ("short", 45, "short"),
+    ("one two three four five six seven eight nine ten", 20, "one two three..."),
+    ("First para\n\nSecond para.", 45, "First para"),
+])
+def test_short_help_rule_is_clicks(text: str, limit: int, short: str) -> None:
+    """The restated click 8 short-help rule (click ≥ 8.5 deprecates its own helper)."""
+    from tspsim.commands import _shorten
+
+    assert _shorten(text, limit) == short

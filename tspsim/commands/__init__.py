@@ -83,7 +83,31 @@ class LazyCommands(click.Group):
 
 
 def _shorten(text: str, limit: int) -> str:
-    """``text`` cut to ``limit`` characters at a word boundary with ``...``, as click shortens help."""
-    from click.utils import make_default_short_help
+    """``text`` cut to ``limit`` characters at a word boundary with ``...``, as click 8 shortens help.
 
-    return make_default_short_help(text, limit)
+    Click's own ``make_default_short_help`` (the rule ``Command.get_short_help_str`` applies) is deprecated
+    from click 8.5 on, so its rule is restated: the first paragraph's words, ended at the first sentence end
+    that fits, else cut to fit with ``...``; ``tests/test_cli_lazy.py`` checks it against the commands' own.
+    """
+    paragraph = text.split("\n\n", 1)[0]
+    words = paragraph.split()
+    if words and words[0] == "\b":
+        words = words[1:]
+    total, i = 0, 0
+    for i, word in enumerate(words):
+        total += len(word) + (i > 0)
+        if total > limit:
+            break
+        if word.endswith("."):
+            return " ".join(words[:i + 1])
+        if total == limit and i != len(words) - 1:
+            break
+    else:
+        return " ".join(words)
+    total += 3
+    while i > 0:
+        total -= len(words[i]) + (i > 0)
+        if total <= limit:
+            break
+        i -= 1
+    return " ".join(words[:i]) + "..."
