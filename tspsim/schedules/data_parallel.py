@@ -48,6 +48,13 @@ class DataParallel:
             group = self._groups[rank] = self.ctx.layout.grad_group(rank)
         return group
 
+    def simulated(self, group: tuple[int, ...]) -> list[int]:
+        """The simulated members of ``group``, in group order (computed once per group: a group may span the world)."""
+        members = self._members.get(group)
+        if members is None:
+            members = self._members[group] = [r for r in group if r in self.ctx.last]
+        return members
+
     def shard_size(self, rank: int = 0) -> int:
         """Ranks one ZeRO shard is spread over: the HSDP shard group, or the whole gradient group."""
         n = len(self.group(rank))
@@ -90,9 +97,7 @@ class DataParallel:
             if rank in handled:
                 continue
             group = self.group(rank)
-            members = self._members.get(group)
-            if members is None:  # the simulated members of the group (the group may span the whole world)
-                members = self._members[group] = [r for r in group if r in c.last]
+            members = self.simulated(group)
             handled.update(members)
             if len(group) < 2:
                 continue
@@ -115,7 +120,7 @@ class DataParallel:
         if c.opts.zero < 2 or not c.training:
             return
         for group, state in list(self.buckets.items()):
-            members = [r for r in group if r in c.last and r in c.ranks]
+            members = [r for r in self.simulated(group) if r in c.ranks]
             if state[0] > 0 and members:
                 self._reduce(group, members, state, layer, "reduce_scatter")
 
@@ -129,12 +134,12 @@ class DataParallel:
         if kind == "reduce_scatter" and h < len(group):      # HSDP: inside the shard group, then across groups
             ids = {}
             for sub in {self.shard_group(r) for r in members}:
-                sub_members = [r for r in sub if r in c.last]
+                sub_members = self.simulated(sub)
                 ids.update(c.builder.collective(kind, sub, int(nbytes), name, stream="dp", layer=layer, phase="bwd",
                                                 deps={r: deps.get(r, []) for r in sub_members}, issuers=sub_members,
                                                 mem=free))
             for cross in {self.cross_group(r) for r in members}:
-                cm = [r for r in cross if r in c.last]
+                cm = self.simulated(cross)
                 out = c.builder.collective("all_reduce", cross, int(nbytes / h), "dp.grad_hsdp_all_reduce",
                                            stream="dp", layer=layer, phase="bwd", deps={r: [ids[r]] for r in cm},
                                            issuers=cm)
@@ -184,7 +189,7 @@ class DataParallel:
                 if r in done:
                     continue
                 group = self.shard_group(r)
-                members = [m for m in group if m in c.last]
+                members = self.simulated(group)
                 done.update(members)
                 if len(group) < 2:
                     continue
