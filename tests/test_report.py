@@ -69,3 +69,33 @@ def test_sweep_prints_its_results_on_stdout(tmp_path):
     assert len(lines) == 1 + 4 and all(" ok " in line for line in lines[1:])
     # Off a terminal, one progress line per finished point on stderr.
     assert sum(line.startswith("sweep: ") and "/4 (ETA" in line for line in res.stderr.splitlines()) == 4
+
+
+def test_input_gather_note_names_megatron_sp_for_gather_input_entries():
+    """gather-input entries (Megatron SP) get their own note; the article's satp-seq keeps its own."""
+    from tspsim.analysis.report import input_gather_note
+
+    base = {"schedule": "satp-seq", "degrees": {"D": 8}, "comm_bytes_per_rank": {"all_gather_input": 1e9}}
+    megatron = {**base, "assumptions": {"satp_seq_attention": "gather-input"}}
+    article = {**base, "degrees": {"D": 4}, "assumptions": {"satp_seq_attention": "gather-kv"}}
+    note = input_gather_note([megatron, article])
+    first, second = note.splitlines()
+    assert first.startswith("note: satp-seq D=4:") and "reference article" in first
+    assert second.startswith("note: satp-seq D=8: Megatron sequence parallelism") and "reference" not in second
+    assert input_gather_note([{**base, "comm_bytes_per_rank": {}}]) == ""
+
+
+def test_playbook_line_says_which_columns_were_searched():
+    from types import SimpleNamespace
+
+    from tspsim.commands.playbook_columns import playbook_line
+
+    fsdp = SimpleNamespace(entry={"schedule": "fsdp", "degrees": {"D": 1, "DP": 8}})
+    assert playbook_line([]) == ""
+    ptdp = SimpleNamespace(entry={"schedule": "satp-seq", "degrees": {"D": 8, "PP": 2, "DP": 4}})
+    assert playbook_line([("fsdp", fsdp)]) == (
+        "playbooks: the last column was searched, not asked for: fsdp D=1 DP=8 is the best FSDP layout at the same "
+        "GPUs and global batch (README: Pipeline parallelism and FSDP/ZeRO)")
+    assert playbook_line([("fsdp", fsdp), ("ptd-p", ptdp)]).startswith(
+        "playbooks: the last 2 columns were searched, not asked for: fsdp D=1 DP=8 is the best FSDP layout; "
+        "satp-seq D=8×PP=2 DP=4 is the best PTD-P layout")

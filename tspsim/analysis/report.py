@@ -134,12 +134,20 @@ def comparison_table(entries: Sequence[Entry]) -> str:
 
 def input_gather_note(entries: Sequence[Entry]) -> str:
     """A note when any entry has sharded-activation TP input all-gathers ('' otherwise)."""
-    names = [schedule_label(e) for e in entries if _sum_bytes(e.get("comm_bytes_per_rank"), True)]
-    if not names:
-        return ""
-    return (f"note: {', '.join(names)}: the all-gather of the sharded input before the column-parallel "
-            "projections (absent from the reference article's table, needed by a correct schedule) is "
-            f"counted separately as '{INPUT_ALL_GATHER_KEY}' (row '+ input all-gather').")
+    gathered = [e for e in entries if _sum_bytes(e.get("comm_bytes_per_rank"), True)]
+    megatron = [schedule_label(e) for e in gathered
+                if (e.get("assumptions") or {}).get("satp_seq_attention") == "gather-input"]
+    article = [schedule_label(e) for e in gathered if schedule_label(e) not in megatron]
+    notes = []
+    if article:
+        notes.append(f"note: {', '.join(article)}: the all-gather of the sharded input before the column-parallel "
+                     "projections (absent from the reference article's table, needed by a correct schedule) is "
+                     f"counted separately as '{INPUT_ALL_GATHER_KEY}' (row '+ input all-gather').")
+    if megatron:
+        notes.append(f"note: {', '.join(megatron)}: Megatron sequence parallelism's all-gather of the layer input "
+                     f"before the column-parallel projections is counted separately as '{INPUT_ALL_GATHER_KEY}' "
+                     "(row '+ input all-gather').")
+    return "\n".join(notes)
 
 
 def assumptions_text(entry: Entry, width: int = 100) -> str:

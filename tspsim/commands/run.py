@@ -232,54 +232,6 @@ def choose_points(args: PlanArgs, schedules: list[str] | None, seq: int,
     return points
 
 
-def playbook_results(args: PlanArgs, seq: int, pairs: tuple[tuple[str, Any], ...], base: list[Any], *,
-                     fold: bool, record_links: bool, specs: Any = None) -> list[Any]:
-    """The best FSDP and the best PTD-P layout of the default comparison (:mod:`tspsim.explore.playbooks`).
-
-    Same GPUs and global batch as the first column (``--global-batch``, else its micro-batch × replicas); each
-    family's layouts are simulated (progress on stderr) and the fastest that fits is re-simulated for the report.
-    None fits: a note on stderr.
-    """
-    from tspsim.explore.max_batch import simulate_with_max_batch
-    from tspsim.explore.playbooks import PLAYBOOKS, best_playbook, playbook_points, valid_points
-
-    if not base:
-        return []
-    first = base[0].entry
-    g = args.pipeline.global_batch or first["batch"] * first["replicas"]
-    out = []
-    for family in PLAYBOOKS:
-        points = valid_points(playbook_points(family, args.topology, args.model, seq, g, pairs, args.gpus), specs)
-        if not points:
-            click.echo(f"note: no {family} layout takes a global batch of {g} on these GPUs", err=True)
-            continue
-        progress = PointProgress(f"searching the best {family} layout ({len(points)} candidates)")
-        try:
-            best = best_playbook(points, fold=fold, specs=specs)
-        except BaseException:
-            progress.finish(failed=True)
-            raise
-        progress.finish()
-        if best is None:
-            click.echo(f"note: no {family} layout fits in memory", err=True)
-            continue
-        if record_links:
-            best = simulate_with_max_batch(_point_of(best, points), fold=fold, record_links=True, specs=specs)
-        out.append(best)
-    return out
-
-
-def _point_of(result: Any, points: list[Any]) -> Any:
-    """The candidate point a result came from (same schedule, degrees, batch, options and pipeline)."""
-    lay = result.layout
-    for p in points:
-        if (p.schedule == lay.schedule and p.batch == result.workload.batch and p.pipeline.stages == lay.pp
-                and p.pipeline.virtual_stages == lay.virtual_stages
-                and dict(p.options).get("zero") == result.assumptions.zero):
-            return p
-    raise TspsimError("internal: the best playbook layout has no candidate point")
-
-
 def point_label(point: Any, specs: Any = None) -> str:
     """``tsp D=8`` / ``tp+sp T=4×SP=2 allgather`` from the resolved layout (and the SP attention algorithm)."""
     from tspsim.analysis.entries import schedule_label
@@ -356,10 +308,11 @@ def inference_header(e: dict[str, Any]) -> str:
     return f"{where} {e['mode']}, {what}, batch {e['batch']} per replica"
 
 
-def print_report(entries: list[dict[str, Any]], max_batch_note: str | None = None) -> None:
+def print_report(entries: list[dict[str, Any]], max_batch_note: str | None = None, extra_note: str = "") -> None:
     """Header, side-by-side table, verdict, notes and assumptions on stdout.
 
-    ``max_batch_note`` explains a null ``max_batch`` of inference entries (printed under the serving table).
+    ``max_batch_note`` explains a null ``max_batch`` of inference entries (printed under the serving table);
+    ``extra_note`` is printed after the verdict (the default run's playbook columns).
     """
     from tspsim.analysis.report import assumptions_text, comparison_table, input_gather_note, verdict
     from tspsim.core.units import format_tokens
@@ -398,9 +351,9 @@ def print_report(entries: list[dict[str, Any]], max_batch_note: str | None = Non
         click.echo(phase_table(entries))
     click.echo("")
     click.echo(verdict(entries))
-    note = input_gather_note(entries)
-    if note:
-        click.echo(note)
+    for note in (extra_note, input_gather_note(entries)):
+        if note:
+            click.echo(note)
     click.echo(assumptions_text(e))
 
 
@@ -478,9 +431,13 @@ def run(topology: str, model: str, degree: int | None, tp: int | None, sp: int |
     specs = SpecLoader()  # every file read once for the whole run
     points = choose_points(args, schedules, default_seq(args), pairs, specs)
     results = simulate_points(points, fold=not full, record_links=bool(html or trace or save), specs=specs)
+    from tspsim.commands.playbook_columns import playbook_line, playbook_results
+
+    found: list[tuple[str, Any]] = []
     if schedules is None and mode == "train" and args.pipeline.stages == 1 and parallel.zero is None:
-        results += playbook_results(args, default_seq(args), pairs, results, fold=not full,
-                                    record_links=bool(html or trace or save), specs=specs)
+        found = playbook_results(args, default_seq(args), pairs, results, fold=not full,
+                                 record_links=bool(html or trace or save), specs=specs)
+        results += [r for _family, r in found]
     if no_timing:
         for r in results:
             r.entry["sim_wall_s"] = None
@@ -491,4 +448,4 @@ def run(topology: str, model: str, degree: int | None, tp: int | None, sp: int |
         emit_json({"results": entries})
     else:
         print_report(entries, "max batch: not searched (--no-max-batch); drop the flag to find the largest "
-                              "batch that fits in HBM")
+                              "batch that fits in HBM", playbook_line(found))
