@@ -12,7 +12,8 @@ import math
 
 import pytest
 
-from tspsim.engine.collectives import candidates, choose, plan_collective, predict_s, shape
+from tspsim.core.errors import TspsimError
+from tspsim.engine.collectives import candidates, choose, phase_rates, plan_collective, predict_s, shape
 from tspsim.simulate.collective import simulate_collective
 from tspsim.spec.topology_file import load_topology
 
@@ -196,3 +197,45 @@ def test_fold_safe_policy_leaves_out_the_tree():
     assert free.algorithm == "tree"
     assert safe.algorithm == "ring"
     assert all(c.algorithm != "tree" for c in candidates("all_reduce", group, 1024, topo, fold_safe_only=True))
+
+
+# ------------------------------------------------------------------------------------------ NVLS tree
+def test_fold_safe_policy_leaves_out_the_nvls_tree():
+    topo = TOPOS["h100-dgx-128node"]
+    group = tuple(range(16))
+    assert choose("all_reduce", group, GiB, topo).algorithm == "nvls_tree"
+    safe = candidates("all_reduce", group, GiB, topo, fold_safe_only=True)
+    assert safe and all(c.algorithm not in ("tree", "nvls_tree") for c in safe)
+
+
+@pytest.mark.parametrize(("nodes", "latency_us"), [(2, 2 * (25 + 18)), (4, 2 * (25 + 2 * 18)),
+                                                   (128, 2 * (25 + 7 * 18))])
+def test_nvls_tree_latency_is_nccls(nodes, latency_us):
+    """NCCL's NVLS_TREE latency: 2 · (NVLS NVLink step + log2(nodes) · NVLS network step), 25 and 18 µs."""
+    topo = TOPOS["h100-dgx-128node"]
+    plan = plan_collective("all_reduce", tuple(range(8 * nodes)), GiB, topo, algorithm="nvls_tree")
+    assert plan.phases[0].latency_s == pytest.approx(latency_us * 1e-6, rel=1e-12)
+
+
+def test_two_node_nvls_tree_is_bound_by_the_switch_engine():
+    """Two nodes: each NIC moves N/8 each way, the node's NVLS engine N at its measured single-node rate."""
+    topo = TOPOS["h100-dgx-128node"]
+    plan = plan_collective("all_reduce", tuple(range(16)), 64 * GiB, topo, algorithm="nvls_tree")
+    engine_algbw = topo.intra.nvls.busbw_GBps * 8 / (2 * 7) * 1e9
+    assert phase_rates(topo, plan.shape)[0] == pytest.approx(engine_algbw, rel=1e-12)
+    four = plan_collective("all_reduce", tuple(range(32)), 64 * GiB, topo, algorithm="nvls_tree")
+    nic = topo.inter.nic_GBps * topo.inter.nic_efficiency * 1e9
+    assert phase_rates(topo, four.shape)[0] == pytest.approx(nic * 8 / 2, rel=1e-12)  # inner node: 2N/8 per NIC
+
+
+@pytest.mark.parametrize(("name", "op", "group", "words"), [
+    ("mi300x-128node", "all_reduce", tuple(range(16)), "no NVLink SHARP"),
+    ("h100-dgx-128node", "all_reduce", tuple(range(8)), "runs across nodes"),
+    ("h100-dgx-128node", "all_gather", tuple(range(16)), "implements all_reduce"),
+    ("h100-dgx-128node", "all_reduce", (0, 8, 16, 24), "at least two"),
+    ("h100-dgx-128node", "all_reduce", (0, 1, 8, 10), "at least two"),
+    ("dgx-a100-128node", "all_reduce", tuple(range(16)), "no NVLink SHARP"),
+])
+def test_forced_nvls_tree_where_it_does_not_apply(name, op, group, words):
+    with pytest.raises(TspsimError, match=words):
+        choose(op, group, GiB, load_topology(name), algorithm="nvls_tree")

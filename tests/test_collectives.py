@@ -16,6 +16,9 @@ payload of N bytes on p ranks, per rank, sent and received:
   not bandwidth-optimal.
 * hierarchical (pipelined RS → per-rail ring → AG): the ring volumes exactly.
 * NVLS all-reduce: (1 + 1/p)·N through every GPU port each way (the switch reduces and multicasts).
+* NVLS tree (across switch nodes, m GPUs per node): (1 + 1/m)·N through every port each way, plus
+  N/(2m) each way on every edge of NCCL's two binary trees over the nodes, per rail: a rank sends
+  (1 + 1/m)·N + N/(2m) · (its node's tree edges in both trees).
 * broadcast: every non-root rank receives exactly N (total (p−1)·N), the root receives nothing.
 * reduce: every non-root rank sends exactly N (total (p−1)·N), the root sends nothing.
 """
@@ -29,6 +32,7 @@ from hypothesis import strategies as st
 
 from tspsim.core.errors import TspsimError
 from tspsim.engine.collectives import choose_algorithm, hamiltonian_channels, plan_collective
+from tspsim.engine.collectives.tree import dtree_parents
 from tspsim.engine.sim import ReplayOptions, replay
 from tspsim.opgraph import GraphBuilder
 from tspsim.spec.routes import route_arrays
@@ -52,7 +56,7 @@ GROUPS = (
        ("h100-dgx-128node", (0, 1, 256, 257))]
 )
 ALGS = {
-    "all_reduce": ("", "ring", "direct", "one_shot", "two_shot", "tree", "rd", "hier", "nvls"),
+    "all_reduce": ("", "ring", "direct", "one_shot", "two_shot", "tree", "rd", "hier", "nvls", "nvls_tree"),
     "reduce_scatter": ("", "ring", "direct", "hier"),
     "all_gather": ("", "ring", "direct", "hier"),
     "broadcast": ("", "ring", "direct", "tree", "hier"),
@@ -80,6 +84,9 @@ def _cases():
                     continue
                 if alg == "nvls" and (topo.intra.nvls is None or len({topo.node_of(r) for r in group}) > 1):
                     continue
+                if alg == "nvls_tree" and (topo.intra.nvls is None or not _even_multinode(topo, group)
+                                           or len(group) == len({topo.node_of(r) for r in group})):
+                    continue
                 case_id = f"{name}-{op}-{alg or 'policy'}-{len(group)}r-{group[0]}..{group[-1]}"
                 yield pytest.param(name, group, op, alg, id=case_id)
 
@@ -103,6 +110,8 @@ def _check_volumes(op, algorithm, group, nbytes, sent, recv, topo):
             per_rank = nbytes * math.log2(p)
         elif algorithm == "nvls":
             per_rank = (1 + 1 / p) * nbytes
+        elif algorithm == "nvls_tree":
+            _check_nvls_tree(group, nbytes, sent, recv, topo)
         else:
             assert algorithm == "tree"
             assert sum(sent.values()) == pytest.approx(2 * (p - 1) * nbytes, rel=rel)
@@ -129,6 +138,23 @@ def _check_volumes(op, algorithm, group, nbytes, sent, recv, topo):
             assert recv.get(r, 0.0) == pytest.approx(per_rank, rel=rel), ("recv", r)
 
 
+def _check_nvls_tree(group, nbytes, sent, recv, topo):
+    """Per rank: (1 + 1/m)·N into the switch plus N/(2m) per tree edge of its node (module docstring)."""
+    nodes = sorted({topo.node_of(r) for r in group})
+    k, m = len(nodes), len(group) // len(nodes)
+    edges = Counter()
+    for parents in dtree_parents(k):
+        for n, parent in enumerate(parents):
+            if parent != -1:
+                edges[n] += 1
+                edges[parent] += 1
+    for r in group:
+        want = (1 + 1 / m) * nbytes + edges[nodes.index(topo.node_of(r))] * nbytes / (2 * m)
+        assert sent[r] == pytest.approx(want, rel=1e-12), ("sent", r)
+        assert recv[r] == pytest.approx(want, rel=1e-12), ("recv", r)
+    assert sum(edges.values()) == 2 * 2 * (k - 1)  # two trees of k − 1 edges, both ends counted
+
+
 def _replay_one(topo, op, group, nbytes, alg, record_links=False):
     b = GraphBuilder(group)
     b.collective(op, group, nbytes, op, root=_root(op, group), algorithm=alg)
@@ -143,7 +169,7 @@ def test_exact_byte_accounting(name, group, op, alg):
         assert plan.phases
         sent, recv = plan.bytes_per_rank()
         _check_volumes(op, plan.algorithm, group, nbytes, sent, recv, topo)
-        if alg in ("ring", "tree", "rd", "hier", "one_shot", "two_shot", "nvls"):
+        if alg in ("ring", "tree", "rd", "hier", "one_shot", "two_shot", "nvls", "nvls_tree"):
             assert plan.algorithm == alg
         # every hop is between two members of the group (or a member and its node's NVLS engine)
         engines = {-1 - topo.node_of(r) for r in group}

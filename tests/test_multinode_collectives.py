@@ -51,7 +51,7 @@ def test_large_ring_busbw_is_flat_across_nodes(name):
 @pytest.mark.parametrize("name", ["mi300x-128node", "h100-dgx-128node"])
 def test_large_allreduce_busbw_flat_within_5_percent(name):
     """16 GiB all-reduce, policy's choice: within 5% on 4 … 128 nodes (both presets) and on 2 nodes for
-    the mesh; 2 DGX H100 nodes run the double binary tree above the ring (NCCL's "2-node aberration",
+    the mesh; 2 DGX H100 nodes run NCCL's NVLS tree far above the ring (NCCL's "2-node aberration",
     measured 466-486 GB/s with the default algorithm vs 392 with the ring, collective-logs 06/10/11/18)."""
     topo = load_topology(name)
     bws = {k: _busbw(topo, "all_reduce", tuple(range(8 * k)), LARGE)[0] for k in NODES}

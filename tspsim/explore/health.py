@@ -21,7 +21,7 @@ latency        ×2          measured small-message times are 0.6–1.7× NCCL's 
 
 A range is *healthy* inside its tolerance, *under-performing* below it (by how much, and what the model
 says bounds it there: the NICs, the node fabric, the start-up), or *faster than the model* above it —
-then the likely reason: an algorithm the model lacks (NVLSTree across nodes, NVLS on a topology without
+then the likely reason: an algorithm the model lacks (NVLSTree or NVLS on a topology without
 ``intra.nvls``, CollNet / SHARP) or a topology that understates the hardware (the NICs' or links'
 efficiency). The log's verdict is the verdict of its largest-size range that is bandwidth-bound (else of
 its largest range): nccl-tests health is judged on peak bus bandwidth (NVIDIA's replies in the threads of
@@ -166,9 +166,11 @@ def _faster_reason(h: Hosted, topo: Topology, bound: str, regime: str) -> str:
     if regime == "latency":
         return ("the library starts faster than NCCL's cost model (direct / MSCCL++ kernels or a lighter protocol); "
                 "calibrate the latencies: tspsim calibrate")
-    if log.op == "all_reduce" and not algo and h.nodes > 1 and topo.intra.nvls is not None:
-        return ("the library likely ran NVLSTree (NVLink SHARP inside each node + tree across nodes), which the model "
-                "lacks across nodes; NCCL_ALGO=Ring measures the network alone")
+    nvls = topo.intra.nvls
+    if (log.op == "all_reduce" and not algo and h.nodes > 1 and topo.intra.kind == "switch"
+            and (nvls is None or nvls.net_step_us is None)):
+        return (f"the library likely ran NVLSTree (NVLink SHARP inside each node + tree across nodes), which "
+                f"{topo.name} does not offer (intra.nvls with net_step_us); NCCL_ALGO=Ring measures the network alone")
     if log.op == "all_reduce" and h.nodes == 1 and topo.intra.kind == "switch" and topo.intra.nvls is None:
         return f"the library likely ran NVLS (NVLink SHARP), which {topo.name} does not offer (no intra.nvls)"
     what = {"NIC": "the NICs' efficiency (inter.nic_efficiency)", "network spine": "the spine's oversubscription",

@@ -38,6 +38,7 @@ from tspsim.engine.collectives.latency import (
     available_protocols,
     direct_alpha_s,
     hier_latency_s,
+    nvls_tree_latency_s,
     ring_latency_s,
     tree_latency_s,
 )
@@ -48,8 +49,7 @@ from tspsim.spec.collective_log import CollectiveLog
 from tspsim.spec.topology import Topology
 
 _PROTOCOLS = {"simple": "Simple", "ll": "LL", "ll128": "LL128"}
-UNMODELLED_ALGOS = {"nvlstree": "NVLSTree (NVLink SHARP inside each node + tree across nodes)",
-                    "collnetdirect": "CollNetDirect (in-network reduction, SHARP)",
+UNMODELLED_ALGOS = {"collnetdirect": "CollNetDirect (in-network reduction, SHARP)",
                     "collnetchain": "CollNetChain (in-network reduction, SHARP)",
                     "pat": "PAT (parallel aggregated trees)"}
 """NCCL algorithms tspsim does not model (a log that forced one is predicted with the policy, with a note)."""
@@ -161,6 +161,12 @@ def _algorithm(log: CollectiveLog, topo: Topology, nodes: int, algo: str) -> tup
         return "tree", ""
     if name == "nvls" and log.op == "all_reduce" and nodes == 1 and topo.intra.nvls is not None:
         return "nvls", ""
+    if name == "nvlstree" and log.op == "all_reduce" and nodes > 1:
+        nvls = topo.intra.nvls if topo.intra.kind == "switch" else None
+        if nvls is not None and nvls.net_step_us is not None:
+            return "nvls_tree", ""
+        return "", (f"NVLSTree (NVLink SHARP inside each node + tree across nodes) needs intra.nvls with "
+                    f"net_step_us, which {topo.name} does not set; predicted with tspsim's policy")
     what = UNMODELLED_ALGOS.get(name, f"NCCL_ALGO={algo}")
     return "", f"{what} is not modelled for this collective here; predicted with tspsim's policy"
 
@@ -230,6 +236,8 @@ class Predictor:
             return [hier_latency_s(kind, info, topo, proto)]
         if alg == "nvls" and topo.intra.nvls is not None:
             return [topo.intra.nvls.step_us * 1e-6]
+        if alg == "nvls_tree":
+            return [nvls_tree_latency_s(info, topo)]
         if alg in ("one_shot", "two_shot") or (alg == "direct" and kind != "all_to_all"):
             return [direct_alpha_s(topo, info)] * len(shp.phases)
         return [ph.latency_s for ph in shape(kind, ranks, topo, root, alg, proto).phases]

@@ -121,5 +121,5 @@ class Op:
 
 
 
-ALGORITHMS = ("ring", "direct", "one_shot", "two_shot", "tree", "rd", "hier", "nvls")
+ALGORITHMS = ("ring", "direct", "one_shot", "two_shot", "tree", "rd", "hier", "nvls", "nvls_tree")
 """Collective algorithm names an op may force (``Op.algorithm``); :mod:`tspsim.engine.collectives` implements them."""

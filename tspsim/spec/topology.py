@@ -83,6 +83,9 @@ class Nvls:
     """Measured all-reduce bus bandwidth of a whole node with NVLS; sets the switch's reduction rate."""
     step_us: float
     """Latency of an NVLS collective, µs (NCCL's NVLS NVLink latency [S21])."""
+    net_step_us: float | None = None
+    """Network step of NCCL's NVLS tree across nodes, µs (NCCL's NVLS network latency [S21]); None: the
+    preset offers no multi-node NVLS tree."""
 
 
 @dataclass(frozen=True)

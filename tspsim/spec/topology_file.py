@@ -73,7 +73,7 @@ _SCHEMA: dict[str, Any] = {
         "ll": {"bandwidth_factor": "eff", "base_us": "nonneg", "ring_step_us": "nonneg", "tree_step_us": "nonneg"},
         "ll128": {"bandwidth_factor": "eff", "base_us": "nonneg", "ring_step_us": "nonneg",
                   "tree_step_us": "nonneg"},
-        "nvls": {"busbw_GBps": float, "step_us": "nonneg"},
+        "nvls": {"busbw_GBps": float, "step_us": "nonneg", "net_step_us": "nonneg"},
     },
     "inter": {
         "topology": ("rails_only", "rail_optimized_fat_tree"), "nic_GBps": float, "nic_efficiency": "eff",
@@ -90,6 +90,7 @@ _SCHEMA: dict[str, Any] = {
 _OPTIONAL = {"description", "inherit", "inter"}
 _SECTION_OPTIONAL = {
     ".intra": {"tree_step_us", "chunk_bytes", "ll", "ll128", "nvls"},
+    ".intra.nvls": {"net_step_us"},
     ".inter": {"collective_efficiency", "tree_step_us", "net_overhead_us", "p2p_concurrency", "ll", "ll128"},
 }
 """Optional keys of nested sections, by key path (a missing one takes the dataclass default)."""

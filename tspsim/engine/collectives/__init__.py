@@ -8,7 +8,8 @@ each a start-up latency and one flow of hops moving together (:mod:`.plan`). Alg
 ring         multi-channel rings: arc-disjoint Hamiltonian cycles on a full-mesh node, one channel
              per NIC across nodes with PXN (:mod:`.ring`; constructions in :mod:`.hamiltonian`)
 tree         NCCL's double binary tree over nodes with a chain inside each node (:mod:`.tree`)
-nvls         NVLink SHARP all-reduce inside a switch node (:mod:`.direct`)
+nvls         NVLink SHARP all-reduce inside a switch node (:mod:`.nvls`)
+nvls_tree    NCCL's NVLS tree: NVLS inside each switch node, double binary tree across nodes (:mod:`.nvls`)
 one_shot,    direct all-reduce (one step / reduce-scatter + all-gather), direct RS / AG /
 two_shot,    broadcast / reduce, pairwise all-to-all with bounded concurrency across nodes
 direct       (:mod:`.direct`)

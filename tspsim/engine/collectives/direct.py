@@ -1,4 +1,4 @@
-"""Direct, pairwise, recursive-doubling and NVLS collectives (hardware.md §6.3, §6.4, §8).
+"""Direct, pairwise and recursive-doubling collectives (hardware.md §6.3, §8).
 
 ========== ===================================================================================
 one_shot   one step: every rank sends its whole N to every peer ((p−1)·N per rank; latency-optimal).
@@ -13,9 +13,6 @@ all_to_all pairwise exchanges, (p−1)/p·N per rank. Inside a node every peer a
 rd         recursive doubling all-reduce (Thakur, Rabenseifner & Gropp 2005; power-of-two groups):
            log2 p steps exchanging the whole N with the rank whose index differs in one bit
            (N·log2 p per rank). Forced only (NCCL/RCCL do not run it).
-nvls       NVLink SHARP all-reduce inside a switch node: each GPU's up-port carries its buffer to the
-           switch, which reduces (the ``nvls`` engine link, at the measured whole-node rate) and
-           multicasts the result back: (1 + 1/m)·N through every port each way.
 ========== ===================================================================================
 """
 
@@ -95,20 +92,3 @@ def rd_shape(info: GroupInfo, topo: Topology) -> Shape:
         phases.append(Phase(first + step, FlowSpec.of(hops, 1.0)))
         bit <<= 1
     return Shape("rd", "Simple", 1, tuple(phases))
-
-
-def nvls_shape(info: GroupInfo, topo: Topology) -> Shape:
-    """NVLS all-reduce inside one switch node (module docstring)."""
-    nvls = topo.intra.nvls
-    if topo.intra.kind != "switch" or nvls is None:
-        raise TspsimError(f"topology {topo.name} has no NVLink SHARP (intra.nvls); use ring or direct")
-    if info.k != 1:
-        raise TspsimError("algorithm 'nvls' runs inside one node here (multi-node NVLS is not modelled); use ring, "
-                          "tree or hier")
-    m = info.p
-    engine = -1 - info.nodes[0]
-    share = 1.0 + 1.0 / m
-    hops = [(r, engine) for r in info.ranks] + [(engine, r) for r in info.ranks] + [(engine, engine)]
-    fracs = [share] * (2 * m) + [1.0]
-    return Shape("nvls", "Simple", 1, (Phase(nvls.step_us * 1e-6, FlowSpec.of(hops, fracs)),))
-

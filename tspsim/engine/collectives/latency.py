@@ -10,7 +10,8 @@ fabric and algorithm; NCCL combines them as
   (half of it for broadcast / reduce);
 * hierarchical (tspsim's pipelined RS → per-rail ring → AG): base + 2 intra steps + 2(nodes − 1)
   network steps (all-reduce), one intra step + (nodes − 1) network steps otherwise;
-* NVLS: its own latency (NCCL: 25 µs on NVLink).
+* NVLS: its own latency (NCCL: 25 µs on NVLink); NVLS tree across nodes: 2 · (NVLS NVLink step +
+  ⌈log2 nodes⌉ · NVLS network step), NCCL's ``NCCL_ALGO_NVLS_TREE`` latency with base 0.
 
 A protocol's bandwidth factor (payload / wire bytes) and the fabric's collective efficiency make the
 wire factor of each link class: a collective flow puts 1 / (efficiency · factor) wire bytes on a link
@@ -122,6 +123,15 @@ def hier_latency_s(kind: str, info: GroupInfo, topo: Topology, protocol: str) ->
     intra = max(st.intra_ring_us, st.net_overhead_us)
     both = 2 if kind == "all_reduce" else 1
     return (_base(st, info) + both * intra + both * (info.k - 1) * st.net_ring_us) * 1e-6
+
+
+def nvls_tree_latency_s(info: GroupInfo, topo: Topology) -> float:
+    """NCCL's NVLS-tree latency: 2 · (NVLS step + ⌈log2 nodes⌉ · NVLS network step) (module docstring)."""
+    nvls = topo.intra.nvls
+    if nvls is None or nvls.net_step_us is None:
+        raise TspsimError(f"topology {topo.name} has no multi-node NVLS tree (intra.nvls.net_step_us)")
+    intra = nvls.step_us if info.m > 1 else 0.0
+    return 2 * (intra + math.ceil(math.log2(info.k)) * nvls.net_step_us) * 1e-6
 
 
 def step_latency_s(topo: Topology, protocol: str, crosses_nodes: bool) -> float:

@@ -13,9 +13,9 @@ Candidates the policy considers are those NCCL/RCCL run:
 * one node: ring (LL / LL128 / Simple); all-reduce also NVLS (switch nodes with ``intra.nvls``) and
   one-shot / two-shot; reduce-scatter, all-gather, broadcast, reduce also direct — direct kernels only
   up to ``intra.direct_max_bytes`` (RCCL's MSCCL++ size limit, a library property);
-* several nodes: ring; all-reduce also the double binary tree, except where the replay folds replicas
-  and the group reaches beyond one replica (the tree is not node-symmetric, so folding would not be
-  exact): there only ring;
+* several nodes: ring; all-reduce also the double binary tree and, on switch nodes with NVLS, NCCL's
+  NVLS tree (:mod:`.nvls`), except where the replay folds replicas and the group reaches beyond one
+  replica (trees are not node-symmetric, so folding would not be exact): there only ring;
 * all-to-all: pairwise exchanges (``direct``).
 
 ``hier`` (pipelined hierarchical) and ``rd`` (recursive doubling) run only when forced. Every forced
@@ -29,9 +29,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tspsim.core.errors import TspsimError
-from tspsim.engine.collectives.direct import all_to_all_shape, direct_shape, nvls_shape, rd_shape
+from tspsim.engine.collectives.direct import all_to_all_shape, direct_shape, rd_shape
 from tspsim.engine.collectives.hierarchical import check_hier, hier_shape
 from tspsim.engine.collectives.latency import available_protocols
+from tspsim.engine.collectives.nvls import check_nvls_tree, nvls_shape, nvls_tree_shape
 from tspsim.engine.collectives.plan import PROTOCOLS, CollectivePlan, GroupInfo, Shape, group_info
 from tspsim.engine.collectives.resolve import base_loads, protocol_weights, solo_rate
 from tspsim.engine.collectives.ring import ring_shape
@@ -39,7 +40,7 @@ from tspsim.engine.collectives.tree import tree_shape
 from tspsim.opgraph.op import ALGORITHMS
 from tspsim.spec.topology import Topology
 
-ORDER = ("one_shot", "two_shot", "direct", "nvls", "ring", "tree", "hier", "rd")
+ORDER = ("one_shot", "two_shot", "direct", "nvls", "ring", "tree", "nvls_tree", "hier", "rd")
 """Tie-break order among equally fast candidates."""
 ROOTED = ("broadcast", "reduce")
 EXPLAIN_DIRECT_MAX = 64
@@ -86,8 +87,11 @@ def _applicable(kind: str, info: GroupInfo, topo: Topology) -> list[str]:
         algs += ["one_shot", "two_shot", "tree"]
         if info.p & (info.p - 1) == 0:
             algs.append("rd")
-        if info.k == 1 and topo.intra.kind == "switch" and topo.intra.nvls is not None:
+        nvls = topo.intra.nvls if topo.intra.kind == "switch" else None
+        if info.k == 1 and nvls is not None:
             algs.append("nvls")
+        if info.k > 1 and nvls is not None and nvls.net_step_us is not None and info.regular and info.m > 1:
+            algs.append("nvls_tree")
     else:
         algs.append("direct")
         if kind in ROOTED:
@@ -118,6 +122,8 @@ def shape(kind: str, group: Sequence[int], topo: Topology, root: int, alg: str, 
             found = hier_shape(kind, info, topo, root, protocol)
         elif alg == "nvls":
             found = nvls_shape(info, topo)
+        elif alg == "nvls_tree":
+            found = nvls_tree_shape(info, topo)
         elif alg == "rd":
             found = rd_shape(info, topo)
         elif kind == "all_to_all":
@@ -184,6 +190,10 @@ def _forced(kind: str, info: GroupInfo, topo: Topology, algorithm: str) -> list[
         if kind != "all_reduce":
             raise TspsimError(f"algorithm 'nvls' implements all_reduce, not {kind}")
         nvls_shape(info, topo)  # raises with the reason
+    if algorithm == "nvls_tree":
+        if kind != "all_reduce":
+            raise TspsimError(f"algorithm 'nvls_tree' implements all_reduce, not {kind}")
+        check_nvls_tree(info, topo)
     return [algorithm]
 
 
@@ -232,6 +242,8 @@ def _tuner_note(kind: str, alg: str, info: GroupInfo, topo: Topology, nbytes: in
         if nbytes > topo.intra.direct_max_bytes:
             return f"above the direct kernels' limit (intra.direct_max_bytes = {topo.intra.direct_max_bytes})"
         return ""
+    if alg == "nvls_tree" and fold_safe_only:
+        return "not node-symmetric: left out where the replay folds replicas"
     if alg == "tree":
         if info.k == 1:
             return "forced only inside one node (NCCL's tuner uses trees across nodes)"
