@@ -36,6 +36,8 @@ def preset_for(name: str) -> str | None:
         return "h200-dgx-128node"
     if "h100" in name:
         return "h100-dgx-128node"
+    if "a100" in name:
+        return "dgx-a100-128node"  # OCI's A100 40 GB nodes on RoCE: the nearest preset (HDR IB)
     return None
 
 
