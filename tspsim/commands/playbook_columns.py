@@ -1,6 +1,9 @@
 """The default comparison's playbook columns: the best FSDP and PTD-P layouts at the same GPUs and global batch.
 
-``tspsim run`` without ``--schedule`` (training) adds them after tsp, tp and tp+sp (issue 14).
+``tspsim run`` without ``--schedule`` (training) adds them after tsp, tp and tp+sp (issue 14). The search
+simulates the pipelined candidates in the order of a lower bound on their step time and skips those whose bound
+already loses to the best simulated (:func:`bounded_best`); the column chosen is the one simulating every
+candidate would choose.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ def playbook_results(args: Any, seq: int, pairs: tuple[tuple[str, Any], ...], ba
     stderr) and the fastest that fits is re-simulated for the report. None fits: a note on stderr.
     """
     from tspsim.explore.max_batch import simulate_with_max_batch
-    from tspsim.explore.playbooks import PLAYBOOKS, best_playbook, playbook_points, valid_points
+    from tspsim.explore.playbooks import PLAYBOOKS, playbook_points, valid_points
 
     if not base:
         return []
@@ -36,11 +39,13 @@ def playbook_results(args: Any, seq: int, pairs: tuple[tuple[str, Any], ...], ba
             continue
         progress = PointProgress(f"searching the best {family} layout ({len(points)} candidates)")
         try:
-            best = best_playbook(points, fold=fold, specs=specs)
+            best, skipped = bounded_best(points, fold=fold, specs=specs)
         except BaseException:
             progress.finish(failed=True)
             raise
         progress.finish()
+        if skipped:
+            click.echo(f"  ({skipped} of them not simulated: their step time's lower bound already loses)", err=True)
         if best is None:
             click.echo(f"note: no {family} layout fits in memory", err=True)
             continue
@@ -72,3 +77,66 @@ def _point_of(result: Any, points: list[Any]) -> Any:
                 and dict(p.options).get("zero") == result.assumptions.zero):
             return p
     raise TspsimError("internal: the best playbook layout has no candidate point")
+
+
+KEEP_GRAPH_OPS = 1_000_000
+"""Most ops of the bounded candidates' graphs kept between their bound and their replay (about 1–2 KB each);
+beyond that a candidate's graph is built again when it is simulated."""
+
+
+def bounded_best(points: list[Any], fold: bool = True, specs: Any = None) -> tuple[Any, int]:
+    """(the result :func:`tspsim.explore.playbooks.best_playbook` returns for ``points``, candidates skipped).
+
+    That is the fastest candidate (tokens/s) that fits in HBM, the first in ``points`` order among equals, or
+    None. Pipelined candidates (P > 1) have their graph built first and a lower bound on their step time
+    computed (:func:`tspsim.engine.bound.step_time_lower_bound`: free communication, uncontended compute), so an
+    upper bound U = tokens per step / bound on their tokens/s; the others are simulated first, then the pipelined
+    ones by decreasing U, and a candidate with U < (1 − 10⁻⁹) × the best tokens/s so far is skipped: its
+    simulated tokens/s would be below U, so it could not be chosen (the margin covers the float noise of two
+    differently summed times). ``tests/test_step_bound.py`` checks the choice against simulating everything.
+    """
+    from tspsim.analysis.metrics import tokens_per_step
+    from tspsim.engine.bound import step_time_lower_bound
+    from tspsim.simulate import simulate
+    from tspsim.simulate.graph import build_graph
+    from tspsim.spec.loader import SpecLoader
+
+    specs = specs or SpecLoader()
+    plain: list[int] = []
+    bounded: list[tuple[float, int, Any]] = []     # (−U, index, built graph or None)
+    kept_ops = 0
+    for i, p in enumerate(points):
+        if p.mode != "train" or p.pipeline.stages <= 1:
+            plain.append(i)
+            continue
+        built = build_graph(p, fold=fold, specs=specs)
+        graph, topo, _model, layout, workload, _opts = built
+        bound = step_time_lower_bound(graph, topo)
+        tokens = tokens_per_step(workload, layout.replicas, layout.micro_batches)
+        upper = tokens / bound if bound > 0 else float("inf")
+        kept_ops += len(graph.ops)
+        bounded.append((-upper, i, built if kept_ops <= KEEP_GRAPH_OPS else None))
+    bounded.sort(key=lambda b: (b[0], b[1]))
+    best: Any = None
+    best_key: tuple[float, int] | None = None
+    skipped = 0
+    for i, upper, built in [(i, float("inf"), None) for i in plain] + [(i, -u, b) for u, i, b in bounded]:
+        if best_key is not None and upper < best_key[0] * (1 - 1e-9):
+            skipped += 1
+            continue
+        p = points[i]
+        res = simulate(p, fold=fold, specs=specs) if built is None else _simulate_built(p, fold, specs, built)
+        e = res.entry
+        if e.get("oom"):
+            continue
+        key = (e["tokens_per_s"], -i)
+        if best_key is None or key > best_key:
+            best, best_key = res, key
+    return best, skipped
+
+
+def _simulate_built(point: Any, fold: bool, specs: Any, built: Any) -> Any:
+    """:func:`tspsim.simulate.simulate` of a training point whose graph is already built."""
+    from tspsim.simulate.training import simulate_training
+
+    return simulate_training(point, fold=fold, specs=specs, built=built)
