@@ -1,9 +1,9 @@
 """The default comparison's playbook columns: the best FSDP and PTD-P layouts at the same GPUs and global batch.
 
 ``tspsim run`` without ``--schedule`` (training) adds them after tsp, tp and tp+sp (issue 14). The search
-simulates the pipelined candidates in the order of a lower bound on their step time and skips those whose bound
-already loses to the best simulated (:func:`bounded_best`); the column chosen is the one simulating every
-candidate would choose.
+simulates the candidates in the order of a lower bound on their step time and skips those whose bound already
+loses to the best simulated (:func:`bounded_best`); the column chosen is the one simulating every candidate
+would choose.
 """
 
 from __future__ import annotations
@@ -88,12 +88,14 @@ def bounded_best(points: list[Any], fold: bool = True, specs: Any = None) -> tup
     """(the result :func:`tspsim.explore.playbooks.best_playbook` returns for ``points``, candidates skipped).
 
     That is the fastest candidate (tokens/s) that fits in HBM, the first in ``points`` order among equals, or
-    None. Pipelined candidates (P > 1) have their graph built first and a lower bound on their step time
-    computed (:func:`tspsim.engine.bound.step_time_lower_bound`: free communication, uncontended compute), so an
-    upper bound U = tokens per step / bound on their tokens/s; the others are simulated first, then the pipelined
-    ones by decreasing U, and a candidate with U < (1 − 10⁻⁹) × the best tokens/s so far is skipped: its
-    simulated tokens/s would be below U, so it could not be chosen (the margin covers the float noise of two
-    differently summed times). ``tests/test_step_bound.py`` checks the choice against simulating everything.
+    None. Each training candidate (but a long pipeline timed from a shorter probe,
+    :mod:`tspsim.simulate.pipeline_timer`, whose full graph is never built) has its graph built first and a lower bound on its step time computed
+    (:func:`tspsim.engine.bound.step_time_lower_bound`: every op at its least duration), so an upper bound
+    U = tokens per step / bound on its tokens/s; candidates are simulated by decreasing U, and one with
+    U < (1 − 10⁻⁹) × the best tokens/s so far is skipped: its simulated tokens/s would be below U, so it could
+    not be chosen (the margin covers the float noise of two differently summed times). The bound's graph is
+    the one replayed (up to :data:`KEEP_GRAPH_OPS` ops kept). ``tests/test_step_bound.py`` checks the choice
+    against simulating everything.
     """
     from tspsim.analysis.metrics import tokens_per_step
     from tspsim.engine.bound import step_time_lower_bound
@@ -106,8 +108,8 @@ def bounded_best(points: list[Any], fold: bool = True, specs: Any = None) -> tup
     bounded: list[tuple[float, int, Any]] = []     # (−U, index, built graph or None)
     kept_ops = 0
     for i, p in enumerate(points):
-        if p.mode != "train" or p.pipeline.stages <= 1:
-            plain.append(i)
+        if p.mode != "train" or _probed(p, specs):
+            plain.append(i)     # simulated first, unbounded (the bound would need a graph the replay does not)
             continue
         built = build_graph(p, fold=fold, specs=specs)
         graph, topo, _model, layout, workload, _opts = built
@@ -140,3 +142,12 @@ def _simulate_built(point: Any, fold: bool, specs: Any, built: Any) -> Any:
     from tspsim.simulate.training import simulate_training
 
     return simulate_training(point, fold=fold, specs=specs, built=built)
+
+
+def _probed(point: Any, specs: Any) -> bool:
+    """True if the training point's step is timed from a shorter pipeline probe (its full graph is not built)."""
+    from tspsim.simulate.pipeline_timer import probe_micro_batches
+    from tspsim.simulate.point import resolve
+
+    layout = resolve(point, specs)[2]
+    return probe_micro_batches(layout.micro_batches, layout.pp, layout.pp_schedule, 0) is not None

@@ -1,31 +1,52 @@
 """A lower bound on a graph's replayed step time, without replaying it: :func:`step_time_lower_bound`.
 
 The replay (:mod:`tspsim.engine.sim`) runs the ops of every (rank, stream) in issue order; an op starts once
-the previous op of its stream and all its dependencies have finished; a collective or send/recv finishes no
-earlier than the last of its simulated participants reaches it; a compute op lasts at least its duration on
+the previous op of its stream and all its dependencies have finished; a collective or send/recv starts its
+phases when the last of its simulated participants reaches it; a compute op lasts at least its duration on
 an idle GPU (:func:`~tspsim.engine.costs.compute_seconds`: its rate is 1 or 1/(1+s) < 1 while communication
-runs, and it may also wait for the GPU's compute slot), a host op exactly its ``host_us``, and a
-communication op a latency and a flow of ≥ 0 s. The same rules with every communication op taking zero time
-after its last arrival, every compute op its idle-GPU duration and no slot contention give, op by op, times
-that are ≤ the replay's (induction over the order in which the replay starts ops); so the last end is ≤ the
-replayed step time. The playbook search (:mod:`tspsim.commands.playbook_columns`) uses it to skip candidates
-that cannot beat the best already simulated; ``tests/test_step_bound.py`` checks bound ≤ replay on every
-schedule.
+runs, and it may also wait for the GPU's compute slot), a host op exactly its ``host_us``. A communication
+op's phases run one after the other, each its latency then one flow of ``progress`` bytes, and a flow's
+max-min fair rate is at most its rate alone on the network (min over its links of capacity / load,
+:func:`~tspsim.engine.network.max_min_rates`), while the network may call it complete with up to
+max(1 B, 10⁻⁹ of it) left (``_DONE_REL``); so a phase takes at least latency + (progress·(1 − 10⁻⁶) − 1 B) /
+solo rate. The same rules with every op taking exactly its minimum give, op by op, times ≤ the replay's
+(induction over the order in which the replay starts ops), so the last end is ≤ the replayed step time. The
+playbook search (:mod:`tspsim.commands.playbook_columns`) uses it to skip candidates that cannot beat the best
+already simulated; ``tests/test_step_bound.py`` checks bound ≤ replay on every schedule.
 """
 
 from __future__ import annotations
 
 from tspsim.engine.costs import compute_seconds, kernel_gpu
-from tspsim.opgraph import COMPUTE_KINDS, OpGraph
+from tspsim.engine.sim import Replay
+from tspsim.opgraph import COMPUTE_KINDS, Op, OpGraph
 from tspsim.spec.topology import Topology
 
 
-def step_time_lower_bound(graph: OpGraph, topo: Topology) -> float:
-    """The step time of ``graph`` with free communication and uncontended compute (≤ the replayed one, s).
+def comm_floor_s(op: Op, replay: Replay) -> float:
+    """The least time communication op ``op`` can take from its last arrival in ``replay`` (see the module doc)."""
+    capacity = replay.net.capacity
+    total = 0.0
+    for latency, links, weights, progress in replay.plan_of(op).phases:
+        total += max(latency, 0.0)
+        if links and progress > 0:
+            load: dict[int, float] = {}
+            for link, w in zip(links, weights):
+                load[link] = load.get(link, 0.0) + w
+            rate = min((capacity[link] / w for link, w in load.items() if w > 0.0), default=float("inf"))
+            total += max(progress * (1 - 1e-6) - 1.0, 0.0) / rate
+    return total
 
-    Returns 0.0 (a trivially valid bound) if the ops cannot all run (a graph the replay would find deadlocked).
+
+def step_time_lower_bound(graph: OpGraph, topo: Topology, comm: bool = True) -> float:
+    """The step time of ``graph`` with every op at its least duration (≤ the replayed step time, s).
+
+    ``comm`` False: communication takes no time (a weaker bound that resolves no collective). Returns 0.0 (a
+    trivially valid bound) if the ops cannot all run (a graph the replay would find deadlocked).
     """
     gpu = kernel_gpu(topo.gpu, graph.meta or {})
+    resolver = Replay(graph, topo) if comm else None
+    floors: dict[int, float] = {}
     ops = graph.ops
     sim = set(graph.ranks) or {op.rank for op in ops}
     end: list[float | None] = [None] * len(ops)
@@ -70,6 +91,12 @@ def step_time_lower_bound(graph: OpGraph, topo: Topology) -> float:
             if len(here) < n:
                 break                                 # the last arrival moves this stream on
             done = max(a for _, _, a in here)
+            if resolver is not None:
+                plan = resolver.plan_of(op)
+                f = floors.get(id(plan))       # plans are cached per (kind, group, size, root, algorithm)
+                if f is None:
+                    f = floors[id(plan)] = comm_floor_s(op, resolver)
+                done += f
             del rendezvous[op.coll]
             for j, oid, _ in here:
                 finish(j, oid, done)

@@ -420,6 +420,10 @@ class Replay:
             st.plan = plan
             self.clock.soon(self._comm_step, st)
 
+    def plan_of(self, op: Op) -> ResolvedComm:
+        """The resolved phases of communication op ``op`` (cached per kind, group, size, root, algorithm)."""
+        return self._plan(op)
+
     def _plan(self, op: Op) -> ResolvedComm:
         key = (op.kind, op.group, op.nbytes, op.root, op.algorithm)
         plan = self.plans.get(key)
