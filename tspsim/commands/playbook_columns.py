@@ -88,14 +88,14 @@ def bounded_best(points: list[Any], fold: bool = True, specs: Any = None) -> tup
     """(the result :func:`tspsim.explore.playbooks.best_playbook` returns for ``points``, candidates skipped).
 
     That is the fastest candidate (tokens/s) that fits in HBM, the first in ``points`` order among equals, or
-    None. Each training candidate (but a long pipeline timed from a shorter probe,
-    :mod:`tspsim.simulate.pipeline_timer`, whose full graph is never built) has its graph built first and a lower bound on its step time computed
+    None. Each training candidate has its graph built first and a lower bound on its step time computed
     (:func:`tspsim.engine.bound.step_time_lower_bound`: every op at its least duration), so an upper bound
     U = tokens per step / bound on its tokens/s; candidates are simulated by decreasing U, and one with
     U < (1 − 10⁻⁹) × the best tokens/s so far is skipped: its simulated tokens/s would be below U, so it could
     not be chosen (the margin covers the float noise of two differently summed times). The bound's graph is
-    the one replayed (up to :data:`KEEP_GRAPH_OPS` ops kept). ``tests/test_step_bound.py`` checks the choice
-    against simulating everything.
+    the one replayed (up to :data:`KEEP_GRAPH_OPS` ops kept). A long pipeline timed from a shorter probe
+    (:mod:`tspsim.simulate.pipeline_timer`; its full graph is never built) is simulated first, unbounded.
+    ``tests/test_step_bound.py`` checks the choice against simulating everything.
     """
     from tspsim.analysis.metrics import tokens_per_step
     from tspsim.engine.bound import step_time_lower_bound
