@@ -17,6 +17,8 @@ already simulated; ``tests/test_step_bound.py`` checks bound ≤ replay on every
 
 from __future__ import annotations
 
+from typing import Any
+
 from tspsim.engine.costs import compute_seconds, kernel_gpu
 from tspsim.engine.sim import Replay
 from tspsim.opgraph import COMPUTE_KINDS, Op, OpGraph
@@ -38,14 +40,15 @@ def comm_floor_s(op: Op, replay: Replay) -> float:
     return total
 
 
-def step_time_lower_bound(graph: OpGraph, topo: Topology, comm: bool = True) -> float:
+def step_time_lower_bound(graph: OpGraph, topo: Topology, comm: bool = True, plans: Any = None) -> float:
     """The step time of ``graph`` with every op at its least duration (≤ the replayed step time, s).
 
-    ``comm`` False: communication takes no time (a weaker bound that resolves no collective). Returns 0.0 (a
-    trivially valid bound) if the ops cannot all run (a graph the replay would find deadlocked).
+    ``comm`` False: communication takes no time (a weaker bound that resolves no collective). ``plans``: a dict
+    the resolved communication is kept in, for a later ``replay(graph, topo, plans=plans)`` (default options).
+    Returns 0.0 (a trivially valid bound) if the ops cannot all run (a graph the replay would find deadlocked).
     """
     gpu = kernel_gpu(topo.gpu, graph.meta or {})
-    resolver = Replay(graph, topo) if comm else None
+    resolver = Replay(graph, topo, plans=plans) if comm else None
     floors: dict[int, float] = {}
     ops = graph.ops
     sim = set(graph.ranks) or {op.rank for op in ops}
