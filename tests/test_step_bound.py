@@ -77,3 +77,27 @@ def test_bounded_search_skips_on_the_default_cluster() -> None:
     assert chosen is not None and reference is not None
     assert {k: v for k, v in chosen.entry.items() if k != "sim_wall_s"} == \
         {k: v for k, v in reference.entry.items() if k != "sim_wall_s"}
+
+
+def test_replay_with_the_bounds_plans_is_the_same_replay(tiny: str) -> None:
+    """The plans the bound resolved, handed to the replay, change nothing (spans, bytes, algorithms)."""
+    point = Point("tp+sp", "mi300x-128node", model=tiny, mode="train", seq_len=4096, batch=2, gpus=32, tp=4, sp=2,
+                  options=(("zero", 3),))
+    graph, topo, *_ = build_graph(point)
+    plans: dict = {}
+    step_time_lower_bound(graph, topo, plans=plans)
+    assert plans
+    shared, plain = replay(graph, topo, plans=plans), replay(graph, topo)
+    assert shared.spans == plain.spans and shared.end_s == plain.end_s
+    assert shared.sent_bytes == plain.sent_bytes and shared.collective_algorithms == plain.collective_algorithms
+
+
+def test_paced_gc_restores_the_thresholds() -> None:
+    import gc
+
+    from tspsim.simulate.gc_pacing import paced_gc
+
+    before = gc.get_threshold()
+    with paced_gc(123_456):
+        assert gc.get_threshold()[0] == max(123_456, before[0])
+    assert gc.get_threshold() == before
