@@ -58,7 +58,7 @@ def step_time_lower_bound(graph: OpGraph, topo: Topology, comm: bool = True, pla
     free = [0.0] * len(streams)                       # end of the previous op of each stream
     waiting: dict[int, list[int]] = {}                # op id → streams blocked on it
     rendezvous: dict[str, list[tuple[int, int, float]]] = {}  # collective → (stream, op id, arrival)
-    expected: dict[tuple[int, ...], int] = {}
+    expected: dict[int, int] = {}                   # id of a group tuple → its simulated members
     ready = list(range(len(streams)))
 
     def finish(j: int, op_id: int, t: float) -> None:
@@ -66,12 +66,15 @@ def step_time_lower_bound(graph: OpGraph, topo: Topology, comm: bool = True, pla
         pos[j] += 1
         ready.extend(waiting.pop(op_id, ()))
 
+    durations: dict[tuple[str, float, float, float], float] = {}   # blocks repeat: one roofline per shape
     while ready:
         i = ready.pop()
         ops_i = streams[i]
-        while pos[i] < len(ops_i):
-            op = ops_i[pos[i]]
-            t = free[i]
+        n_i = len(ops_i)
+        p, t_free = pos[i], free[i]
+        while p < n_i:
+            op = ops_i[p]
+            t = t_free
             blocker = None
             for d in op.deps:
                 e = end[d]
@@ -83,12 +86,22 @@ def step_time_lower_bound(graph: OpGraph, topo: Topology, comm: bool = True, pla
             if blocker is not None:
                 waiting.setdefault(blocker, []).append(i)
                 break
-            if op.kind in COMPUTE_KINDS:
-                finish(i, op.id, t + (op.host_us * 1e-6 if op.kind == "host" else compute_seconds(op, gpu)))
+            kind = op.kind
+            if kind in COMPUTE_KINDS:
+                key = (kind, op.flops, op.hbm_bytes, op.host_us)
+                dt = durations.get(key)
+                if dt is None:
+                    dt = durations[key] = op.host_us * 1e-6 if kind == "host" else compute_seconds(op, gpu)
+                t_free = end[op.id] = t + dt
+                p += 1
+                w = waiting.pop(op.id, None)
+                if w:
+                    ready.extend(w)
                 continue
-            n = expected.get(op.group)
+            pos[i], free[i] = p, t_free
+            n = expected.get(id(op.group))
             if n is None:
-                n = expected[op.group] = sum(1 for r in set(op.group) if r in sim)
+                n = expected[id(op.group)] = sum(1 for r in set(op.group) if r in sim)
             here = rendezvous.setdefault(op.coll, [])
             here.append((i, op.id, t))
             if len(here) < n:
@@ -105,6 +118,8 @@ def step_time_lower_bound(graph: OpGraph, topo: Topology, comm: bool = True, pla
                 finish(j, oid, done)
                 if j != i:
                     ready.append(j)
+            p, t_free = pos[i], free[i]
+        pos[i], free[i] = p, t_free
     if any(e is None for e in end):
         return 0.0
     return max((e for e in end if e is not None), default=0.0)
