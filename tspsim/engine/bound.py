@@ -25,8 +25,18 @@ from tspsim.opgraph import COMPUTE_KINDS, Op, OpGraph
 from tspsim.spec.topology import Topology
 
 
+FLOOR_GROUP_RANKS = 64
+"""Largest group whose collectives get a floor above 0 s: resolving a 2,048-rank data-parallel group's plan costs
+more than the bound saves (its floor would be 0.3 s of a 2,048-node run's bounds). 0 is still a lower bound."""
+
+
 def comm_floor_s(op: Op, replay: Replay) -> float:
-    """The least time communication op ``op`` can take from its last arrival in ``replay`` (see the module doc)."""
+    """The least time communication op ``op`` can take from its last arrival in ``replay`` (see the module doc).
+
+    0 for a group of more than :data:`FLOOR_GROUP_RANKS` ranks (not resolved).
+    """
+    if len(op.group) > FLOOR_GROUP_RANKS:
+        return 0.0
     capacity = replay.net.capacity
     total = 0.0
     for latency, links, weights, progress in replay.plan_of(op).phases:
@@ -107,7 +117,7 @@ def step_time_lower_bound(graph: OpGraph, topo: Topology, comm: bool = True, pla
             if len(here) < n:
                 break                                 # the last arrival moves this stream on
             done = max(a for _, _, a in here)
-            if resolver is not None:
+            if resolver is not None and len(op.group) <= FLOOR_GROUP_RANKS:
                 plan = resolver.plan_of(op)
                 f = floors.get(id(plan))       # plans are cached per (kind, group, size, root, algorithm)
                 if f is None:
