@@ -24,7 +24,6 @@ from tspsim.engine.sim import Replay
 from tspsim.opgraph import COMPUTE_KINDS, Op, OpGraph
 from tspsim.spec.topology import Topology
 
-
 FLOOR_GROUP_RANKS = 64
 """Largest group whose collectives get a floor above 0 s: resolving a 2,048-rank data-parallel group's plan costs
 more than the bound saves (its floor would be 0.3 s of a 2,048-node run's bounds). 0 is still a lower bound."""
