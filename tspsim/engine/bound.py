@@ -9,10 +9,13 @@ op's phases run one after the other, each its latency then one flow of ``progres
 max-min fair rate is at most its rate alone on the network (min over its links of capacity / load,
 :func:`~tspsim.engine.network.max_min_rates`), while the network may call it complete with up to
 max(1 B, 10⁻⁹ of it) left (``_DONE_REL``); so a phase takes at least latency + (progress·(1 − 10⁻⁶) − 1 B) /
-solo rate. The same rules with every op taking exactly its minimum give, op by op, times ≤ the replay's
-(induction over the order in which the replay starts ops), so the last end is ≤ the replayed step time. The
-playbook search (:mod:`tspsim.commands.playbook_columns`) uses it to skip candidates that cannot beat the best
-already simulated; ``tests/test_step_bound.py`` checks bound ≤ replay on every schedule.
+solo rate (the network's other completion test, a remainder below the clock's resolution at time t, is
+~10⁻¹⁵·t per flow: the 10⁻⁹ margin of the playbook search absorbs it). The same rules with every op taking
+exactly its minimum give, op by op, times ≤ the replay's (induction over the order in which the replay starts
+ops), so the last end is ≤ the replayed step time. Collectives over more than :data:`FLOOR_GROUP_RANKS` ranks
+are taken as free (not resolved). The playbook search (:mod:`tspsim.commands.playbook_columns`) uses the bound
+to skip candidates that cannot beat the best already simulated; ``tests/test_step_bound.py`` checks bound ≤
+replay on every schedule.
 """
 
 from __future__ import annotations
