@@ -24,7 +24,7 @@ def fold_nodes(graph: OpGraph, topo: Topology, sim_ranks: set[int]) -> tuple[int
     from tspsim.spec.layout import fold_fault
 
     n = len(sim_ranks)
-    world = 1 + max((max(op.group) for op in graph.ops if op.is_comm), default=0)
+    world = 1 + max(_group_maxima(graph), default=0)
     if world <= n:
         return 0, None
     meta = graph.meta if isinstance(graph.meta, dict) else {}
@@ -85,3 +85,16 @@ class LinkRecorder:
                     s[-1] = (now, rate)
                 else:
                     s.append((now, rate))
+
+
+def _group_maxima(graph: OpGraph) -> list[int]:
+    """The largest rank of each distinct group object of the graph's communication ops.
+
+    Ops share their group tuples (a builder passes one tuple to all participants), so each is scanned once
+    (keyed by identity: hashing a 2,048-rank tuple per op would cost as much as the scan).
+    """
+    seen: dict[int, int] = {}
+    for op in graph.ops:
+        if op.is_comm and id(op.group) not in seen:
+            seen[id(op.group)] = max(op.group)
+    return list(seen.values())

@@ -129,9 +129,10 @@ class _Rendezvous:
 
 
 class Replay:
-    """One replay of ``graph`` on ``topo``; call :meth:`run` once."""
+    """One replay of ``graph`` on ``topo``; call :meth:`run` once. ``plans``: resolved comm shared with another."""
 
-    def __init__(self, graph: OpGraph, topo: Topology, options: ReplayOptions | None = None) -> None:
+    def __init__(self, graph: OpGraph, topo: Topology, options: ReplayOptions | None = None,
+                 plans: dict[tuple[Any, ...], ResolvedComm] | None = None) -> None:
         self.graph = graph
         self.topo = topo
         self.options = options or ReplayOptions()
@@ -143,13 +144,13 @@ class Replay:
             from tspsim.core.errors import TraceError
             raise TraceError(f"op graph uses rank {bad[0]} but topology {topo.name} has {topo.world_size} GPUs; "
                              "replay it on a larger topology")
-        checked: set[tuple[int, ...]] = set()
+        checked: set[int] = set()  # ids of the group tuples checked (participants share one; no 2,048-rank hashes)
         dependents = bytearray(len(graph.ops))
         for op in graph.ops:
             for d in op.deps:
                 dependents[d] = 1
-            if op.group and op.group not in checked and op.kind not in COMPUTE_KINDS:
-                checked.add(op.group)
+            if op.group and id(op.group) not in checked and op.kind not in COMPUTE_KINDS:
+                checked.add(id(op.group))
                 if min(op.group) < 0 or max(op.group) >= topo.world_size:
                     from tspsim.core.errors import TraceError
                     raise TraceError(f"op {op.id} ({op.name}) names a rank outside topology {topo.name} "
@@ -167,7 +168,7 @@ class Replay:
         self.waiters: dict[int, list[_Stream]] = {}
         self.gpus = {r: _Gpu() for r in self.sim_ranks}
         self.rdv: dict[str, _Rendezvous] = {}
-        self.plans: dict[tuple[Any, ...], ResolvedComm] = {}
+        self.plans = plans if plans is not None else {}  # same graph, topology and protocol: same plans
         replica_size = graph.meta.get("replica_size") if isinstance(graph.meta, dict) else None
         replica_map = graph.meta.get("replica_map") if isinstance(graph.meta, dict) else None
         self.comm = CommResolver(topo, self.sim_ranks, self.fold,
@@ -420,6 +421,10 @@ class Replay:
             st.plan = plan
             self.clock.soon(self._comm_step, st)
 
+    def plan_of(self, op: Op) -> ResolvedComm:
+        """The resolved phases of communication op ``op`` (cached per kind, group, size, root, algorithm)."""
+        return self._plan(op)
+
     def _plan(self, op: Op) -> ResolvedComm:
         key = (op.kind, op.group, op.nbytes, op.root, op.algorithm)
         plan = self.plans.get(key)
@@ -488,6 +493,6 @@ def _event_key(arg: Any) -> Any:
     return arg
 
 
-def replay(graph: OpGraph, topo: Topology, options: ReplayOptions | None = None) -> Timeline:
-    """Replay ``graph`` on ``topo`` and return its :class:`~tspsim.engine.timeline.Timeline`."""
-    return Replay(graph, topo, options).run()
+def replay(graph: OpGraph, topo: Topology, options: ReplayOptions | None = None, plans: Any = None) -> Timeline:
+    """Replay ``graph`` on ``topo`` and return its :class:`~tspsim.engine.timeline.Timeline` (``plans``: see Replay)."""
+    return Replay(graph, topo, options, plans).run()

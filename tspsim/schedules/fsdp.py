@@ -40,6 +40,7 @@ class ParamGather:
         c = self.ctx
         nbytes = int(self.unit_params(unit) * c.opts.param_bytes)
         need = [r for r in c.ranks if (r, unit) not in self.held]
+        needed = set(need)      # membership in O(1): shard groups span every replica (2,048 ranks on 2,048 nodes)
         gathered: dict[int, int] = {}
         done: set[int] = set()
         where = f"L{unit}." if unit >= 0 else ""
@@ -48,7 +49,7 @@ class ParamGather:
             if r in done:
                 continue
             group = c.dp.shard_group(r)
-            members = [x for x in group if x in need]
+            members = [x for x in group if x in needed]
             done.update(members)
             if len(group) < 2:
                 continue

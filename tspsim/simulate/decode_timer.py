@@ -129,6 +129,9 @@ class DecodeTimer:
         """Replay options: ``periodic=False`` also turns the engine's periodic path off (the reference)."""
         self._unit: DecodeStep | None = None
         self._full: DecodeStep | None = None
+        self._plans: dict[str, dict[Any, Any]] = {}
+        """Resolved communication of the unit and the full graph, shared by their replays: re-costing changes only
+        compute ops, and a plan is keyed by everything it depends on (kind, group, bytes, root, algorithm)."""
         if periodic and layers > 2:
             unit = build_decode_step(make_ctx(2), 0)
             if verify_cuts(unit.graph, unit.cuts):
@@ -159,7 +162,7 @@ class DecodeTimer:
         options = self.options
         if unit is not None:
             unit.recost(cached)
-            tl = replay(unit.graph, self.topo, options)
+            tl = replay(unit.graph, self.topo, options, self._plans.setdefault("unit", {}))
             if self.method == "cut":
                 ends = {op_id: end for op_id, _, end in tl.spans}
                 c0 = [ends[i] for i in unit.cuts[0]]
@@ -185,7 +188,7 @@ class DecodeTimer:
                     return (StepTiming(cached, tl.end_s + k * (tpp - tp), bd, "window", tl.sim_events, ranks,
                                        tl.sim_path), ("window", tl.sim_fingerprint, block))
         step = self.full_step(cached)
-        tl = replay(step.graph, self.topo, options)
+        tl = replay(step.graph, self.topo, options, self._plans.setdefault("full", {}))
         ((bd_full, r_full),) = window_stats(tl, gpu, ((0.0, tl.end_s),))
         return (StepTiming(cached, tl.end_s, bd_full, "full", tl.sim_events, r_full, tl.sim_path),
                 ("full", tl.sim_fingerprint))

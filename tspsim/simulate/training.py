@@ -7,32 +7,37 @@ steady state provably repeats (:mod:`tspsim.simulate.pipeline_timer`); otherwise
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from tspsim.analysis.metrics import run_entry
 from tspsim.engine.sim import ReplayOptions, replay
 from tspsim.schedules import SCHEDULES
 from tspsim.schedules.context import BuildContext
-from tspsim.simulate.graph import build_graph
+from tspsim.simulate.graph import Built, build_graph
 from tspsim.simulate.pipeline_timer import probe_micro_batches, probe_spec, window_for
 from tspsim.simulate.point import Point, RunResult, resolve
 from tspsim.spec.loader import SpecLoader
 
 
 def simulate_training(point: Point, fold: bool = True, record_links: bool = False,
-                      periodic: bool = True, specs: SpecLoader | None = None) -> RunResult:
+                      periodic: bool = True, specs: SpecLoader | None = None, built: Built | None = None,
+                      plans: Any = None) -> RunResult:
     """Replay the step of a ``train`` or ``forward`` point and compute its metrics.
 
     ``periodic``: time a long 1F1B or interleaved pipeline from a probe of fewer micro-batches when its steady
     state repeats exactly (the entry's ``pipeline.simulated_micro_batches`` says how many the timeline holds).
-    ``specs`` reads each file once across the calls that share it.
+    ``specs`` reads each file once across the calls that share it. ``built``: the point's graph as
+    :func:`~tspsim.simulate.graph.build_graph` returned it (with the same ``fold``), not yet replayed; used
+    instead of building it again when the whole step is replayed, with ``plans`` (its communication already
+    resolved, e.g. by :func:`tspsim.engine.bound.step_time_lower_bound`) if given.
     """
     specs = specs or SpecLoader()
     if periodic and point.mode == "train":
         result = _periodic(point, fold, record_links, specs)
         if result is not None:
             return result
-    graph, topo, model, layout, workload, opts = build_graph(point, fold=fold, specs=specs)
-    tl = replay(graph, topo, ReplayOptions(record_links=record_links))
+    graph, topo, model, layout, workload, opts = built or build_graph(point, fold=fold, specs=specs)
+    tl = replay(graph, topo, ReplayOptions(record_links=record_links), plans if built is not None else None)
     entry = run_entry(tl, topo, model, layout, workload, opts)
     return RunResult(entry, tl, topo, model, layout, workload, opts)
 
