@@ -121,3 +121,15 @@ def test_extend_state_runs_two_prepared_sweeps_as_one() -> None:
     extend_state(a, b)
     assert [o.index for o in a.outcomes] == [0, 1, 2] and a.todo == [1, 2]
     assert a.expected == {1: ("m", "t"), 2: ("m2", "t2")}
+
+
+def test_a_capped_probe_stops_exactly_when_the_full_graph_would_pass_the_limit(tiny: str) -> None:
+    from tspsim.explore.static_memory import small_graphs
+
+    for point in (Point("tsp", "mi300x-1node", model=tiny, seq_len=4096),
+                  Point("tp+sp", "mi300x-1node", model=tiny, seq_len=4096, tp=2, sp=4,
+                        options=(("sp_attention", "ring"),))):
+        total, _per = graph_ops(point)
+        assert small_graphs(point, limit=total - 1) is None
+        fits = small_graphs(point, limit=total)
+        assert fits is not None and fits.op_count()[0] == total

@@ -108,7 +108,7 @@ def plan(ctx: click.Context, topology: str, model: str, seq: int | None, mode: s
     state = prepare(points, cache)
     known: dict[Any, Any] = {}
     known_oom, too_large = prune_known(state, known)
-    n_first = len(state.outcomes)
+    n_first, n_invalid = len(state.outcomes), len(state.invalid) - too_large
     # ZeRO retries of the configurations already known not to fit run with the first round (one pool, no wait)
     early = _zero_retries(state.outcomes)
     early_note = ""
@@ -119,7 +119,7 @@ def plan(ctx: click.Context, topology: str, model: str, seq: int | None, mode: s
         points += early
         early_note = (f"; {len(early)} ZeRO-1/2/3 retries of those over HBM: {early_oom} still over on static memory, "
                       f"{early_large} too large, {more.cached} cached")
-    bounds = Bounds() if mode == "train" and goal.key == "tokens_per_s" else None
+    bounds = Bounds(graphs=known) if mode == "train" and goal.key == "tokens_per_s" else None
     sign = 1 if bounds is not None else -1  # bound: cheapest first (a good incumbent early); else longest first
     state.todo.sort(key=lambda i: sign * estimated_ops(state.outcomes[i].point, known))
     cached_dominated = 0
@@ -134,7 +134,7 @@ def plan(ctx: click.Context, topology: str, model: str, seq: int | None, mode: s
     runner = make_runner(jobs, scheduler, len(state.todo))
     try:
         with runner:
-            click.echo(f"plan: {len(points) - len(early)} configurations: {len(state.invalid) - too_large} do not fit "
+            click.echo(f"plan: {len(points) - len(early)} configurations: {n_invalid} do not fit "
                        f"the model or topology, {state.cached} cached, {known_oom} exceed HBM on static memory alone "
                        f"(not simulated), {too_large} whose graph would exceed the op limit, "
                        f"{first} to simulate{early_note}"

@@ -44,14 +44,16 @@ def incumbent(outcomes: list[Outcome]) -> float:
 class Bounds:
     """Step bounds of the configurations of one plan, computed once each (1- and 2-block graphs)."""
 
-    def __init__(self, specs: SpecLoader | None = None) -> None:
+    def __init__(self, specs: SpecLoader | None = None, graphs: dict[Point, Any] | None = None) -> None:
         self.specs = specs or SpecLoader()
+        self.graphs: dict[Point, Any] = {} if graphs is None else graphs
+        """Small graphs by point (:func:`~tspsim.explore.static_memory.small_graphs`), shared with the plan's probes."""
         self._known: dict[Point, StepBound | None] = {}
 
     def of(self, point: Point) -> StepBound | None:
         """:func:`~tspsim.explore.step_bound.step_bound` of ``point``, remembered."""
         if point not in self._known:
-            self._known[point] = step_bound(point, self.specs)
+            self._known[point] = step_bound(point, self.specs, self.graphs)
         return self._known[point]
 
     def dominated(self, point: Point, best: float) -> str | None:

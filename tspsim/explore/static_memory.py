@@ -16,8 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from tspsim.analysis.metrics import tokens_per_step
 from tspsim.core.errors import ConfigError, TspsimError
-from tspsim.opgraph import MEMORY_CATEGORIES, OpGraph
+from tspsim.engine.costs import compute_seconds, kernel_gpu
+from tspsim.opgraph import COMPUTE_KINDS, MEMORY_CATEGORIES, OpGraph
+from tspsim.schedules import SCHEDULES
 from tspsim.schedules.context import BuildContext, graph_ops_limit
 from tspsim.simulate import Point
 from tspsim.simulate.graph import build_graph
@@ -25,6 +28,7 @@ from tspsim.simulate.point import resolve
 from tspsim.spec.layout import SEQUENCE_SHARDED
 from tspsim.spec.loader import SpecLoader
 from tspsim.spec.model import load_model
+from tspsim.spec.topology import Topology
 
 MARGIN_BYTES = 1 << 20
 """Static memory must exceed HBM by more than this to be called OOM without a simulation (1 MiB ≫ rounding)."""
@@ -59,8 +63,12 @@ def probe_point(point: Point) -> Point:
 
 def count_point(point: Point) -> Point:
     """The point whose small graphs count ``point``'s ops: the same configuration at batch 1 (satp-batch: its own)."""
-    batch = point.batch if point.schedule == "satp-batch" else 1
-    return replace(point, batch=batch, options=tuple(sorted(point.options)), search_max_batch=False)
+    return own_point(replace(point, batch=point.batch if point.schedule == "satp-batch" else 1))
+
+
+def own_point(point: Point) -> Point:
+    """``point`` as a key of the small-graph memo (options sorted, no max-batch search): its own small graphs."""
+    return replace(point, options=tuple(sorted(point.options)), search_max_batch=False)
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,12 @@ class SmallGraphs:
     """Ops of the 2-block graph."""
     layers: int
     """Blocks L of the model the point names."""
+    compute_one: dict[int, float]
+    """Per rank: compute seconds of the 1-block graph on an idle GPU (:func:`compute_per_rank`)."""
+    compute_two: dict[int, float]
+    """The same for the 2-block graph."""
+    tokens_per_step: int
+    """Tokens one step of the point processes over all replicas."""
 
     def static_peak(self) -> tuple[int, dict[str, int]]:
         """Bytes and per-category breakdown of the fullest rank at L blocks.
@@ -94,23 +108,69 @@ class SmallGraphs:
                 best, at = total, per
         return best, at
 
+    def compute_s(self) -> float | None:
+        """The busiest rank's compute seconds at L blocks, c(1) + (L − 1)·(c(2) − c(1)) per rank (None: no ops)."""
+        c1, c2, L = self.compute_one, self.compute_two, self.layers
+        if not c1 or c1.keys() != c2.keys():
+            return None
+        return max(c1[r] + (L - 1) * (c2[r] - c1[r]) for r in c1)
+
     def op_count(self) -> tuple[int, int]:
         """Ops of the L-block graph and ops per block: n(1) + (L − 1)·(n(2) − n(1)) (:func:`graph_ops`)."""
         per = self.ops_two - self.ops_one
         return self.ops_one + (self.layers - 1) * per, per
 
 
-def small_graphs(point: Point, specs: SpecLoader | None = None) -> SmallGraphs:
-    """Build ``point`` with 1 and 2 blocks (milliseconds: no replay) and keep what the planner reads of them."""
-    one = build_graph(point, layers=1, specs=specs)[0]
-    two = build_graph(point, layers=2, specs=specs)[0]
+def compute_per_rank(graph: OpGraph, topo: Topology) -> dict[int, float]:
+    """Per simulated rank: Σ compute_seconds of its compute ops on an idle GPU (the graph's kernel costs)."""
+    gpu = kernel_gpu(topo.gpu, graph.meta or {})
+    out: dict[int, float] = {}
+    for op in graph.ops:
+        if op.kind in COMPUTE_KINDS:
+            out[op.rank] = out.get(op.rank, 0.0) + compute_seconds(op, gpu)
+    return out
+
+
+def small_graphs(point: Point, specs: SpecLoader | None = None, limit: int = 0) -> SmallGraphs | None:
+    """Build ``point`` with 1 and 2 blocks (milliseconds: no replay) and keep what the planner reads of them.
+
+    ``limit`` > 0 (training points): None as soon as the L-block graph provably holds more ops than that — the
+    2-block graph is stopped when it would pass ops(1) + ⌊(limit − ops(1))/(L − 1)⌋ ops, since a block of more ops
+    than that brings ops(1) + (L − 1)·(ops(2) − ops(1)) over the limit (an over-limit ring is not built twice).
+    """
+    one, topo, _model, layout, workload, _opts = build_graph(point, layers=1, specs=specs)
     layers = (specs.model(point.model) if specs is not None else load_model(point.model)).layers
-    return SmallGraphs(static_bytes(one), static_bytes(two), len(one.ops), len(two.ops), layers)
+    if limit > 0 and point.mode in ("train", "forward") and layers > 1:
+        if len(one.ops) > limit:
+            return None
+        two = _build_capped(point, 2, specs, len(one.ops) + (limit - len(one.ops)) // (layers - 1))
+        if two is None:
+            return None
+    else:
+        two = build_graph(point, layers=2, specs=specs)[0]
+    return SmallGraphs(static_bytes(one), static_bytes(two), len(one.ops), len(two.ops), layers,
+                       compute_per_rank(one, topo), compute_per_rank(two, topo),
+                       tokens_per_step(workload, layout.replicas, layout.micro_batches))
+
+
+def _build_capped(point: Point, layers: int, specs: SpecLoader | None, max_ops: int) -> OpGraph | None:
+    """The training graph of ``point`` cut to ``layers`` blocks, or None once it passes ``max_ops`` ops."""
+    topo, model, layout, workload, opts = resolve(point, specs)
+    ctx = BuildContext(replace(model, layers=layers), topo, layout, workload, opts)
+    ctx.builder.max_ops = max_ops
+    try:
+        return SCHEDULES.get(point.schedule).build(ctx)
+    except ConfigError:
+        if len(ctx.builder.graph.ops) >= max_ops:
+            return None
+        raise
 
 
 def static_memory(point: Point, specs: SpecLoader | None = None) -> tuple[int, dict[str, int]]:
     """(bytes, per-category breakdown) of the rank with the most static memory, for the model's L blocks."""
-    return small_graphs(point, specs).static_peak()
+    small = small_graphs(point, specs)
+    assert small is not None   # no limit: always built
+    return small.static_peak()
 
 
 def _memo(known: dict[Point, Any] | None, key: Point, compute: Callable[[Point], Any]) -> Any:
@@ -122,7 +182,7 @@ def _memo(known: dict[Point, Any] | None, key: Point, compute: Callable[[Point],
     return known[key]
 
 
-def static_oom_entry(point: Point, known: dict[Point, SmallGraphs] | None = None,
+def static_oom_entry(point: Point, known: dict[Point, SmallGraphs | None] | None = None,
                      specs: SpecLoader | None = None) -> dict[str, Any] | None:
     """The run entry of ``point`` if its static memory alone exceeds HBM (no simulation), else None.
 
@@ -131,7 +191,10 @@ def static_oom_entry(point: Point, known: dict[Point, SmallGraphs] | None = None
     caches :func:`small_graphs` by :func:`probe_point` across the points of one plan.
     """
     topo, _model, layout, workload, opts = resolve(point, specs)
-    best, at = _memo(known, probe_point(point), lambda key: small_graphs(key, specs)).static_peak()
+    small = _memo(known, probe_point(point), lambda key: small_graphs(key, specs))
+    if small is None:   # its probe was found over the op limit: the simulation will refuse it, not run out of memory
+        return None
+    best, at = small.static_peak()
     hbm = topo.gpu.hbm_GB * GB
     if best <= hbm + MARGIN_BYTES:
         return None
@@ -154,7 +217,9 @@ def graph_ops(point: Point, specs: SpecLoader | None = None) -> tuple[int, int]:
     except for gradient-bucket collectives (``dp_bucket_MB``), which fill by bytes rather than per block: there
     the count is an estimate off by a few buckets (enough to compare with the op limit).
     """
-    return small_graphs(point, specs).op_count()
+    small = small_graphs(point, specs)
+    assert small is not None   # no limit: always built
+    return small.op_count()
 
 
 def refused_up_front(point: Point, specs: SpecLoader | None = None) -> str | None:
@@ -173,7 +238,7 @@ def refused_up_front(point: Point, specs: SpecLoader | None = None) -> str | Non
     return None
 
 
-def graph_too_large(point: Point, known: dict[Point, SmallGraphs] | None = None,
+def graph_too_large(point: Point, known: dict[Point, SmallGraphs | None] | None = None,
                     specs: SpecLoader | None = None) -> str | None:
     """Why ``point``'s op graph would exceed the op limit, or None (:func:`graph_ops`).
 
@@ -186,23 +251,27 @@ def graph_too_large(point: Point, known: dict[Point, SmallGraphs] | None = None,
     if refused is not None:
         return refused
     limit = graph_ops_limit()
-    total, per = _memo(known, count_point(point), lambda key: small_graphs(key, specs)).op_count()
-    if limit / 2 < total < 2 * limit and count_point(point) != point:
-        total, per = graph_ops(point, specs)
+    layers = load_model(point.model).layers
+    small = _memo(known, count_point(point), lambda key: small_graphs(key, specs, limit))
+    if small is not None and limit / 2 < small.op_count()[0] < 2 * limit and count_point(point) != own_point(point):
+        small = _memo(known, own_point(point), lambda key: small_graphs(key, specs, limit))
+    if small is None:
+        return (f"the op graph would hold more than {limit:,} ops ({layers} blocks of more than "
+                f"{limit // layers:,}), over the limit (TSPSIM_MAX_GRAPH_OPS raises it)")
+    total, per = small.op_count()
     if total <= limit:
         return None
-    layers = load_model(point.model).layers
     return (f"the op graph would hold {total:,} ops ({layers} blocks of {per:,}), over the limit of {limit:,} "
             "(TSPSIM_MAX_GRAPH_OPS raises it)")
 
 
-def estimated_ops(point: Point, known: dict[Point, SmallGraphs]) -> int:
+def estimated_ops(point: Point, known: dict[Point, SmallGraphs | None]) -> int:
     """Ops of ``point``'s graph as its small graphs in ``known`` count them (0 when not probed): the order to run in."""
     small = known.get(count_point(point))
     return small.op_count()[0] if small is not None else 0
 
 
-def prune_known(state: Any, known: dict[Point, SmallGraphs] | None = None) -> tuple[int, int]:
+def prune_known(state: Any, known: dict[Point, SmallGraphs | None] | None = None) -> tuple[int, int]:
     """Settle the points of a prepared sweep that need no simulation; return (static OOM, too large).
 
     Every point still to simulate in ``state`` (:class:`~tspsim.explore.sweep.SweepState`) that

@@ -22,26 +22,14 @@ numbers. Pipelined layouts (stages need blocks to divide among them) get no boun
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from tspsim.analysis.metrics import tokens_per_step
 from tspsim.core.errors import TspsimError
-from tspsim.engine.costs import compute_seconds, kernel_gpu
-from tspsim.opgraph import COMPUTE_KINDS, OpGraph
+from tspsim.explore.static_memory import SmallGraphs, compute_per_rank, own_point, small_graphs
 from tspsim.simulate import Point
-from tspsim.simulate.graph import build_graph
 from tspsim.spec.loader import SpecLoader
-from tspsim.spec.topology import Topology
 
-
-def compute_per_rank(graph: OpGraph, topo: Topology) -> dict[int, float]:
-    """Per simulated rank: Σ compute_seconds of its compute ops on an idle GPU (the graph's kernel costs)."""
-    gpu = kernel_gpu(topo.gpu, graph.meta or {})
-    out: dict[int, float] = {}
-    for op in graph.ops:
-        if op.kind in COMPUTE_KINDS:
-            out[op.rank] = out.get(op.rank, 0.0) + compute_seconds(op, gpu)
-    return out
+__all__ = ["StepBound", "compute_per_rank", "step_bound"]
 
 
 @dataclass(frozen=True)
@@ -64,25 +52,24 @@ class StepBound:
                 f"tokens/s < best simulated {best_tokens_per_s:,.0f} tokens/s")
 
 
-def step_bound(point: Point, specs: SpecLoader | None = None) -> StepBound | None:
+def step_bound(point: Point, specs: SpecLoader | None = None,
+               known: dict[Point, SmallGraphs | None] | None = None) -> StepBound | None:
     """The :class:`StepBound` of a training point from its 1- and 2-block graphs, or None.
 
     None: no bound (pipelined layouts, other modes, or a graph that cannot be built): simulate the point.
+    ``known`` is the plan's memo of small graphs (:func:`~tspsim.explore.static_memory.small_graphs`), shared with
+    its op-count probes (the same graphs at batch 1).
     """
     if point.mode != "train" or point.pipeline.stages > 1:
         return None
-    specs = specs or SpecLoader()
-    probe = replace(point, search_max_batch=False)
+    key = own_point(point)
     try:
-        one, topo, _model, layout, workload, _opts = build_graph(probe, layers=1, specs=specs)
-        two = build_graph(probe, layers=2, specs=specs)[0]
+        small = known[key] if known is not None and key in known else small_graphs(key, specs)
     except TspsimError:
         return None
-    if layout.pp > 1:
+    if known is not None:
+        known[key] = small
+    if small is None:   # over the op limit (the planner does not run it)
         return None
-    c1, c2 = compute_per_rank(one, topo), compute_per_rank(two, topo)
-    if not c1 or c1.keys() != c2.keys():
-        return None
-    L = specs.model(point.model).layers
-    worst = max(c1[r] + (L - 1) * (c2[r] - c1[r]) for r in c1)
-    return StepBound(worst, tokens_per_step(workload, layout.replicas, layout.micro_batches))
+    worst = small.compute_s()
+    return StepBound(worst, small.tokens_per_step) if worst is not None else None
