@@ -176,12 +176,13 @@ def plan(ctx: click.Context, topology: str, model: str, seq: int | None, mode: s
 def _execute(state: Any, runner: Any, cache: Any, bounds: Any, best: float = 0.0) -> None:
     """Simulate ``state.todo`` with progress; under branch and bound (``bounds``), skip dominated configurations."""
     from tspsim.explore.branch_bound import execute_bounded
+    from tspsim.explore.static_memory import estimated_ops
     from tspsim.explore.sweep import execute_with_progress
 
     run = None
     if bounds is not None:
         def run(st: Any, rn: Any, ca: Any, cb: Any) -> None:
-            execute_bounded(st, rn, ca, bounds, cb, best)
+            execute_bounded(st, rn, ca, bounds, cb, best, cost=lambda p: estimated_ops(p, bounds.graphs))
     execute_with_progress(state, runner, cache, label="planning", on_result=_progress_lines(len(state.todo)), run=run)
 
 

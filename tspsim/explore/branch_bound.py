@@ -1,6 +1,6 @@
 """Branch and bound for the training planner: do not simulate what provably cannot be the best.
 
-:func:`execute_bounded` runs a prepared plan in fixed-size rounds, cheapest configurations first (they are the
+:func:`execute_bounded` runs a prepared plan in rounds of 4, 8, 16, … configurations, cheapest first (they are the
 high-data-parallel layouts that usually win, so a good incumbent is known early). Before a configuration is
 submitted, once some simulated configuration fits in HBM with tokens/s *best*, its upper bound of tokens/s
 (:mod:`tspsim.explore.step_bound`: tokens per step over the busiest GPU's compute on an idle GPU) is compared with
@@ -9,7 +9,7 @@ did not fit (:func:`tspsim.explore.planner.zero_variants`) — none of them can 
 its outcome is ``dominated`` with a note giving both numbers. The best configuration, its reason, and every
 simulated entry are those of the exhaustive search; only dominated configurations are missing from the ranking.
 
-The rounds have a fixed size (:data:`ROUND`) whatever the runner, so the incumbent at every decision, and hence
+The rounds have fixed sizes (:data:`ROUND`) whatever the runner, so the incumbent at every decision, and hence
 the set of dominated configurations, does not depend on ``--jobs``; a rerun from a cache finds the final best at
 once and dominates the same configurations (a configuration dominated by a smaller incumbent is by the larger).
 """
@@ -27,7 +27,8 @@ from tspsim.simulate import Point
 from tspsim.spec.loader import SpecLoader
 
 ROUND = 4
-"""Configurations submitted per round (the incumbent is updated between rounds)."""
+"""Configurations in the first round; each next round is twice as large (the incumbent is updated between
+rounds: few rounds, so few waits for the last point of a round)."""
 REL_MARGIN = 1e-9
 """A bound must be below the incumbent by more than this fraction (float noise of the extrapolated sum)."""
 
@@ -89,20 +90,25 @@ def settle_dominated(state: SweepState, bounds: Bounds, best: float, todo: list[
 
 
 def execute_bounded(state: SweepState, runner: Any, cache: Any, bounds: Bounds,
-                    on_result: Callable[[Outcome], None] | None = None, best: float = 0.0) -> int:
-    """Run ``state.todo`` in rounds of :data:`ROUND`, in order, skipping dominated configurations; return how many.
+                    on_result: Callable[[Outcome], None] | None = None, best: float = 0.0,
+                    cost: Callable[[Point], float] | None = None) -> int:
+    """Run ``state.todo`` in rounds of :data:`ROUND`, 2·ROUND, 4·ROUND, … points, skipping dominated ones.
 
-    A dominated outcome gets status ``dominated`` and the note as its reason (``on_result`` hears of it too).
-    ``best`` is an incumbent found elsewhere (an earlier round of the same plan).
+    Each round takes the next points of ``state.todo`` in order, settles the dominated ones against the incumbent
+    at its start (:func:`settle_dominated`), and runs the others, the costliest first (``cost``, e.g. estimated
+    ops: no idle worker at the end of the round). Returns how many were dominated. ``best`` is an incumbent found
+    elsewhere (an earlier round of the same plan).
     """
     rest = list(state.todo)
     todo = list(rest)
     best = max(best, incumbent(state.outcomes))
+    size = ROUND
     while rest:
-        batch: list[int] = []
-        while rest and len(batch) < ROUND:   # decide one at a time: the kept ones keep their order
-            batch += settle_dominated(state, bounds, best, [rest.pop(0)], on_result)
-        state.todo = batch
+        batch, rest = rest[:size], rest[size:]
+        size *= 2
+        state.todo = settle_dominated(state, bounds, best, batch, on_result)
+        if cost is not None:
+            state.todo.sort(key=lambda i: -cost(state.outcomes[i].point))
         execute(state, runner, cache, on_result)
         best = max(best, incumbent([state.outcomes[i] for i in batch]))
     state.todo = []
