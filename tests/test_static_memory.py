@@ -133,3 +133,24 @@ def test_a_capped_probe_stops_exactly_when_the_full_graph_would_pass_the_limit(t
         assert small_graphs(point, limit=total - 1) is None
         fits = small_graphs(point, limit=total)
         assert fits is not None and fits.op_count()[0] == total
+
+
+def test_probes_built_ahead_by_a_mapper_settle_the_same_points(tiny: str) -> None:
+    """prune_known with its probes built first in chunks (as on the plan's workers) decides exactly as without."""
+    from tspsim.explore.cache import PointCache
+    from tspsim.explore.planner import candidate_points
+    from tspsim.explore.static_memory import prune_known
+    from tspsim.explore.sweep import prepare
+
+    calls: list[int] = []
+
+    def mapper(fn, items):  # type: ignore[no-untyped-def]
+        calls.append(len(items))
+        return [fn(x) for x in items]
+
+    points = candidate_points("mi300x-1node", tiny, 4096, batch_max=2)
+    alone, ahead = prepare(points, PointCache(None)), prepare(points, PointCache(None))
+    assert prune_known(alone) == prune_known(ahead, {}, mapper)
+    assert calls and alone.todo == ahead.todo
+    assert [(o.status, o.reason, o.entry) for o in alone.outcomes] == [(o.status, o.reason, o.entry)
+                                                                         for o in ahead.outcomes]

@@ -92,7 +92,7 @@ def plan(ctx: click.Context, topology: str, model: str, seq: int | None, mode: s
     from tspsim.explore.branch_bound import Bounds, incumbent, settle_dominated
     from tspsim.explore.cache import PointCache
     from tspsim.explore.planner import candidate_points, objective_for, rank_results
-    from tspsim.explore.runners import make_runner
+    from tspsim.explore.runners import make_runner, map_tasks
     from tspsim.explore.static_memory import estimated_ops, prune_known
     from tspsim.explore.sweep import extend_state, prepare
     from tspsim.spec.assumptions import parse_option_pairs
@@ -106,34 +106,37 @@ def plan(ctx: click.Context, topology: str, model: str, seq: int | None, mode: s
         points += _playbook_candidates(topology, model, seq, gpus, global_batch, pairs, batch_max)
     cache = PointCache(cache_dir)
     state = prepare(points, cache)
-    known: dict[Any, Any] = {}
-    known_oom, too_large = prune_known(state, known)
-    n_first, n_invalid = len(state.outcomes), len(state.invalid) - too_large
-    # ZeRO retries of the configurations already known not to fit run with the first round (one pool, no wait)
-    early = _zero_retries(state.outcomes)
-    early_note = ""
-    if early:
-        more = prepare(early, cache)
-        early_oom, early_large = prune_known(more, known)
-        extend_state(state, more)
-        points += early
-        early_note = (f"; {len(early)} ZeRO-1/2/3 retries of those over HBM: {early_oom} still over on static memory, "
-                      f"{early_large} too large, {more.cached} cached")
-    bounds = Bounds(graphs=known) if mode == "train" and goal.key == "tokens_per_s" else None
-    sign = 1 if bounds is not None else -1  # bound: cheapest first (a good incumbent early); else longest first
-    state.todo.sort(key=lambda i: sign * estimated_ops(state.outcomes[i].point, known))
-    cached_dominated = 0
-    if bounds is not None and state.todo:   # a rerun: the cached results may dominate what is left
-        left = settle_dominated(state, bounds, incumbent(state.outcomes))
-        cached_dominated, state.todo = len(state.todo) - len(left), left
-    first = sum(i < n_first for i in state.todo)
-    early_note += f", {len(state.todo) - first} to simulate" if early else ""
-    early_note += f"; {cached_dominated} dominated by cached results" if cached_dominated else ""
-    for path, why in cache.ignored:
-        click.echo(f"note: ignoring cache file {path.name} ({why}); recomputing that point", err=True)
     runner = make_runner(jobs, scheduler, len(state.todo))
     try:
         with runner:
+            def mapper(fn: Any, items: list[Any]) -> list[Any]:   # the probes run on the workers too
+                return map_tasks(runner, fn, items)
+
+            known: dict[Any, Any] = {}
+            known_oom, too_large = prune_known(state, known, mapper)
+            n_first, n_invalid = len(state.outcomes), len(state.invalid) - too_large
+            # ZeRO retries of the configurations already known not to fit run with the first round (no wait)
+            early = _zero_retries(state.outcomes)
+            early_note = ""
+            if early:
+                more = prepare(early, cache)
+                early_oom, early_large = prune_known(more, known, mapper)
+                extend_state(state, more)
+                points += early
+                early_note = (f"; {len(early)} ZeRO-1/2/3 retries of those over HBM: {early_oom} still over on static "
+                              f"memory, {early_large} too large, {more.cached} cached")
+            bounds = Bounds(graphs=known, mapper=mapper) if mode == "train" and goal.key == "tokens_per_s" else None
+            sign = 1 if bounds is not None else -1  # bound: cheapest first (a good incumbent early); else longest first
+            state.todo.sort(key=lambda i: sign * estimated_ops(state.outcomes[i].point, known))
+            cached_dominated = 0
+            if bounds is not None and state.todo:   # a rerun: the cached results may dominate what is left
+                left = settle_dominated(state, bounds, incumbent(state.outcomes))
+                cached_dominated, state.todo = len(state.todo) - len(left), left
+            first = sum(i < n_first for i in state.todo)
+            early_note += f", {len(state.todo) - first} to simulate" if early else ""
+            early_note += f"; {cached_dominated} dominated by cached results" if cached_dominated else ""
+            for path, why in cache.ignored:
+                click.echo(f"note: ignoring cache file {path.name} ({why}); recomputing that point", err=True)
             click.echo(f"plan: {len(points) - len(early)} configurations: {n_invalid} do not fit "
                        f"the model or topology, {state.cached} cached, {known_oom} exceed HBM on static memory alone "
                        f"(not simulated), {too_large} whose graph would exceed the op limit, "
@@ -145,7 +148,7 @@ def plan(ctx: click.Context, topology: str, model: str, seq: int | None, mode: s
             retry = _zero_retries(simulated)
             if retry:
                 more = prepare(retry, cache)
-                retry_oom, retry_large = prune_known(more, known)
+                retry_oom, retry_large = prune_known(more, known, mapper)
                 more.todo.sort(key=lambda i: sign * estimated_ops(more.outcomes[i].point, known))
                 click.echo(f"plan: {len(retry)} simulated configurations that do not fit retried with ZeRO-1 / ZeRO-3: "
                            f"{retry_oom} exceed HBM on static memory alone, {retry_large} whose graph would exceed "

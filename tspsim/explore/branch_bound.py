@@ -21,6 +21,7 @@ from typing import Any
 
 from tspsim.analysis.entries import is_oom, throughput
 from tspsim.explore.planner import zero_variants
+from tspsim.explore.static_memory import Mapper, own_point, warm
 from tspsim.explore.step_bound import StepBound, step_bound
 from tspsim.explore.sweep import Outcome, SweepState, execute
 from tspsim.simulate import Point
@@ -45,11 +46,18 @@ def incumbent(outcomes: list[Outcome]) -> float:
 class Bounds:
     """Step bounds of the configurations of one plan, computed once each (1- and 2-block graphs)."""
 
-    def __init__(self, specs: SpecLoader | None = None, graphs: dict[Point, Any] | None = None) -> None:
+    def __init__(self, specs: SpecLoader | None = None, graphs: dict[Point, Any] | None = None,
+                 mapper: Mapper | None = None) -> None:
         self.specs = specs or SpecLoader()
         self.graphs: dict[Point, Any] = {} if graphs is None else graphs
         """Small graphs by point (:func:`~tspsim.explore.static_memory.small_graphs`), shared with the plan's probes."""
+        self.mapper = mapper
+        """Builds small graphs on worker processes (:func:`~tspsim.explore.static_memory.warm`), or None."""
         self._known: dict[Point, StepBound | None] = {}
+
+    def prepare(self, points: list[Point]) -> None:
+        """Build the small graphs the bounds of ``points`` need, in parallel when there is a ``mapper``."""
+        warm(self.graphs, [own_point(p) for p in points if p.mode == "train" and p.pipeline.stages <= 1], self.mapper)
 
     def of(self, point: Point) -> StepBound | None:
         """:func:`~tspsim.explore.step_bound.step_bound` of ``point``, remembered."""
@@ -106,6 +114,8 @@ def execute_bounded(state: SweepState, runner: Any, cache: Any, bounds: Bounds,
     while rest:
         batch, rest = rest[:size], rest[size:]
         size *= 2
+        if best > 0:
+            bounds.prepare([state.outcomes[i].point for i in batch])
         state.todo = settle_dominated(state, bounds, best, batch, on_result)
         if cost is not None:
             state.todo.sort(key=lambda i: -cost(state.outcomes[i].point))

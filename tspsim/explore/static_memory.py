@@ -166,6 +166,42 @@ def _build_capped(point: Point, layers: int, specs: SpecLoader | None, max_ops: 
         raise
 
 
+def probe_many(tasks: list[tuple[Point, int]]) -> list[SmallGraphs | None | str]:
+    """:func:`small_graphs` of each (point, limit), one :class:`SpecLoader` for all; a failure is its message.
+
+    Module level: the planner runs chunks of probes on its worker processes (:func:`warm`).
+    """
+    specs = SpecLoader()
+    out: list[SmallGraphs | None | str] = []
+    for point, limit in tasks:
+        try:
+            out.append(small_graphs(point, specs, limit))
+        except TspsimError as exc:
+            out.append(str(exc) or "error")
+    return out
+
+
+Mapper = Callable[[Callable[[Any], Any], list[Any]], list[Any]]
+"""``mapper(fn, items)``: ``[fn(x) for x in items]``, maybe on worker processes (``runners.map_tasks``)."""
+
+
+def warm(known: dict[Point, SmallGraphs | None], keys: list[Point], mapper: Mapper | None, limit: int = 0,
+         chunks: int = 8) -> None:
+    """Compute the small graphs of ``keys`` not yet in ``known`` with ``mapper`` (in parallel), in ``chunks`` chunks.
+
+    The values are those the sequential :func:`_memo` calls would compute (same function, same limit); a key whose
+    probe fails is left out, so the sequential call raises its error where it always did.
+    """
+    todo = list(dict.fromkeys(k for k in keys if k not in known))
+    if mapper is None or len(todo) < 2:
+        return
+    parts = [[(k, limit) for k in todo[j::chunks]] for j in range(min(chunks, len(todo)))]
+    for part, results in zip(parts, mapper(probe_many, parts)):
+        for (key, _limit), small in zip(part, results):
+            if not isinstance(small, str):
+                known[key] = small
+
+
 def static_memory(point: Point, specs: SpecLoader | None = None) -> tuple[int, dict[str, int]]:
     """(bytes, per-category breakdown) of the rank with the most static memory, for the model's L blocks."""
     small = small_graphs(point, specs)
@@ -191,9 +227,13 @@ def static_oom_entry(point: Point, known: dict[Point, SmallGraphs | None] | None
     caches :func:`small_graphs` by :func:`probe_point` across the points of one plan.
     """
     topo, _model, layout, workload, opts = resolve(point, specs)
-    small = _memo(known, probe_point(point), lambda key: small_graphs(key, specs))
-    if small is None:   # its probe was found over the op limit: the simulation will refuse it, not run out of memory
-        return None
+    key = probe_point(point)
+    small = _memo(known, key, lambda k: small_graphs(k, specs))
+    if small is None:   # an op-count probe stopped at the limit: build it whole (static memory needs both graphs)
+        small = small_graphs(key, specs)
+        if known is not None:
+            known[key] = small
+    assert small is not None   # no limit: always built
     best, at = small.static_peak()
     hbm = topo.gpu.hbm_GB * GB
     if best <= hbm + MARGIN_BYTES:
@@ -271,7 +311,8 @@ def estimated_ops(point: Point, known: dict[Point, SmallGraphs | None]) -> int:
     return small.op_count()[0] if small is not None else 0
 
 
-def prune_known(state: Any, known: dict[Point, SmallGraphs | None] | None = None) -> tuple[int, int]:
+def prune_known(state: Any, known: dict[Point, SmallGraphs | None] | None = None,
+                mapper: Mapper | None = None) -> tuple[int, int]:
     """Settle the points of a prepared sweep that need no simulation; return (static OOM, too large).
 
     Every point still to simulate in ``state`` (:class:`~tspsim.explore.sweep.SweepState`) that
@@ -279,12 +320,14 @@ def prune_known(state: Any, known: dict[Point, SmallGraphs | None] | None = None
     op limit (:func:`graph_too_large`, or a small graph the builder already rejects) is marked invalid
     with the reason, as its simulation would have been. For the planner, which drops OOM configurations
     anyway (a sweep reports every point's step time, so it simulates them all). ``known`` keeps the small
-    graphs for the caller (:func:`estimated_ops`) and for the next call.
+    graphs for the caller (:func:`estimated_ops`) and for the next call; ``mapper`` builds them in parallel first
+    (:func:`warm`: the static probes, then the op-count probes of the points left; same values, same decisions).
     """
     oom = large = 0
     settled = set()
-    known = {} if known is None else known   # one pair of small graphs per probe, for both questions
+    known = {} if known is None else known   # one pair of small graphs per probe, for all questions
     specs = SpecLoader()
+    warm(known, [probe_point(state.outcomes[i].point) for i in state.todo], mapper)
     for i in state.todo:
         out = state.outcomes[i]
         try:
@@ -295,7 +338,14 @@ def prune_known(state: Any, known: dict[Point, SmallGraphs | None] | None = None
             out.status, out.entry, out.wall_s = "ok", entry, 0.0
             oom += 1
             settled.add(i)
+    left = [state.outcomes[i].point for i in state.todo if i not in settled]
+    limit = graph_ops_limit()
+    warm(known, [count_point(p) for p in left if _not_refused(p, specs)], mapper, limit)
+    warm(known, [own_point(p) for p in left if _borderline(known.get(count_point(p)), limit)], mapper, limit)
+    for i in state.todo:
+        if i in settled:
             continue
+        out = state.outcomes[i]
         try:
             reason = graph_too_large(out.point, known, specs)
         except TspsimError as exc:
@@ -306,3 +356,15 @@ def prune_known(state: Any, known: dict[Point, SmallGraphs | None] | None = None
             settled.add(i)
     state.todo = [i for i in state.todo if i not in settled]
     return oom, large
+
+
+def _not_refused(point: Point, specs: SpecLoader) -> bool:
+    try:
+        return refused_up_front(point, specs) is None
+    except TspsimError:
+        return False
+
+
+def _borderline(small: SmallGraphs | None, limit: int) -> bool:
+    """True when the batch-1 count is within a factor 2 of the limit (:func:`graph_too_large` recounts)."""
+    return small is not None and limit / 2 < small.op_count()[0] < 2 * limit
