@@ -76,3 +76,81 @@ def test_a_wrong_guess_still_finds_the_largest_batch() -> None:
 
     for guess in (1, 3, 7, 50, 1000):
         assert max_batch(peak, 1000.0, guess=guess) == 10
+
+
+def test_a_graph_the_builder_refuses_up_front_is_refused_with_its_own_message(
+        tiny: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The planner's op-limit check says what the simulation would say, without building the 1- and 2-block graphs."""
+    from tspsim.core.errors import ConfigError
+    from tspsim.explore.static_memory import graph_too_large, refused_up_front
+
+    point = Point("tp+sp", "mi300x-1node", model=tiny, seq_len=4096, tp=4, sp=2, options=(("sp_attention", "ring"),))
+    monkeypatch.setenv("TSPSIM_MAX_GRAPH_OPS", "1000")  # 8 GPUs × 7 blocks × 30 ops > 1,000: refused before any op
+    with pytest.raises(ConfigError) as raised:
+        build_graph(point)
+    assert refused_up_front(point) == str(raised.value) == graph_too_large(point)
+    actual = len(build_graph(point, layers=1)[0].ops)
+    monkeypatch.setenv("TSPSIM_MAX_GRAPH_OPS", str(8 * 7 * 30 + 1))   # passes the estimate, not the count
+    assert refused_up_front(point) is None
+    assert actual > 8 * 30 and graph_too_large(point) is not None
+    monkeypatch.delenv("TSPSIM_MAX_GRAPH_OPS")
+    assert refused_up_front(point) is None and graph_too_large(point) is None
+
+
+def test_one_pair_of_small_graphs_answers_both_questions(tiny: str) -> None:
+    """The static-memory probe of an all-gather point at batch 1 is the point the op count is read from."""
+    from tspsim.explore.static_memory import count_point, estimated_ops, probe_point, prune_known
+    from tspsim.explore.sweep import Outcome, SweepState
+
+    points = [Point("tp+sp", "mi300x-1node", model=tiny, seq_len=4096, batch=b, tp=4, sp=2,
+                    options=(("sp_attention", "allgather"), ("zero", 1))) for b in (1, 2)]
+    assert probe_point(points[1]) == count_point(points[1]) == count_point(points[0])
+    state = SweepState([Outcome(i, p, "") for i, p in enumerate(points)], todo=[0, 1])
+    known: dict[Point, object] = {}
+    assert prune_known(state, known) == (0, 0) and state.todo == [0, 1]
+    assert list(known) == [count_point(points[0])]   # one probe for both points and both questions
+    assert estimated_ops(points[1], known) == graph_ops(points[0])[0] > 0
+
+
+def test_extend_state_runs_two_prepared_sweeps_as_one() -> None:
+    from tspsim.explore.sweep import Outcome, SweepState, extend_state
+
+    a = SweepState([Outcome(0, Point("tsp", "mi300x-1node"), "a", "ok"), Outcome(1, Point("tp", "mi300x-1node"), "b")],
+                   todo=[1], expected={1: ("m", "t")})
+    b = SweepState([Outcome(0, Point("sp", "mi300x-1node"), "c")], todo=[0], expected={0: ("m2", "t2")})
+    extend_state(a, b)
+    assert [o.index for o in a.outcomes] == [0, 1, 2] and a.todo == [1, 2]
+    assert a.expected == {1: ("m", "t"), 2: ("m2", "t2")}
+
+
+def test_a_capped_probe_stops_exactly_when_the_full_graph_would_pass_the_limit(tiny: str) -> None:
+    from tspsim.explore.static_memory import small_graphs
+
+    for point in (Point("tsp", "mi300x-1node", model=tiny, seq_len=4096),
+                  Point("tp+sp", "mi300x-1node", model=tiny, seq_len=4096, tp=2, sp=4,
+                        options=(("sp_attention", "ring"),))):
+        total, _per = graph_ops(point)
+        assert small_graphs(point, limit=total - 1) is None
+        fits = small_graphs(point, limit=total)
+        assert fits is not None and fits.op_count()[0] == total
+
+
+def test_probes_built_ahead_by_a_mapper_settle_the_same_points(tiny: str) -> None:
+    """prune_known with its probes built first in chunks (as on the plan's workers) decides exactly as without."""
+    from tspsim.explore.cache import PointCache
+    from tspsim.explore.planner import candidate_points
+    from tspsim.explore.static_memory import prune_known
+    from tspsim.explore.sweep import prepare
+
+    calls: list[int] = []
+
+    def mapper(fn, items):  # type: ignore[no-untyped-def]
+        calls.append(len(items))
+        return [fn(x) for x in items]
+
+    points = candidate_points("mi300x-1node", tiny, 4096, batch_max=2)
+    alone, ahead = prepare(points, PointCache(None)), prepare(points, PointCache(None))
+    assert prune_known(alone) == prune_known(ahead, {}, mapper)
+    assert calls and alone.todo == ahead.todo
+    assert [(o.status, o.reason, o.entry) for o in alone.outcomes] == [(o.status, o.reason, o.entry)
+                                                                         for o in ahead.outcomes]

@@ -89,11 +89,12 @@ def plan(ctx: click.Context, topology: str, model: str, seq: int | None, mode: s
       tspsim plan -t mi300x-1node --model llama3-8b --mode prefill --seq 32k --objective tokens_per_s
     """  # noqa: D301
     from tspsim.commands.run import check_inference_args
+    from tspsim.explore.branch_bound import Bounds, incumbent, settle_dominated
     from tspsim.explore.cache import PointCache
     from tspsim.explore.planner import candidate_points, objective_for, rank_results
-    from tspsim.explore.runners import make_runner
-    from tspsim.explore.static_memory import prune_known
-    from tspsim.explore.sweep import execute_with_progress, prepare
+    from tspsim.explore.runners import make_runner, map_tasks
+    from tspsim.explore.static_memory import estimated_ops, prune_known
+    from tspsim.explore.sweep import extend_state, prepare
     from tspsim.spec.assumptions import parse_option_pairs
 
     check_inference_args(mode, context, tokens)
@@ -105,28 +106,60 @@ def plan(ctx: click.Context, topology: str, model: str, seq: int | None, mode: s
         points += _playbook_candidates(topology, model, seq, gpus, global_batch, pairs, batch_max)
     cache = PointCache(cache_dir)
     state = prepare(points, cache)
-    known_oom, too_large = prune_known(state)
-    for path, why in cache.ignored:
-        click.echo(f"note: ignoring cache file {path.name} ({why}); recomputing that point", err=True)
     runner = make_runner(jobs, scheduler, len(state.todo))
     try:
         with runner:
-            click.echo(f"plan: {len(points)} configurations: {len(state.invalid) - too_large} do not fit the model or "
-                       f"topology, {state.cached} cached, {known_oom} exceed HBM on static memory alone "
+            def mapper(fn: Any, items: list[Any]) -> list[Any]:   # the probes run on the workers too
+                return map_tasks(runner, fn, items)
+
+            known: dict[Any, Any] = {}
+            known_oom, too_large = prune_known(state, known, mapper)
+            n_first, n_invalid = len(state.outcomes), len(state.invalid) - too_large
+            # ZeRO retries of the configurations already known not to fit run with the first round (no wait)
+            early = _zero_retries(state.outcomes)
+            early_note = ""
+            if early:
+                more = prepare(early, cache)
+                early_oom, early_large = prune_known(more, known, mapper)
+                extend_state(state, more)
+                points += early
+                early_note = (f"; {len(early)} ZeRO-1/2/3 retries of those over HBM: {early_oom} still over on static "
+                              f"memory, {early_large} too large, {more.cached} cached")
+            bounds = Bounds(graphs=known, mapper=mapper) if mode == "train" and goal.key == "tokens_per_s" else None
+            sign = 1 if bounds is not None else -1  # bound: cheapest first (a good incumbent early); else longest first
+            state.todo.sort(key=lambda i: sign * estimated_ops(state.outcomes[i].point, known))
+            cached_dominated = 0
+            if bounds is not None and state.todo:   # a rerun: the cached results may dominate what is left
+                left = settle_dominated(state, bounds, incumbent(state.outcomes))
+                cached_dominated, state.todo = len(state.todo) - len(left), left
+            first = sum(i < n_first for i in state.todo)
+            early_note += f", {len(state.todo) - first} to simulate" if early else ""
+            early_note += f"; {cached_dominated} dominated by cached results" if cached_dominated else ""
+            for path, why in cache.ignored:
+                click.echo(f"note: ignoring cache file {path.name} ({why}); recomputing that point", err=True)
+            click.echo(f"plan: {len(points) - len(early)} configurations: {n_invalid} do not fit "
+                       f"the model or topology, {state.cached} cached, {known_oom} exceed HBM on static memory alone "
                        f"(not simulated), {too_large} whose graph would exceed the op limit, "
-                       f"{len(state.todo)} to simulate"
+                       f"{first} to simulate{early_note}"
                        + (f" {runner.description}" if state.todo else "") + f"; objective: {goal.key} ({goal.goal})",
                        err=True)
-            execute_with_progress(state, runner, cache, label="planning", on_result=_progress_lines(len(state.todo)))
-            retry = _zero_retries(state.outcomes)
+            simulated = [state.outcomes[i] for i in state.todo]   # (the early retries have ZeRO already)
+            _execute(state, runner, cache, bounds)
+            retry = _zero_retries(simulated)
             if retry:
                 more = prepare(retry, cache)
-                click.echo(f"plan: {len(retry)} configurations that do not fit retried with ZeRO-1 / ZeRO-3",
-                           err=True)
-                execute_with_progress(more, runner, cache, label="planning",
-                                      on_result=_progress_lines(len(more.todo)))
-                state.outcomes.extend(more.outcomes)
+                retry_oom, retry_large = prune_known(more, known, mapper)
+                more.todo.sort(key=lambda i: sign * estimated_ops(more.outcomes[i].point, known))
+                click.echo(f"plan: {len(retry)} simulated configurations that do not fit retried with ZeRO-1 / ZeRO-3: "
+                           f"{retry_oom} exceed HBM on static memory alone, {retry_large} whose graph would exceed "
+                           f"the op limit, {len(more.todo)} to simulate", err=True)
+                _execute(more, runner, cache, bounds, incumbent(state.outcomes))
+                extend_state(state, more)
                 points += retry
+            dominated = sum(o.status == "dominated" for o in state.outcomes)
+            if dominated:
+                click.echo(f"plan: {dominated} configurations not simulated: dominated (their compute alone caps "
+                           "their tokens/s below the best simulated configuration's)", err=True)
     except KeyboardInterrupt:
         click.echo("\ninterrupted" + (f"; finished points are cached in {cache_dir}" if cache_dir else ""), err=True)
         ctx.exit(130)
@@ -141,6 +174,19 @@ def plan(ctx: click.Context, topology: str, model: str, seq: int | None, mode: s
         _print(result)
     if result.errors:
         ctx.exit(1)
+
+
+def _execute(state: Any, runner: Any, cache: Any, bounds: Any, best: float = 0.0) -> None:
+    """Simulate ``state.todo`` with progress; under branch and bound (``bounds``), skip dominated configurations."""
+    from tspsim.explore.branch_bound import execute_bounded
+    from tspsim.explore.static_memory import estimated_ops
+    from tspsim.explore.sweep import execute_with_progress
+
+    run = None
+    if bounds is not None:
+        def run(st: Any, rn: Any, ca: Any, cb: Any) -> None:
+            execute_bounded(st, rn, ca, bounds, cb, best, cost=lambda p: estimated_ops(p, bounds.graphs))
+    execute_with_progress(state, runner, cache, label="planning", on_result=_progress_lines(len(state.todo)), run=run)
 
 
 def _playbook_candidates(topology: str, model: str, seq: int | None, gpus: int | None, global_batch: int | None,
@@ -213,7 +259,9 @@ def _json(result: PlanResult, topology: str, model: str, mode: str, gpus: int | 
     if mode in ("decode", "generate"):
         query["decode_tokens"] = points[0].decode_tokens if points else None
     return {"results": result.ranked, "best": dict(result.best or {}, reason=result.reason),
-            "dropped": {"oom": len(result.oom), "invalid": len(result.invalid), "failed": len(result.errors)},
+            "dropped": {"oom": len(result.oom), "invalid": len(result.invalid), "failed": len(result.errors),
+                        "dominated": len(result.dominated)},
+            "dominated": [{"configuration": o.label, "reason": o.reason} for o in result.dominated],
             "objective": {"key": obj.key, "goal": obj.goal, "description": obj.description},
             "query": query}
 
@@ -322,6 +370,9 @@ def _print_dropped(result: PlanResult) -> None:
         dropped.append(f"{len(result.oom)} do not fit in HBM ({worst}{', …' if len(result.oom) > 3 else ''})")
     if result.invalid:
         dropped.append(f"{len(result.invalid)} do not fit the model or topology ({_first_reasons(result.invalid)})")
+    if result.dominated:
+        dropped.append(f"{len(result.dominated)} dominated, not simulated (e.g. {result.dominated[0].label}: "
+                       f"{result.dominated[0].reason})")
     if dropped:
         click.echo("dropped: " + "; ".join(dropped))
 

@@ -372,6 +372,8 @@ class PlanResult:
     """Points whose degrees do not fit the model, sequence or topology."""
     errors: list[Outcome] = field(default_factory=list)
     """Points that failed unexpectedly."""
+    dominated: list[Outcome] = field(default_factory=list)
+    """Points not simulated because their tokens/s bound is below the best's (:mod:`tspsim.explore.branch_bound`)."""
     reason: str = ""
     """One line: why the best configuration wins and what limits it."""
     objective: Objective = field(default_factory=lambda: OBJECTIVES["tokens_per_s"])
@@ -384,7 +386,7 @@ class PlanResult:
 
 
 def rank_results(outcomes: Sequence[Outcome], objective: Objective | None = None) -> PlanResult:
-    """Drop invalid and OOM points, rank the rest by ``objective`` (default tokens/s; ties: less memory first)."""
+    """Drop invalid, OOM and dominated points; rank the rest by ``objective`` (default tokens/s; ties: less memory)."""
     obj = objective or OBJECTIVES["tokens_per_s"]
 
     def _order(e: Entry) -> tuple[Any, ...]:
@@ -397,6 +399,8 @@ def rank_results(outcomes: Sequence[Outcome], objective: Objective | None = None
             res.invalid.append(o)
         elif o.status == "error":
             res.errors.append(o)
+        elif o.status == "dominated":
+            res.dominated.append(o)
         elif o.status == "ok" and o.entry is not None:
             (res.oom if is_oom(o.entry) else fits).append(dict(o.entry))
     fits.sort(key=_order)

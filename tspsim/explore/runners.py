@@ -316,6 +316,17 @@ def probe_dask_scheduler(address: str, timeout_s: float) -> None:
                           f"{shown!r}); give the scheduler's address, e.g. tcp://HOST:8786")
 
 
+def map_tasks(runner: Any, fn: Any, items: Sequence[Any]) -> list[Any]:
+    """``[fn(x) for x in items]``, on the runner's local worker processes when it has them (in order).
+
+    ``fn`` must be a module-level function (pickled by name). Other runners compute here, in this process.
+    """
+    executor = getattr(runner, "_executor", None)
+    if executor is None or len(items) < 2:
+        return [fn(x) for x in items]
+    return list(executor.map(fn, items))
+
+
 def make_runner(jobs: int | None, scheduler: str | None, n_points: int) -> Runner:
     """The runner for a sweep of ``n_points`` points still to run.
 

@@ -127,6 +127,16 @@ def prepare(points: Sequence[Point], cache: PointCache,
     return state
 
 
+def extend_state(state: SweepState, more: SweepState) -> None:
+    """Append ``more``'s outcomes to ``state`` (renumbered after it) and its points still to run, to run as one."""
+    offset = len(state.outcomes)
+    for out in more.outcomes:
+        out.index += offset
+    state.outcomes.extend(more.outcomes)
+    state.todo += [i + offset for i in more.todo]
+    state.expected.update({i + offset: v for i, v in more.expected.items()})
+
+
 PREPARE_NOTE_POINTS = 2_000
 """Grids at least this large print progress while they are validated and looked up in the cache."""
 PREPARE_NOTE_EVERY_S = 2.0
@@ -219,12 +229,17 @@ def stderr_is_tty() -> bool:
 
 
 def execute_with_progress(state: SweepState, runner: Runner, cache: PointCache, label: str = "simulating",
-                          on_result: Callable[[Outcome], None] | None = None) -> None:
-    """:func:`execute` with a progress bar and ETA on stderr when it is a terminal (silent otherwise)."""
+                          on_result: Callable[[Outcome], None] | None = None,
+                          run: Callable[..., Any] | None = None) -> None:
+    """:func:`execute` with a progress bar and ETA on stderr when it is a terminal (silent otherwise).
+
+    ``run`` replaces :func:`execute` (same arguments), e.g. the planner's branch and bound.
+    """
     import click
 
+    run = run or execute
     if not state.todo or not stderr_is_tty():
-        execute(state, runner, cache, on_result)
+        run(state, runner, cache, on_result)
         return
     with click.progressbar(length=len(state.todo), label=label, show_eta=True, show_pos=True, file=sys.stderr,
                            item_show_func=lambda o: o.label if o is not None else None) as bar:
@@ -233,4 +248,4 @@ def execute_with_progress(state: SweepState, runner: Runner, cache: PointCache, 
             if on_result is not None:
                 on_result(out)
 
-        execute(state, runner, cache, step)
+        run(state, runner, cache, step)

@@ -35,7 +35,7 @@ attention of Megatron-LM 2022 is refused (TransformerEngine's context parallelis
 from __future__ import annotations
 
 from tspsim.schedules.attention import CoreShape, core_backward, core_forward
-from tspsim.schedules.sp_attention import Act, Free, Mem, SpAttention
+from tspsim.schedules.sp_attention import Act, BlockView, Free, Mem, SpAttention
 
 STATS_BYTES = 4
 """Bytes per fp32 log-sum-exp statistic of the online-softmax merge."""
@@ -46,12 +46,20 @@ class RingAttention(SpAttention):
 
     name = "ring"
 
+    def __init__(self, blk: BlockView) -> None:
+        super().__init__(blk)
+        self._positions: dict[int, tuple[int, int]] = {}
+        """Per rank: (position in its Σ ring, next rank), filled on first use."""
+
     # ------------------------------------------------------------------------------ geometry
     def _position(self, rank: int) -> tuple[int, int]:
-        """(position i in the Σ ring, next rank i+1)."""
-        g = self.blk.seq_group(rank)
-        i = g.index(rank)
-        return i, g[(i + 1) % len(g)]
+        """(position i in the Σ ring, next rank i+1), computed once per rank (the ring is asked p times per step)."""
+        known = self._positions
+        if rank not in known:
+            g = self.blk.seq_group(rank)
+            i = g.index(rank)
+            known[rank] = (i, g[(i + 1) % len(g)])
+        return known[rank]
 
     def step_shape(self, i: int, k: int) -> CoreShape:
         """Attention of ring position ``i`` at step ``k`` (zig-zag: 2·B·c² scores per head at every step)."""
