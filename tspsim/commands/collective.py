@@ -49,6 +49,7 @@ def collective(topology: str, op: str, group: int | None, ranks: list[int] | Non
       tspsim collective --topology mi300x-128node --op all_gather --group 16 --sizes 1G --json
       tspsim collective --topology h100-dgx-128node --group 1024 --sizes 1k,1M,1G --explain
       tspsim collective --topology mi300x-128node --group 32 --algorithm hier --chunk-bytes 128k
+      tspsim collective --topology h100-dgx-128node --group 16 --sizes 1G,8G --algorithm nvls_tree
       tspsim collective --topology mi300x-128node --op sendrecv --group 16 --sizes 1G
     """
     from tspsim.core.progress import Progress
