@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tspsim.schedules.rank_groups import distinct_groups
+
 
 class DataParallel:
     """Gradient buckets, per-layer reduce-scatters and the optimizer step of one build."""
@@ -92,13 +94,7 @@ class DataParallel:
         if not c.training or (not self.sync and not final):
             return
         zero = c.opts.zero
-        handled: set[int] = set()
-        for rank in c.ranks:
-            if rank in handled:
-                continue
-            group = self.group(rank)
-            members = self.simulated(group)
-            handled.update(members)
+        for rank, group, members in distinct_groups(c.ranks, self.group, self.simulated):
             if len(group) < 2:
                 continue
             state = self.buckets.setdefault(group, [0.0, {}])
@@ -184,13 +180,7 @@ class DataParallel:
                     steps[r] = c.compute(r, "optimizer", name, hbm_bytes=traffic, layer=-1, phase="opt", after=after)
                     after = [steps[r]]
         if o.zero in (1, 2):
-            done: set[int] = set()
-            for r in c.ranks:
-                if r in done:
-                    continue
-                group = self.shard_group(r)
-                members = self.simulated(group)
-                done.update(members)
+            for r, group, members in distinct_groups(c.ranks, self.shard_group, self.simulated):
                 if len(group) < 2:
                     continue
                 c.builder.collective("all_gather", group, int(local_params[r] * o.param_bytes),

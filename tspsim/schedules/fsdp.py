@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tspsim.schedules.context import BuildContext
+from tspsim.schedules.rank_groups import distinct_groups
 
 
 class ParamGather:
@@ -42,15 +43,9 @@ class ParamGather:
         need = [r for r in c.ranks if (r, unit) not in self.held]
         needed = set(need)      # membership in O(1): shard groups span every replica (2,048 ranks on 2,048 nodes)
         gathered: dict[int, int] = {}
-        done: set[int] = set()
         where = f"L{unit}." if unit >= 0 else ""
         name = f"{where}{tag}{'bwd.' if phase == 'bwd' else ''}fsdp.param_all_gather"
-        for r in need:
-            if r in done:
-                continue
-            group = c.dp.shard_group(r)
-            members = [x for x in group if x in needed]
-            done.update(members)
+        for _, group, members in distinct_groups(need, c.dp.shard_group, lambda g: [x for x in g if x in needed]):
             if len(group) < 2:
                 continue
             deps = {x: [self.anchor.get(x) if self.anchor.get(x) is not None else c.last[x]] for x in members}

@@ -41,6 +41,7 @@ from typing import Any, Protocol
 from tspsim.opgraph import OpGraph
 from tspsim.schedules.context import BuildContext
 from tspsim.schedules.pipeline_order import Pass, pass_order
+from tspsim.schedules.rank_groups import distinct_groups
 
 
 class Program(Protocol):
@@ -226,15 +227,8 @@ class Pipeline:
         ready: dict[int, int | None] = dict(recvs)
         what = "activation" if p.kind == "F" else "grad"
         if gather:
-            group_of = self.prog.tp_group
-            done: set[int] = set()
             ready = {}
-            for r in ranks:
-                if r in done:
-                    continue
-                group = group_of(r)
-                members = [x for x in group if x in ranks]
-                done.update(members)
+            for _, group, members in distinct_groups(ranks, self.prog.tp_group, lambda g: [x for x in g if x in ranks]):
                 ready.update(c.builder.collective(
                     "all_gather", group, int(full), f"pp.{what}_all_gather", stream="comm",
                     phase="fwd" if p.kind == "F" else "bwd", deps={x: [recvs.get(x)] for x in members},
