@@ -415,7 +415,7 @@ class Replay:
         st.ranks.append(op.rank)
         st.op_ids[op.rank] = op.id
         st.arrived += 1
-        plan = self._plan(op)
+        plan = self.plan_of(op)
         self._comm_change(op.rank, plan.slowdown, True)
         if st.arrived == st.expected:
             st.plan = plan
@@ -423,9 +423,6 @@ class Replay:
 
     def plan_of(self, op: Op) -> ResolvedComm:
         """The resolved phases of communication op ``op`` (cached per kind, group, size, root, algorithm)."""
-        return self._plan(op)
-
-    def _plan(self, op: Op) -> ResolvedComm:
         key = (op.kind, op.group, op.nbytes, op.root, op.algorithm)
         plan = self.plans.get(key)
         if plan is None:
