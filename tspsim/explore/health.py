@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tspsim.engine.collectives import choose, shape
+from tspsim.engine.collectives.nvls import offers_nvls_tree
 from tspsim.engine.collectives.policy import ROOTED
 from tspsim.engine.collectives.resolve import phase_links
 from tspsim.explore.measured import UNMODELLED_ALGOS, Hosted, Observation, host, host_topology, replay
@@ -166,9 +167,8 @@ def _faster_reason(h: Hosted, topo: Topology, bound: str, regime: str) -> str:
     if regime == "latency":
         return ("the library starts faster than NCCL's cost model (direct / MSCCL++ kernels or a lighter protocol); "
                 "calibrate the latencies: tspsim calibrate")
-    nvls = topo.intra.nvls
-    if (log.op == "all_reduce" and not algo and h.nodes > 1 and topo.intra.kind == "switch"
-            and (nvls is None or nvls.net_step_us is None)):
+    multi_node_all_reduce = log.op == "all_reduce" and not algo and h.nodes > 1
+    if multi_node_all_reduce and topo.intra.kind == "switch" and not offers_nvls_tree(topo):
         return (f"the library likely ran NVLSTree (NVLink SHARP inside each node + tree across nodes), which "
                 f"{topo.name} does not offer (intra.nvls with net_step_us); NCCL_ALGO=Ring measures the network alone")
     if log.op == "all_reduce" and h.nodes == 1 and topo.intra.kind == "switch" and topo.intra.nvls is None:

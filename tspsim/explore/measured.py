@@ -42,6 +42,7 @@ from tspsim.engine.collectives.latency import (
     ring_latency_s,
     tree_latency_s,
 )
+from tspsim.engine.collectives.nvls import offers_nvls_tree
 from tspsim.engine.collectives.policy import ORDER, ROOTED
 from tspsim.engine.collectives.resolve import base_loads, protocol_weights, solo_rate
 from tspsim.simulate.collective import simulate_collective
@@ -162,8 +163,7 @@ def _algorithm(log: CollectiveLog, topo: Topology, nodes: int, algo: str) -> tup
     if name == "nvls" and log.op == "all_reduce" and nodes == 1 and topo.intra.nvls is not None:
         return "nvls", ""
     if name == "nvlstree" and log.op == "all_reduce" and nodes > 1:
-        nvls = topo.intra.nvls if topo.intra.kind == "switch" else None
-        if nvls is not None and nvls.net_step_us is not None:
+        if offers_nvls_tree(topo):
             return "nvls_tree", ""
         return "", (f"NVLSTree (NVLink SHARP inside each node + tree across nodes) needs intra.nvls with "
                     f"net_step_us, which {topo.name} does not set; predicted with tspsim's policy")

@@ -58,21 +58,35 @@ def nvls_shape(info: GroupInfo, topo: Topology) -> Shape:
     return Shape("nvls", "Simple", 1, (Phase(topo.intra.nvls.step_us * 1e-6, FlowSpec.of(hops, fracs)),))
 
 
-def check_nvls_tree(info: GroupInfo, topo: Topology) -> None:
-    """Raise unless NCCL's NVLS tree applies to the group.
+def offers_nvls_tree(topo: Topology) -> bool:
+    """Whether the topology's nodes run NCCL's NVLS tree: switch nodes with NVLS and its network step."""
+    nvls = topo.intra.nvls
+    return topo.intra.kind == "switch" and nvls is not None and nvls.net_step_us is not None
+
+
+def nvls_tree_problem(info: GroupInfo, topo: Topology) -> str:
+    """Why NCCL's NVLS tree does not apply to the group ("" if it does).
 
     It needs switch nodes with NVLS and its network step, and the same GPUs (at least two) of each of
     several nodes.
     """
-    _check_switch(topo)
-    if topo.intra.nvls.net_step_us is None:
-        raise TspsimError(f"topology {topo.name} has no multi-node NVLS tree (set intra.nvls.net_step_us, NCCL's "
-                          "NVLS network latency); use ring or tree")
+    if topo.intra.kind != "switch" or topo.intra.nvls is None:
+        return f"topology {topo.name} has no NVLink SHARP (intra.nvls); use ring or direct"
+    if not offers_nvls_tree(topo):
+        return (f"topology {topo.name} has no multi-node NVLS tree (set intra.nvls.net_step_us, NCCL's NVLS network "
+                "latency); use ring or tree")
     if info.k == 1:
-        raise TspsimError("algorithm 'nvls_tree' runs across nodes; inside one node use nvls")
+        return "algorithm 'nvls_tree' runs across nodes; inside one node use nvls"
     if not info.regular or info.m < 2:
-        raise TspsimError("algorithm 'nvls_tree' needs the same GPUs (at least two) of every node; use ring or tree "
-                          "for this group")
+        return "algorithm 'nvls_tree' needs the same GPUs (at least two) of every node; use ring or tree for this group"
+    return ""
+
+
+def check_nvls_tree(info: GroupInfo, topo: Topology) -> None:
+    """Raise :func:`nvls_tree_problem`'s reason, if any."""
+    problem = nvls_tree_problem(info, topo)
+    if problem:
+        raise TspsimError(problem)
 
 
 def nvls_tree_shape(info: GroupInfo, topo: Topology) -> Shape:

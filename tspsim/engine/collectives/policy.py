@@ -32,7 +32,7 @@ from tspsim.core.errors import TspsimError
 from tspsim.engine.collectives.direct import all_to_all_shape, direct_shape, rd_shape
 from tspsim.engine.collectives.hierarchical import check_hier, hier_shape
 from tspsim.engine.collectives.latency import available_protocols
-from tspsim.engine.collectives.nvls import check_nvls_tree, nvls_shape, nvls_tree_shape
+from tspsim.engine.collectives.nvls import check_nvls_tree, nvls_shape, nvls_tree_problem, nvls_tree_shape
 from tspsim.engine.collectives.plan import PROTOCOLS, CollectivePlan, GroupInfo, Shape, group_info
 from tspsim.engine.collectives.resolve import base_loads, protocol_weights, solo_rate
 from tspsim.engine.collectives.ring import ring_shape
@@ -87,10 +87,9 @@ def _applicable(kind: str, info: GroupInfo, topo: Topology) -> list[str]:
         algs += ["one_shot", "two_shot", "tree"]
         if info.p & (info.p - 1) == 0:
             algs.append("rd")
-        nvls = topo.intra.nvls if topo.intra.kind == "switch" else None
-        if info.k == 1 and nvls is not None:
+        if info.k == 1 and topo.intra.kind == "switch" and topo.intra.nvls is not None:
             algs.append("nvls")
-        if info.k > 1 and nvls is not None and nvls.net_step_us is not None and info.regular and info.m > 1:
+        if not nvls_tree_problem(info, topo):
             algs.append("nvls_tree")
     else:
         algs.append("direct")
