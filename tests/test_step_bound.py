@@ -10,10 +10,9 @@ from __future__ import annotations
 import pytest
 from tiny_models import tiny_32_heads
 
-from tspsim.commands.playbook_columns import bounded_best
 from tspsim.engine.bound import step_time_lower_bound
 from tspsim.engine.sim import replay
-from tspsim.explore.playbooks import PLAYBOOKS, best_playbook, playbook_points, valid_points
+from tspsim.explore.playbooks import PLAYBOOKS, best_playbook, bounded_best, playbook_points, valid_points
 from tspsim.schedules import SCHEDULES
 from tspsim.simulate import Point, build_graph
 from tspsim.spec.pipeline_spec import PipelineSpec

@@ -5,7 +5,9 @@ alone or over tensor or sequence parallelism, as PyTorch FSDP2 composes them) or
 parallelism with sequence parallelism inside the node, pipeline stages across nodes, data parallelism over the
 rest; Narayanan et al. 2021). :func:`playbook_points` enumerates a family's layouts for one topology, model and
 global batch — the planner's generator for ``tspsim plan`` and the search behind ``tspsim run``'s default
-comparison (:func:`best_playbook`: simulate each, keep the fastest that fits in HBM).
+comparison (:func:`bounded_best`: simulate in the order of a lower bound on the step time and skip the candidates
+whose bound already loses; the same choice as :func:`best_playbook`, which simulates each and keeps the fastest
+that fits in HBM).
 
 The global batch G is fixed (the same tokens per step as the other columns), so each layout's micro-batches
 per replica are m = G / (b·DP); layouts where that is not a whole number are left out.
@@ -13,11 +15,18 @@ per replica are m = G / (b·DP); layouts where that is not a whole number are le
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable
 from typing import Any
 
+from tspsim.analysis.metrics import tokens_per_step
 from tspsim.core.errors import TspsimError
+from tspsim.engine.bound import step_time_lower_bound
 from tspsim.simulate import Point, RunResult, simulate
+from tspsim.simulate.graph import build_graph
+from tspsim.simulate.pipeline_timer import probe_micro_batches
+from tspsim.simulate.point import resolve
+from tspsim.simulate.training import simulate_training
 from tspsim.spec.loader import SpecLoader
 from tspsim.spec.pipeline_spec import PipelineSpec
 
@@ -121,3 +130,78 @@ def best_playbook(points: list[Point], on_point: Callable[[Point, int, int], Non
         if best is None or e["tokens_per_s"] > best.entry["tokens_per_s"]:
             best = res
     return best
+
+
+KEEP_GRAPH_OPS = 1_000_000
+"""Most ops of the bounded candidates' graphs kept between their bound and their replay (about 1–2 KB each);
+beyond that a candidate's graph is built again when it is simulated."""
+
+
+def bounded_best(points: list[Any], fold: bool = True, specs: Any = None) -> tuple[Any, int]:
+    """(the result :func:`tspsim.explore.playbooks.best_playbook` returns for ``points``, candidates skipped).
+
+    That is the fastest candidate (tokens/s) that fits in HBM, the first in ``points`` order among equals, or
+    None. Each training candidate has its graph built and a lower bound on its step time computed
+    (:func:`tspsim.engine.bound.step_time_lower_bound`), so an upper bound U = tokens per step / bound on its
+    tokens/s: first with free communication (cheap), then, when the candidate is next, with every
+    communication op at its least duration (tighter, and the plans it resolves are reused by the replay). The
+    candidate of largest U goes next (tightened first if its bound is still the cheap one, else simulated);
+    once the largest U left is below (1 − 10⁻⁹) × the best tokens/s simulated, the rest are skipped: their
+    simulated tokens/s would be below their U, so none could be chosen (the margin covers the float noise of
+    two differently summed times). A long pipeline timed from a shorter probe
+    (:mod:`tspsim.simulate.pipeline_timer`; its full graph is never built) is simulated first, unbounded, and
+    graphs beyond :data:`KEEP_GRAPH_OPS` ops in all are built again when simulated.
+    ``tests/test_step_bound.py`` checks the choice against simulating everything.
+    """
+    specs = specs or SpecLoader()
+    best: Any = None
+    best_key: tuple[float, int] | None = None
+
+    def consider(i: int, res: Any) -> None:
+        nonlocal best, best_key
+        e = res.entry
+        if not e.get("oom") and (best_key is None or (e["tokens_per_s"], -i) > best_key):
+            best, best_key = res, (e["tokens_per_s"], -i)
+
+    heap: list[tuple[float, int, int]] = []      # (−U, index, level: 0 free comm, 1 comm at its least)
+    kept: dict[int, Any] = {}                    # index → built graph (up to KEEP_GRAPH_OPS ops in all)
+    plans: dict[int, dict[Any, Any]] = {}
+    tokens: dict[int, int] = {}
+    kept_ops = 0
+    for i, p in enumerate(points):
+        if p.mode != "train" or _probed(p, specs):
+            consider(i, simulate(p, fold=fold, specs=specs))
+            continue
+        built = build_graph(p, fold=fold, specs=specs)
+        graph, topo, _model, layout, workload, _opts = built
+        tokens[i] = tokens_per_step(workload, layout.replicas, layout.micro_batches)
+        heapq.heappush(heap, (-_upper(tokens[i], step_time_lower_bound(graph, topo, comm=False)), i, 0))
+        kept_ops += len(graph.ops)
+        if kept_ops <= KEEP_GRAPH_OPS:
+            kept[i] = built
+    while heap:
+        neg_u, i, level = heap[0]
+        if best_key is not None and -neg_u < best_key[0] * (1 - 1e-9):
+            break                                # this one and every one left cannot be chosen
+        heapq.heappop(heap)
+        p = points[i]
+        built = kept.get(i) or build_graph(p, fold=fold, specs=specs)
+        if level == 0:
+            plans[i] = {}
+            bound = step_time_lower_bound(built[0], built[1], plans=plans[i] if i in kept else None)
+            heapq.heappush(heap, (-_upper(tokens[i], bound), i, 1))
+            continue
+        consider(i, simulate_training(p, fold=fold, specs=specs, built=built, plans=plans.get(i)))
+        kept.pop(i, None)
+    return best, len(heap)
+
+
+def _upper(tokens: int, bound_s: float) -> float:
+    """Upper bound on tokens/s from a lower bound on the step time (unbounded for a bound of 0)."""
+    return tokens / bound_s if bound_s > 0 else float("inf")
+
+
+def _probed(point: Any, specs: Any) -> bool:
+    """True if the training point's step is timed from a shorter pipeline probe (its full graph is not built)."""
+    layout = resolve(point, specs)[2]
+    return probe_micro_batches(layout.micro_batches, layout.pp, layout.pp_schedule, 0) is not None
