@@ -21,6 +21,11 @@ arithmetic intensity relative to the roofline ridge (:func:`tail_fraction`):
 Every compute-bound kernel (I ≥ I_ridge: all training and prefill GEMMs of realistic size, and the
 square GEMMs the fit was made on) keeps the full roll-off; a decode GEMM with B = 1 (I ≈ 1) pays
 about 1/I_ridge of it. [assumption: no public skinny-GEMM sweep in reference/hardware.md to fit φ]
+
+Where the software stack says its GEMM library runs large GEMMs as data-parallel tiles in waves of one
+tile per SM (``kernels.gemm_wave_tile``, e.g. cuBLAS 11 on A100 for Megatron-LM 2022), the efficiency is
+multiplied by the shape's tile-and-wave quantisation (:func:`wave_efficiency`): ``gemm_efficiency`` is the
+maximum achievable on the best shape found by search (MAMF, hardware.md §4.1), where the last wave is full.
 """
 
 from __future__ import annotations
@@ -52,9 +57,9 @@ def kernel_gpu(gpu: GpuSpec, meta: dict[str, Any]) -> GpuSpec:
     if costs is None:
         return gpu
     where = f"trace metadata: meta.{KERNEL_COSTS_KEY}"
-    if not isinstance(costs, dict) or not set(costs) <= {"kernel_gap_us", "attention_efficiency"}:
-        raise TraceError(f"{where}: expected a mapping with kernel_gap_us and attention_efficiency, got "
-                         f"{costs!r}"[:200])
+    if not isinstance(costs, dict) or not set(costs) <= {"kernel_gap_us", "attention_efficiency", "gemm_wave_tile"}:
+        raise TraceError(f"{where}: expected a mapping with kernel_gap_us, attention_efficiency and optionally "
+                         f"gemm_wave_tile, got {costs!r}"[:200])
     gap = costs.get("kernel_gap_us")
     if gap is not None:
         if isinstance(gap, bool) or not isinstance(gap, (int, float)) or not math.isfinite(gap) or not 0 <= gap <= 1e6:
@@ -71,6 +76,18 @@ def kernel_gpu(gpu: GpuSpec, meta: dict[str, Any]) -> GpuSpec:
             raise TraceError(f"{where}.attention_efficiency.{gpu.name}: expected [fwd, bwd] in (0, 1], got {pair!r}"
                              [:200])
         gpu = replace(gpu, attn_fwd_efficiency=float(pair[0]), attn_bwd_efficiency=float(pair[1]))
+    tiles = costs.get("gemm_wave_tile") or {}
+    if not isinstance(tiles, dict):
+        raise TraceError(f"{where}.gemm_wave_tile: expected a mapping GPU name → [rows, columns]"[:200])
+    tile = tiles.get(gpu.name)
+    if tile is not None:
+        ok = isinstance(tile, list) and len(tile) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1024 for v in tile)
+        if not ok:
+            raise TraceError(f"{where}.gemm_wave_tile.{gpu.name}: expected [rows, columns] in 1–1024, got "
+                             f"{tile!r}"[:200])
+        if gpu.sm_count > 0:
+            gpu = replace(gpu, gemm_wave_tile=(tile[0], tile[1]))
     return gpu
 
 
@@ -95,15 +112,67 @@ def tail_fraction(op: Op, gpu: GpuSpec) -> float:
     return min(1.0, op.flops / op.hbm_bytes / ridge)
 
 
+def wave_efficiency(m: int, n: int, batch: int, tile: tuple[int, int], sm_count: int) -> float:
+    """Useful fraction of the tile slots a data-parallel tiled GEMM occupies: tile and wave quantisation.
+
+    The library splits each of ``batch`` m×n outputs into ⌈m/r⌉·⌈n/c⌉ tiles of r×c (either orientation of
+    ``tile``; the better one), one per SM at a time, so T tiles take W = ⌈T / SMs⌉ waves and
+
+        efficiency = batch·m·n / (W · SMs · r · c)
+
+    (NVIDIA, "Matrix Multiplication Background User's Guide", §§ tile quantisation and wave quantisation:
+    an A100's 108 SMs run 256×128 tiles in waves of 108). A GEMM with fewer tiles than SMs (in either
+    orientation) is outside the model: libraries pick smaller tiles or split K there, and the smooth roll-off
+    of :func:`efficiency` covers it (returns 1).
+    """
+    best = 0.0
+    for r, c in (tile, (tile[1], tile[0])):
+        tiles = batch * -(-m // r) * -(-n // c)
+        if tiles < sm_count:
+            return 1.0
+        best = max(best, batch * m * n / (-(-tiles // sm_count) * sm_count * r * c))
+    return best
+
+
+def gemm_wave_factor(op: Op, gpu: GpuSpec) -> float:
+    """Wave-quantisation factor of a GEMM op under the stack's tiling (1 when not modelled).
+
+    ``op.shape`` is (m, n, k) or a batched (m, n, k, batch). An op with 2·m·n·k·batch FLOPs is one forward
+    GEMM (output m×n); one with twice that is a backward pair, dgrad (output m×k) and wgrad (output k×n) of
+    equal FLOPs, so the pair's factor is their harmonic mean. Other FLOP counts are not a GEMM of that shape
+    (factor 1).
+    """
+    tile, shape = gpu.gemm_wave_tile, op.shape
+    if tile is None or op.kind != "gemm" or len(shape) not in (3, 4) or gpu.sm_count <= 0:
+        return 1.0
+    m, n, k = shape[0], shape[1], shape[2]
+    batch = shape[3] if len(shape) == 4 else 1
+    one = 2.0 * m * n * k * batch
+    if min(m, n, k, batch) <= 0:
+        return 1.0
+    ratio = op.flops / one
+    if abs(ratio - 1.0) < 0.01:
+        return wave_efficiency(m, n, batch, tile, gpu.sm_count)
+    if abs(ratio - 2.0) < 0.02:
+        dgrad = wave_efficiency(m, k, batch, tile, gpu.sm_count)
+        wgrad = wave_efficiency(k, n, batch, tile, gpu.sm_count)
+        return 2.0 / (1.0 / dgrad + 1.0 / wgrad)
+    return 1.0
+
+
 def efficiency(op: Op, gpu: GpuSpec) -> float:
-    """Fraction of BF16 peak the kernel reaches: eff_large · F / (F + φ·F½) for GEMM and attention."""
+    """Fraction of BF16 peak the kernel reaches: eff_large · F / (F + φ·F½) · wave factor.
+
+    The roll-off applies to GEMM and attention kernels, the wave-quantisation factor
+    (:func:`gemm_wave_factor`) to GEMMs where the stack tiles them in waves.
+    """
     base = large_efficiency(op, gpu)
     if op.kind not in ("gemm", "attention_fwd", "attention_bwd"):
         return base
     gflop = op.flops / 1e9
     if gflop <= 0:
         return base
-    return base * gflop / (gflop + tail_fraction(op, gpu) * gpu.gemm_half_GFLOP)
+    return base * gflop / (gflop + tail_fraction(op, gpu) * gpu.gemm_half_GFLOP) * gemm_wave_factor(op, gpu)
 
 
 def compute_seconds(op: Op, gpu: GpuSpec) -> float:
@@ -121,6 +190,8 @@ def compute_seconds(op: Op, gpu: GpuSpec) -> float:
             else:
                 tail = min(1.0, flops / hbm_bytes / (gpu.peak_bf16_TFLOPS * base / (gpu.hbm_TBps * gpu.hbm_efficiency)))
             eff = base * gflop / (gflop + tail * gpu.gemm_half_GFLOP)
+            if gpu.gemm_wave_tile is not None:
+                eff *= gemm_wave_factor(op, gpu)
         else:
             eff = base
         t_flops = flops / (gpu.peak_bf16_TFLOPS * 1e12 * eff)

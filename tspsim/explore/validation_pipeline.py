@@ -20,9 +20,10 @@ Every row runs fast (the simulation is optimistic). Each row's note names the re
 Megatron-LM 2022 mechanisms modelled — recompute re-running the layer forward with its TP collectives, the
 async TP all-reduce and SP reduce-scatter under the weight-gradient GEMM, SP's blocking forward collectives,
 the all-gather redo, blocking p2p with scatter-gather, the interleaved schedule's extra transfers, the
-tied-embedding all-reduce, the LM head on the last stage — and each of those pieces small or at its
-first-principles time; what is left is the layer's GEMM time (75–89 % of a layer), run at the A100 preset's
-0.85 × 312 TF (hardware.md's [unverified] best-shape ceiling).
+tied-embedding all-reduce, the LM head on the last stage, and the GEMMs' tile-and-wave quantisation under
+cuBLAS 11's 256×128 tiles on 108 SMs (:func:`tspsim.engine.costs.wave_efficiency`) — and each of those pieces
+small or at its first-principles time; what is left is the layer's GEMM rate (77–89 % of a layer), whose
+best-shape ceiling 0.85 × 312 TF is hardware.md's [unverified] figure.
 """
 
 from __future__ import annotations
@@ -50,16 +51,18 @@ VARIANTS = (("full", "tp", "full", "full recompute"), ("sp-selective", "satp-seq
 
 
 MECHANISM = {
-    "full": ("residual miss: per-layer compute - the GEMMs (75% of a layer at 175B, 87% at 1T) run at the A100 "
-             "preset's 0.85 x 312 TF best-shape ceiling; ~0.69 would close the 175B row, ~0.75 the 1T one "
-             "(larger GEMMs). Recompute with its TP all-reduces, the async TP gradient all-reduce, scatter-gather "
-             "and blocking p2p, bubble, tied-embedding all-reduce and optimizer are modelled as Megatron-LM 2022 "
-             "runs them"),
-    "sp-selective": ("residual miss: per-layer compute - the GEMMs (78% of a layer at 175B, 89% at 1T) run at the "
-                     "A100 preset's 0.85 x 312 TF best-shape ceiling; ~0.66 would close the 175B row, ~0.73 the 1T "
-                     "one; larger than the full-recompute miss because exposed communication is a smaller share of "
-                     "an SP layer. SP collectives (blocking forward, redo under dgrad, reduce-scatter under wgrad) "
-                     "and the core-attention recompute with its dropout mask are modelled as the 2022 code"),
+    "full": ("residual miss: per-layer compute - the GEMMs (77% of a layer at 175B, 87% at 1T) run at the A100 "
+             "preset's 0.85 x 312 TF best-shape ceiling ([unverified] in hardware.md) times their tile-and-wave "
+             "quantisation (cuBLAS 11: 256x128 tiles in waves of 108 SMs; 8/9 on most 175B GEMMs); sustained "
+             "clocks are not modelled. Recompute with its TP all-reduces, the async TP gradient all-reduce, "
+             "scatter-gather and blocking p2p, bubble, tied-embedding all-reduce and optimizer are modelled as "
+             "Megatron-LM 2022 runs them"),
+    "sp-selective": ("residual miss: per-layer compute - the GEMMs (80% of a layer at 175B, 89% at 1T) run at the "
+                     "A100 preset's 0.85 x 312 TF best-shape ceiling ([unverified] in hardware.md) times their "
+                     "tile-and-wave quantisation; larger than the full-recompute miss because exposed communication "
+                     "is a smaller share of an SP layer. SP collectives (blocking forward, redo under dgrad, "
+                     "reduce-scatter under wgrad) and the core-attention recompute with its dropout mask are "
+                     "modelled as the 2022 code"),
 }
 """Mechanism of each column's residual miss (the row's note; see the module docstring)."""
 

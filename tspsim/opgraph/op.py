@@ -67,7 +67,9 @@ class Op:
     hbm_bytes: float = 0.0
     """Bytes read and written from HBM (compute ops)."""
     shape: tuple[int, ...] = ()
-    """GEMM (m, n, k) or attention (batch, q_tokens, kv_tokens, heads, head_dim); informational."""
+    """GEMM (m, n, k), batched GEMM (m, n, k, batch) or attention (batch, q_tokens, kv_tokens, heads, head_dim).
+
+    Informational, except where the stack tiles GEMMs in waves (:func:`tspsim.engine.costs.gemm_wave_factor`)."""
     nbytes: int = 0
     """Payload N·s of a collective or the bytes of a send/recv."""
     group: tuple[int, ...] = ()

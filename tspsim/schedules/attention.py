@@ -111,7 +111,7 @@ def core_backward(c: BuildContext, rank: int, name: str, shape: CoreShape, *, la
     probs, drop = int(e * s), int(e * (s + 1)) if dropout else 0
     # P·V backward: dP = dO·Vᵀ and dV = Pᵀ·dO
     c.compute(rank, "gemm", f"{name}.av", flops=4.0 * e * d, hbm_bytes=(2 * e + 2 * qd + 2 * kd) * s,
-              shape=(int(bh * shape.q_tokens), int(shape.kv_tokens), d), layer=layer, phase="bwd", after=after,
+              shape=_bmm(shape.q_tokens, shape.kv_tokens, d, bh), layer=layer, phase="bwd", after=after,
               mem=[("start", "temporary", probs)])
     if dropout:
         c.elementwise(rank, f"{name}.dropout", e * (2 * s + 1), layer=layer, phase="bwd", after=[c.last[rank]],
@@ -120,8 +120,13 @@ def core_backward(c: BuildContext, rank: int, name: str, shape: CoreShape, *, la
                   mem=[("end", "activations", -probs)])
     # QKᵀ backward: dQ = dS·K and dK = dSᵀ·Q
     return c.compute(rank, "gemm", f"{name}.qk", flops=4.0 * e * d, hbm_bytes=(2 * e + 2 * qd + 2 * kd) * s,
-                     shape=(int(bh * shape.q_tokens), d, int(shape.kv_tokens)), layer=layer, phase="bwd",
+                     shape=_bmm(shape.q_tokens, d, shape.kv_tokens, bh), layer=layer, phase="bwd",
                      after=[c.last[rank]], mem=[("end", "temporary", -probs), *mem])
+
+
+def _bmm(m: float, n: float, k: float, batch: float) -> tuple[int, int, int, int]:
+    """Shape (m, n, k, batch) of a batched GEMM: ``batch`` independent (m×k)·(k×n) products (baddbmm/bmm)."""
+    return (int(m), int(n), int(k), int(batch))
 
 
 def _unfused_forward(c: BuildContext, rank: int, name: str, shape: CoreShape, *, layer: int, phase: str,
@@ -133,7 +138,7 @@ def _unfused_forward(c: BuildContext, rank: int, name: str, shape: CoreShape, *,
     raw, probs = int(e * s), int(e * s)
     drop = int(e * (s + 1)) if attention_dropout(c) else 0
     c.compute(rank, "gemm", f"{name}.qk", flops=2.0 * e * d, hbm_bytes=(qd + kd + e) * s,
-              shape=(int(bh * shape.q_tokens), int(shape.kv_tokens), d), layer=layer, phase=phase, after=after,
+              shape=_bmm(shape.q_tokens, shape.kv_tokens, d, bh), layer=layer, phase=phase, after=after,
               mem=[("start", "temporary", raw)])
     c.elementwise(rank, f"{name}.softmax", 2 * e * s, layer=layer, phase=phase, after=[c.last[rank]],
                   mem=[("start", category, probs), ("end", "temporary", -raw)])
@@ -142,5 +147,5 @@ def _unfused_forward(c: BuildContext, rank: int, name: str, shape: CoreShape, *,
                       mem=[("start", category, drop)])
     free = [("end", category, -(probs + drop))] if free_after else []
     return c.compute(rank, "gemm", f"{name}.av", flops=2.0 * e * d, hbm_bytes=(e + kd + qd) * s,
-                     shape=(int(bh * shape.q_tokens), d, int(shape.kv_tokens)), layer=layer, phase=phase,
+                     shape=_bmm(shape.q_tokens, d, shape.kv_tokens, bh), layer=layer, phase=phase,
                      after=[c.last[rank]], mem=[*free, *mem])

@@ -285,9 +285,10 @@ class BuildContext:
         if plan is not None and (plan.slab_nodes or plan.peer > 1):
             g.meta["fold"] = plan.to_meta()
         table = {gpu: [fwd, bwd] for gpu, fwd, bwd in self.stack.attention.flash_efficiency}
-        if self.queued_kernels or table:
+        tiles = {gpu: [rows, cols] for gpu, rows, cols in self.stack.kernels.gemm_wave_tile}
+        if self.queued_kernels or table or tiles:
             g.meta["kernel_costs"] = {"kernel_gap_us": self.opts.decode_launch_us if self.queued_kernels else None,
-                                      "attention_efficiency": table}
+                                      "attention_efficiency": table, **({"gemm_wave_tile": tiles} if tiles else {})}
         if extra_meta:
             g.meta.update(extra_meta)
         return g

@@ -102,6 +102,13 @@ class KernelChoice:
     LinearWithGradAccumulationAndAsyncCommunication, ``all_reduce(grad_input, async_op=True)`` before the
     wgrad GEMM, ``handle.wait()`` after it). False (optional key, the default): one dgrad + wgrad GEMM pair,
     then the all-reduce."""
+    gemm_wave_tile: tuple[tuple[str, int, int], ...] = ()
+    """Per GPU (the topology's ``gpu.name``): (name, rows, columns) of the output tile one SM computes when the
+    stack's GEMM library runs a large GEMM as data-parallel thread-block tiles, one per SM, in waves of
+    ``gpu.sm_count`` tiles (cuBLAS 11 on A100: 256×128 tiles; NVIDIA, "Matrix Multiplication Background User's
+    Guide", tile and wave quantisation). The partial last wave and partial edge tiles cost time
+    (:func:`tspsim.engine.costs.wave_efficiency`). Empty (optional key, the default): the library picks a
+    kernel per shape (autotuned, split-K or stream-K scheduling) and the topology's smooth roll-off stands."""
 
 
 @dataclass(frozen=True)
@@ -189,6 +196,7 @@ class Stack:
         kern += "; hidden dropout" if k.hidden_dropout else ""
         kern += "; SP input all-gather redo" if k.sp_input_regather else ""
         kern += "; async TP gradient all-reduce" if k.tp_async_grad_allreduce else ""
+        kern += "".join(f"; {g} GEMMs in waves of {r}×{c} tiles" for g, r, c in k.gemm_wave_tile)
         opt = "Adam" + (" + separate param copy" if o.param_copy == "separate" else "")
         opt += "".join(f" + {n}" for n, on in (("grad norm", o.grad_norm), ("zero grad", o.zero_grad),
                                                ("unscale", o.unscale)) if on)
@@ -211,7 +219,9 @@ class Stack:
                         "bias_activation": k.bias_activation, "bias_grad": k.bias_grad,
                         "norm_weight_grad": k.norm_weight_grad, "residual_grad": k.residual_grad,
                         "sp_input_regather": k.sp_input_regather,
-                        "tp_async_grad_allreduce": k.tp_async_grad_allreduce},
+                        "tp_async_grad_allreduce": k.tp_async_grad_allreduce,
+                        **({"gemm_wave_tile": {g: [r, c] for g, r, c in k.gemm_wave_tile}}
+                           if k.gemm_wave_tile else {})},
             "optimizer": {"param_copy": o.param_copy, "grad_norm": o.grad_norm, "zero_grad": o.zero_grad,
                           "unscale": o.unscale},
             "host": {"launch": h.launch, "capture": list(h.capture), "launch_us": h.launch_us,
@@ -232,15 +242,17 @@ _SCHEMA: dict[str, dict[str, Any]] = {
     "kernels": {"hidden_dropout": _BOOL, "bias_dropout_add": ("fused", "unfused"),
                 "bias_activation": ("fused", "unfused"), "bias_grad": ("fused", "separate"),
                 "norm_weight_grad": ("fused", "separate"), "residual_grad": ("fused", "separate"),
-                "sp_input_regather": _BOOL, "tp_async_grad_allreduce": _BOOL},
+                "sp_input_regather": _BOOL, "tp_async_grad_allreduce": _BOOL, "gemm_wave_tile": "tile_table"},
     "optimizer": {"param_copy": ("fused", "separate"), "grad_norm": _BOOL, "zero_grad": _BOOL, "unscale": _BOOL},
     "host": {"launch": ("device", "host"), "capture": "steps", "launch_us": "us_or_null",
              "step_overhead_us": "us"},
 }
 _TOP = ("name", "description", "source", "inherit", *_SCHEMA, "defaults")
 _OPTIONAL_TOP = {"name", "description", "source", "inherit", "defaults"}
-_OPTIONAL = {("attention", "flash_efficiency"), ("kernels", "tp_async_grad_allreduce")}
-"""Keys a stack file may omit: they take the field's default (flash_efficiency: none)."""
+_OPTIONAL = {("attention", "flash_efficiency"), ("kernels", "tp_async_grad_allreduce"), ("kernels", "gemm_wave_tile")}
+"""Keys a stack file may omit: they take the field's default (flash_efficiency, gemm_wave_tile: none)."""
+MAX_TILE = 1024
+"""Largest GEMM tile side accepted (rows or columns); real thread-block tiles are 16–512."""
 
 
 def preset_names() -> list[str]:
@@ -327,7 +339,8 @@ def _expected(rule: Any) -> str:
         return "one of " + ", ".join(rule)
     return {_BOOL: "true or false", "steps": f"a list of step kinds ({', '.join(STEP_KINDS)})",
             "us": "a number of µs ≥ 0", "us_or_null": "a number of µs ≥ 0, or null",
-            "efficiency_table": "a mapping GPU name → {fwd, bwd} efficiencies in (0, 1]"}[rule]
+            "efficiency_table": "a mapping GPU name → {fwd, bwd} efficiencies in (0, 1]",
+            "tile_table": f"a mapping GPU name → [rows, columns], whole numbers in 1–{MAX_TILE}"}[rule]
 
 
 def _value(value: Any, rule: Any, path: str) -> Any:
@@ -347,6 +360,8 @@ def _value(value: Any, rule: Any, path: str) -> Any:
         return None
     if rule in ("us", "us_or_null"):
         return _number(value, path, 0.0, MAX_HOST_US, "µs")
+    if rule == "tile_table":
+        return _tile_table(value, path)
     return _efficiency_table(value, path)
 
 
@@ -373,6 +388,20 @@ def _efficiency_table(value: Any, path: str) -> tuple[tuple[str, float, float], 
                 raise ConfigError(f"{where}.{key}: an efficiency must be in (0, 1], got {describe_value(eff)}")
             effs.append(float(eff))
         rows.append((gpu, effs[0], effs[1]))
+    return tuple(sorted(rows))
+
+
+def _tile_table(value: Any, path: str) -> tuple[tuple[str, int, int], ...]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: expected {_expected('tile_table')}, got {describe_value(value)}")
+    rows = []
+    for gpu, tile in value.items():
+        ok = isinstance(gpu, str) and isinstance(tile, list) and len(tile) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_TILE for v in tile)
+        if not ok:
+            raise ConfigError(f"{path}.{gpu}: expected [rows, columns], whole numbers in 1–{MAX_TILE} "
+                              f"(e.g. [256, 128]), got {describe_value(tile)}")
+        rows.append((gpu, tile[0], tile[1]))
     return tuple(sorted(rows))
 
 

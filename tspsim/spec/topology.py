@@ -59,6 +59,13 @@ class GpuSpec:
     """Fraction of BF16 peak reached by the flash-attention backward kernel."""
     hbm_efficiency: float
     """Fraction of HBM peak bandwidth a streaming kernel reaches."""
+    sm_count: int = 0
+    """Streaming multiprocessors (NVIDIA) or compute units (AMD): the width of one wave of GEMM tiles
+    (hardware.md §1, appendix). 0: not given, no wave quantisation (:func:`tspsim.engine.costs.wave_efficiency`)."""
+    gemm_wave_tile: tuple[int, int] | None = None
+    """(rows, columns) of the output tile one SM computes when the software stack's GEMM library schedules
+    tiles in waves of ``sm_count`` (set from the stack by :func:`tspsim.engine.costs.kernel_gpu`, never read
+    from a topology file). None: the stack's library is not modelled tile by tile; the smooth roll-off stands."""
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ _SCHEMA: dict[str, Any] = {
         "name": str, "peak_bf16_TFLOPS": float, "peak_fp8_TFLOPS": float, "mfu_peak_TFLOPS": float,
         "hbm_GB": float, "hbm_TBps": float, "runtime_reserve_GB": "nonneg", "kernel_launch_us": "nonneg",
         "gemm_efficiency": "eff", "gemm_half_GFLOP": float, "attn_fwd_efficiency": "eff",
-        "attn_bwd_efficiency": "eff", "hbm_efficiency": "eff",
+        "attn_bwd_efficiency": "eff", "hbm_efficiency": "eff", "sm_count": int,
     },
     "intra": {
         "kind": ("full_mesh", "switch"), "link_GBps": float, "link_efficiency": "eff",
@@ -89,6 +89,7 @@ _SCHEMA: dict[str, Any] = {
 }
 _OPTIONAL = {"description", "inherit", "inter"}
 _SECTION_OPTIONAL = {
+    ".gpu": {"sm_count"},
     ".intra": {"tree_step_us", "chunk_bytes", "ll", "ll128", "nvls"},
     ".intra.nvls": {"net_step_us"},
     ".inter": {"collective_efficiency", "tree_step_us", "net_overhead_us", "p2p_concurrency", "ll", "ll128"},
