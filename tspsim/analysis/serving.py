@@ -232,59 +232,37 @@ def window_stats(tl: Timeline, gpu: GpuSpec, windows: Sequence[tuple[float, floa
     for start, end in windows:
         whole = start <= first and end >= last      # no span is cut: clipping changes nothing
         weights = kv = compute = communication = other = 0.0    # one accumulator per key, in span order
-        if whole:
-            seen = ranks_seen
-            for _, a, b, cls, is_weights, share, lo, full in spans:
-                if cls <= _SKIP:
-                    continue
-                dur = b - a
-                over = lo * dur / full
-                other += over
-                body = dur - over
-                if cls == _OTHER:
-                    other += body
-                elif cls == _MEM:
-                    if is_weights:
-                        weights += body
-                    else:
-                        kv += body
-                elif cls == _SPLIT:
-                    if is_weights:
-                        weights += body * share
-                    else:
-                        kv += body * share
-                    compute += body * (1.0 - share)
-                else:
-                    compute += body
-        else:
-            seen = dict.fromkeys(graph_ranks)
-            for rank, a0, b0, cls, is_weights, share, lo, full in spans:
-                a = a0 if a0 > start else start
-                b = b0 if b0 < end else end
+        seen = ranks_seen if whole else dict.fromkeys(graph_ranks)
+        for rank, a, b, cls, is_weights, share, lo, full in spans:
+            if not whole:
+                if a < start:
+                    a = start
+                if b > end:
+                    b = end
                 if b <= a:
                     continue
                 seen[rank] = None
-                if cls <= _SKIP:
-                    continue
-                dur = b - a
-                over = lo * dur / full
-                other += over
-                body = dur - over
-                if cls == _OTHER:
-                    other += body
-                elif cls == _MEM:
-                    if is_weights:
-                        weights += body
-                    else:
-                        kv += body
-                elif cls == _SPLIT:
-                    if is_weights:
-                        weights += body * share
-                    else:
-                        kv += body * share
-                    compute += body * (1.0 - share)
+            if cls <= _SKIP:
+                continue
+            dur = b - a
+            over = lo * dur / full
+            other += over
+            body = dur - over
+            if cls == _OTHER:
+                other += body
+            elif cls == _MEM:
+                if is_weights:
+                    weights += body
                 else:
-                    compute += body
+                    kv += body
+            elif cls == _SPLIT:
+                if is_weights:
+                    weights += body * share
+                else:
+                    kv += body * share
+                compute += body * (1.0 - share)
+            else:
+                compute += body
         clipped = unions if whole else {r: (_clip(comp, start, end), _clip(comm, start, end))
                                         for r, (comp, comm) in unions.items()}
         stats: RankStats = {r: (total_length(c), total_length(m), intersection_length(c, m))
