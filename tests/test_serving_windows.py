@@ -101,3 +101,21 @@ def test_window_stats_equal_window_by_window(mi300x, schedule, kw, mode, batch):
         assert bd == time_breakdown(tl, gpu, start, stop)
         assert stats == rank_overlap(tl, start, stop)
         assert list(stats) == list(rank_overlap(tl, start, stop))
+
+
+@pytest.mark.parametrize("schedule,kw", [("tp", {"degree": 4}), ("tsp", {"degree": 8})])
+def test_window_stats_memo_across_recosted_steps(mi300x, schedule, kw):
+    """A classification memo kept across the replays of one decode graph re-costed for other contexts (as
+    DecodeTimer keeps it) gives the same numbers, to the last bit, as classifying every timeline afresh."""
+    workload = Workload("decode", 1024, 4, 1)
+    layout = make_layout(schedule, mi300x, GQA, workload, **kw)
+    ctx = BuildContext(GQA, mi300x, layout, workload, Assumptions.from_overrides({}))
+    dtopo = decode_topology(mi300x, ctx.opts)
+    step = build_decode_step(ctx, 100)
+    memo: dict = {}
+    for cached in (100, 5000, 101, 100_000, 7):
+        step.recost(cached)
+        tl = replay(step.graph, dtopo)
+        windows = [(0.0, tl.end_s), (tl.end_s / 3, tl.end_s / 2)]
+        assert window_stats(tl, dtopo.gpu, windows, memo) == window_stats(tl, dtopo.gpu, windows)
+    assert memo

@@ -135,95 +135,128 @@ _COMM, _SKIP, _OTHER, _MEM, _SPLIT, _FLOPS = range(6)
 FLOP-bound)."""
 
 
-def _classified_spans(tl: Timeline, gpu: GpuSpec) -> list[tuple[int, float, float, int, str, float]]:
-    """(rank, start, end, class, HBM category, HBM share) of every span of positive length, in span order.
+def _op_class(op: Any, gpu: GpuSpec, hbm: float, peak: float) -> tuple[int, str, float]:
+    """(class, HBM category, HBM time) of one op by its roofline (:func:`time_breakdown`).
 
-    The roofline classification of :func:`time_breakdown`, done once per timeline whatever the windows.
+    The HBM share of a ``_SPLIT`` span is its HBM time over the span's kernel time, computed per span.
+    """
+    kind = op.kind
+    if kind not in COMPUTE_KINDS:          # Op.is_comm
+        return _COMM, "", 0.0
+    if kind in NOT_KERNELS:                # bookkeeping and the CPU lane: not GPU time
+        return _SKIP, "", 0.0
+    if kind not in ("gemm", "attention_fwd", "attention_bwd"):
+        return _OTHER, "", 0.0
+    cat = "weights_hbm" if op.kind == "gemm" else "kv_hbm"
+    t_mem = op.hbm_bytes / hbm
+    t_flops = op.flops / (peak * efficiency(op, gpu)) if op.flops > 0 else 0.0
+    t_large = op.flops / (peak * large_efficiency(op, gpu))
+    if t_mem >= t_flops:
+        return _MEM, cat, t_mem
+    if t_mem >= t_large:    # streaming-bound shape paying the small-kernel tail
+        return _SPLIT, cat, t_mem
+    return _FLOPS, cat, t_mem
+
+
+ClassMemo = dict[int, tuple[tuple[Any, ...], tuple[int, str, float]]]
+"""Per op id: ((FLOPs, HBM bytes, shape), :func:`_op_class`) — a caller replaying one graph re-costed (decode
+steps) keeps it across the timelines of that graph on one GPU; an op whose costs or shape changed is classified
+again."""
+
+
+def _classified_spans(tl: Timeline, gpu: GpuSpec, memo: ClassMemo | None = None
+                      ) -> list[tuple[int, float, float, int, bool, float, float, float]]:
+    """(rank, start, end, class, weights?, HBM share, launch part, length) of every span of positive length.
+
+    In span order: the roofline classification of :func:`time_breakdown` (``weights?``: its HBM category is
+    ``weights_hbm``, else ``kv_hbm``), the launch overhead min(launch, length) and the length. Done once per op
+    whatever the windows (and, with ``memo``, once per op and cost across the timelines of one graph: the GPU
+    must be the same).
     """
     launch = gpu.kernel_launch_us * 1e-6
     hbm = gpu.hbm_TBps * 1e12 * gpu.hbm_efficiency
     peak = gpu.peak_bf16_TFLOPS * 1e12
     ops = tl.ops
+    memo = {} if memo is None else memo
     out = []
+    append = out.append
     for op_id, a0, b0 in tl.spans:
         if b0 <= a0:
             continue
         op = ops[op_id]
-        kind = op.kind
-        cat, share = "", 1.0
-        if kind not in COMPUTE_KINDS:          # Op.is_comm
-            cls = _COMM
-        elif kind in NOT_KERNELS:              # bookkeeping and the CPU lane: not GPU time
-            cls = _SKIP
-        elif kind not in ("gemm", "attention_fwd", "attention_bwd"):
-            cls = _OTHER
-        else:
-            cat = "weights_hbm" if op.kind == "gemm" else "kv_hbm"
-            t_mem = op.hbm_bytes / hbm
-            t_flops = op.flops / (peak * efficiency(op, gpu)) if op.flops > 0 else 0.0
-            t_large = op.flops / (peak * large_efficiency(op, gpu))
-            if t_mem >= t_flops:
-                cls = _MEM
-            elif t_mem >= t_large:    # streaming-bound shape paying the small-kernel tail
-                cls = _SPLIT
-                body = (b0 - a0) - min(launch, b0 - a0)
-                share = min(1.0, t_mem / body) if body > 0 else 1.0
-            else:
-                cls = _FLOPS
-        out.append((op.rank, a0, b0, cls, cat, share))
+        key = (op.flops, op.hbm_bytes, op.shape)
+        known = memo.get(op_id)
+        if known is None or known[0] != key:
+            known = memo[op_id] = (key, _op_class(op, gpu, hbm, peak))
+        cls, cat, t_mem = known[1]
+        share = 1.0
+        full = b0 - a0
+        lo = full if full < launch else launch  # min(launch, full)
+        if cls == _SPLIT:
+            body = full - lo
+            share = min(1.0, t_mem / body) if body > 0 else 1.0
+        append((op.rank, a0, b0, cls, cat == "weights_hbm", share, lo, full))
     return out
 
 
-def window_stats(tl: Timeline, gpu: GpuSpec,
-                 windows: Sequence[tuple[float, float]]) -> list[tuple[dict[str, float], RankStats]]:
+def window_stats(tl: Timeline, gpu: GpuSpec, windows: Sequence[tuple[float, float]],
+                 memo: ClassMemo | None = None) -> list[tuple[dict[str, float], RankStats]]:
     """(:func:`time_breakdown`, :func:`rank_overlap`) of each window [start, end], from one pass over the spans.
 
     Spans are classified once and the per-rank unions built once (those of :func:`rank_intervals`), then
     clipped to each window: the union of clipped spans is the clipped union, so every number is the one the two
     functions give window by window (the same sums in the same order; tests/test_serving_windows.py).
+    ``memo``: see :data:`ClassMemo`.
     """
-    spans = _classified_spans(tl, gpu)
+    spans = _classified_spans(tl, gpu, memo)
     graph_ranks = tuple(tl.graph.ranks) or tuple(sorted({op.rank for op in tl.ops}))
     raw: dict[int, tuple[list[tuple[float, float]], list[tuple[float, float]]]] = {r: ([], []) for r in graph_ranks}
-    for rank, a0, b0, cls, _, _ in spans:   # rank_intervals(tl), from the classification
+    first = last = 0.0
+    if spans:
+        first, last = spans[0][1], spans[0][2]
+    for rank, a0, b0, cls, _, _, _, _ in spans:   # rank_intervals(tl), from the classification
         comp, comm = raw.setdefault(rank, ([], []))
         if cls == _COMM:
             comm.append((a0, b0))
         elif cls != _SKIP:
             comp.append((a0, b0))
+        if a0 < first:
+            first = a0
+        if b0 > last:
+            last = b0
     unions = {r: (interval_union(c), interval_union(m)) for r, (c, m) in sorted(raw.items())}
-    launch = gpu.kernel_launch_us * 1e-6
-    first = min((a0 for _, a0, _, _, _, _ in spans), default=0.0)
-    last = max((b0 for _, _, b0, _, _, _ in spans), default=0.0)
+    ranks_seen = dict.fromkeys(graph_ranks)
+    for span in spans:
+        ranks_seen[span[0]] = None
     out = []
     for start, end in windows:
         whole = start <= first and end >= last      # no span is cut: clipping changes nothing
         weights = kv = compute = communication = other = 0.0    # one accumulator per key, in span order
-        seen = dict.fromkeys(graph_ranks)
-        for rank, a0, b0, cls, cat, share in spans:
-            if whole:
-                a, b = a0, b0
-            else:
-                a = a0 if a0 > start else start
-                b = b0 if b0 < end else end
+        seen = ranks_seen if whole else dict.fromkeys(graph_ranks)
+        for rank, a, b, cls, is_weights, share, lo, full in spans:
+            if not whole:
+                if a < start:
+                    a = start
+                if b > end:
+                    b = end
                 if b <= a:
                     continue
-            seen[rank] = None
+                seen[rank] = None
             if cls <= _SKIP:
                 continue
             dur = b - a
-            over = min(launch, b0 - a0) * dur / (b0 - a0)
+            over = lo * dur / full
             other += over
             body = dur - over
             if cls == _OTHER:
                 other += body
             elif cls == _MEM:
-                if cat == "weights_hbm":
+                if is_weights:
                     weights += body
                 else:
                     kv += body
             elif cls == _SPLIT:
-                if cat == "weights_hbm":
+                if is_weights:
                     weights += body * share
                 else:
                     kv += body * share
@@ -232,16 +265,16 @@ def window_stats(tl: Timeline, gpu: GpuSpec,
                 compute += body
         clipped = unions if whole else {r: (_clip(comp, start, end), _clip(comm, start, end))
                                         for r, (comp, comm) in unions.items()}
+        stats: RankStats = {r: (total_length(c), total_length(m), intersection_length(c, m))
+                            for r, (c, m) in clipped.items()}
         for r in seen:
-            cu, mu = clipped.get(r, ((), ()))
-            exposed = total_length(mu) - intersection_length(cu, mu)  # type: ignore[arg-type]
+            t_comp, t_comm, overlap = stats.get(r, (0, 0, 0.0))
+            exposed = t_comm - overlap
             communication += exposed
-            other += (end - start) - total_length(cu) - exposed
+            other += (end - start) - t_comp - exposed
         sums = {"weights_hbm": weights, "kv_hbm": kv, "compute": compute, "communication": communication,
                 "other": other}
         n = max(len(seen), 1)
-        stats: RankStats = {r: (total_length(c), total_length(m), intersection_length(c, m))
-                            for r, (c, m) in clipped.items()}
         out.append(({k: v / n for k, v in sums.items()}, stats))
     return out
 

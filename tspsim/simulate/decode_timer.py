@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from tspsim.analysis.serving import BREAKDOWN_KEYS, RankStats, add_stats, window_stats
+from tspsim.analysis.serving import BREAKDOWN_KEYS, ClassMemo, RankStats, add_stats, window_stats
 from tspsim.engine.costs import kernel_gpu, large_efficiency
 from tspsim.engine.sim import ReplayOptions, replay
 from tspsim.engine.timeline import Timeline
@@ -129,6 +129,9 @@ class DecodeTimer:
         """Replay options: ``periodic=False`` also turns the engine's periodic path off (the reference)."""
         self._unit: DecodeStep | None = None
         self._full: DecodeStep | None = None
+        self._classes: dict[str, ClassMemo] = {}
+        """Roofline classes of the ops of the unit and the full graph (:data:`~tspsim.analysis.serving.ClassMemo`),
+        shared by the breakdowns of their replays: re-costing reclassifies only the attention ops."""
         self._plans: dict[str, dict[Any, Any]] = {}
         """Resolved communication of the unit and the full graph, shared by their replays: re-costing changes only
         compute ops, and a plan is keyed by everything it depends on (kind, group, bytes, root, algorithm)."""
@@ -170,7 +173,8 @@ class DecodeTimer:
                 if min(c0) == max(c0) and min(c1) == max(c1):  # each cut is a single instant
                     t0, t1, t_end = c0[0], c1[0], tl.end_s
                     k = self.layers - 1
-                    (b0, r0), (b1, r1), (b2, r2) = window_stats(tl, gpu, ((0.0, t0), (t0, t1), (t1, t_end)))
+                    (b0, r0), (b1, r1), (b2, r2) = window_stats(tl, gpu, ((0.0, t0), (t0, t1), (t1, t_end)),
+                                                                             self._classes.setdefault("unit", {}))
                     bd = {key: b0[key] + k * b1[key] + b2[key] for key in BREAKDOWN_KEYS}
                     ranks = add_stats(add_stats(r0, r1, k), r2)
                     return (StepTiming(cached, t0 + k * (t1 - t0) + (t_end - t1), bd, "cut", tl.sim_events, ranks,
@@ -180,17 +184,21 @@ class DecodeTimer:
                 if found is not None:
                     tp, tpp = found
                     k = self.layers - len(unit.layer_starts)
-                    (whole, r_whole), (rep, r_rep) = window_stats(tl, gpu, ((0.0, tl.end_s), (tp, tpp)))
+                    end = tl.end_s
+                    (whole, r_whole), (rep, r_rep) = window_stats(
+                        tl, gpu, ((0.0, end), (tp, tpp)), self._classes.setdefault("unit", {}))
                     bd = {key: whole[key] + k * rep[key] for key in BREAKDOWN_KEYS}
                     ranks = add_stats(r_whole, r_rep, k)
                     firsts = set(unit.layer_starts)
-                    block = [start for op_id, start, _ in sorted(tl.spans) if op_id in firsts].index(tp)
-                    return (StepTiming(cached, tl.end_s + k * (tpp - tp), bd, "window", tl.sim_events, ranks,
+                    seen = {op_id: start for op_id, start, _ in tl.spans if op_id in firsts}
+                    block = [seen[op_id] for op_id in sorted(seen)].index(tp)  # the order of sorted(tl.spans)
+                    return (StepTiming(cached, end + k * (tpp - tp), bd, "window", tl.sim_events, ranks,
                                        tl.sim_path), ("window", tl.sim_fingerprint, block))
         step = self.full_step(cached)
         tl = replay(step.graph, self.topo, options, self._plans.setdefault("full", {}))
-        ((bd_full, r_full),) = window_stats(tl, gpu, ((0.0, tl.end_s),))
-        return (StepTiming(cached, tl.end_s, bd_full, "full", tl.sim_events, r_full, tl.sim_path),
+        end = tl.end_s
+        ((bd_full, r_full),) = window_stats(tl, gpu, ((0.0, end),), self._classes.setdefault("full", {}))
+        return (StepTiming(cached, end, bd_full, "full", tl.sim_events, r_full, tl.sim_path),
                 ("full", tl.sim_fingerprint))
 
     def time_many(self, cached: Sequence[int], progress: Callable[[int], None] | None = None) -> list[StepTiming]:
@@ -205,7 +213,8 @@ class DecodeTimer:
         (and the same assembly), every step between them is the affine interpolation of the two, exactly
         (to float noise). Each residue class is bisected until its intervals have matching ends; in the
         worst case every step is replayed; a class none of whose steps is memory-bound (so no interval of it can
-        interpolate) is replayed without the event fingerprint, which costs ~10% and would go unused.
+        interpolate) is replayed step by step in order, without the event fingerprint (~10% of a replay) or the
+        attention costs that would go unused.
         ``progress(n)`` hears of n more steps settled.
         """
         cached = list(cached)
@@ -235,6 +244,12 @@ class DecodeTimer:
                 # none is replayed step by step, without the (unused) event fingerprint.
                 ends = [c for c in cls if self._affine_between(*[self._attention_costs(c)] * 2)]
                 self.options = replace(self.options, fingerprint=bool(ends))
+                if not ends:
+                    for c in cls:
+                        known[c] = (self._time(c)[0], (), [])
+                        if progress is not None:
+                            progress(1)
+                    continue
                 todo = [(0, len(cls) - 1)]
                 while todo:
                     lo, hi = todo.pop()
