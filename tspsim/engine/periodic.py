@@ -196,21 +196,21 @@ class Periodicity:
                     limit = min(limit, (self.op_pos[d] - pos[ds]) // shift[ds])
         colls: dict[str, str] = {}
         back: dict[str, str] = {}
+        repeats = self._repeats
         units = 0
         while units < limit:
             for i in moving:
                 ops = streams[i].ops
                 n = shift[i]
                 lo = pos[i] + units * n
-                for q in range(lo, lo + n):
-                    if not self._repeats(ops[q], ops[q - n], shift, state, colls, back):
-                        return max(units - 1, 0)
+                if not all(repeats(o, p, shift, state, colls, back) for o, p in zip(ops[lo:lo + n], ops[lo - n:lo])):
+                    return max(units - 1, 0)
             units += 1
         # the ops at the streams' positions after the jump must repeat too (they are the new heads)
         for i in moving:
             ops = streams[i].ops
             q = pos[i] + units * shift[i]
-            if q < len(ops) and not self._repeats(ops[q], ops[q - shift[i]], shift, state, colls, back):
+            if q < len(ops) and not repeats(ops[q], ops[q - shift[i]], shift, state, colls, back):
                 return max(units - 1, 0)
         return units
 
@@ -218,21 +218,24 @@ class Periodicity:
                  back: dict[str, str]) -> bool:
         """True if op ``o`` is op ``p`` one unit later: same costs and shape, dependencies shifted or satisfied."""
         sigs = self.sigs
-        a, b = sigs[o.id], sigs[p.id]
+        a = sigs[o.id]
         if a is None:
             a = sigs[o.id] = _op_sig(o)
+        b = sigs[p.id]
         if b is None:
             b = sigs[p.id] = _op_sig(p)
         if a != b:
             return False
-        for e, d in zip(o.deps, p.deps):
-            if e == d and state[d] == 2:
-                continue
-            ds = self.op_stream[d]
-            q = self.op_pos[d] + shift[ds]
-            ops = self.r.streams[ds].ops
-            if q >= len(ops) or ops[q].id != e:
-                return False
+        if o.deps:
+            op_stream, op_pos, streams = self.op_stream, self.op_pos, self.r.streams
+            for e, d in zip(o.deps, p.deps):
+                if e == d and state[d] == 2:
+                    continue
+                ds = op_stream[d]
+                q = op_pos[d] + shift[ds]
+                ops = streams[ds].ops
+                if q >= len(ops) or ops[q].id != e:
+                    return False
         if p.coll:
             if colls.setdefault(p.coll, o.coll) != o.coll or back.setdefault(o.coll, p.coll) != p.coll:
                 return False

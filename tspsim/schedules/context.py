@@ -211,22 +211,24 @@ class BuildContext:
 
     def compute(self, rank: int, kind: str, name: str, *, after: Iterable[int | None] = (), **kw: Any) -> int:
         """Append a compute op that also follows the rank's previous compute op; returns its id."""
-        op = self.builder.compute(rank, kind, name, deps=[d for d in after if d is not None], **kw)
+        op = self.builder.compute(rank, kind, name, deps=after, **kw)   # the builder drops None dependencies
         self.last[rank] = op
         return op
 
     def gemm(self, rank: int, name: str, m: float, n: float, k: float, *, layer: int, phase: str,
              after: Iterable[int | None] = (), mem: Iterable[tuple[str, str, int]] = (), scale: float = 1.0) -> int:
         """A GEMM (m×k)·(k×n); ``scale`` = 2 for a backward (dgrad + wgrad) pair."""
-        return self.compute(rank, "gemm", name, flops=scale * gemm_flops(m, n, k),
-                            hbm_bytes=scale * gemm_bytes(m, n, k, self.s), shape=(int(m), int(n), int(k)),
-                            layer=layer, phase=phase, after=after, mem=mem)
+        op = self.last[rank] = self.builder.compute(
+            rank, "gemm", name, flops=scale * gemm_flops(m, n, k), hbm_bytes=scale * gemm_bytes(m, n, k, self.s),
+            shape=(int(m), int(n), int(k)), layer=layer, phase=phase, deps=after, mem=mem)
+        return op
 
     def elementwise(self, rank: int, name: str, nbytes: float, *, layer: int = -1, phase: str,
                     after: Iterable[int | None] = (), mem: Iterable[tuple[str, str, int]] = ()) -> int:
         """A memory-bound kernel moving ``nbytes`` through HBM."""
-        return self.compute(rank, "elementwise", name, hbm_bytes=nbytes, layer=layer, phase=phase, after=after,
-                            mem=mem)
+        op = self.last[rank] = self.builder.compute(rank, "elementwise", name, hbm_bytes=nbytes, layer=layer,
+                                                    phase=phase, deps=after, mem=mem)
+        return op
 
     # ------------------------------------------------------------------------------ static memory
     def init_static(self, local_params: dict[int, float]) -> None:
