@@ -196,49 +196,55 @@ class Periodicity:
                     limit = min(limit, (self.op_pos[d] - pos[ds]) // shift[ds])
         colls: dict[str, str] = {}
         back: dict[str, str] = {}
-        repeats = self._repeats
         units = 0
         while units < limit:
             for i in moving:
                 ops = streams[i].ops
                 n = shift[i]
                 lo = pos[i] + units * n
-                if not all(repeats(o, p, shift, state, colls, back) for o, p in zip(ops[lo:lo + n], ops[lo - n:lo])):
+                if not self._repeats(ops, lo, lo + n, n, shift, state, colls, back):
                     return max(units - 1, 0)
             units += 1
         # the ops at the streams' positions after the jump must repeat too (they are the new heads)
         for i in moving:
             ops = streams[i].ops
             q = pos[i] + units * shift[i]
-            if q < len(ops) and not repeats(ops[q], ops[q - shift[i]], shift, state, colls, back):
+            if q < len(ops) and not self._repeats(ops, q, q + 1, shift[i], shift, state, colls, back):
                 return max(units - 1, 0)
         return units
 
-    def _repeats(self, o: Any, p: Any, shift: list[int], state: bytearray, colls: dict[str, str],
-                 back: dict[str, str]) -> bool:
-        """True if op ``o`` is op ``p`` one unit later: same costs and shape, dependencies shifted or satisfied."""
-        sigs = self.sigs
-        a = sigs[o.id]
-        if a is None:
-            a = sigs[o.id] = _op_sig(o)
-        b = sigs[p.id]
-        if b is None:
-            b = sigs[p.id] = _op_sig(p)
-        if a != b:
-            return False
-        if o.deps:
-            op_stream, op_pos, streams = self.op_stream, self.op_pos, self.r.streams
+    def _repeats(self, ops: list[Any], lo: int, hi: int, n: int, shift: list[int], state: bytearray,
+                 colls: dict[str, str], back: dict[str, str]) -> bool:
+        """True if each op of ``ops[lo:hi]`` is the op ``n`` earlier, one unit later.
+
+        That is: the same costs and shape, dependencies shifted by ``shift`` or already satisfied, and
+        collectives mapped one to one.
+        """
+        sigs, op_stream, op_pos, streams = self.sigs, self.op_stream, self.op_pos, self.r.streams
+        for q in range(lo, hi):
+            o = ops[q]
+            p = ops[q - n]
+            a = sigs[o.id]
+            if a is None:
+                a = sigs[o.id] = _op_sig(o)
+            b = sigs[p.id]
+            if b is None:
+                b = sigs[p.id] = _op_sig(p)
+            if a != b:
+                return False
             for e, d in zip(o.deps, p.deps):
                 if e == d and state[d] == 2:
                     continue
                 ds = op_stream[d]
-                q = op_pos[d] + shift[ds]
-                ops = streams[ds].ops
-                if q >= len(ops) or ops[q].id != e:
+                qd = op_pos[d] + shift[ds]
+                dops = streams[ds].ops
+                if qd >= len(dops) or dops[qd].id != e:
                     return False
-        if p.coll:
-            if colls.setdefault(p.coll, o.coll) != o.coll or back.setdefault(o.coll, p.coll) != p.coll:
-                return False
+            pc = p.coll
+            if pc:
+                oc = o.coll
+                if colls.setdefault(pc, oc) != oc or back.setdefault(oc, pc) != pc:
+                    return False
         return True
 
     # ------------------------------------------------------------------------------ jump

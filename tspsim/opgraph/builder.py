@@ -40,6 +40,13 @@ class GraphBuilder:
         ops.append(op)
         return n
 
+    def add(self, op: Op) -> int:
+        """Append ``op`` (built by the caller; its id is assigned here) and return its id.
+
+        The fast path for callers that build many ops with known field types; :meth:`compute` is the general one.
+        """
+        return self._add(op)
+
     def compute(self, rank: int, kind: str, name: str, *, flops: float = 0.0, hbm_bytes: float = 0.0,
                 shape: Iterable[int] = (), layer: int = -1, phase: str = "fwd", deps: Iterable[int] = (),
                 mem: Iterable[tuple[str, str, int]] = (), stream: str = "compute") -> int:

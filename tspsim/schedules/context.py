@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tspsim.core.errors import ConfigError
-from tspsim.opgraph import GraphBuilder, OpGraph
+from tspsim.opgraph import GraphBuilder, Op, OpGraph
 from tspsim.schedules.data_parallel import DataParallel
 from tspsim.schedules.host import HostedBuilder
 from tspsim.spec.assumptions import Assumptions
@@ -218,16 +218,19 @@ class BuildContext:
     def gemm(self, rank: int, name: str, m: float, n: float, k: float, *, layer: int, phase: str,
              after: Iterable[int | None] = (), mem: Iterable[tuple[str, str, int]] = (), scale: float = 1.0) -> int:
         """A GEMM (m×k)·(k×n); ``scale`` = 2 for a backward (dgrad + wgrad) pair."""
-        op = self.last[rank] = self.builder.compute(
-            rank, "gemm", name, flops=scale * gemm_flops(m, n, k), hbm_bytes=scale * gemm_bytes(m, n, k, self.s),
-            shape=(int(m), int(n), int(k)), layer=layer, phase=phase, deps=after, mem=mem)
+        # Op fields positionally (id … deps), as GraphBuilder.compute would set them: the hot path of building
+        op = self.last[rank] = self.builder.add(Op(
+            0, rank, "compute", "gemm", name, layer, phase, float(scale * gemm_flops(m, n, k)),
+            float(scale * gemm_bytes(m, n, k, self.s)), (int(m), int(n), int(k)), 0, (), "", -1, "", tuple(mem),
+            [d for d in after if d is not None]))
         return op
 
     def elementwise(self, rank: int, name: str, nbytes: float, *, layer: int = -1, phase: str,
                     after: Iterable[int | None] = (), mem: Iterable[tuple[str, str, int]] = ()) -> int:
         """A memory-bound kernel moving ``nbytes`` through HBM."""
-        op = self.last[rank] = self.builder.compute(rank, "elementwise", name, hbm_bytes=nbytes, layer=layer,
-                                                    phase=phase, deps=after, mem=mem)
+        op = self.last[rank] = self.builder.add(Op(
+            0, rank, "compute", "elementwise", name, layer, phase, 0.0, float(nbytes), (), 0, (), "", -1, "",
+            tuple(mem), [d for d in after if d is not None]))
         return op
 
     # ------------------------------------------------------------------------------ static memory
