@@ -74,8 +74,6 @@ class Periodicity:
         """States at the last :data:`MAX_PERIOD` boundaries (time, positions, signature, waiters, marks)."""
         self.comm_log: list[tuple[dict[int, int], Any]] = []
         """Every completed communication op: (op id per rank, resolved plan), for replaying skipped units."""
-        self.sigs: list[tuple[Any, ...] | None] = [None] * n_ops
-        """What must repeat of each op (:func:`_op_sig`), computed when first compared."""
         self.jumps = 0
         """Jumps made."""
         self.log: list[tuple[int, int, tuple[int, ...]]] = []
@@ -220,17 +218,15 @@ class Periodicity:
         That is: the same costs and shape, dependencies shifted by ``shift`` or already satisfied, and
         collectives mapped one to one.
         """
-        sigs, op_stream, op_pos, streams = self.sigs, self.op_stream, self.op_pos, self.r.streams
+        op_stream, op_pos, streams = self.op_stream, self.op_pos, self.r.streams
         for q in range(lo, hi):
             o = ops[q]
             p = ops[q - n]
-            a = sigs[o.id]
-            if a is None:
-                a = sigs[o.id] = _op_sig(o)
-            b = sigs[p.id]
-            if b is None:
-                b = sigs[p.id] = _op_sig(p)
-            if a != b:
+            # what must repeat: kind, rank, costs, shape, payload, group, memory events, dependency count
+            if (o.kind != p.kind or o.rank != p.rank or o.flops != p.flops or o.hbm_bytes != p.hbm_bytes
+                    or o.nbytes != p.nbytes or o.mem != p.mem or o.shape != p.shape or o.host_us != p.host_us
+                    or o.root != p.root or o.algorithm != p.algorithm or len(o.deps) != len(p.deps)
+                    or o.group != p.group):
                 return False
             for e, d in zip(o.deps, p.deps):
                 if e == d and state[d] == 2:
@@ -323,12 +319,6 @@ class Periodicity:
         self.jumps += 1
         self.units += m
         self.log.append((len(tl.spans), m, tuple(shift)))
-
-
-def _op_sig(op: Any) -> tuple[Any, ...]:
-    """What an op and its image one unit later must share: kind, rank, costs, shape, payload, group, memory."""
-    return (op.kind, op.rank, op.flops, op.hbm_bytes, op.nbytes, op.group, op.root, op.algorithm, op.mem,
-            op.host_us, op.shape, len(op.deps))
 
 
 def _same_waiting(a: list[tuple[tuple[int, ...], int, int]], b: list[tuple[tuple[int, ...], int, int]],
