@@ -266,6 +266,7 @@ class Periodicity:
         prepared = [(streams[si].ops, op_pos[op_id], shift[si], si, s0, e0)
                     for op_id, s0, e0 in window for si in (op_stream[op_id],)]
         append = tl.spans.append
+        mem_net = {rank: sum(d for _, _, d in events) for rank, events in mem_window.items()}  # whole bytes
         for k in range(1, m + 1):
             dt = k * delta
             for ops, q, n, si, s0, e0 in prepared:  # per stream, spans stay ordered despite the shift's float noise
@@ -281,8 +282,8 @@ class Periodicity:
                 append((ops[q + k * n].id, start, end))
             for rank, events in mem_window.items():
                 if events:
-                    r.memory[rank].extend((t + dt, cat, d) for t, cat, d in events)
-                    r.mem_now[rank] += sum(d for _, _, d in events)
+                    r.memory[rank].extend([(t + dt, cat, d) for t, cat, d in events])
+                    r.mem_now[rank] += mem_net[rank]
             for op_ids, plan in comm_window:
                 r.account_comm({rank: self._image(op_id, k, shift) for rank, op_id in op_ids.items()}, plan)
             for link, steps in link_window.items():

@@ -204,9 +204,11 @@ class Replay:
         tl = self.timeline
         tl.memory = self.memory
         tl.sim_events = events
-        if self.periodic is not None and self.periodic.jumps:
-            tl.sim_path = "periodic"
-            tl.sim_units_skipped = self.periodic.units
+        if self.periodic is not None:
+            if self.periodic.jumps:
+                tl.sim_path = "periodic"
+                tl.sim_units_skipped = self.periodic.units
+            self.periodic.r = None   # no replay ↔ periodicity cycle: the graph is freed by reference counting
         tl.sim_wall_s = time.perf_counter() - t0
         return tl
 

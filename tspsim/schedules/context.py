@@ -273,6 +273,15 @@ class BuildContext:
         """Flush gradient buckets, then the optimizer passes (:meth:`DataParallel.optimizer_step`)."""
         self.dp.optimizer_step(local_params)
 
+    def detach(self) -> None:
+        """Forget the graph built, once the build is done, so it is freed by reference counting when unused.
+
+        The build's helpers (blocks and their attention, the data-parallel and pipeline drivers) refer back to
+        this context: without this the graph stays reachable from those small reference cycles until the
+        collector's next full pass (README "Speed": the collector's passes over dead graphs).
+        """
+        vars(self).pop("builder", None)
+
     def finish(self, schedule: str, extra_meta: dict[str, Any] | None = None) -> OpGraph:
         """Record metadata and return the graph."""
         g = self.builder.graph
