@@ -266,6 +266,8 @@ class Periodicity:
         prepared = [(streams[si].ops, op_pos[op_id], shift[si], si, s0, e0)
                     for op_id, s0, e0 in window for si in (op_stream[op_id],)]
         append = tl.spans.append
+        comm_members = [([(rank, streams[si].ops, op_pos[op_id], shift[si]) for rank, op_id in op_ids.items()
+                          for si in (op_stream[op_id],)], plan) for op_ids, plan in comm_window]  # _image's parts
         mem_net = {rank: sum(d for _, _, d in events) for rank, events in mem_window.items()}  # whole bytes
         for k in range(1, m + 1):
             dt = k * delta
@@ -284,8 +286,8 @@ class Periodicity:
                 if events:
                     r.memory[rank].extend([(t + dt, cat, d) for t, cat, d in events])
                     r.mem_now[rank] += mem_net[rank]
-            for op_ids, plan in comm_window:
-                r.account_comm({rank: self._image(op_id, k, shift) for rank, op_id in op_ids.items()}, plan)
+            for members, plan in comm_members:
+                r.account_comm({rank: ops[q + k * n].id for rank, ops, q, n in members}, plan)
             for link, steps in link_window.items():
                 tl.links[link].extend((t + dt, rate) for t, rate in steps)
         state = r.state

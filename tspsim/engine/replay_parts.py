@@ -10,8 +10,7 @@ from tspsim.spec.fold import FoldPlan
 from tspsim.spec.topology import Topology
 
 
-def fold_nodes(graph: OpGraph, topo: Topology, sim_ranks: set[int],
-               top_rank: int | None = None) -> tuple[int, FoldPlan | None]:
+def fold_nodes(graph: OpGraph, topo: Topology, sim_ranks: set[int]) -> tuple[int, FoldPlan | None]:
     """(nodes of the simulated unit of a folded graph on this topology, its general fold plan or None).
 
     0 nodes: nothing is mirrored. The plan is the graph's general fold (stage slabs, tensor-parallel
@@ -20,13 +19,12 @@ def fold_nodes(graph: OpGraph, topo: Topology, sim_ranks: set[int],
     The unit is the graph's simulated ranks ``[0, n)``; it need not be the unit the graph was made
     for (a graph folded on 2 × 8 GPUs holds 4 nodes of an 8 × 2 topology), but the fold must be exact
     here (:func:`tspsim.spec.layout.fold_fault`, :meth:`FoldPlan.fault`), else the replay is refused
-    rather than wrong. ``top_rank``: the largest rank of any communication op's group, if the caller has it
-    (else the graph is scanned for it).
+    rather than wrong.
     """
     from tspsim.spec.layout import fold_fault
 
     n = len(sim_ranks)
-    world = 1 + (max(_group_maxima(graph), default=0) if top_rank is None else top_rank)
+    world = 1 + max(_group_maxima(graph), default=0)
     if world <= n:
         return 0, None
     meta = graph.meta if isinstance(graph.meta, dict) else {}

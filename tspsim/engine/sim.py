@@ -49,9 +49,6 @@ from tspsim.engine.timeline import Timeline
 from tspsim.opgraph import COMPUTE_KINDS, P2P_KINDS, Op, OpGraph
 from tspsim.spec.topology import Topology
 
-_COMPUTE = frozenset(COMPUTE_KINDS)
-"""The compute kinds, as a set (membership tests on the hot path)."""
-
 PENDING, TRIGGERED, PROCESSED = 0, 1, 2
 """Op completion states: not finished; finished (its completion event due now); completion processed."""
 
@@ -149,23 +146,18 @@ class Replay:
                              "replay it on a larger topology")
         checked: set[int] = set()  # ids of the group tuples checked (participants share one; no 2,048-rank hashes)
         dependents = bytearray(len(graph.ops))
-        top = 0                    # largest rank in any communication group (the folded world's last rank)
         for op in graph.ops:
             for d in op.deps:
                 dependents[d] = 1
-            if op.kind not in _COMPUTE and id(op.group) not in checked:
+            if op.group and id(op.group) not in checked and op.kind not in COMPUTE_KINDS:
                 checked.add(id(op.group))
-                hi = max(op.group, default=0)
-                if hi > top:
-                    top = hi
-                if op.group and (min(op.group) < 0 or hi >= topo.world_size):
+                if min(op.group) < 0 or max(op.group) >= topo.world_size:
                     from tspsim.core.errors import TraceError
                     raise TraceError(f"op {op.id} ({op.name}) names a rank outside topology {topo.name} "
                                      f"({topo.world_size} GPUs)")
         self.dependents = dependents
         """1 for an op that some other op lists as a dependency."""
-        self.fold, self.fold_plan = (fold_nodes(graph, topo, self.sim_ranks, top) if graph.replica_nodes
-                                     else (0, None))
+        self.fold, self.fold_plan = fold_nodes(graph, topo, self.sim_ranks) if graph.replica_nodes else (0, None)
         self.gpu = kernel_gpu(topo.gpu, graph.meta or {})
         self.timeline = Timeline(graph=graph, topology_name=topo.name)
         self.links = LinkRecorder(topo, self.sim_ranks, self.timeline) if self.options.record_links else None
@@ -204,10 +196,10 @@ class Replay:
         tl = self.timeline
         tl.memory = self.memory
         tl.sim_events = events
+        if self.periodic is not None and self.periodic.jumps:
+            tl.sim_path = "periodic"
+            tl.sim_units_skipped = self.periodic.units
         if self.periodic is not None:
-            if self.periodic.jumps:
-                tl.sim_path = "periodic"
-                tl.sim_units_skipped = self.periodic.units
             self.periodic.r = None   # no replay ↔ periodicity cycle: the graph is freed by reference counting
         tl.sim_wall_s = time.perf_counter() - t0
         return tl
@@ -310,7 +302,7 @@ class Replay:
                 if op.host_us > 0:
                     self.clock.after(op.host_us * 1e-6, self._op_done, s)
                     return
-            elif kind in _COMPUTE:
+            elif kind in COMPUTE_KINDS:
                 seconds = compute_seconds(op, self.gpu)
                 if seconds > 0:
                     self._compute(op.rank, seconds, s)
