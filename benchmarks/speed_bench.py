@@ -29,7 +29,7 @@ ROWS: list[tuple[str, str, list[str], float, str]] = [
     ("cli", "tspsim list topologies", ["list", "topologies"], 10, "< 0.2 s"),
     ("cli", "tspsim list schedules", ["list", "schedules"], 10, "< 0.2 s"),
     ("default", "run --topology mi300x-128node", ["run", "--topology", "mi300x-128node", "--json"], 120,
-     "4.8 s idle before issue 14's playbook search was bounded; halve"),
+     "halve 3.0–3.4 s CPU (issue 19 round 3)"),
     ("nodes", "run --topology <2,048 nodes>", ["run", "--topology", "{big2048}", "--json"], 300,
      "same as 128 nodes"),
     ("full", "run --topology <16 nodes> --full", ["run", "--topology", "{big16}", "--full", "--json"], 600,

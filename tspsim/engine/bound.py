@@ -27,6 +27,8 @@ from tspsim.engine.sim import Replay
 from tspsim.opgraph import COMPUTE_KINDS, Op, OpGraph
 from tspsim.spec.topology import Topology
 
+_COMPUTE = frozenset(COMPUTE_KINDS)
+
 FLOOR_GROUP_RANKS = 64
 """Largest group whose collectives get a floor above 0 s: resolving a 2,048-rank data-parallel group's plan costs
 more than the bound saves (its floor would be 0.3 s of a 2,048-node run's bounds). 0 is still a lower bound."""
@@ -99,7 +101,7 @@ def step_time_lower_bound(graph: OpGraph, topo: Topology, comm: bool = True, pla
                 waiting.setdefault(blocker, []).append(i)
                 break
             kind = op.kind
-            if kind in COMPUTE_KINDS:
+            if kind in _COMPUTE:
                 key = (kind, op.flops, op.hbm_bytes, op.host_us)
                 dt = durations.get(key)
                 if dt is None:
@@ -132,6 +134,6 @@ def step_time_lower_bound(graph: OpGraph, topo: Topology, comm: bool = True, pla
                     ready.append(j)
             p, t_free = pos[i], free[i]
         pos[i], free[i] = p, t_free
-    if any(e is None for e in end):
+    if None in end:
         return 0.0
-    return max((e for e in end if e is not None), default=0.0)
+    return max(end, default=0.0)   # type: ignore[type-var]  # no None left

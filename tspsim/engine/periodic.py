@@ -74,8 +74,6 @@ class Periodicity:
         """States at the last :data:`MAX_PERIOD` boundaries (time, positions, signature, waiters, marks)."""
         self.comm_log: list[tuple[dict[int, int], Any]] = []
         """Every completed communication op: (op id per rank, resolved plan), for replaying skipped units."""
-        self.sigs: list[tuple[Any, ...] | None] = [None] * n_ops
-        """What must repeat of each op (:func:`_op_sig`), computed when first compared."""
         self.jumps = 0
         """Jumps made."""
         self.log: list[tuple[int, int, tuple[int, ...]]] = []
@@ -202,40 +200,47 @@ class Periodicity:
                 ops = streams[i].ops
                 n = shift[i]
                 lo = pos[i] + units * n
-                for q in range(lo, lo + n):
-                    if not self._repeats(ops[q], ops[q - n], shift, state, colls, back):
-                        return max(units - 1, 0)
+                if not self._repeats(ops, lo, lo + n, n, shift, state, colls, back):
+                    return max(units - 1, 0)
             units += 1
         # the ops at the streams' positions after the jump must repeat too (they are the new heads)
         for i in moving:
             ops = streams[i].ops
             q = pos[i] + units * shift[i]
-            if q < len(ops) and not self._repeats(ops[q], ops[q - shift[i]], shift, state, colls, back):
+            if q < len(ops) and not self._repeats(ops, q, q + 1, shift[i], shift, state, colls, back):
                 return max(units - 1, 0)
         return units
 
-    def _repeats(self, o: Any, p: Any, shift: list[int], state: bytearray, colls: dict[str, str],
-                 back: dict[str, str]) -> bool:
-        """True if op ``o`` is op ``p`` one unit later: same costs and shape, dependencies shifted or satisfied."""
-        sigs = self.sigs
-        a, b = sigs[o.id], sigs[p.id]
-        if a is None:
-            a = sigs[o.id] = _op_sig(o)
-        if b is None:
-            b = sigs[p.id] = _op_sig(p)
-        if a != b:
-            return False
-        for e, d in zip(o.deps, p.deps):
-            if e == d and state[d] == 2:
-                continue
-            ds = self.op_stream[d]
-            q = self.op_pos[d] + shift[ds]
-            ops = self.r.streams[ds].ops
-            if q >= len(ops) or ops[q].id != e:
+    def _repeats(self, ops: list[Any], lo: int, hi: int, n: int, shift: list[int], state: bytearray,
+                 colls: dict[str, str], back: dict[str, str]) -> bool:
+        """True if each op of ``ops[lo:hi]`` is the op ``n`` earlier, one unit later.
+
+        That is: the same costs and shape, dependencies shifted by ``shift`` or already satisfied, and
+        collectives mapped one to one.
+        """
+        op_stream, op_pos, streams = self.op_stream, self.op_pos, self.r.streams
+        for q in range(lo, hi):
+            o = ops[q]
+            p = ops[q - n]
+            # what must repeat: kind, rank, costs, shape, payload, group, memory events, dependency count
+            if (o.kind != p.kind or o.rank != p.rank or o.flops != p.flops or o.hbm_bytes != p.hbm_bytes
+                    or o.nbytes != p.nbytes or o.mem != p.mem or o.shape != p.shape or o.host_us != p.host_us
+                    or o.root != p.root or o.algorithm != p.algorithm or len(o.deps) != len(p.deps)
+                    or o.group != p.group):
                 return False
-        if p.coll:
-            if colls.setdefault(p.coll, o.coll) != o.coll or back.setdefault(o.coll, p.coll) != p.coll:
-                return False
+            for e, d in zip(o.deps, p.deps):
+                if e == d and state[d] == 2:
+                    continue
+                ds = op_stream[d]
+                qd = op_pos[d] + shift[ds]
+                dops = streams[ds].ops
+                if qd >= len(dops) or dops[qd].id != e:
+                    return False
+            pc = p.coll
+            if pc:
+                oc = o.coll
+                if colls.setdefault(pc, oc) != oc or back.setdefault(oc, pc) != pc:
+                    return False
         return True
 
     # ------------------------------------------------------------------------------ jump
@@ -261,6 +266,9 @@ class Periodicity:
         prepared = [(streams[si].ops, op_pos[op_id], shift[si], si, s0, e0)
                     for op_id, s0, e0 in window for si in (op_stream[op_id],)]
         append = tl.spans.append
+        comm_members = [([(rank, streams[si].ops, op_pos[op_id], shift[si]) for rank, op_id in op_ids.items()
+                          for si in (op_stream[op_id],)], plan) for op_ids, plan in comm_window]  # _image's parts
+        mem_net = {rank: sum(d for _, _, d in events) for rank, events in mem_window.items()}  # whole bytes
         for k in range(1, m + 1):
             dt = k * delta
             for ops, q, n, si, s0, e0 in prepared:  # per stream, spans stay ordered despite the shift's float noise
@@ -276,10 +284,10 @@ class Periodicity:
                 append((ops[q + k * n].id, start, end))
             for rank, events in mem_window.items():
                 if events:
-                    r.memory[rank].extend((t + dt, cat, d) for t, cat, d in events)
-                    r.mem_now[rank] += sum(d for _, _, d in events)
-            for op_ids, plan in comm_window:
-                r.account_comm({rank: self._image(op_id, k, shift) for rank, op_id in op_ids.items()}, plan)
+                    r.memory[rank].extend([(t + dt, cat, d) for t, cat, d in events])
+                    r.mem_now[rank] += mem_net[rank]
+            for members, plan in comm_members:
+                r.account_comm({rank: ops[q + k * n].id for rank, ops, q, n in members}, plan)
             for link, steps in link_window.items():
                 tl.links[link].extend((t + dt, rate) for t, rate in steps)
         state = r.state
@@ -314,12 +322,6 @@ class Periodicity:
         self.jumps += 1
         self.units += m
         self.log.append((len(tl.spans), m, tuple(shift)))
-
-
-def _op_sig(op: Any) -> tuple[Any, ...]:
-    """What an op and its image one unit later must share: kind, rank, costs, shape, payload, group, memory."""
-    return (op.kind, op.rank, op.flops, op.hbm_bytes, op.nbytes, op.group, op.root, op.algorithm, op.mem,
-            op.host_us, op.shape, len(op.deps))
 
 
 def _same_waiting(a: list[tuple[tuple[int, ...], int, int]], b: list[tuple[tuple[int, ...], int, int]],

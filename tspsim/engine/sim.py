@@ -199,6 +199,8 @@ class Replay:
         if self.periodic is not None and self.periodic.jumps:
             tl.sim_path = "periodic"
             tl.sim_units_skipped = self.periodic.units
+        if self.periodic is not None:
+            self.periodic.r = None   # no replay ↔ periodicity cycle: the graph is freed by reference counting
         tl.sim_wall_s = time.perf_counter() - t0
         return tl
 

@@ -26,23 +26,35 @@ class GraphBuilder:
         """
         self.graph = OpGraph(meta=dict(meta or {}), ranks=tuple(ranks), replica_nodes=replica_nodes)
         self._next_coll = 0
+        self._sim = frozenset(self.graph.ranks)
+        """The simulated ranks, as a set (the graph's ranks are fixed when it is started)."""
         self.max_ops = max_ops
         self.over_limit = over_limit
 
     def _add(self, op: Op) -> int:
-        if self.max_ops and len(self.graph.ops) >= self.max_ops:
+        ops = self.graph.ops
+        op.id = n = len(ops)
+        if self.max_ops and n >= self.max_ops:
             raise ConfigError(f"the op graph passed {self.max_ops:,} ops on {len(self.graph.ranks):,} simulated GPUs "
                               f"while being built (the limit; ~1–3 KB of memory each); {self.over_limit}")
-        op.id = len(self.graph.ops)
-        self.graph.ops.append(op)
-        return op.id
+        ops.append(op)
+        return n
+
+    def add(self, op: Op) -> int:
+        """Append ``op`` (built by the caller; its id is assigned here) and return its id.
+
+        The fast path for callers that build many ops with known field types; :meth:`compute` is the general one.
+        """
+        return self._add(op)
 
     def compute(self, rank: int, kind: str, name: str, *, flops: float = 0.0, hbm_bytes: float = 0.0,
                 shape: Iterable[int] = (), layer: int = -1, phase: str = "fwd", deps: Iterable[int] = (),
                 mem: Iterable[tuple[str, str, int]] = (), stream: str = "compute") -> int:
         """Add a compute op on ``rank``'s compute stream; returns its id."""
+        # positional fields (id … deps, see Op): the hot path of graph building
         return self._add(Op(0, rank, stream, kind, name, layer, phase, float(flops), float(hbm_bytes),
-                            tuple(map(int, shape)), mem=tuple(mem), deps=[d for d in deps if d is not None]))
+                            tuple(map(int, shape)) if shape else (), 0, (), "", -1, "", tuple(mem) if mem else (),
+                            [d for d in deps if d is not None]))
 
     def memory(self, rank: int, name: str, mem: Iterable[tuple[str, int]], *, layer: int = -1,
                phase: str = "fwd", deps: Iterable[int] = (), stream: str = "compute") -> int:
@@ -66,13 +78,15 @@ class GraphBuilder:
         """
         coll = self.new_coll_id(kind)
         group_t = tuple(group)
-        sim = set(self.graph.ranks)
+        sim = self._sim
         who = [r for r in (issuers if issuers is not None else group_t) if r in sim]
+        nbytes = int(nbytes)
+        deps = deps or {}
+        mem = mem or {}
         out = {}
-        for r in who:
-            out[r] = self._add(Op(0, r, stream, kind, f"{name}", layer, phase, nbytes=int(nbytes), group=group_t,
-                                  coll=coll, root=root, algorithm=algorithm, mem=tuple((mem or {}).get(r, ())),
-                                  deps=[d for d in (deps or {}).get(r, ()) if d is not None]))
+        for r in who:   # positional fields (id … deps, see Op)
+            out[r] = self._add(Op(0, r, stream, kind, name, layer, phase, 0.0, 0.0, (), nbytes, group_t, coll, root,
+                                  algorithm, tuple(mem.get(r, ())), [d for d in deps.get(r, ()) if d is not None]))
         return out
 
     def p2p(self, src: int, dst: int, nbytes: int, name: str, *, send_stream: str = "comm",
@@ -81,7 +95,7 @@ class GraphBuilder:
             send_mem: Iterable[tuple[str, str, int]] = ()) -> tuple[int | None, int | None]:
         """Add a send on ``src`` and a recv on ``dst`` (each only if simulated); returns their ids."""
         coll = self.new_coll_id("p2p")
-        sim = set(self.graph.ranks)
+        sim = self._sim
         s = r = None
         if src in sim:
             s = self._add(Op(0, src, send_stream, "send", f"{name}", layer, phase, nbytes=int(nbytes),

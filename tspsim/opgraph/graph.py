@@ -48,8 +48,14 @@ class OpGraph:
     def streams(self) -> dict[tuple[int, str], list[Op]]:
         """Ops of each (rank, stream) in issue order."""
         out: dict[tuple[int, str], list[Op]] = {}
+        get = out.get
         for op in self.ops:
-            out.setdefault((op.rank, op.stream), []).append(op)
+            key = (op.rank, op.stream)
+            ops = get(key)
+            if ops is None:
+                out[key] = [op]
+            else:
+                ops.append(op)
         return out
 
     # ------------------------------------------------------------------------------ persistence

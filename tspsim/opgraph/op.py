@@ -32,6 +32,7 @@ FORMAT_VERSION = 1
 COMPUTE_KINDS = ("gemm", "attention_fwd", "attention_bwd", "elementwise", "optimizer", "memory", "host")
 COLLECTIVE_KINDS = ("all_reduce", "reduce_scatter", "all_gather", "broadcast", "reduce", "all_to_all")
 P2P_KINDS = ("send", "recv")
+_COMPUTE_SET = frozenset(COMPUTE_KINDS)
 MAX_INT = 10**18
 """Largest magnitude of any whole number in a saved op graph (ids, bytes, shapes)."""
 MAX_FLOAT = 1e30
@@ -90,12 +91,12 @@ class Op:
     @property
     def is_compute(self) -> bool:
         """True for ops that run on the compute stream's roofline."""
-        return self.kind in COMPUTE_KINDS
+        return self.kind in _COMPUTE_SET
 
     @property
     def is_comm(self) -> bool:
         """True for collectives and point-to-point transfers."""
-        return not self.is_compute
+        return self.kind not in _COMPUTE_SET
 
     def to_json(self) -> dict[str, Any]:
         """Compact JSON form (defaults omitted)."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tspsim.core.errors import ConfigError
-from tspsim.opgraph import GraphBuilder, OpGraph
+from tspsim.opgraph import GraphBuilder, Op, OpGraph
 from tspsim.schedules.data_parallel import DataParallel
 from tspsim.schedules.host import HostedBuilder
 from tspsim.spec.assumptions import Assumptions
@@ -211,22 +211,27 @@ class BuildContext:
 
     def compute(self, rank: int, kind: str, name: str, *, after: Iterable[int | None] = (), **kw: Any) -> int:
         """Append a compute op that also follows the rank's previous compute op; returns its id."""
-        op = self.builder.compute(rank, kind, name, deps=[d for d in after if d is not None], **kw)
+        op = self.builder.compute(rank, kind, name, deps=after, **kw)   # the builder drops None dependencies
         self.last[rank] = op
         return op
 
     def gemm(self, rank: int, name: str, m: float, n: float, k: float, *, layer: int, phase: str,
              after: Iterable[int | None] = (), mem: Iterable[tuple[str, str, int]] = (), scale: float = 1.0) -> int:
         """A GEMM (m×k)·(k×n); ``scale`` = 2 for a backward (dgrad + wgrad) pair."""
-        return self.compute(rank, "gemm", name, flops=scale * gemm_flops(m, n, k),
-                            hbm_bytes=scale * gemm_bytes(m, n, k, self.s), shape=(int(m), int(n), int(k)),
-                            layer=layer, phase=phase, after=after, mem=mem)
+        # Op fields positionally (id … deps), as GraphBuilder.compute would set them: the hot path of building
+        op = self.last[rank] = self.builder.add(Op(
+            0, rank, "compute", "gemm", name, layer, phase, float(scale * gemm_flops(m, n, k)),
+            float(scale * gemm_bytes(m, n, k, self.s)), (int(m), int(n), int(k)), 0, (), "", -1, "", tuple(mem),
+            [d for d in after if d is not None]))
+        return op
 
     def elementwise(self, rank: int, name: str, nbytes: float, *, layer: int = -1, phase: str,
                     after: Iterable[int | None] = (), mem: Iterable[tuple[str, str, int]] = ()) -> int:
         """A memory-bound kernel moving ``nbytes`` through HBM."""
-        return self.compute(rank, "elementwise", name, hbm_bytes=nbytes, layer=layer, phase=phase, after=after,
-                            mem=mem)
+        op = self.last[rank] = self.builder.add(Op(
+            0, rank, "compute", "elementwise", name, layer, phase, 0.0, float(nbytes), (), 0, (), "", -1, "",
+            tuple(mem), [d for d in after if d is not None]))
+        return op
 
     # ------------------------------------------------------------------------------ static memory
     def init_static(self, local_params: dict[int, float]) -> None:
@@ -267,6 +272,15 @@ class BuildContext:
     def optimizer_step(self, local_params: dict[int, float]) -> None:
         """Flush gradient buckets, then the optimizer passes (:meth:`DataParallel.optimizer_step`)."""
         self.dp.optimizer_step(local_params)
+
+    def detach(self) -> None:
+        """Forget the graph built, once the build is done, so it is freed by reference counting when unused.
+
+        The build's helpers (blocks and their attention, the data-parallel and pipeline drivers) refer back to
+        this context: without this the graph stays reachable from those small reference cycles until the
+        collector's next full pass (README "Speed": the collector's passes over dead graphs).
+        """
+        vars(self).pop("builder", None)
 
     def finish(self, schedule: str, extra_meta: dict[str, Any] | None = None) -> OpGraph:
         """Record metadata and return the graph."""

@@ -35,6 +35,8 @@ class ParamGather:
         """(rank, unit) → bytes of a gathered buffer still alive."""
         self.anchor: dict[int, int | None] = {}
         """Per rank: the op at which the previous unit started (the next gather may start there)."""
+        self._positions: dict[int, tuple[tuple[int, ...], dict[int, int]]] = {}
+        """id of a large shard group → (the group, each member's position in it)."""
 
     def before(self, unit: int, phase: str, tag: str = "") -> None:
         """Gather ``unit`` (unless still held) and make the rank's next compute wait for it."""
@@ -45,7 +47,7 @@ class ParamGather:
         gathered: dict[int, int] = {}
         where = f"L{unit}." if unit >= 0 else ""
         name = f"{where}{tag}{'bwd.' if phase == 'bwd' else ''}fsdp.param_all_gather"
-        for _, group, members in distinct_groups(need, c.dp.shard_group, lambda g: [x for x in g if x in needed]):
+        for _, group, members in distinct_groups(need, c.dp.shard_group, lambda g: self._members(g, needed)):
             if len(group) < 2:
                 continue
             deps = {x: [self.anchor.get(x) if self.anchor.get(x) is not None else c.last[x]] for x in members}
@@ -59,6 +61,16 @@ class ParamGather:
                 c.last[r] = c.builder.memory(r, name.replace("param_all_gather", "unit_ready"), [], layer=unit,
                                              phase=phase, deps=[gathered.get(r), c.last[r]])
             self.anchor[r] = c.last[r]
+
+    def _members(self, group: tuple[int, ...], needed: set[int]) -> list[int]:
+        """The ranks of ``group`` in ``needed``, in group order (without scanning a 2,048-rank group per unit)."""
+        if len(group) <= 4 * len(needed):
+            return [x for x in group if x in needed]
+        cached = self._positions.get(id(group))
+        if cached is None or cached[0] is not group:   # the group is kept alive: its id is not reused
+            cached = self._positions[id(group)] = (group, {x: i for i, x in enumerate(group)})
+        where = cached[1]
+        return sorted((x for x in needed if x in where), key=where.__getitem__)
 
     def after(self, unit: int, phase: str) -> None:
         """The unit's pass is done: free its buffer (after a backward, or a forward that reshards)."""

@@ -9,6 +9,7 @@ from tspsim.schedules import SCHEDULES
 from tspsim.schedules.context import BuildContext
 from tspsim.schedules.decode import build_decode_step
 from tspsim.schedules.prefill import build_prefill
+from tspsim.simulate.gc_pacing import settle
 from tspsim.simulate.point import Point, resolve
 from tspsim.spec.assumptions import Assumptions
 from tspsim.spec.layout import Layout
@@ -34,15 +35,25 @@ def build_graph(point: Point, fold: bool = True, layers: int | None = None, spec
     if layers is not None:
         model = replace(model, layers=layers)
     ctx = BuildContext(model, topo, layout, workload, opts, fold=fold)
+    try:
+        graph = _build(point, ctx)
+    finally:
+        ctx.detach()
+    settle()   # inside a paced command the collector skips the new graph from now on (README "Speed")
+    return graph, topo, model, layout, workload, opts
+
+
+def _build(point: Point, ctx: BuildContext) -> OpGraph:
+    """The graph of ``point`` (see :func:`build_graph`) in ``ctx``."""
+    workload = ctx.workload
     if workload.mode in INFERENCE_MODES:  # the representative step: prefill, or the final decode step
         if workload.mode in ("prefill", "generate"):
-            return build_prefill(ctx), topo, model, layout, workload, opts
+            return build_prefill(ctx)
         tokens = workload.decode_tokens or DEFAULT_DECODE_TOKENS
         graph = build_decode_step(ctx, workload.seq_len + tokens - 1).graph
         graph.meta["decode_tokens"] = tokens
         graph.meta.setdefault("inference", {}).update(
             {"context_tokens": workload.seq_len, "token_index": tokens,
              "cached_tokens": workload.seq_len + tokens - 1})
-        return graph, topo, model, layout, workload, opts
-    graph = SCHEDULES.get(point.schedule).build(ctx)
-    return graph, topo, model, layout, workload, opts
+        return graph
+    return SCHEDULES.get(point.schedule).build(ctx)

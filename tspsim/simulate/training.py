@@ -56,6 +56,7 @@ def _periodic(point: Point, fold: bool, record_links: bool, specs: SpecLoader) -
         graph = SCHEDULES.get(point.schedule).build(ctx)
         tl = replay(graph, topo, ReplayOptions(record_links=record_links))
         window = window_for(graph, tl, ctx.pipeline, m, probe, layout.pp_schedule)
+        ctx.detach()
         if window is not None:
             entry = run_entry(tl, topo, model, layout, workload, opts, window)
             return RunResult(entry, tl, topo, model, layout, workload, opts)
