@@ -18,8 +18,11 @@ from hypothesis import strategies as st
 
 from tspsim.cli import cli
 from tspsim.core.errors import ConfigError, TraceError
+from tspsim.engine.bound import step_time_lower_bound
 from tspsim.engine.costs import compute_seconds, gemm_wave_factor, kernel_gpu, wave_efficiency
+from tspsim.engine.sim import replay
 from tspsim.opgraph import Op
+from tspsim.opgraph.builder import GraphBuilder
 from tspsim.schedules.context import gemm_bytes, gemm_flops
 from tspsim.spec.stack import load_stack, stack_from_mapping
 from tspsim.spec.topology_file import load_topology
@@ -189,3 +192,23 @@ def test_waves_slow_a_megatron_2022_step_on_a100_and_nothing_else(tmp_path):
 
     waves, flat = step("megatron-lm-2022"), step(str(keep))
     assert flat < waves < flat * 9 / 8
+
+
+def test_step_bound_tells_gemms_of_equal_cost_apart_by_their_output_shape():
+    """(2048, 6912, 4096) and (2048, 4096, 6912) have equal FLOPs and bytes; with 256×128 tiles on 108 SMs the
+    first writes 432 tiles (4 whole waves), the second 256 (3 waves, 0.79): the bound must price each, and stay
+    at or below the replay."""
+    topo = load_topology("dgx-a100-1node")
+    meta = {"kernel_costs": {"kernel_gap_us": None, "attention_efficiency": {},
+                             "gemm_wave_tile": {"a100_sxm": [256, 128]}}}
+    builder = GraphBuilder([0], meta=meta)
+    shapes = ((2048, 6912, 4096), (2048, 4096, 6912))
+    for m, n, k in shapes:
+        builder.compute(0, "gemm", f"g{n}", flops=gemm_flops(m, n, k), hbm_bytes=gemm_bytes(m, n, k, 2),
+                        shape=(m, n, k))
+    graph = builder.graph
+    gpu = kernel_gpu(topo.gpu, meta)
+    assert [gemm_wave_factor(op, gpu) for op in graph.ops] == [1.0, pytest.approx(256 / 324)]
+    expected = sum(compute_seconds(op, gpu) for op in graph.ops)
+    assert step_time_lower_bound(graph, topo) == pytest.approx(expected, rel=1e-12)
+    assert step_time_lower_bound(graph, topo) <= replay(graph, topo).end_s * (1 + 1e-12)

@@ -80,7 +80,8 @@ def step_time_lower_bound(graph: OpGraph, topo: Topology, comm: bool = True, pla
         pos[j] += 1
         ready.extend(waiting.pop(op_id, ()))
 
-    durations: dict[tuple[str, float, float, float], float] = {}   # blocks repeat: one roofline per shape
+    durations: dict[tuple[Any, ...], float] = {}   # blocks repeat: one roofline per cost (and GEMM shape, with waves)
+    waves = gpu.gemm_wave_tile is not None            # the duration then depends on the output shape too
     while ready:
         i = ready.pop()
         ops_i = streams[i]
@@ -102,7 +103,7 @@ def step_time_lower_bound(graph: OpGraph, topo: Topology, comm: bool = True, pla
                 break
             kind = op.kind
             if kind in _COMPUTE:
-                key = (kind, op.flops, op.hbm_bytes, op.host_us)
+                key = (kind, op.flops, op.hbm_bytes, op.host_us, op.shape if waves else None)
                 dt = durations.get(key)
                 if dt is None:
                     dt = durations[key] = op.host_us * 1e-6 if kind == "host" else compute_seconds(op, gpu)

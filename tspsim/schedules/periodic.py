@@ -65,7 +65,7 @@ def verify_periodic_structure(step: DecodeStep) -> bool:
     """True if the blocks of ``step`` form a periodic graph that a time shift can map onto itself.
 
     Checks, with P ops per block: every block has P ops; block ℓ ≥ 1 repeats block ℓ−1 op by op (rank,
-    stream, kind, FLOPs, bytes, payload, group, root) with its dependencies (and stream predecessors)
+    stream, kind, FLOPs, bytes, shape, payload, group, root) with its dependencies (and stream predecessors)
     shifted by P ids for ℓ ≥ 2; every dependency of a block-ℓ op lies in blocks ℓ−1 or ℓ, and every
     dependency of an epilogue op in the last block or the epilogue. Under these conditions the map
     "block ℓ → block ℓ+1" is an isomorphism of the not-yet-finished part of the graph, which is what
@@ -89,7 +89,7 @@ def verify_periodic_structure(step: DecodeStep) -> bool:
 
     def sig(op_id: int) -> tuple:
         o = ops[op_id]
-        return (o.rank, o.stream, o.kind, o.flops, o.hbm_bytes, o.nbytes, o.group, o.root, o.algorithm)
+        return (o.rank, o.stream, o.kind, o.flops, o.hbm_bytes, o.shape, o.nbytes, o.group, o.root, o.algorithm)
 
     for layer in range(1, k):
         for i in range(period):

@@ -148,8 +148,9 @@ def _match(ops: list, a: list[int], b: list[int]) -> list[tuple[int, int]] | Non
             return None
         for x, y in zip(xs, ys):
             ox, oy = ops[x], ops[y]
-            if (ox.kind, ox.stream, ox.flops, ox.hbm_bytes, ox.nbytes, ox.mem, len(ox.group), ox.layer, ox.phase) != \
-                    (oy.kind, oy.stream, oy.flops, oy.hbm_bytes, oy.nbytes, oy.mem, len(oy.group), oy.layer, oy.phase):
+            if (ox.kind, ox.stream, ox.flops, ox.hbm_bytes, ox.shape, ox.nbytes, ox.mem, len(ox.group), ox.layer,
+                    ox.phase) != (oy.kind, oy.stream, oy.flops, oy.hbm_bytes, oy.shape, oy.nbytes, oy.mem,
+                                  len(oy.group), oy.layer, oy.phase):
                 return None
             out.append((x, y))
     return out
