@@ -22,6 +22,7 @@ from tspsim.engine.costs import compute_seconds, kernel_gpu
 from tspsim.opgraph import COMPUTE_KINDS, MEMORY_CATEGORIES, OpGraph
 from tspsim.schedules import SCHEDULES
 from tspsim.schedules.context import BuildContext, graph_ops_limit
+from tspsim.schedules.ring_attention import ring_ops_per_rank
 from tspsim.simulate import Point
 from tspsim.simulate.graph import build_graph
 from tspsim.simulate.point import resolve
@@ -278,6 +279,41 @@ def refused_up_front(point: Point, specs: SpecLoader | None = None) -> str | Non
     return None
 
 
+def ring_ops_floor(point: Point, specs: SpecLoader | None = None) -> int:
+    """A lower bound of the ops in ``point``'s full graph from its ring attention alone (0 when it has none).
+
+    A training or forward point of a sequence-sharded layout (``sp``, ``tp+sp``, no pipeline) with
+    ``sp_attention=ring`` over Σ = p ≥ 2 runs the ring in every block on every simulated rank, so its graph holds at
+    least L · ranks · :func:`~tspsim.schedules.ring_attention.ring_ops_per_rank` ops (the graph cut to 1 and 2
+    blocks too: ops(1) and ops(2) − ops(1) each hold one block's ring, so their extrapolation to L blocks is at
+    least this). Ranks are those the build simulates (:class:`~tspsim.schedules.context.BuildContext`, no op
+    built): milliseconds, where building the 1-block graph of a Σ = 128 ring takes seconds.
+    """
+    if point.schedule not in SEQUENCE_SHARDED or point.mode not in ("train", "forward"):
+        return 0
+    topo, model, layout, workload, opts = resolve(point, specs)
+    if layout.pp > 1 or layout.sp < 2 or opts.sp_attention != "ring":
+        return 0
+    try:
+        ctx = BuildContext(model, topo, layout, workload, opts)
+    except ConfigError:
+        return 0
+    return model.layers * len(ctx.all_ranks) * ring_ops_per_rank(layout.sp, ctx.training)
+
+
+def _ring_over_limit(point: Point, specs: SpecLoader | None, limit: int) -> bool:
+    """True when :func:`ring_ops_floor` alone exceeds ``limit`` (the graph is over it, no probe needed)."""
+    try:
+        return ring_ops_floor(point, specs) > limit
+    except TspsimError:
+        return False
+
+
+def _over_limit(limit: int, layers: int) -> str:
+    return (f"the op graph would hold more than {limit:,} ops ({layers} blocks of more than "
+            f"{limit // layers:,}), over the limit (TSPSIM_MAX_GRAPH_OPS raises it)")
+
+
 def graph_too_large(point: Point, known: dict[Point, SmallGraphs | None] | None = None,
                     specs: SpecLoader | None = None) -> str | None:
     """Why ``point``'s op graph would exceed the op limit, or None (:func:`graph_ops`).
@@ -292,12 +328,13 @@ def graph_too_large(point: Point, known: dict[Point, SmallGraphs | None] | None 
         return refused
     limit = graph_ops_limit()
     layers = load_model(point.model).layers
+    if known is not None and count_point(point) not in known and _ring_over_limit(count_point(point), specs, limit):
+        known[count_point(point)] = None   # what its op-count probe would find: over the limit (ring_ops_floor)
     small = _memo(known, count_point(point), lambda key: small_graphs(key, specs, limit))
     if small is not None and limit / 2 < small.op_count()[0] < 2 * limit and count_point(point) != own_point(point):
         small = _memo(known, own_point(point), lambda key: small_graphs(key, specs, limit))
     if small is None:
-        return (f"the op graph would hold more than {limit:,} ops ({layers} blocks of more than "
-                f"{limit // layers:,}), over the limit (TSPSIM_MAX_GRAPH_OPS raises it)")
+        return _over_limit(limit, layers)
     total, per = small.op_count()
     if total <= limit:
         return None
@@ -340,7 +377,7 @@ def prune_known(state: Any, known: dict[Point, SmallGraphs | None] | None = None
             settled.add(i)
     left = [state.outcomes[i].point for i in state.todo if i not in settled]
     limit = graph_ops_limit()
-    warm(known, [count_point(p) for p in left if _not_refused(p, specs)], mapper, limit)
+    warm(known, [count_point(p) for p in left if _not_refused(p, specs, limit)], mapper, limit)
     warm(known, [own_point(p) for p in left if _borderline(known.get(count_point(p)), limit)], mapper, limit)
     for i in state.todo:
         if i in settled:
@@ -358,9 +395,10 @@ def prune_known(state: Any, known: dict[Point, SmallGraphs | None] | None = None
     return oom, large
 
 
-def _not_refused(point: Point, specs: SpecLoader) -> bool:
+def _not_refused(point: Point, specs: SpecLoader, limit: int) -> bool:
+    """False when the builder refuses ``point`` up front or its ring alone is over ``limit``: nothing to probe."""
     try:
-        return refused_up_front(point, specs) is None
+        return refused_up_front(point, specs) is None and not _ring_over_limit(count_point(point), specs, limit)
     except TspsimError:
         return False
 
