@@ -55,9 +55,18 @@ class Bounds:
         """Builds small graphs on worker processes (:func:`~tspsim.explore.static_memory.warm`), or None."""
         self._known: dict[Point, StepBound | None] = {}
 
-    def prepare(self, points: list[Point]) -> None:
-        """Build the small graphs the bounds of ``points`` need, in parallel when there is a ``mapper``."""
-        warm(self.graphs, [own_point(p) for p in points if p.mode == "train" and p.pipeline.stages <= 1], self.mapper)
+    def prepare(self, points: list[Point], best: float = 0.0) -> None:
+        """Build the small graphs the bounds of ``points`` need, in parallel when there is a ``mapper``.
+
+        Then, against the incumbent ``best``, those of the ZeRO retries of each point whose own bound is below it
+        (:meth:`dominated` asks for them next, in this process otherwise); the same graphs, built earlier.
+        """
+        bounded = [p for p in points if p.mode == "train" and p.pipeline.stages <= 1]
+        warm(self.graphs, [own_point(p) for p in bounded], self.mapper)
+        if best <= 0:
+            return
+        below = [p for p in bounded if (b := self.of(p)) is not None and b.tokens_per_s * (1 + REL_MARGIN) < best]
+        warm(self.graphs, [own_point(v) for p in below for v in zero_variants(p)], self.mapper)
 
     def of(self, point: Point) -> StepBound | None:
         """:func:`~tspsim.explore.step_bound.step_bound` of ``point``, remembered."""
@@ -115,7 +124,7 @@ def execute_bounded(state: SweepState, runner: Any, cache: Any, bounds: Bounds,
         batch, rest = rest[:size], rest[size:]
         size *= 2
         if best > 0:
-            bounds.prepare([state.outcomes[i].point for i in batch])
+            bounds.prepare([state.outcomes[i].point for i in batch], best)
         state.todo = settle_dominated(state, bounds, best, batch, on_result)
         if cost is not None:
             state.todo.sort(key=lambda i: -cost(state.outcomes[i].point))

@@ -98,16 +98,7 @@ class SmallGraphs:
 
         Per category: static(1) + (L − 1)·(static(2) − static(1)) (module docstring).
         """
-        s1, s2, L = self.static_one, self.static_two, self.layers
-        if not s1 or s1.keys() != s2.keys():
-            return 0, {}
-        best, at = -1, {}
-        for rank in s1:
-            per = {c: s1[rank][c] + (L - 1) * (s2[rank][c] - s1[rank][c]) for c in MEMORY_CATEGORIES}
-            total = sum(per.values())
-            if total > best:
-                best, at = total, per
-        return best, at
+        return extrapolated_peak(self.static_one, self.static_two, self.layers)
 
     def compute_s(self) -> float | None:
         """The busiest rank's compute seconds at L blocks, c(1) + (L − 1)·(c(2) − c(1)) per rank (None: no ops)."""
@@ -120,6 +111,70 @@ class SmallGraphs:
         """Ops of the L-block graph and ops per block: n(1) + (L − 1)·(n(2) − n(1)) (:func:`graph_ops`)."""
         per = self.ops_two - self.ops_one
         return self.ops_one + (self.layers - 1) * per, per
+
+
+def extrapolated_peak(s1: dict[int, dict[str, int]], s2: dict[int, dict[str, int]], layers: int
+                      ) -> tuple[int, dict[str, int]]:
+    """(bytes, breakdown) of the fullest rank at ``layers`` blocks from its static bytes at 1 and 2 blocks."""
+    if not s1 or s1.keys() != s2.keys():
+        return 0, {}
+    best, at = -1, {}
+    for rank in s1:
+        per = {c: s1[rank][c] + (layers - 1) * (s2[rank][c] - s1[rank][c]) for c in MEMORY_CATEGORIES}
+        total = sum(per.values())
+        if total > best:
+            best, at = total, per
+    return best, at
+
+
+@dataclass(frozen=True)
+class StaticKey:
+    """Memo key of a point's static-memory probe (:func:`static_probe`), beside the small graphs keyed by points."""
+
+    point: Point
+    """The probe point (:func:`probe_point`)."""
+
+
+class _StaticAllocated(Exception):
+    """Raised by a probe build right after its static memory is allocated: the rest is not needed."""
+
+
+def static_prefix(point: Point, layers: int, specs: SpecLoader | None = None) -> dict[int, dict[str, int]]:
+    """:func:`static_bytes` of ``point``'s graph cut to ``layers`` blocks, built only up to its static memory.
+
+    A training or forward step (:func:`tspsim.schedules.pipeline.run_step`) allocates all of its static memory in
+    one :meth:`~tspsim.schedules.context.BuildContext.init_static` call, the only emitter of ``static memory``
+    ops, before any pass: the build stops when that call returns, so these are the bytes of the whole graph.
+    """
+    topo, model, layout, workload, opts = resolve(point, specs)
+    ctx = BuildContext(replace(model, layers=layers), topo, layout, workload, opts)
+    allocate = ctx.init_static
+
+    def allocate_then_stop(local_params: dict[int, float]) -> None:
+        allocate(local_params)
+        raise _StaticAllocated
+
+    ctx.init_static = allocate_then_stop  # type: ignore[method-assign]
+    try:
+        graph = SCHEDULES.get(point.schedule).build(ctx)
+    except _StaticAllocated:
+        graph = ctx.builder.graph
+    return static_bytes(graph)
+
+
+def static_probe(point: Point, specs: SpecLoader | None = None) -> tuple[int, dict[str, int]]:
+    """(bytes, breakdown) of the fullest rank's static memory at L blocks, from two :func:`static_prefix` builds.
+
+    Milliseconds where :func:`small_graphs` builds every op of one and two blocks (seconds for a 1,024-rank
+    replica). Training and forward steps without a pipeline only (one ``run_step`` with no pass before the static
+    memory); other points (pipelines, micro-batches, inference) build their small graphs.
+    """
+    _topo, model, layout, workload, _opts = resolve(point, specs)
+    if workload.mode not in ("train", "forward") or layout.pp > 1 or layout.micro_batches > 1:
+        small = small_graphs(point, specs)
+        assert small is not None   # no limit: always built
+        return small.static_peak()
+    return extrapolated_peak(static_prefix(point, 1, specs), static_prefix(point, 2, specs), model.layers)
 
 
 def compute_per_rank(graph: OpGraph, topo: Topology) -> dict[int, float]:
@@ -219,7 +274,7 @@ def _memo(known: dict[Point, Any] | None, key: Point, compute: Callable[[Point],
     return known[key]
 
 
-def static_oom_entry(point: Point, known: dict[Point, SmallGraphs | None] | None = None,
+def static_oom_entry(point: Point, known: dict[Any, Any] | None = None,
                      specs: SpecLoader | None = None) -> dict[str, Any] | None:
     """The run entry of ``point`` if its static memory alone exceeds HBM (no simulation), else None.
 
@@ -229,13 +284,11 @@ def static_oom_entry(point: Point, known: dict[Point, SmallGraphs | None] | None
     """
     topo, _model, layout, workload, opts = resolve(point, specs)
     key = probe_point(point)
-    small = _memo(known, key, lambda k: small_graphs(k, specs))
-    if small is None:   # an op-count probe stopped at the limit: build it whole (static memory needs both graphs)
-        small = small_graphs(key, specs)
-        if known is not None:
-            known[key] = small
-    assert small is not None   # no limit: always built
-    best, at = small.static_peak()
+    small = known.get(key) if known is not None else None
+    if small is not None:   # its small graphs are built already
+        best, at = small.static_peak()
+    else:                   # the static memory alone (an op-count probe may have stopped at the limit)
+        best, at = _memo(known, StaticKey(key), lambda k: static_probe(k.point, specs))
     hbm = topo.gpu.hbm_GB * GB
     if best <= hbm + MARGIN_BYTES:
         return None
@@ -330,7 +383,7 @@ def graph_too_large(point: Point, known: dict[Point, SmallGraphs | None] | None 
     layers = load_model(point.model).layers
     if known is not None and count_point(point) not in known and _ring_over_limit(count_point(point), specs, limit):
         known[count_point(point)] = None   # what its op-count probe would find: over the limit (ring_ops_floor)
-    small = _memo(known, count_point(point), lambda key: small_graphs(key, specs, limit))
+    small = _memo(known, count_point(point), lambda key: small_graphs(key, specs, 0 if _whole(key) else limit))
     if small is not None and limit / 2 < small.op_count()[0] < 2 * limit and count_point(point) != own_point(point):
         small = _memo(known, own_point(point), lambda key: small_graphs(key, specs, limit))
     if small is None:
@@ -364,7 +417,6 @@ def prune_known(state: Any, known: dict[Point, SmallGraphs | None] | None = None
     settled = set()
     known = {} if known is None else known   # one pair of small graphs per probe, for all questions
     specs = SpecLoader()
-    warm(known, [probe_point(state.outcomes[i].point) for i in state.todo], mapper)
     for i in state.todo:
         out = state.outcomes[i]
         try:
@@ -377,7 +429,9 @@ def prune_known(state: Any, known: dict[Point, SmallGraphs | None] | None = None
             settled.add(i)
     left = [state.outcomes[i].point for i in state.todo if i not in settled]
     limit = graph_ops_limit()
-    warm(known, [count_point(p) for p in left if _not_refused(p, specs, limit)], mapper, limit)
+    counted = [count_point(p) for p in left if _not_refused(p, specs, limit)]
+    warm(known, [k for k in counted if _whole(k)], mapper)   # (whole: the static probe of the point's algorithm)
+    warm(known, [k for k in counted if not _whole(k)], mapper, limit)
     warm(known, [own_point(p) for p in left if _borderline(known.get(count_point(p)), limit)], mapper, limit)
     for i in state.todo:
         if i in settled:
@@ -393,6 +447,16 @@ def prune_known(state: Any, known: dict[Point, SmallGraphs | None] | None = None
             settled.add(i)
     state.todo = [i for i in state.todo if i not in settled]
     return oom, large
+
+
+def _whole(count_key: Point) -> bool:
+    """True when an op-count probe is also the point's static-memory probe (:func:`probe_point`): built whole.
+
+    The static memory of a point comes from :func:`static_probe` (no block graph); an op-count probe that is the
+    point's own probe point is built without the op limit, as the static question used to build it, so its count
+    (and the reason a graph is too large) is the one of the whole small graphs.
+    """
+    return probe_point(count_key) == count_key
 
 
 def _not_refused(point: Point, specs: SpecLoader, limit: int) -> bool:
