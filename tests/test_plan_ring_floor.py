@@ -8,7 +8,8 @@ from tiny_models import tiny_32_heads
 
 from tspsim.core.errors import ConfigError
 from tspsim.explore import static_memory
-from tspsim.explore.static_memory import count_point, graph_too_large, refused_up_front, ring_ops_floor, small_graphs
+from tspsim.explore.ring_floor import ring_ops_floor
+from tspsim.explore.static_memory import count_point, graph_too_large, refused_up_front, small_graphs
 from tspsim.simulate import Point, build_graph
 
 
@@ -70,7 +71,7 @@ def test_the_verdict_without_a_probe_is_the_probes(tiny: str, monkeypatch: pytes
         fast: dict[Point, object] = {}
         quick = graph_too_large(point, fast)
         with monkeypatch.context() as m:
-            m.setattr(static_memory, "_ring_over_limit", lambda *_a: False)
+            m.setattr(static_memory, "ring_over_limit", lambda *_a: False)
             slow: dict[Point, object] = {}
             try:
                 full = graph_too_large(point, slow)

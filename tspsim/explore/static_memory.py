@@ -13,16 +13,16 @@ declared OOM when the bound exceeds HBM by more than :data:`MARGIN_BYTES`, other
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tspsim.analysis.metrics import tokens_per_step
 from tspsim.core.errors import ConfigError, TspsimError
 from tspsim.engine.costs import compute_seconds, kernel_gpu
+from tspsim.explore.ring_floor import ring_over_limit
 from tspsim.opgraph import COMPUTE_KINDS, MEMORY_CATEGORIES, OpGraph
 from tspsim.schedules import SCHEDULES
 from tspsim.schedules.context import BuildContext, graph_ops_limit
-from tspsim.schedules.ring_attention import ring_ops_per_rank
 from tspsim.simulate import Point
 from tspsim.simulate.graph import build_graph
 from tspsim.simulate.point import resolve
@@ -92,6 +92,10 @@ class SmallGraphs:
     """The same for the 2-block graph."""
     tokens_per_step: int
     """Tokens one step of the point processes over all replicas."""
+    optimizer_one: dict[int, float] = field(default_factory=dict)
+    """Per rank: the part of :attr:`compute_one` spent in ``optimizer`` ops (the only compute ZeRO shrinks)."""
+    optimizer_two: dict[int, float] = field(default_factory=dict)
+    """The same for the 2-block graph."""
 
     def static_peak(self) -> tuple[int, dict[str, int]]:
         """Bytes and per-category breakdown of the fullest rank at L blocks.
@@ -100,12 +104,19 @@ class SmallGraphs:
         """
         return extrapolated_peak(self.static_one, self.static_two, self.layers)
 
-    def compute_s(self) -> float | None:
-        """The busiest rank's compute seconds at L blocks, c(1) + (L − 1)·(c(2) − c(1)) per rank (None: no ops)."""
+    def compute_s(self, optimizer: bool = True) -> float | None:
+        """The busiest rank's compute seconds at L blocks, c(1) + (L − 1)·(c(2) − c(1)) per rank (None: no ops).
+
+        ``optimizer=False``: without the optimizer ops (what a ZeRO retry of the point computes at least).
+        """
         c1, c2, L = self.compute_one, self.compute_two, self.layers
         if not c1 or c1.keys() != c2.keys():
             return None
-        return max(c1[r] + (L - 1) * (c2[r] - c1[r]) for r in c1)
+        if optimizer:
+            return max(c1[r] + (L - 1) * (c2[r] - c1[r]) for r in c1)
+        o1, o2 = self.optimizer_one, self.optimizer_two
+        b1 = {r: c1[r] - o1.get(r, 0.0) for r in c1}
+        return max(b1[r] + (L - 1) * (c2[r] - o2.get(r, 0.0) - b1[r]) for r in c1)
 
     def op_count(self) -> tuple[int, int]:
         """Ops of the L-block graph and ops per block: n(1) + (L − 1)·(n(2) − n(1)) (:func:`graph_ops`)."""
@@ -177,12 +188,12 @@ def static_probe(point: Point, specs: SpecLoader | None = None) -> tuple[int, di
     return extrapolated_peak(static_prefix(point, 1, specs), static_prefix(point, 2, specs), model.layers)
 
 
-def compute_per_rank(graph: OpGraph, topo: Topology) -> dict[int, float]:
-    """Per simulated rank: Σ compute_seconds of its compute ops on an idle GPU (the graph's kernel costs)."""
+def compute_per_rank(graph: OpGraph, topo: Topology, kinds: tuple[str, ...] = COMPUTE_KINDS) -> dict[int, float]:
+    """Per simulated rank: Σ compute_seconds of its compute ops (of ``kinds``) on an idle GPU (the graph's costs)."""
     gpu = kernel_gpu(topo.gpu, graph.meta or {})
     out: dict[int, float] = {}
     for op in graph.ops:
-        if op.kind in COMPUTE_KINDS:
+        if op.kind in kinds:
             out[op.rank] = out.get(op.rank, 0.0) + compute_seconds(op, gpu)
     return out
 
@@ -206,7 +217,8 @@ def small_graphs(point: Point, specs: SpecLoader | None = None, limit: int = 0) 
         two = build_graph(point, layers=2, specs=specs)[0]
     return SmallGraphs(static_bytes(one), static_bytes(two), len(one.ops), len(two.ops), layers,
                        compute_per_rank(one, topo), compute_per_rank(two, topo),
-                       tokens_per_step(workload, layout.replicas, layout.micro_batches))
+                       tokens_per_step(workload, layout.replicas, layout.micro_batches),
+                       compute_per_rank(one, topo, ("optimizer",)), compute_per_rank(two, topo, ("optimizer",)))
 
 
 def _build_capped(point: Point, layers: int, specs: SpecLoader | None, max_ops: int) -> OpGraph | None:
@@ -228,17 +240,44 @@ def probe_many(tasks: list[tuple[Point, int]]) -> list[SmallGraphs | None | str]
     Module level: the planner runs chunks of probes on its worker processes (:func:`warm`).
     """
     specs = SpecLoader()
-    out: list[SmallGraphs | None | str] = []
-    for point, limit in tasks:
-        try:
-            out.append(small_graphs(point, specs, limit))
-        except TspsimError as exc:
-            out.append(str(exc) or "error")
-    return out
+    return [_or_message(lambda p=point, n=limit: small_graphs(p, specs, n)) for point, limit in tasks]
 
 
 Mapper = Callable[[Callable[[Any], Any], list[Any]], list[Any]]
 """``mapper(fn, items)``: ``[fn(x) for x in items]``, maybe on worker processes (``runners.map_tasks``)."""
+
+
+def static_many(points: list[Point]) -> list[tuple[int, dict[str, int]] | str]:
+    """:func:`static_probe` of each point, one :class:`SpecLoader` for all; a failure is its message.
+
+    Module level: the planner runs chunks of them on its worker processes (:func:`warm_static`).
+    """
+    specs = SpecLoader()
+    return [_or_message(lambda p=point: static_probe(p, specs)) for point in points]
+
+
+def _or_message(compute: Callable[[], Any]) -> Any:
+    try:
+        return compute()
+    except TspsimError as exc:
+        return str(exc) or "error"
+
+
+def warm_static(known: dict[Any, Any], probes: list[Point], mapper: Mapper | None, chunks: int = 8) -> None:
+    """Compute the static probes of ``probes`` (probe points) not yet answered in ``known``, in parallel.
+
+    Stored under :class:`StaticKey` as :func:`static_oom_entry` would store them; a probe whose small graphs are
+    already known, or that fails, is left to it (same values, same errors where they always were).
+    """
+    todo = [k for k in dict.fromkeys(probes) if known.get(k) is None and StaticKey(k) not in known]
+    if mapper is None or len(todo) < 2:
+        return
+    parts = [todo[j::chunks] for j in range(min(chunks, len(todo)))]
+    for part, results in zip(parts, mapper(static_many, parts)):
+        for key, peak in zip(part, results):
+            if not isinstance(peak, str):
+                known[StaticKey(key)] = peak
+
 
 
 def warm(known: dict[Point, SmallGraphs | None], keys: list[Point], mapper: Mapper | None, limit: int = 0,
@@ -332,36 +371,6 @@ def refused_up_front(point: Point, specs: SpecLoader | None = None) -> str | Non
     return None
 
 
-def ring_ops_floor(point: Point, specs: SpecLoader | None = None) -> int:
-    """A lower bound of the ops in ``point``'s full graph from its ring attention alone (0 when it has none).
-
-    A training or forward point of a sequence-sharded layout (``sp``, ``tp+sp``, no pipeline) with
-    ``sp_attention=ring`` over Σ = p ≥ 2 runs the ring in every block on every simulated rank, so its graph holds at
-    least L · ranks · :func:`~tspsim.schedules.ring_attention.ring_ops_per_rank` ops (the graph cut to 1 and 2
-    blocks too: ops(1) and ops(2) − ops(1) each hold one block's ring, so their extrapolation to L blocks is at
-    least this). Ranks are those the build simulates (:class:`~tspsim.schedules.context.BuildContext`, no op
-    built): milliseconds, where building the 1-block graph of a Σ = 128 ring takes seconds.
-    """
-    if point.schedule not in SEQUENCE_SHARDED or point.mode not in ("train", "forward"):
-        return 0
-    topo, model, layout, workload, opts = resolve(point, specs)
-    if layout.pp > 1 or layout.sp < 2 or opts.sp_attention != "ring":
-        return 0
-    try:
-        ctx = BuildContext(model, topo, layout, workload, opts)
-    except ConfigError:
-        return 0
-    return model.layers * len(ctx.all_ranks) * ring_ops_per_rank(layout.sp, ctx.training)
-
-
-def _ring_over_limit(point: Point, specs: SpecLoader | None, limit: int) -> bool:
-    """True when :func:`ring_ops_floor` alone exceeds ``limit`` (the graph is over it, no probe needed)."""
-    try:
-        return ring_ops_floor(point, specs) > limit
-    except TspsimError:
-        return False
-
-
 def _over_limit(limit: int, layers: int) -> str:
     return (f"the op graph would hold more than {limit:,} ops ({layers} blocks of more than "
             f"{limit // layers:,}), over the limit (TSPSIM_MAX_GRAPH_OPS raises it)")
@@ -381,7 +390,7 @@ def graph_too_large(point: Point, known: dict[Point, SmallGraphs | None] | None 
         return refused
     limit = graph_ops_limit()
     layers = load_model(point.model).layers
-    if known is not None and count_point(point) not in known and _ring_over_limit(count_point(point), specs, limit):
+    if known is not None and count_point(point) not in known and ring_over_limit(count_point(point), specs, limit):
         known[count_point(point)] = None   # what its op-count probe would find: over the limit (ring_ops_floor)
     small = _memo(known, count_point(point), lambda key: small_graphs(key, specs, 0 if _whole(key) else limit))
     if small is not None and limit / 2 < small.op_count()[0] < 2 * limit and count_point(point) != own_point(point):
@@ -417,6 +426,7 @@ def prune_known(state: Any, known: dict[Point, SmallGraphs | None] | None = None
     settled = set()
     known = {} if known is None else known   # one pair of small graphs per probe, for all questions
     specs = SpecLoader()
+    warm_static(known, [probe_point(state.outcomes[i].point) for i in state.todo], mapper)
     for i in state.todo:
         out = state.outcomes[i]
         try:
@@ -462,7 +472,7 @@ def _whole(count_key: Point) -> bool:
 def _not_refused(point: Point, specs: SpecLoader, limit: int) -> bool:
     """False when the builder refuses ``point`` up front or its ring alone is over ``limit``: nothing to probe."""
     try:
-        return refused_up_front(point, specs) is None and not _ring_over_limit(count_point(point), specs, limit)
+        return refused_up_front(point, specs) is None and not ring_over_limit(count_point(point), specs, limit)
     except TspsimError:
         return False
 
