@@ -98,8 +98,12 @@ def test_a_graph_the_builder_refuses_up_front_is_refused_with_its_own_message(
 
 
 def test_one_pair_of_small_graphs_answers_both_questions(tiny: str) -> None:
-    """The static-memory probe of an all-gather point at batch 1 is the point the op count is read from."""
-    from tspsim.explore.static_memory import count_point, estimated_ops, probe_point, prune_known
+    """The static-memory probe of an all-gather point at batch 1 is the point the op count is read from.
+
+    Its static memory comes from the static-only probe (StaticKey, no block graph); its op count from one pair of
+    small graphs built whole, shared by both batches.
+    """
+    from tspsim.explore.static_memory import StaticKey, count_point, estimated_ops, probe_point, prune_known
     from tspsim.explore.sweep import Outcome, SweepState
 
     points = [Point("tp+sp", "mi300x-1node", model=tiny, seq_len=4096, batch=b, tp=4, sp=2,
@@ -108,7 +112,8 @@ def test_one_pair_of_small_graphs_answers_both_questions(tiny: str) -> None:
     state = SweepState([Outcome(i, p, "") for i, p in enumerate(points)], todo=[0, 1])
     known: dict[Point, object] = {}
     assert prune_known(state, known) == (0, 0) and state.todo == [0, 1]
-    assert list(known) == [count_point(points[0])]   # one probe for both points and both questions
+    assert list(known) == [StaticKey(probe_point(points[0])), count_point(points[0])]   # one probe of each kind
+    assert known[count_point(points[0])].static_peak() == known[StaticKey(probe_point(points[0]))]
     assert estimated_ops(points[1], known) == graph_ops(points[0])[0] > 0
 
 

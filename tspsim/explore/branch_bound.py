@@ -20,8 +20,9 @@ from collections.abc import Callable
 from typing import Any
 
 from tspsim.analysis.entries import is_oom, throughput
+from tspsim.core.errors import TspsimError
 from tspsim.explore.planner import zero_variants
-from tspsim.explore.static_memory import Mapper, own_point, warm
+from tspsim.explore.static_memory import Mapper, own_point, refused_up_front, warm
 from tspsim.explore.step_bound import StepBound, step_bound
 from tspsim.explore.sweep import Outcome, SweepState, execute
 from tspsim.simulate import Point
@@ -32,6 +33,10 @@ ROUND = 4
 rounds: few rounds, so few waits for the last point of a round)."""
 REL_MARGIN = 1e-9
 """A bound must be below the incumbent by more than this fraction (float noise of the extrapolated sum)."""
+RETRY_MARGIN = 1e-6
+"""The ZeRO retries' common bound (:meth:`Bounds.retries_dominated`) must be below the incumbent by more than this
+fraction to settle them without their own graphs (float noise of two different sums; otherwise their own bounds
+decide)."""
 
 
 def incumbent(outcomes: list[Outcome]) -> float:
@@ -55,9 +60,19 @@ class Bounds:
         """Builds small graphs on worker processes (:func:`~tspsim.explore.static_memory.warm`), or None."""
         self._known: dict[Point, StepBound | None] = {}
 
-    def prepare(self, points: list[Point]) -> None:
-        """Build the small graphs the bounds of ``points`` need, in parallel when there is a ``mapper``."""
-        warm(self.graphs, [own_point(p) for p in points if p.mode == "train" and p.pipeline.stages <= 1], self.mapper)
+    def prepare(self, points: list[Point], best: float = 0.0) -> None:
+        """Build the small graphs the bounds of ``points`` need, in parallel when there is a ``mapper``.
+
+        Then, against the incumbent ``best``, those of the ZeRO retries of each point whose own bound is below it
+        (:meth:`dominated` asks for them next, in this process otherwise); the same graphs, built earlier.
+        """
+        bounded = [p for p in points if p.mode == "train" and p.pipeline.stages <= 1]
+        warm(self.graphs, [own_point(p) for p in bounded], self.mapper)
+        if best <= 0:
+            return
+        below = [p for p in bounded if (b := self.of(p)) is not None and b.tokens_per_s * (1 + REL_MARGIN) < best
+                 and not self.retries_dominated(p, best)]
+        warm(self.graphs, [own_point(v) for p in below for v in zero_variants(p)], self.mapper)
 
     def of(self, point: Point) -> StepBound | None:
         """:func:`~tspsim.explore.step_bound.step_bound` of ``point``, remembered."""
@@ -65,17 +80,43 @@ class Bounds:
             self._known[point] = step_bound(point, self.specs, self.graphs)
         return self._known[point]
 
+    def retries_dominated(self, point: Point, best: float) -> bool:
+        """True when every ZeRO retry of ``point`` provably has a tokens/s bound below ``best`` (from its graphs).
+
+        A retry changes memory and data-parallel traffic; of the compute, only the optimizer ops (its shard shrinks
+        by the ZeRO group) — it adds gathers and reduce-scatters, never removes a block's kernels. So its busiest
+        rank computes at least the point's compute without the optimizer ops (``SmallGraphs.compute_s(optimizer=
+        False)``) over the same tokens per step (``tests/test_plan_zero_bound.py`` checks both on every schedule):
+        when that bound is below ``best`` (by :data:`RETRY_MARGIN`), each retry's own bound is too, and their graphs
+        are not built. Retries the builder refuses up front (whose bound would be unknown) leave it to them.
+        """
+        small = self.graphs.get(own_point(point))
+        worst = small.compute_s(optimizer=False) if small is not None else None
+        if worst is None or worst <= 0 or small.tokens_per_step / worst * (1 + RETRY_MARGIN) >= best:
+            return False
+        return all(_buildable(v, self.specs) for v in zero_variants(point))
+
     def dominated(self, point: Point, best: float) -> str | None:
         """The ``dominated: …`` note when ``point`` and its ZeRO retries all have tokens/s bounds below ``best``."""
         if best <= 0:
             return None
-        own = None
-        for p in (point, *zero_variants(point)):
-            bound = self.of(p)
-            if bound is None or bound.tokens_per_s * (1 + REL_MARGIN) >= best:
-                return None
-            own = own or bound
-        return own.note(best) if own is not None else None
+        own = self.of(point)
+        if own is None or own.tokens_per_s * (1 + REL_MARGIN) >= best:
+            return None
+        if not self.retries_dominated(point, best):
+            for p in zero_variants(point):
+                bound = self.of(p)
+                if bound is None or bound.tokens_per_s * (1 + REL_MARGIN) >= best:
+                    return None
+        return own.note(best)
+
+
+def _buildable(point: Point, specs: SpecLoader) -> bool:
+    """True when ``point`` resolves and the builder does not refuse it up front."""
+    try:
+        return refused_up_front(point, specs) is None
+    except TspsimError:
+        return False
 
 
 def settle_dominated(state: SweepState, bounds: Bounds, best: float, todo: list[int] | None = None,
@@ -115,7 +156,7 @@ def execute_bounded(state: SweepState, runner: Any, cache: Any, bounds: Bounds,
         batch, rest = rest[:size], rest[size:]
         size *= 2
         if best > 0:
-            bounds.prepare([state.outcomes[i].point for i in batch])
+            bounds.prepare([state.outcomes[i].point for i in batch], best)
         state.todo = settle_dominated(state, bounds, best, batch, on_result)
         if cost is not None:
             state.todo.sort(key=lambda i: -cost(state.outcomes[i].point))

@@ -13,12 +13,13 @@ declared OOM when the bound exceeds HBM by more than :data:`MARGIN_BYTES`, other
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tspsim.analysis.metrics import tokens_per_step
 from tspsim.core.errors import ConfigError, TspsimError
 from tspsim.engine.costs import compute_seconds, kernel_gpu
+from tspsim.explore.ring_floor import ring_over_limit
 from tspsim.opgraph import COMPUTE_KINDS, MEMORY_CATEGORIES, OpGraph
 from tspsim.schedules import SCHEDULES
 from tspsim.schedules.context import BuildContext, graph_ops_limit
@@ -91,29 +92,31 @@ class SmallGraphs:
     """The same for the 2-block graph."""
     tokens_per_step: int
     """Tokens one step of the point processes over all replicas."""
+    optimizer_one: dict[int, float] = field(default_factory=dict)
+    """Per rank: the part of :attr:`compute_one` spent in ``optimizer`` ops (the only compute ZeRO shrinks)."""
+    optimizer_two: dict[int, float] = field(default_factory=dict)
+    """The same for the 2-block graph."""
 
     def static_peak(self) -> tuple[int, dict[str, int]]:
         """Bytes and per-category breakdown of the fullest rank at L blocks.
 
         Per category: static(1) + (L − 1)·(static(2) − static(1)) (module docstring).
         """
-        s1, s2, L = self.static_one, self.static_two, self.layers
-        if not s1 or s1.keys() != s2.keys():
-            return 0, {}
-        best, at = -1, {}
-        for rank in s1:
-            per = {c: s1[rank][c] + (L - 1) * (s2[rank][c] - s1[rank][c]) for c in MEMORY_CATEGORIES}
-            total = sum(per.values())
-            if total > best:
-                best, at = total, per
-        return best, at
+        return extrapolated_peak(self.static_one, self.static_two, self.layers)
 
-    def compute_s(self) -> float | None:
-        """The busiest rank's compute seconds at L blocks, c(1) + (L − 1)·(c(2) − c(1)) per rank (None: no ops)."""
+    def compute_s(self, optimizer: bool = True) -> float | None:
+        """The busiest rank's compute seconds at L blocks, c(1) + (L − 1)·(c(2) − c(1)) per rank (None: no ops).
+
+        ``optimizer=False``: without the optimizer ops (what a ZeRO retry of the point computes at least).
+        """
         c1, c2, L = self.compute_one, self.compute_two, self.layers
         if not c1 or c1.keys() != c2.keys():
             return None
-        return max(c1[r] + (L - 1) * (c2[r] - c1[r]) for r in c1)
+        if optimizer:
+            return max(c1[r] + (L - 1) * (c2[r] - c1[r]) for r in c1)
+        o1, o2 = self.optimizer_one, self.optimizer_two
+        b1 = {r: c1[r] - o1.get(r, 0.0) for r in c1}
+        return max(b1[r] + (L - 1) * (c2[r] - o2.get(r, 0.0) - b1[r]) for r in c1)
 
     def op_count(self) -> tuple[int, int]:
         """Ops of the L-block graph and ops per block: n(1) + (L − 1)·(n(2) − n(1)) (:func:`graph_ops`)."""
@@ -121,12 +124,76 @@ class SmallGraphs:
         return self.ops_one + (self.layers - 1) * per, per
 
 
-def compute_per_rank(graph: OpGraph, topo: Topology) -> dict[int, float]:
-    """Per simulated rank: Σ compute_seconds of its compute ops on an idle GPU (the graph's kernel costs)."""
+def extrapolated_peak(s1: dict[int, dict[str, int]], s2: dict[int, dict[str, int]], layers: int
+                      ) -> tuple[int, dict[str, int]]:
+    """(bytes, breakdown) of the fullest rank at ``layers`` blocks from its static bytes at 1 and 2 blocks."""
+    if not s1 or s1.keys() != s2.keys():
+        return 0, {}
+    best, at = -1, {}
+    for rank in s1:
+        per = {c: s1[rank][c] + (layers - 1) * (s2[rank][c] - s1[rank][c]) for c in MEMORY_CATEGORIES}
+        total = sum(per.values())
+        if total > best:
+            best, at = total, per
+    return best, at
+
+
+@dataclass(frozen=True)
+class StaticKey:
+    """Memo key of a point's static-memory probe (:func:`static_probe`), beside the small graphs keyed by points."""
+
+    point: Point
+    """The probe point (:func:`probe_point`)."""
+
+
+class _StaticAllocated(Exception):
+    """Raised by a probe build right after its static memory is allocated: the rest is not needed."""
+
+
+def static_prefix(point: Point, layers: int, specs: SpecLoader | None = None) -> dict[int, dict[str, int]]:
+    """:func:`static_bytes` of ``point``'s graph cut to ``layers`` blocks, built only up to its static memory.
+
+    A training or forward step (:func:`tspsim.schedules.pipeline.run_step`) allocates all of its static memory in
+    one :meth:`~tspsim.schedules.context.BuildContext.init_static` call, the only emitter of ``static memory``
+    ops, before any pass: the build stops when that call returns, so these are the bytes of the whole graph.
+    """
+    topo, model, layout, workload, opts = resolve(point, specs)
+    ctx = BuildContext(replace(model, layers=layers), topo, layout, workload, opts)
+    allocate = ctx.init_static
+
+    def allocate_then_stop(local_params: dict[int, float]) -> None:
+        allocate(local_params)
+        raise _StaticAllocated
+
+    ctx.init_static = allocate_then_stop  # type: ignore[method-assign]
+    try:
+        graph = SCHEDULES.get(point.schedule).build(ctx)
+    except _StaticAllocated:
+        graph = ctx.builder.graph
+    return static_bytes(graph)
+
+
+def static_probe(point: Point, specs: SpecLoader | None = None) -> tuple[int, dict[str, int]]:
+    """(bytes, breakdown) of the fullest rank's static memory at L blocks, from two :func:`static_prefix` builds.
+
+    Milliseconds where :func:`small_graphs` builds every op of one and two blocks (seconds for a 1,024-rank
+    replica). Training and forward steps without a pipeline only (one ``run_step`` with no pass before the static
+    memory); other points (pipelines, micro-batches, inference) build their small graphs.
+    """
+    _topo, model, layout, workload, _opts = resolve(point, specs)
+    if workload.mode not in ("train", "forward") or layout.pp > 1 or layout.micro_batches > 1:
+        small = small_graphs(point, specs)
+        assert small is not None   # no limit: always built
+        return small.static_peak()
+    return extrapolated_peak(static_prefix(point, 1, specs), static_prefix(point, 2, specs), model.layers)
+
+
+def compute_per_rank(graph: OpGraph, topo: Topology, kinds: tuple[str, ...] = COMPUTE_KINDS) -> dict[int, float]:
+    """Per simulated rank: Σ compute_seconds of its compute ops (of ``kinds``) on an idle GPU (the graph's costs)."""
     gpu = kernel_gpu(topo.gpu, graph.meta or {})
     out: dict[int, float] = {}
     for op in graph.ops:
-        if op.kind in COMPUTE_KINDS:
+        if op.kind in kinds:
             out[op.rank] = out.get(op.rank, 0.0) + compute_seconds(op, gpu)
     return out
 
@@ -150,7 +217,8 @@ def small_graphs(point: Point, specs: SpecLoader | None = None, limit: int = 0) 
         two = build_graph(point, layers=2, specs=specs)[0]
     return SmallGraphs(static_bytes(one), static_bytes(two), len(one.ops), len(two.ops), layers,
                        compute_per_rank(one, topo), compute_per_rank(two, topo),
-                       tokens_per_step(workload, layout.replicas, layout.micro_batches))
+                       tokens_per_step(workload, layout.replicas, layout.micro_batches),
+                       compute_per_rank(one, topo, ("optimizer",)), compute_per_rank(two, topo, ("optimizer",)))
 
 
 def _build_capped(point: Point, layers: int, specs: SpecLoader | None, max_ops: int) -> OpGraph | None:
@@ -172,17 +240,44 @@ def probe_many(tasks: list[tuple[Point, int]]) -> list[SmallGraphs | None | str]
     Module level: the planner runs chunks of probes on its worker processes (:func:`warm`).
     """
     specs = SpecLoader()
-    out: list[SmallGraphs | None | str] = []
-    for point, limit in tasks:
-        try:
-            out.append(small_graphs(point, specs, limit))
-        except TspsimError as exc:
-            out.append(str(exc) or "error")
-    return out
+    return [_or_message(lambda p=point, n=limit: small_graphs(p, specs, n)) for point, limit in tasks]
 
 
 Mapper = Callable[[Callable[[Any], Any], list[Any]], list[Any]]
 """``mapper(fn, items)``: ``[fn(x) for x in items]``, maybe on worker processes (``runners.map_tasks``)."""
+
+
+def static_many(points: list[Point]) -> list[tuple[int, dict[str, int]] | str]:
+    """:func:`static_probe` of each point, one :class:`SpecLoader` for all; a failure is its message.
+
+    Module level: the planner runs chunks of them on its worker processes (:func:`warm_static`).
+    """
+    specs = SpecLoader()
+    return [_or_message(lambda p=point: static_probe(p, specs)) for point in points]
+
+
+def _or_message(compute: Callable[[], Any]) -> Any:
+    try:
+        return compute()
+    except TspsimError as exc:
+        return str(exc) or "error"
+
+
+def warm_static(known: dict[Any, Any], probes: list[Point], mapper: Mapper | None, chunks: int = 8) -> None:
+    """Compute the static probes of ``probes`` (probe points) not yet answered in ``known``, in parallel.
+
+    Stored under :class:`StaticKey` as :func:`static_oom_entry` would store them; a probe whose small graphs are
+    already known, or that fails, is left to it (same values, same errors where they always were).
+    """
+    todo = [k for k in dict.fromkeys(probes) if known.get(k) is None and StaticKey(k) not in known]
+    if mapper is None or len(todo) < 2:
+        return
+    parts = [todo[j::chunks] for j in range(min(chunks, len(todo)))]
+    for part, results in zip(parts, mapper(static_many, parts)):
+        for key, peak in zip(part, results):
+            if not isinstance(peak, str):
+                known[StaticKey(key)] = peak
+
 
 
 def warm(known: dict[Point, SmallGraphs | None], keys: list[Point], mapper: Mapper | None, limit: int = 0,
@@ -218,7 +313,7 @@ def _memo(known: dict[Point, Any] | None, key: Point, compute: Callable[[Point],
     return known[key]
 
 
-def static_oom_entry(point: Point, known: dict[Point, SmallGraphs | None] | None = None,
+def static_oom_entry(point: Point, known: dict[Any, Any] | None = None,
                      specs: SpecLoader | None = None) -> dict[str, Any] | None:
     """The run entry of ``point`` if its static memory alone exceeds HBM (no simulation), else None.
 
@@ -228,13 +323,11 @@ def static_oom_entry(point: Point, known: dict[Point, SmallGraphs | None] | None
     """
     topo, _model, layout, workload, opts = resolve(point, specs)
     key = probe_point(point)
-    small = _memo(known, key, lambda k: small_graphs(k, specs))
-    if small is None:   # an op-count probe stopped at the limit: build it whole (static memory needs both graphs)
-        small = small_graphs(key, specs)
-        if known is not None:
-            known[key] = small
-    assert small is not None   # no limit: always built
-    best, at = small.static_peak()
+    small = known.get(key) if known is not None else None
+    if small is not None:   # its small graphs are built already
+        best, at = small.static_peak()
+    else:                   # the static memory alone (an op-count probe may have stopped at the limit)
+        best, at = _memo(known, StaticKey(key), lambda k: static_probe(k.point, specs))
     hbm = topo.gpu.hbm_GB * GB
     if best <= hbm + MARGIN_BYTES:
         return None
@@ -278,6 +371,11 @@ def refused_up_front(point: Point, specs: SpecLoader | None = None) -> str | Non
     return None
 
 
+def _over_limit(limit: int, layers: int) -> str:
+    return (f"the op graph would hold more than {limit:,} ops ({layers} blocks of more than "
+            f"{limit // layers:,}), over the limit (TSPSIM_MAX_GRAPH_OPS raises it)")
+
+
 def graph_too_large(point: Point, known: dict[Point, SmallGraphs | None] | None = None,
                     specs: SpecLoader | None = None) -> str | None:
     """Why ``point``'s op graph would exceed the op limit, or None (:func:`graph_ops`).
@@ -292,12 +390,13 @@ def graph_too_large(point: Point, known: dict[Point, SmallGraphs | None] | None 
         return refused
     limit = graph_ops_limit()
     layers = load_model(point.model).layers
-    small = _memo(known, count_point(point), lambda key: small_graphs(key, specs, limit))
+    if known is not None and count_point(point) not in known and ring_over_limit(count_point(point), specs, limit):
+        known[count_point(point)] = None   # what its op-count probe would find: over the limit (ring_ops_floor)
+    small = _memo(known, count_point(point), lambda key: small_graphs(key, specs, 0 if _whole(key) else limit))
     if small is not None and limit / 2 < small.op_count()[0] < 2 * limit and count_point(point) != own_point(point):
         small = _memo(known, own_point(point), lambda key: small_graphs(key, specs, limit))
     if small is None:
-        return (f"the op graph would hold more than {limit:,} ops ({layers} blocks of more than "
-                f"{limit // layers:,}), over the limit (TSPSIM_MAX_GRAPH_OPS raises it)")
+        return _over_limit(limit, layers)
     total, per = small.op_count()
     if total <= limit:
         return None
@@ -327,7 +426,7 @@ def prune_known(state: Any, known: dict[Point, SmallGraphs | None] | None = None
     settled = set()
     known = {} if known is None else known   # one pair of small graphs per probe, for all questions
     specs = SpecLoader()
-    warm(known, [probe_point(state.outcomes[i].point) for i in state.todo], mapper)
+    warm_static(known, [probe_point(state.outcomes[i].point) for i in state.todo], mapper)
     for i in state.todo:
         out = state.outcomes[i]
         try:
@@ -340,7 +439,9 @@ def prune_known(state: Any, known: dict[Point, SmallGraphs | None] | None = None
             settled.add(i)
     left = [state.outcomes[i].point for i in state.todo if i not in settled]
     limit = graph_ops_limit()
-    warm(known, [count_point(p) for p in left if _not_refused(p, specs)], mapper, limit)
+    counted = [count_point(p) for p in left if _not_refused(p, specs, limit)]
+    warm(known, [k for k in counted if _whole(k)], mapper)   # (whole: the static probe of the point's algorithm)
+    warm(known, [k for k in counted if not _whole(k)], mapper, limit)
     warm(known, [own_point(p) for p in left if _borderline(known.get(count_point(p)), limit)], mapper, limit)
     for i in state.todo:
         if i in settled:
@@ -358,9 +459,20 @@ def prune_known(state: Any, known: dict[Point, SmallGraphs | None] | None = None
     return oom, large
 
 
-def _not_refused(point: Point, specs: SpecLoader) -> bool:
+def _whole(count_key: Point) -> bool:
+    """True when an op-count probe is also the point's static-memory probe (:func:`probe_point`): built whole.
+
+    The static memory of a point comes from :func:`static_probe` (no block graph); an op-count probe that is the
+    point's own probe point is built without the op limit, as the static question used to build it, so its count
+    (and the reason a graph is too large) is the one of the whole small graphs.
+    """
+    return probe_point(count_key) == count_key
+
+
+def _not_refused(point: Point, specs: SpecLoader, limit: int) -> bool:
+    """False when the builder refuses ``point`` up front or its ring alone is over ``limit``: nothing to probe."""
     try:
-        return refused_up_front(point, specs) is None
+        return refused_up_front(point, specs) is None and not ring_over_limit(count_point(point), specs, limit)
     except TspsimError:
         return False
 

@@ -44,10 +44,16 @@ class DataParallel:
 
     # ------------------------------------------------------------------------------ groups
     def group(self, rank: int) -> tuple[int, ...]:
-        """The ranks holding the same weights as ``rank`` (its gradient group; computed once per rank)."""
+        """The ranks holding the same weights as ``rank`` (its gradient group; computed once per group).
+
+        Every member of the group holds those weights too, so the group is theirs as well (the same tuple:
+        :meth:`~tspsim.spec.layout.Layout.grad_group` lists a set in a fixed order): a 1,024-rank replica computes
+        its few groups once, not 1,024 times.
+        """
         group = self._groups.get(rank)
         if group is None:
-            group = self._groups[rank] = self.ctx.layout.grad_group(rank)
+            group = self.ctx.layout.grad_group(rank)
+            self._groups.update(dict.fromkeys(group, group))
         return group
 
     def simulated(self, group: tuple[int, ...]) -> list[int]:

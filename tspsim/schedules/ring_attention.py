@@ -41,6 +41,21 @@ STATS_BYTES = 4
 """Bytes per fp32 log-sum-exp statistic of the online-softmax merge."""
 
 
+def ring_ops_per_rank(p: int, training: bool) -> int:
+    """Fewest ops ring attention over a Σ = ``p`` ring issues on each simulated rank per block pass.
+
+    Forward (:meth:`RingAttention.forward`): p attention steps, p − 1 log-sum-exp merges and p − 2 buffer releases,
+    3p − 3; backward (:meth:`RingAttention.backward`, training only): p attention-backward steps, p − 1 dQ
+    accumulations, p − 1 dK/dV accumulations (steps 2 … p − 1 and the owner's own) and p − 2 releases, 4p − 4.
+    Each is a compute or memory op of the rank whatever the fold (its sends and receives, which a fold may omit,
+    only add to them; recomputation repeats the forward), so ``ring_ops_per_rank(p, training)`` × simulated ranks
+    × blocks bounds a graph's op count from below before it is built (the planner's op-limit check,
+    :func:`tspsim.explore.static_memory.ring_ops_floor`).
+    """
+    forward = 3 * p - 3
+    return forward + 4 * p - 4 if training else forward
+
+
 class RingAttention(SpAttention):
     """Ring attention with zig-zag chunks and a double-buffered K/V ring; dK/dV accumulate around the ring."""
 
