@@ -32,6 +32,16 @@ def h100_128() -> Topology:
     return load_topology("h100-dgx-128node")
 
 
+@pytest.fixture(scope="session")
+def tiny5(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Path of a five-block, 32-head tiny model file (tiny_models.tiny_32_heads): planner probes and bounds."""
+    from tiny_models import tiny_32_heads
+
+    path = tmp_path_factory.mktemp("tiny5") / "tiny5.yaml"
+    path.write_text(tiny_32_heads(layers=5))
+    return str(path)
+
+
 # ---------------------------------------------------------------------------- schedule-validation fixtures
 @pytest.fixture(scope="session")
 def mi300x_4node_yaml(tmp_path_factory: pytest.TempPathFactory) -> str:

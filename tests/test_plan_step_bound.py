@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from tiny_models import tiny_32_heads
 
 from tspsim.explore.step_bound import compute_per_rank, step_bound
 from tspsim.simulate import Point, build_graph, simulate
@@ -11,10 +10,8 @@ from tspsim.spec.pipeline_spec import PipelineSpec
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("bound") / "tiny5.yaml"
-    path.write_text(tiny_32_heads(layers=5))
-    return str(path)
+def tiny(tiny5: str) -> str:
+    return tiny5
 
 
 def _points(model: str) -> list[Point]:

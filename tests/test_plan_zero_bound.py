@@ -4,7 +4,6 @@ the optimizer ops, so the point's graphs bound every retry's tokens/s, and the p
 from __future__ import annotations
 
 import pytest
-from tiny_models import tiny_32_heads
 
 from tspsim.explore.branch_bound import Bounds
 from tspsim.explore.planner import zero_variants
@@ -14,10 +13,8 @@ from tspsim.simulate import Point
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("zero_bound") / "tiny5.yaml"
-    path.write_text(tiny_32_heads(layers=5))
-    return str(path)
+def tiny(tiny5: str) -> str:
+    return tiny5
 
 
 def _points(model: str) -> list[Point]:

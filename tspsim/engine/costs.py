@@ -31,6 +31,7 @@ maximum achievable on the best shape found by search (MAMF, hardware.md §4.1), 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -65,30 +66,31 @@ def kernel_gpu(gpu: GpuSpec, meta: dict[str, Any]) -> GpuSpec:
         if isinstance(gap, bool) or not isinstance(gap, (int, float)) or not math.isfinite(gap) or not 0 <= gap <= 1e6:
             raise TraceError(f"{where}.kernel_gap_us: expected µs in [0, 1e6] or null, got {gap!r}"[:200])
         gpu = replace(gpu, kernel_launch_us=float(gap))
-    table = costs.get("attention_efficiency") or {}
-    if not isinstance(table, dict):
-        raise TraceError(f"{where}.attention_efficiency: expected a mapping GPU name → [fwd, bwd]"[:200])
-    pair = table.get(gpu.name)
+    pair = _per_gpu(costs, "attention_efficiency", gpu.name, where, "[fwd, bwd] in (0, 1]",
+                    lambda e: not isinstance(e, bool) and isinstance(e, (int, float)) and 0 < e <= 1)
     if pair is not None:
-        ok = isinstance(pair, list) and len(pair) == 2 and all(
-            not isinstance(e, bool) and isinstance(e, (int, float)) and 0 < e <= 1 for e in pair)
-        if not ok:
-            raise TraceError(f"{where}.attention_efficiency.{gpu.name}: expected [fwd, bwd] in (0, 1], got {pair!r}"
-                             [:200])
         gpu = replace(gpu, attn_fwd_efficiency=float(pair[0]), attn_bwd_efficiency=float(pair[1]))
-    tiles = costs.get("gemm_wave_tile") or {}
-    if not isinstance(tiles, dict):
-        raise TraceError(f"{where}.gemm_wave_tile: expected a mapping GPU name → [rows, columns]"[:200])
-    tile = tiles.get(gpu.name)
-    if tile is not None:
-        ok = isinstance(tile, list) and len(tile) == 2 and all(
-            isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1024 for v in tile)
-        if not ok:
-            raise TraceError(f"{where}.gemm_wave_tile.{gpu.name}: expected [rows, columns] in 1–1024, got "
-                             f"{tile!r}"[:200])
-        if gpu.sm_count > 0:
-            gpu = replace(gpu, gemm_wave_tile=(tile[0], tile[1]))
+    tile = _per_gpu(costs, "gemm_wave_tile", gpu.name, where, "[rows, columns] in 1–1024",
+                    lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1024)
+    if tile is not None and gpu.sm_count > 0:
+        gpu = replace(gpu, gemm_wave_tile=(tile[0], tile[1]))
     return gpu
+
+
+def _per_gpu(costs: dict[str, Any], key: str, gpu_name: str, where: str, expected: str,
+             valid: Callable[[Any], bool]) -> list[Any] | None:
+    """``costs[key][gpu_name]``, a pair of values each passing ``valid``, or None when the GPU is not listed.
+
+    Raises:
+        TraceError: the table is not a mapping, or the GPU's entry is not such a pair.
+    """
+    table = costs.get(key) or {}
+    if not isinstance(table, dict):
+        raise TraceError(f"{where}.{key}: expected a mapping GPU name → {expected}"[:200])
+    value = table.get(gpu_name)
+    if value is not None and not (isinstance(value, list) and len(value) == 2 and all(valid(v) for v in value)):
+        raise TraceError(f"{where}.{key}.{gpu_name}: expected {expected}, got {value!r}"[:200])
+    return value
 
 
 def large_efficiency(op: Op, gpu: GpuSpec) -> float:
