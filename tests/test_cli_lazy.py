@@ -18,6 +18,19 @@ def test_table_help_is_each_commands_own() -> None:
         assert cmd.get_short_help_str(limit=500) == entry.short_help, name
 
 
+def test_list_schedules_table_is_the_registry() -> None:
+    """``tspsim list schedules`` prints a static table (no schedule module imported); it must be the registry's."""
+    from tspsim.commands.list_cmd import SCHEDULE_LINES
+    from tspsim.schedules import SCHEDULES
+
+    assert SCHEDULE_LINES == tuple((name, SCHEDULES.get(name).description) for name in SCHEDULES.names())
+    code = ("import sys; from tspsim.cli import cli\n"
+            "try:\n    cli.main(['list', 'schedules'], standalone_mode=False)\nexcept SystemExit:\n    pass\n"
+            "print('imported=' + ','.join(m for m in sys.modules if m.startswith('tspsim.schedules')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "imported="
+
+
 def test_help_lists_every_command() -> None:
     from tspsim.cli import cli
 

@@ -4,6 +4,19 @@ from __future__ import annotations
 
 import click
 
+SCHEDULE_LINES: tuple[tuple[str, str], ...] = (
+    ('satp-seq', 'sharded-activation TP, sequence shard: reduce-scatter + all-gather, K/V all-gather'),
+    ('satp-batch', 'sharded-activation TP, batch shard: reduce-scatter + all-gather, no K/V exchange'),
+    ('sp', 'sequence parallelism: replicated weights, zig-zag tokens, K/V all-gather'),
+    ('tp', 'classic Megatron TP: column/row parallel, all-reduce, replicated residual'),
+    ('tp+sp', '2-D grid: TP degree T inside the node x SP degree (--sp) outside'),
+    ('tsp', 'folded TSP: attention weight-broadcast loop + K/V all-gather, MLP weight ring'),
+    ('fsdp', 'pure FSDP / ZeRO-3: no model parallelism, parameters, gradients and optimizer state sharded over all '
+             'GPUs'),
+)
+"""The schedule registry's names and one-line descriptions, in its order, so ``tspsim list schedules`` imports no
+schedule module (tests/test_cli_lazy.py checks it against :data:`tspsim.schedules.SCHEDULES`)."""
+
 
 @click.command("list")
 @click.argument("what", type=click.Choice(["topologies", "models", "schedules", "stacks"]))
@@ -40,11 +53,7 @@ def list_cmd(what: str) -> None:
             rows.append((name + (" (default)" if name == DEFAULT_STACK else ""), st.attention.kernel,
                          st.host.launch, ",".join(st.host.capture) or "-", st.description))
     else:
-        from tspsim.schedules import SCHEDULES
-
-        rows = [("name", "description")]
-        for name in SCHEDULES.names():
-            rows.append((name, SCHEDULES.get(name).description))
+        rows = [("name", "description"), *SCHEDULE_LINES]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
