@@ -16,6 +16,7 @@ from tspsim.core.errors import ConfigError
 from tspsim.engine.sim import replay
 from tspsim.opgraph import GraphBuilder
 from tspsim.simulate import Point, build_graph, simulate
+from tspsim.spec.fold import FoldPlan
 from tspsim.spec.topology_file import load_topology
 
 CASES = [
@@ -233,3 +234,13 @@ def test_folded_graph_on_a_shape_it_does_not_fold_to_is_refused(small_cluster, t
     full = tmp_path / "full.json"
     build_graph(point, fold=False)[0].save(full)
     assert CliRunner().invoke(cli, ["replay", str(full), "-t", small_cluster(1, 8, "mesh")]).exit_code == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(g=st.sampled_from([1, 2, 4, 8]), unit=st.integers(1, 6), slabs=st.integers(0, 3),
+       peer=st.sampled_from([1, 2, 4, 8, 16]), nodes=st.integers(1, 40), cut=st.integers(0, 7))
+def test_fold_plan_simulated_ranks_scan_nodes_as_the_rank_definition(g, unit, slabs, peer, nodes, cut):
+    """FoldPlan.simulated scans nodes; it must equal "the ranks of [0, world) that are their own twin"."""
+    plan = FoldPlan(gpus_per_node=g, unit_nodes=unit, slab_nodes=slabs * unit, peer=peer)
+    world = max(1, nodes * g - cut % g)
+    assert plan.simulated(world) == tuple(r for r in range(world) if plan.twin(r) == r)

@@ -55,8 +55,15 @@ class FoldPlan:
         return self.twin_node(node) * g + local - local % self.peer
 
     def simulated(self, world: int) -> tuple[int, ...]:
-        """The ranks of ``[0, world)`` that are their own twin, ascending."""
-        return tuple(r for r in range(world) if self.twin(r) == r)
+        """The ranks of ``[0, world)`` that are their own twin, ascending.
+
+        A rank is its own twin exactly when its node is (τ(n) = n) and its local index is a multiple of ``peer``,
+        so the nodes are scanned, not the ranks (``tests/test_folding.py`` checks it against the rank-by-rank
+        definition).
+        """
+        g, peer = self.gpus_per_node, self.peer
+        return tuple(r for node in range(-(-world // g)) if self.twin_node(node) == node
+                     for r in range(node * g, min(node * g + g, world), peer))
 
     def to_meta(self) -> dict[str, int]:
         """The plan as recorded in a graph's ``meta["fold"]``."""

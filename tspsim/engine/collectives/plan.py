@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -204,9 +205,12 @@ class GroupInfo:
         """Most ranks on one node."""
         return max(len(m) for m in self.members)
 
-    @property
+    @cached_property
     def regular(self) -> bool:
-        """Every node holds the same local positions (same GPUs of each node): rail-aligned channels."""
+        """Every node holds the same local positions (same GPUs of each node): rail-aligned channels.
+
+        Cached: the policy asks it of one group once per candidate algorithm (groups of up to 16,384 ranks).
+        """
         first = tuple(r % self.gpus_per_node for r in self.members[0])
         return all(tuple(r % self.gpus_per_node for r in m) == first for m in self.members)
 
@@ -214,7 +218,12 @@ class GroupInfo:
 def group_info(group: Sequence[int], topo: Topology) -> GroupInfo:
     """Split ``group`` by node."""
     by_node: dict[int, list[int]] = {}
+    g = topo.gpus_per_node                      # topo.node_of(r) = r // g, inlined (16,384-rank groups)
     for r in group:
-        by_node.setdefault(topo.node_of(r), []).append(r)
+        node = r // g
+        if node in by_node:
+            by_node[node].append(r)
+        else:
+            by_node[node] = [r]
     nodes = tuple(sorted(by_node))
     return GroupInfo(nodes, tuple(tuple(sorted(by_node[n])) for n in nodes), topo.gpus_per_node)
