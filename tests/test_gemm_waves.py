@@ -59,9 +59,7 @@ def test_partial_edge_tiles_count_as_whole_tiles():
 
 
 def test_the_better_tile_orientation_is_used():
-    """1,000 × 256: 256×128 tiles give 4·2 = 8 tiles, 128×256 give 8·1 = 8; with 8 SMs both fill a wave,
-    but their edge waste differs: (1000·256)/(8·256·128) vs (1000·256)/(8·128·256) — equal here; a case
-    where they differ: m = 384, n = 256, 3 SMs → 2·2 = 4 tiles (2 waves) vs 3·1 = 3 tiles (1 wave)."""
+    """384 × 256 on 3 SMs: 256×128 tiles give 2·2 = 4 tiles (2 waves), 128×256 give 3·1 = 3 (1 wave): the latter."""
     assert wave_efficiency(384, 256, 1, A100_TILE, 3) == pytest.approx(384 * 256 / (1 * 3 * 128 * 256), rel=1e-15)
 
 

@@ -37,6 +37,7 @@ from typing import Any
 
 from tspsim.core.errors import TraceError
 from tspsim.opgraph import Op
+from tspsim.spec.stack import MAX_TILE
 from tspsim.spec.topology import GpuSpec
 
 KERNEL_COSTS_KEY = "kernel_costs"
@@ -70,8 +71,8 @@ def kernel_gpu(gpu: GpuSpec, meta: dict[str, Any]) -> GpuSpec:
                     lambda e: not isinstance(e, bool) and isinstance(e, (int, float)) and 0 < e <= 1)
     if pair is not None:
         gpu = replace(gpu, attn_fwd_efficiency=float(pair[0]), attn_bwd_efficiency=float(pair[1]))
-    tile = _per_gpu(costs, "gemm_wave_tile", gpu.name, where, "[rows, columns] in 1–1024",
-                    lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1024)
+    tile = _per_gpu(costs, "gemm_wave_tile", gpu.name, where, f"[rows, columns] in 1–{MAX_TILE}",
+                    lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_TILE)
     if tile is not None and gpu.sm_count > 0:
         gpu = replace(gpu, gemm_wave_tile=(tile[0], tile[1]))
     return gpu

@@ -50,7 +50,7 @@ def ring_ops_per_rank(p: int, training: bool) -> int:
     Each is a compute or memory op of the rank whatever the fold (its sends and receives, which a fold may omit,
     only add to them; recomputation repeats the forward), so ``ring_ops_per_rank(p, training)`` × simulated ranks
     × blocks bounds a graph's op count from below before it is built (the planner's op-limit check,
-    :func:`tspsim.explore.static_memory.ring_ops_floor`).
+    :func:`tspsim.explore.ring_floor.ring_ops_floor`).
     """
     forward = 3 * p - 3
     return forward + 4 * p - 4 if training else forward
