@@ -171,7 +171,7 @@ def test_sm_count_is_an_optional_whole_number(tmp_path):
         load_topology(str(path))
 
 
-def test_waves_slow_a_megatron_2022_step_on_a100_and_nothing_else(tmp_path):
+def test_waves_slow_a_megatron_2022_step_on_a100_by_less_than_nine_eighths(tmp_path):
     """Same graph, with and without the stack's tile: the 2022 step is slower, by less than 1/(8/9)."""
     keep = tmp_path / "no-waves.yaml"
     keep.write_text("inherit: megatron-lm-2022\nkernels:\n  gemm_wave_tile: {}\n")
