@@ -168,8 +168,9 @@ class CommResolver:
     def _p2p(self, op: Op) -> ResolvedComm:
         topo = self.topo
         src, dst = op.group
-        route = topo.route(src, dst)
-        lat = topo.intra.direct_alpha_us * 1e-6 + sum(topo.links[i].latency_s for i in route)
+        route = routes.route_links(topo, src, dst)
+        latency = topo.link_latencies_s
+        lat = topo.intra.direct_alpha_us * 1e-6 + sum(latency[i] for i in route)
         sent: dict[int, float] = {}
         recv: dict[int, float] = {}
         uniq: dict[int, float] = {}
@@ -210,7 +211,7 @@ def _plan_links(topo: Topology, plan: FoldPlan) -> np.ndarray:
     """
     lay = routes.layout(topo)
     g = lay.gpus_per_node
-    idx = np.arange(len(topo.links), dtype=np.int64)
+    idx = np.arange(topo.link_count, dtype=np.int64)
     out = idx.copy()
     tau = np.array([plan.twin_node(n) for n in range(topo.nodes)], dtype=np.int64)
     intra = idx < lay.network_base

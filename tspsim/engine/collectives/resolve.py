@@ -37,7 +37,7 @@ def base_loads(topo: Topology, flow: FlowSpec, keep: np.ndarray | None = None,
     hop, link = routes.route_arrays(topo, src, dst)
     if fold_to is not None and len(link):
         link = fold_to[link]
-    load = np.bincount(link, weights=frac[hop], minlength=len(topo.links))
+    load = np.bincount(link, weights=frac[hop], minlength=topo.link_count)
     links = np.flatnonzero(load)
     return links, load[links]
 
