@@ -76,7 +76,7 @@ class CommResolver:
         self.topo = topo
         self.sim = set(sim_ranks)
         self.sim_arr = np.array(sorted(self.sim), dtype=np.int64)
-        self.sim_nodes = {topo.node_of(r) for r in self.sim}
+        self.sim_nodes = {r // topo.gpus_per_node for r in self.sim}
         self.fold = fold
         self.replica_size = replica_size or (fold * topo.gpus_per_node if fold else 0)
         self.protocol = protocol
@@ -84,7 +84,7 @@ class CommResolver:
         self.replica_map = replica_map
         if self.plan is not None:
             self.fold_to = _plan_links(topo, self.plan)
-            self._twin = np.array([self.plan.twin(r) for r in range(topo.world_size)], dtype=np.int64)
+            self._twin = self.plan.twin_array(topo.world_size)
         else:
             self.fold_to = routes.fold_array(topo, fold) if fold else None
             self._twin = None
@@ -105,20 +105,27 @@ class CommResolver:
         return ResolvedComm(plan.algorithm, plan.protocol, phases, sent, recv, self._slowdown(op.group))
 
     def fold_sensitive(self, group: tuple[int, ...]) -> bool:
-        """True if the group spans nodes and more than one replica (folding needs node-symmetric plans)."""
+        """True if the group spans nodes and more than one replica (folding needs node-symmetric plans).
+
+        ``r // c`` is non-decreasing in r, so a group spans several nodes (contiguous replicas) exactly when its
+        smallest and largest ranks do: two C-level scans of the group, no set of 16,384 node numbers.
+        """
         size = self.replica_size
-        topo = self.topo
+        g = self.topo.gpus_per_node
         rm = self.replica_map
+        if not group:
+            return False
+        lo, hi = min(group), max(group)
         if rm:
             m, dp, pp = int(rm["mp"]), int(rm["dp"]), int(rm["pp"])
             if rm.get("placement") == "mp-pp-dp":
-                replicas = {r // (m * pp) for r in group}
+                several = lo // (m * pp) != hi // (m * pp)
             else:
-                replicas = {(r // m) % dp for r in group}
-            return len(replicas) > 1 and len({topo.node_of(r) for r in group}) > 1
+                several = len({(r // m) % dp for r in group}) > 1
+            return several and lo // g != hi // g
         if not size:
             return False
-        return len({r // size for r in group}) > 1 and len({topo.node_of(r) for r in group}) > 1
+        return lo // size != hi // size and lo // g != hi // g
 
     # ------------------------------------------------------------------------------ internals
     def _shape_links(self, shp: Shape) -> tuple[list[Any], dict[int, float], dict[int, float]]:
@@ -185,9 +192,14 @@ class CommResolver:
         return ResolvedComm("p2p", "Simple", phases, sent, recv, self._slowdown(op.group))
 
     def _slowdown(self, group: tuple[int, ...]) -> float:
+        """The network's slowdown for a group of one rank per node (several nodes), else the node fabric's.
+
+        A group larger than the cluster's node count cannot have one rank per node: no set is built for it.
+        """
         topo = self.topo
-        nodes = {topo.node_of(r) for r in group}
-        if len(nodes) > 1 and topo.inter is not None and len(nodes) == len(group):
+        g = topo.gpus_per_node
+        if (topo.inter is not None and 1 < len(group) <= topo.nodes
+                and len({r // g for r in group}) == len(group)):
             return topo.inter.compute_slowdown
         return topo.intra.compute_slowdown
 
@@ -213,7 +225,7 @@ def _plan_links(topo: Topology, plan: FoldPlan) -> np.ndarray:
     g = lay.gpus_per_node
     idx = np.arange(topo.link_count, dtype=np.int64)
     out = idx.copy()
-    tau = np.array([plan.twin_node(n) for n in range(topo.nodes)], dtype=np.int64)
+    tau = plan.twin_node_array(topo.nodes)
     intra = idx < lay.network_base
     node, pos = np.divmod(idx[intra], lay.intra_per_node)
     if not lay.mesh and plan.peer > 1:

@@ -195,15 +195,20 @@ class GroupInfo:
         """Nodes spanned."""
         return len(self.nodes)
 
-    @property
+    @cached_property
     def p(self) -> int:
-        """Ranks."""
+        """Ranks (cached, like :attr:`regular`)."""
         return sum(len(m) for m in self.members)
 
-    @property
+    @cached_property
     def m(self) -> int:
-        """Most ranks on one node."""
+        """Most ranks on one node (cached)."""
         return max(len(m) for m in self.members)
+
+    @cached_property
+    def member_array(self) -> np.ndarray:
+        """``members`` as a k × m array (every node holds m ranks: only asked of :attr:`regular` groups)."""
+        return np.array(self.members, dtype=np.int64).reshape(self.k, self.m)
 
     @cached_property
     def regular(self) -> bool:
