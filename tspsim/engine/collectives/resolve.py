@@ -37,8 +37,13 @@ def base_loads(topo: Topology, flow: FlowSpec, keep: np.ndarray | None = None,
     hop, link = routes.route_arrays(topo, src, dst)
     if fold_to is not None and len(link):
         link = fold_to[link]
-    load = np.bincount(link, weights=frac[hop], minlength=topo.link_count)
-    links = np.flatnonzero(load)
+    n_links = topo.link_count
+    load = np.bincount(link, weights=frac[hop], minlength=n_links)
+    if 8 * len(link) < n_links:   # few hops on many links (a folded replay): scan only the links they touch
+        touched = np.unique(link)
+        links = touched[load[touched] != 0]
+    else:
+        links = np.flatnonzero(load)
     return links, load[links]
 
 
