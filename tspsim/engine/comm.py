@@ -215,12 +215,27 @@ def _accumulate(out: dict[int, float], ranks: np.ndarray, frac: np.ndarray) -> N
 
 
 def _plan_links(topo: Topology, plan: FoldPlan) -> np.ndarray:
-    """``out[i]``: the twin of link i under a general fold (see the module docstring).
+    """``out[i]``: the twin of link i under a general fold (see the module docstring), built once per topology
+    and plan (kept on the topology: every replay of a search folds the same way; read-only)."""
+    cache = topo.__dict__.setdefault("_plan_links_cache", {})
+    found = cache.get(plan)
+    if found is None:
+        if len(cache) >= _PLAN_LINKS_KEPT:
+            cache.clear()
+        found = cache[plan] = _build_plan_links(topo, plan)
+        found.flags.writeable = False
+    return found
 
-    Node-fabric links move with their node (on a switch node, a GPU's ports also move to its twin GPU's);
-    the four network links of a GPU follow the GPU; a spine link moves to its rail's twin rail and to the
-    leaf group of the twin of the group's first node; an NVLS engine moves with its node.
-    """
+
+_PLAN_LINKS_KEPT = 8
+"""Most link tables of general folds kept per topology (one 8-byte entry per link each)."""
+
+
+def _build_plan_links(topo: Topology, plan: FoldPlan) -> np.ndarray:
+    """:func:`_plan_links` computed: node-fabric links move with their node (on a switch node, a GPU's ports
+    also move to its twin GPU's); the four network links of a GPU follow the GPU; a spine link moves to its
+    rail's twin rail and to the leaf group of the twin of the group's first node; an NVLS engine moves with its
+    node."""
     lay = routes.layout(topo)
     g = lay.gpus_per_node
     idx = np.arange(topo.link_count, dtype=np.int64)

@@ -78,8 +78,9 @@ class FoldPlan:
         definition).
         """
         g, peer = self.gpus_per_node, self.peer
-        return tuple(r for node in range(-(-world // g)) if self.twin_node(node) == node
-                     for r in range(node * g, min(node * g + g, world), peer))
+        nodes = -(-world // g)
+        own = np.flatnonzero(self.twin_node_array(nodes) == np.arange(nodes)).tolist()
+        return tuple(r for node in own for r in range(node * g, min(node * g + g, world), peer))
 
     def to_meta(self) -> dict[str, int]:
         """The plan as recorded in a graph's ``meta["fold"]``."""

@@ -71,9 +71,10 @@ def phase_links(topo: Topology, flow: FlowSpec, protocol: str, keep: np.ndarray 
 def solo_rate(topo: Topology, links: np.ndarray, weights: np.ndarray) -> float:
     """Rate of the flow alone on the network (payload bytes/s): min over links of capacity / weight.
 
-    The same arithmetic as :func:`tspsim.engine.network.max_min_rates` for one flow.
+    The same arithmetic as :func:`tspsim.engine.network.max_min_rates` for one flow: one IEEE division per
+    link, and the minimum picks one of those quotients (NumPy's ``min`` and Python's agree exactly: no NaN).
     """
     if not len(links):
         return float("inf")
     cap = routes.capacities(topo)[links]
-    return float(min((cap / weights).tolist()))
+    return float((cap / weights).min())
