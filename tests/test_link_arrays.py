@@ -13,6 +13,7 @@ import random
 
 import pytest
 
+from tspsim.engine.replay_parts import recorded_links
 from tspsim.spec import routes
 from tspsim.spec.topology import Topology, _build_links
 from tspsim.spec.topology_file import load_topology, preset_names
@@ -73,3 +74,14 @@ def test_a_large_cluster_never_builds_its_links(tmp_path):
     routes.link_classes(topo)
     routes.route_links(topo, 3, 16383)
     assert "links" not in topo.__dict__
+
+
+@pytest.mark.parametrize("name", ["ft-uneven", "ft-oversub", "mesh-3", "a100-4", "h100-dgx-1node"])
+def test_recorded_links_equal_the_scan_of_every_link(tmp_path, name):
+    """The links a replay records (LinkRecorder): every non-PCIe link of a simulated node, by index layout."""
+    topo = _topology(tmp_path, name)
+    rng = random.Random(3)
+    for _ in range(6):
+        nodes = set(rng.sample(range(topo.nodes), rng.randint(1, topo.nodes)))
+        want = [link.index for link in topo.links if link.node in nodes and link.kind != "pcie"]
+        assert recorded_links(topo, nodes) == want, (name, nodes)
