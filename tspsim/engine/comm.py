@@ -215,8 +215,11 @@ def _accumulate(out: dict[int, float], ranks: np.ndarray, frac: np.ndarray) -> N
 
 
 def _plan_links(topo: Topology, plan: FoldPlan) -> np.ndarray:
-    """``out[i]``: the twin of link i under a general fold (see the module docstring), built once per topology
-    and plan (kept on the topology: every replay of a search folds the same way; read-only)."""
+    """``out[i]``: the twin of link i under a general fold (see the module docstring).
+
+    Built once per topology and plan and kept on the topology (every replay of a search folds the same way);
+    read-only.
+    """
     cache = topo.__dict__.setdefault("_plan_links_cache", {})
     found = cache.get(plan)
     if found is None:
@@ -232,10 +235,12 @@ _PLAN_LINKS_KEPT = 8
 
 
 def _build_plan_links(topo: Topology, plan: FoldPlan) -> np.ndarray:
-    """:func:`_plan_links` computed: node-fabric links move with their node (on a switch node, a GPU's ports
-    also move to its twin GPU's); the four network links of a GPU follow the GPU; a spine link moves to its
-    rail's twin rail and to the leaf group of the twin of the group's first node; an NVLS engine moves with its
-    node."""
+    """:func:`_plan_links` computed.
+
+    Node-fabric links move with their node (on a switch node, a GPU's ports also move to its twin GPU's); the
+    four network links of a GPU follow the GPU; a spine link moves to its rail's twin rail and to the leaf group
+    of the twin of the group's first node; an NVLS engine moves with its node.
+    """
     lay = routes.layout(topo)
     g = lay.gpus_per_node
     idx = np.arange(topo.link_count, dtype=np.int64)

@@ -89,9 +89,11 @@ class LinkRecorder:
 
 
 def recorded_links(topo: Topology, nodes: set[int]) -> list[int]:
-    """Indices, ascending, of the links a replay of ``nodes`` records: every link whose ``node`` is one of
-    them, except PCIe. Found by the index layout (:mod:`tspsim.spec.routes`), not by scanning the 180,000 links
-    of a 2,048-node cluster per replay (``tests/test_link_arrays.py`` compares it with that scan)."""
+    """Indices, ascending, of the links a replay of ``nodes`` records: every link of one of them but PCIe.
+
+    Found by the index layout (:mod:`tspsim.spec.routes`), not by scanning the 180,000 links of a 2,048-node
+    cluster per replay (``tests/test_link_arrays.py`` compares it with that scan).
+    """
     lay = routes.layout(topo)
     g = lay.gpus_per_node
     out: list[int] = []

@@ -94,16 +94,21 @@ class Layout:
         return tuple(sorted(r for s in range(self.pp) for r in self.stage_ranks(s, replica)))
 
     def _dp_base_step(self, mp: int, stage: int) -> tuple[int, int]:
-        """(rank of replica 0, rank step from one replica to the next) at ``mp`` of ``stage``: :meth:`rank_of`
-        is affine in the replica index d, so a data-parallel group is an arithmetic progression."""
+        """(rank of replica 0, rank step from one replica to the next) at ``mp`` of ``stage``.
+
+        :meth:`rank_of` is affine in the replica index d, so a data-parallel group is an arithmetic progression.
+        """
         m = self.mp_size
         if self.placement == "mp-pp-dp":
             return mp + m * stage, m * self.pp
         return mp + m * self.replicas * stage, m
 
     def dp_group(self, rank: int) -> tuple[int, ...]:
-        """Ranks at the same position as ``rank`` in every replica: ``rank_of(mp, d, stage)`` for every d, as a
-        range (``tests/test_layout_groups.py`` checks it against :meth:`rank_of`; 16,384-rank groups)."""
+        """Ranks at the same position as ``rank`` in every replica.
+
+        ``rank_of(mp, d, stage)`` for every d, as a range (``tests/test_layout_groups.py`` checks it against
+        :meth:`rank_of`; 16,384-rank groups).
+        """
         mp, _, stage = self.coords(rank)
         base, step = self._dp_base_step(mp, stage)
         return tuple(range(base, base + step * self.replicas, step))

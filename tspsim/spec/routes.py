@@ -76,8 +76,10 @@ def layout(topo: Topology) -> LinkLayout:
 
 
 def link_classes(topo: Topology) -> np.ndarray:
-    """Class (:data:`INTRA`, :data:`NETWORK`, :data:`NVLS`) of every link, by index (from the layout:
-    ``tests/test_link_arrays.py`` checks it against each link's kind)."""
+    """Class (:data:`INTRA`, :data:`NETWORK`, :data:`NVLS`) of every link, by index.
+
+    From the layout, without the links (``tests/test_link_arrays.py`` checks it against each link's kind).
+    """
     cache = topo.__dict__.setdefault("_route_cache", {})
     if "classes" not in cache:
         lay = layout(topo)
