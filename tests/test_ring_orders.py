@@ -105,6 +105,8 @@ def groups(draw):
 def test_ring_shape_equals_the_rank_by_rank_construction(topologies, group, fabric, kind, root_pick):
     topo = topologies[fabric]
     info = group_info(tuple(group), topo)
+    first = tuple(r % 8 for r in info.members[0])
+    assert info.regular == all(tuple(r % 8 for r in m) == first for m in info.members)
     orders = _reference_orders(info, topo)
     assert ring.ring_orders(info, topo) == orders
     root = group[root_pick % len(group)]

@@ -89,20 +89,33 @@ class CommResolver:
             self.fold_to = routes.fold_array(topo, fold) if fold else None
             self._twin = None
         self._shapes: dict[int, tuple[Shape, list[Any]]] = {}
+        self._groups: dict[int, tuple[tuple[int, ...], bool, float]] = {}
 
     def resolve(self, op: Op) -> ResolvedComm:
         """The flows of ``op`` (a collective or a send/recv)."""
         if op.kind in P2P_KINDS:
             return self._p2p(op)
+        _, sensitive, slowdown = self._group_facts(op.group)
         plan = plan_collective(op.kind, op.group, op.nbytes, self.topo, op.root, op.algorithm, self.protocol,
-                               fold_safe_only=self.fold_sensitive(op.group))
+                               fold_safe_only=sensitive)
         per_phase, sent_frac, recv_frac = self._shape_links(plan.shape)
         n = op.nbytes
         phases = tuple((ph.latency_s, links, weights, ph.progress(n))
                        for ph, (links, weights) in zip(plan.phases, per_phase))
         sent = {r: f * n for r, f in sent_frac.items()}
         recv = {r: f * n for r, f in recv_frac.items()}
-        return ResolvedComm(plan.algorithm, plan.protocol, phases, sent, recv, self._slowdown(op.group))
+        return ResolvedComm(plan.algorithm, plan.protocol, phases, sent, recv, slowdown)
+
+    def _group_facts(self, group: tuple[int, ...]) -> tuple[tuple[int, ...], bool, float]:
+        """(group, :meth:`fold_sensitive`, :meth:`_slowdown`) of a group, kept per group object.
+
+        The ops of one collective share their group tuple, and a 16,384-rank group takes a third of a millisecond
+        to scan; the tuple itself is kept with its facts, so its ``id`` cannot be reused while cached.
+        """
+        found = self._groups.get(id(group))
+        if found is None or found[0] is not group:
+            found = self._groups[id(group)] = (group, self.fold_sensitive(group), self._slowdown(group))
+        return found
 
     def fold_sensitive(self, group: tuple[int, ...]) -> bool:
         """True if the group spans nodes and more than one replica (folding needs node-symmetric plans).
@@ -189,7 +202,7 @@ class CommResolver:
             rep = int(self._representative(np.array([dst]))[0])
             recv[rep] = float(op.nbytes)
         phases = ((lat, list(uniq), list(uniq.values()), float(op.nbytes)),)
-        return ResolvedComm("p2p", "Simple", phases, sent, recv, self._slowdown(op.group))
+        return ResolvedComm("p2p", "Simple", phases, sent, recv, self._group_facts(op.group)[2])
 
     def _slowdown(self, group: tuple[int, ...]) -> float:
         """The network's slowdown for a group of one rank per node (several nodes), else the node fabric's.
