@@ -76,7 +76,7 @@ class CommResolver:
         self.topo = topo
         self.sim = set(sim_ranks)
         self.sim_arr = np.array(sorted(self.sim), dtype=np.int64)
-        self.sim_nodes = {topo.node_of(r) for r in self.sim}
+        self.sim_nodes = {r // topo.gpus_per_node for r in self.sim}
         self.fold = fold
         self.replica_size = replica_size or (fold * topo.gpus_per_node if fold else 0)
         self.protocol = protocol
@@ -84,41 +84,61 @@ class CommResolver:
         self.replica_map = replica_map
         if self.plan is not None:
             self.fold_to = _plan_links(topo, self.plan)
-            self._twin = np.array([self.plan.twin(r) for r in range(topo.world_size)], dtype=np.int64)
+            self._twin = self.plan.twin_array(topo.world_size)
         else:
             self.fold_to = routes.fold_array(topo, fold) if fold else None
             self._twin = None
         self._shapes: dict[int, tuple[Shape, list[Any]]] = {}
+        self._groups: dict[int, tuple[tuple[int, ...], bool, float]] = {}
 
     def resolve(self, op: Op) -> ResolvedComm:
         """The flows of ``op`` (a collective or a send/recv)."""
         if op.kind in P2P_KINDS:
             return self._p2p(op)
+        _, sensitive, slowdown = self._group_facts(op.group)
         plan = plan_collective(op.kind, op.group, op.nbytes, self.topo, op.root, op.algorithm, self.protocol,
-                               fold_safe_only=self.fold_sensitive(op.group))
+                               fold_safe_only=sensitive)
         per_phase, sent_frac, recv_frac = self._shape_links(plan.shape)
         n = op.nbytes
         phases = tuple((ph.latency_s, links, weights, ph.progress(n))
                        for ph, (links, weights) in zip(plan.phases, per_phase))
         sent = {r: f * n for r, f in sent_frac.items()}
         recv = {r: f * n for r, f in recv_frac.items()}
-        return ResolvedComm(plan.algorithm, plan.protocol, phases, sent, recv, self._slowdown(op.group))
+        return ResolvedComm(plan.algorithm, plan.protocol, phases, sent, recv, slowdown)
+
+    def _group_facts(self, group: tuple[int, ...]) -> tuple[tuple[int, ...], bool, float]:
+        """(group, :meth:`fold_sensitive`, :meth:`_slowdown`) of a group, kept per group object.
+
+        The ops of one collective share their group tuple, and a 16,384-rank group takes a third of a millisecond
+        to scan; the tuple itself is kept with its facts, so its ``id`` cannot be reused while cached.
+        """
+        found = self._groups.get(id(group))
+        if found is None or found[0] is not group:
+            found = self._groups[id(group)] = (group, self.fold_sensitive(group), self._slowdown(group))
+        return found
 
     def fold_sensitive(self, group: tuple[int, ...]) -> bool:
-        """True if the group spans nodes and more than one replica (folding needs node-symmetric plans)."""
+        """True if the group spans nodes and more than one replica (folding needs node-symmetric plans).
+
+        ``r // c`` is non-decreasing in r, so a group spans several nodes (contiguous replicas) exactly when its
+        smallest and largest ranks do: two C-level scans of the group, no set of 16,384 node numbers.
+        """
         size = self.replica_size
-        topo = self.topo
+        g = self.topo.gpus_per_node
         rm = self.replica_map
+        if not group:
+            return False
+        lo, hi = min(group), max(group)
         if rm:
             m, dp, pp = int(rm["mp"]), int(rm["dp"]), int(rm["pp"])
             if rm.get("placement") == "mp-pp-dp":
-                replicas = {r // (m * pp) for r in group}
+                several = lo // (m * pp) != hi // (m * pp)
             else:
-                replicas = {(r // m) % dp for r in group}
-            return len(replicas) > 1 and len({topo.node_of(r) for r in group}) > 1
+                several = len({(r // m) % dp for r in group}) > 1
+            return several and lo // g != hi // g
         if not size:
             return False
-        return len({r // size for r in group}) > 1 and len({topo.node_of(r) for r in group}) > 1
+        return lo // size != hi // size and lo // g != hi // g
 
     # ------------------------------------------------------------------------------ internals
     def _shape_links(self, shp: Shape) -> tuple[list[Any], dict[int, float], dict[int, float]]:
@@ -168,8 +188,9 @@ class CommResolver:
     def _p2p(self, op: Op) -> ResolvedComm:
         topo = self.topo
         src, dst = op.group
-        route = topo.route(src, dst)
-        lat = topo.intra.direct_alpha_us * 1e-6 + sum(topo.links[i].latency_s for i in route)
+        route = routes.route_links(topo, src, dst)
+        latency = topo.link_latencies_s
+        lat = topo.intra.direct_alpha_us * 1e-6 + sum(latency[i] for i in route)
         sent: dict[int, float] = {}
         recv: dict[int, float] = {}
         uniq: dict[int, float] = {}
@@ -181,12 +202,17 @@ class CommResolver:
             rep = int(self._representative(np.array([dst]))[0])
             recv[rep] = float(op.nbytes)
         phases = ((lat, list(uniq), list(uniq.values()), float(op.nbytes)),)
-        return ResolvedComm("p2p", "Simple", phases, sent, recv, self._slowdown(op.group))
+        return ResolvedComm("p2p", "Simple", phases, sent, recv, self._group_facts(op.group)[2])
 
     def _slowdown(self, group: tuple[int, ...]) -> float:
+        """The network's slowdown for a group of one rank per node (several nodes), else the node fabric's.
+
+        A group larger than the cluster's node count cannot have one rank per node: no set is built for it.
+        """
         topo = self.topo
-        nodes = {topo.node_of(r) for r in group}
-        if len(nodes) > 1 and topo.inter is not None and len(nodes) == len(group):
+        g = topo.gpus_per_node
+        if (topo.inter is not None and 1 < len(group) <= topo.nodes
+                and len({r // g for r in group}) == len(group)):
             return topo.inter.compute_slowdown
         return topo.intra.compute_slowdown
 
@@ -204,15 +230,35 @@ def _accumulate(out: dict[int, float], ranks: np.ndarray, frac: np.ndarray) -> N
 def _plan_links(topo: Topology, plan: FoldPlan) -> np.ndarray:
     """``out[i]``: the twin of link i under a general fold (see the module docstring).
 
-    Node-fabric links move with their node (on a switch node, a GPU's ports also move to its twin GPU's);
-    the four network links of a GPU follow the GPU; a spine link moves to its rail's twin rail and to the
-    leaf group of the twin of the group's first node; an NVLS engine moves with its node.
+    Built once per topology and plan and kept on the topology (every replay of a search folds the same way);
+    read-only.
+    """
+    cache = topo.__dict__.setdefault("_plan_links_cache", {})
+    found = cache.get(plan)
+    if found is None:
+        if len(cache) >= _PLAN_LINKS_KEPT:
+            cache.clear()
+        found = cache[plan] = _build_plan_links(topo, plan)
+        found.flags.writeable = False
+    return found
+
+
+_PLAN_LINKS_KEPT = 8
+"""Most link tables of general folds kept per topology (one 8-byte entry per link each)."""
+
+
+def _build_plan_links(topo: Topology, plan: FoldPlan) -> np.ndarray:
+    """:func:`_plan_links` computed.
+
+    Node-fabric links move with their node (on a switch node, a GPU's ports also move to its twin GPU's); the
+    four network links of a GPU follow the GPU; a spine link moves to its rail's twin rail and to the leaf group
+    of the twin of the group's first node; an NVLS engine moves with its node.
     """
     lay = routes.layout(topo)
     g = lay.gpus_per_node
-    idx = np.arange(len(topo.links), dtype=np.int64)
+    idx = np.arange(topo.link_count, dtype=np.int64)
     out = idx.copy()
-    tau = np.array([plan.twin_node(n) for n in range(topo.nodes)], dtype=np.int64)
+    tau = plan.twin_node_array(topo.nodes)
     intra = idx < lay.network_base
     node, pos = np.divmod(idx[intra], lay.intra_per_node)
     if not lay.mesh and plan.peer > 1:

@@ -6,6 +6,7 @@ from tspsim.core.errors import TraceError
 from tspsim.engine.network import Flow
 from tspsim.engine.timeline import Timeline
 from tspsim.opgraph import OpGraph
+from tspsim.spec import routes
 from tspsim.spec.fold import FoldPlan
 from tspsim.spec.topology import Topology
 
@@ -55,14 +56,14 @@ class LinkRecorder:
 
     def __init__(self, topo: Topology, sim_ranks: set[int], timeline: Timeline) -> None:
         self.timeline = timeline
-        nodes = {topo.node_of(r) for r in sim_ranks}
         self.links: set[int] = set()
         """Indices of the recorded links (not PCIe)."""
-        for link in topo.links:
-            if link.node in nodes and link.kind != "pcie":
-                self.links.add(link.index)
-                timeline.link_meta[link.index] = {"src": link.src, "dst": link.dst, "kind": link.kind,
-                                                  "capacity_Bps": link.capacity_Bps}
+        links = topo.links
+        for i in recorded_links(topo, {r // topo.gpus_per_node for r in sim_ranks}):
+            link = links[i]
+            self.links.add(i)
+            timeline.link_meta[i] = {"src": link.src, "dst": link.dst, "kind": link.kind,
+                                     "capacity_Bps": link.capacity_Bps}
 
     def record(self, now: float, flows: list[Flow]) -> None:
         """Append a step to each recorded link whose load changed (one step per instant)."""
@@ -85,6 +86,31 @@ class LinkRecorder:
                     s[-1] = (now, rate)
                 else:
                     s.append((now, rate))
+
+
+def recorded_links(topo: Topology, nodes: set[int]) -> list[int]:
+    """Indices, ascending, of the links a replay of ``nodes`` records: every link of one of them but PCIe.
+
+    Found by the index layout (:mod:`tspsim.spec.routes`), not by scanning the 180,000 links of a 2,048-node
+    cluster per replay (``tests/test_link_arrays.py`` compares it with that scan).
+    """
+    lay = routes.layout(topo)
+    g = lay.gpus_per_node
+    out: list[int] = []
+    for n in sorted(nodes):
+        out += range(n * lay.intra_per_node, (n + 1) * lay.intra_per_node)
+        if topo.inter is not None:
+            for r in range(n * g, (n + 1) * g):           # GPU→NIC, NIC→GPU (PCIe), NIC up, NIC down
+                out += (lay.network_base + 4 * r + 2, lay.network_base + 4 * r + 3)
+        if lay.nvls_base >= 0:
+            out.append(lay.nvls_base + n)
+    if lay.spine_base >= 0:                               # a spine link belongs to its leaf group's first node
+        for rail in range(g):
+            for grp in range(lay.leaf_groups):
+                if grp * lay.nodes_per_leaf in nodes:
+                    pos = lay.spine_base + 2 * (rail * lay.leaf_groups + grp)
+                    out += (pos, pos + 1)
+    return sorted(out)
 
 
 def _group_maxima(graph: OpGraph) -> list[int]:

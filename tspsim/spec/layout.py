@@ -93,10 +93,25 @@ class Layout:
         """Global ranks of one replica (every stage), ascending."""
         return tuple(sorted(r for s in range(self.pp) for r in self.stage_ranks(s, replica)))
 
+    def _dp_base_step(self, mp: int, stage: int) -> tuple[int, int]:
+        """(rank of replica 0, rank step from one replica to the next) at ``mp`` of ``stage``.
+
+        :meth:`rank_of` is affine in the replica index d, so a data-parallel group is an arithmetic progression.
+        """
+        m = self.mp_size
+        if self.placement == "mp-pp-dp":
+            return mp + m * stage, m * self.pp
+        return mp + m * self.replicas * stage, m
+
     def dp_group(self, rank: int) -> tuple[int, ...]:
-        """Ranks at the same position as ``rank`` in every replica."""
+        """Ranks at the same position as ``rank`` in every replica.
+
+        ``rank_of(mp, d, stage)`` for every d, as a range (``tests/test_layout_groups.py`` checks it against
+        :meth:`rank_of`; 16,384-rank groups).
+        """
         mp, _, stage = self.coords(rank)
-        return tuple(self.rank_of(mp, d, stage) for d in range(self.replicas))
+        base, step = self._dp_base_step(mp, stage)
+        return tuple(range(base, base + step * self.replicas, step))
 
     def grad_group(self, rank: int) -> tuple[int, ...]:
         """Every rank holding the same weights as ``rank``: the group its gradients are reduced over.
@@ -108,8 +123,9 @@ class Layout:
             return self.dp_group(rank)
         mp, _, stage = self.coords(rank)
         t = mp % self.tp
-        return tuple(sorted(self.rank_of(t + self.tp * s, d, stage) for d in range(self.replicas)
-                            for s in range(self.sp)))
+        base, step = self._dp_base_step(t, stage)       # rank_of(t + T·s, d, stage) = base + T·s + step·d
+        tp = self.tp
+        return tuple(sorted(base + tp * s + step * d for d in range(self.replicas) for s in range(self.sp)))
 
     def virtual_stage(self, stage: int, chunk: int) -> int:
         """Index in model order of chunk ``chunk`` of ``stage`` (Megatron: chunk·P + stage)."""

@@ -25,8 +25,9 @@ from tspsim.spec.topology import Topology
 
 INTRA, NETWORK, NVLS = 0, 1, 2
 """Link classes: node fabric (xGMI, NVLink ports), network (PCIe to the NIC, NIC, spine), NVLS engine."""
-_CLASS = {"xgmi": INTRA, "nvlink_up": INTRA, "nvlink_down": INTRA, "pcie": NETWORK, "nic_up": NETWORK,
-          "nic_down": NETWORK, "spine_up": NETWORK, "spine_down": NETWORK, "nvls": NVLS}
+LINK_CLASS = {"xgmi": INTRA, "nvlink_up": INTRA, "nvlink_down": INTRA, "pcie": NETWORK, "nic_up": NETWORK,
+              "nic_down": NETWORK, "spine_up": NETWORK, "spine_down": NETWORK, "nvls": NVLS}
+"""Class of each link kind (:func:`link_classes` assigns them by index range)."""
 
 
 @dataclass(frozen=True)
@@ -75,10 +76,18 @@ def layout(topo: Topology) -> LinkLayout:
 
 
 def link_classes(topo: Topology) -> np.ndarray:
-    """Class (:data:`INTRA`, :data:`NETWORK`, :data:`NVLS`) of every link, by index."""
+    """Class (:data:`INTRA`, :data:`NETWORK`, :data:`NVLS`) of every link, by index.
+
+    From the layout, without the links (``tests/test_link_arrays.py`` checks it against each link's kind).
+    """
     cache = topo.__dict__.setdefault("_route_cache", {})
     if "classes" not in cache:
-        cache["classes"] = np.array([_CLASS[link.kind] for link in topo.links], dtype=np.int8)
+        lay = layout(topo)
+        out = np.full(topo.link_count, NETWORK, dtype=np.int8)   # PCIe, NIC and spine links
+        out[:lay.network_base] = INTRA
+        if lay.nvls_base >= 0:
+            out[lay.nvls_base:] = NVLS
+        cache["classes"] = out
     return cache["classes"]
 
 
@@ -86,7 +95,7 @@ def capacities(topo: Topology) -> np.ndarray:
     """Capacity of every link in bytes/s, by index."""
     cache = topo.__dict__.setdefault("_route_cache", {})
     if "capacity" not in cache:
-        cache["capacity"] = np.array([link.capacity_Bps for link in topo.links], dtype=np.float64)
+        cache["capacity"] = np.array(topo.link_capacities, dtype=np.float64)
     return cache["capacity"]
 
 
@@ -102,7 +111,7 @@ def fold_array(topo: Topology, replica_nodes: int) -> np.ndarray:
     if key not in cache:
         lay = layout(topo)
         g, r = lay.gpus_per_node, replica_nodes
-        idx = np.arange(len(topo.links), dtype=np.int64)
+        idx = np.arange(topo.link_count, dtype=np.int64)
         out = idx.copy()
         intra = idx < lay.network_base
         node = idx[intra] // lay.intra_per_node
@@ -123,6 +132,39 @@ def fold_array(topo: Topology, replica_nodes: int) -> np.ndarray:
             out[nv] -= node - node % r
         cache[key] = out
     return cache[key]
+
+
+def route_links(topo: Topology, src: int, dst: int) -> tuple[int, ...]:
+    """:meth:`Topology.route` by index arithmetic: the links from GPU ``src`` to GPU ``dst``, in order.
+
+    Needs no name → index table of the 180,000 links of a 2,048-node cluster (``tests/test_link_arrays.py``
+    checks it against :meth:`Topology.route` for every pair of small clusters).
+    """
+    if src == dst:
+        return ()
+    lay = layout(topo)
+    g = lay.gpus_per_node
+
+    def intra(a: int, b: int) -> list[int]:
+        base = (a // g) * lay.intra_per_node
+        la, lb = a % g, b % g
+        if lay.mesh:
+            return [base + la * (g - 1) + lb - (lb > la)]
+        return [base + 2 * la, base + 2 * lb + 1]
+
+    if src // g == dst // g:
+        return tuple(intra(src, dst))
+    via = (src // g) * g + dst % g
+    hops = intra(src, via) if via != src else []
+    nb = lay.network_base
+    hops += [nb + 4 * via, nb + 4 * via + 2]
+    if lay.spine_base >= 0:
+        gs, gd, rail = (via // g) // lay.nodes_per_leaf, (dst // g) // lay.nodes_per_leaf, dst % g
+        if gs != gd:
+            hops += [lay.spine_base + 2 * (rail * lay.leaf_groups + gs),
+                     lay.spine_base + 2 * (rail * lay.leaf_groups + gd) + 1]
+    hops += [nb + 4 * dst + 3, nb + 4 * dst + 1]
+    return tuple(hops)
 
 
 def _intra(lay: LinkLayout, a: np.ndarray, b: np.ndarray) -> list[np.ndarray]:

@@ -251,8 +251,22 @@ class Topology:
 
     @cached_property
     def link_capacities(self) -> list[float]:
-        """Capacity of every link (bytes/s), indexed like :attr:`links`; built once per topology, read-only."""
-        return [link.capacity_Bps for link in self.links]
+        """Capacity of every link (bytes/s), indexed like :attr:`links`; built once per topology, read-only.
+
+        Built from the link blocks (:func:`_link_blocks`) without building :attr:`links` (180,000 named tuples
+        on 2,048 nodes); ``tests/test_link_arrays.py`` checks it equals ``[l.capacity_Bps for l in links]``.
+        """
+        return _expand(self, 0)
+
+    @cached_property
+    def link_latencies_s(self) -> list[float]:
+        """Latency of every link (s), indexed like :attr:`links` (built like :attr:`link_capacities`)."""
+        return _expand(self, 1)
+
+    @property
+    def link_count(self) -> int:
+        """Number of directed links (``len(links)`` without building them)."""
+        return len(self.link_capacities)
 
     @cached_property
     def _link_index(self) -> dict[tuple[str, str], int]:
@@ -358,11 +372,61 @@ def _shift_name(name: str, shift_ranks: int, topo: Topology) -> str:
     return name
 
 
+def _capacity_Bps(gbps: float, eff: float) -> float:
+    """Usable capacity of a link: peak GB/s × 1e9 × efficiency (one expression for every link array)."""
+    return gbps * 1e9 * eff
+
+
+def _latency_s(lat_us: float) -> float:
+    """Latency of a link in seconds."""
+    return lat_us * 1e-6
+
+
+def _link_blocks(topo: Topology) -> list[tuple[int, list[tuple[float, float]]]]:
+    """The links of :func:`_build_links` as runs: (repeats, [(capacity B/s, latency s) of each link of the run]).
+
+    The same order and the same arithmetic as :func:`_build_links`, one entry per run of identical links
+    (a node's fabric, a rank's four network links, a rail's spine links, the NVLS engines).
+    """
+    intra, inter, g = topo.intra, topo.inter, topo.gpus_per_node
+    blocks: list[tuple[int, list[tuple[float, float]]]] = []
+    cap = _capacity_Bps(intra.link_GBps, intra.link_efficiency)
+    if intra.kind == "full_mesh":
+        blocks.append((topo.nodes * g * (g - 1), [(cap, _latency_s(intra.hop_latency_us))]))
+    else:
+        blocks.append((topo.nodes * 2 * g, [(cap, _latency_s(intra.hop_latency_us / 2))]))
+    if inter is not None:
+        pcie = (_capacity_Bps(inter.pcie_GBps, 1.0), _latency_s(0.0))
+        nic = (_capacity_Bps(inter.nic_GBps, inter.nic_efficiency), _latency_s(inter.hop_latency_us))
+        blocks.append((topo.world_size, [pcie, pcie, nic, nic]))
+        groups = -(-topo.nodes // inter.nodes_per_leaf)
+        if inter.topology == "rail_optimized_fat_tree" and groups > 1:
+            run = []
+            for grp in range(groups):
+                members = min(inter.nodes_per_leaf, topo.nodes - grp * inter.nodes_per_leaf)
+                spine = (_capacity_Bps(inter.nic_GBps * members / inter.oversubscription, inter.nic_efficiency),
+                         _latency_s(inter.hop_latency_us))
+                run += [spine, spine]
+            blocks.append((g, run))
+    if intra.kind == "switch" and intra.nvls is not None and g > 1:
+        algbw = intra.nvls.busbw_GBps * g / (2 * (g - 1))
+        blocks.append((topo.nodes, [(_capacity_Bps(algbw, 1.0), _latency_s(0.0))]))
+    return blocks
+
+
+def _expand(topo: Topology, field_index: int) -> list[float]:
+    """One field (0 capacity, 1 latency) of every link, from :func:`_link_blocks` by list repetition."""
+    out: list[float] = []
+    for repeats, run in _link_blocks(topo):
+        out += [link[field_index] for link in run] * repeats
+    return out
+
+
 def _build_links(topo: Topology) -> list[Link]:
     links: list[Link] = []
 
     def add(src: str, dst: str, kind: str, gbps: float, eff: float, lat_us: float, node: int) -> None:
-        links.append(Link(len(links), src, dst, kind, gbps * 1e9 * eff, lat_us * 1e-6, node))
+        links.append(Link(len(links), src, dst, kind, _capacity_Bps(gbps, eff), _latency_s(lat_us), node))
 
     intra = topo.intra
     g = topo.gpus_per_node

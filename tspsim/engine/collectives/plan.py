@@ -195,24 +195,33 @@ class GroupInfo:
         """Nodes spanned."""
         return len(self.nodes)
 
-    @property
+    @cached_property
     def p(self) -> int:
-        """Ranks."""
+        """Ranks (cached, like :attr:`regular`)."""
         return sum(len(m) for m in self.members)
 
-    @property
+    @cached_property
     def m(self) -> int:
-        """Most ranks on one node."""
+        """Most ranks on one node (cached)."""
         return max(len(m) for m in self.members)
+
+    @cached_property
+    def member_array(self) -> np.ndarray:
+        """``members`` as a k × m array (every node holds m ranks: only asked of :attr:`regular` groups)."""
+        return np.array(self.members, dtype=np.int64).reshape(self.k, self.m)
 
     @cached_property
     def regular(self) -> bool:
         """Every node holds the same local positions (same GPUs of each node): rail-aligned channels.
 
         Cached: the policy asks it of one group once per candidate algorithm (groups of up to 16,384 ranks).
+        Nodes of different sizes cannot hold the same positions; equal sizes are compared row by row on the
+        k × m :attr:`member_array` (which the ring construction reuses).
         """
-        first = tuple(r % self.gpus_per_node for r in self.members[0])
-        return all(tuple(r % self.gpus_per_node for r in m) == first for m in self.members)
+        if self.p != self.k * self.m:
+            return False
+        local = self.member_array % self.gpus_per_node
+        return bool((local == local[0]).all())
 
 
 def group_info(group: Sequence[int], topo: Topology) -> GroupInfo:

@@ -37,8 +37,13 @@ def base_loads(topo: Topology, flow: FlowSpec, keep: np.ndarray | None = None,
     hop, link = routes.route_arrays(topo, src, dst)
     if fold_to is not None and len(link):
         link = fold_to[link]
-    load = np.bincount(link, weights=frac[hop], minlength=len(topo.links))
-    links = np.flatnonzero(load)
+    n_links = topo.link_count
+    load = np.bincount(link, weights=frac[hop], minlength=n_links)
+    if 8 * len(link) < n_links:   # few hops on many links (a folded replay): scan only the links they touch
+        touched = np.unique(link)
+        links = touched[load[touched] != 0]
+    else:
+        links = np.flatnonzero(load)
     return links, load[links]
 
 
@@ -66,9 +71,10 @@ def phase_links(topo: Topology, flow: FlowSpec, protocol: str, keep: np.ndarray 
 def solo_rate(topo: Topology, links: np.ndarray, weights: np.ndarray) -> float:
     """Rate of the flow alone on the network (payload bytes/s): min over links of capacity / weight.
 
-    The same arithmetic as :func:`tspsim.engine.network.max_min_rates` for one flow.
+    The same arithmetic as :func:`tspsim.engine.network.max_min_rates` for one flow: one IEEE division per
+    link, and the minimum picks one of those quotients (NumPy's ``min`` and Python's agree exactly: no NaN).
     """
     if not len(links):
         return float("inf")
     cap = routes.capacities(topo)[links]
-    return float(min((cap / weights).tolist()))
+    return float((cap / weights).min())

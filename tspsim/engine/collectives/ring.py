@@ -27,6 +27,8 @@ all-gather (p−1)/p·N; broadcast and reduce are chains from (to) the root alon
 
 from __future__ import annotations
 
+import numpy as np
+
 from tspsim.engine.collectives.hamiltonian import hamiltonian_channels, walecki_paths
 from tspsim.engine.collectives.latency import ring_latency_s
 from tspsim.engine.collectives.plan import FlowSpec, GroupInfo, Phase, Shape, group_info
@@ -49,32 +51,39 @@ def _rotate(cycle: tuple[int, ...], start: int) -> list[int]:
 
 def ring_orders(info: GroupInfo, topo: Topology) -> list[list[int]]:
     """The channels of a ring: each a cyclic order of all ranks of the group (module docstring)."""
+    return ring_order_array(info, topo).tolist()
+
+
+def ring_order_array(info: GroupInfo, topo: Topology) -> np.ndarray:
+    """:func:`ring_orders` as a channels × p array, built with NumPy for groups of regular nodes.
+
+    A regular group's members form a k × m array; every channel picks the same positions (or the reversed
+    Walecki path on alternate nodes) in every row, so a channel is one fancy-indexing of that array
+    (``tests/test_ring_orders.py`` checks it against the rank-by-rank construction).
+    """
     mesh = topo.intra.kind == "full_mesh"
     members = info.members
     if info.k == 1:
         node = members[0]
         if mesh:
-            return [[node[i] for i in cyc] for cyc in hamiltonian_channels(len(node))]
-        return [list(node)]
+            return np.array([[node[i] for i in cyc] for cyc in hamiltonian_channels(len(node))], dtype=np.int64)
+        return np.array([node], dtype=np.int64)
     m = info.m
     if info.regular:
+        arr = info.member_array
         if m == 1:
-            return [[node[0] for node in members]]
+            return arr[:, 0].reshape(1, -1).copy()
         if m % 2 == 0 and info.k % 2 == 0:
+            rows = np.arange(info.k)[:, None]
             orders = []
             for path in walecki_paths(m):
+                fwd, rev = np.array(path, dtype=np.int64), np.array(path[::-1], dtype=np.int64)
                 for sign in (0, 1):
-                    order: list[int] = []
-                    for n, node in enumerate(members):
-                        seq = path if (n + sign) % 2 == 0 else path[::-1]
-                        order.extend(node[i] for i in seq)
-                    orders.append(order)
-            return orders
-        orders = []
-        for c, cyc in enumerate(_node_cycles(m, mesh)):
-            seq = _rotate(cyc, c % m)
-            orders.append([node[i] for node in members for i in seq])
-        return orders
+                    seq = np.where(((np.arange(info.k) + sign) % 2 == 0)[:, None], fwd, rev)
+                    orders.append(arr[rows, seq].ravel())
+            return np.array(orders, dtype=np.int64)
+        return np.array([arr[:, _rotate(cyc, c % m)].ravel() for c, cyc in enumerate(_node_cycles(m, mesh))],
+                        dtype=np.int64)
     channels = min(len(node) for node in members)
     orders = []
     for c in range(channels):
@@ -84,27 +93,28 @@ def ring_orders(info: GroupInfo, topo: Topology) -> list[list[int]]:
             seq = _rotate(cycles[c % len(cycles)], c % len(node))
             order.extend(node[i] for i in seq)
         orders.append(order)
-    return orders
+    return np.array(orders, dtype=np.int64)
 
 
 def ring_shape(kind: str, info: GroupInfo, topo: Topology, root: int, protocol: str) -> Shape:
-    """Ring all-reduce / reduce-scatter / all-gather, or pipelined chains for broadcast / reduce."""
-    orders = ring_orders(info, topo)
+    """Ring all-reduce / reduce-scatter / all-gather, or pipelined chains for broadcast / reduce.
+
+    The hops are built with NumPy in the order of the per-channel definition: channel by channel, each
+    rank to its successor around the channel (the last back to the first), or along the chain that starts
+    (ends) at the root.
+    """
+    orders = ring_order_array(info, topo)
     c = len(orders)
     p = info.p
-    hops: list[tuple[int, int]] = []
     if kind in ("all_reduce", "reduce_scatter", "all_gather"):
         frac = (2 * (p - 1) / p if kind == "all_reduce" else (p - 1) / p) / c
-        for order in orders:
-            hops.extend(zip(order, order[1:] + order[:1]))
+        src, dst = orders.ravel(), np.roll(orders, -1, axis=1).ravel()
     else:  # broadcast / reduce: a chain from (to) the root along each channel
         frac = 1.0 / c
-        for order in orders:
-            i = order.index(root)
-            chain = order[i:] + order[:i]
-            pairs = list(zip(chain, chain[1:]))
-            hops.extend(pairs if kind == "broadcast" else [(d, s) for s, d in pairs])
-    flow = FlowSpec.of(hops, frac)
+        chains = np.array([np.roll(order, -int(np.flatnonzero(order == root)[0])) for order in orders])
+        head, tail = chains[:, :-1].ravel(), chains[:, 1:].ravel()
+        src, dst = (head, tail) if kind == "broadcast" else (tail, head)
+    flow = FlowSpec(src.copy(), dst.copy(), np.full(len(src), frac, dtype=np.float64))
     return Shape("ring", protocol, c, (Phase(ring_latency_s(kind, info, topo, protocol), flow),))
 
 
