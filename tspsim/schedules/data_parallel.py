@@ -34,8 +34,12 @@ class DataParallel:
         """``ctx``: the :class:`tspsim.schedules.context.BuildContext` being built (which owns this object)."""
         self.ctx = ctx
         self._groups: dict[int, tuple[int, ...]] = {}
-        self._members: dict[tuple[int, ...], list[int]] = {}
-        self.buckets: dict[tuple[int, ...], list] = {}
+        self._members: dict[int, tuple[tuple[int, ...], list[int]]] = {}
+        """id(group) → (group, its simulated members): keyed by identity, as a 16,384-rank tuple takes ~45 µs to
+        hash (the group is kept in the entry, so its id is not reused while cached)."""
+        self.buckets: dict[int, tuple[tuple[int, ...], list]] = {}
+        """id(group) → (group, [bytes pending, {rank: op the reduction waits for}]), in first-filled order; the
+        groups are :meth:`group`'s tuples (one object per group)."""
         self.ops: dict[int, list[int]] = {}
         """Per rank: the gradient collectives issued (the optimizer waits for the last)."""
         self.sync = True
@@ -58,9 +62,11 @@ class DataParallel:
 
     def simulated(self, group: tuple[int, ...]) -> list[int]:
         """The simulated members of ``group``, in group order (computed once per group: a group may span the world)."""
-        members = self._members.get(group)
-        if members is None:
-            members = self._members[group] = [r for r in group if r in self.ctx.last]
+        found = self._members.get(id(group))
+        if found is not None and found[0] is group:
+            return found[1]
+        members = [r for r in group if r in self.ctx.last]
+        self._members[id(group)] = (group, members)
         return members
 
     def shard_size(self, rank: int = 0) -> int:
@@ -103,7 +109,7 @@ class DataParallel:
         for rank, group, members in distinct_groups(c.ranks, self.group, self.simulated):
             if len(group) < 2:
                 continue
-            state = self.buckets.setdefault(group, [0.0, {}])
+            state = self.buckets.setdefault(id(group), (group, [0.0, {}]))[1]
             added = grads.get(rank, 0.0) * c.opts.grad_bytes
             state[0] += added
             for r in members:
@@ -121,7 +127,7 @@ class DataParallel:
         c = self.ctx
         if c.opts.zero < 2 or not c.training:
             return
-        for group, state in list(self.buckets.items()):
+        for group, state in list(self.buckets.values()):
             members = [r for r in self.simulated(group) if r in c.ranks]
             if state[0] > 0 and members:
                 self._reduce(group, members, state, layer, "reduce_scatter")
@@ -151,7 +157,7 @@ class DataParallel:
                                        deps=deps, issuers=members, mem=free)
         for r, op in ids.items():
             self.ops.setdefault(r, []).append(op)
-        self.buckets[group] = [0.0, {}]
+        self.buckets[id(group)] = (group, [0.0, {}])
 
     # ------------------------------------------------------------------------------ optimizer
     def optimizer_step(self, local_params: dict[int, float]) -> None:
