@@ -50,24 +50,15 @@ class Periodicity:
 
     def __init__(self, replay: Replay) -> None:
         self.r = replay
-        streams = replay.streams
-        n_ops = len(replay.graph.ops)
-        self.op_stream = [0] * n_ops
+        setup = replay.setup  # the structure-only parts (tspsim.engine.replay_setup), shared by replays of the graph
+        self.op_stream: list[int] = setup.op_stream
         """Index (in ``replay.streams``) of each op's stream."""
-        self.op_pos = [0] * n_ops
+        self.op_pos: list[int] = setup.op_pos
         """Position of each op in its stream."""
-        for si, s in enumerate(streams):
-            for q, op in enumerate(s.ops):
-                self.op_stream[op.id] = si
-                self.op_pos[op.id] = q
-        marker = max(streams, key=lambda s: len(s.ops), default=None)
-        self.marker: Any = marker
+        self.marker: Any = replay.streams[setup.marker] if setup.marker >= 0 else None
         """The stream whose unit boundaries trigger a comparison (the longest)."""
-        self.boundaries: set[int] = set()
+        self.boundaries: frozenset[int] = setup.boundaries
         """Positions on the marker stream where a new layer label starts."""
-        if marker is not None:
-            ops = marker.ops
-            self.boundaries = {q for q in range(1, len(ops)) if ops[q].layer >= 0 and ops[q].layer != ops[q - 1].layer}
         self.requested = False
         """A boundary was reached: compare the state once the current instant's events are done."""
         self.history: list[tuple[float, list[int], Sig, list[Any], Marks]] = []

@@ -16,8 +16,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from tspsim.analysis.serving import BREAKDOWN_KEYS, ClassMemo, RankStats, add_stats, window_stats
+from tspsim.analysis.serving import BREAKDOWN_KEYS, RankStats, add_stats, window_stats
+from tspsim.analysis.span_windows import OpClasses
 from tspsim.engine.costs import kernel_gpu, large_efficiency
+from tspsim.engine.replay_setup import ReplaySetup
 from tspsim.engine.sim import ReplayOptions, replay
 from tspsim.engine.timeline import Timeline
 from tspsim.schedules.context import BuildContext
@@ -125,16 +127,20 @@ class DecodeTimer:
         self.layers = layers
         self.topo = topo
         self.method = "full"
-        self.options = ReplayOptions(periodic=periodic)
+        self.options = ReplayOptions(periodic=periodic, accounting=False)
         """Replay options: ``periodic=False`` also turns the engine's periodic path off (the reference)."""
         self._unit: DecodeStep | None = None
         self._full: DecodeStep | None = None
-        self._classes: dict[str, ClassMemo] = {}
-        """Roofline classes of the ops of the unit and the full graph (:data:`~tspsim.analysis.serving.ClassMemo`),
-        shared by the breakdowns of their replays: re-costing reclassifies only the attention ops."""
+        self._classes: dict[str, OpClasses] = {}
+        """Roofline classes of the ops of the unit and the full graph
+        (:class:`~tspsim.analysis.span_windows.OpClasses`), shared by the breakdowns of their replays: re-costing
+        changes only the attention ops (the volatile ones)."""
         self._plans: dict[str, dict[Any, Any]] = {}
         """Resolved communication of the unit and the full graph, shared by their replays: re-costing changes only
         compute ops, and a plan is keyed by everything it depends on (kind, group, bytes, root, algorithm)."""
+        self._setups: dict[str, ReplaySetup] = {}
+        """Structure-only parts of the replays of the unit and the full graph (:mod:`tspsim.engine.replay_setup`):
+        re-costing changes no op's id, rank, stream, kind, dependencies, group or layer."""
         if periodic and layers > 2:
             unit = build_decode_step(make_ctx(2), 0)
             if verify_cuts(unit.graph, unit.cuts):
@@ -165,7 +171,7 @@ class DecodeTimer:
         options = self.options
         if unit is not None:
             unit.recost(cached)
-            tl = replay(unit.graph, self.topo, options, self._plans.setdefault("unit", {}))
+            tl = replay(unit.graph, self.topo, options, self._plans.setdefault("unit", {}), self._setup("unit", unit))
             if self.method == "cut":
                 ends = {op_id: end for op_id, _, end in tl.spans}
                 c0 = [ends[i] for i in unit.cuts[0]]
@@ -174,7 +180,7 @@ class DecodeTimer:
                     t0, t1, t_end = c0[0], c1[0], tl.end_s
                     k = self.layers - 1
                     (b0, r0), (b1, r1), (b2, r2) = window_stats(tl, gpu, ((0.0, t0), (t0, t1), (t1, t_end)),
-                                                                             self._classes.setdefault("unit", {}))
+                                                                             self._op_classes("unit", unit))
                     bd = {key: b0[key] + k * b1[key] + b2[key] for key in BREAKDOWN_KEYS}
                     ranks = add_stats(add_stats(r0, r1, k), r2)
                     return (StepTiming(cached, t0 + k * (t1 - t0) + (t_end - t1), bd, "cut", tl.sim_events, ranks,
@@ -186,7 +192,7 @@ class DecodeTimer:
                     k = self.layers - len(unit.layer_starts)
                     end = tl.end_s
                     (whole, r_whole), (rep, r_rep) = window_stats(
-                        tl, gpu, ((0.0, end), (tp, tpp)), self._classes.setdefault("unit", {}))
+                        tl, gpu, ((0.0, end), (tp, tpp)), self._op_classes("unit", unit))
                     bd = {key: whole[key] + k * rep[key] for key in BREAKDOWN_KEYS}
                     ranks = add_stats(r_whole, r_rep, k)
                     firsts = set(unit.layer_starts)
@@ -195,9 +201,9 @@ class DecodeTimer:
                     return (StepTiming(cached, end + k * (tpp - tp), bd, "window", tl.sim_events, ranks,
                                        tl.sim_path), ("window", tl.sim_fingerprint, block))
         step = self.full_step(cached)
-        tl = replay(step.graph, self.topo, options, self._plans.setdefault("full", {}))
+        tl = replay(step.graph, self.topo, options, self._plans.setdefault("full", {}), self._setup("full", step))
         end = tl.end_s
-        ((bd_full, r_full),) = window_stats(tl, gpu, ((0.0, end),), self._classes.setdefault("full", {}))
+        ((bd_full, r_full),) = window_stats(tl, gpu, ((0.0, end),), self._op_classes("full", step))
         return (StepTiming(cached, end, bd_full, "full", tl.sim_events, r_full, tl.sim_path),
                 ("full", tl.sim_fingerprint))
 
@@ -267,6 +273,20 @@ class DecodeTimer:
             return [known[c][0] for c in cached]
         finally:
             self.options = replace(self.options, fingerprint=False)
+
+    def _setup(self, which: str, step: DecodeStep) -> ReplaySetup:
+        """The replay setup of the unit or the full graph, derived once (re-costing keeps it valid)."""
+        setup = self._setups.get(which)
+        if setup is None or setup.graph is not step.graph:
+            setup = self._setups[which] = ReplaySetup.of(step.graph, [a.op for a in step.attention])
+        return setup
+
+    def _op_classes(self, which: str, step: DecodeStep) -> OpClasses:
+        """The op classes of the unit or the full graph on this timer's GPU; its attention ops are the volatile ones."""
+        classes = self._classes.get(which)
+        if classes is None or classes.graph is not step.graph:
+            classes = self._classes[which] = OpClasses(step.graph, self.topo.gpu, [a.op for a in step.attention])
+        return classes
 
     def _attention_costs(self, c: int) -> list[tuple[float, float]]:
         """(FLOPs, HBM bytes) of every attention op of the step at ``c``."""

@@ -1,0 +1,120 @@
+"""What a replay derives from an op graph's structure alone, computed once for replays of one graph.
+
+A replay first derives, from the graph's *structure* (each op's id, rank, stream, kind, dependencies,
+group and layer label), the ops of every stream in issue order, which ops other ops wait on, the
+ranks it simulates and the range of ranks the groups name, and (for :mod:`tspsim.engine.periodic`)
+each op's stream and position and the unit boundaries of the longest stream. None of that depends on
+an op's costs (FLOPs, bytes, shape, host time), so a caller that replays one graph many times,
+re-costed in between (:class:`tspsim.simulate.decode_timer.DecodeTimer`: one decode step per context
+length), computes it once (:meth:`ReplaySetup.of`) and passes it to every replay. A setup belongs to
+its graph object (a replay of another graph refuses it) and stays valid while the graph's structure
+is unchanged; re-costing does not change it. tests/test_replay_setup.py checks that replays with and
+without a shared setup are identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tspsim.opgraph import COMPUTE_KINDS, Op, OpGraph
+from tspsim.spec.topology import GpuSpec
+
+
+@dataclass(frozen=True)
+class ReplaySetup:
+    """The structure-only parts of a replay of :attr:`graph` (read-only: replays share them)."""
+
+    graph: OpGraph
+    """The graph this setup was derived from (a replay checks it is handed the same object)."""
+    n_ops: int
+    """Ops in the graph when the setup was made (a replay of a graph that has since grown is refused)."""
+    sim_ranks: frozenset[int]
+    """Ranks the graph simulates (``graph.ranks``, else the ranks of its ops)."""
+    streams: tuple[tuple[tuple[int, str], list[Op]], ...]
+    """((rank, stream), its ops in issue order) for every stream, in :meth:`OpGraph.streams` order."""
+    dependents: bytearray
+    """1 for an op that some other op lists as a dependency."""
+    group_range: tuple[int, int] | None
+    """(lowest, highest) rank named by the group of a communication op; None if there is none."""
+    op_stream: list[int]
+    """Index (in :attr:`streams`) of each op's stream, by op id."""
+    op_pos: list[int]
+    """Position of each op in its stream, by op id."""
+    marker: int
+    """Index of the stream whose unit boundaries trigger the periodic check (the longest, first of equals); -1
+    if there is no stream."""
+    boundaries: frozenset[int]
+    """Positions on the marker stream where a new layer label starts (:class:`tspsim.engine.periodic.Periodicity`)."""
+    volatile: tuple[int, ...] | None = None
+    """Ops whose costs (FLOPs, bytes, shape) may change between replays, e.g. re-costed attention; None: any op.
+    The compute durations of the other ops are kept across replays (:meth:`durations`)."""
+    _durations: list[Any] = field(default_factory=list, compare=False, repr=False)
+    """[GPU, durations by op id] of the last :meth:`durations` call."""
+
+    @classmethod
+    def of(cls, graph: OpGraph, volatile: Iterable[int] | None = None) -> ReplaySetup:
+        """Derive the setup of ``graph`` (one pass over its ops, plus one over each stream).
+
+        ``volatile``: the ops the caller may re-cost between replays (None: any op).
+        """
+        ops = graph.ops
+        dependents = bytearray(len(ops))
+        lo = hi = None
+        seen: set[int] = set()  # ids of the group tuples looked at (participants share one)
+        for op in ops:
+            for d in op.deps:
+                dependents[d] = 1
+            group = op.group
+            if group and id(group) not in seen and op.kind not in COMPUTE_KINDS:
+                seen.add(id(group))
+                g_lo, g_hi = min(group), max(group)
+                lo = g_lo if lo is None or g_lo < lo else lo
+                hi = g_hi if hi is None or g_hi > hi else hi
+        streams = tuple(graph.streams().items())
+        op_stream = [0] * len(ops)
+        op_pos = [0] * len(ops)
+        for si, (_, stream_ops) in enumerate(streams):
+            for q, op in enumerate(stream_ops):
+                op_stream[op.id] = si
+                op_pos[op.id] = q
+        marker = max(range(len(streams)), key=lambda i: len(streams[i][1]), default=-1)
+        boundaries: frozenset[int] = frozenset()
+        if marker >= 0:
+            m_ops = streams[marker][1]
+            boundaries = frozenset(q for q in range(1, len(m_ops))
+                                   if m_ops[q].layer >= 0 and m_ops[q].layer != m_ops[q - 1].layer)
+        sim_ranks = frozenset(graph.ranks) or frozenset(op.rank for op in ops)
+        return cls(graph, len(ops), sim_ranks, streams, dependents,
+                   None if lo is None or hi is None else (lo, hi), op_stream, op_pos, marker, boundaries,
+                   None if volatile is None else tuple(sorted(set(volatile))))
+
+    def durations(self, gpu: GpuSpec) -> list[float | None]:
+        """Per op id: its compute duration on ``gpu`` if known, else None (the replay computes and stores it).
+
+        With :attr:`volatile` given, the list is kept for the next replay on the same GPU and only the volatile
+        ops are forgotten; otherwise every replay starts from an empty list.
+        """
+        if self.volatile is None:
+            return [None] * self.n_ops
+        cache = self._durations
+        if not cache or cache[0] != gpu:
+            cache[:] = [gpu, [None] * self.n_ops]
+        seconds: list[float | None] = cache[1]
+        for i in self.volatile:
+            seconds[i] = None
+        return seconds
+
+    def first_outside(self, world_size: int) -> Op | None:
+        """The first communication op (in graph order) whose group names a rank outside [0, ``world_size``)."""
+        if self.group_range is None or (self.group_range[0] >= 0 and self.group_range[1] < world_size):
+            return None
+        seen: set[int] = set()
+        for op in self.graph.ops:
+            group = op.group
+            if group and id(group) not in seen and op.kind not in COMPUTE_KINDS:
+                seen.add(id(group))
+                if min(group) < 0 or max(group) >= world_size:
+                    return op
+        return None  # pragma: no cover - group_range says there is one
