@@ -79,6 +79,10 @@ class OpClasses:
         """The graph's simulated ranks (``graph.ranks``, else the ranks of its ops)."""
         self.rank = np.fromiter((op.rank for op in ops), dtype=np.int64, count=n)
         """Rank of each op, by id."""
+        self.foreign = ~np.isin(self.rank, np.array(self.ranks, dtype=np.int64))
+        """True for an op whose rank is not one of :attr:`ranks`."""
+        self._by_cost: dict[tuple[Any, ...], tuple[int, str, float]] = {}
+        """:func:`op_class` by (kind, FLOPs, bytes, shape): all it reads of an op."""
         self.cls = np.zeros(n, dtype=np.int64)
         """Class of each op (``COMM`` … ``FLOPS``), by id."""
         self.weights = np.zeros(n, dtype=bool)
@@ -111,10 +115,14 @@ class OpClasses:
         if not len(missing):
             return
         ops = self.graph.ops
+        by_cost = self._by_cost
         for i in np.unique(missing).tolist():
             op = ops[i]
-            self._keys[i] = (op.flops, op.hbm_bytes, op.shape)
-            cls, cat, t_mem = op_class(op, self.gpu, self._hbm, self._peak)
+            key = self._keys[i] = (op.flops, op.hbm_bytes, op.shape)
+            known = by_cost.get((op.kind, *key))
+            if known is None:
+                known = by_cost[(op.kind, *key)] = op_class(op, self.gpu, self._hbm, self._peak)
+            cls, cat, t_mem = known
             self.cls[i] = cls
             self.weights[i] = cat == "weights_hbm"
             self.t_mem[i] = t_mem
@@ -177,23 +185,29 @@ def _clip(lo: np.ndarray, hi: np.ndarray, start: float, end: float) -> tuple[np.
     return np.maximum(lo[keep], start), np.minimum(hi[keep], end)
 
 
+def span_table(tl: Timeline) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(op ids, starts, ends) of the spans of ``tl``, in span order, as arrays."""
+    spans = tl.spans
+    n = len(spans)
+    table = np.fromiter(chain.from_iterable(spans), dtype=np.float64, count=3 * n).reshape(n, 3)
+    return table[:, 0].astype(np.int64), table[:, 1].copy(), table[:, 2].copy()
+
+
 def window_stats(tl: Timeline, gpu: GpuSpec, windows: Sequence[tuple[float, float]],
-                 memo: OpClasses | None = None) -> list[tuple[dict[str, float], RankStats]]:
+                 memo: OpClasses | None = None, table: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+                 ) -> list[tuple[dict[str, float], RankStats]]:
     """(:func:`~tspsim.analysis.serving.time_breakdown`, :func:`~tspsim.analysis.serving.rank_overlap`) per window.
 
     Spans are classified once (``memo``: the classes of ``tl``'s graph on ``gpu``, kept by the caller across the
     timelines of one graph) and the per-rank unions built once (those of :func:`rank_intervals`), then clipped to
     each window: the union of clipped spans is the clipped union, so every number is the one the two functions
-    give window by window (the same operations in the same order; tests/test_serving_windows.py).
+    give window by window (the same operations in the same order; tests/test_serving_windows.py). ``table``:
+    :func:`span_table` of ``tl`` if already made.
     """
     classes = OpClasses(tl.graph, gpu) if memo is None else memo
     classes.refresh(tl.graph, gpu)
     launch = gpu.kernel_launch_us * 1e-6
-    spans = tl.spans
-    n = len(spans)
-    table = np.fromiter(chain.from_iterable(spans), dtype=np.float64, count=3 * n).reshape(n, 3)
-    ids = table[:, 0].astype(np.int64)
-    a0, b0 = table[:, 1].copy(), table[:, 2].copy()
+    ids, a0, b0 = span_table(tl) if table is None else table
     keep = b0 > a0                                 # spans of positive length
     if not keep.all():
         ids, a0, b0 = ids[keep], a0[keep], b0[keep]
@@ -214,7 +228,9 @@ def window_stats(tl: Timeline, gpu: GpuSpec, windows: Sequence[tuple[float, floa
     last = float(b0.max()) if len(b0) else 0.0
     kernel_spans = cls >= OTHER
     unions = {}
-    for r in sorted(known | set(np.unique(rank).tolist())):
+    foreign = classes.foreign[ids]
+    extra = set(np.unique(rank[foreign]).tolist()) if foreign.any() else set()
+    for r in sorted(known | extra):
         mine = rank == r
         comp, comm = mine & kernel_spans, mine & (cls == COMM)
         unions[r] = (_union(a0[comp], b0[comp]), _union(a0[comm], b0[comm]))
@@ -228,9 +244,9 @@ def window_stats(tl: Timeline, gpu: GpuSpec, windows: Sequence[tuple[float, floa
             sel = np.flatnonzero(b > a)
             a, b = a[sel], b[sel]
         seen = dict.fromkeys(graph_ranks)
-        w_rank = rank[sel]
-        if len(w_rank) and not known.issuperset(np.unique(w_rank).tolist()):
-            uniq, at = np.unique(w_rank, return_index=True)
+        w_foreign = foreign[sel]
+        if w_foreign.any():             # ranks not in the graph's, in the order they first appear
+            uniq, at = np.unique(rank[sel][w_foreign], return_index=True)
             seen.update(dict.fromkeys(int(r) for r in uniq[np.argsort(at)]))
         c = cls[sel]
         k = np.flatnonzero(c >= OTHER)

@@ -31,6 +31,8 @@ import heapq
 from collections.abc import Callable
 from typing import Any
 
+from tspsim.engine.replay_setup import repeat_key
+
 Replay = Any
 """A :class:`tspsim.engine.sim.Replay` (not imported: the engine imports this module)."""
 
@@ -59,6 +61,8 @@ class Periodicity:
         """The stream whose unit boundaries trigger a comparison (the longest)."""
         self.boundaries: frozenset[int] = setup.boundaries
         """Positions on the marker stream where a new layer label starts."""
+        self.keys = setup.repeat_keys()
+        """:func:`~tspsim.engine.replay_setup.repeat_key` of each op by id, None until needed."""
         self.requested = False
         """A boundary was reached: compare the state once the current instant's events are done."""
         self.history: list[tuple[float, list[int], Sig, list[Any], Marks]] = []
@@ -209,15 +213,17 @@ class Periodicity:
         That is: the same costs and shape, dependencies shifted by ``shift`` or already satisfied, and
         collectives mapped one to one.
         """
-        op_stream, op_pos, streams = self.op_stream, self.op_pos, self.r.streams
+        op_stream, op_pos, streams, keys = self.op_stream, self.op_pos, self.r.streams, self.keys
         for q in range(lo, hi):
             o = ops[q]
             p = ops[q - n]
             # what must repeat: kind, rank, costs, shape, payload, group, memory events, dependency count
-            if (o.kind != p.kind or o.rank != p.rank or o.flops != p.flops or o.hbm_bytes != p.hbm_bytes
-                    or o.nbytes != p.nbytes or o.mem != p.mem or o.shape != p.shape or o.host_us != p.host_us
-                    or o.root != p.root or o.algorithm != p.algorithm or len(o.deps) != len(p.deps)
-                    or o.group != p.group):
+            ko, kp = keys[o.id], keys[p.id]
+            if ko is None:
+                ko = keys[o.id] = repeat_key(o)
+            if kp is None:
+                kp = keys[p.id] = repeat_key(p)
+            if ko != kp:
                 return False
             for e, d in zip(o.deps, p.deps):
                 if e == d and state[d] == 2:

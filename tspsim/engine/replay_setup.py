@@ -52,6 +52,8 @@ class ReplaySetup:
     The compute durations of the other ops are kept across replays (:meth:`durations`)."""
     _durations: list[Any] = field(default_factory=list, compare=False, repr=False)
     """[GPU, durations by op id] of the last :meth:`durations` call."""
+    _keys: list[Any] = field(default_factory=list, compare=False, repr=False)
+    """Repeat keys by op id (:meth:`repeat_keys`)."""
 
     @classmethod
     def of(cls, graph: OpGraph, volatile: Iterable[int] | None = None) -> ReplaySetup:
@@ -106,6 +108,18 @@ class ReplaySetup:
             seconds[i] = None
         return seconds
 
+    def repeat_keys(self) -> list[tuple[Any, ...] | None]:
+        """Per op id: its :func:`repeat_key` if known, else None (the periodic check computes and stores it).
+
+        Kept across replays like :meth:`durations` (the volatile ops' keys are forgotten at every call).
+        """
+        if self.volatile is None or not self._keys:
+            self._keys[:] = [None] * self.n_ops
+        keys: list[tuple[Any, ...] | None] = self._keys
+        for i in self.volatile or ():
+            keys[i] = None
+        return keys
+
     def first_outside(self, world_size: int) -> Op | None:
         """The first communication op (in graph order) whose group names a rank outside [0, ``world_size``)."""
         if self.group_range is None or (self.group_range[0] >= 0 and self.group_range[1] < world_size):
@@ -118,3 +132,13 @@ class ReplaySetup:
                 if min(group) < 0 or max(group) >= world_size:
                     return op
         return None  # pragma: no cover - group_range says there is one
+
+
+def repeat_key(op: Op) -> tuple[Any, ...]:
+    """What must be equal for ``op`` to repeat another op one unit later (``Periodicity._repeats``).
+
+    Kind, rank, costs, shape, payload, group, memory events, host time, root, algorithm and the number of
+    dependencies.
+    """
+    return (op.kind, op.rank, op.flops, op.hbm_bytes, op.nbytes, op.mem, op.shape, op.host_us, op.root,
+            op.algorithm, len(op.deps), op.group)

@@ -37,17 +37,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import simpy
+from simpy.events import NORMAL
 
 from tspsim.core.errors import DeadlockError, SimulationLimitError, TraceError
-from tspsim.engine.clock import Clock
+from tspsim.engine.clock import Clock, Timer
 from tspsim.engine.comm import CommResolver, ResolvedComm
 from tspsim.engine.costs import compute_seconds, kernel_gpu
 from tspsim.engine.network import Network
 from tspsim.engine.periodic import Periodicity
 from tspsim.engine.replay_parts import LinkRecorder, fold_nodes
+from tspsim.engine.replay_records import account_comm, blocked_streams
 from tspsim.engine.replay_setup import ReplaySetup
 from tspsim.engine.timeline import Timeline
-from tspsim.opgraph import COMPUTE_KINDS, P2P_KINDS, Op, OpGraph
+from tspsim.opgraph import COMPUTE_KINDS, Op, OpGraph
 from tspsim.spec.topology import Topology
 
 _COMPUTE = frozenset(COMPUTE_KINDS)
@@ -169,6 +171,7 @@ class Replay:
         self.seconds = setup.durations(self.gpu)
         """Duration of each compute op on this GPU, by id (None until computed; kept across replays by the setup)."""
         self.track_memory = self.options.accounting
+        self.slowdown = self.options.overlap_slowdown
         self.timeline = Timeline(graph=graph, topology_name=topo.name)
         self.links = LinkRecorder(topo, self.sim_ranks, self.timeline) if self.options.record_links else None
         self.net = Network(self.env, topo.link_capacities, on_rates=self.links.record if self.links else None,
@@ -260,21 +263,7 @@ class Replay:
                     raise SimulationLimitError(f"replay stopped after {wall_limit:.0f} s of wall time (limit)")
 
     def _check_finished(self) -> None:
-        blocked = []
-        for s in self.streams:
-            if s.pos < len(s.ops):
-                op = s.ops[s.pos]
-                waiting = ""
-                if op.is_comm and op.coll in self.rdv and op.rank in self.rdv[op.coll].ranks:
-                    st = self.rdv[op.coll]
-                    missing = sorted(set(r for r in op.group if r in self.sim_ranks) - set(st.ranks))
-                    waiting = f" waiting for ranks {missing[:8]}"
-                elif op.deps:
-                    pending = [d for d in op.deps if self.state[d] == PENDING]
-                    if pending:
-                        dep = self.graph.ops[pending[0]]
-                        waiting = f" waiting for {dep.name} (rank {dep.rank})"
-                blocked.append(f"rank {s.key[0]} stream {s.key[1]} at op {op.id} {op.name}{waiting}")
+        blocked = blocked_streams(self)
         if blocked:
             more = f" (+{len(blocked) - 4} more)" if len(blocked) > 4 else ""
             raise DeadlockError("deadlock: " + "; ".join(blocked[:4]) + more)
@@ -335,8 +324,21 @@ class Replay:
             periodic.requested = True
 
     def _op_done(self, s: _Stream) -> None:
-        """The current op of ``s`` has completed: record it and go on."""
-        self._finish(s, s.ops[s.pos])
+        """The current op of ``s`` has completed: record it and go on (:meth:`_finish`, inlined, then advance)."""
+        op = s.ops[s.pos]
+        if op.mem and self.track_memory:
+            self._apply_mem(op, "end")
+        now = self.env._now  # noqa: SLF001
+        op_id = op.id
+        self.timeline.spans.append((op_id, s.start, now))
+        s.last_end = now
+        if self.dependents[op_id]:
+            self.state[op_id] = TRIGGERED
+            self.clock.due.append((self._completed, op_id))
+        else:
+            self.state[op_id] = PROCESSED
+        s.pos += 1
+        s.dep = 0
         self._advance(s)
 
     def _finish(self, s: _Stream, op: Op) -> None:
@@ -375,12 +377,13 @@ class Replay:
     def _start_job(self, g: _Gpu, seconds: float, s: _Stream) -> None:
         g.job_left = seconds
         g.job_last = self.env._now  # noqa: SLF001
-        g.job_rate = self._rate(g)
+        g.job_rate = rate = 1.0 / (1.0 + max(g.active)) if g.active and self.slowdown else 1.0  # _rate(g)
         g.job = s
-        self._schedule_job(g)
+        g.version += 1  # _schedule_job(g), with Clock.after inlined
+        self.env.schedule(Timer(self._job_timer, (g, g.version)), NORMAL, seconds / rate)  # type: ignore[arg-type]
 
     def _rate(self, g: _Gpu) -> float:
-        if not g.active or not self.options.overlap_slowdown:
+        if not g.active or not self.slowdown:
             return 1.0
         return 1.0 / (1.0 + max(g.active))
 
@@ -477,20 +480,8 @@ class Replay:
         del self.rdv[st.op.coll]
 
     def account_comm(self, op_ids: dict[int, int], plan: ResolvedComm) -> None:
-        """Add a finished communication op's bytes (per rank, per kind, per op) and algorithm to the timeline."""
-        op = self.graph.ops[next(iter(op_ids.values()))]
-        kind = "send" if op.kind in P2P_KINDS else op.kind
-        tl = self.timeline
-        for r, b in plan.sent.items():
-            per = tl.sent_bytes.setdefault(r, {})
-            per[kind] = per.get(kind, 0.0) + b
-        for r, b in plan.recv.items():
-            if r in self.sim_ranks:
-                per = tl.recv_bytes.setdefault(r, {})
-                per[kind] = per.get(kind, 0.0) + b
-        for r, op_id in op_ids.items():
-            tl.op_sent_bytes[op_id] = plan.sent.get(r, 0.0)
-        tl.collective_algorithms[plan.algorithm] = tl.collective_algorithms.get(plan.algorithm, 0) + 1
+        """Add a finished communication op's bytes and algorithm to the timeline (see ``replay_records``)."""
+        account_comm(self.timeline, self.graph, self.sim_ranks, op_ids, plan)
 
 def _event_key(arg: Any) -> Any:
     """What an event acts on, comparable across replays: a stream and its position, an op, a version."""
