@@ -61,8 +61,9 @@ class Periodicity:
         """The stream whose unit boundaries trigger a comparison (the longest)."""
         self.boundaries: frozenset[int] = setup.boundaries
         """Positions on the marker stream where a new layer label starts."""
-        self.keys = setup.repeat_keys()
-        """:func:`~tspsim.engine.replay_setup.repeat_key` of each op by id, None until needed."""
+        self.keys, self.canon = setup.repeat_keys()
+        """:func:`~tspsim.engine.replay_setup.repeat_key` of each op by id (None until needed), and the one object
+        of each distinct key (equal keys are identical)."""
         self.requested = False
         """A boundary was reached: compare the state once the current instant's events are done."""
         self.history: list[tuple[float, list[int], Sig, list[Any], Marks]] = []
@@ -213,17 +214,19 @@ class Periodicity:
         That is: the same costs and shape, dependencies shifted by ``shift`` or already satisfied, and
         collectives mapped one to one.
         """
-        op_stream, op_pos, streams, keys = self.op_stream, self.op_pos, self.r.streams, self.keys
+        op_stream, op_pos, streams, keys, canon = self.op_stream, self.op_pos, self.r.streams, self.keys, self.canon
         for q in range(lo, hi):
             o = ops[q]
             p = ops[q - n]
             # what must repeat: kind, rank, costs, shape, payload, group, memory events, dependency count
             ko, kp = keys[o.id], keys[p.id]
             if ko is None:
-                ko = keys[o.id] = repeat_key(o)
+                key = repeat_key(o)
+                ko = keys[o.id] = canon.setdefault(key, key)
             if kp is None:
-                kp = keys[p.id] = repeat_key(p)
-            if ko != kp:
+                key = repeat_key(p)
+                kp = keys[p.id] = canon.setdefault(key, key)
+            if ko is not kp:   # canonical objects: identical if and only if equal
                 return False
             for e, d in zip(o.deps, p.deps):
                 if e == d and state[d] == 2:

@@ -16,10 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
+
+import numpy as np
 
 from tspsim.opgraph import COMPUTE_KINDS, Op, OpGraph
 from tspsim.spec.topology import GpuSpec
+
+_COMPUTE = frozenset(COMPUTE_KINDS)
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,8 @@ class ReplaySetup:
     """[GPU, durations by op id] of the last :meth:`durations` call."""
     _keys: list[Any] = field(default_factory=list, compare=False, repr=False)
     """Repeat keys by op id (:meth:`repeat_keys`)."""
+    _canon: dict[tuple[Any, ...], tuple[Any, ...]] = field(default_factory=dict, compare=False, repr=False)
+    """One object per distinct repeat key (:meth:`repeat_keys`)."""
 
     @classmethod
     def of(cls, graph: OpGraph, volatile: Iterable[int] | None = None) -> ReplaySetup:
@@ -62,25 +69,22 @@ class ReplaySetup:
         ``volatile``: the ops the caller may re-cost between replays (None: any op).
         """
         ops = graph.ops
-        dependents = bytearray(len(ops))
-        lo = hi = None
-        seen: set[int] = set()  # ids of the group tuples looked at (participants share one)
-        for op in ops:
-            for d in op.deps:
-                dependents[d] = 1
-            group = op.group
-            if group and id(group) not in seen and op.kind not in COMPUTE_KINDS:
-                seen.add(id(group))
-                g_lo, g_hi = min(group), max(group)
-                lo = g_lo if lo is None or g_lo < lo else lo
-                hi = g_hi if hi is None or g_hi > hi else hi
+        n = len(ops)
+        flags = np.zeros(n, dtype=np.uint8)
+        flags[np.fromiter(chain.from_iterable([op.deps for op in ops]), dtype=np.int64)] = 1
+        dependents = bytearray(flags.tobytes())
+        # the groups of communication ops (participants share one tuple: no 2,048-rank hashes)
+        groups = {id(op.group): op.group for op in ops if op.group and op.kind not in _COMPUTE}
+        lo = min(min(g) for g in groups.values()) if groups else None
+        hi = max(max(g) for g in groups.values()) if groups else None
         streams = tuple(graph.streams().items())
-        op_stream = [0] * len(ops)
-        op_pos = [0] * len(ops)
+        stream_of = np.zeros(n, dtype=np.int64)
+        pos_of = np.zeros(n, dtype=np.int64)
         for si, (_, stream_ops) in enumerate(streams):
-            for q, op in enumerate(stream_ops):
-                op_stream[op.id] = si
-                op_pos[op.id] = q
+            ids = np.fromiter([op.id for op in stream_ops], dtype=np.int64, count=len(stream_ops))
+            stream_of[ids] = si
+            pos_of[ids] = np.arange(len(stream_ops))
+        op_stream, op_pos = stream_of.tolist(), pos_of.tolist()
         marker = max(range(len(streams)), key=lambda i: len(streams[i][1]), default=-1)
         boundaries: frozenset[int] = frozenset()
         if marker >= 0:
@@ -108,17 +112,20 @@ class ReplaySetup:
             seconds[i] = None
         return seconds
 
-    def repeat_keys(self) -> list[tuple[Any, ...] | None]:
-        """Per op id: its :func:`repeat_key` if known, else None (the periodic check computes and stores it).
+    def repeat_keys(self) -> tuple[list[tuple[Any, ...] | None], dict[tuple[Any, ...], tuple[Any, ...]]]:
+        """(per op id: its :func:`repeat_key` if known, else None; the canonical object of each key).
 
-        Kept across replays like :meth:`durations` (the volatile ops' keys are forgotten at every call).
+        The periodic check computes a missing key, stores its canonical object (``canon.setdefault(key, key)``:
+        equal keys are then one object, compared by identity) and keeps it. Kept across replays like
+        :meth:`durations` (the volatile ops' keys are forgotten at every call).
         """
         if self.volatile is None or not self._keys:
             self._keys[:] = [None] * self.n_ops
+            self._canon.clear()
         keys: list[tuple[Any, ...] | None] = self._keys
         for i in self.volatile or ():
             keys[i] = None
-        return keys
+        return keys, self._canon
 
     def first_outside(self, world_size: int) -> Op | None:
         """The first communication op (in graph order) whose group names a rank outside [0, ``world_size``)."""
@@ -127,7 +134,7 @@ class ReplaySetup:
         seen: set[int] = set()
         for op in self.graph.ops:
             group = op.group
-            if group and id(group) not in seen and op.kind not in COMPUTE_KINDS:
+            if group and id(group) not in seen and op.kind not in _COMPUTE:
                 seen.add(id(group))
                 if min(group) < 0 or max(group) >= world_size:
                     return op
