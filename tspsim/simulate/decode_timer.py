@@ -217,7 +217,7 @@ class DecodeTimer:
                 if found is not None:
                     tp, tpp = found
                     k = self.layers - len(unit.layer_starts)
-                    end = tl.end_s
+                    end = float(table[2].max()) if len(table[2]) else 0.0  # tl.end_s, from the table
                     (whole, r_whole), (rep, r_rep) = window_stats(
                         tl, gpu, ((0.0, end), (tp, tpp)), self._op_classes("unit", unit), table)
                     bd = {key: whole[key] + k * rep[key] for key in BREAKDOWN_KEYS}
