@@ -59,6 +59,8 @@ class ReplaySetup:
     """[GPU, durations by op id] of the last :meth:`durations` call."""
     _keys: list[Any] = field(default_factory=list, compare=False, repr=False)
     """Repeat keys by op id (:meth:`repeat_keys`)."""
+    _participants: dict[int, int] = field(default_factory=dict, compare=False, repr=False)
+    """Simulated ranks of each group tuple, by the tuple's id (:meth:`participants`)."""
     _canon: dict[tuple[Any, ...], tuple[Any, ...]] = field(default_factory=dict, compare=False, repr=False)
     """One object per distinct repeat key (:meth:`repeat_keys`)."""
 
@@ -126,6 +128,13 @@ class ReplaySetup:
         for i in self.volatile or ():
             keys[i] = None
         return keys, self._canon
+
+    def participants(self, group: tuple[int, ...]) -> int:
+        """How many distinct ranks of ``group`` (a group tuple of one of the graph's ops) are simulated."""
+        count = self._participants.get(id(group))
+        if count is None:
+            count = self._participants[id(group)] = sum(1 for r in set(group) if r in self.sim_ranks)
+        return count
 
     def first_outside(self, world_size: int) -> Op | None:
         """The first communication op (in graph order) whose group names a rank outside [0, ``world_size``)."""

@@ -424,8 +424,7 @@ class Replay:
         """Rank ``op.rank`` reaches the collective (or send/recv) ``op``; the last arrival starts it."""
         st = self.rdv.get(op.coll)
         if st is None:
-            expected = sum(1 for r in set(op.group) if r in self.sim_ranks)
-            st = self.rdv[op.coll] = _Rendezvous(op, expected)
+            st = self.rdv[op.coll] = _Rendezvous(op, self.setup.participants(op.group))
         st.streams[op.rank] = s
         st.ranks.append(op.rank)
         st.op_ids[op.rank] = op.id
