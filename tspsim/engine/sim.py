@@ -324,21 +324,8 @@ class Replay:
             periodic.requested = True
 
     def _op_done(self, s: _Stream) -> None:
-        """The current op of ``s`` has completed: record it and go on (:meth:`_finish`, inlined, then advance)."""
-        op = s.ops[s.pos]
-        if op.mem and self.track_memory:
-            self._apply_mem(op, "end")
-        now = self.env._now  # noqa: SLF001
-        op_id = op.id
-        self.timeline.spans.append((op_id, s.start, now))
-        s.last_end = now
-        if self.dependents[op_id]:
-            self.state[op_id] = TRIGGERED
-            self.clock.due.append((self._completed, op_id))
-        else:
-            self.state[op_id] = PROCESSED
-        s.pos += 1
-        s.dep = 0
+        """The current op of ``s`` has completed: record it and go on."""
+        self._finish(s, s.ops[s.pos])
         self._advance(s)
 
     def _finish(self, s: _Stream, op: Op) -> None:
