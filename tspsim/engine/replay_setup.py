@@ -56,7 +56,7 @@ class ReplaySetup:
     """Ops whose costs (FLOPs, bytes, shape) may change between replays, e.g. re-costed attention; None: any op.
     The compute durations of the other ops are kept across replays (:meth:`durations`)."""
     _durations: list[Any] = field(default_factory=list, compare=False, repr=False)
-    """[GPU, durations by op id] of the last :meth:`durations` call."""
+    """[GPU, durations by op id, durations by cost] of the last :meth:`durations` call."""
     _keys: list[Any] = field(default_factory=list, compare=False, repr=False)
     """Repeat keys by op id (:meth:`repeat_keys`)."""
     _participants: dict[int, int] = field(default_factory=dict, compare=False, repr=False)
@@ -98,21 +98,23 @@ class ReplaySetup:
                    None if lo is None or hi is None else (lo, hi), op_stream, op_pos, marker, boundaries,
                    None if volatile is None else tuple(sorted(set(volatile))))
 
-    def durations(self, gpu: GpuSpec) -> list[float | None]:
-        """Per op id: its compute duration on ``gpu`` if known, else None (the replay computes and stores it).
+    def durations(self, gpu: GpuSpec) -> tuple[list[float | None], dict[tuple[Any, ...], float]]:
+        """(per op id: its compute duration on ``gpu`` if known, else None; durations by (kind, FLOPs, bytes, shape)).
 
-        With :attr:`volatile` given, the list is kept for the next replay on the same GPU and only the volatile
-        ops are forgotten; otherwise every replay starts from an empty list.
+        The replay computes a missing duration (:func:`~tspsim.engine.costs.compute_seconds`, a function of those
+        four and the GPU only, so ops of equal costs share it) and stores it. With :attr:`volatile` given, the list
+        is kept for the next replay on the same GPU and only the volatile ops are forgotten; otherwise every replay
+        starts from an empty list. The by-cost table is kept for the GPU.
         """
-        if self.volatile is None:
-            return [None] * self.n_ops
         cache = self._durations
         if not cache or cache[0] != gpu:
-            cache[:] = [gpu, [None] * self.n_ops]
+            cache[:] = [gpu, [None] * self.n_ops, {}]
+        if self.volatile is None:
+            return [None] * self.n_ops, cache[2]
         seconds: list[float | None] = cache[1]
         for i in self.volatile:
             seconds[i] = None
-        return seconds
+        return seconds, cache[2]
 
     def repeat_keys(self) -> tuple[list[tuple[Any, ...] | None], dict[tuple[Any, ...], tuple[Any, ...]]]:
         """(per op id: its :func:`repeat_key` if known, else None; the canonical object of each key).

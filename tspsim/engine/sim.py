@@ -168,8 +168,8 @@ class Replay:
         """1 for an op that some other op lists as a dependency."""
         self.fold, self.fold_plan = fold_nodes(graph, topo, self.sim_ranks) if graph.replica_nodes else (0, None)
         self.gpu = kernel_gpu(topo.gpu, graph.meta or {})
-        self.seconds = setup.durations(self.gpu)
-        """Duration of each compute op on this GPU, by id (None until computed; kept across replays by the setup)."""
+        self.seconds, self.by_cost = setup.durations(self.gpu)
+        """Duration of each compute op on this GPU by id (None until computed), and by (kind, FLOPs, bytes, shape)."""
         self.track_memory = self.options.accounting
         self.slowdown = self.options.overlap_slowdown
         self.timeline = Timeline(graph=graph, topology_name=topo.name)
@@ -307,7 +307,11 @@ class Replay:
             else:
                 seconds = self.seconds[op.id]
                 if seconds is None:
-                    seconds = self.seconds[op.id] = compute_seconds(op, self.gpu)
+                    key = (kind, op.flops, op.hbm_bytes, op.shape)  # all compute_seconds reads of the op
+                    seconds = self.by_cost.get(key)
+                    if seconds is None:
+                        seconds = self.by_cost[key] = compute_seconds(op, self.gpu)
+                    self.seconds[op.id] = seconds
                 if seconds > 0:
                     g = self.gpus[op.rank]
                     if g.job is not None:  # the compute slot is busy (an op of another compute stream): queue
