@@ -249,11 +249,12 @@ def window_stats(tl: Timeline, gpu: GpuSpec, windows: Sequence[tuple[float, floa
             uniq, at = np.unique(rank[sel][w_foreign], return_index=True)
             seen.update(dict.fromkeys(int(r) for r in uniq[np.argsort(at)]))
         c = cls[sel]
-        k = np.flatnonzero(c >= OTHER)
+        k = np.flatnonzero(c >= OTHER)             # kernel spans of the window
+        at_k = k if whole else sel[k]              # … as indices of all spans
         c, dur = c[k], b[k] - a[k]
-        over = lo[sel][k] * dur / full[sel][k]
+        over = lo[at_k] * dur / full[at_k]
         body = dur - over
-        w_share, w_weights = share[sel][k], is_weights[sel][k]
+        w_share, w_weights = share[at_k], is_weights[at_k]
         terms = np.empty(2 * len(k))               # other: each span's launch part, then its body if elementwise
         terms[0::2] = over
         terms[1::2] = body
