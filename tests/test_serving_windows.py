@@ -9,6 +9,7 @@ import pytest
 
 from tspsim.analysis.metrics import intersection_length, interval_union, total_length
 from tspsim.analysis.serving import BREAKDOWN_KEYS, rank_overlap, time_breakdown, window_stats
+from tspsim.analysis.span_windows import OpClasses
 from tspsim.engine.costs import efficiency, large_efficiency
 from tspsim.engine.sim import replay
 from tspsim.schedules.context import BuildContext
@@ -112,10 +113,14 @@ def test_window_stats_memo_across_recosted_steps(mi300x, schedule, kw):
     ctx = BuildContext(GQA, mi300x, layout, workload, Assumptions.from_overrides({}))
     dtopo = decode_topology(mi300x, ctx.opts)
     step = build_decode_step(ctx, 100)
-    memo: dict = {}
+    memo = OpClasses(step.graph, dtopo.gpu, [a.op for a in step.attention])
+    every = OpClasses(step.graph, dtopo.gpu)      # every op volatile
     for cached in (100, 5000, 101, 100_000, 7):
         step.recost(cached)
         tl = replay(step.graph, dtopo)
         windows = [(0.0, tl.end_s), (tl.end_s / 3, tl.end_s / 2)]
-        assert window_stats(tl, dtopo.gpu, windows, memo) == window_stats(tl, dtopo.gpu, windows)
-    assert memo
+        fresh = window_stats(tl, dtopo.gpu, windows)
+        assert window_stats(tl, dtopo.gpu, windows, memo) == fresh
+        assert window_stats(tl, dtopo.gpu, windows, every) == fresh
+    with pytest.raises(ValueError, match="another graph"):
+        window_stats(replay(build_decode_step(ctx, 100).graph, dtopo), dtopo.gpu, [(0.0, 1.0)], memo)

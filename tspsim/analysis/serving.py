@@ -54,13 +54,11 @@ its context (only attention kernels change), so its bytes are those of the final
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-from tspsim.analysis.metrics import NOT_KERNELS, intersection_length, interval_union, rank_intervals, total_length
-from tspsim.engine.costs import efficiency, large_efficiency
+from tspsim.analysis.metrics import intersection_length, rank_intervals, total_length
+from tspsim.analysis.span_windows import RankStats, window_stats
 from tspsim.engine.timeline import Timeline
-from tspsim.opgraph import COMPUTE_KINDS
 from tspsim.spec.layout import Layout
 from tspsim.spec.model import ModelConfig
 from tspsim.spec.topology import GpuSpec
@@ -71,9 +69,6 @@ BREAKDOWN_KEYS = ("weights_hbm", "kv_hbm", "compute", "communication", "other")
 PHASE_KEYS = ("time_s", "compute_s", "comm_s", "exposed_comm_s", "overlap_pct", "tokens_per_s", "peak_memory_gb",
               "comm_bytes_per_rank")
 """Keys of the per-phase blocks ``prefill`` and ``decode`` of an inference entry (``decode`` adds ``steps``)."""
-
-RankStats = dict[int, tuple[float, float, float]]
-"""Per simulated rank: (compute s, communication s, overlapped s) — union lengths and their intersection."""
 
 
 def _clip(union: list[tuple[float, float]], start: float, end: float) -> list[tuple[float, float]]:
@@ -128,155 +123,6 @@ def time_breakdown(tl: Timeline, gpu: GpuSpec, start: float = 0.0, end: float | 
     launch overhead pro rata).
     """
     return window_stats(tl, gpu, ((start, tl.end_s if end is None else end),))[0][0]
-
-
-_COMM, _SKIP, _OTHER, _MEM, _SPLIT, _FLOPS = range(6)
-"""Span classes of :func:`window_stats` (communication, not GPU time, elementwise, HBM-bound, tail split,
-FLOP-bound)."""
-
-
-def _op_class(op: Any, gpu: GpuSpec, hbm: float, peak: float) -> tuple[int, str, float]:
-    """(class, HBM category, HBM time) of one op by its roofline (:func:`time_breakdown`).
-
-    The HBM share of a ``_SPLIT`` span is its HBM time over the span's kernel time, computed per span.
-    """
-    kind = op.kind
-    if kind not in COMPUTE_KINDS:          # Op.is_comm
-        return _COMM, "", 0.0
-    if kind in NOT_KERNELS:                # bookkeeping and the CPU lane: not GPU time
-        return _SKIP, "", 0.0
-    if kind not in ("gemm", "attention_fwd", "attention_bwd"):
-        return _OTHER, "", 0.0
-    cat = "weights_hbm" if op.kind == "gemm" else "kv_hbm"
-    t_mem = op.hbm_bytes / hbm
-    t_flops = op.flops / (peak * efficiency(op, gpu)) if op.flops > 0 else 0.0
-    t_large = op.flops / (peak * large_efficiency(op, gpu))
-    if t_mem >= t_flops:
-        return _MEM, cat, t_mem
-    if t_mem >= t_large:    # streaming-bound shape paying the small-kernel tail
-        return _SPLIT, cat, t_mem
-    return _FLOPS, cat, t_mem
-
-
-ClassMemo = dict[int, tuple[tuple[Any, ...], tuple[int, str, float]]]
-"""Per op id: ((FLOPs, HBM bytes, shape), :func:`_op_class`) — a caller replaying one graph re-costed (decode
-steps) keeps it across the timelines of that graph on one GPU; an op whose costs or shape changed is classified
-again."""
-
-
-def _classified_spans(tl: Timeline, gpu: GpuSpec, memo: ClassMemo | None = None
-                      ) -> list[tuple[int, float, float, int, bool, float, float, float]]:
-    """(rank, start, end, class, weights?, HBM share, launch part, length) of every span of positive length.
-
-    In span order: the roofline classification of :func:`time_breakdown` (``weights?``: its HBM category is
-    ``weights_hbm``, else ``kv_hbm``), the launch overhead min(launch, length) and the length. Done once per op
-    whatever the windows (and, with ``memo``, once per op and cost across the timelines of one graph: the GPU
-    must be the same).
-    """
-    launch = gpu.kernel_launch_us * 1e-6
-    hbm = gpu.hbm_TBps * 1e12 * gpu.hbm_efficiency
-    peak = gpu.peak_bf16_TFLOPS * 1e12
-    ops = tl.ops
-    memo = {} if memo is None else memo
-    out = []
-    append = out.append
-    for op_id, a0, b0 in tl.spans:
-        if b0 <= a0:
-            continue
-        op = ops[op_id]
-        key = (op.flops, op.hbm_bytes, op.shape)
-        known = memo.get(op_id)
-        if known is None or known[0] != key:
-            known = memo[op_id] = (key, _op_class(op, gpu, hbm, peak))
-        cls, cat, t_mem = known[1]
-        share = 1.0
-        full = b0 - a0
-        lo = full if full < launch else launch  # min(launch, full)
-        if cls == _SPLIT:
-            body = full - lo
-            share = min(1.0, t_mem / body) if body > 0 else 1.0
-        append((op.rank, a0, b0, cls, cat == "weights_hbm", share, lo, full))
-    return out
-
-
-def window_stats(tl: Timeline, gpu: GpuSpec, windows: Sequence[tuple[float, float]],
-                 memo: ClassMemo | None = None) -> list[tuple[dict[str, float], RankStats]]:
-    """(:func:`time_breakdown`, :func:`rank_overlap`) of each window [start, end], from one pass over the spans.
-
-    Spans are classified once and the per-rank unions built once (those of :func:`rank_intervals`), then
-    clipped to each window: the union of clipped spans is the clipped union, so every number is the one the two
-    functions give window by window (the same sums in the same order; tests/test_serving_windows.py).
-    ``memo``: see :data:`ClassMemo`.
-    """
-    spans = _classified_spans(tl, gpu, memo)
-    graph_ranks = tuple(tl.graph.ranks) or tuple(sorted({op.rank for op in tl.ops}))
-    raw: dict[int, tuple[list[tuple[float, float]], list[tuple[float, float]]]] = {r: ([], []) for r in graph_ranks}
-    first = last = 0.0
-    if spans:
-        first, last = spans[0][1], spans[0][2]
-    for rank, a0, b0, cls, _, _, _, _ in spans:   # rank_intervals(tl), from the classification
-        comp, comm = raw.setdefault(rank, ([], []))
-        if cls == _COMM:
-            comm.append((a0, b0))
-        elif cls != _SKIP:
-            comp.append((a0, b0))
-        if a0 < first:
-            first = a0
-        if b0 > last:
-            last = b0
-    unions = {r: (interval_union(c), interval_union(m)) for r, (c, m) in sorted(raw.items())}
-    ranks_seen = dict.fromkeys(graph_ranks)
-    for span in spans:
-        ranks_seen[span[0]] = None
-    out = []
-    for start, end in windows:
-        whole = start <= first and end >= last      # no span is cut: clipping changes nothing
-        weights = kv = compute = communication = other = 0.0    # one accumulator per key, in span order
-        seen = ranks_seen if whole else dict.fromkeys(graph_ranks)
-        for rank, a, b, cls, is_weights, share, lo, full in spans:
-            if not whole:
-                if a < start:
-                    a = start
-                if b > end:
-                    b = end
-                if b <= a:
-                    continue
-                seen[rank] = None
-            if cls <= _SKIP:
-                continue
-            dur = b - a
-            over = lo * dur / full
-            other += over
-            body = dur - over
-            if cls == _OTHER:
-                other += body
-            elif cls == _MEM:
-                if is_weights:
-                    weights += body
-                else:
-                    kv += body
-            elif cls == _SPLIT:
-                if is_weights:
-                    weights += body * share
-                else:
-                    kv += body * share
-                compute += body * (1.0 - share)
-            else:
-                compute += body
-        clipped = unions if whole else {r: (_clip(comp, start, end), _clip(comm, start, end))
-                                        for r, (comp, comm) in unions.items()}
-        stats: RankStats = {r: (total_length(c), total_length(m), intersection_length(c, m))
-                            for r, (c, m) in clipped.items()}
-        for r in seen:
-            t_comp, t_comm, overlap = stats.get(r, (0, 0, 0.0))
-            exposed = t_comm - overlap
-            communication += exposed
-            other += (end - start) - t_comp - exposed
-        sums = {"weights_hbm": weights, "kv_hbm": kv, "compute": compute, "communication": communication,
-                "other": other}
-        n = max(len(seen), 1)
-        out.append(({k: v / n for k, v in sums.items()}, stats))
-    return out
 
 
 def model_flops_prefill(model: ModelConfig, batch: int, seq: int) -> float:

@@ -22,14 +22,15 @@ from simpy.events import NORMAL
 class Timer:
     """A timed event in simpy's queue: at its time, ``Environment.step`` calls ``fn(arg)``."""
 
-    __slots__ = ("callbacks", "_ok", "fn", "arg")
+    __slots__ = ("callbacks", "fn", "arg")
+    _ok = True
+    """Read by ``Environment.step`` (a timer never fails)."""
 
     def __init__(self, fn: Callable[[Any], None], arg: Any) -> None:
         self.fn = fn
         """Called with :attr:`arg` when the timer fires."""
         self.arg = arg
         """The argument."""
-        self._ok = True
         self.callbacks: list[Callable[[Timer], None]] | None = [_fire]
 
 
@@ -40,21 +41,17 @@ def _fire(timer: Timer) -> None:
 class Clock:
     """Simulated time of one replay: ``after`` (timed, in simpy's queue) and ``soon`` (due now, FIFO)."""
 
-    __slots__ = ("env", "due", "timed")
+    __slots__ = ("env", "due")
 
     def __init__(self, env: simpy.Environment) -> None:
         self.env = env
         """The simpy environment (its ``now`` is the simulated time)."""
         self.due: deque[tuple[Callable[[Any], None], Any]] = deque()
         """Events due at the current instant, in the order they were triggered."""
-        self.timed = 0
-        """Timers scheduled so far."""
 
     def after(self, delay: float, fn: Callable[[Any], None], arg: Any) -> None:
         """Call ``fn(arg)`` at now + ``delay``, after every event due before it (simpy ``NORMAL`` order)."""
-        env = self.env
-        self.timed += 1
-        env.schedule(Timer(fn, arg), NORMAL, delay)  # type: ignore[arg-type]
+        self.env.schedule(Timer(fn, arg), NORMAL, delay)  # type: ignore[arg-type]
 
     def soon(self, fn: Callable[[Any], None], arg: Any) -> None:
         """Call ``fn(arg)`` at the current instant, after the events already due now (simpy ``URGENT``)."""

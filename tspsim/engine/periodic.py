@@ -31,6 +31,8 @@ import heapq
 from collections.abc import Callable
 from typing import Any
 
+from tspsim.engine.replay_setup import repeat_key
+
 Replay = Any
 """A :class:`tspsim.engine.sim.Replay` (not imported: the engine imports this module)."""
 
@@ -50,24 +52,18 @@ class Periodicity:
 
     def __init__(self, replay: Replay) -> None:
         self.r = replay
-        streams = replay.streams
-        n_ops = len(replay.graph.ops)
-        self.op_stream = [0] * n_ops
+        setup = replay.setup  # the structure-only parts (tspsim.engine.replay_setup), shared by replays of the graph
+        self.op_stream: list[int] = setup.op_stream
         """Index (in ``replay.streams``) of each op's stream."""
-        self.op_pos = [0] * n_ops
+        self.op_pos: list[int] = setup.op_pos
         """Position of each op in its stream."""
-        for si, s in enumerate(streams):
-            for q, op in enumerate(s.ops):
-                self.op_stream[op.id] = si
-                self.op_pos[op.id] = q
-        marker = max(streams, key=lambda s: len(s.ops), default=None)
-        self.marker: Any = marker
+        self.marker: Any = replay.streams[setup.marker] if setup.marker >= 0 else None
         """The stream whose unit boundaries trigger a comparison (the longest)."""
-        self.boundaries: set[int] = set()
+        self.boundaries: frozenset[int] = setup.boundaries
         """Positions on the marker stream where a new layer label starts."""
-        if marker is not None:
-            ops = marker.ops
-            self.boundaries = {q for q in range(1, len(ops)) if ops[q].layer >= 0 and ops[q].layer != ops[q - 1].layer}
+        self.keys, self.canon = setup.repeat_keys()
+        """:func:`~tspsim.engine.replay_setup.repeat_key` of each op by id (None until needed), and the one object
+        of each distinct key (equal keys are identical)."""
         self.requested = False
         """A boundary was reached: compare the state once the current instant's events are done."""
         self.history: list[tuple[float, list[int], Sig, list[Any], Marks]] = []
@@ -218,15 +214,19 @@ class Periodicity:
         That is: the same costs and shape, dependencies shifted by ``shift`` or already satisfied, and
         collectives mapped one to one.
         """
-        op_stream, op_pos, streams = self.op_stream, self.op_pos, self.r.streams
+        op_stream, op_pos, streams, keys, canon = self.op_stream, self.op_pos, self.r.streams, self.keys, self.canon
         for q in range(lo, hi):
             o = ops[q]
             p = ops[q - n]
             # what must repeat: kind, rank, costs, shape, payload, group, memory events, dependency count
-            if (o.kind != p.kind or o.rank != p.rank or o.flops != p.flops or o.hbm_bytes != p.hbm_bytes
-                    or o.nbytes != p.nbytes or o.mem != p.mem or o.shape != p.shape or o.host_us != p.host_us
-                    or o.root != p.root or o.algorithm != p.algorithm or len(o.deps) != len(p.deps)
-                    or o.group != p.group):
+            ko, kp = keys[o.id], keys[p.id]
+            if ko is None:
+                key = repeat_key(o)
+                ko = keys[o.id] = canon.setdefault(key, key)
+            if kp is None:
+                key = repeat_key(p)
+                kp = keys[p.id] = canon.setdefault(key, key)
+            if ko is not kp:   # canonical objects: identical if and only if equal
                 return False
             for e, d in zip(o.deps, p.deps):
                 if e == d and state[d] == 2:

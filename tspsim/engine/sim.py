@@ -37,18 +37,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import simpy
+from simpy.events import NORMAL
 
-from tspsim.core.errors import DeadlockError, SimulationLimitError
-from tspsim.engine.clock import Clock
+from tspsim.core.errors import DeadlockError, SimulationLimitError, TraceError
+from tspsim.engine.clock import Clock, Timer
 from tspsim.engine.comm import CommResolver, ResolvedComm
 from tspsim.engine.costs import compute_seconds, kernel_gpu
 from tspsim.engine.network import Network
 from tspsim.engine.periodic import Periodicity
 from tspsim.engine.replay_parts import LinkRecorder, fold_nodes
+from tspsim.engine.replay_records import account_comm, blocked_streams
+from tspsim.engine.replay_setup import ReplaySetup
 from tspsim.engine.timeline import Timeline
-from tspsim.opgraph import COMPUTE_KINDS, P2P_KINDS, Op, OpGraph
+from tspsim.opgraph import COMPUTE_KINDS, Op, OpGraph
 from tspsim.spec.topology import Topology
 
+_COMPUTE = frozenset(COMPUTE_KINDS)
 PENDING, TRIGGERED, PROCESSED = 0, 1, 2
 """Op completion states: not finished; finished (its completion event due now); completion processed."""
 
@@ -69,6 +73,9 @@ class ReplayOptions:
     """Force one wire protocol (LL, LL128, Simple) on every collective, like NCCL_PROTO; empty: the policy's."""
     fingerprint: bool = False
     """Hash the sequence of events into ``Timeline.sim_fingerprint`` (costs ~10% more time)."""
+    accounting: bool = True
+    """Record memory events and communication bytes; False leaves ``memory``, the byte counts and
+    ``collective_algorithms`` of the timeline empty (for callers that read only times: no op waits on either)."""
     periodic: bool = True
     """Skip repeating units (layers, micro-batches) when the state provably repeats (:mod:`tspsim.engine.periodic`);
     False simulates every op (the reference the periodic path is tested against)."""
@@ -129,36 +136,42 @@ class _Rendezvous:
 
 
 class Replay:
-    """One replay of ``graph`` on ``topo``; call :meth:`run` once. ``plans``: resolved comm shared with another."""
+    """One replay of ``graph`` on ``topo``; call :meth:`run` once.
+
+    ``plans``: resolved communication shared with other replays; ``setup``: the graph's
+    :class:`~tspsim.engine.replay_setup.ReplaySetup`, shared with other replays of the same graph object.
+    """
 
     def __init__(self, graph: OpGraph, topo: Topology, options: ReplayOptions | None = None,
-                 plans: dict[tuple[Any, ...], ResolvedComm] | None = None) -> None:
+                 plans: dict[tuple[Any, ...], ResolvedComm] | None = None, setup: ReplaySetup | None = None) -> None:
         self.graph = graph
         self.topo = topo
         self.options = options or ReplayOptions()
         self.env = simpy.Environment()
         self.clock = Clock(self.env)
-        self.sim_ranks = set(graph.ranks) or {op.rank for op in graph.ops}
+        if setup is None:
+            setup = ReplaySetup.of(graph)
+        elif setup.graph is not graph or setup.n_ops != len(graph.ops):
+            raise ValueError("this ReplaySetup was derived from another graph (or the graph has changed since)")
+        self.setup = setup
+        """Structure-only parts of the replay (:mod:`tspsim.engine.replay_setup`), shared with other replays."""
+        self.sim_ranks = set(setup.sim_ranks)
         bad = [r for r in self.sim_ranks if not 0 <= r < topo.world_size]
         if bad:
-            from tspsim.core.errors import TraceError
             raise TraceError(f"op graph uses rank {bad[0]} but topology {topo.name} has {topo.world_size} GPUs; "
                              "replay it on a larger topology")
-        checked: set[int] = set()  # ids of the group tuples checked (participants share one; no 2,048-rank hashes)
-        dependents = bytearray(len(graph.ops))
-        for op in graph.ops:
-            for d in op.deps:
-                dependents[d] = 1
-            if op.group and id(op.group) not in checked and op.kind not in COMPUTE_KINDS:
-                checked.add(id(op.group))
-                if min(op.group) < 0 or max(op.group) >= topo.world_size:
-                    from tspsim.core.errors import TraceError
-                    raise TraceError(f"op {op.id} ({op.name}) names a rank outside topology {topo.name} "
-                                     f"({topo.world_size} GPUs)")
-        self.dependents = dependents
+        outside = setup.first_outside(topo.world_size)
+        if outside is not None:
+            raise TraceError(f"op {outside.id} ({outside.name}) names a rank outside topology {topo.name} "
+                             f"({topo.world_size} GPUs)")
+        self.dependents = setup.dependents
         """1 for an op that some other op lists as a dependency."""
         self.fold, self.fold_plan = fold_nodes(graph, topo, self.sim_ranks) if graph.replica_nodes else (0, None)
         self.gpu = kernel_gpu(topo.gpu, graph.meta or {})
+        self.seconds, self.by_cost = setup.durations(self.gpu)
+        """Duration of each compute op on this GPU by id (None until computed), and by (kind, FLOPs, bytes, shape)."""
+        self.track_memory = self.options.accounting
+        self.slowdown = self.options.overlap_slowdown
         self.timeline = Timeline(graph=graph, topology_name=topo.name)
         self.links = LinkRecorder(topo, self.sim_ranks, self.timeline) if self.options.record_links else None
         self.net = Network(self.env, topo.link_capacities, on_rates=self.links.record if self.links else None,
@@ -185,7 +198,7 @@ class Replay:
     def run(self) -> Timeline:
         """Run to completion and return the timeline."""
         t0 = time.perf_counter()
-        self.streams = [_Stream(key, ops) for key, ops in self.graph.streams().items()]
+        self.streams = [_Stream(key, ops) for key, ops in self.setup.streams]
         for s in self.streams:
             self.clock.soon(self._advance, s)
         if self.options.periodic and self.streams:
@@ -250,21 +263,7 @@ class Replay:
                     raise SimulationLimitError(f"replay stopped after {wall_limit:.0f} s of wall time (limit)")
 
     def _check_finished(self) -> None:
-        blocked = []
-        for s in self.streams:
-            if s.pos < len(s.ops):
-                op = s.ops[s.pos]
-                waiting = ""
-                if op.is_comm and op.coll in self.rdv and op.rank in self.rdv[op.coll].ranks:
-                    st = self.rdv[op.coll]
-                    missing = sorted(set(r for r in op.group if r in self.sim_ranks) - set(st.ranks))
-                    waiting = f" waiting for ranks {missing[:8]}"
-                elif op.deps:
-                    pending = [d for d in op.deps if self.state[d] == PENDING]
-                    if pending:
-                        dep = self.graph.ops[pending[0]]
-                        waiting = f" waiting for {dep.name} (rank {dep.rank})"
-                blocked.append(f"rank {s.key[0]} stream {s.key[1]} at op {op.id} {op.name}{waiting}")
+        blocked = blocked_streams(self)
         if blocked:
             more = f" (+{len(blocked) - 4} more)" if len(blocked) > 4 else ""
             raise DeadlockError("deadlock: " + "; ".join(blocked[:4]) + more)
@@ -292,24 +291,34 @@ class Replay:
                             w.append(s)
                         return
                     j += 1
-            s.start = self.env.now
+            s.start = self.env._now  # noqa: SLF001 - Environment.now without the property call
             if s is self._marker:
                 self._boundary(s)
-            if op.mem:
+            if op.mem and self.track_memory:
                 self._apply_mem(op, "start")
             kind = op.kind
+            if kind not in _COMPUTE:
+                self._arrive(op, s)
+                return
             if kind == "host":
                 if op.host_us > 0:
                     self.clock.after(op.host_us * 1e-6, self._op_done, s)
                     return
-            elif kind in COMPUTE_KINDS:
-                seconds = compute_seconds(op, self.gpu)
-                if seconds > 0:
-                    self._compute(op.rank, seconds, s)
-                    return
             else:
-                self._arrive(op, s)
-                return
+                seconds = self.seconds[op.id]
+                if seconds is None:
+                    key = (kind, op.flops, op.hbm_bytes, op.shape)  # all compute_seconds reads of the op
+                    seconds = self.by_cost.get(key)
+                    if seconds is None:
+                        seconds = self.by_cost[key] = compute_seconds(op, self.gpu)
+                    self.seconds[op.id] = seconds
+                if seconds > 0:
+                    g = self.gpus[op.rank]
+                    if g.job is not None:  # the compute slot is busy (an op of another compute stream): queue
+                        g.waiting.append((seconds, s))
+                    else:
+                        self._start_job(g, seconds, s)
+                    return
             self._finish(s, op)
 
     def _boundary(self, s: _Stream) -> None:
@@ -324,16 +333,17 @@ class Replay:
         self._advance(s)
 
     def _finish(self, s: _Stream, op: Op) -> None:
-        if op.mem:
+        if op.mem and self.track_memory:
             self._apply_mem(op, "end")
-        now = self.env.now
-        self.timeline.spans.append((op.id, s.start, now))
+        now = self.env._now  # noqa: SLF001
+        op_id = op.id
+        self.timeline.spans.append((op_id, s.start, now))
         s.last_end = now
-        if self.dependents[op.id]:
-            self.state[op.id] = TRIGGERED
-            self.clock.soon(self._completed, op.id)
+        if self.dependents[op_id]:
+            self.state[op_id] = TRIGGERED
+            self.clock.due.append((self._completed, op_id))  # Clock.soon
         else:
-            self.state[op.id] = PROCESSED
+            self.state[op_id] = PROCESSED
         s.pos += 1
         s.dep = 0
 
@@ -355,22 +365,16 @@ class Replay:
                 self.mem_now[op.rank] += delta
 
     # ------------------------------------------------------------------------------ compute
-    def _compute(self, rank: int, seconds: float, s: _Stream) -> None:
-        g = self.gpus[rank]
-        if g.job is not None:  # the compute slot is busy (an op of another compute stream): queue
-            g.waiting.append((seconds, s))
-            return
-        self._start_job(g, seconds, s)
-
     def _start_job(self, g: _Gpu, seconds: float, s: _Stream) -> None:
         g.job_left = seconds
-        g.job_last = self.env.now
-        g.job_rate = self._rate(g)
+        g.job_last = self.env._now  # noqa: SLF001
+        g.job_rate = rate = 1.0 / (1.0 + max(g.active)) if g.active and self.slowdown else 1.0  # _rate(g)
         g.job = s
-        self._schedule_job(g)
+        g.version += 1  # _schedule_job(g), with Clock.after inlined
+        self.env.schedule(Timer(self._job_timer, (g, g.version)), NORMAL, seconds / rate)  # type: ignore[arg-type]
 
     def _rate(self, g: _Gpu) -> float:
-        if not g.active or not self.options.overlap_slowdown:
+        if not g.active or not self.slowdown:
             return 1.0
         return 1.0 / (1.0 + max(g.active))
 
@@ -384,7 +388,7 @@ class Replay:
             return  # superseded: the rate changed and a new timer was armed
         s, g.job = g.job, None
         g.job_left = 0.0
-        self.clock.soon(self._op_done, s)
+        self.clock.due.append((self._op_done, s))  # Clock.soon
         if g.waiting:
             self._start_job(g, *g.waiting.pop(0))
 
@@ -411,8 +415,7 @@ class Replay:
         """Rank ``op.rank`` reaches the collective (or send/recv) ``op``; the last arrival starts it."""
         st = self.rdv.get(op.coll)
         if st is None:
-            expected = sum(1 for r in set(op.group) if r in self.sim_ranks)
-            st = self.rdv[op.coll] = _Rendezvous(op, expected)
+            st = self.rdv[op.coll] = _Rendezvous(op, self.setup.participants(op.group))
         st.streams[op.rank] = s
         st.ranks.append(op.rank)
         st.op_ids[op.rank] = op.id
@@ -456,9 +459,10 @@ class Replay:
         self.clock.soon(self._comm_step, st)
 
     def _comm_end(self, st: _Rendezvous, plan: ResolvedComm) -> None:
-        self.account_comm(st.op_ids, plan)
-        if self.periodic is not None:
-            self.periodic.comm_log.append((st.op_ids, plan))
+        if self.track_memory:
+            self.account_comm(st.op_ids, plan)
+            if self.periodic is not None:
+                self.periodic.comm_log.append((st.op_ids, plan))
         for r in st.ranks:
             self._comm_change(r, plan.slowdown, False)
         for r in st.ranks:
@@ -466,20 +470,8 @@ class Replay:
         del self.rdv[st.op.coll]
 
     def account_comm(self, op_ids: dict[int, int], plan: ResolvedComm) -> None:
-        """Add a finished communication op's bytes (per rank, per kind, per op) and algorithm to the timeline."""
-        op = self.graph.ops[next(iter(op_ids.values()))]
-        kind = "send" if op.kind in P2P_KINDS else op.kind
-        tl = self.timeline
-        for r, b in plan.sent.items():
-            per = tl.sent_bytes.setdefault(r, {})
-            per[kind] = per.get(kind, 0.0) + b
-        for r, b in plan.recv.items():
-            if r in self.sim_ranks:
-                per = tl.recv_bytes.setdefault(r, {})
-                per[kind] = per.get(kind, 0.0) + b
-        for r, op_id in op_ids.items():
-            tl.op_sent_bytes[op_id] = plan.sent.get(r, 0.0)
-        tl.collective_algorithms[plan.algorithm] = tl.collective_algorithms.get(plan.algorithm, 0) + 1
+        """Add a finished communication op's bytes and algorithm to the timeline (see ``replay_records``)."""
+        account_comm(self.timeline, self.graph, self.sim_ranks, op_ids, plan)
 
 def _event_key(arg: Any) -> Any:
     """What an event acts on, comparable across replays: a stream and its position, an op, a version."""
@@ -492,6 +484,7 @@ def _event_key(arg: Any) -> Any:
     return arg
 
 
-def replay(graph: OpGraph, topo: Topology, options: ReplayOptions | None = None, plans: Any = None) -> Timeline:
-    """Replay ``graph`` on ``topo`` and return its :class:`~tspsim.engine.timeline.Timeline` (``plans``: see Replay)."""
-    return Replay(graph, topo, options, plans).run()
+def replay(graph: OpGraph, topo: Topology, options: ReplayOptions | None = None, plans: Any = None,
+           setup: ReplaySetup | None = None) -> Timeline:
+    """Replay ``graph`` on ``topo`` and return its Timeline (``plans``, ``setup``: see :class:`Replay`)."""
+    return Replay(graph, topo, options, plans, setup).run()

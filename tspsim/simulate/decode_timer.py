@@ -16,13 +16,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from tspsim.analysis.serving import BREAKDOWN_KEYS, ClassMemo, RankStats, add_stats, window_stats
+import numpy as np
+
+from tspsim.analysis.serving import BREAKDOWN_KEYS, RankStats, add_stats, window_stats
+from tspsim.analysis.span_windows import OpClasses, span_table
 from tspsim.engine.costs import kernel_gpu, large_efficiency
+from tspsim.engine.replay_setup import ReplaySetup
 from tspsim.engine.sim import ReplayOptions, replay
 from tspsim.engine.timeline import Timeline
 from tspsim.schedules.context import BuildContext
 from tspsim.schedules.decode import DecodeStep, build_decode_step
 from tspsim.schedules.periodic import verify_cuts, verify_periodic_structure
+from tspsim.simulate.gc_pacing import settle
 from tspsim.spec.assumptions import Assumptions
 from tspsim.spec.topology import GpuSpec, Topology
 
@@ -39,7 +44,23 @@ def decode_topology(topo: Topology, opts: Assumptions) -> Topology:
     return replace(topo, gpu=gpu)
 
 
-def find_period(tl: Timeline, step: DecodeStep, rel_tol: float = 1e-12) -> tuple[float, float] | None:
+def built_step(ctx: BuildContext, cached: int) -> DecodeStep:
+    """:func:`~tspsim.schedules.decode.build_decode_step`, then ``ctx`` forgets the graph and the collector skips it.
+
+    As :func:`tspsim.simulate.graph.build_graph` does (:meth:`BuildContext.detach`,
+    :func:`~tspsim.simulate.gc_pacing.settle`): no reference cycle keeps the graph alive once unused, and inside a
+    paced command no collector pass walks its ops again (README "Speed").
+    """
+    try:
+        step = build_decode_step(ctx, cached)
+    finally:
+        ctx.detach()
+    settle()
+    return step
+
+
+def find_period(tl: Timeline, step: DecodeStep, rel_tol: float = 1e-12,
+                times: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[float, float] | None:
     """Two instants t′ < t″ at which the replay of ``step`` is in the same state up to "block ℓ → ℓ+1".
 
     ``step`` must pass :func:`~tspsim.schedules.periodic.verify_periodic_structure`. For a candidate
@@ -52,41 +73,47 @@ def find_period(tl: Timeline, step: DecodeStep, rel_tol: float = 1e-12) -> tuple
     engine holds at t′ (remaining work of kernels and flows, their rates, waiting rendezvous) is a
     function of the spans in [t0, t′], so the replay after t″ is the replay after t′ shifted by Δ with
     every block index one higher; with the graph's periodicity this gives, exactly, one more block =
-    Δ more time. Returns (t′, t″) or None.
+    Δ more time. Returns (t′, t″) or None. ``times``: :func:`span_times` of ``tl`` if already known. The
+    comparisons are element-wise on arrays (each the float operation of the definition above).
     """
     a, k = step.layer_starts, len(step.layer_starts)
     period = a[1] - a[0]
-    n = len(tl.ops)
-    start = [0.0] * n
-    end = [0.0] * n
-    for op_id, s0, e0 in tl.spans:
-        start[op_id], end[op_id] = s0, e0
+    start, end = span_times(tl) if times is None else times
     for j in range(1, k - 3):
-        tp, tpp = start[a[j]], start[a[j + 1]]
+        tp, tpp = float(start[a[j]]), float(start[a[j + 1]])
         delta = tpp - tp
         if delta <= 0:
             continue
         eps = rel_tol * max(tpp, 1e-9)
-        t0 = min([start[o] for o in range(n) if start[o] < tp <= end[o]] + [tp])
-        if any(end[o] > t0 for o in range(a[1])):
+        running = start[(start < tp) & (tp <= end)]
+        t0 = min(float(running.min()), tp) if len(running) else tp
+        if (end[:a[1]] > t0).any():
             continue
-        if any(start[o] < tpp - eps for o in range(a[k - 1], n)):
+        if (start[a[k - 1]:] < tpp - eps).any():
             continue
-        ok = True
-        for o in range(a[0], a[k - 1]):
-            q = o + period
-            if end[o] <= t0:                                   # finished before the window
-                ok = end[q] <= t0 + delta + eps
-            elif start[o] >= tp:                               # not started
-                ok = start[q] >= tpp - eps
-            else:                                              # in the window
-                ok = abs(start[q] - start[o] - delta) <= eps and (
-                    abs(end[q] - end[o] - delta) <= eps if end[o] <= tp else end[q] > tpp - eps)
-            if not ok:
-                break
-        if ok:
+        # every op o of blocks 0 … k−2 against q = o + period, the same op one block later (all must hold)
+        so, eo = start[a[0]:a[k - 1]], end[a[0]:a[k - 1]]
+        sq, eq = start[a[0] + period:a[k - 1] + period], end[a[0] + period:a[k - 1] + period]
+        ok = np.where(eo <= t0, eq <= t0 + delta + eps,                    # finished before the window
+                      np.where(so >= tp, sq >= tpp - eps,                 # not started
+                               (np.abs(sq - so - delta) <= eps)           # in the window
+                               & np.where(eo <= tp, np.abs(eq - eo - delta) <= eps, eq > tpp - eps)))
+        if ok.all():
             return tp, tpp
     return None
+
+
+def span_times(tl: Timeline, table: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(start, end) of every op of ``tl``'s graph by id, from its spans (0.0 for an op without a span).
+
+    ``table``: :func:`~tspsim.analysis.span_windows.span_table` of ``tl`` if already made.
+    """
+    n = len(tl.ops)
+    ids, starts, ends = span_table(tl) if table is None else table
+    start, end = np.zeros(n), np.zeros(n)
+    start[ids], end[ids] = starts, ends
+    return start, end
 
 
 @dataclass
@@ -125,29 +152,33 @@ class DecodeTimer:
         self.layers = layers
         self.topo = topo
         self.method = "full"
-        self.options = ReplayOptions(periodic=periodic)
+        self.options = ReplayOptions(periodic=periodic, accounting=False)
         """Replay options: ``periodic=False`` also turns the engine's periodic path off (the reference)."""
         self._unit: DecodeStep | None = None
         self._full: DecodeStep | None = None
-        self._classes: dict[str, ClassMemo] = {}
-        """Roofline classes of the ops of the unit and the full graph (:data:`~tspsim.analysis.serving.ClassMemo`),
-        shared by the breakdowns of their replays: re-costing reclassifies only the attention ops."""
+        self._classes: dict[str, OpClasses] = {}
+        """Roofline classes of the ops of the unit and the full graph
+        (:class:`~tspsim.analysis.span_windows.OpClasses`), shared by the breakdowns of their replays: re-costing
+        changes only the attention ops (the volatile ones)."""
         self._plans: dict[str, dict[Any, Any]] = {}
         """Resolved communication of the unit and the full graph, shared by their replays: re-costing changes only
         compute ops, and a plan is keyed by everything it depends on (kind, group, bytes, root, algorithm)."""
+        self._setups: dict[str, ReplaySetup] = {}
+        """Structure-only parts of the replays of the unit and the full graph (:mod:`tspsim.engine.replay_setup`):
+        re-costing changes no op's id, rank, stream, kind, dependencies, group or layer."""
         if periodic and layers > 2:
-            unit = build_decode_step(make_ctx(2), 0)
+            unit = built_step(make_ctx(2), 0)
             if verify_cuts(unit.graph, unit.cuts):
                 self.method, self._unit = "cut", unit
         if self.method == "full" and periodic and layers > probe_layers:
-            probe = build_decode_step(make_ctx(probe_layers), 0)
+            probe = built_step(make_ctx(probe_layers), 0)
             if verify_periodic_structure(probe):
                 self.method, self._unit = "window", probe
 
     def full_step(self, cached: int) -> DecodeStep:
         """The full L-block step graph, re-costed for ``cached``."""
         if self._full is None:
-            self._full = build_decode_step(self.make_ctx(None), cached)
+            self._full = built_step(self.make_ctx(None), cached)
         self._full.recost(cached)
         return self._full
 
@@ -165,7 +196,7 @@ class DecodeTimer:
         options = self.options
         if unit is not None:
             unit.recost(cached)
-            tl = replay(unit.graph, self.topo, options, self._plans.setdefault("unit", {}))
+            tl = replay(unit.graph, self.topo, options, self._plans.setdefault("unit", {}), self._setup("unit", unit))
             if self.method == "cut":
                 ends = {op_id: end for op_id, _, end in tl.spans}
                 c0 = [ends[i] for i in unit.cuts[0]]
@@ -174,30 +205,31 @@ class DecodeTimer:
                     t0, t1, t_end = c0[0], c1[0], tl.end_s
                     k = self.layers - 1
                     (b0, r0), (b1, r1), (b2, r2) = window_stats(tl, gpu, ((0.0, t0), (t0, t1), (t1, t_end)),
-                                                                             self._classes.setdefault("unit", {}))
+                                                                             self._op_classes("unit", unit))
                     bd = {key: b0[key] + k * b1[key] + b2[key] for key in BREAKDOWN_KEYS}
                     ranks = add_stats(add_stats(r0, r1, k), r2)
                     return (StepTiming(cached, t0 + k * (t1 - t0) + (t_end - t1), bd, "cut", tl.sim_events, ranks,
                                        tl.sim_path), ("cut", tl.sim_fingerprint))
             else:
-                found = find_period(tl, unit)
+                table = span_table(tl)
+                times = span_times(tl, table)
+                found = find_period(tl, unit, times=times)
                 if found is not None:
                     tp, tpp = found
                     k = self.layers - len(unit.layer_starts)
-                    end = tl.end_s
+                    end = float(table[2].max()) if len(table[2]) else 0.0  # tl.end_s, from the table
                     (whole, r_whole), (rep, r_rep) = window_stats(
-                        tl, gpu, ((0.0, end), (tp, tpp)), self._classes.setdefault("unit", {}))
+                        tl, gpu, ((0.0, end), (tp, tpp)), self._op_classes("unit", unit), table)
                     bd = {key: whole[key] + k * rep[key] for key in BREAKDOWN_KEYS}
                     ranks = add_stats(r_whole, r_rep, k)
-                    firsts = set(unit.layer_starts)
-                    seen = {op_id: start for op_id, start, _ in tl.spans if op_id in firsts}
-                    block = [seen[op_id] for op_id in sorted(seen)].index(tp)  # the order of sorted(tl.spans)
+                    firsts = times[0][sorted(set(unit.layer_starts))]   # every op has a span in a finished replay
+                    block = int(np.flatnonzero(firsts == tp)[0])         # the first block starting at t′
                     return (StepTiming(cached, end + k * (tpp - tp), bd, "window", tl.sim_events, ranks,
                                        tl.sim_path), ("window", tl.sim_fingerprint, block))
         step = self.full_step(cached)
-        tl = replay(step.graph, self.topo, options, self._plans.setdefault("full", {}))
+        tl = replay(step.graph, self.topo, options, self._plans.setdefault("full", {}), self._setup("full", step))
         end = tl.end_s
-        ((bd_full, r_full),) = window_stats(tl, gpu, ((0.0, end),), self._classes.setdefault("full", {}))
+        ((bd_full, r_full),) = window_stats(tl, gpu, ((0.0, end),), self._op_classes("full", step))
         return (StepTiming(cached, end, bd_full, "full", tl.sim_events, r_full, tl.sim_path),
                 ("full", tl.sim_fingerprint))
 
@@ -267,6 +299,20 @@ class DecodeTimer:
             return [known[c][0] for c in cached]
         finally:
             self.options = replace(self.options, fingerprint=False)
+
+    def _setup(self, which: str, step: DecodeStep) -> ReplaySetup:
+        """The replay setup of the unit or the full graph, derived once (re-costing keeps it valid)."""
+        setup = self._setups.get(which)
+        if setup is None or setup.graph is not step.graph:
+            setup = self._setups[which] = ReplaySetup.of(step.graph, [a.op for a in step.attention])
+        return setup
+
+    def _op_classes(self, which: str, step: DecodeStep) -> OpClasses:
+        """The op classes of the unit or the full graph on this timer's GPU; its attention ops are the volatile ones."""
+        classes = self._classes.get(which)
+        if classes is None or classes.graph is not step.graph:
+            classes = self._classes[which] = OpClasses(step.graph, self.topo.gpu, [a.op for a in step.attention])
+        return classes
 
     def _attention_costs(self, c: int) -> list[tuple[float, float]]:
         """(FLOPs, HBM bytes) of every attention op of the step at ``c``."""
