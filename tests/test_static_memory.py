@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tiny_models import tiny_32_heads
 
 from tspsim.explore.max_batch import linear_guess, max_batch
@@ -159,3 +161,37 @@ def test_probes_built_ahead_by_a_mapper_settle_the_same_points(tiny: str) -> Non
     assert calls and alone.todo == ahead.todo
     assert [(o.status, o.reason, o.entry) for o in alone.outcomes] == [(o.status, o.reason, o.entry)
                                                                          for o in ahead.outcomes]
+
+
+def test_a_low_guess_takes_the_local_slope() -> None:
+    """A buffer that does not grow with B but is not static memory (the guess from a small batch counts it per
+    sequence and lands low): the slope between the guess and the batch above it finds the answer in four probes,
+    without doubling past HBM."""
+    probes: list[int] = []
+
+    def peak(b: int) -> float:
+        probes.append(b)
+        return 54e9 + 1.5e9 * b
+
+    cap = 192e9
+    guess = linear_guess(50e9, 54e9 + 1.5e9 * 8, 8, cap)
+    answer = int((cap - 54e9) / 1.5e9)
+    assert guess is not None and guess < answer
+    assert max_batch(peak, cap, start=8, known={8: 54e9 + 1.5e9 * 8}, guess=guess) == answer
+    assert probes == [guess, guess + 1, answer, answer + 1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=st.lists(st.integers(0, 40), min_size=1, max_size=60), cap=st.integers(0, 1500),
+       step=st.sampled_from([1, 2, 8]), guess=st.one_of(st.none(), st.integers(1, 120)),
+       start=st.one_of(st.none(), st.integers(1, 120)))
+def test_max_batch_is_the_largest_fitting_batch_for_any_non_decreasing_peak(
+        steps: list[int], cap: int, step: int, guess: int | None, start: int | None) -> None:
+    """Whatever the guess and start, the search returns what scanning every multiple of ``step`` returns."""
+    def peak(b: int) -> float:
+        return float(sum(steps[:b]) + (b - len(steps)) * 41 * (b > len(steps)))
+
+    limit = 256
+    brute = max((b for b in range(step, limit + 1, step) if peak(b) <= cap), default=0)
+    known = {start: peak(start)} if start is not None else None
+    assert max_batch(peak, cap, step, start=start, known=known, limit=limit, guess=guess) == brute

@@ -5,8 +5,9 @@ Every probe is a full simulation of the step at that batch size
 larger of the two for ``generate``. The search (:func:`max_batch`) first probes the batch where the
 peak would reach HBM if memory beyond the static part (parameters, gradients, optimizer state, reserve:
 read from the graph's static memory ops) grew linearly from the run's own batch (:func:`linear_guess`)
-and the batch one step above it — two probes when memory is linear in B — then doubles and bisects from
-there; ``satp-*`` probe multiples of D.
+and the batch one step above it — two probes when memory is linear in B — then, if both fit, the batch the
+slope between those two gives and the one above it, then doubles and bisects; ``satp-*`` probe multiples
+of D.
 """
 
 from __future__ import annotations
@@ -36,7 +37,12 @@ def max_batch(peak: Callable[[int], float], capacity: float, step: int = 1, star
     did not halve the bracket. ``known`` holds peaks already simulated (e.g. the run's own batch).
     Assumes ``peak`` is non-decreasing in B. ``guess`` (e.g. from :func:`linear_guess`) is probed first
     with the batch one step above it: when the first fits and the second does not, that is the answer
-    in two probes; otherwise the search goes on from the guess.
+    in two probes. When both fit, the line through those two peaks (the local bytes per step of batch,
+    which a guess extrapolated from a far smaller batch misses when memory is not exactly linear) gives a
+    second guess, probed with the batch above it; otherwise the search goes on from the guess. A start
+    that does not fit is bisected against the largest batch already known to fit below it (halving only
+    when there is none). Every path returns the same batch for a non-decreasing ``peak``; only the probes
+    differ.
     """
     seen: dict[int, float] = dict(known or {})
 
@@ -51,6 +57,14 @@ def max_batch(peak: Callable[[int], float], capacity: float, step: int = 1, star
             if g + step > limit or not fits(g + step):
                 return g
             start = g + step
+            again = _reguess(g, seen[g], seen[g + step], step, capacity, limit)
+            if again is not None:       # the two probes' own slope, once: usually the answer in two more
+                if fits(again):
+                    if again + step > limit or not fits(again + step):
+                        return again
+                    start = again + step
+                else:
+                    start = again
         else:
             start = g
 
@@ -66,13 +80,13 @@ def max_batch(peak: Callable[[int], float], capacity: float, step: int = 1, star
                 hi = 2 * lo
     else:
         hi = b
-        while True:
+        lo = max((x for x, top in seen.items() if step <= x < hi and x % step == 0 and top <= capacity), default=0)
+        while not lo:                   # no batch known to fit below: halve until one does
             lo = hi // 2 // step * step
             if lo < step:
                 return 0
-            if fits(lo):
-                break
-            hi = lo
+            if not fits(lo):
+                hi, lo = lo, 0
     interpolate = True
     while hi - lo > step:
         mid = (lo + hi) // 2 // step * step
@@ -86,6 +100,19 @@ def max_batch(peak: Callable[[int], float], capacity: float, step: int = 1, star
             hi = mid
         interpolate = (hi - lo) <= width / 2 or not interpolate
     return lo
+
+
+def _reguess(g: int, at_g: float, above: float, step: int, capacity: float, limit: int) -> int | None:
+    """Where the line through (g, ``at_g``) and (g + step, ``above``) meets ``capacity``, or None.
+
+    The batch is rounded down to a multiple of ``step``; None when the peak did not grow between the two batches or
+    the batch is not above g + step and at most ``limit``.
+    """
+    slope = (above - at_g) / step
+    if slope <= 0:
+        return None
+    b = int(g + step + (capacity - above) / slope) // step * step
+    return b if g + step < b <= limit else None
 
 
 def linear_guess(static_bytes: float, own_bytes: float, own_batch: int, capacity: float) -> int | None:
