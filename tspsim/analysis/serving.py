@@ -57,7 +57,7 @@ from __future__ import annotations
 from typing import Any
 
 from tspsim.analysis.metrics import intersection_length, rank_intervals, total_length
-from tspsim.analysis.span_windows import RankStats, window_stats
+from tspsim.analysis.span_windows import RankStats, clip_intervals, window_stats
 from tspsim.engine.timeline import Timeline
 from tspsim.spec.layout import Layout
 from tspsim.spec.model import ModelConfig
@@ -71,10 +71,6 @@ PHASE_KEYS = ("time_s", "compute_s", "comm_s", "exposed_comm_s", "overlap_pct", 
 """Keys of the per-phase blocks ``prefill`` and ``decode`` of an inference entry (``decode`` adds ``steps``)."""
 
 
-def _clip(union: list[tuple[float, float]], start: float, end: float) -> list[tuple[float, float]]:
-    return [(max(a, start), min(b, end)) for a, b in union if b > start and a < end]
-
-
 def rank_overlap(tl: Timeline, start: float = 0.0, end: float | None = None) -> RankStats:
     """Per rank: compute, communication and overlapped seconds inside [start, end] (HTA's unions, clipped).
 
@@ -83,7 +79,7 @@ def rank_overlap(tl: Timeline, start: float = 0.0, end: float | None = None) -> 
     end = tl.end_s if end is None else end
     out: RankStats = {}
     for r, (comp, comm) in rank_intervals(tl).items():
-        c, m = _clip(comp, start, end), _clip(comm, start, end)
+        c, m = clip_intervals(comp, start, end), clip_intervals(comm, start, end)
         out[r] = (total_length(c), total_length(m), intersection_length(c, m))
     return out
 

@@ -295,6 +295,11 @@ def window_stats(tl: Timeline, gpu: GpuSpec, windows: Sequence[tuple[float, floa
     return out
 
 
+def clip_intervals(union: Iterable[tuple[float, float]], start: float, end: float) -> list[tuple[float, float]]:
+    """The intervals of ``union`` that overlap (start, end), cut to it (list form of :func:`_clip`)."""
+    return [(max(a, start), min(b, end)) for a, b in union if b > start and a < end]
+
+
 def _clip_list(union: tuple[np.ndarray, np.ndarray], start: float, end: float) -> list[tuple[float, float]]:
     lo, hi = union
-    return [(max(x, start), min(y, end)) for x, y in zip(lo.tolist(), hi.tolist()) if y > start and x < end]
+    return clip_intervals(zip(lo.tolist(), hi.tolist()), start, end)

@@ -10,8 +10,9 @@ from typing import Any
 from tspsim.engine.timeline import Timeline
 from tspsim.opgraph import P2P_KINDS, OpGraph
 
-PENDING = 0
-"""An op not finished (:data:`tspsim.engine.sim.PENDING`)."""
+PENDING, TRIGGERED, PROCESSED = 0, 1, 2
+"""Op completion states of a replay (``Replay.state``): not finished; finished (its completion event due now);
+completion processed."""
 
 
 def account_comm(tl: Timeline, graph: OpGraph, sim_ranks: set[int], op_ids: dict[int, int], plan: Any) -> None:

@@ -46,15 +46,13 @@ from tspsim.engine.costs import compute_seconds, kernel_gpu
 from tspsim.engine.network import Network
 from tspsim.engine.periodic import Periodicity
 from tspsim.engine.replay_parts import LinkRecorder, fold_nodes
-from tspsim.engine.replay_records import account_comm, blocked_streams
+from tspsim.engine.replay_records import PROCESSED, TRIGGERED, account_comm, blocked_streams
 from tspsim.engine.replay_setup import ReplaySetup
 from tspsim.engine.timeline import Timeline
 from tspsim.opgraph import COMPUTE_KINDS, Op, OpGraph
 from tspsim.spec.topology import Topology
 
 _COMPUTE = frozenset(COMPUTE_KINDS)
-PENDING, TRIGGERED, PROCESSED = 0, 1, 2
-"""Op completion states: not finished; finished (its completion event due now); completion processed."""
 
 
 @dataclass(frozen=True)
@@ -170,7 +168,8 @@ class Replay:
         self.gpu = kernel_gpu(topo.gpu, graph.meta or {})
         self.seconds, self.by_cost = setup.durations(self.gpu)
         """Duration of each compute op on this GPU by id (None until computed), and by (kind, FLOPs, bytes, shape)."""
-        self.track_memory = self.options.accounting
+        self.accounting = self.options.accounting
+        """Record memory events and communication bytes (:attr:`ReplayOptions.accounting`)."""
         self.slowdown = self.options.overlap_slowdown
         self.timeline = Timeline(graph=graph, topology_name=topo.name)
         self.links = LinkRecorder(topo, self.sim_ranks, self.timeline) if self.options.record_links else None
@@ -294,7 +293,7 @@ class Replay:
             s.start = self.env._now  # noqa: SLF001 - Environment.now without the property call
             if s is self._marker:
                 self._boundary(s)
-            if op.mem and self.track_memory:
+            if op.mem and self.accounting:
                 self._apply_mem(op, "start")
             kind = op.kind
             if kind not in _COMPUTE:
@@ -333,7 +332,7 @@ class Replay:
         self._advance(s)
 
     def _finish(self, s: _Stream, op: Op) -> None:
-        if op.mem and self.track_memory:
+        if op.mem and self.accounting:
             self._apply_mem(op, "end")
         now = self.env._now  # noqa: SLF001
         op_id = op.id
@@ -459,7 +458,7 @@ class Replay:
         self.clock.soon(self._comm_step, st)
 
     def _comm_end(self, st: _Rendezvous, plan: ResolvedComm) -> None:
-        if self.track_memory:
+        if self.accounting:
             self.account_comm(st.op_ids, plan)
             if self.periodic is not None:
                 self.periodic.comm_log.append((st.op_ids, plan))

@@ -27,7 +27,7 @@ from tspsim.engine.timeline import Timeline
 from tspsim.schedules.context import BuildContext
 from tspsim.schedules.decode import DecodeStep, build_decode_step
 from tspsim.schedules.periodic import verify_cuts, verify_periodic_structure
-from tspsim.simulate.gc_pacing import settle
+from tspsim.simulate.graph import built
 from tspsim.spec.assumptions import Assumptions
 from tspsim.spec.topology import GpuSpec, Topology
 
@@ -42,21 +42,6 @@ def decode_topology(topo: Topology, opts: Assumptions) -> Topology:
     gpu = replace(topo.gpu, kernel_launch_us=opts.decode_launch_us,
                   gemm_half_GFLOP=topo.gpu.gemm_half_GFLOP if opts.decode_gemm_rolloff else 0.0)
     return replace(topo, gpu=gpu)
-
-
-def built_step(ctx: BuildContext, cached: int) -> DecodeStep:
-    """:func:`~tspsim.schedules.decode.build_decode_step`, then ``ctx`` forgets the graph and the collector skips it.
-
-    As :func:`tspsim.simulate.graph.build_graph` does (:meth:`BuildContext.detach`,
-    :func:`~tspsim.simulate.gc_pacing.settle`): no reference cycle keeps the graph alive once unused, and inside a
-    paced command no collector pass walks its ops again (README "Speed").
-    """
-    try:
-        step = build_decode_step(ctx, cached)
-    finally:
-        ctx.detach()
-    settle()
-    return step
 
 
 def find_period(tl: Timeline, step: DecodeStep, rel_tol: float = 1e-12,
@@ -167,18 +152,18 @@ class DecodeTimer:
         """Structure-only parts of the replays of the unit and the full graph (:mod:`tspsim.engine.replay_setup`):
         re-costing changes no op's id, rank, stream, kind, dependencies, group or layer."""
         if periodic and layers > 2:
-            unit = built_step(make_ctx(2), 0)
+            unit = built(make_ctx(2), build_decode_step, 0)
             if verify_cuts(unit.graph, unit.cuts):
                 self.method, self._unit = "cut", unit
         if self.method == "full" and periodic and layers > probe_layers:
-            probe = built_step(make_ctx(probe_layers), 0)
+            probe = built(make_ctx(probe_layers), build_decode_step, 0)
             if verify_periodic_structure(probe):
                 self.method, self._unit = "window", probe
 
     def full_step(self, cached: int) -> DecodeStep:
         """The full L-block step graph, re-costed for ``cached``."""
         if self._full is None:
-            self._full = built_step(self.make_ctx(None), cached)
+            self._full = built(self.make_ctx(None), build_decode_step, cached)
         self._full.recost(cached)
         return self._full
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Any, TypeVar
 
 from tspsim.opgraph import OpGraph
 from tspsim.schedules import SCHEDULES
@@ -17,6 +19,8 @@ from tspsim.spec.loader import SpecLoader
 from tspsim.spec.model import ModelConfig
 from tspsim.spec.topology import Topology
 from tspsim.spec.workload import DEFAULT_DECODE_TOKENS, INFERENCE_MODES, Workload
+
+T = TypeVar("T")
 
 Built = tuple[OpGraph, Topology, ModelConfig, Layout, Workload, Assumptions]
 """A graph and everything it was built from."""
@@ -34,16 +38,27 @@ def build_graph(point: Point, fold: bool = True, layers: int | None = None, spec
     topo, model, layout, workload, opts = resolve(point, specs)
     if layers is not None:
         model = replace(model, layers=layers)
-    ctx = BuildContext(model, topo, layout, workload, opts, fold=fold)
-    try:
-        graph = _build(point, ctx)
-    finally:
-        ctx.detach()
-    settle()   # inside a paced command the collector skips the new graph from now on (README "Speed")
+    graph = built(BuildContext(model, topo, layout, workload, opts, fold=fold), _build, point)
     return graph, topo, model, layout, workload, opts
 
 
-def _build(point: Point, ctx: BuildContext) -> OpGraph:
+def built(ctx: BuildContext, build: Callable[..., T], *args: Any) -> T:
+    """``build(ctx, *args)``, then ``ctx`` forgets the graph and the collector skips it.
+
+    :meth:`BuildContext.detach`: no reference cycle through the build's helpers keeps the graph alive once it is
+    unused; :func:`~tspsim.simulate.gc_pacing.settle`: inside a paced command no collector pass walks its ops again
+    (README "Speed"). Every graph a simulation builds goes through here (training and inference steps, decode
+    steps re-costed by :class:`~tspsim.simulate.decode_timer.DecodeTimer`, max-batch probes).
+    """
+    try:
+        graph = build(ctx, *args)
+    finally:
+        ctx.detach()
+    settle()
+    return graph
+
+
+def _build(ctx: BuildContext, point: Point) -> OpGraph:
     """The graph of ``point`` (see :func:`build_graph`) in ``ctx``."""
     workload = ctx.workload
     if workload.mode in INFERENCE_MODES:  # the representative step: prefill, or the final decode step

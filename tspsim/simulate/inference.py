@@ -28,12 +28,12 @@ from tspsim.analysis.serving import (
 from tspsim.core.errors import ConfigError
 from tspsim.engine.sim import ReplayOptions, replay
 from tspsim.engine.timeline import Timeline
-from tspsim.opgraph import OpGraph
 from tspsim.schedules.context import BuildContext
+from tspsim.schedules.decode import build_decode_step
 from tspsim.schedules.periodic import with_layers
 from tspsim.schedules.prefill import build_prefill
-from tspsim.simulate.decode_timer import DecodeTimer, StepTiming, built_step, decode_topology
-from tspsim.simulate.gc_pacing import settle
+from tspsim.simulate.decode_timer import DecodeTimer, StepTiming, decode_topology
+from tspsim.simulate.graph import built
 from tspsim.simulate.point import Point, RunResult, resolve
 from tspsim.spec.assumptions import Assumptions
 from tspsim.spec.layout import Layout
@@ -99,7 +99,7 @@ def simulate_inference(topo: Topology, model: ModelConfig, layout: Layout, workl
     rep_opts = ReplayOptions(record_links=record_links)
     ttft = None
     if mode in ("prefill", "generate"):
-        tl_pre = replay(built_prefill(ctx_for(B)), topo, rep_opts)
+        tl_pre = replay(built(ctx_for(B), build_prefill), topo, rep_opts)
         timelines["prefill"] = tl_pre
         ttft = tl_pre.end_s
         events += tl_pre.sim_events
@@ -119,7 +119,7 @@ def simulate_inference(topo: Topology, model: ModelConfig, layout: Layout, workl
         steps.extend(timer.time_many(range(T, T + N), settle))
         events += sum(st.events for st in steps)
         paths.update(st.sim_path for st in steps)
-        last = built_step(ctx_for(B), T + N - 1)
+        last = built(ctx_for(B), build_decode_step, T + N - 1)
         tl_dec = replay(last.graph, dtopo, rep_opts)
         events += tl_dec.sim_events
         paths.add(tl_dec.sim_path)
@@ -178,19 +178,6 @@ def simulate_inference(topo: Topology, model: ModelConfig, layout: Layout, workl
         if peak_memory(tl_dec)[0] > peak_memory(rep)[0]:
             fields_.update(memory_metrics(tl_dec, topo.gpu.hbm_GB))
     return InferenceRun(fields_, rep, timelines, steps)
-
-
-def built_prefill(ctx: BuildContext) -> OpGraph:
-    """:func:`~tspsim.schedules.prefill.build_prefill`, then ``ctx`` forgets the graph and the collector skips it.
-
-    As :func:`~tspsim.simulate.decode_timer.built_step` does for a decode step.
-    """
-    try:
-        graph = build_prefill(ctx)
-    finally:
-        ctx.detach()
-    settle()
-    return graph
 
 
 def _sum_steps(steps: list[StepTiming]) -> RankStats:
@@ -253,13 +240,13 @@ def step_peak_bytes(topo: Topology, model: ModelConfig, layout: Layout, workload
     at = replace(workload, batch=batch)
     top, events = 0.0, 0
     if mode in ("prefill", "generate"):
-        tl = replay(built_prefill(BuildContext(model, topo, layout, at, opts, fold=fold)), topo)
+        tl = replay(built(BuildContext(model, topo, layout, at, opts, fold=fold), build_prefill), topo)
         events += tl.sim_events
         top = peak_memory(tl)[0]
     if mode in ("decode", "generate"):
         tokens = workload.decode_tokens or DEFAULT_DECODE_TOKENS
         ctx = BuildContext(model, topo, layout, replace(at, decode_tokens=tokens), opts, fold=fold)
-        tl = replay(built_step(ctx, workload.seq_len + tokens - 1).graph, decode_topology(topo, opts))
+        tl = replay(built(ctx, build_decode_step, workload.seq_len + tokens - 1).graph, decode_topology(topo, opts))
         events += tl.sim_events
         top = max(top, peak_memory(tl)[0])
     return top, events
