@@ -86,13 +86,11 @@ def test_input_gather_note_names_megatron_sp_for_gather_input_entries():
 
 
 def test_playbook_line_says_which_columns_were_searched():
-    from types import SimpleNamespace
-
     from tspsim.commands.playbook_columns import playbook_line
 
-    fsdp = SimpleNamespace(entry={"schedule": "fsdp", "degrees": {"D": 1, "DP": 8}})
+    fsdp = {"schedule": "fsdp", "degrees": {"D": 1, "DP": 8}}
     assert playbook_line([]) == ""
-    ptdp = SimpleNamespace(entry={"schedule": "satp-seq", "degrees": {"D": 8, "PP": 2, "DP": 4}})
+    ptdp = {"schedule": "satp-seq", "degrees": {"D": 8, "PP": 2, "DP": 4}}
     assert playbook_line([("fsdp", fsdp)]) == (
         "playbooks: the last column was searched, not asked for: fsdp D=1 DP=8 is the best FSDP layout at the same "
         "GPUs and global batch (README: Pipeline parallelism and FSDP/ZeRO)")

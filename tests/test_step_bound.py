@@ -14,7 +14,7 @@ from tspsim.engine.bound import step_time_lower_bound
 from tspsim.engine.sim import replay
 from tspsim.explore.playbooks import PLAYBOOKS, best_playbook, bounded_best, playbook_points, valid_points
 from tspsim.schedules import SCHEDULES
-from tspsim.simulate import Point, build_graph
+from tspsim.simulate import Point, build_graph, simulate
 from tspsim.spec.pipeline_spec import PipelineSpec
 
 
@@ -56,11 +56,14 @@ def test_bound_below_replay_pipelined(tiny: str, stages: int, virtual: int, fold
 def test_bounded_search_chooses_as_simulating_all(tiny: str, family: str, seq: int, global_batch: int) -> None:
     points = valid_points(playbook_points(family, "mi300x-128node", tiny, seq, global_batch, gpus=32))
     assert points
-    chosen, skipped = bounded_best(points)
+    chosen, skipped, index = bounded_best(points)
     reference = best_playbook(points)
-    assert (chosen is None) == (reference is None)
+    assert (chosen is None) == (reference is None) == (index is None)
     if reference is not None:
         ignore = {"sim_wall_s"}
+        again = simulate(points[index]).entry                     # the index names the chosen candidate
+        assert {k: v for k, v in again.items() if k not in ignore} == \
+            {k: v for k, v in chosen.entry.items() if k not in ignore}
         assert {k: v for k, v in chosen.entry.items() if k not in ignore} == \
             {k: v for k, v in reference.entry.items() if k not in ignore}
     assert 0 <= skipped < len(points)
@@ -70,7 +73,7 @@ def test_bounded_search_chooses_as_simulating_all(tiny: str, family: str, seq: i
 def test_bounded_search_skips_on_the_default_cluster() -> None:
     """On 128 MI300X nodes (the default run) the PTD-P candidates that cannot win are skipped, same choice."""
     points = valid_points(playbook_points("ptd-p", "mi300x-128node", "zyphra-7b", 131072, 128))
-    chosen, skipped = bounded_best(points)
+    chosen, skipped, index = bounded_best(points)
     assert skipped >= 3
     reference = best_playbook(points)
     assert chosen is not None and reference is not None

@@ -377,13 +377,17 @@ def print_report(entries: list[dict[str, Any]], max_batch_note: str | None = Non
               help="Inference modes: search the largest batch that fits in HBM (default: on). The search "
                    "simulates the step at doubling, then bisected, batch sizes (seconds per schedule); "
                    "--no-max-batch skips it and reports max_batch as null.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
+              help="Processes (default: CPU count). With 2 or more, the default comparison's FSDP and PTD-P "
+                   "searches run in a second process beside the three schedules (not with --save, --html or "
+                   "--trace); 1 = all in this process. Results are the same.")
 @click.option("--no-timing", is_flag=True,
               help="Write the wall-clock field sim_wall_s as null, so identical inputs give byte-identical output.")
 def run(topology: str, model: str, degree: int | None, tp: int | None, sp: int | None, seq: int | None,
         batch: int, mode: str, recompute: str | None, stack: str | None, options: tuple[str, ...], gpus: int | None,
         full: bool, schedules: list[str] | None, as_json: bool, save: str | None, html: str | None,
-        trace: str | None, context: int | None, tokens: int | None, max_batch: bool | None, no_timing: bool,
-        parallel: ParallelArgs) -> None:
+        trace: str | None, context: int | None, tokens: int | None, max_batch: bool | None, jobs: int | None,
+        no_timing: bool, parallel: ParallelArgs) -> None:
     """Simulate schedules on a topology and compare them side by side.
 
     Without --schedule, compares tsp (D = GPUs per node), tp (same D) and tp+sp (T=8×SP=2 across two
@@ -431,20 +435,25 @@ def run(topology: str, model: str, degree: int | None, tp: int | None, sp: int |
 
     specs = SpecLoader()  # every file read once for the whole run
     points = choose_points(args, schedules, default_seq(args), pairs, specs)
-    from tspsim.commands.playbook_columns import playbook_line, playbook_results
+    from tspsim.commands.playbook_columns import playbook_line, with_playbook_columns
 
-    found: list[tuple[str, Any]] = []
+    record_links = bool(html or trace or save)
+    g = None
+    if schedules is None and mode == "train" and args.pipeline.stages == 1 and parallel.zero is None:
+        from tspsim.commands.playbook_columns import playbook_global_batch
+
+        g = playbook_global_batch(args, points, specs)
     with paced_gc():  # README "Speed": the collector's passes were 10–15% of the CPU
-        results = simulate_points(points, fold=not full, record_links=bool(html or trace or save), specs=specs)
-        if schedules is None and mode == "train" and args.pipeline.stages == 1 and parallel.zero is None:
-            found = playbook_results(args, default_seq(args), pairs, results, fold=not full,
-                                     record_links=bool(html or trace or save), specs=specs)
-            results += [r for _family, r in found]
+        results, extra, found = with_playbook_columns(
+            lambda: simulate_points(points, fold=not full, record_links=record_links, specs=specs),
+            args, default_seq(args), pairs, g, jobs, fold=not full, record_links=record_links, specs=specs)
+    entries = [r.entry for r in results] + [e for _family, e in found]
+    results += extra
     if no_timing:
         for r in results:
-            r.entry["sim_wall_s"] = None
             r.timeline.sim_wall_s = 0.0
-    entries = [r.entry for r in results]
+        for e in entries:
+            e["sim_wall_s"] = None
     write_outputs(results, save, html, trace)
     if as_json:
         emit_json({"results": entries})

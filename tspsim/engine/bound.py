@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from tspsim.engine.costs import compute_seconds, kernel_gpu
+from tspsim.engine.replay_setup import ReplaySetup
 from tspsim.engine.sim import Replay
 from tspsim.opgraph import COMPUTE_KINDS, Op, OpGraph
 from tspsim.spec.topology import Topology
@@ -54,25 +55,29 @@ def comm_floor_s(op: Op, replay: Replay) -> float:
     return total
 
 
-def step_time_lower_bound(graph: OpGraph, topo: Topology, comm: bool = True, plans: Any = None) -> float:
+def step_time_lower_bound(graph: OpGraph, topo: Topology, comm: bool = True, plans: Any = None,
+                          setup: ReplaySetup | None = None) -> float:
     """The step time of ``graph`` with every op at its least duration (≤ the replayed step time, s).
 
     ``comm`` False: communication takes no time (a weaker bound that resolves no collective). ``plans``: a dict
     the resolved communication is kept in, for a later ``replay(graph, topo, plans=plans)`` (default options).
+    ``setup``: the graph's :class:`~tspsim.engine.replay_setup.ReplaySetup` (streams and group participants),
+    shared with the graph's other bounds and replays (derived here if None).
     Returns 0.0 (a trivially valid bound) if the ops cannot all run (a graph the replay would find deadlocked).
     """
     gpu = kernel_gpu(topo.gpu, graph.meta or {})
-    resolver = Replay(graph, topo, plans=plans) if comm else None
+    if setup is None:
+        setup = ReplaySetup.of(graph)
+    resolver = Replay(graph, topo, plans=plans, setup=setup) if comm else None
     floors: dict[int, float] = {}
     ops = graph.ops
-    sim = set(graph.ranks) or {op.rank for op in ops}
     end: list[float | None] = [None] * len(ops)
-    streams = list(graph.streams().values())
+    streams = [stream_ops for _, stream_ops in setup.streams]
     pos = [0] * len(streams)
     free = [0.0] * len(streams)                       # end of the previous op of each stream
     waiting: dict[int, list[int]] = {}                # op id → streams blocked on it
     rendezvous: dict[str, list[tuple[int, int, float]]] = {}  # collective → (stream, op id, arrival)
-    expected: dict[int, int] = {}                   # id of a group tuple → its simulated members
+    participants = setup.participants               # a group tuple → its simulated members
     ready = list(range(len(streams)))
 
     def finish(j: int, op_id: int, t: float) -> None:
@@ -114,9 +119,7 @@ def step_time_lower_bound(graph: OpGraph, topo: Topology, comm: bool = True, pla
                     ready.extend(w)
                 continue
             pos[i], free[i] = p, t_free
-            n = expected.get(id(op.group))
-            if n is None:
-                n = expected[id(op.group)] = sum(1 for r in set(op.group) if r in sim)
+            n = participants(op.group)
             here = rendezvous.setdefault(op.coll, [])
             here.append((i, op.id, t))
             if len(here) < n:

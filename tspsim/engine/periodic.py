@@ -215,16 +215,17 @@ class Periodicity:
         collectives mapped one to one.
         """
         op_stream, op_pos, streams, keys, canon = self.op_stream, self.op_pos, self.r.streams, self.keys, self.canon
+        token = self.r.setup.group_token
         for q in range(lo, hi):
             o = ops[q]
             p = ops[q - n]
             # what must repeat: kind, rank, costs, shape, payload, group, memory events, dependency count
             ko, kp = keys[o.id], keys[p.id]
             if ko is None:
-                key = repeat_key(o)
+                key = repeat_key(o, token)
                 ko = keys[o.id] = canon.setdefault(key, key)
             if kp is None:
-                key = repeat_key(p)
+                key = repeat_key(p, token)
                 kp = keys[p.id] = canon.setdefault(key, key)
             if ko is not kp:   # canonical objects: identical if and only if equal
                 return False

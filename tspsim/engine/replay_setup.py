@@ -14,7 +14,7 @@ without a shared setup are identical.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
@@ -63,6 +63,10 @@ class ReplaySetup:
     """Simulated ranks of each group tuple, by the tuple's id (:meth:`participants`)."""
     _canon: dict[tuple[Any, ...], tuple[Any, ...]] = field(default_factory=dict, compare=False, repr=False)
     """One object per distinct repeat key (:meth:`repeat_keys`)."""
+    _group_tokens: dict[int, int] = field(default_factory=dict, compare=False, repr=False)
+    """A small int per distinct group, by the id of each group tuple of the graph's ops (:meth:`group_token`)."""
+    _token_of: dict[tuple[int, ...], int] = field(default_factory=dict, compare=False, repr=False)
+    """The token of each distinct group, by value (:meth:`group_token`)."""
 
     @classmethod
     def of(cls, graph: OpGraph, volatile: Iterable[int] | None = None) -> ReplaySetup:
@@ -131,6 +135,17 @@ class ReplaySetup:
             keys[i] = None
         return keys, self._canon
 
+    def group_token(self, group: tuple[int, ...]) -> int:
+        """A small int equal for equal groups (``group``: a group tuple of one of the graph's ops).
+
+        Each tuple object is hashed once (the graph keeps it alive, so its id is not reused): a 16,384-rank
+        group costs ~45 µs to hash, and a repeat key holding the tuple would hash it for every op.
+        """
+        token = self._group_tokens.get(id(group))
+        if token is None:
+            token = self._group_tokens[id(group)] = self._token_of.setdefault(group, len(self._token_of))
+        return token
+
     def participants(self, group: tuple[int, ...]) -> int:
         """How many distinct ranks of ``group`` (a group tuple of one of the graph's ops) are simulated."""
         count = self._participants.get(id(group))
@@ -152,11 +167,11 @@ class ReplaySetup:
         return None  # pragma: no cover - group_range says there is one
 
 
-def repeat_key(op: Op) -> tuple[Any, ...]:
+def repeat_key(op: Op, group_token: Callable[[tuple[int, ...]], int]) -> tuple[Any, ...]:
     """What must be equal for ``op`` to repeat another op one unit later (``Periodicity._repeats``).
 
-    Kind, rank, costs, shape, payload, group, memory events, host time, root, algorithm and the number of
-    dependencies.
+    Kind, rank, costs, shape, payload, group (as ``group_token`` of it, e.g. :meth:`ReplaySetup.group_token`:
+    equal for equal groups), memory events, host time, root, algorithm and the number of dependencies.
     """
     return (op.kind, op.rank, op.flops, op.hbm_bytes, op.nbytes, op.mem, op.shape, op.host_us, op.root,
-            op.algorithm, len(op.deps), op.group)
+            op.algorithm, len(op.deps), group_token(op.group))

@@ -22,6 +22,7 @@ from typing import Any
 from tspsim.analysis.metrics import tokens_per_step
 from tspsim.core.errors import TspsimError
 from tspsim.engine.bound import step_time_lower_bound
+from tspsim.engine.replay_setup import ReplaySetup
 from tspsim.simulate import Point, RunResult, simulate
 from tspsim.simulate.graph import build_graph
 from tspsim.simulate.pipeline_timer import probe_micro_batches
@@ -137,8 +138,10 @@ KEEP_GRAPH_OPS = 1_000_000
 beyond that a candidate's graph is built again when it is simulated."""
 
 
-def bounded_best(points: list[Any], fold: bool = True, specs: Any = None) -> tuple[Any, int]:
-    """(the result :func:`tspsim.explore.playbooks.best_playbook` returns for ``points``, candidates skipped).
+def bounded_best(points: list[Any], fold: bool = True, specs: Any = None) -> tuple[Any, int, int | None]:
+    """(the result :func:`best_playbook` returns for ``points``, candidates skipped, its index in ``points``).
+
+    The index is None when the result is.
 
     That is the fastest candidate (tokens/s) that fits in HBM, the first in ``points`` order among equals, or
     None. Each training candidate has its graph built and a lower bound on its step time computed
@@ -166,6 +169,7 @@ def bounded_best(points: list[Any], fold: bool = True, specs: Any = None) -> tup
     heap: list[tuple[float, int, int]] = []      # (−U, index, level: 0 free comm, 1 comm at its least)
     kept: dict[int, Any] = {}                    # index → built graph (up to KEEP_GRAPH_OPS ops in all)
     plans: dict[int, dict[Any, Any]] = {}
+    setups: dict[int, ReplaySetup] = {}          # index → its kept graph's replay setup (bounds and replay)
     tokens: dict[int, int] = {}
     kept_ops = 0
     for i, p in enumerate(points):
@@ -175,10 +179,12 @@ def bounded_best(points: list[Any], fold: bool = True, specs: Any = None) -> tup
         built = build_graph(p, fold=fold, specs=specs)
         graph, topo, _model, layout, workload, _opts = built
         tokens[i] = tokens_per_step(workload, layout.replicas, layout.micro_batches)
-        heapq.heappush(heap, (-_upper(tokens[i], step_time_lower_bound(graph, topo, comm=False)), i, 0))
+        setup = ReplaySetup.of(graph)
+        heapq.heappush(heap, (-_upper(tokens[i], step_time_lower_bound(graph, topo, comm=False, setup=setup)), i, 0))
         kept_ops += len(graph.ops)
         if kept_ops <= KEEP_GRAPH_OPS:
             kept[i] = built
+            setups[i] = setup
     while heap:
         neg_u, i, level = heap[0]
         if best_key is not None and -neg_u < best_key[0] * (1 - 1e-9):
@@ -188,12 +194,15 @@ def bounded_best(points: list[Any], fold: bool = True, specs: Any = None) -> tup
         built = kept.get(i) or build_graph(p, fold=fold, specs=specs)
         if level == 0:
             plans[i] = {}
-            bound = step_time_lower_bound(built[0], built[1], plans=plans[i] if i in kept else None)
+            bound = step_time_lower_bound(built[0], built[1], plans=plans[i] if i in kept else None,
+                                          setup=setups.get(i))
             heapq.heappush(heap, (-_upper(tokens[i], bound), i, 1))
             continue
-        consider(i, simulate_training(p, fold=fold, specs=specs, built=built, plans=plans.get(i)))
+        consider(i, simulate_training(p, fold=fold, specs=specs, built=built, plans=plans.get(i),
+                                      setup=setups.get(i)))
         kept.pop(i, None)
-    return best, len(heap)
+        setups.pop(i, None)
+    return best, len(heap), None if best_key is None else -best_key[1]
 
 
 def _upper(tokens: int, bound_s: float) -> float:

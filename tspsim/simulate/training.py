@@ -10,6 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from tspsim.analysis.metrics import run_entry
+from tspsim.engine.replay_setup import ReplaySetup
 from tspsim.engine.sim import ReplayOptions, replay
 from tspsim.schedules import SCHEDULES
 from tspsim.schedules.context import BuildContext
@@ -21,7 +22,7 @@ from tspsim.spec.loader import SpecLoader
 
 def simulate_training(point: Point, fold: bool = True, record_links: bool = False,
                       periodic: bool = True, specs: SpecLoader | None = None, built: Built | None = None,
-                      plans: Any = None) -> RunResult:
+                      plans: Any = None, setup: ReplaySetup | None = None) -> RunResult:
     """Replay the step of a ``train`` or ``forward`` point and compute its metrics.
 
     ``periodic``: time a long 1F1B or interleaved pipeline from a probe of fewer micro-batches when its steady
@@ -29,7 +30,8 @@ def simulate_training(point: Point, fold: bool = True, record_links: bool = Fals
     ``specs`` reads each file once across the calls that share it. ``built``: the point's graph as
     :func:`~tspsim.simulate.graph.build_graph` returned it (with the same ``fold``), not yet replayed; used
     instead of building it again when the whole step is replayed, with ``plans`` (its communication already
-    resolved, e.g. by :func:`tspsim.engine.bound.step_time_lower_bound`) if given.
+    resolved, e.g. by :func:`tspsim.engine.bound.step_time_lower_bound`) if given, and ``setup`` (its
+    :class:`~tspsim.engine.replay_setup.ReplaySetup`, shared with those bounds) if given.
     """
     specs = specs or SpecLoader()
     if periodic and point.mode == "train":
@@ -37,7 +39,8 @@ def simulate_training(point: Point, fold: bool = True, record_links: bool = Fals
         if result is not None:
             return result
     graph, topo, model, layout, workload, opts = built or build_graph(point, fold=fold, specs=specs)
-    tl = replay(graph, topo, ReplayOptions(record_links=record_links), plans if built is not None else None)
+    tl = replay(graph, topo, ReplayOptions(record_links=record_links), plans if built is not None else None,
+                setup if built is not None else None)
     entry = run_entry(tl, topo, model, layout, workload, opts)
     return RunResult(entry, tl, topo, model, layout, workload, opts)
 

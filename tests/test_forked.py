@@ -1,0 +1,155 @@
+"""A function in a forked child process (:class:`tspsim.core.forked.ForkedCall`) and ``run --jobs``.
+
+The default comparison's playbook search runs in a forked child beside the three schedules when ``--jobs`` ≥ 2;
+the output must not depend on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from tspsim.cli import cli
+from tspsim.core.errors import ConfigError, TspsimError
+from tspsim.core.forked import ForkedCall, can_fork
+
+pytestmark = pytest.mark.skipif(not can_fork(), reason="needs os.fork and a single thread")
+
+
+def test_value_and_stderr_come_back():
+    def work():
+        print("progress line", file=sys.stderr)
+        return {"pid": os.getpid(), "squares": [i * i for i in range(5)]}
+
+    with ForkedCall(work) as call:
+        value, err = call.result()
+    assert value["squares"] == [0, 1, 4, 9, 16]
+    assert value["pid"] != os.getpid()         # it ran in the child
+    assert err == "progress line\n"
+    assert call.pid is None                    # reaped
+
+
+def test_exception_is_raised_here_after_its_stderr(capsys):
+    def work():
+        print("searching ... failed", file=sys.stderr)
+        raise ConfigError("no such model 'x'; tspsim list models")
+
+    with ForkedCall(work) as call, pytest.raises(ConfigError, match="no such model"):
+        call.result()
+    assert capsys.readouterr().err == "searching ... failed\n"
+
+
+def test_unpicklable_exception_becomes_one_line():
+    class Local(Exception):   # a local class cannot be pickled
+        pass
+
+    def work():
+        raise Local("boom")
+
+    with ForkedCall(work) as call, pytest.raises(TspsimError, match="Local: boom"):
+        call.result()
+
+
+def test_a_killed_child_is_a_clear_error():
+    def work():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    with ForkedCall(work) as call, pytest.raises(TspsimError, match="--jobs 1"):
+        call.result()
+
+
+def test_close_ends_a_running_child():
+    import time
+
+    call = ForkedCall(lambda: time.sleep(60))
+    pid = call.pid
+    call.close()
+    assert call.pid is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)                         # gone and reaped
+
+
+TINY = """\
+name: tiny
+hidden: 512
+layers: 2
+q_heads: 8
+kv_heads: 8
+head_dim: 64
+ffn_hidden: 2048
+gated_mlp: true
+vocab: 1000
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return str(path)
+
+
+def test_run_jobs_2_equals_jobs_1(tiny, monkeypatch):
+    """The default comparison with the playbook search forked equals the serial run: stdout, JSON, stderr order."""
+    import tspsim.core.forked as forked
+
+    forks = []
+    real = forked.ForkedCall
+
+    class Counting(real):   # type: ignore[misc,valid-type]
+        def __init__(self, fn):
+            forks.append(fn)
+            super().__init__(fn)
+
+    monkeypatch.setattr(forked, "ForkedCall", Counting)
+    base = ["run", "-t", "mi300x-1node", "--model", tiny, "--seq", "4k", "--no-timing"]
+    runner = CliRunner()
+    serial = runner.invoke(cli, [*base, "--jobs", "1"])
+    assert serial.exit_code == 0, serial.output
+    assert not forks
+    forked_run = runner.invoke(cli, [*base, "--jobs", "2"])
+    assert forked_run.exit_code == 0, forked_run.output
+    assert len(forks) == 1                      # the search did run in a child
+    assert forked_run.stdout == serial.stdout
+    assert "playbooks: the last 2 columns were searched" in forked_run.stdout
+
+    def lines(err: str) -> list[str]:           # progress lines in order, without their wall times
+        return [line.split(" ... ")[0] for line in err.splitlines()]
+
+    assert lines(forked_run.stderr) == lines(serial.stderr)
+    assert any(line.startswith("searching the best ptd-p") for line in lines(serial.stderr))
+    as_json = [json.loads(runner.invoke(cli, [*base, "--jobs", j, "--json"]).stdout) for j in ("1", "2")]
+    assert as_json[0] == as_json[1] and len(as_json[0]["results"]) == 5
+
+
+def test_run_with_outputs_searches_in_this_process(tiny, tmp_path, monkeypatch):
+    """--save needs the playbook columns' timelines: no fork, and the file holds all five columns."""
+    import tspsim.core.forked as forked
+
+    def refuse(fn):
+        raise AssertionError("forked although a timeline is written")
+
+    monkeypatch.setattr(forked, "ForkedCall", refuse)
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(cli, ["run", "-t", "mi300x-1node", "--model", tiny, "--seq", "4k", "--save", str(out)])
+    assert res.exit_code == 0, res.output
+    from tspsim.outputs.results_file import load_results
+
+    assert len(load_results(out)) == 5
+
+
+def test_an_error_in_the_forked_search_is_one_line(tiny, monkeypatch):
+    import tspsim.commands.playbook_columns as columns
+
+    def broken(*args, **kwargs):
+        raise ConfigError("the playbook search failed: a test error; nothing to fix")
+
+    monkeypatch.setattr(columns, "playbook_entries", broken)
+    res = CliRunner().invoke(cli, ["run", "-t", "mi300x-1node", "--model", tiny, "--seq", "4k", "--jobs", "2"])
+    assert res.exit_code == 2
+    assert "the playbook search failed: a test error" in res.stderr and "Traceback" not in res.output

@@ -1,0 +1,119 @@
+"""A function run in a forked child process while this one goes on: :class:`ForkedCall`.
+
+``tspsim run``'s default comparison searches the best FSDP and PTD-P layouts (issue 14) after simulating its
+three schedules; the two halves are independent, so on a machine with a second CPU the searches run in a child
+forked from this process (it inherits the loaded specs and imported modules, so it starts in milliseconds, not
+the ~0.4 s of a fresh interpreter). The child computes the same function on the same inputs as this process
+would, so the result does not depend on where it ran. Its stderr (progress lines) is captured and handed back
+with the result, for the caller to print where the serial run would have printed it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pickle
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from tspsim.core.errors import TspsimError
+
+
+def can_fork() -> bool:
+    """True where :class:`ForkedCall` may fork: POSIX ``os.fork`` and no other thread running.
+
+    Forking a process with threads can leave the child holding a lock nobody will release.
+    """
+    return hasattr(os, "fork") and threading.active_count() == 1
+
+
+class ForkedCall:
+    """``fn()`` computed in a forked child process; :meth:`result` waits for its value.
+
+    Use as a context manager: leaving the block (normally or by an exception, e.g. Ctrl-C) ends a child still
+    running. The value must be picklable; the child writes nothing to this process's stdout.
+    """
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        """Fork now; the child runs ``fn`` with its stderr captured, sends (value or exception, stderr text), exits."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child (its coverage is not collected)
+            os.close(read_fd)
+            _child(fn, write_fd)
+        os.close(write_fd)
+        self.pid: int | None = pid
+        """The child's process id (None once reaped)."""
+        self._fd: int | None = read_fd
+
+    def result(self) -> tuple[Any, str]:
+        """(``fn()``'s value, the child's stderr text); re-raises ``fn``'s exception (after its stderr is printed).
+
+        A child that ends without a result (killed, out of memory) is a :class:`~tspsim.core.errors.TspsimError`.
+        """
+        if self._fd is None:
+            raise RuntimeError("ForkedCall.result() called twice")
+        with os.fdopen(self._fd, "rb") as f:
+            self._fd = None
+            data = f.read()
+        self._reap()
+        if not data:
+            raise TspsimError("the forked search process ended without a result (killed or out of memory?); "
+                              "run again with --jobs 1 to search in this process")
+        status, value, err = pickle.loads(data)  # noqa: S301 - our own child's bytes, through our own pipe
+        if status == "raise":
+            sys.stderr.write(err)
+            raise value
+        return value, err
+
+    def close(self) -> None:
+        """End the child if it is still running (a result no longer wanted) and reap it."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            self._reap()
+
+    def _reap(self) -> None:
+        if self.pid is not None:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
+            self.pid = None
+
+    def __enter__(self) -> ForkedCall:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _child(fn: Callable[[], Any], write_fd: int) -> None:  # pragma: no cover - runs in the child
+    """The child's side: run ``fn``, send the outcome, and leave without running this process's exit handlers."""
+    code = 0
+    try:
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err):
+                payload: tuple[str, Any, str] = ("ok", fn(), "")
+        except BaseException as exc:  # noqa: BLE001 - every outcome goes back to the parent
+            payload = ("raise", exc, "")
+        payload = (payload[0], payload[1], err.getvalue())
+        try:
+            data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # noqa: BLE001 - an unpicklable exception still reaches the parent as one line
+            data = pickle.dumps(("raise", TspsimError(f"{type(payload[1]).__name__}: {payload[1]} ({exc})"),
+                                 payload[2]))
+        with os.fdopen(write_fd, "wb") as f:
+            f.write(data)
+    except BaseException:  # noqa: BLE001 - parent gone (broken pipe) or interrupted: just leave
+        code = 1
+    finally:
+        os._exit(code)
