@@ -153,3 +153,22 @@ def test_an_error_in_the_forked_search_is_one_line(tiny, monkeypatch):
     res = CliRunner().invoke(cli, ["run", "-t", "mi300x-1node", "--model", tiny, "--seq", "4k", "--jobs", "2"])
     assert res.exit_code == 2
     assert "the playbook search failed: a test error" in res.stderr and "Traceback" not in res.output
+
+
+def test_no_fork_off_linux_or_with_threads(monkeypatch):
+    import threading
+
+    import tspsim.core.forked as forked
+
+    assert forked.can_fork()
+    monkeypatch.setattr(forked.sys, "platform", "darwin")
+    assert not forked.can_fork()
+    monkeypatch.setattr(forked.sys, "platform", "linux")
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait)
+    t.start()
+    try:
+        assert not forked.can_fork()
+    finally:
+        stop.set()
+        t.join()

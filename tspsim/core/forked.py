@@ -24,11 +24,13 @@ from tspsim.core.errors import TspsimError
 
 
 def can_fork() -> bool:
-    """True where :class:`ForkedCall` may fork: POSIX ``os.fork`` and no other thread running.
+    """True where :class:`ForkedCall` may fork: Linux and no other thread running.
 
-    Forking a process with threads can leave the child holding a lock nobody will release.
+    Forking a process with threads can leave the child holding a lock nobody will release; on macOS system
+    libraries are not fork-safe (the reason ``multiprocessing`` spawns there since Python 3.8), so the caller
+    computes in its own process instead.
     """
-    return hasattr(os, "fork") and threading.active_count() == 1
+    return sys.platform.startswith("linux") and hasattr(os, "fork") and threading.active_count() == 1
 
 
 class ForkedCall:
