@@ -74,23 +74,12 @@ def test_close_ends_a_running_child():
         os.kill(pid, 0)                         # gone and reaped
 
 
-TINY = """\
-name: tiny
-hidden: 512
-layers: 2
-q_heads: 8
-kv_heads: 8
-head_dim: 64
-ffn_hidden: 2048
-gated_mlp: true
-vocab: 1000
-"""
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from tiny_models import tiny_32_heads
 
-
-@pytest.fixture
-def tiny(tmp_path):
-    path = tmp_path / "tiny.yaml"
-    path.write_text(TINY)
+    path = tmp_path_factory.mktemp("models") / "tiny.yaml"
+    path.write_text(tiny_32_heads())
     return str(path)
 
 
