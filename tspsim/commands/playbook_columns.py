@@ -50,7 +50,8 @@ def playbook_results(args: Any, seq: int, pairs: tuple[tuple[str, Any], ...], g:
         if not points:
             click.echo(f"note: no {family} layout takes a global batch of {g} on these GPUs", err=True)
             continue
-        progress = PointProgress(f"searching the best {family} layout ({len(points)} candidates)")
+        n = len(points)
+        progress = PointProgress(f"searching the best {family} layout ({n} candidate{'s' if n != 1 else ''})")
         try:
             best, skipped, index = bounded_best(points, fold=fold, specs=specs)
         except BaseException:
