@@ -42,3 +42,16 @@ def test_readme_cites_no_document_that_does_not_ship():
     for name in ("design.md", "tsp.md", "hardware.md", "conventions.md", "tensor-parallelism-analysis.md",
                  "simulators.md", "style.md"):
         assert name not in README, name
+
+
+def test_speed_table_lists_every_benchmark_row():
+    """The README's measured speed table is speed_bench.py's output: one row per benchmark row, same order."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("speed_bench", ROOT / "benchmarks" / "speed_bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    block = README.split(bench.README_START, 1)[1].split(bench.README_END, 1)[0]
+    shown = re.findall(r"^\| `(.*?)` \|", block, re.M)
+    assert shown == [what for _group, what, _argv, _limit, _target in bench.ROWS]
+    assert "events/s" in block                   # the engine row
