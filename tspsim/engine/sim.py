@@ -181,6 +181,8 @@ class Replay:
         self.gpus = {r: _Gpu() for r in self.sim_ranks}
         self.rdv: dict[str, _Rendezvous] = {}
         self.plans = plans if plans is not None else {}  # same graph, topology and protocol: same plans
+        self._plan_by_id: dict[tuple[Any, ...], ResolvedComm] = {}
+        """:attr:`plans` by (kind, id of the group tuple, size, root, algorithm), for this replay's graph only."""
         replica_size = graph.meta.get("replica_size") if isinstance(graph.meta, dict) else None
         replica_map = graph.meta.get("replica_map") if isinstance(graph.meta, dict) else None
         self.comm = CommResolver(topo, self.sim_ranks, self.fold,
@@ -426,11 +428,19 @@ class Replay:
             self.clock.soon(self._comm_step, st)
 
     def plan_of(self, op: Op) -> ResolvedComm:
-        """The resolved phases of communication op ``op`` (cached per kind, group, size, root, algorithm)."""
-        key = (op.kind, op.group, op.nbytes, op.root, op.algorithm)
-        plan = self.plans.get(key)
+        """The resolved phases of communication op ``op`` (cached per kind, group, size, root, algorithm).
+
+        Looked up first by the group tuple's identity (the graph keeps it alive), so a 16,384-rank group is hashed
+        and compared once per tuple object, not once per op, in the shared content-keyed :attr:`plans`.
+        """
+        key = (op.kind, id(op.group), op.nbytes, op.root, op.algorithm)
+        plan = self._plan_by_id.get(key)
         if plan is None:
-            plan = self.plans[key] = self._resolve(op)
+            full = (op.kind, op.group, op.nbytes, op.root, op.algorithm)
+            plan = self.plans.get(full)
+            if plan is None:
+                plan = self.plans[full] = self._resolve(op)
+            self._plan_by_id[key] = plan
         return plan
 
     def _resolve(self, op: Op) -> ResolvedComm:

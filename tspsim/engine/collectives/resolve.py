@@ -38,12 +38,16 @@ def base_loads(topo: Topology, flow: FlowSpec, keep: np.ndarray | None = None,
     if fold_to is not None and len(link):
         link = fold_to[link]
     n_links = topo.link_count
+    if 8 * len(link) < n_links:
+        # few hops on many links (a folded replay): sum per touched link, never an array of every link (at 2,048
+        # nodes zeroing one cost more than the rest); bincount adds each bin's weights in hop order either way,
+        # so the sums are those of the dense branch bit for bit
+        touched, inv = np.unique(link, return_inverse=True)
+        load = np.bincount(inv, weights=frac[hop], minlength=len(touched))
+        nonzero = load != 0
+        return touched[nonzero], load[nonzero]
     load = np.bincount(link, weights=frac[hop], minlength=n_links)
-    if 8 * len(link) < n_links:   # few hops on many links (a folded replay): scan only the links they touch
-        touched = np.unique(link)
-        links = touched[load[touched] != 0]
-    else:
-        links = np.flatnonzero(load)
+    links = np.flatnonzero(load)
     return links, load[links]
 
 
