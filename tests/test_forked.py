@@ -161,3 +161,43 @@ def test_no_fork_off_linux_or_with_threads(monkeypatch):
     finally:
         stop.set()
         t.join()
+
+
+def _square_or_fail(x: int) -> int:
+    if x == 3:
+        raise ConfigError("three is refused")
+    return x * x
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_forked_map_keeps_order_and_returns_exceptions(jobs, monkeypatch):
+    import tspsim.core.forked as forked
+
+    forks = []
+    real = forked.ForkedCall
+
+    class Counting(real):   # type: ignore[misc,valid-type]
+        def __init__(self, fn):
+            forks.append(fn)
+            super().__init__(fn)
+
+    monkeypatch.setattr(forked, "ForkedCall", Counting)
+    items = list(range(7))
+    out = forked.forked_map(_square_or_fail, items, [float(x) for x in items], jobs)
+    assert [v for ok, v in out if ok] == [0, 1, 4, 16, 25, 36]
+    (bad,) = [v for ok, v in out if not ok]
+    assert isinstance(bad, ConfigError) and str(bad) == "three is refused" and out[3][0] is False
+    assert len(forks) == (1 if jobs == 2 else 0)
+
+
+def test_forked_map_splits_by_weight(monkeypatch):
+    """Largest first to the lighter side: weights 512, 512, 64, 64 give one of each to each process."""
+    import tspsim.core.forked as forked
+
+    def whose(_x):
+        return os.getpid()
+
+    out = forked.forked_map(whose, ["1T-a", "175B-a", "1T-b", "175B-b"], [512.0, 64.0, 512.0, 64.0], 2)
+    pids = [v for _ok, v in out]
+    assert pids[0] != pids[2] and pids[1] != pids[3]       # the two heavy ones apart, the two light ones apart
+    assert len(set(pids)) == 2

@@ -56,9 +56,9 @@ def test_validate_cli_json_and_text(monkeypatch):
     computed: list[v.Row] = []
     real = v.validation_rows
 
-    def once() -> list[v.Row]:  # the text report below reuses the rows the JSON run simulated
+    def once(jobs: int | None = None) -> list[v.Row]:  # the text report below reuses the JSON run's rows
         if not computed:
-            computed.extend(real())
+            computed.extend(real(jobs))
         return list(computed)
 
     monkeypatch.setattr(v, "validation_rows", once)

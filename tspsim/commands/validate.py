@@ -9,7 +9,10 @@ from tspsim.commands.options import emit_json
 
 @click.command("validate")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object {\"results\": [...]} on stdout.")
-def validate(as_json: bool) -> None:
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
+              help="Processes (default: CPU count): with 2 or more the four Table 5 steps are shared with a "
+                   "second process; 1 = all in this process. Rows are the same.")
+def validate(as_json: bool, jobs: int | None) -> None:
     """Compare simulated numbers with published ones, in two sections.
 
     Calibration points are numbers a preset constant was fitted to (the constant is named): they show the
@@ -31,7 +34,7 @@ def validate(as_json: bool) -> None:
 
     bar = Progress("validating")
     with reporting(lambda row: bar.advance(item=f"{row.kind}: {row.what} on {row.topology}")):
-        rows = validation_rows()
+        rows = validation_rows(jobs)
     bar.close()
     if as_json:
         emit_json({"results": [r.to_json() for r in rows]})

@@ -119,3 +119,40 @@ def _child(fn: Callable[[], Any], write_fd: int) -> None:  # pragma: no cover - 
         code = 1
     finally:
         os._exit(code)
+
+
+def forked_map(fn: Callable[[Any], Any], items: list[Any], weights: list[float], jobs: int | None = None
+               ) -> list[tuple[bool, Any]]:
+    """``[(True, fn(x)) or (False, the exception fn(x) raised) for x in items]``, on two processes when possible.
+
+    With ``jobs`` ≥ 2 (default: the CPU count) and :func:`can_fork`, the items are split into two sides of near
+    equal total ``weights`` (largest first, each to the lighter side) and one side is computed in a forked child
+    while this process computes the other; otherwise all here, in order. Each item is computed by the same
+    function on the same inputs either way, so the results do not depend on the split. ``Exception``s are
+    returned, not raised (the caller decides); a ``BaseException`` (Ctrl-C) ends the map.
+    """
+    def run(indices: list[int]) -> dict[int, tuple[bool, Any]]:
+        out: dict[int, tuple[bool, Any]] = {}
+        for i in indices:
+            try:
+                out[i] = (True, fn(items[i]))
+            except Exception as exc:  # noqa: BLE001 - handed to the caller with the item's position
+                out[i] = (False, exc)
+        return out
+
+    order = sorted(range(len(items)), key=lambda i: -weights[i])
+    if len(items) < 2 or (jobs or os.cpu_count() or 1) < 2 or not can_fork():
+        done = run(list(range(len(items))))
+    else:
+        sides: tuple[list[int], list[int]] = ([], [])
+        load = [0.0, 0.0]
+        for i in order:
+            side = 0 if load[0] <= load[1] else 1
+            sides[side].append(i)
+            load[side] += weights[i]
+        with ForkedCall(lambda: run(sorted(sides[1]))) as child:
+            done = run(sorted(sides[0]))
+            theirs, err = child.result()
+        sys.stderr.write(err)
+        done.update(theirs)
+    return [done[i] for i in range(len(items))]

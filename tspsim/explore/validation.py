@@ -176,9 +176,12 @@ def mfu_rows() -> list[Row]:
     return rows
 
 
-def validation_rows() -> list[Row]:
-    """Every validation row: calibration points, then independent checks (each row says which it is)."""
-    return memory_rows() + collective_rows() + mfu_rows() + stack_rows() + pipeline_rows()
+def validation_rows(jobs: int | None = None) -> list[Row]:
+    """Every validation row: calibration points, then independent checks (each row says which it is).
+
+    ``jobs``: processes for the Table 5 steps (:func:`~tspsim.explore.validation_pipeline.pipeline_rows`).
+    """
+    return memory_rows() + collective_rows() + mfu_rows() + stack_rows() + pipeline_rows(jobs)
 
 
 def summary(rows: list[Row]) -> str:
