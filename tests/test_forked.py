@@ -74,6 +74,23 @@ def test_close_ends_a_running_child():
         os.kill(pid, 0)                         # gone and reaped
 
 
+@pytest.fixture
+def forks(monkeypatch):
+    """The functions each ForkedCall made here was given (ForkedCall counted, still forking)."""
+    import tspsim.core.forked as forked
+
+    made = []
+    real = forked.ForkedCall
+
+    class Counting(real):   # type: ignore[misc,valid-type]
+        def __init__(self, fn):
+            made.append(fn)
+            super().__init__(fn)
+
+    monkeypatch.setattr(forked, "ForkedCall", Counting)
+    return made
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from tiny_models import tiny_32_heads
@@ -83,19 +100,8 @@ def tiny(tmp_path_factory):
     return str(path)
 
 
-def test_run_jobs_2_equals_jobs_1(tiny, monkeypatch):
+def test_run_jobs_2_equals_jobs_1(tiny, forks):
     """The default comparison with the playbook search forked equals the serial run: stdout, JSON, stderr order."""
-    import tspsim.core.forked as forked
-
-    forks = []
-    real = forked.ForkedCall
-
-    class Counting(real):   # type: ignore[misc,valid-type]
-        def __init__(self, fn):
-            forks.append(fn)
-            super().__init__(fn)
-
-    monkeypatch.setattr(forked, "ForkedCall", Counting)
     base = ["run", "-t", "mi300x-1node", "--model", tiny, "--seq", "4k", "--no-timing"]
     runner = CliRunner()
     serial = runner.invoke(cli, [*base, "--jobs", "1"])
@@ -170,18 +176,9 @@ def _square_or_fail(x: int) -> int:
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
-def test_forked_map_keeps_order_and_returns_exceptions(jobs, monkeypatch):
+def test_forked_map_keeps_order_and_returns_exceptions(jobs, forks):
     import tspsim.core.forked as forked
 
-    forks = []
-    real = forked.ForkedCall
-
-    class Counting(real):   # type: ignore[misc,valid-type]
-        def __init__(self, fn):
-            forks.append(fn)
-            super().__init__(fn)
-
-    monkeypatch.setattr(forked, "ForkedCall", Counting)
     items = list(range(7))
     out = forked.forked_map(_square_or_fail, items, [float(x) for x in items], jobs)
     assert [v for ok, v in out if ok] == [0, 1, 4, 16, 25, 36]
