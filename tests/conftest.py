@@ -42,6 +42,23 @@ def tiny5(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(path)
 
 
+@pytest.fixture
+def forks(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The function of every :class:`tspsim.core.forked.ForkedCall` made while the test runs (they still fork)."""
+    import tspsim.core.forked as forked
+
+    made: list = []
+    real = forked.ForkedCall
+
+    class Counting(real):   # type: ignore[misc,valid-type]
+        def __init__(self, fn):  # noqa: ANN001
+            made.append(fn)
+            super().__init__(fn)
+
+    monkeypatch.setattr(forked, "ForkedCall", Counting)
+    return made
+
+
 # ---------------------------------------------------------------------------- schedule-validation fixtures
 @pytest.fixture(scope="session")
 def mi300x_4node_yaml(tmp_path_factory: pytest.TempPathFactory) -> str:

@@ -74,23 +74,6 @@ def test_close_ends_a_running_child():
         os.kill(pid, 0)                         # gone and reaped
 
 
-@pytest.fixture
-def forks(monkeypatch):
-    """The functions each ForkedCall made here was given (ForkedCall counted, still forking)."""
-    import tspsim.core.forked as forked
-
-    made = []
-    real = forked.ForkedCall
-
-    class Counting(real):   # type: ignore[misc,valid-type]
-        def __init__(self, fn):
-            made.append(fn)
-            super().__init__(fn)
-
-    monkeypatch.setattr(forked, "ForkedCall", Counting)
-    return made
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from tiny_models import tiny_32_heads
@@ -198,3 +181,32 @@ def test_forked_map_splits_by_weight(monkeypatch):
     pids = [v for _ok, v in out]
     assert pids[0] != pids[2] and pids[1] != pids[3]       # the two heavy ones apart, the two light ones apart
     assert len(set(pids)) == 2
+
+
+def test_a_commands_jobs_reach_forked_map(forks):
+    """``processes(1)`` (run --jobs 1, a sweep or plan in this process) keeps forked_map in this process."""
+    import tspsim.core.forked as forked
+
+    with forked.processes(1):
+        assert forked.process_count() == 1
+        forked.forked_map(_square_or_fail, [1, 2], [1.0, 1.0])
+    assert not forks
+    with forked.processes(2):
+        forked.forked_map(_square_or_fail, [1, 2], [1.0, 1.0])
+    assert len(forks) == (1 if forked.can_fork() else 0)
+    from tspsim.explore.runners import SerialRunner
+
+    with SerialRunner():
+        assert forked.process_count() == 1
+    assert forked.process_count(3) == 3
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_forked_map_progress_adds_up(jobs):
+    """on_done hears of every item exactly once in all, never of all of them before the child is back."""
+    import tspsim.core.forked as forked
+
+    heard = []
+    forked.forked_map(_square_or_fail, list(range(9)), [1.0] * 9, jobs, on_done=heard.append)
+    assert sum(heard) == 9 and all(n > 0 for n in heard)
+    assert sum(heard[:-1]) <= 8

@@ -135,9 +135,10 @@ def test_decode_steps_interpolated_equal_replayed(schedule: str, tiny: str) -> N
 
 
 @pytest.mark.slow
-def test_decode_steps_never_memory_bound_are_all_replayed() -> None:
+def test_decode_steps_never_memory_bound_are_all_replayed(forks: list) -> None:
     """A residue class with no memory-bound step (small TSP attention kernels on the small-kernel tail) is
-    replayed step by step without the fingerprint: the same timings as replaying each step."""
+    replayed step by step without the fingerprint: the same timings as replaying each step, whether half the
+    steps are replayed in a forked process or all here."""
     from dataclasses import replace as dc_replace
 
     from tspsim.schedules.context import BuildContext
@@ -152,11 +153,18 @@ def test_decode_steps_never_memory_bound_are_all_replayed() -> None:
         ctx = BuildContext(model, topo, layout, dc_replace(workload, decode_tokens=10), opts)
         return with_layers(ctx, layers) if layers is not None else ctx
 
+    import tspsim.core.forked as forked
+
     timer = DecodeTimer(make_ctx, model.layers, decode_topology(topo, opts))
     steps = range(8192, 8192 + 10)
     assert not any(timer._affine_between(*[timer._attention_costs(c)] * 2) for c in steps)  # noqa: SLF001
-    fast = timer.time_many(steps)
+    with forked.processes(2):   # half the steps replayed in a forked process (where the machine can fork)
+        fast = timer.time_many(steps)
+    assert len(forks) == (1 if forked.can_fork() else 0)
+    with forked.processes(1):
+        here = timer.time_many(steps)
     slow = [timer.time(c) for c in steps]
     assert all(st.events > 0 for st in fast)
-    assert [(a.time_s, a.breakdown, a.ranks, a.method) for a in fast] == [
-        (b.time_s, b.breakdown, b.ranks, b.method) for b in slow]
+    expected = [(b.time_s, b.breakdown, b.ranks, b.method, b.events) for b in slow]
+    assert [(a.time_s, a.breakdown, a.ranks, a.method, a.events) for a in fast] == expected
+    assert [(a.time_s, a.breakdown, a.ranks, a.method, a.events) for a in here] == expected

@@ -380,7 +380,8 @@ def print_report(entries: list[dict[str, Any]], max_batch_note: str | None = Non
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
               help="Processes (default: CPU count). With 2 or more, the default comparison's FSDP and PTD-P "
                    "searches run in a second process beside the three schedules (not with --save, --html or "
-                   "--trace); 1 = all in this process. Results are the same.")
+                   "--trace), and decode steps that are replayed one by one are shared with a second process; "
+                   "1 = all in this process. Results are the same.")
 @click.option("--no-timing", is_flag=True,
               help="Write the wall-clock field sim_wall_s as null, so identical inputs give byte-identical output.")
 def run(topology: str, model: str, degree: int | None, tp: int | None, sp: int | None, seq: int | None,
@@ -443,7 +444,9 @@ def run(topology: str, model: str, degree: int | None, tp: int | None, sp: int |
         from tspsim.commands.playbook_columns import playbook_global_batch
 
         g = playbook_global_batch(args, points, specs)
-    with paced_gc():  # README "Speed": the collector's passes were 10–15% of the CPU
+    from tspsim.core.forked import processes
+
+    with paced_gc(), processes(jobs):  # paced_gc: README "Speed" (the collector's passes were 10–15% of the CPU)
         results, extra, found = with_playbook_columns(
             lambda: simulate_points(points, fold=not full, record_links=record_links, specs=specs),
             args, default_seq(args), pairs, g, jobs, fold=not full, record_links=record_links, specs=specs)

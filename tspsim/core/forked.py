@@ -11,16 +11,35 @@ with the result, for the caller to print where the serial run would have printed
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import io
 import os
 import pickle
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from tspsim.core.errors import TspsimError
+
+_PROCESSES: contextvars.ContextVar[int | None] = contextvars.ContextVar("tspsim_processes", default=None)
+"""The ``--jobs`` of the command running (None: not set), read by :func:`forked_map` when it is given none."""
+
+
+@contextlib.contextmanager
+def processes(jobs: int | None) -> Iterator[None]:
+    """Within the block, :func:`forked_map` without ``jobs`` uses ``jobs`` (a command's ``--jobs``; 1: no fork)."""
+    token = _PROCESSES.set(jobs)
+    try:
+        yield
+    finally:
+        _PROCESSES.reset(token)
+
+
+def process_count(jobs: int | None = None) -> int:
+    """``jobs``, else the enclosing :func:`processes` block's, else the CPU count."""
+    return jobs or _PROCESSES.get() or os.cpu_count() or 1
 
 
 def can_fork() -> bool:
@@ -121,28 +140,40 @@ def _child(fn: Callable[[], Any], write_fd: int) -> None:  # pragma: no cover - 
         os._exit(code)
 
 
-def forked_map(fn: Callable[[Any], Any], items: list[Any], weights: list[float], jobs: int | None = None
-               ) -> list[tuple[bool, Any]]:
+def forked_map(fn: Callable[[Any], Any], items: list[Any], weights: list[float], jobs: int | None = None,
+               on_done: Callable[[int], None] | None = None) -> list[tuple[bool, Any]]:
     """``[(True, fn(x)) or (False, the exception fn(x) raised) for x in items]``, on two processes when possible.
 
-    With ``jobs`` ≥ 2 (default: the CPU count) and :func:`can_fork`, the items are split into two sides of near
+    With :func:`process_count` (``jobs``) ≥ 2 and :func:`can_fork`, the items are split into two sides of near
     equal total ``weights`` (largest first, each to the lighter side) and one side is computed in a forked child
     while this process computes the other; otherwise all here, in order. Each item is computed by the same
-    function on the same inputs either way, so the results do not depend on the split. ``Exception``s are
-    returned, not raised (the caller decides); a ``BaseException`` (Ctrl-C) ends the map.
+    function on the same inputs either way, so the results do not depend on the split — provided ``fn`` is
+    deterministic and does not depend on which items ran before it here. ``Exception``s are returned, not raised
+    (the caller decides); a ``BaseException`` (Ctrl-C) ends the map. ``on_done(n)`` hears of n more items done,
+    n in all: while forked, this process's items count for both processes (scaled by the sides' sizes, never
+    reaching n before the child is back), the rest when the child returns.
     """
-    def run(indices: list[int]) -> dict[int, tuple[bool, Any]]:
+    reported = [0]
+
+    def run(indices: list[int], report: bool, scale: float = 1.0) -> dict[int, tuple[bool, Any]]:
         out: dict[int, tuple[bool, Any]] = {}
         for i in indices:
             try:
                 out[i] = (True, fn(items[i]))
             except Exception as exc:  # noqa: BLE001 - handed to the caller with the item's position
                 out[i] = (False, exc)
+            if report and on_done is not None:   # scaled: both processes are assumed to advance alike
+                target = min(int(len(out) * scale), len(items) - 1)
+                if target > reported[0]:
+                    on_done(target - reported[0])
+                    reported[0] = target
         return out
 
     order = sorted(range(len(items)), key=lambda i: -weights[i])
-    if len(items) < 2 or (jobs or os.cpu_count() or 1) < 2 or not can_fork():
-        done = run(list(range(len(items))))
+    if len(items) < 2 or process_count(jobs) < 2 or not can_fork():
+        done = run(list(range(len(items))), True)
+        if on_done is not None and len(items) > reported[0]:
+            on_done(len(items) - reported[0])
     else:
         sides: tuple[list[int], list[int]] = ([], [])
         load = [0.0, 0.0]
@@ -150,9 +181,11 @@ def forked_map(fn: Callable[[Any], Any], items: list[Any], weights: list[float],
             side = 0 if load[0] <= load[1] else 1
             sides[side].append(i)
             load[side] += weights[i]
-        with ForkedCall(lambda: run(sorted(sides[1]))) as child:
-            done = run(sorted(sides[0]))
+        with ForkedCall(lambda: run(sorted(sides[1]), False)) as child:
+            done = run(sorted(sides[0]), True, len(items) / max(len(sides[0]), 1))
             theirs, err = child.result()
         sys.stderr.write(err)
         done.update(theirs)
+        if on_done is not None and len(items) > reported[0]:
+            on_done(len(items) - reported[0])
     return [done[i] for i in range(len(items))]

@@ -58,12 +58,17 @@ class SerialRunner:
     description = "in this process"
 
     def __enter__(self) -> SerialRunner:
+        from tspsim.core.forked import processes
+
         self._specs = SpecLoader()  # every file read once for all the points of this process
         self._signals = terminate_as_interrupt()
         self._signals.__enter__()
+        self._one = processes(1)   # "in this process": no forked helper either (tspsim.core.forked)
+        self._one.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self._one.__exit__(None, None, None)
         self._signals.__exit__(None, None, None)
 
     def run(self, points: Sequence[Point]) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -20,6 +20,7 @@ import numpy as np
 
 from tspsim.analysis.serving import BREAKDOWN_KEYS, RankStats, add_stats, window_stats
 from tspsim.analysis.span_windows import OpClasses, span_table
+from tspsim.core.forked import forked_map
 from tspsim.engine.costs import kernel_gpu, large_efficiency
 from tspsim.engine.replay_setup import ReplaySetup
 from tspsim.engine.sim import ReplayOptions, replay
@@ -255,18 +256,16 @@ class DecodeTimer:
                         progress(1)
                 return known[c]
 
+            every: list[int] = []        # the steps of the classes replayed step by step
             for rho in range(min(shards, len(cached))):
                 cls = cached[rho::shards]
                 # An interval interpolates only if both its ends are memory-bound steps: a class with
-                # none is replayed step by step, without the (unused) event fingerprint.
+                # none is replayed step by step (below), without the (unused) event fingerprint.
                 ends = [c for c in cls if self._affine_between(*[self._attention_costs(c)] * 2)]
-                self.options = replace(self.options, fingerprint=bool(ends))
                 if not ends:
-                    for c in cls:
-                        known[c] = (self._time(c)[0], (), [])
-                        if progress is not None:
-                            progress(1)
+                    every += cls
                     continue
+                self.options = replace(self.options, fingerprint=True)
                 todo = [(0, len(cls) - 1)]
                 while todo:
                     lo, hi = todo.pop()
@@ -281,9 +280,27 @@ class DecodeTimer:
                     else:
                         mid = (lo + hi) // 2
                         todo += [(mid, hi), (lo, mid)]
+            if every:
+                self.options = replace(self.options, fingerprint=False)
+                for c, timing in zip(every, self._each(every, progress)):
+                    known[c] = (timing, (), [])
             return [known[c][0] for c in cached]
         finally:
             self.options = replace(self.options, fingerprint=False)
+
+    def _each(self, cached: list[int], progress: Callable[[int], None] | None) -> list[StepTiming]:
+        """:meth:`time` of every step of ``cached``, shared with a forked process when there is a second CPU.
+
+        A step's timing depends on its cache count only (each replay re-costs the attention ops it needs and the
+        caches it fills hold values, not history), so which process replays which step, and in what order,
+        changes nothing (:func:`tspsim.core.forked.forked_map`; ``tests/test_inference.py`` compares).
+        """
+        out = []
+        for ok, value in forked_map(self.time, cached, [float(c) for c in cached], on_done=progress):
+            if not ok:
+                raise value
+            out.append(value)
+        return out
 
     def _setup(self, which: str, step: DecodeStep) -> ReplaySetup:
         """The replay setup of the unit or the full graph, derived once (re-costing keeps it valid)."""
