@@ -1,11 +1,14 @@
-"""A function run in a forked child process while this one goes on: :class:`ForkedCall`.
+"""Work shared with a forked child process: :class:`ForkedCall` (one function) and :func:`forked_map` (items).
 
-``tspsim run``'s default comparison searches the best FSDP and PTD-P layouts (issue 14) after simulating its
-three schedules; the two halves are independent, so on a machine with a second CPU the searches run in a child
-forked from this process (it inherits the loaded specs and imported modules, so it starts in milliseconds, not
-the ~0.4 s of a fresh interpreter). The child computes the same function on the same inputs as this process
-would, so the result does not depend on where it ran. Its stderr (progress lines) is captured and handed back
-with the result, for the caller to print where the serial run would have printed it.
+Three places use it, each on independent work whose results do not depend on where it runs: ``tspsim run``'s
+default comparison searches the best FSDP and PTD-P layouts (issue 14) in a child while it simulates its three
+schedules; ``tspsim validate`` shares its four Table 5 simulations; decode steps replayed one by one are shared
+(:class:`tspsim.simulate.decode_timer.DecodeTimer`). A forked child inherits the loaded specs and imported
+modules, so it starts in milliseconds, not the ~0.4 s of a fresh interpreter. Its stderr (progress lines) is
+captured and handed back with the result, for the caller to print where a serial run would have printed it.
+Commands say how many processes they may use with :func:`processes` (their ``--jobs``); forking is refused off
+Linux and in a process with other threads (:func:`can_fork`: pool workers run one), where everything is
+computed in this process.
 """
 
 from __future__ import annotations
@@ -85,8 +88,8 @@ class ForkedCall:
             data = f.read()
         self._reap()
         if not data:
-            raise TspsimError("the forked search process ended without a result (killed or out of memory?); "
-                              "run again with --jobs 1 to search in this process")
+            raise TspsimError("the forked helper process ended without a result (killed or out of memory?); "
+                              "run again with --jobs 1 to compute everything in this process")
         status, value, err = pickle.loads(data)  # noqa: S301 - our own child's bytes, through our own pipe
         if status == "raise":
             sys.stderr.write(err)
