@@ -77,23 +77,22 @@ def playbook_entries(args: Any, seq: int, pairs: tuple[tuple[str, Any], ...], g:
 
 
 def with_playbook_columns(simulate: Callable[[], list[Any]], args: Any, seq: int, pairs: tuple[tuple[str, Any], ...],
-                          g: int | None, jobs: int | None, *, fold: bool, record_links: bool,
+                          g: int | None, *, fold: bool, record_links: bool,
                           specs: Any) -> tuple[list[Any], list[Any], list[tuple[str, dict[str, Any]]]]:
     """(``simulate()``'s results, the playbook columns' results, (family, run entry) of each playbook column).
 
-    No playbook columns when ``g`` (:func:`playbook_global_batch`) is None. With ``jobs`` ≥ 2 (default: the CPU
-    count) and no timeline to write (``record_links`` False), the playbook search runs in a forked process
+    No playbook columns when ``g`` (:func:`playbook_global_batch`) is None. With two processes allowed
+    (:func:`tspsim.core.forked.process_count`: the command's ``--jobs``, default the CPU count) and no timeline
+    to write (``record_links`` False), the playbook search runs in a forked process
     (:class:`tspsim.core.forked.ForkedCall`) while this one runs ``simulate``; its progress lines are printed
     after ``simulate``'s, as in the serial order, and only its entries come back (the second list is then empty).
     The entries are the same either way.
     """
-    import os
-
-    from tspsim.core.forked import ForkedCall, can_fork
+    from tspsim.core.forked import ForkedCall, can_fork, process_count
 
     if g is None:
         return simulate(), [], []
-    if record_links or (jobs or os.cpu_count() or 1) < 2 or not can_fork():
+    if record_links or process_count() < 2 or not can_fork():
         results = simulate()
         found = playbook_results(args, seq, pairs, g, fold=fold, record_links=record_links, specs=specs)
         return results, [r for _family, r in found], [(f, r.entry) for f, r in found]

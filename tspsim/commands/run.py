@@ -436,20 +436,17 @@ def run(topology: str, model: str, degree: int | None, tp: int | None, sp: int |
 
     specs = SpecLoader()  # every file read once for the whole run
     points = choose_points(args, schedules, default_seq(args), pairs, specs)
-    from tspsim.commands.playbook_columns import playbook_line, with_playbook_columns
+    from tspsim.commands.playbook_columns import playbook_global_batch, playbook_line, with_playbook_columns
+    from tspsim.core.forked import processes
 
     record_links = bool(html or trace or save)
     g = None
     if schedules is None and mode == "train" and args.pipeline.stages == 1 and parallel.zero is None:
-        from tspsim.commands.playbook_columns import playbook_global_batch
-
         g = playbook_global_batch(args, points, specs)
-    from tspsim.core.forked import processes
-
     with paced_gc(), processes(jobs):  # paced_gc: README "Speed" (the collector's passes were 10–15% of the CPU)
         results, extra, found = with_playbook_columns(
             lambda: simulate_points(points, fold=not full, record_links=record_links, specs=specs),
-            args, default_seq(args), pairs, g, jobs, fold=not full, record_links=record_links, specs=specs)
+            args, default_seq(args), pairs, g, fold=not full, record_links=record_links, specs=specs)
     entries = [r.entry for r in results] + [e for _family, e in found]
     results += extra
     if no_timing:

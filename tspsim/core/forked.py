@@ -172,15 +172,12 @@ def forked_map(fn: Callable[[Any], Any], items: list[Any], weights: list[float],
                     reported[0] = target
         return out
 
-    order = sorted(range(len(items)), key=lambda i: -weights[i])
     if len(items) < 2 or process_count(jobs) < 2 or not can_fork():
         done = run(list(range(len(items))), True)
-        if on_done is not None and len(items) > reported[0]:
-            on_done(len(items) - reported[0])
     else:
         sides: tuple[list[int], list[int]] = ([], [])
         load = [0.0, 0.0]
-        for i in order:
+        for i in sorted(range(len(items)), key=lambda i: -weights[i]):
             side = 0 if load[0] <= load[1] else 1
             sides[side].append(i)
             load[side] += weights[i]
@@ -189,6 +186,6 @@ def forked_map(fn: Callable[[Any], Any], items: list[Any], weights: list[float],
             theirs, err = child.result()
         sys.stderr.write(err)
         done.update(theirs)
-        if on_done is not None and len(items) > reported[0]:
-            on_done(len(items) - reported[0])
+    if on_done is not None and len(items) > reported[0]:
+        on_done(len(items) - reported[0])
     return [done[i] for i in range(len(items))]

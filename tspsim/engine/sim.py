@@ -182,7 +182,7 @@ class Replay:
         self.rdv: dict[str, _Rendezvous] = {}
         self.plans = plans if plans is not None else {}  # same graph, topology and protocol: same plans
         self._plan_by_id: dict[tuple[Any, ...], ResolvedComm] = {}
-        """:attr:`plans` by (kind, id of the group tuple, size, root, algorithm), for this replay's graph only."""
+        """:attr:`plans` by (kind, group token, size, root, algorithm), for this replay's graph only."""
         replica_size = graph.meta.get("replica_size") if isinstance(graph.meta, dict) else None
         replica_map = graph.meta.get("replica_map") if isinstance(graph.meta, dict) else None
         self.comm = CommResolver(topo, self.sim_ranks, self.fold,
@@ -430,10 +430,11 @@ class Replay:
     def plan_of(self, op: Op) -> ResolvedComm:
         """The resolved phases of communication op ``op`` (cached per kind, group, size, root, algorithm).
 
-        Looked up first by the group tuple's identity (the graph keeps it alive), so a 16,384-rank group is hashed
-        and compared once per tuple object, not once per op, in the shared content-keyed :attr:`plans`.
+        Looked up first by the group's token (:meth:`ReplaySetup.group_token`: each tuple object hashed once), so a
+        16,384-rank group is hashed and compared once per distinct group, not once per op, in the shared
+        content-keyed :attr:`plans`.
         """
-        key = (op.kind, id(op.group), op.nbytes, op.root, op.algorithm)
+        key = (op.kind, self.setup.group_token(op.group), op.nbytes, op.root, op.algorithm)
         plan = self._plan_by_id.get(key)
         if plan is None:
             full = (op.kind, op.group, op.nbytes, op.root, op.algorithm)
