@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from tspsim.analysis.metrics import peak_memory
 from tspsim.explore.static_memory import static_bytes
-from tspsim.simulate import Point, RunResult, StepProgress, simulate
+from tspsim.simulate import GraphMemo, Point, RunResult, StepProgress, simulate
 from tspsim.simulate.inference import step_peak_bytes
 from tspsim.spec.loader import SpecLoader
 from tspsim.spec.workload import INFERENCE_MODES
@@ -160,14 +160,16 @@ def search_max_batch(result: RunResult, fold: bool = True,
 
 
 def simulate_with_max_batch(point: Point, fold: bool = True, record_links: bool = False,
-                            progress: StepProgress | None = None, specs: SpecLoader | None = None) -> RunResult:
+                            progress: StepProgress | None = None, specs: SpecLoader | None = None,
+                            graphs: GraphMemo | None = None) -> RunResult:
     """:func:`tspsim.simulate.simulate`, then the max-batch search when ``point.search_max_batch`` asks for it.
 
     The entry's ``max_batch`` is filled in, and its ``sim_events`` and ``sim_wall_s`` include the probes.
     ``progress`` hears of every simulated step, then of every probe (with a total of 0: unknown). ``specs``
-    reads the topology, model and stack files (once per loader, see :class:`~tspsim.spec.loader.SpecLoader`).
+    reads the topology, model and stack files (once per loader, see :class:`~tspsim.spec.loader.SpecLoader`);
+    ``graphs`` reuses graphs across points (:mod:`tspsim.simulate.graph_memo`).
     """
-    result = simulate(point, fold=fold, record_links=record_links, progress=progress, specs=specs)
+    result = simulate(point, fold=fold, record_links=record_links, progress=progress, specs=specs, graphs=graphs)
     if point.mode in INFERENCE_MODES and point.search_max_batch:
         t0 = time.perf_counter()
         probes = 0

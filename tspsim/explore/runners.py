@@ -1,7 +1,9 @@
 """Where sweep points run: in this process, on a local process pool, or on a Dask ``distributed`` cluster.
 
 Every runner executes the same pure function, :func:`run_point`, so results do not depend on where a
-point ran.
+point ran. The local runners run points whose op graphs are the same (:func:`graph_groups`: a hardware
+what-if sweep over topologies that differ only in rates and efficiencies) one after the other in one process,
+which builds each graph once (:class:`~tspsim.simulate.graph_memo.GraphMemo`).
 """
 
 from __future__ import annotations
@@ -14,14 +16,15 @@ from typing import Any, Protocol
 
 from tspsim.core.errors import TspsimError
 from tspsim.explore.cache import normalize_entry
-from tspsim.simulate import Point
+from tspsim.simulate import GraphMemo, Point
 from tspsim.spec.loader import SpecLoader
 
 
-def run_point(point: Point, specs: SpecLoader | None = None) -> dict[str, Any]:
+def run_point(point: Point, specs: SpecLoader | None = None, graphs: GraphMemo | None = None) -> dict[str, Any]:
     """Simulate one point (the function every runner executes; picklable, never raises ``Exception``).
 
-    Returns ``{"status": "ok", "entry": <normalized entry>, "wall_s": s}``, or ``{"status":
+    ``graphs`` (kept across the points of one process) reuses an earlier point's graph where only what the
+    replay reads differs. Returns ``{"status": "ok", "entry": <normalized entry>, "wall_s": s}``, or ``{"status":
     "invalid" | "error", "reason": one line, "wall_s": s}`` for a point the simulator rejects
     (:class:`~tspsim.core.errors.TspsimError`) or that fails unexpectedly.
     """
@@ -29,13 +32,61 @@ def run_point(point: Point, specs: SpecLoader | None = None) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     try:
-        entry = simulate_with_max_batch(point, specs=specs or SpecLoader()).entry
+        if graphs is not None:
+            graphs.next_point()
+        entry = simulate_with_max_batch(point, specs=specs or SpecLoader(), graphs=graphs).entry
     except TspsimError as exc:
         return {"status": "invalid", "reason": str(exc), "wall_s": time.perf_counter() - t0}
     except Exception as exc:  # noqa: BLE001 - one failed point must not lose the others
         return {"status": "error", "reason": f"{type(exc).__name__}: {exc}".splitlines()[0],
                 "wall_s": time.perf_counter() - t0}
     return {"status": "ok", "entry": normalize_entry(entry), "wall_s": time.perf_counter() - t0}
+
+
+def run_points(points: Sequence[Point]) -> list[dict[str, Any]]:
+    """:func:`run_point` of each point in order, in one process sharing file reads and graphs (a pool task)."""
+    specs, graphs = SpecLoader(), GraphMemo()
+    return [run_point(p, specs, graphs) for p in points]
+
+
+def graph_groups(points: Sequence[Point], specs: SpecLoader) -> list[list[int]]:
+    """Indices of ``points`` grouped by the op graph they build, groups in order of first appearance.
+
+    Two training or forward points are grouped when their :func:`~tspsim.simulate.graph_memo.graph_key` is
+    equal (same schedule, model, layout, workload and assumptions on topologies of the same build structure);
+    every other point (inference, or one that does not resolve) is a group of its own.
+    """
+    from tspsim.simulate.graph_memo import graph_key
+    from tspsim.simulate.point import resolve
+    from tspsim.spec.workload import INFERENCE_MODES
+
+    groups: dict[Any, list[int]] = {}
+    for i, point in enumerate(points):
+        key: Any = ("alone", i)
+        if point.mode not in INFERENCE_MODES:
+            try:
+                topo, model, layout, workload, opts = resolve(point, specs)
+            except TspsimError:
+                pass
+            else:
+                key = graph_key(point.schedule, True, topo, model, layout, workload, opts)
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def spread(groups: list[list[int]], workers: int) -> list[list[int]]:
+    """``groups`` with the largest split in halves until there are at least ``workers`` (or all are single).
+
+    Sharing a graph saves its build; idle workers would cost more.
+    """
+    out = [list(g) for g in groups]
+    while len(out) < workers:
+        big = max(range(len(out)), key=lambda j: len(out[j]), default=None)
+        if big is None or len(out[big]) < 2:
+            break
+        g = out[big]
+        out[big:big + 1] = [g[:len(g) // 2], g[len(g) // 2:]]
+    return out
 
 
 class Runner(Protocol):
@@ -61,6 +112,7 @@ class SerialRunner:
         from tspsim.core.forked import processes
 
         self._specs = SpecLoader()  # every file read once for all the points of this process
+        self._graphs = GraphMemo()  # and each op graph built once for the points that share it
         self._signals = terminate_as_interrupt()
         self._signals.__enter__()
         self._one = processes(1)   # "in this process": no forked helper either (tspsim.core.forked)
@@ -72,9 +124,10 @@ class SerialRunner:
         self._signals.__exit__(None, None, None)
 
     def run(self, points: Sequence[Point]) -> Iterator[tuple[int, dict[str, Any]]]:
-        """Simulate in order."""
-        for i, point in enumerate(points):
-            yield i, run_point(point, self._specs)
+        """Simulate in order, points that share a graph one after the other (:func:`graph_groups`)."""
+        for group in graph_groups(points, self._specs):
+            for i in group:
+                yield i, run_point(points[i], self._specs, self._graphs)
 
 
 def _pool_context() -> Any:
@@ -104,6 +157,14 @@ def _result_of(fut: Any) -> dict[str, Any]:
         text = str(exc).splitlines()[0] if str(exc) else ""
         return {"status": "error", "reason": f"worker failed: {type(exc).__name__}: {text}".rstrip(": "),
                 "wall_s": None}
+
+
+def _group_results(fut: Any, n: int) -> list[dict[str, Any]]:
+    """The ``n`` results of a future of :func:`run_point` (one) or :func:`run_points` (a list)."""
+    result = _result_of(fut)
+    if n == 1 and isinstance(result, dict):
+        return [result]
+    return list(result) if isinstance(result, list) else [result] * n
 
 
 class Terminated(KeyboardInterrupt):
@@ -214,12 +275,24 @@ class PoolRunner:
             proc.join(timeout=5)
 
     def run(self, points: Sequence[Point]) -> Iterator[tuple[int, dict[str, Any]]]:
-        """Submit every point, yield results as they complete."""
+        """Submit every point, yield results as they complete.
+
+        Points that share a graph (:func:`graph_groups`) go to one worker as one task, as long as every
+        worker still gets a task (:func:`spread`).
+        """
         from concurrent.futures import as_completed
 
-        futures = {self._executor.submit(run_point, p): i for i, p in enumerate(points)}
+        groups = spread(graph_groups(points, SpecLoader()), self.jobs)
+        futures = {}
+        for group in groups:
+            if len(group) == 1:
+                futures[self._executor.submit(run_point, points[group[0]])] = group
+            else:
+                futures[self._executor.submit(run_points, [points[i] for i in group])] = group
         for fut in as_completed(futures):
-            yield futures[fut], _result_of(fut)
+            group = futures[fut]
+            results = _group_results(fut, len(group))
+            yield from zip(group, results)
 
 
 class DaskRunner:

@@ -9,22 +9,26 @@ inputs and the result, :mod:`~tspsim.simulate.training` the train/forward path,
 """
 
 from tspsim.simulate.graph import build_graph
+from tspsim.simulate.graph_memo import GraphMemo
 from tspsim.simulate.inference import StepProgress, simulate_inference_point
 from tspsim.simulate.point import Point, RunResult
 from tspsim.simulate.training import simulate_training
 from tspsim.spec.loader import SpecLoader
 from tspsim.spec.workload import INFERENCE_MODES
 
-__all__ = ["Point", "RunResult", "StepProgress", "build_graph", "simulate"]
+__all__ = ["GraphMemo", "Point", "RunResult", "StepProgress", "build_graph", "simulate"]
 
 
 def simulate(point: Point, fold: bool = True, record_links: bool = False,
-             progress: StepProgress | None = None, specs: SpecLoader | None = None) -> RunResult:
+             progress: StepProgress | None = None, specs: SpecLoader | None = None,
+             graphs: GraphMemo | None = None) -> RunResult:
     """Simulate one point of any mode and compute its metrics.
 
     ``max_batch`` stays null: :func:`tspsim.explore.max_batch.simulate_with_max_batch` searches it.
     ``progress`` hears of every finished step of an inference point (a training step is one replay).
+    ``graphs`` reuses a training or forward step's graph across points that differ only in what the replay
+    reads (:mod:`tspsim.simulate.graph_memo`).
     """
     if point.mode in INFERENCE_MODES:
         return simulate_inference_point(point, fold=fold, record_links=record_links, progress=progress, specs=specs)
-    return simulate_training(point, fold=fold, record_links=record_links, specs=specs)
+    return simulate_training(point, fold=fold, record_links=record_links, specs=specs, graphs=graphs)

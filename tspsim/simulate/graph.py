@@ -12,6 +12,7 @@ from tspsim.schedules.context import BuildContext
 from tspsim.schedules.decode import build_decode_step
 from tspsim.schedules.prefill import build_prefill
 from tspsim.simulate.gc_pacing import settle
+from tspsim.simulate.graph_memo import GraphMemo, graph_key
 from tspsim.simulate.point import Point, resolve
 from tspsim.spec.assumptions import Assumptions
 from tspsim.spec.layout import Layout
@@ -26,7 +27,8 @@ Built = tuple[OpGraph, Topology, ModelConfig, Layout, Workload, Assumptions]
 """A graph and everything it was built from."""
 
 
-def build_graph(point: Point, fold: bool = True, layers: int | None = None, specs: SpecLoader | None = None) -> Built:
+def build_graph(point: Point, fold: bool = True, layers: int | None = None, specs: SpecLoader | None = None,
+                graphs: GraphMemo | None = None) -> Built:
     """Generate the op graph of ``point`` (no replay).
 
     Inference modes give one step: ``prefill`` (and ``generate``) the prefill step; ``decode`` the step
@@ -34,12 +36,20 @@ def build_graph(point: Point, fold: bool = True, layers: int | None = None, spec
     of each sequence, with ``seq_len + N − 1`` tokens cached — the final step of ``run --mode decode``.
     Its meta records ``decode_tokens`` and ``inference.{context_tokens, token_index, cached_tokens}``.
     ``layers`` builds the same point for the model cut to that many blocks (the planner's memory bound).
+    ``graphs``: reuse a graph built for an earlier point that differs only in what the replay reads
+    (:mod:`tspsim.simulate.graph_memo`; training and forward steps).
     """
     topo, model, layout, workload, opts = resolve(point, specs)
     if layers is not None:
         model = replace(model, layers=layers)
-    graph = built(BuildContext(model, topo, layout, workload, opts, fold=fold), _build, point)
-    return graph, topo, model, layout, workload, opts
+
+    def build() -> OpGraph:
+        return built(BuildContext(model, topo, layout, workload, opts, fold=fold), _build, point)
+
+    if graphs is None or workload.mode in INFERENCE_MODES:
+        return build(), topo, model, layout, workload, opts
+    key = graph_key(point.schedule, fold, topo, model, layout, workload, opts)
+    return graphs.graph(key, topo.name, build), topo, model, layout, workload, opts
 
 
 def built(ctx: BuildContext, build: Callable[..., T], *args: Any) -> T:

@@ -15,6 +15,7 @@ from tspsim.engine.sim import ReplayOptions, replay
 from tspsim.schedules import SCHEDULES
 from tspsim.schedules.context import BuildContext
 from tspsim.simulate.graph import Built, build_graph
+from tspsim.simulate.graph_memo import GraphMemo
 from tspsim.simulate.pipeline_timer import probe_micro_batches, probe_spec, window_for
 from tspsim.simulate.point import Point, RunResult, resolve
 from tspsim.spec.loader import SpecLoader
@@ -22,7 +23,8 @@ from tspsim.spec.loader import SpecLoader
 
 def simulate_training(point: Point, fold: bool = True, record_links: bool = False,
                       periodic: bool = True, specs: SpecLoader | None = None, built: Built | None = None,
-                      plans: Any = None, setup: ReplaySetup | None = None) -> RunResult:
+                      plans: Any = None, setup: ReplaySetup | None = None, graphs: GraphMemo | None = None
+                      ) -> RunResult:
     """Replay the step of a ``train`` or ``forward`` point and compute its metrics.
 
     ``periodic``: time a long 1F1B or interleaved pipeline from a probe of fewer micro-batches when its steady
@@ -31,14 +33,17 @@ def simulate_training(point: Point, fold: bool = True, record_links: bool = Fals
     :func:`~tspsim.simulate.graph.build_graph` returned it (with the same ``fold``), not yet replayed; used
     instead of building it again when the whole step is replayed, with ``plans`` (its communication already
     resolved, e.g. by :func:`tspsim.engine.bound.step_time_lower_bound`) if given, and ``setup`` (its
-    :class:`~tspsim.engine.replay_setup.ReplaySetup`, shared with those bounds) if given.
+    :class:`~tspsim.engine.replay_setup.ReplaySetup`, shared with those bounds) if given. ``graphs``: a graph
+    built for an earlier point that differs only in what the replay reads is reused
+    (:mod:`tspsim.simulate.graph_memo`).
     """
     specs = specs or SpecLoader()
     if periodic and point.mode == "train":
         result = _periodic(point, fold, record_links, specs)
         if result is not None:
             return result
-    graph, topo, model, layout, workload, opts = built or build_graph(point, fold=fold, specs=specs)
+    graph, topo, model, layout, workload, opts = built or build_graph(point, fold=fold, specs=specs,
+                                                                                   graphs=graphs)
     tl = replay(graph, topo, ReplayOptions(record_links=record_links), plans if built is not None else None,
                 setup if built is not None else None)
     entry = run_entry(tl, topo, model, layout, workload, opts)

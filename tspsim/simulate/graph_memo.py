@@ -1,0 +1,74 @@
+"""Op graphs reused across points that differ only in what the replay reads (issue 19, "skip what is known").
+
+A hardware what-if sweep (``tspsim sweep -t base.yaml,faster-links.yaml``, or topology files that change a
+GPU's peak, HBM bandwidth or an efficiency) simulates the same schedule on topologies whose op graphs are
+identical: the build places and folds ops, the replay costs them (:mod:`tspsim.spec.topology_structure`).
+A :class:`GraphMemo`, owned by whoever runs the points (a runner, like its
+:class:`~tspsim.spec.loader.SpecLoader`), keeps the graphs built for the current and the previous point and
+hands one back when a point asks for a graph with the same key: the schedule, fold and layer count, the
+resolved model, layout, workload and assumptions, and the topology's build structure. The reused graph shares
+the ops (a replay never changes them) and gets its own metadata naming its own topology.
+
+What goes through it: the whole training / forward step of :func:`tspsim.simulate.graph.build_graph` (a
+pipelined step timed from a shorter probe builds the probe instead, outside the memo). Inference steps do not:
+a decode step's attention ops are re-costed in place for every cached length.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+from tspsim.opgraph import OpGraph
+from tspsim.spec.topology import Topology
+from tspsim.spec.topology_structure import build_structure
+
+GraphKey = tuple[Any, ...]
+"""What a graph is built from, without the replay-only topology fields (:func:`graph_key`)."""
+
+
+def graph_key(schedule: str, fold: bool, topo: Topology, *inputs: Any) -> GraphKey:
+    """The key of a graph built for ``schedule`` (``fold``) on ``topo`` from ``inputs``.
+
+    ``inputs`` are the resolved model, layout, workload and assumptions (frozen dataclasses: their ``repr``
+    lists every field, floats exactly) and any other build argument (the layer count).
+    """
+    return (schedule, fold, build_structure(topo), *map(repr, inputs))
+
+
+def renamed(graph: OpGraph, topology: str) -> OpGraph:
+    """``graph``'s ops (shared) with its own copy of the metadata, naming ``topology``."""
+    meta = copy.deepcopy(graph.meta)
+    if "topology" in meta:
+        meta["topology"] = topology
+    return OpGraph(ops=graph.ops, meta=meta, ranks=graph.ranks, replica_nodes=graph.replica_nodes)
+
+
+class GraphMemo:
+    """The graphs of the current and the previous point, by :func:`graph_key`.
+
+    Call :meth:`next_point` before each point: graphs older than the previous point are dropped, so at most
+    two points' graphs are held (besides those their results keep). ``hits`` counts the graphs reused.
+    """
+
+    def __init__(self) -> None:
+        self._now: dict[GraphKey, OpGraph] = {}
+        self._before: dict[GraphKey, OpGraph] = {}
+        self.hits = 0
+        """Graphs handed back without building."""
+
+    def next_point(self) -> None:
+        """A new point starts: keep this point's graphs for it, drop the ones before."""
+        self._before, self._now = self._now, {}
+
+    def graph(self, key: GraphKey, topology: str, build: Callable[[], OpGraph]) -> OpGraph:
+        """The graph of ``key`` built earlier (renamed for ``topology``), else ``build()``'s."""
+        known = self._now.get(key) or self._before.get(key)
+        if known is None:
+            graph = build()
+            self._now[key] = graph
+            return graph
+        self._now[key] = known
+        self.hits += 1
+        return renamed(known, topology)
