@@ -102,6 +102,22 @@ def test_replay_only_fields_do_not_change_the_graph(tiny: str, schedule: str, to
         assert (graphs[0].ranks, graphs[0].replica_nodes) == (graphs[1].ranks, graphs[1].replica_nodes)
 
 
+@pytest.mark.parametrize("mode", ["prefill", "generate"])
+@pytest.mark.parametrize("schedule", ["tsp", "tp", "tp+sp", "satp-seq", "satp-batch", "sp"])
+def test_replay_only_fields_do_not_change_the_prefill_graph(tiny: str, schedule: str, mode: str) -> None:
+    from tspsim.schedules.prefill import build_prefill
+
+    for topology, gpus in (("mi300x-1node", None), ("h100-dgx-128node", 16)):
+        point = Point(schedule, topology, model=tiny, mode=mode, seq_len=1024, gpus=gpus,
+                      batch=8 if schedule in ("satp-batch", "satp-seq") else 1)
+        topo, model, layout, workload, opts = resolve(point)
+        other = _perturbed(topo)
+        assert resolve_layout(point, other, model) == (layout, workload, opts)
+        graphs = [build_prefill(BuildContext(model, t, layout, workload, opts)) for t in (topo, other)]
+        assert _ops(graphs[0]) == _ops(graphs[1])
+        assert graphs[1].meta == {**graphs[0].meta, "topology": other.name}
+
+
 def test_memo_hands_back_the_graph_renamed_and_forgets_after_two_points(tiny: str) -> None:
     memo = GraphMemo()
     specs = SpecLoader()
@@ -117,7 +133,7 @@ def test_memo_hands_back_the_graph_renamed_and_forgets_after_two_points(tiny: st
     inference = Point("tsp", "mi300x-1node", model=tiny, mode="prefill", seq_len=1024)
     build_graph(inference, specs=specs, graphs=memo)
     build_graph(inference, specs=specs, graphs=memo)
-    assert memo.hits == 1  # inference steps never go through the memo
+    assert memo.hits == 1  # tspsim generate's inference graphs are not memoised (simulate's prefill steps are)
 
 
 def test_renamed_copies_the_metadata() -> None:
@@ -153,19 +169,22 @@ def _stable(result: dict[str, Any]) -> dict[str, Any]:
 def test_graph_groups_pair_the_what_if_points(tiny: str, what_if: str) -> None:
     points = _points(tiny, what_if)
     groups = graph_groups(points, SpecLoader())
-    # train points pair across the two topologies; prefill points stay alone
-    assert groups == [[0, 4], [1], [2, 6], [3], [5], [7]]
+    # each point pairs with its twin on the other topology
+    assert groups == [[0, 4], [1, 5], [2, 6], [3, 7]]
+    decode = [Point("tsp", t, model=tiny, mode="decode", seq_len=2048) for t in ("mi300x-1node", what_if)]
+    assert graph_groups(decode, SpecLoader()) == [[0], [1]]
     assert spread([[0, 4], [1]], 3) == [[0], [4], [1]]
     assert spread([[0, 1, 2, 3]], 3) == [[0], [1], [2, 3]]
     assert spread([[0], [1]], 4) == [[0], [1]]
 
 
 def test_serial_runner_reuses_graphs_with_identical_results(tiny: str, what_if: str) -> None:
-    points = _points(tiny, what_if)
+    points = _points(tiny, what_if) + [Point("tp", t, model=tiny, mode="generate", seq_len=2048, decode_tokens=4)
+                                       for t in ("mi300x-1node", what_if)]
     alone = [run_point(p) for p in points]
     with SerialRunner() as runner:
         shared = dict(runner.run(points))
-        assert runner._graphs.hits == 2
+        assert runner._graphs.hits >= 4  # two train steps, two prefill steps, and max-batch probes of equal batch
     assert [_stable(shared[i]) for i in range(len(points))] == [_stable(r) for r in alone]
     assert [_stable(r) for r in run_points(points)] == [_stable(r) for r in alone]
     assert alone[0]["entry"]["step_time_s"] != alone[4]["entry"]["step_time_s"]  # the what-if does change times

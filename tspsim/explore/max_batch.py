@@ -132,18 +132,20 @@ def batch_step(schedule: str, mode: str, degree: int) -> int:
     return degree if schedule == "satp-batch" or (schedule == "satp-seq" and mode != "prefill") else 1
 
 
-def search_max_batch(result: RunResult, fold: bool = True,
-                     on_probe: Callable[[int, float], None] | None = None) -> tuple[int, int]:
+def search_max_batch(result: RunResult, fold: bool = True, on_probe: Callable[[int, float], None] | None = None,
+                     graphs: GraphMemo | None = None) -> tuple[int, int]:
     """(max batch, simpy events spent) for a simulated inference point; its own batch is not simulated again.
 
-    ``on_probe(batch, peak bytes)`` is called after each probe (progress).
+    ``on_probe(batch, peak bytes)`` is called after each probe (progress); ``graphs`` reuses prefill graphs
+    probed for an earlier point (:func:`~tspsim.simulate.inference.step_peak_bytes`).
     """
     layout, workload = result.layout, result.workload
     events = 0
 
     def peak(b: int) -> float:
         nonlocal events
-        top, ev = step_peak_bytes(result.topology, result.model, layout, workload, result.assumptions, b, fold)
+        top, ev = step_peak_bytes(result.topology, result.model, layout, workload, result.assumptions, b, fold,
+                                      graphs)
         events += ev
         if on_probe is not None:
             on_probe(b, top)
@@ -180,7 +182,7 @@ def simulate_with_max_batch(point: Point, fold: bool = True, record_links: bool 
             if progress is not None:
                 progress(probes, 0, f"max-batch probe B={batch}: peak {peak_bytes / 1e9:.1f} GB")
 
-        found, events = search_max_batch(result, fold, on_probe)
+        found, events = search_max_batch(result, fold, on_probe, graphs)
         result.entry["max_batch"] = found
         result.entry["sim_events"] += events
         result.entry["sim_wall_s"] += time.perf_counter() - t0

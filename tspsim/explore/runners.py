@@ -52,18 +52,17 @@ def run_points(points: Sequence[Point]) -> list[dict[str, Any]]:
 def graph_groups(points: Sequence[Point], specs: SpecLoader) -> list[list[int]]:
     """Indices of ``points`` grouped by the op graph they build, groups in order of first appearance.
 
-    Two training or forward points are grouped when their :func:`~tspsim.simulate.graph_memo.graph_key` is
-    equal (same schedule, model, layout, workload and assumptions on topologies of the same build structure);
-    every other point (inference, or one that does not resolve) is a group of its own.
+    Two training, forward, prefill or generate points are grouped when their
+    :func:`~tspsim.simulate.graph_memo.graph_key` is equal (same schedule, model, layout, workload and assumptions
+    on topologies of the same build structure); every other point (decode, whose graphs are re-costed in place
+    and never reused, or one that does not resolve) is a group of its own.
     """
     from tspsim.simulate.graph_memo import graph_key
     from tspsim.simulate.point import resolve
-    from tspsim.spec.workload import INFERENCE_MODES
-
     groups: dict[Any, list[int]] = {}
     for i, point in enumerate(points):
         key: Any = ("alone", i)
-        if point.mode not in INFERENCE_MODES:
+        if point.mode != "decode":
             try:
                 topo, model, layout, workload, opts = resolve(point, specs)
             except TspsimError:

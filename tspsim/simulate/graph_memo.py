@@ -10,8 +10,9 @@ resolved model, layout, workload and assumptions, and the topology's build struc
 the ops (a replay never changes them) and gets its own metadata naming its own topology.
 
 What goes through it: the whole training / forward step of :func:`tspsim.simulate.graph.build_graph` (a
-pipelined step timed from a shorter probe builds the probe instead, outside the memo). Inference steps do not:
-a decode step's attention ops are re-costed in place for every cached length.
+pipelined step timed from a shorter probe builds the probe instead, outside the memo) and the prefill step of
+an inference point and of its max-batch probes (:func:`tspsim.simulate.inference.prefill_graph`). Decode steps
+do not: their attention ops are re-costed in place for every cached length.
 """
 
 from __future__ import annotations

@@ -28,12 +28,14 @@ from tspsim.analysis.serving import (
 from tspsim.core.errors import ConfigError
 from tspsim.engine.sim import ReplayOptions, replay
 from tspsim.engine.timeline import Timeline
+from tspsim.opgraph import OpGraph
 from tspsim.schedules.context import BuildContext
 from tspsim.schedules.decode import build_decode_step
 from tspsim.schedules.periodic import with_layers
 from tspsim.schedules.prefill import build_prefill
 from tspsim.simulate.decode_timer import DecodeTimer, StepTiming, decode_topology
 from tspsim.simulate.graph import built
+from tspsim.simulate.graph_memo import GraphMemo, graph_key
 from tspsim.simulate.point import Point, RunResult, resolve
 from tspsim.spec.assumptions import Assumptions
 from tspsim.spec.layout import Layout
@@ -63,13 +65,15 @@ StepProgress = Callable[[int, int, str], None]
 
 def simulate_inference(topo: Topology, model: ModelConfig, layout: Layout, workload: Workload, opts: Assumptions,
                        fold: bool = True, record_links: bool = False, *, periodic: bool = True,
-                       progress: StepProgress | None = None) -> InferenceRun:
+                       progress: StepProgress | None = None, graphs: GraphMemo | None = None) -> InferenceRun:
     """Simulate a ``prefill``, ``decode`` or ``generate`` workload and compute the serving metrics.
 
     ``periodic=False`` simulates every decode step in full (the reference for the periodic assembly).
     ``max_batch`` is left null: the search that fills it (:mod:`tspsim.explore.max_batch`) probes other
     batch sizes with :func:`step_peak_bytes`. ``progress`` is told about every finished step (the
-    prefill, each decode step, the final full replay). Key definitions: :mod:`tspsim.analysis.serving`.
+    prefill, each decode step, the final full replay). ``graphs`` reuses the prefill step's graph across points
+    that differ only in what the replay reads (:mod:`tspsim.simulate.graph_memo`). Key definitions:
+    :mod:`tspsim.analysis.serving`.
     """
     if workload.mode not in INFERENCE_MODES:
         raise ConfigError(f"mode {workload.mode!r} is not an inference mode ({', '.join(INFERENCE_MODES)})")
@@ -99,7 +103,8 @@ def simulate_inference(topo: Topology, model: ModelConfig, layout: Layout, workl
     rep_opts = ReplayOptions(record_links=record_links)
     ttft = None
     if mode in ("prefill", "generate"):
-        tl_pre = replay(built(ctx_for(B), build_prefill), topo, rep_opts)
+        tl_pre = replay(prefill_graph(topo, model, layout, replace(workload, batch=B), opts, fold, graphs), topo,
+                        rep_opts)
         timelines["prefill"] = tl_pre
         ttft = tl_pre.end_s
         events += tl_pre.sim_events
@@ -218,7 +223,7 @@ def simulate_inference_point(point: Point, fold: bool = True, record_links: bool
                              specs: SpecLoader | None = None, **kw: Any) -> RunResult:
     """:func:`tspsim.simulate.simulate` for an inference :class:`~tspsim.simulate.Point` (``max_batch`` null).
 
-    ``kw`` goes to :func:`simulate_inference` (``periodic``, ``progress``).
+    ``kw`` goes to :func:`simulate_inference` (``periodic``, ``progress``, ``graphs``).
     """
     topo, model, layout, workload, opts = resolve(point, specs)
     tokens = point.decode_tokens or (DEFAULT_DECODE_TOKENS if point.mode != "prefill" else 0)
@@ -230,17 +235,18 @@ def simulate_inference_point(point: Point, fold: bool = True, record_links: bool
 
 
 def step_peak_bytes(topo: Topology, model: ModelConfig, layout: Layout, workload: Workload, opts: Assumptions,
-                    batch: int, fold: bool = True) -> tuple[float, int]:
+                    batch: int, fold: bool = True, graphs: GraphMemo | None = None) -> tuple[float, int]:
     """(peak bytes, simpy events) of the workload's step(s) at another ``batch``.
 
     ``prefill``: the prefill step; ``decode``: the final decode step (``seq_len + decode_tokens − 1``
-    cached); ``generate``: the larger of the two. Each a full replay of the step graph.
+    cached); ``generate``: the larger of the two. Each a full replay of the step graph; ``graphs`` reuses
+    prefill graphs (:func:`prefill_graph`).
     """
     mode = workload.mode
     at = replace(workload, batch=batch)
     top, events = 0.0, 0
     if mode in ("prefill", "generate"):
-        tl = replay(built(BuildContext(model, topo, layout, at, opts, fold=fold), build_prefill), topo)
+        tl = replay(prefill_graph(topo, model, layout, at, opts, fold, graphs), topo)
         events += tl.sim_events
         top = peak_memory(tl)[0]
     if mode in ("decode", "generate"):
@@ -250,3 +256,18 @@ def step_peak_bytes(topo: Topology, model: ModelConfig, layout: Layout, workload
         events += tl.sim_events
         top = max(top, peak_memory(tl)[0])
     return top, events
+
+
+def prefill_graph(topo: Topology, model: ModelConfig, layout: Layout, workload: Workload, opts: Assumptions,
+                  fold: bool, graphs: GraphMemo | None = None) -> OpGraph:
+    """The prefill step's graph at ``workload.batch``; from ``graphs`` when an earlier point built the same one.
+
+    A prefill graph is never changed by its replay (decode steps are: they are re-costed in place, so they
+    are always built anew).
+    """
+    def build() -> OpGraph:
+        return built(BuildContext(model, topo, layout, workload, opts, fold=fold), build_prefill)
+
+    if graphs is None:
+        return build()
+    return graphs.graph(graph_key("prefill", fold, topo, model, layout, workload, opts), topo.name, build)
