@@ -23,17 +23,15 @@ from tspsim.spec.loader import SpecLoader
 def run_point(point: Point, specs: SpecLoader | None = None, graphs: GraphMemo | None = None) -> dict[str, Any]:
     """Simulate one point (the function every runner executes; picklable, never raises ``Exception``).
 
-    ``graphs`` (kept across the points of one process) reuses an earlier point's graph where only what the
-    replay reads differs. Returns ``{"status": "ok", "entry": <normalized entry>, "wall_s": s}``, or ``{"status":
-    "invalid" | "error", "reason": one line, "wall_s": s}`` for a point the simulator rejects
+    ``graphs`` (kept across a group of points run one after the other) reuses an earlier point's graph where
+    only what the replay reads differs. Returns ``{"status": "ok", "entry": <normalized entry>, "wall_s": s}``,
+    or ``{"status": "invalid" | "error", "reason": one line, "wall_s": s}`` for a point the simulator rejects
     (:class:`~tspsim.core.errors.TspsimError`) or that fails unexpectedly.
     """
     from tspsim.explore.max_batch import simulate_with_max_batch
 
     t0 = time.perf_counter()
     try:
-        if graphs is not None:
-            graphs.next_point()
         entry = simulate_with_max_batch(point, specs=specs or SpecLoader(), graphs=graphs).entry
     except TspsimError as exc:
         return {"status": "invalid", "reason": str(exc), "wall_s": time.perf_counter() - t0}
@@ -44,7 +42,10 @@ def run_point(point: Point, specs: SpecLoader | None = None, graphs: GraphMemo |
 
 
 def run_points(points: Sequence[Point]) -> list[dict[str, Any]]:
-    """:func:`run_point` of each point in order, in one process sharing file reads and graphs (a pool task)."""
+    """:func:`run_point` of each point in order, sharing file reads and graphs: a pool task.
+
+    The points are one group of :func:`graph_groups`.
+    """
     specs, graphs = SpecLoader(), GraphMemo()
     return [run_point(p, specs, graphs) for p in points]
 
@@ -125,8 +126,10 @@ class SerialRunner:
     def run(self, points: Sequence[Point]) -> Iterator[tuple[int, dict[str, Any]]]:
         """Simulate in order, points that share a graph one after the other (:func:`graph_groups`)."""
         for group in graph_groups(points, self._specs):
+            self._graphs.clear()
             for i in group:
                 yield i, run_point(points[i], self._specs, self._graphs)
+        self._graphs.clear()
 
 
 def _pool_context() -> Any:
@@ -277,13 +280,13 @@ class PoolRunner:
         """Submit every point, yield results as they complete.
 
         Points that share a graph (:func:`graph_groups`) go to one worker as one task, as long as every
-        worker still gets a task (:func:`spread`).
+        worker still gets a task (:func:`spread`); the largest groups are submitted first.
         """
         from concurrent.futures import as_completed
 
         groups = spread(graph_groups(points, SpecLoader()), self.jobs)
         futures = {}
-        for group in groups:
+        for group in sorted(groups, key=len, reverse=True):   # the longest tasks first: a shorter tail
             if len(group) == 1:
                 futures[self._executor.submit(run_point, points[group[0]])] = group
             else:

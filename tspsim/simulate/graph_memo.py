@@ -4,8 +4,8 @@ A hardware what-if sweep (``tspsim sweep -t base.yaml,faster-links.yaml``, or to
 GPU's peak, HBM bandwidth or an efficiency) simulates the same schedule on topologies whose op graphs are
 identical: the build places and folds ops, the replay costs them (:mod:`tspsim.spec.topology_structure`).
 A :class:`GraphMemo`, owned by whoever runs the points (a runner, like its
-:class:`~tspsim.spec.loader.SpecLoader`), keeps the graphs built for the current and the previous point and
-hands one back when a point asks for a graph with the same key: the schedule, fold and layer count, the
+:class:`~tspsim.spec.loader.SpecLoader`), keeps the graphs built for a group of points run one after the other
+and hands one back when a point asks for a graph with the same key: the schedule, fold and layer count, the
 resolved model, layout, workload and assumptions, and the topology's build structure. The reused graph shares
 the ops (a replay never changes them) and gets its own metadata naming its own topology.
 
@@ -47,29 +47,28 @@ def renamed(graph: OpGraph, topology: str) -> OpGraph:
 
 
 class GraphMemo:
-    """The graphs of the current and the previous point, by :func:`graph_key`.
+    """Graphs built for a group of points, by :func:`graph_key`, until :meth:`clear`.
 
-    Call :meth:`next_point` before each point: graphs older than the previous point are dropped, so at most
-    two points' graphs are held (besides those their results keep). ``hits`` counts the graphs reused.
+    Its owner runs the points that may share graphs one after the other and clears the memo between groups
+    (:func:`tspsim.explore.runners.graph_groups`), so it holds one group's graphs at most: a reused graph
+    shares its ops with the first, and graphs no other point of the group needs are freed with the group.
+    ``hits`` counts the graphs handed back without building.
     """
 
     def __init__(self) -> None:
-        self._now: dict[GraphKey, OpGraph] = {}
-        self._before: dict[GraphKey, OpGraph] = {}
+        self._graphs: dict[GraphKey, OpGraph] = {}
         self.hits = 0
         """Graphs handed back without building."""
 
-    def next_point(self) -> None:
-        """A new point starts: keep this point's graphs for it, drop the ones before."""
-        self._before, self._now = self._now, {}
+    def clear(self) -> None:
+        """Forget every graph (the next group of points shares none of them)."""
+        self._graphs.clear()
 
     def graph(self, key: GraphKey, topology: str, build: Callable[[], OpGraph]) -> OpGraph:
         """The graph of ``key`` built earlier (renamed for ``topology``), else ``build()``'s."""
-        known = self._now.get(key) or self._before.get(key)
+        known = self._graphs.get(key)
         if known is None:
-            graph = build()
-            self._now[key] = graph
+            graph = self._graphs[key] = build()
             return graph
-        self._now[key] = known
         self.hits += 1
         return renamed(known, topology)
