@@ -60,6 +60,7 @@ def graph_groups(points: Sequence[Point], specs: SpecLoader) -> list[list[int]]:
     """
     from tspsim.simulate.graph_memo import graph_key
     from tspsim.simulate.point import resolve
+
     groups: dict[Any, list[int]] = {}
     for i, point in enumerate(points):
         key: Any = ("alone", i)

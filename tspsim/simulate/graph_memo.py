@@ -5,9 +5,9 @@ GPU's peak, HBM bandwidth or an efficiency) simulates the same schedule on topol
 identical: the build places and folds ops, the replay costs them (:mod:`tspsim.spec.topology_structure`).
 A :class:`GraphMemo`, owned by whoever runs the points (a runner, like its
 :class:`~tspsim.spec.loader.SpecLoader`), keeps the graphs built for a group of points run one after the other
-and hands one back when a point asks for a graph with the same key: the schedule, fold and layer count, the
-resolved model, layout, workload and assumptions, and the topology's build structure. The reused graph shares
-the ops (a replay never changes them) and gets its own metadata naming its own topology.
+and hands one back when a point asks for a graph with the same key: the schedule and fold, the resolved
+model (its layer count included), layout, workload and assumptions, and the topology's build structure. The
+reused graph shares the ops (a replay never changes them) and gets its own metadata naming its own topology.
 
 What goes through it: the whole training / forward step of :func:`tspsim.simulate.graph.build_graph` (a
 pipelined step timed from a shorter probe builds the probe instead, outside the memo) and the prefill step of
@@ -33,7 +33,7 @@ def graph_key(schedule: str, fold: bool, topo: Topology, *inputs: Any) -> GraphK
     """The key of a graph built for ``schedule`` (``fold``) on ``topo`` from ``inputs``.
 
     ``inputs`` are the resolved model, layout, workload and assumptions (frozen dataclasses: their ``repr``
-    lists every field, floats exactly) and any other build argument (the layer count).
+    lists every field, floats exactly).
     """
     return (schedule, fold, build_structure(topo), *map(repr, inputs))
 
