@@ -201,18 +201,22 @@ def test_pool_runner_results_equal_serial(tiny: str, what_if: str) -> None:
 
 
 def test_the_sweep_over_what_if_topologies_is_unchanged(tiny: str, what_if: str, tmp_path: Path) -> None:
+    """--jobs 1, --jobs 2 and a Dask cluster (groups as tasks on each) write the same results."""
     import json
 
     from click.testing import CliRunner
 
     from tspsim.cli import cli
 
+    distributed = pytest.importorskip("distributed")
+    args = ["sweep", "-t", f"mi300x-1node,{what_if}", "--model", tiny, "--schedule", "tsp,tp", "--seq", "2k,4k"]
     outs = []
-    for jobs in ("1", "2"):
-        out = tmp_path / f"sw{jobs}"
-        res = CliRunner().invoke(cli, ["sweep", "-t", f"mi300x-1node,{what_if}", "--model", tiny, "--schedule",
-                                        "tsp,tp", "--seq", "2k", "--jobs", jobs, "-o", str(out)])
-        assert res.exit_code == 0, res.output
-        rows = json.loads((out / "results.json").read_text())["results"]
-        outs.append([{k: v for k, v in r.items() if k not in ("sim_wall_s", "wall_s")} for r in rows])
-    assert outs[0] == outs[1] and len(outs[0]) == 4
+    with distributed.LocalCluster(processes=True, n_workers=2, threads_per_worker=1,
+                                  dashboard_address=None) as cluster:
+        for how in (["--jobs", "1"], ["--jobs", "2"], ["--scheduler", cluster.scheduler_address]):
+            out = tmp_path / how[-1].replace("/", "_").replace(":", "_")
+            res = CliRunner().invoke(cli, [*args, *how, "-o", str(out)])
+            assert res.exit_code == 0, res.output
+            outs.append((out / "results.json").read_bytes())
+    assert outs[0] == outs[1] == outs[2]
+    assert len(json.loads(outs[0])["results"]) == 8

@@ -1,7 +1,7 @@
 """Where sweep points run: in this process, on a local process pool, or on a Dask ``distributed`` cluster.
 
 Every runner executes the same pure function, :func:`run_point`, so results do not depend on where a
-point ran. The local runners run points whose op graphs are the same (:func:`graph_groups`: a hardware
+point ran. Each runner runs points whose op graphs are the same (:func:`graph_groups`: a hardware
 what-if sweep over topologies that differ only in rates and efficiencies) one after the other in one process,
 which builds each graph once (:class:`~tspsim.simulate.graph_memo.GraphMemo`).
 """
@@ -281,21 +281,19 @@ class PoolRunner:
         """Submit every point, yield results as they complete.
 
         Points that share a graph (:func:`graph_groups`) go to one worker as one task, as long as every
-        worker still gets a task (:func:`spread`); the largest groups are submitted first.
+        worker still gets a task (:func:`spread`); the largest groups are submitted first (a shorter tail).
         """
         from concurrent.futures import as_completed
 
-        groups = spread(graph_groups(points, SpecLoader()), self.jobs)
         futures = {}
-        for group in sorted(groups, key=len, reverse=True):   # the longest tasks first: a shorter tail
+        for group in sorted(spread(graph_groups(points, SpecLoader()), self.jobs), key=len, reverse=True):
             if len(group) == 1:
                 futures[self._executor.submit(run_point, points[group[0]])] = group
             else:
                 futures[self._executor.submit(run_points, [points[i] for i in group])] = group
         for fut in as_completed(futures):
             group = futures[fut]
-            results = _group_results(fut, len(group))
-            yield from zip(group, results)
+            yield from zip(group, _group_results(fut, len(group)))
 
 
 class DaskRunner:
@@ -343,14 +341,22 @@ class DaskRunner:
         client.close()
 
     def run(self, points: Sequence[Point]) -> Iterator[tuple[int, dict[str, Any]]]:
-        """Submit every point to the cluster, yield results as they complete."""
+        """Submit every point to the cluster, yield results as they complete.
+
+        Points that share a graph go to one worker as one task, as on the local pool, while every worker
+        thread of the cluster still gets a task.
+        """
         import distributed
 
-        self._futures = [self._client.submit(run_point, p, pure=False) for p in points]
-        index = {f.key: i for i, f in enumerate(self._futures)}
+        threads = sum(self._client.nthreads().values()) or 1
+        groups = sorted(spread(graph_groups(points, SpecLoader()), threads), key=len, reverse=True)
+        self._futures = [self._client.submit(run_point, points[g[0]], pure=False) if len(g) == 1 else
+                         self._client.submit(run_points, [points[i] for i in g], pure=False) for g in groups]
+        index = {f.key: g for f, g in zip(self._futures, groups)}
         with self._client.as_current():
             for fut in distributed.as_completed(self._futures):
-                yield index[fut.key], _result_of(fut)
+                group = index[fut.key]
+                yield from zip(group, _group_results(fut, len(group)))
 
 
 def probe_dask_scheduler(address: str, timeout_s: float) -> None:
