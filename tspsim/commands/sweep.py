@@ -94,10 +94,15 @@ def sweep(ctx: click.Context, topologies: list[str], models: list[str], schedule
     decode tokens/s plots to the page. decode points sweep --context (default: the --seq values) and,
     like generate points, --tokens. The max-batch search is skipped (max_batch null) unless --max-batch.
 
+    Hardware what-ifs: topology files that inherit a preset and change only rates, efficiencies or
+    latencies (a faster GPU, HBM or links) give the same op graphs, so each graph is built once for
+    all of them (training, forward and prefill steps).
+
     \b
     Examples:
       tspsim sweep -t mi300x-1node --schedule tsp,tp --degree 2,4,8 --seq 16k,32k,64k,128k --out sw
       tspsim sweep -t mi300x-128node --schedule tsp,tp+sp --degree 8 --tp 8 --sp 2,4 --seq 64k,128k -o sw
+      tspsim sweep -t mi300x-1node,faster-links.yaml --seq 32k,128k --out sw-what-if
       tspsim sweep -t mi300x-1node --seq 32k,64k --scheduler tcp://127.0.0.1:8786 --out sw
       tspsim sweep -t mi300x-1node --model llama3-70b --schedule tp,tsp --mode decode --context 4k,32k \\
                    --batch 1,8,32 --tokens 128 --out sw-decode
