@@ -171,6 +171,8 @@ def test_graph_groups_pair_the_what_if_points(tiny: str, what_if: str) -> None:
     assert groups == [[0, 4], [1, 5], [2, 6], [3, 7]]
     decode = [Point("tsp", t, model=tiny, mode="decode", seq_len=2048) for t in ("mi300x-1node", what_if)]
     assert graph_groups(decode, SpecLoader()) == [[0], [1]]
+    one_topology = [Point("tsp", "mi300x-1node", model=tiny, seq_len=2048)] * 2
+    assert graph_groups(one_topology, SpecLoader()) == [[0], [1]]   # never resolved: one topology
     assert spread([[0, 4], [1]], 3) == [[0], [4], [1]]
     assert spread([[0, 1, 2, 3]], 3) == [[0], [1], [2, 3]]
     assert spread([[0], [1]], 4) == [[0], [1]]

@@ -56,11 +56,15 @@ def graph_groups(points: Sequence[Point], specs: SpecLoader) -> list[list[int]]:
     Two training, forward, prefill or generate points are grouped when their
     :func:`~tspsim.simulate.graph_memo.graph_key` is equal (same schedule, model, layout, workload and assumptions
     on topologies of the same build structure); every other point (decode, whose graphs are re-costed in place
-    and never reused, or one that does not resolve) is a group of its own.
+    and never reused, or one that does not resolve) is a group of its own, and so is every point when all name
+    the same topology (a grid's points are distinct, so only topologies can make two graphs the same: a
+    one-topology sweep of 100,000 points is not resolved once more for nothing).
     """
     from tspsim.simulate.graph_memo import graph_key
     from tspsim.simulate.point import resolve
 
+    if len({p.topology for p in points}) < 2:
+        return [[i] for i in range(len(points))]
     groups: dict[Any, list[int]] = {}
     for i, point in enumerate(points):
         key: Any = ("alone", i)
