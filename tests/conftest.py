@@ -105,3 +105,28 @@ def tpsp_run():
 
     r = simulate(Point("tp+sp", "mi300x-128node", seq_len=4096, tp=8, sp=2), record_links=True)
     return r.entry, r.timeline
+
+
+@pytest.fixture(scope="session")
+def validate_json() -> tuple[object, list]:
+    """``tspsim validate --json`` run once for the session (~30 s): (the CliRunner result, the rows it computed).
+
+    The golden test compares its stdout and ``tests/test_validate.py`` checks it and renders the text report from
+    the same rows.
+    """
+    from click.testing import CliRunner
+
+    import tspsim.explore.validation as v
+    from tspsim.cli import cli
+
+    computed: list = []
+    real = v.validation_rows
+
+    def record(jobs: int | None = None) -> list:
+        computed.extend(real(jobs))
+        return list(computed)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(v, "validation_rows", record)
+        result = CliRunner().invoke(cli, ["validate", "--json"], catch_exceptions=False)
+    return result, computed

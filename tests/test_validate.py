@@ -51,18 +51,10 @@ def test_summary_counts():
 
 
 @pytest.mark.slow
-def test_validate_cli_json_and_text(monkeypatch):
+def test_validate_cli_json_and_text(monkeypatch, validate_json):
     runner = CliRunner()
-    computed: list[v.Row] = []
-    real = v.validation_rows
-
-    def once(jobs: int | None = None) -> list[v.Row]:  # the text report below reuses the JSON run's rows
-        if not computed:
-            computed.extend(real(jobs))
-        return list(computed)
-
-    monkeypatch.setattr(v, "validation_rows", once)
-    res = runner.invoke(cli, ["validate", "--json"])
+    res, computed = validate_json   # the session's one `validate --json` run (the golden test compares it too)
+    monkeypatch.setattr(v, "validation_rows", lambda jobs=None: list(computed))  # the text report: the same rows
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)["results"]
     assert len(rows) == 20                       # 9 + 7 software-stack rows + 4 Table 5 step times (issue 14)
