@@ -166,11 +166,17 @@ def _result_of(fut: Any) -> dict[str, Any]:
                 "wall_s": None}
 
 
+def task_groups(points: Sequence[Point], workers: int) -> list[list[int]]:
+    """The point groups a pool or cluster of ``workers`` runs, one :func:`run_points` task each.
+
+    :func:`graph_groups` :func:`spread` over the workers, largest first (a shorter tail).
+    """
+    return sorted(spread(graph_groups(points, SpecLoader()), workers), key=len, reverse=True)
+
+
 def _group_results(fut: Any, n: int) -> list[dict[str, Any]]:
-    """The ``n`` results of a future of :func:`run_point` (one) or :func:`run_points` (a list)."""
+    """The ``n`` results of a future of :func:`run_points`; a lost worker's error result for each point."""
     result = _result_of(fut)
-    if n == 1 and isinstance(result, dict):
-        return [result]
     return list(result) if isinstance(result, list) else [result] * n
 
 
@@ -285,16 +291,12 @@ class PoolRunner:
         """Submit every point, yield results as they complete.
 
         Points that share a graph (:func:`graph_groups`) go to one worker as one task, as long as every
-        worker still gets a task (:func:`spread`); the largest groups are submitted first (a shorter tail).
+        worker still gets a task (:func:`task_groups`).
         """
         from concurrent.futures import as_completed
 
-        futures = {}
-        for group in sorted(spread(graph_groups(points, SpecLoader()), self.jobs), key=len, reverse=True):
-            if len(group) == 1:
-                futures[self._executor.submit(run_point, points[group[0]])] = group
-            else:
-                futures[self._executor.submit(run_points, [points[i] for i in group])] = group
+        futures = {self._executor.submit(run_points, [points[i] for i in group]): group
+                   for group in task_groups(points, self.jobs)}
         for fut in as_completed(futures):
             group = futures[fut]
             yield from zip(group, _group_results(fut, len(group)))
@@ -352,10 +354,8 @@ class DaskRunner:
         """
         import distributed
 
-        threads = sum(self._client.nthreads().values()) or 1
-        groups = sorted(spread(graph_groups(points, SpecLoader()), threads), key=len, reverse=True)
-        self._futures = [self._client.submit(run_point, points[g[0]], pure=False) if len(g) == 1 else
-                         self._client.submit(run_points, [points[i] for i in g], pure=False) for g in groups]
+        groups = task_groups(points, sum(self._client.nthreads().values()) or 1)
+        self._futures = [self._client.submit(run_points, [points[i] for i in g], pure=False) for g in groups]
         index = {f.key: g for f, g in zip(self._futures, groups)}
         with self._client.as_current():
             for fut in distributed.as_completed(self._futures):

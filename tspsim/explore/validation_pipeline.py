@@ -125,20 +125,20 @@ def pipeline_rows(jobs: int | None = None) -> list[Row]:
     args = [(model, gpus, pp, v, batch, schedule, recompute)
             for _k, _l, model, gpus, pp, v, batch, _p, _s, schedule, recompute, _w in cases]
     times = forked_map(_step_time_of, args, [float(a[1]) for a in args], jobs)
-    outcomes = {case[0] + "." + case[8]: (case[7], result) for case, (ok, result) in zip(cases, times) if ok}
+    done = {(case[0], case[8]): (case[7], *result) for case, (ok, result) in zip(cases, times) if ok}
     rows = []
     for (key, label, *_rest, published, suffix, _sch, _rec, what), a, (ok, value) in zip(cases, args, times):
         row = Row(f"step.{key}.{suffix}", f"step {label}, {what}", "dgx-a100-128node", "s", published,
                   TOLERANCE_PCT, KORTHIKANTI_TABLE5)
         row = try_row(row, lambda ok=ok, value=value: _outcome(ok, value))
-        other = outcomes.get(f"{key}.{'full' if suffix != 'full' else 'sp-selective'}")
+        parts = [row.note] if row.note else []
+        parts.append(MECHANISM)
+        other = done.get((key, "full" if suffix != "full" else "sp-selective"))
         if ok and other is not None:
-            (step_s, compute_s, passes), (o_pub, (o_step, o_compute, _p)) = value, other
-            figures = miss_measures(published, step_s, compute_s, passes, (o_pub, o_step, o_compute))
-            row.note = f"{row.note + '; ' if row.note else ''}{MECHANISM}; {figures}"
-        else:
-            row.note = f"{row.note + '; ' if row.note else ''}{MECHANISM}"
-        row.note += f"; reproduce: {command(*a)}"
+            step_s, compute_s, passes = value
+            parts.append(miss_measures(published, step_s, compute_s, passes, other[:3]))
+        parts.append(f"reproduce: {command(*a)}")
+        row.note = "; ".join(parts)
         rows.append(row)
     return rows
 
