@@ -12,7 +12,7 @@ from tspsim.schedules.context import BuildContext
 from tspsim.schedules.decode import build_decode_step
 from tspsim.schedules.prefill import build_prefill
 from tspsim.simulate.gc_pacing import settle
-from tspsim.simulate.graph_memo import GraphMemo, graph_key
+from tspsim.simulate.graph_memo import GraphMemo, graph_of
 from tspsim.simulate.point import Point, resolve
 from tspsim.spec.assumptions import Assumptions
 from tspsim.spec.layout import Layout
@@ -46,10 +46,9 @@ def build_graph(point: Point, fold: bool = True, layers: int | None = None, spec
     def build() -> OpGraph:
         return built(BuildContext(model, topo, layout, workload, opts, fold=fold), _build, point)
 
-    if graphs is None or workload.mode in INFERENCE_MODES:
-        return build(), topo, model, layout, workload, opts
-    key = graph_key(point.schedule, fold, topo, model, layout, workload, opts)
-    return graphs.graph(key, topo.name, build), topo, model, layout, workload, opts
+    memo = None if workload.mode in INFERENCE_MODES else graphs
+    graph = graph_of(memo, point.schedule, fold, topo, (model, layout, workload, opts), build)
+    return graph, topo, model, layout, workload, opts
 
 
 def built(ctx: BuildContext, build: Callable[..., T], *args: Any) -> T:

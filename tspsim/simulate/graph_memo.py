@@ -38,6 +38,14 @@ def graph_key(schedule: str, fold: bool, topo: Topology, *inputs: Any) -> GraphK
     return (schedule, fold, build_structure(topo), *map(repr, inputs))
 
 
+def graph_of(graphs: GraphMemo | None, schedule: str, fold: bool, topo: Topology, inputs: tuple[Any, ...],
+             build: Callable[[], OpGraph]) -> OpGraph:
+    """``build()``, or the graph ``graphs`` holds for the same :func:`graph_key` (no memo: always built)."""
+    if graphs is None:
+        return build()
+    return graphs.graph(graph_key(schedule, fold, topo, *inputs), topo.name, build)
+
+
 def renamed(graph: OpGraph, topology: str) -> OpGraph:
     """``graph``'s ops (shared) with its own copy of the metadata, naming ``topology``."""
     meta = copy.deepcopy(graph.meta)

@@ -35,7 +35,7 @@ from tspsim.schedules.periodic import with_layers
 from tspsim.schedules.prefill import build_prefill
 from tspsim.simulate.decode_timer import DecodeTimer, StepTiming, decode_topology
 from tspsim.simulate.graph import built
-from tspsim.simulate.graph_memo import GraphMemo, graph_key
+from tspsim.simulate.graph_memo import GraphMemo, graph_of
 from tspsim.simulate.point import Point, RunResult, resolve
 from tspsim.spec.assumptions import Assumptions
 from tspsim.spec.layout import Layout
@@ -268,6 +268,4 @@ def prefill_graph(topo: Topology, model: ModelConfig, layout: Layout, workload: 
     def build() -> OpGraph:
         return built(BuildContext(model, topo, layout, workload, opts, fold=fold), build_prefill)
 
-    if graphs is None:
-        return build()
-    return graphs.graph(graph_key("prefill", fold, topo, model, layout, workload, opts), topo.name, build)
+    return graph_of(graphs, "prefill", fold, topo, (model, layout, workload, opts), build)
