@@ -118,6 +118,56 @@ def test_replay_only_fields_do_not_change_the_prefill_graph(tiny: str, schedule:
         assert graphs[1].meta == {**graphs[0].meta, "topology": other.name}
 
 
+@pytest.mark.parametrize("schedule", ["tsp", "tp", "tp+sp", "satp-seq", "satp-batch", "sp"])
+def test_replay_only_fields_do_not_change_the_decode_steps(tiny: str, schedule: str) -> None:
+    """Every decode step a point builds (the timer's two-block unit, the whole step, the final step) is the same
+    on a topology whose replay-only fields all differ: ops, metadata but the name, and what re-costs and cuts it."""
+    from tspsim.simulate.inference import decode_step
+
+    for topology, gpus in (("mi300x-1node", None), ("h100-dgx-128node", 16)):
+        point = Point(schedule, topology, model=tiny, mode="decode", seq_len=1024, gpus=gpus, decode_tokens=3,
+                      batch=8 if schedule in ("satp-batch", "satp-seq") else 1)
+        topo, model, layout, workload, opts = resolve(point)
+        other = _perturbed(topo)
+        assert resolve_layout(point, other, model) == (layout, workload, opts)
+        for layers, cached in ((2, 0), (None, 1024), (None, 1026)):
+            steps = [decode_step(t, model, layout, workload, opts, True, cached, layers) for t in (topo, other)]
+            assert _ops(steps[0].graph) == _ops(steps[1].graph)
+            assert steps[1].graph.meta == {**steps[0].graph.meta, "topology": other.name}
+            assert (steps[0].attention, steps[0].cuts, steps[0].layer_starts, steps[0].epilogue_start) == \
+                (steps[1].attention, steps[1].cuts, steps[1].layer_starts, steps[1].epilogue_start)
+
+
+def test_memo_hands_out_private_decode_steps(tiny: str, what_if: str) -> None:
+    """A decode step from the memo shares every op but the attention ops, which are its own to re-cost: re-costing
+    one copy changes neither the memo's step nor another copy, and a copy re-costed to the step's own count is the
+    step built afresh."""
+    from tspsim.simulate.inference import decode_step
+
+    memo = GraphMemo()
+    point = Point("tp", "mi300x-1node", model=tiny, mode="decode", seq_len=1024, decode_tokens=3)
+    topo, model, layout, workload, opts = resolve(point)
+    fast = resolve(dataclasses.replace(point, topology=what_if))[0]
+    first = decode_step(topo, model, layout, workload, opts, True, 1024, graphs=memo)
+    again = decode_step(fast, model, layout, workload, opts, True, 1024, graphs=memo)
+    assert memo.hits == 1 and again.graph.meta["topology"] == fast.name and first.graph.meta["topology"] == topo.name
+    attention = {a.op for a in first.attention}
+    assert attention and all((x is y) == (op_id not in attention)
+                             for op_id, (x, y) in enumerate(zip(first.graph.ops, again.graph.ops)))
+    fresh = decode_step(topo, model, layout, workload, opts, True, 1024)
+    first.recost(5000)
+    assert _ops(again.graph) == _ops(fresh.graph) and _ops(first.graph) != _ops(fresh.graph)
+    third = decode_step(topo, model, layout, workload, opts, True, 1024, graphs=memo)
+    assert memo.hits == 2 and _ops(third.graph) == _ops(fresh.graph) and third.cached == 1024
+    third.recost(5000)
+    assert _ops(third.graph) == _ops(first.graph)
+    assert decode_step(topo, model, layout, workload, opts, True, 1025, graphs=memo).cached == 1025
+    assert memo.hits == 2  # another cached count is another step (its memory events differ)
+    memo.clear()
+    decode_step(topo, model, layout, workload, opts, True, 1024, graphs=memo)
+    assert memo.hits == 2
+
+
 def test_memo_hands_back_the_graph_renamed_until_cleared(tiny: str) -> None:
     memo = GraphMemo()
     specs = SpecLoader()
@@ -170,7 +220,7 @@ def test_graph_groups_pair_the_what_if_points(tiny: str, what_if: str) -> None:
     # each point pairs with its twin on the other topology
     assert groups == [[0, 4], [1, 5], [2, 6], [3, 7]]
     decode = [Point("tsp", t, model=tiny, mode="decode", seq_len=2048) for t in ("mi300x-1node", what_if)]
-    assert graph_groups(decode, SpecLoader()) == [[0], [1]]
+    assert graph_groups(decode, SpecLoader()) == [[0, 1]]
     one_topology = [Point("tsp", "mi300x-1node", model=tiny, seq_len=2048)] * 2
     assert graph_groups(one_topology, SpecLoader()) == [[0], [1]]   # never resolved: one topology
     assert spread([[0, 4], [1]], 3) == [[0], [4], [1]]
@@ -179,12 +229,19 @@ def test_graph_groups_pair_the_what_if_points(tiny: str, what_if: str) -> None:
 
 
 def test_serial_runner_reuses_graphs_with_identical_results(tiny: str, what_if: str) -> None:
-    points = _points(tiny, what_if) + [Point("tp", t, model=tiny, mode="generate", seq_len=2048, decode_tokens=4)
+    points = _points(tiny, what_if) + [Point(s, t, model=tiny, mode=m, seq_len=2048, decode_tokens=4)
+                                       for s, m in (("tp", "generate"), ("tsp", "decode"), ("tp", "decode"))
                                        for t in ("mi300x-1node", what_if)]
     alone = [run_point(p) for p in points]
     with SerialRunner() as runner:
         shared = dict(runner.run(points))
         assert runner._graphs.hits >= 4  # two train steps, two prefill steps, and max-batch probes of equal batch
+    decode = points[len(_points(tiny, what_if)) + 2:]
+    with SerialRunner() as runner:
+        assert [_stable(r) for _, r in sorted(runner.run(decode))] == [_stable(r) for r in alone[-4:]]
+        # per decode point on the what-if topology: the timer's unit (tp: two blocks) or whole step (tsp), the
+        # final step and the max-batch probes' steps
+        assert runner._graphs.hits >= 2 * 3
     assert [_stable(shared[i]) for i in range(len(points))] == [_stable(r) for r in alone]
     assert [_stable(r) for r in run_points(points)] == [_stable(r) for r in alone]
     assert alone[0]["entry"]["step_time_s"] != alone[4]["entry"]["step_time_s"]  # the what-if does change times

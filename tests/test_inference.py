@@ -26,7 +26,7 @@ from tspsim.schedules.inference import kv_layout, seq_share
 from tspsim.schedules.periodic import verify_cuts, verify_periodic_structure, with_layers
 from tspsim.schedules.prefill import build_prefill
 from tspsim.simulate import Point, RunResult, simulate
-from tspsim.simulate.decode_timer import DecodeTimer, decode_topology, find_period
+from tspsim.simulate.decode_timer import DecodeTimer, context_steps, decode_topology, find_period
 from tspsim.simulate.inference import simulate_inference
 from tspsim.spec.assumptions import Assumptions
 from tspsim.spec.layout import make_layout
@@ -353,7 +353,7 @@ def test_tsp_weights_decode_has_no_cut(mi300x):
     ctx = _ctx(mi300x, DEEP, "tsp", {"degree": 4}, w)
     step = build_decode_step(ctx, 1000)
     assert not verify_cuts(step.graph, step.cuts[:2])
-    timer = DecodeTimer(lambda layers: ctx if layers is None else with_layers(ctx, layers), DEEP.layers,
+    timer = DecodeTimer(context_steps(lambda layers: ctx if layers is None else with_layers(ctx, layers)), DEEP.layers,
                         decode_topology(mi300x, ctx.opts))
     assert timer.method == "window"
 

@@ -117,7 +117,7 @@ def test_decode_steps_interpolated_equal_replayed(schedule: str, tiny: str) -> N
 
     from tspsim.schedules.context import BuildContext
     from tspsim.schedules.periodic import with_layers
-    from tspsim.simulate.decode_timer import DecodeTimer
+    from tspsim.simulate.decode_timer import DecodeTimer, context_steps
     from tspsim.simulate.point import resolve
 
     topo, model, layout, workload, opts = resolve(_point(schedule, "decode", tiny))
@@ -126,7 +126,7 @@ def test_decode_steps_interpolated_equal_replayed(schedule: str, tiny: str) -> N
         ctx = BuildContext(model, topo, layout, dc_replace(workload, decode_tokens=40), opts)
         return with_layers(ctx, layers) if layers is not None else ctx
 
-    timer = DecodeTimer(make_ctx, model.layers, decode_topology(topo, opts))
+    timer = DecodeTimer(context_steps(make_ctx), model.layers, decode_topology(topo, opts))
     steps = range(4096, 4096 + 40)
     fast = timer.time_many(steps)
     slow = [timer.time(c) for c in steps]
@@ -149,7 +149,7 @@ def test_decode_steps_never_memory_bound_are_all_replayed(forks: list) -> None:
 
     from tspsim.schedules.context import BuildContext
     from tspsim.schedules.periodic import with_layers
-    from tspsim.simulate.decode_timer import DecodeTimer
+    from tspsim.simulate.decode_timer import DecodeTimer, context_steps
     from tspsim.simulate.point import Point, resolve
 
     point = Point("tsp", "mi300x-1node", "llama3-8b", "decode", 8192, 1, 8, decode_tokens=10)
@@ -161,7 +161,7 @@ def test_decode_steps_never_memory_bound_are_all_replayed(forks: list) -> None:
 
     import tspsim.core.forked as forked
 
-    timer = DecodeTimer(make_ctx, model.layers, decode_topology(topo, opts))
+    timer = DecodeTimer(context_steps(make_ctx), model.layers, decode_topology(topo, opts))
     steps = range(8192, 8192 + 10)
     assert not any(timer._affine_between(*[timer._attention_costs(c)] * 2) for c in steps)  # noqa: SLF001
     with forked.processes(2):   # half the steps replayed in a forked process (where the machine can fork)

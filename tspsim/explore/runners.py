@@ -53,10 +53,10 @@ def run_points(points: Sequence[Point]) -> list[dict[str, Any]]:
 def graph_groups(points: Sequence[Point], specs: SpecLoader) -> list[list[int]]:
     """Indices of ``points`` grouped by the op graph they build, groups in order of first appearance.
 
-    Two training, forward, prefill or generate points are grouped when their
-    :func:`~tspsim.simulate.graph_memo.graph_key` is equal (same schedule, model, layout, workload and assumptions
-    on topologies of the same build structure); every other point (decode, whose graphs are re-costed in place
-    and never reused, or one that does not resolve) is a group of its own, and so is every point when all name
+    Two points are grouped when their :func:`~tspsim.simulate.graph_memo.graph_key` is equal (same schedule,
+    model, layout, workload and assumptions on topologies of the same build structure; every mode: a decode
+    point's steps are shared as private copies); a point that does not resolve is a group of its own, and so is
+    every point when all name
     the same topology (a grid's points are distinct, so only topologies can make two graphs the same: a
     one-topology sweep of 100,000 points is not resolved once more for nothing).
     """
@@ -68,13 +68,12 @@ def graph_groups(points: Sequence[Point], specs: SpecLoader) -> list[list[int]]:
     groups: dict[Any, list[int]] = {}
     for i, point in enumerate(points):
         key: Any = ("alone", i)
-        if point.mode != "decode":
-            try:
-                topo, model, layout, workload, opts = resolve(point, specs)
-            except TspsimError:
-                pass
-            else:
-                key = graph_key(point.schedule, True, topo, model, layout, workload, opts)
+        try:
+            topo, model, layout, workload, opts = resolve(point, specs)
+        except TspsimError:
+            pass
+        else:
+            key = graph_key(point.schedule, True, topo, model, layout, workload, opts)
         groups.setdefault(key, []).append(i)
     return list(groups.values())
 

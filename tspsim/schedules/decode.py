@@ -8,7 +8,8 @@ checks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+from dataclasses import dataclass, field, replace
 
 from tspsim.opgraph import OpGraph
 from tspsim.schedules.block import Block, BlockLayout, local_params
@@ -89,6 +90,18 @@ class DecodeStep:
                                  + B * a.heads * STATS_BYTES)
             op.shape = (B, 1, ctx_tokens, a.heads, d)
         self.cached = cached
+
+    def private(self, graph: OpGraph) -> DecodeStep:
+        """The step on ``graph`` (the same ops, e.g. the step's graph renamed) with its own attention ops.
+
+        :meth:`recost` changes only the attention ops, so a step that shares every other op with this one can
+        be re-costed without changing this one or any timeline replayed from it (the graph reuse of
+        :mod:`tspsim.simulate.graph_memo`).
+        """
+        ops = list(graph.ops)
+        for a in self.attention:
+            ops[a.op] = copy.copy(ops[a.op])
+        return replace(self, graph=replace(graph, ops=ops))
 
 
 def build_decode_step(ctx: BuildContext, cached: int) -> DecodeStep:

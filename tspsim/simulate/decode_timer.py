@@ -45,6 +45,14 @@ def decode_topology(topo: Topology, opts: Assumptions) -> Topology:
     return replace(topo, gpu=gpu)
 
 
+def context_steps(make_ctx: Callable[[int | None], BuildContext]) -> Callable[[int | None, int], DecodeStep]:
+    """A :class:`DecodeTimer`'s ``make_step`` that builds every step anew in ``make_ctx(layers)``'s fresh context."""
+    def make_step(layers: int | None, cached: int) -> DecodeStep:
+        return built(make_ctx(layers), build_decode_step, cached)
+
+    return make_step
+
+
 def find_period(tl: Timeline, step: DecodeStep, rel_tol: float = 1e-12,
                 times: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[float, float] | None:
     """Two instants t′ < t″ at which the replay of ``step`` is in the same state up to "block ℓ → ℓ+1".
@@ -126,15 +134,17 @@ class StepTiming:
 class DecodeTimer:
     """Times decode steps of one configuration at any context length, reusing one graph per method.
 
-    ``make_ctx(layers)`` returns a fresh :class:`BuildContext` (``layers=None``: the real model).
+    ``make_step(layers, cached)`` returns a decode step of the configuration, the timer's to re-cost, for the model
+    cut to ``layers`` blocks (None: the real model) with ``cached`` tokens cached (:func:`context_steps` builds it
+    from a :class:`BuildContext`; :func:`tspsim.simulate.inference.decode_step` also reuses an earlier point's).
     Methods, tried in order: ``cut`` (two-block graph, every block ends at a proven quiescent cut),
     ``window`` (a ``probe_layers``-block graph whose replay reaches a state that repeats one block
     later, :func:`find_period`), ``full`` (the whole step).
     """
 
-    def __init__(self, make_ctx: Callable[[int | None], BuildContext], layers: int, topo: Topology,
+    def __init__(self, make_step: Callable[[int | None, int], DecodeStep], layers: int, topo: Topology,
                  periodic: bool = True, probe_layers: int = 8) -> None:
-        self.make_ctx = make_ctx
+        self.make_step = make_step
         self.layers = layers
         self.topo = topo
         self.method = "full"
@@ -153,18 +163,18 @@ class DecodeTimer:
         """Structure-only parts of the replays of the unit and the full graph (:mod:`tspsim.engine.replay_setup`):
         re-costing changes no op's id, rank, stream, kind, dependencies, group or layer."""
         if periodic and layers > 2:
-            unit = built(make_ctx(2), build_decode_step, 0)
+            unit = make_step(2, 0)
             if verify_cuts(unit.graph, unit.cuts):
                 self.method, self._unit = "cut", unit
         if self.method == "full" and periodic and layers > probe_layers:
-            probe = built(make_ctx(probe_layers), build_decode_step, 0)
+            probe = make_step(probe_layers, 0)
             if verify_periodic_structure(probe):
                 self.method, self._unit = "window", probe
 
     def full_step(self, cached: int) -> DecodeStep:
         """The full L-block step graph, re-costed for ``cached``."""
         if self._full is None:
-            self._full = built(self.make_ctx(None), build_decode_step, cached)
+            self._full = self.make_step(None, cached)
         self._full.recost(cached)
         return self._full
 

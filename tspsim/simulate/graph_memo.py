@@ -10,9 +10,13 @@ model (its layer count included), layout, workload and assumptions, and the topo
 reused graph shares the ops (a replay never changes them) and gets its own metadata naming its own topology.
 
 What goes through it: the whole training / forward step of :func:`tspsim.simulate.graph.build_graph` (a
-pipelined step timed from a shorter probe builds the probe instead, outside the memo) and the prefill step of
-an inference point and of its max-batch probes (:func:`tspsim.simulate.inference.prefill_graph`). Decode steps
-do not: their attention ops are re-costed in place for every cached length.
+pipelined step timed from a shorter probe builds the probe instead, outside the memo), the prefill step of
+an inference point and of its max-batch probes (:func:`tspsim.simulate.inference.prefill_graph`), and every
+decode step an inference point builds (:func:`tspsim.simulate.inference.decode_step`: the short graphs its
+:class:`~tspsim.simulate.decode_timer.DecodeTimer` re-costs for every cached length, the whole step, the final
+step, the max-batch probes). A decode step is re-costed in place, so the memo keeps the step as built and hands
+out private copies of it (:meth:`~tspsim.schedules.decode.DecodeStep.private`: its own attention ops, the only
+ones re-costing changes; every other op shared).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tspsim.opgraph import OpGraph
+from tspsim.schedules.decode import DecodeStep
 from tspsim.spec.topology import Topology
 from tspsim.spec.topology_structure import build_structure
 
@@ -65,12 +70,14 @@ class GraphMemo:
 
     def __init__(self) -> None:
         self._graphs: dict[GraphKey, OpGraph] = {}
+        self._steps: dict[GraphKey, DecodeStep] = {}
         self.hits = 0
         """Graphs handed back without building."""
 
     def clear(self) -> None:
         """Forget every graph (the next group of points shares none of them)."""
         self._graphs.clear()
+        self._steps.clear()
 
     def graph(self, key: GraphKey, topology: str, build: Callable[[], OpGraph]) -> OpGraph:
         """The graph of ``key`` built earlier (renamed for ``topology``), else ``build()``'s."""
@@ -80,3 +87,15 @@ class GraphMemo:
             return graph
         self.hits += 1
         return renamed(known, topology)
+
+    def step(self, key: GraphKey, topology: str, build: Callable[[], DecodeStep]) -> DecodeStep:
+        """A private copy of the decode step of ``key`` built earlier (renamed for ``topology``), else of ``build()``'s.
+
+        The memo keeps the step as built; every caller gets its own attention ops to re-cost.
+        """
+        known = self._steps.get(key)
+        if known is None:
+            known = self._steps[key] = build()
+        else:
+            self.hits += 1
+        return known.private(renamed(known.graph, topology))

@@ -30,12 +30,11 @@ from tspsim.engine.sim import ReplayOptions, replay
 from tspsim.engine.timeline import Timeline
 from tspsim.opgraph import OpGraph
 from tspsim.schedules.context import BuildContext
-from tspsim.schedules.decode import build_decode_step
-from tspsim.schedules.periodic import with_layers
+from tspsim.schedules.decode import DecodeStep, build_decode_step
 from tspsim.schedules.prefill import build_prefill
 from tspsim.simulate.decode_timer import DecodeTimer, StepTiming, decode_topology
 from tspsim.simulate.graph import built
-from tspsim.simulate.graph_memo import GraphMemo, graph_of
+from tspsim.simulate.graph_memo import GraphMemo, graph_key, graph_of
 from tspsim.simulate.point import Point, RunResult, resolve
 from tspsim.spec.assumptions import Assumptions
 from tspsim.spec.layout import Layout
@@ -71,8 +70,8 @@ def simulate_inference(topo: Topology, model: ModelConfig, layout: Layout, workl
     ``periodic=False`` simulates every decode step in full (the reference for the periodic assembly).
     ``max_batch`` is left null: the search that fills it (:mod:`tspsim.explore.max_batch`) probes other
     batch sizes with :func:`step_peak_bytes`. ``progress`` is told about every finished step (the
-    prefill, each decode step, the final full replay). ``graphs`` reuses the prefill step's graph across points
-    that differ only in what the replay reads (:mod:`tspsim.simulate.graph_memo`). Key definitions:
+    prefill, each decode step, the final full replay). ``graphs`` reuses the prefill and decode steps' graphs
+    across points that differ only in what the replay reads (:mod:`tspsim.simulate.graph_memo`). Key definitions:
     :mod:`tspsim.analysis.serving`.
     """
     if workload.mode not in INFERENCE_MODES:
@@ -94,10 +93,6 @@ def simulate_inference(topo: Topology, model: ModelConfig, layout: Layout, workl
         if progress is not None:
             progress(done, total, what)
 
-    def ctx_for(batch: int, layers: int | None = None) -> BuildContext:
-        ctx = BuildContext(model, topo, layout, replace(workload, batch=batch), opts, fold=fold)
-        return with_layers(ctx, layers) if layers is not None else ctx
-
     timelines: dict[str, Timeline] = {}
     steps: list[StepTiming] = []
     rep_opts = ReplayOptions(record_links=record_links)
@@ -112,7 +107,9 @@ def simulate_inference(topo: Topology, model: ModelConfig, layout: Layout, workl
         tick("prefill step")
     check = None
     if mode in ("decode", "generate"):
-        timer = DecodeTimer(lambda layers: ctx_for(B, layers), model.layers, dtopo, periodic=periodic)
+        at_b = replace(workload, batch=B)
+        timer = DecodeTimer(lambda layers, cached: decode_step(topo, model, layout, at_b, opts, fold, cached, layers,
+                                                               graphs), model.layers, dtopo, periodic=periodic)
         settled = 0
 
         def settle(n: int) -> None:
@@ -124,7 +121,7 @@ def simulate_inference(topo: Topology, model: ModelConfig, layout: Layout, workl
         steps.extend(timer.time_many(range(T, T + N), settle))
         events += sum(st.events for st in steps)
         paths.update(st.sim_path for st in steps)
-        last = built(ctx_for(B), build_decode_step, T + N - 1)
+        last = decode_step(topo, model, layout, at_b, opts, fold, T + N - 1, graphs=graphs)
         tl_dec = replay(last.graph, dtopo, rep_opts)
         events += tl_dec.sim_events
         paths.add(tl_dec.sim_path)
@@ -240,7 +237,7 @@ def step_peak_bytes(topo: Topology, model: ModelConfig, layout: Layout, workload
 
     ``prefill``: the prefill step; ``decode``: the final decode step (``seq_len + decode_tokens − 1``
     cached); ``generate``: the larger of the two. Each a full replay of the step graph; ``graphs`` reuses
-    prefill graphs (:func:`prefill_graph`).
+    step graphs (:func:`prefill_graph`, :func:`decode_step`).
     """
     mode = workload.mode
     at = replace(workload, batch=batch)
@@ -251,8 +248,9 @@ def step_peak_bytes(topo: Topology, model: ModelConfig, layout: Layout, workload
         top = peak_memory(tl)[0]
     if mode in ("decode", "generate"):
         tokens = workload.decode_tokens or DEFAULT_DECODE_TOKENS
-        ctx = BuildContext(model, topo, layout, replace(at, decode_tokens=tokens), opts, fold=fold)
-        tl = replay(built(ctx, build_decode_step, workload.seq_len + tokens - 1).graph, decode_topology(topo, opts))
+        step = decode_step(topo, model, layout, replace(at, decode_tokens=tokens), opts, fold,
+                           workload.seq_len + tokens - 1, graphs=graphs)
+        tl = replay(step.graph, decode_topology(topo, opts))
         events += tl.sim_events
         top = max(top, peak_memory(tl)[0])
     return top, events
@@ -262,10 +260,27 @@ def prefill_graph(topo: Topology, model: ModelConfig, layout: Layout, workload: 
                   fold: bool, graphs: GraphMemo | None = None) -> OpGraph:
     """The prefill step's graph at ``workload.batch``; from ``graphs`` when an earlier point built the same one.
 
-    A prefill graph is never changed by its replay (decode steps are: they are re-costed in place, so they
-    are always built anew).
+    A prefill graph is never changed by its replay (decode steps are re-costed in place: :func:`decode_step`).
     """
     def build() -> OpGraph:
         return built(BuildContext(model, topo, layout, workload, opts, fold=fold), build_prefill)
 
     return graph_of(graphs, "prefill", fold, topo, (model, layout, workload, opts), build)
+
+
+def decode_step(topo: Topology, model: ModelConfig, layout: Layout, workload: Workload, opts: Assumptions,
+                fold: bool, cached: int, layers: int | None = None, graphs: GraphMemo | None = None) -> DecodeStep:
+    """The decode step with ``cached`` tokens cached (the model cut to ``layers`` blocks if given), ours to re-cost.
+
+    From ``graphs`` when an earlier point built the same step: a private copy whose attention ops are its own
+    (:meth:`GraphMemo.step`).
+    """
+    if layers is not None:
+        model = replace(model, layers=layers)
+
+    def build() -> DecodeStep:
+        return built(BuildContext(model, topo, layout, workload, opts, fold=fold), build_decode_step, cached)
+
+    if graphs is None:
+        return build()
+    return graphs.step(graph_key("decode", fold, topo, model, layout, workload, opts, cached), topo.name, build)
