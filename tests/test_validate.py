@@ -66,9 +66,10 @@ def test_validate_cli_json_and_text(monkeypatch, validate_json):
             "step.gpt3-175b.full", "step.gpt3-175b.sp-selective", "step.megatron-1t.full",
             "step.megatron-1t.sp-selective"} <= ids
     for r in rows:
-        if r["id"].startswith("step."):  # each Table 5 row says what its miss is, measures it, and gives its command
-            assert "residual miss: a fixed cost per pipeline pass" in r["note"] and "reproduce: tspsim run" in r["note"]
-            assert "ms per pipeline pass" in r["note"] and "the other column misses by" in r["note"]
+        if r["id"].startswith("step."):  # each Table 5 row: what it models, its residual, its command
+            assert "gradient-accumulation fusion" in r["note"] and "reproduce: tspsim run" in r["note"]
+            assert "ms per pipeline pass" in r["note"] and "the other column's residual" in r["note"]
+            assert r["within"] is True
     for r in rows:
         assert {"id", "what", "topology", "unit", "published", "simulated", "error_pct", "tolerance_pct", "within",
                 "source", "note", "kind", "calibrates", "published_low", "published_high"} <= set(r)
@@ -99,8 +100,10 @@ def test_table5_miss_measures_are_exact():
     from tspsim.explore.validation_pipeline import miss_measures
 
     text = miss_measures(18.0, 16.0, 10.0, 400, (14.0, 11.0, 8.0))
-    assert text == ("miss 2.00 s = 5.00 ms per pipeline pass (400 per stage) = 20.0% of its compute (10.00 s per "
-                    "rank); the other column misses by 3.00 s with -20% compute")
+    assert text == ("residual (published - simulated) +2.00 s = +5.00 ms per pipeline pass (400 per stage) = +20.0% "
+                    "of its compute (10.00 s per rank); the other column's residual +3.00 s with -20% compute")
+    assert miss_measures(10.0, 11.0, 10.0, 400, (14.0, 15.0, 8.0)).startswith(
+        "residual (published - simulated) -1.00 s = -2.50 ms per pipeline pass")
     assert "(1,024 per stage)" in miss_measures(94.42, 88.87, 71.07, 1024, (71.49, 66.07, 51.86))
 
 

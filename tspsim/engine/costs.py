@@ -26,6 +26,12 @@ Where the software stack says its GEMM library runs large GEMMs as data-parallel
 tile per SM (``kernels.gemm_wave_tile``, e.g. cuBLAS 11 on A100 for Megatron-LM 2022), the efficiency is
 multiplied by the shape's tile-and-wave quantisation (:func:`wave_efficiency`): ``gemm_efficiency`` is the
 maximum achievable on the best shape found by search (MAMF, hardware.md §4.1), where the last wave is full.
+Such a kernel runs each tile's main loop and then its epilogue (store the output tile; load the old value
+first when it accumulates, β = 1) in the same thread block, one per SM, so a wave's stores follow its
+multiply-adds instead of hiding under them (:func:`epilogue_seconds`):
+
+    time = max(FLOPs / (peak_bf16 · eff) + output bytes / (HBM_bw · eff_hbm), HBM bytes / (HBM_bw · eff_hbm))
+           + launch overhead
 """
 
 from __future__ import annotations
@@ -59,9 +65,10 @@ def kernel_gpu(gpu: GpuSpec, meta: dict[str, Any]) -> GpuSpec:
     if costs is None:
         return gpu
     where = f"trace metadata: meta.{KERNEL_COSTS_KEY}"
-    if not isinstance(costs, dict) or not set(costs) <= {"kernel_gap_us", "attention_efficiency", "gemm_wave_tile"}:
+    if not isinstance(costs, dict) or not set(costs) <= {"kernel_gap_us", "attention_efficiency", "gemm_wave_tile",
+                                                         "gemm_operand_bytes"}:
         raise TraceError(f"{where}: expected a mapping with kernel_gap_us, attention_efficiency and optionally "
-                         f"gemm_wave_tile, got {costs!r}"[:200])
+                         f"gemm_wave_tile and gemm_operand_bytes, got {costs!r}"[:200])
     gap = costs.get("kernel_gap_us")
     if gap is not None:
         if isinstance(gap, bool) or not isinstance(gap, (int, float)) or not math.isfinite(gap) or not 0 <= gap <= 1e6:
@@ -75,6 +82,10 @@ def kernel_gpu(gpu: GpuSpec, meta: dict[str, Any]) -> GpuSpec:
                     lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_TILE)
     if tile is not None and gpu.sm_count > 0:
         gpu = replace(gpu, gemm_wave_tile=(tile[0], tile[1]))
+        operand = costs.get("gemm_operand_bytes", 0)
+        if isinstance(operand, bool) or not isinstance(operand, int) or not 0 <= operand <= 8:
+            raise TraceError(f"{where}.gemm_operand_bytes: expected bytes per element in 0–8, got {operand!r}"[:200])
+        gpu = replace(gpu, gemm_operand_bytes=operand)
     return gpu
 
 
@@ -163,6 +174,57 @@ def gemm_wave_factor(op: Op, gpu: GpuSpec) -> float:
     return 1.0
 
 
+def _tiled(m: int, n: int, batch: int, tile: tuple[int, int], sm_count: int) -> bool:
+    """True if ``batch`` m×n outputs have a wave of tiles or more in both orientations (as :func:`wave_efficiency`)."""
+    return all(batch * -(-m // r) * -(-n // c) >= sm_count for r, c in (tile, (tile[1], tile[0])))
+
+
+def epilogue_bytes(op: Op, gpu: GpuSpec) -> float:
+    """Bytes the epilogues of a GEMM run in waves move: its outputs, plus the old value of an accumulated one.
+
+    A forward GEMM of (m, n, k) writes m×n; a backward pair of that shape (2× the FLOPs) writes the input
+    gradient m×k and the weight gradient k×n (batched attention pairs alike: dP and dV, dQ and dK), each at
+    ``gpu.gemm_operand_bytes`` per element. ``op.hbm_bytes`` beyond the operands' (:func:`~tspsim.schedules.
+    context.gemm_bytes`) is the accumulation's extra read and wider write of the weight gradient
+    (:func:`~tspsim.schedules.context.wgrad_accumulate_bytes`), part of that output's epilogue. An output with
+    less than a wave of tiles is left out (the library picks another kernel there, :func:`wave_efficiency`);
+    0 where the stack does not tile GEMMs in waves, the operand size is not given, or the FLOPs are not one
+    GEMM or a pair of ``op.shape``.
+    """
+    tile, shape, s, sms = gpu.gemm_wave_tile, op.shape, gpu.gemm_operand_bytes, gpu.sm_count
+    if tile is None or s <= 0 or op.kind != "gemm" or len(shape) not in (3, 4) or sms <= 0:
+        return 0.0
+    m, n, k = shape[0], shape[1], shape[2]
+    batch = shape[3] if len(shape) == 4 else 1
+    if min(m, n, k, batch) <= 0:
+        return 0.0
+    ratio = op.flops / (2.0 * m * n * k * batch)
+    if abs(ratio - 1.0) < 0.01:
+        outputs = [(m, n, True)]
+        scale = 1
+    elif abs(ratio - 2.0) < 0.02:
+        outputs = [(m, k, False), (k, n, True)]
+        scale = 2
+    else:
+        return 0.0
+    extra = max(0.0, op.hbm_bytes - scale * batch * (m * k + k * n + m * n) * s)
+    return sum(rows * cols * batch * s + (extra if last else 0.0)
+               for rows, cols, last in outputs if _tiled(rows, cols, batch, tile, sms))
+
+
+def epilogue_seconds(op: Op, gpu: GpuSpec) -> float:
+    """Time of a wave-tiled GEMM's epilogues: :func:`epilogue_bytes` at the HBM's streaming rate.
+
+    One thread block per SM runs a tile's main loop, then stores the tile (cuBLAS 11's 256×128 kernels on
+    A100; CUTLASS 2.x kernels: the epilogue follows the main loop in the same thread block; CUTLASS 3's
+    persistent "ping-pong" kernels for Hopper were built to overlap one tile's epilogue with another's main
+    loop). With every SM of a wave storing at once, the stores move at the HBM's rate, in series with the
+    multiply-adds: time = max(t_flops + t_epilogue, t_mem) (:func:`compute_seconds`).
+    """
+    out = epilogue_bytes(op, gpu)
+    return out / (gpu.hbm_TBps * 1e12 * gpu.hbm_efficiency) if out > 0 else 0.0
+
+
 def efficiency(op: Op, gpu: GpuSpec) -> float:
     """Fraction of BF16 peak the kernel reaches: eff_large · F / (F + φ·F½) · wave factor.
 
@@ -198,6 +260,8 @@ def compute_seconds(op: Op, gpu: GpuSpec) -> float:
         else:
             eff = base
         t_flops = flops / (gpu.peak_bf16_TFLOPS * 1e12 * eff)
+        if gpu.gemm_wave_tile is not None and kind == "gemm":
+            t_flops += epilogue_seconds(op, gpu)
     else:
         t_flops = 0.0
     t_mem = hbm_bytes / (gpu.hbm_TBps * 1e12 * gpu.hbm_efficiency)

@@ -15,18 +15,18 @@ Simulated with the ``megatron-lm-2022`` stack on ``dgx-a100-128node`` (``--sched
 checks, tolerance 10 %. The long steps are timed from a probe of fewer micro-batches whose steady state repeats
 (:mod:`tspsim.simulate.pipeline_timer`).
 
-Every row runs fast (the simulation is optimistic). Each row's note says what the miss is and is not
-(:data:`MECHANISM`) and measures it (:func:`miss_measures`: per pipeline pass, per compute second, against the
-model's other column). The per-op breakdown of a stage (README, "Pipeline parallelism and FSDP/ZeRO") finds the
-Megatron-LM 2022 mechanisms modelled — recompute re-running the layer forward with its TP collectives, the
-async TP all-reduce and SP reduce-scatter under the weight-gradient GEMM, SP's blocking forward collectives,
-the all-gather redo, blocking p2p with scatter-gather, the interleaved schedule's extra transfers, the
-tied-embedding all-reduce, the LM head on the last stage, and the GEMMs' tile-and-wave quantisation under
-cuBLAS 11's 256×128 tiles on 108 SMs (:func:`tspsim.engine.costs.wave_efficiency`). The misses do not scale with
-compute: the full-recompute step computes ~40 % more than the SP + selective one of the same model yet misses by
-about as much or less, and across the four rows the miss is steadier per pipeline pass (a micro-batch chunk's forward or
-backward on a stage) than per compute second — a fixed cost per pass that the model lacks, whose source is not
-identified (none of the candidates has a public number, so none is modelled).
+The per-op breakdown of a stage (README, "Pipeline parallelism and FSDP/ZeRO") finds the Megatron-LM 2022
+mechanisms modelled — recompute re-running the layer forward with its TP collectives, the async TP all-reduce and
+SP reduce-scatter under the weight-gradient GEMM, SP's blocking forward collectives, the all-gather redo,
+blocking p2p with scatter-gather, the interleaved schedule's extra transfers, the tied-embedding all-reduce, the
+LM head on the last stage, the GEMMs' tile-and-wave quantisation under cuBLAS 11's 256×128 tiles on 108 SMs
+(:func:`tspsim.engine.costs.wave_efficiency`), each wave's epilogue after its main loop
+(:func:`tspsim.engine.costs.epilogue_seconds`) and the weight-gradient GEMMs accumulating into the fp32 main
+gradient (gradient-accumulation fusion, the stack's ``kernels.wgrad_accumulate``). Before the last two every row
+ran 6–11 % fast, with misses that did not scale with compute (the full-recompute step computes ~40 % more than
+the SP + selective one yet missed by about as much or less); the weight-gradient accumulation, the largest part
+of what they add, costs the same in both columns (the same weight gradients), which is that pattern. Each row's
+note says what is modelled and what is not (:data:`MECHANISM`) and measures the residual (:func:`miss_measures`).
 """
 
 from __future__ import annotations
@@ -56,18 +56,17 @@ VARIANTS = (("full", "tp", "full", "full recompute"), ("sp-selective", "satp-seq
 """(id suffix, schedule, recompute, label) of the two columns."""
 
 
-MECHANISM = ("residual miss: a fixed cost per pipeline pass, not a per-layer compute rate - within each model the "
-             "full-recompute step computes ~40% more than the SP + selective one yet misses by about as much or "
-             "less, and across the four rows the miss is steadier per pipeline pass (a micro-batch chunk's forward"
-             " or backward on a stage) than per compute second (the figures that follow). Candidates, none with a "
-             "public number and so none modelled: Megatron-LM 2022's torch.cuda.synchronize() after every p2p call"
-             " and in its timers (each drains the GPU's queue), the schedule's host work per pass, NCCL point-to-"
-             "point over 2022 InfiniBand. Modelled as Megatron-LM 2022 runs them: full and selective recompute "
-             "with their collectives, the async TP all-reduce and SP reduce-scatter under wgrad, SP's blocking "
-             "forward collectives and redo, scatter-gather and blocking p2p, the interleaved schedule's transfers,"
-             " bubble, tied-embedding all-reduce, LM head, optimizer, and the GEMMs at the A100 preset's 0.85 x "
-             "312 TF best-shape ceiling ([unverified] in hardware.md) times cuBLAS 11's tile-and-wave quantisation")
-"""What the Table 5 misses are and are not (every row's note; see the module docstring)."""
+MECHANISM = ("modelled as Megatron-LM 2022 runs them: full and selective recompute with their collectives, the "
+             "async TP all-reduce and SP reduce-scatter under wgrad, SP's blocking forward collectives and redo, "
+             "scatter-gather and blocking p2p, the interleaved schedule's transfers, bubble, tied-embedding "
+             "all-reduce, LM head, optimizer; the GEMMs at the A100 preset's 0.85 x 312 TF best-shape ceiling "
+             "([unverified] in hardware.md) times cuBLAS 11's tile-and-wave quantisation, each wave's epilogue after "
+             "its main loop at the HBM rate, and every weight-gradient GEMM accumulating into the fp32 main gradient "
+             "(gradient-accumulation fusion: read 4 + write 4 bytes per element, every micro-batch). Not modelled: "
+             "A100's 40 MB L2 absorbing a wave's stores (no L2 bandwidth in the reference data; it would make the "
+             "epilogues cheaper), Megatron-LM 2022's torch.cuda.synchronize() after every p2p call and in its timers, "
+             "host work per pass")
+"""What the Table 5 rows model and do not (every row's note; see the module docstring)."""
 
 
 def command(model: str, gpus: int, pp: int, v: int, batch: int, schedule: str, recompute: str) -> str:
@@ -98,17 +97,18 @@ def step_time(model: str, gpus: int, pp: int, v: int, batch: int, schedule: str,
 
 def miss_measures(published_s: float, simulated_s: float, compute_s: float, passes: int,
                   other: tuple[float, float, float]) -> str:
-    """The note's figures for one row: its miss per pipeline pass and per compute second, and the other column's.
+    """The note's figures for one row: its residual per pipeline pass and per compute second, and the other column's.
 
     ``other`` is the model's other column as (published s, simulated s, compute s). With R = published −
-    simulated: R / passes (ms per pass), R / compute_s (%), and the other column's R with its compute relative to
-    this one's.
+    simulated (positive: the simulation is fast): R / passes (ms per pass), R / compute_s (%), and the other
+    column's R with its compute relative to this one's.
     """
     miss = published_s - simulated_s
     o_pub, o_sim, o_compute = other
-    return (f"miss {miss:.2f} s = {1e3 * miss / passes:.2f} ms per pipeline pass ({passes:,} per stage) = "
-            f"{100 * miss / compute_s:.1f}% of its compute ({compute_s:.2f} s per rank); the other column misses "
-            f"by {o_pub - o_sim:.2f} s with {100 * (o_compute / compute_s - 1):+.0f}% compute")
+    return (f"residual (published - simulated) {miss:+.2f} s = {1e3 * miss / passes:+.2f} ms per pipeline pass "
+            f"({passes:,} per stage) = {100 * miss / compute_s:+.1f}% of its compute ({compute_s:.2f} s per rank); "
+            f"the other column's residual {o_pub - o_sim:+.2f} s with {100 * (o_compute / compute_s - 1):+.0f}% "
+            "compute")
 
 
 def pipeline_rows(jobs: int | None = None) -> list[Row]:

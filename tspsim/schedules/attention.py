@@ -109,18 +109,18 @@ def core_backward(c: BuildContext, rank: int, name: str, shape: CoreShape, *, la
     bh = shape.batch * shape.heads
     qd, kd = bh * shape.q_tokens * d, bh * shape.kv_tokens * d
     probs, drop = int(e * s), int(e * (s + 1)) if dropout else 0
-    # P·V backward: dP = dO·Vᵀ and dV = Pᵀ·dO
+    # P·V backward: dP = dO·Vᵀ and dV = Pᵀ·dO (a backward pair carries its forward GEMM's shape: outputs m×k, k×n)
     c.compute(rank, "gemm", f"{name}.av", flops=4.0 * e * d, hbm_bytes=(2 * e + 2 * qd + 2 * kd) * s,
-              shape=_bmm(shape.q_tokens, shape.kv_tokens, d, bh), layer=layer, phase="bwd", after=after,
+              shape=_bmm(shape.q_tokens, d, shape.kv_tokens, bh), layer=layer, phase="bwd", after=after,
               mem=[("start", "temporary", probs)])
     if dropout:
         c.elementwise(rank, f"{name}.dropout", e * (2 * s + 1), layer=layer, phase="bwd", after=[c.last[rank]],
                       mem=[("end", "activations", -drop)])
     c.elementwise(rank, f"{name}.softmax", 3 * e * s, layer=layer, phase="bwd", after=[c.last[rank]],
                   mem=[("end", "activations", -probs)])
-    # QKᵀ backward: dQ = dS·K and dK = dSᵀ·Q
+    # QKᵀ backward: dQ = dS·K and dK = dSᵀ·Q (the forward shape again: outputs q×d and d×kv)
     return c.compute(rank, "gemm", f"{name}.qk", flops=4.0 * e * d, hbm_bytes=(2 * e + 2 * qd + 2 * kd) * s,
-                     shape=_bmm(shape.q_tokens, d, shape.kv_tokens, bh), layer=layer, phase="bwd",
+                     shape=_bmm(shape.q_tokens, shape.kv_tokens, d, bh), layer=layer, phase="bwd",
                      after=[c.last[rank]], mem=[("end", "temporary", -probs), *mem])
 
 

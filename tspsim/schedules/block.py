@@ -351,7 +351,8 @@ class Block:
                        mem=mem[r])
             red = self._grad_reduce(sub, layer)
             for r in c.ranks:
-                c.gemm(r, name + ".wgrad", cols, H, n, layer=layer, phase="bwd", after=[c.last[r]], mem=frees[r])
+                c.gemm(r, name + ".wgrad", cols, H, n, layer=layer, phase="bwd", after=[c.last[r]], mem=frees[r],
+                       weight_grad=True)
             return red
         gathered = self.coll("all_gather", self.tp_group, n * H * s, sub + ".input_all_gather_redo", stream="comm",
                              layer=layer, phase="bwd", deps={r: c.last[r] for r in c.ranks}, mem_start=n * H * s)
@@ -361,7 +362,7 @@ class Block:
         red = self._grad_reduce(sub, layer)
         for r in c.ranks:
             c.gemm(r, name + ".wgrad", cols, H, n, layer=layer, phase="bwd", after=[gathered.get(r), c.last[r]],
-                   mem=frees[r] + [("end", "comm_buffers", -n * H * s)])
+                   mem=frees[r] + [("end", "comm_buffers", -n * H * s)], weight_grad=True)
         return red
 
     def backward(self, layer: int) -> None:

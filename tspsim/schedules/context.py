@@ -63,6 +63,15 @@ def gemm_bytes(m: float, n: float, k: float, s: int) -> float:
     return (m * k + k * n + m * n) * s
 
 
+def wgrad_accumulate_bytes(elements: float, s: int) -> float:
+    """Extra HBM bytes of a weight-gradient GEMM accumulating into an fp32 gradient: (4 + 4 − s) per element.
+
+    β = 1 into the fp32 main gradient: the epilogue reads the old value (4 bytes) and writes the sum (4 bytes)
+    where a fresh gradient would be written once in the operand dtype (s bytes).
+    """
+    return elements * (8 - s)
+
+
 def attention_fwd_flops(batch: float, q_tokens: float, kv_tokens: float, heads: float, head_dim: int,
                         causal_fraction: float = 0.5) -> float:
     """QKᵀ and P·V: 2·2·B·q·kv·d per head, times the fraction of the score matrix the mask keeps.
@@ -216,12 +225,22 @@ class BuildContext:
         return op
 
     def gemm(self, rank: int, name: str, m: float, n: float, k: float, *, layer: int, phase: str,
-             after: Iterable[int | None] = (), mem: Iterable[tuple[str, str, int]] = (), scale: float = 1.0) -> int:
-        """A GEMM (m×k)·(k×n); ``scale`` = 2 for a backward (dgrad + wgrad) pair."""
+             after: Iterable[int | None] = (), mem: Iterable[tuple[str, str, int]] = (), scale: float = 1.0,
+             weight_grad: bool = False) -> int:
+        """A GEMM (m×k)·(k×n); ``scale`` = 2 for a backward (dgrad + wgrad) pair of a linear layer.
+
+        A pair's second output (k×n), or the m×n output of a lone weight-gradient GEMM (``weight_grad``), is the
+        layer's weight gradient: with the stack's ``kernels.wgrad_accumulate: fp32`` the GEMM accumulates it into
+        the fp32 main gradient (reads 4 and writes 4 bytes per element instead of writing s), which adds
+        :func:`wgrad_accumulate_bytes` to the op's HBM bytes.
+        """
+        nbytes = scale * gemm_bytes(m, n, k, self.s)
+        if self.stack.kernels.wgrad_accumulate == "fp32" and (scale == 2 or weight_grad):
+            nbytes += wgrad_accumulate_bytes(k * n if scale == 2 else m * n, self.s)
         # Op fields positionally (id … deps), as GraphBuilder.compute would set them: the hot path of building
         op = self.last[rank] = self.builder.add(Op(
             0, rank, "compute", "gemm", name, layer, phase, float(scale * gemm_flops(m, n, k)),
-            float(scale * gemm_bytes(m, n, k, self.s)), (int(m), int(n), int(k)), 0, (), "", -1, "", tuple(mem),
+            float(nbytes), (int(m), int(n), int(k)), 0, (), "", -1, "", tuple(mem),
             [d for d in after if d is not None]))
         return op
 
@@ -302,7 +321,8 @@ class BuildContext:
         tiles = {gpu: [rows, cols] for gpu, rows, cols in self.stack.kernels.gemm_wave_tile}
         if self.queued_kernels or table or tiles:
             g.meta["kernel_costs"] = {"kernel_gap_us": self.opts.decode_launch_us if self.queued_kernels else None,
-                                      "attention_efficiency": table, **({"gemm_wave_tile": tiles} if tiles else {})}
+                                      "attention_efficiency": table,
+                                      **({"gemm_wave_tile": tiles, "gemm_operand_bytes": self.s} if tiles else {})}
         if extra_meta:
             g.meta.update(extra_meta)
         return g

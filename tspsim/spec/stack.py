@@ -109,6 +109,14 @@ class KernelChoice:
     Guide", tile and wave quantisation). The partial last wave and partial edge tiles cost time
     (:func:`tspsim.engine.costs.wave_efficiency`). Empty (optional key, the default): the library picks a
     kernel per shape (autotuned, split-K or stream-K scheduling) and the topology's smooth roll-off stands."""
+    wgrad_accumulate: Literal["none", "fp32"] = "none"
+    """How a linear layer's weight-gradient GEMM stores its result. ``fp32``: accumulated by the GEMM itself
+    into the fp32 main-gradient buffer, β = 1 (Megatron-LM's gradient-accumulation fusion, on by default since
+    2022: ``fused_weight_gradient_mlp_cuda.wgrad_gemm_accum_fp32(total_input, grad_output, weight.main_grad)``
+    in LinearWithGradAccumulationAndAsyncCommunication), so its epilogue reads and writes 4 + 4 bytes per
+    gradient element instead of writing the operand size (:meth:`tspsim.schedules.context.BuildContext.gemm`).
+    ``none`` (optional key, the default): the gradient is written as a fresh tensor in the operand dtype and the
+    accumulation over micro-batches is not simulated as traffic."""
 
 
 @dataclass(frozen=True)
@@ -197,6 +205,7 @@ class Stack:
         kern += "; SP input all-gather redo" if k.sp_input_regather else ""
         kern += "; async TP gradient all-reduce" if k.tp_async_grad_allreduce else ""
         kern += "".join(f"; {g} GEMMs in waves of {r}×{c} tiles" for g, r, c in k.gemm_wave_tile)
+        kern += "; weight gradients accumulated in fp32 by the GEMM" if k.wgrad_accumulate == "fp32" else ""
         opt = "Adam" + (" + separate param copy" if o.param_copy == "separate" else "")
         opt += "".join(f" + {n}" for n, on in (("grad norm", o.grad_norm), ("zero grad", o.zero_grad),
                                                ("unscale", o.unscale)) if on)
@@ -221,7 +230,8 @@ class Stack:
                         "sp_input_regather": k.sp_input_regather,
                         "tp_async_grad_allreduce": k.tp_async_grad_allreduce,
                         **({"gemm_wave_tile": {g: [r, c] for g, r, c in k.gemm_wave_tile}}
-                           if k.gemm_wave_tile else {})},
+                           if k.gemm_wave_tile else {}),
+                        **({"wgrad_accumulate": k.wgrad_accumulate} if k.wgrad_accumulate != "none" else {})},
             "optimizer": {"param_copy": o.param_copy, "grad_norm": o.grad_norm, "zero_grad": o.zero_grad,
                           "unscale": o.unscale},
             "host": {"launch": h.launch, "capture": list(h.capture), "launch_us": h.launch_us,
@@ -242,15 +252,18 @@ _SCHEMA: dict[str, dict[str, Any]] = {
     "kernels": {"hidden_dropout": _BOOL, "bias_dropout_add": ("fused", "unfused"),
                 "bias_activation": ("fused", "unfused"), "bias_grad": ("fused", "separate"),
                 "norm_weight_grad": ("fused", "separate"), "residual_grad": ("fused", "separate"),
-                "sp_input_regather": _BOOL, "tp_async_grad_allreduce": _BOOL, "gemm_wave_tile": "tile_table"},
+                "sp_input_regather": _BOOL, "tp_async_grad_allreduce": _BOOL, "gemm_wave_tile": "tile_table",
+                "wgrad_accumulate": ("none", "fp32")},
     "optimizer": {"param_copy": ("fused", "separate"), "grad_norm": _BOOL, "zero_grad": _BOOL, "unscale": _BOOL},
     "host": {"launch": ("device", "host"), "capture": "steps", "launch_us": "us_or_null",
              "step_overhead_us": "us"},
 }
 _TOP = ("name", "description", "source", "inherit", *_SCHEMA, "defaults")
 _OPTIONAL_TOP = {"name", "description", "source", "inherit", "defaults"}
-_OPTIONAL = {("attention", "flash_efficiency"), ("kernels", "tp_async_grad_allreduce"), ("kernels", "gemm_wave_tile")}
-"""Keys a stack file may omit: they take the field's default (flash_efficiency, gemm_wave_tile: none)."""
+_OPTIONAL = {("attention", "flash_efficiency"), ("kernels", "tp_async_grad_allreduce"), ("kernels", "gemm_wave_tile"),
+             ("kernels", "wgrad_accumulate")}
+"""Keys a stack file may omit: they take the field's default (flash_efficiency, gemm_wave_tile: none;
+tp_async_grad_allreduce: false; wgrad_accumulate: none)."""
 MAX_TILE = 1024
 """Largest GEMM tile side accepted (rows or columns); real thread-block tiles are 16–512."""
 
@@ -327,7 +340,7 @@ def _section(data: Any, schema: dict[str, Any], where: str, name: str) -> dict[s
         if key not in data:
             if (name, key) not in _OPTIONAL:
                 raise ConfigError(f"{path}: missing ({_expected(rule)})")
-            if rule != _BOOL:
+            if rule != _BOOL and not isinstance(rule, tuple):   # tables: empty; flags and choices: their default
                 out[key] = ()
             continue
         out[key] = _value(data[key], rule, path)

@@ -66,6 +66,10 @@ class GpuSpec:
     """(rows, columns) of the output tile one SM computes when the software stack's GEMM library schedules
     tiles in waves of ``sm_count`` (set from the stack by :func:`tspsim.engine.costs.kernel_gpu`, never read
     from a topology file). None: the stack's library is not modelled tile by tile; the smooth roll-off stands."""
+    gemm_operand_bytes: int = 0
+    """Bytes per GEMM operand element of the graph being replayed, set from the graph with ``gemm_wave_tile``
+    (never read from a topology file): it tells a tiled GEMM's output bytes, which its epilogues store, from
+    the inputs in its HBM bytes (:func:`tspsim.engine.costs.epilogue_seconds`). 0: not given, no epilogue term."""
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ REPLAY_FIELDS: dict[type, tuple[str, ...]] = {
     Topology: ("name", "description", "gpu", "intra", "inter", "source_sha256", "resolved"),
     GpuSpec: ("name", "peak_bf16_TFLOPS", "peak_fp8_TFLOPS", "mfu_peak_TFLOPS", "hbm_GB", "hbm_TBps",
               "gemm_efficiency", "gemm_half_GFLOP", "attn_fwd_efficiency", "attn_bwd_efficiency", "hbm_efficiency",
-              "sm_count", "gemm_wave_tile"),
+              "sm_count", "gemm_wave_tile", "gemm_operand_bytes"),
     InterFabric: ("nic_GBps", "nic_efficiency", "pcie_GBps", "hop_latency_us", "ring_step_us", "base_us",
                   "compute_slowdown", "collective_efficiency", "tree_step_us", "net_overhead_us", "p2p_concurrency",
                   "ll", "ll128"),
