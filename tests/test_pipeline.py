@@ -267,3 +267,31 @@ def test_layer_split_parser():
     for bad in ("3,x", "0,4", "-1", "3,,4"):
         with pytest.raises(ConfigError, match="--pp-layers"):
             parse_layer_split(bad)
+
+
+def test_tsp_x_pp_x_dp_on_128_nodes_is_the_sum_of_its_parts(model_yaml):
+    """TSP × PP × DP on 1,024 MI300X (D = 8 inside a node, PP = 2, DP = 64, m = 4 micro-batches per replica)
+    simulates, and its bytes per rank, by kind, are its parts' formulas, exactly:
+
+    * TSP's own collectives and ring sends: one micro-batch of TSP alone on a node (all L blocks) × m / P (each
+      stage runs L/P blocks of every micro-batch);
+    * the pipeline's p2p sends: m · 2(P − 1)/P · (S/D)·h·s (TSP's boundary is already sequence-sharded);
+    * the data-parallel gradient all-reduce, ring over DP: 2(DP − 1)/DP · local parameters · grad_bytes, the
+      local parameters of a rank being TSP's 1/D of every weight plus the replicated norms, its stage's half.
+    """
+    tiny = model_yaml("tiny4-compose", hidden=512, layers=4, q_heads=32, kv_heads=32, head_dim=16, ffn_hidden=2048,
+                      vocab=1000)
+    S, D, P, DP, m, h, s = 4096, 8, 2, 64, 4, 512, 2
+    alone = simulate(Point("tsp", "mi300x-128node", model=tiny, seq_len=S, degree=D, gpus=D)).entry
+    both = simulate(Point("tsp", "mi300x-128node", model=tiny, seq_len=S, degree=D, gpus=D * P * DP,
+                          pipeline=PipelineSpec(stages=P, global_batch=m * DP))).entry
+    assert both["degrees"] == {"D": D, "PP": P, "DP": DP} and both["micro_batches"] == m
+    got, tsp = both["comm_bytes_per_rank"], alone["comm_bytes_per_rank"]
+    assert set(got) == set(tsp) | {"all_reduce"} and "all_reduce" not in tsp
+    for kind in ("all_gather", "broadcast", "reduce", "reduce_scatter"):
+        assert got[kind] == pytest.approx(tsp[kind] * m / P, rel=1e-12), kind
+    assert got["send"] == pytest.approx(tsp["send"] * m / P + m * 2 * (P - 1) / P * (S // D) * h * s, rel=1e-12)
+    norms = 4 * 2 * h + h                                            # two per block and the final one, replicated
+    weights = 2 * 1000 * h + 4 * (4 * h * h + 3 * h * 2048)          # embedding, head, attention and gated MLP
+    local = (weights / D + norms) / P                                # mean over the two stages' ranks
+    assert got["all_reduce"] == pytest.approx(2 * (DP - 1) / DP * local * 4, rel=1e-12)
