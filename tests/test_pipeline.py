@@ -295,3 +295,19 @@ def test_tsp_x_pp_x_dp_on_128_nodes_is_the_sum_of_its_parts(model_yaml):
     weights = 2 * 1000 * h + 4 * (4 * h * h + 3 * h * 2048)          # embedding, head, attention and gated MLP
     local = (weights / D + norms) / P                                # mean over the two stages' ranks
     assert got["all_reduce"] == pytest.approx(2 * (DP - 1) / DP * local * 4, rel=1e-12)
+
+
+@pytest.mark.parametrize(("name", "h", "layers", "heads", "billions"),
+                         [("gpt3-175b", 12288, 96, 96, 174.6), ("megatron-1t", 25600, 128, 160, 1008.0)])
+def test_table5_model_presets_are_megatron_gpts(name, h, layers, heads, billions):
+    """GPT-3 175B and the 1T model as Megatron-LM runs them (Korthikanti et al. 2022 Table 5; Narayanan et al. 2021
+    Table 1): GeLU MLP 4h, vocabulary 51200, tied embeddings, biases, learned positions. Their parameters are
+    Narayanan et al.'s P = 12·l·h²·(1 + 13/(12h) + (V + s)/(12·l·h)), plus the final LayerNorm (2h) the formula
+    leaves out; to one decimal, the paper's Table 1 (174.6 B; 1008.0 B)."""
+    m = load_model(name)
+    assert (m.hidden, m.layers, m.q_heads, m.kv_heads, m.head_dim * m.q_heads) == (h, layers, heads, heads, h)
+    assert (m.ffn_hidden, m.gated_mlp, m.vocab, m.tied_embeddings, m.biases, m.position_embeddings) == \
+        (4 * h, False, 51200, True, True, 2048)
+    V, s = 51200, 2048
+    assert m.total_params == 12 * layers * h * h + 13 * layers * h + (V + s) * h + 2 * h
+    assert round(m.total_params / 1e9, 1) == billions
