@@ -96,7 +96,7 @@ def sweep(ctx: click.Context, topologies: list[str], models: list[str], schedule
 
     Hardware what-ifs: topology files that inherit a preset and change only rates, efficiencies or
     latencies (a faster GPU, HBM or links) give the same op graphs, so each graph is built once for
-    all of them (training, forward and prefill steps).
+    all of them (every mode's steps).
 
     \b
     Examples:

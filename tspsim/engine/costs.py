@@ -139,44 +139,57 @@ def wave_efficiency(m: int, n: int, batch: int, tile: tuple[int, int], sm_count:
     orientation) is outside the model: libraries pick smaller tiles or split K there, and the smooth roll-off
     of :func:`efficiency` covers it (returns 1).
     """
+    if not _tiled(m, n, batch, tile, sm_count):
+        return 1.0
     best = 0.0
     for r, c in (tile, (tile[1], tile[0])):
         tiles = batch * -(-m // r) * -(-n // c)
-        if tiles < sm_count:
-            return 1.0
         best = max(best, batch * m * n / (-(-tiles // sm_count) * sm_count * r * c))
     return best
+
+
+def _tiled(m: int, n: int, batch: int, tile: tuple[int, int], sm_count: int) -> bool:
+    """True if ``batch`` m×n outputs have a wave of tiles or more in both orientations (:func:`wave_efficiency`)."""
+    return all(batch * -(-m // r) * -(-n // c) >= sm_count for r, c in (tile, (tile[1], tile[0])))
+
+
+def _gemm_outputs(op: Op, gpu: GpuSpec) -> tuple[int, int, tuple[tuple[int, int], ...]] | None:
+    """(GEMMs in the op, batch, each GEMM's output rows × columns) of a GEMM op under the stack's tiling, or None.
+
+    ``op.shape`` is (m, n, k) or a batched (m, n, k, batch). An op with 2·m·n·k·batch FLOPs is one forward GEMM
+    (output m×n); one with twice that is a backward pair of that shape, dgrad (output m×k) and wgrad (output
+    k×n) of equal FLOPs. None where the stack does not tile GEMMs in waves (no tile or SM count), for another
+    kind, a shape that is not a GEMM's, or other FLOP counts.
+    """
+    tile, shape = gpu.gemm_wave_tile, op.shape
+    if tile is None or op.kind != "gemm" or len(shape) not in (3, 4) or gpu.sm_count <= 0:
+        return None
+    m, n, k = shape[0], shape[1], shape[2]
+    batch = shape[3] if len(shape) == 4 else 1
+    if min(m, n, k, batch) <= 0:
+        return None
+    ratio = op.flops / (2.0 * m * n * k * batch)
+    if abs(ratio - 1.0) < 0.01:
+        return 1, batch, ((m, n),)
+    if abs(ratio - 2.0) < 0.02:
+        return 2, batch, ((m, k), (k, n))
+    return None
 
 
 def gemm_wave_factor(op: Op, gpu: GpuSpec) -> float:
     """Wave-quantisation factor of a GEMM op under the stack's tiling (1 when not modelled).
 
-    ``op.shape`` is (m, n, k) or a batched (m, n, k, batch). An op with 2·m·n·k·batch FLOPs is one forward
-    GEMM (output m×n); one with twice that is a backward pair, dgrad (output m×k) and wgrad (output k×n) of
-    equal FLOPs, so the pair's factor is their harmonic mean. Other FLOP counts are not a GEMM of that shape
-    (factor 1).
+    One GEMM: its output's :func:`wave_efficiency`; a backward pair (:func:`_gemm_outputs`), whose two GEMMs
+    have equal FLOPs: the harmonic mean of its two outputs' efficiencies.
     """
-    tile, shape = gpu.gemm_wave_tile, op.shape
-    if tile is None or op.kind != "gemm" or len(shape) not in (3, 4) or gpu.sm_count <= 0:
+    found = _gemm_outputs(op, gpu)
+    if found is None:
         return 1.0
-    m, n, k = shape[0], shape[1], shape[2]
-    batch = shape[3] if len(shape) == 4 else 1
-    one = 2.0 * m * n * k * batch
-    if min(m, n, k, batch) <= 0:
-        return 1.0
-    ratio = op.flops / one
-    if abs(ratio - 1.0) < 0.01:
-        return wave_efficiency(m, n, batch, tile, gpu.sm_count)
-    if abs(ratio - 2.0) < 0.02:
-        dgrad = wave_efficiency(m, k, batch, tile, gpu.sm_count)
-        wgrad = wave_efficiency(k, n, batch, tile, gpu.sm_count)
-        return 2.0 / (1.0 / dgrad + 1.0 / wgrad)
-    return 1.0
-
-
-def _tiled(m: int, n: int, batch: int, tile: tuple[int, int], sm_count: int) -> bool:
-    """True if ``batch`` m×n outputs have a wave of tiles or more in both orientations (as :func:`wave_efficiency`)."""
-    return all(batch * -(-m // r) * -(-n // c) >= sm_count for r, c in (tile, (tile[1], tile[0])))
+    _, batch, outputs = found
+    tile, sms = gpu.gemm_wave_tile, gpu.sm_count
+    assert tile is not None  # _gemm_outputs checked it
+    effs = [wave_efficiency(rows, cols, batch, tile, sms) for rows, cols in outputs]
+    return effs[0] if len(effs) == 1 else 2.0 / (1.0 / effs[0] + 1.0 / effs[1])
 
 
 def epilogue_bytes(op: Op, gpu: GpuSpec) -> float:
@@ -191,25 +204,18 @@ def epilogue_bytes(op: Op, gpu: GpuSpec) -> float:
     0 where the stack does not tile GEMMs in waves, the operand size is not given, or the FLOPs are not one
     GEMM or a pair of ``op.shape``.
     """
-    tile, shape, s, sms = gpu.gemm_wave_tile, op.shape, gpu.gemm_operand_bytes, gpu.sm_count
-    if tile is None or s <= 0 or op.kind != "gemm" or len(shape) not in (3, 4) or sms <= 0:
+    s = gpu.gemm_operand_bytes
+    found = _gemm_outputs(op, gpu)
+    if found is None or s <= 0:
         return 0.0
-    m, n, k = shape[0], shape[1], shape[2]
-    batch = shape[3] if len(shape) == 4 else 1
-    if min(m, n, k, batch) <= 0:
-        return 0.0
-    ratio = op.flops / (2.0 * m * n * k * batch)
-    if abs(ratio - 1.0) < 0.01:
-        outputs = [(m, n, True)]
-        scale = 1
-    elif abs(ratio - 2.0) < 0.02:
-        outputs = [(m, k, False), (k, n, True)]
-        scale = 2
-    else:
-        return 0.0
+    scale, batch, outputs = found
+    tile, sms = gpu.gemm_wave_tile, gpu.sm_count
+    assert tile is not None  # _gemm_outputs checked it
+    m, n, k = op.shape[0], op.shape[1], op.shape[2]
     extra = max(0.0, op.hbm_bytes - scale * batch * (m * k + k * n + m * n) * s)
-    return sum(rows * cols * batch * s + (extra if last else 0.0)
-               for rows, cols, last in outputs if _tiled(rows, cols, batch, tile, sms))
+    last = len(outputs) - 1                  # the weight gradient: the only output an accumulation widens
+    return sum(rows * cols * batch * s + (extra if i == last else 0.0)
+               for i, (rows, cols) in enumerate(outputs) if _tiled(rows, cols, batch, tile, sms))
 
 
 def epilogue_seconds(op: Op, gpu: GpuSpec) -> float:

@@ -136,8 +136,8 @@ def search_max_batch(result: RunResult, fold: bool = True, on_probe: Callable[[i
                      graphs: GraphMemo | None = None) -> tuple[int, int]:
     """(max batch, simpy events spent) for a simulated inference point; its own batch is not simulated again.
 
-    ``on_probe(batch, peak bytes)`` is called after each probe (progress); ``graphs`` reuses prefill graphs
-    probed for an earlier point (:func:`~tspsim.simulate.inference.step_peak_bytes`).
+    ``on_probe(batch, peak bytes)`` is called after each probe (progress); ``graphs`` reuses prefill and decode
+    step graphs probed for an earlier point (:func:`~tspsim.simulate.inference.step_peak_bytes`).
     """
     layout, workload = result.layout, result.workload
     events = 0
@@ -145,7 +145,7 @@ def search_max_batch(result: RunResult, fold: bool = True, on_probe: Callable[[i
     def peak(b: int) -> float:
         nonlocal events
         top, ev = step_peak_bytes(result.topology, result.model, layout, workload, result.assumptions, b, fold,
-                                      graphs)
+                                  graphs)
         events += ev
         if on_probe is not None:
             on_probe(b, top)

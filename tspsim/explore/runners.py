@@ -56,9 +56,8 @@ def graph_groups(points: Sequence[Point], specs: SpecLoader) -> list[list[int]]:
     Two points are grouped when their :func:`~tspsim.simulate.graph_memo.graph_key` is equal (same schedule,
     model, layout, workload and assumptions on topologies of the same build structure; every mode: a decode
     point's steps are shared as private copies); a point that does not resolve is a group of its own, and so is
-    every point when all name
-    the same topology (a grid's points are distinct, so only topologies can make two graphs the same: a
-    one-topology sweep of 100,000 points is not resolved once more for nothing).
+    every point when all name the same topology (a grid's points are distinct, so only topologies can make two
+    graphs the same: a one-topology sweep of 100,000 points is not resolved once more for nothing).
     """
     from tspsim.simulate.graph_memo import graph_key
     from tspsim.simulate.point import resolve

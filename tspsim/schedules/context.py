@@ -235,7 +235,7 @@ class BuildContext:
         :func:`wgrad_accumulate_bytes` to the op's HBM bytes.
         """
         nbytes = scale * gemm_bytes(m, n, k, self.s)
-        if self.stack.kernels.wgrad_accumulate == "fp32" and (scale == 2 or weight_grad):
+        if (scale == 2 or weight_grad) and self.stack.kernels.wgrad_accumulate == "fp32":
             nbytes += wgrad_accumulate_bytes(k * n if scale == 2 else m * n, self.s)
         # Op fields positionally (id … deps), as GraphBuilder.compute would set them: the hot path of building
         op = self.last[rank] = self.builder.add(Op(

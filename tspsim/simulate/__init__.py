@@ -26,8 +26,8 @@ def simulate(point: Point, fold: bool = True, record_links: bool = False,
 
     ``max_batch`` stays null: :func:`tspsim.explore.max_batch.simulate_with_max_batch` searches it.
     ``progress`` hears of every finished step of an inference point (a training step is one replay).
-    ``graphs`` reuses a training or forward step's graph, or a prefill step's, across points that differ only
-    in what the replay reads (:mod:`tspsim.simulate.graph_memo`).
+    ``graphs`` reuses a training or forward step's graph, or an inference point's prefill and decode steps,
+    across points that differ only in what the replay reads (:mod:`tspsim.simulate.graph_memo`).
     """
     if point.mode in INFERENCE_MODES:
         return simulate_inference_point(point, fold=fold, record_links=record_links, progress=progress, specs=specs,

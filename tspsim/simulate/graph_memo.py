@@ -38,7 +38,7 @@ def graph_key(schedule: str, fold: bool, topo: Topology, *inputs: Any) -> GraphK
     """The key of a graph built for ``schedule`` (``fold``) on ``topo`` from ``inputs``.
 
     ``inputs`` are the resolved model, layout, workload and assumptions (frozen dataclasses: their ``repr``
-    lists every field, floats exactly).
+    lists every field, floats exactly), and for a decode step its cached token count.
     """
     return (schedule, fold, build_structure(topo), *map(repr, inputs))
 
@@ -81,21 +81,22 @@ class GraphMemo:
 
     def graph(self, key: GraphKey, topology: str, build: Callable[[], OpGraph]) -> OpGraph:
         """The graph of ``key`` built earlier (renamed for ``topology``), else ``build()``'s."""
-        known = self._graphs.get(key)
-        if known is None:
-            graph = self._graphs[key] = build()
-            return graph
-        self.hits += 1
-        return renamed(known, topology)
+        graph, built_now = self._known(self._graphs, key, build)
+        return graph if built_now else renamed(graph, topology)
 
     def step(self, key: GraphKey, topology: str, build: Callable[[], DecodeStep]) -> DecodeStep:
         """A private copy of the decode step of ``key`` built earlier (renamed for ``topology``), else of ``build()``'s.
 
         The memo keeps the step as built; every caller gets its own attention ops to re-cost.
         """
-        known = self._steps.get(key)
-        if known is None:
-            known = self._steps[key] = build()
-        else:
+        step, _ = self._known(self._steps, key, build)
+        return step.private(renamed(step.graph, topology))
+
+    def _known(self, store: dict[GraphKey, Any], key: GraphKey, build: Callable[[], Any]) -> tuple[Any, bool]:
+        """(``store[key]``, False) counting a hit, else (``build()``, True) kept in ``store``."""
+        known = store.get(key)
+        if known is not None:
             self.hits += 1
-        return known.private(renamed(known.graph, topology))
+            return known, False
+        known = store[key] = build()
+        return known, True

@@ -98,8 +98,7 @@ def simulate_inference(topo: Topology, model: ModelConfig, layout: Layout, workl
     rep_opts = ReplayOptions(record_links=record_links)
     ttft = None
     if mode in ("prefill", "generate"):
-        tl_pre = replay(prefill_graph(topo, model, layout, replace(workload, batch=B), opts, fold, graphs), topo,
-                        rep_opts)
+        tl_pre = replay(prefill_graph(topo, model, layout, workload, opts, fold, graphs), topo, rep_opts)
         timelines["prefill"] = tl_pre
         ttft = tl_pre.end_s
         events += tl_pre.sim_events
@@ -107,9 +106,8 @@ def simulate_inference(topo: Topology, model: ModelConfig, layout: Layout, workl
         tick("prefill step")
     check = None
     if mode in ("decode", "generate"):
-        at_b = replace(workload, batch=B)
-        timer = DecodeTimer(lambda layers, cached: decode_step(topo, model, layout, at_b, opts, fold, cached, layers,
-                                                               graphs), model.layers, dtopo, periodic=periodic)
+        timer = DecodeTimer(lambda layers, cached: decode_step(topo, model, layout, workload, opts, fold, cached,
+                                                               layers, graphs), model.layers, dtopo, periodic=periodic)
         settled = 0
 
         def settle(n: int) -> None:
@@ -121,7 +119,7 @@ def simulate_inference(topo: Topology, model: ModelConfig, layout: Layout, workl
         steps.extend(timer.time_many(range(T, T + N), settle))
         events += sum(st.events for st in steps)
         paths.update(st.sim_path for st in steps)
-        last = decode_step(topo, model, layout, at_b, opts, fold, T + N - 1, graphs=graphs)
+        last = decode_step(topo, model, layout, workload, opts, fold, T + N - 1, graphs=graphs)
         tl_dec = replay(last.graph, dtopo, rep_opts)
         events += tl_dec.sim_events
         paths.add(tl_dec.sim_path)
